@@ -1,0 +1,306 @@
+//! `POST /v1/tools/code`: validates a request, runs it in a fresh sandbox and answers with the spec's response object.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::sandbox::{Limits, Plot, RunOutcome, RunRequest, Termination};
+
+/// The spec's limit on `code`, in characters.
+pub const MAX_CODE_CHARS: usize = 50_000;
+
+/// The spec's response object, field for field.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct CodeResponse {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+    pub execution_time: f64,
+    pub security_checked: bool,
+    pub violations: Vec<String>,
+    pub plots: Vec<Plot>,
+}
+
+/// A request that passed validation.
+#[derive(Debug, PartialEq)]
+pub struct Validated {
+    pub code: String,
+    pub timeout_ms: u64,
+}
+
+/// Checks a request body against the contract. Unknown fields are ignored, so clients
+/// (and the official SDK's `extra_body`) that send more than nsbox knows keep working.
+pub fn validate(body: &[u8], default_timeout_s: f64, max_timeout_s: f64) -> Result<Validated, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid("request body must be a JSON object"));
+    };
+    let code = match obj.get("code") {
+        None | Some(Value::Null) => return Err(ApiError::invalid("`code` is required")),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(ApiError::invalid("`code` must be a string")),
+    };
+    if code.trim().is_empty() {
+        return Err(ApiError::invalid("`code` must not be empty or whitespace only"));
+    }
+    if code.contains('\0') {
+        return Err(ApiError::invalid("`code` must not contain NUL bytes"));
+    }
+    let chars = code.chars().count();
+    if chars > MAX_CODE_CHARS {
+        return Err(ApiError::too_large(format!(
+            "`code` is {chars} characters; the maximum is {MAX_CODE_CHARS}"
+        )));
+    }
+    match obj.get("lang") {
+        None | Some(Value::Null) => return Err(ApiError::invalid("`lang` is required; only \"python\" is supported")),
+        Some(Value::String(s)) if s == "python" => {}
+        Some(Value::String(s)) => {
+            return Err(ApiError::invalid(format!(
+                "unsupported `lang` {s:?}; only \"python\" is supported"
+            )))
+        }
+        Some(_) => return Err(ApiError::invalid("`lang` must be a string; only \"python\" is supported")),
+    }
+    let timeout_s = match obj.get("timeout") {
+        None | Some(Value::Null) => default_timeout_s,
+        Some(Value::Number(n)) => {
+            let t = n.as_f64().unwrap_or(f64::NAN);
+            if !(t > 0.0 && t <= max_timeout_s) {
+                return Err(ApiError::invalid(format!(
+                    "`timeout` must be more than 0 and at most {max_timeout_s} seconds, got {n}"
+                )));
+            }
+            t
+        }
+        Some(_) => return Err(ApiError::invalid("`timeout` must be a number of seconds")),
+    };
+    match obj.get("libraries") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => return Err(ApiError::invalid("`libraries` must be an array of strings")),
+    }
+    Ok(Validated {
+        code: code.clone(),
+        timeout_ms: (timeout_s * 1000.0).ceil() as u64,
+    })
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+fn failure(outcome: &RunOutcome, message: &str) -> (bool, i32, String) {
+    let mut stderr = outcome.stderr.clone();
+    if !stderr.is_empty() && !stderr.ends_with('\n') {
+        stderr.push('\n');
+    }
+    stderr.push_str("Execution failed: ");
+    stderr.push_str(message);
+    (false, -1, stderr)
+}
+
+/// Maps a run's outcome to the spec's fields: code that ran to its end is a success even
+/// when it raised (exit code 1), as in the spec's error examples; a run a limit ended is not.
+pub fn respond(outcome: &RunOutcome, limits: &Limits, started: Instant) -> Result<CodeResponse, ApiError> {
+    let (success, exit_code, stderr) = match &outcome.termination {
+        Termination::Exited { code } => (true, *code, outcome.stderr.clone()),
+        Termination::TimedOut => failure(outcome, "Execution timeout exceeded"),
+        Termination::OutOfMemory => failure(
+            outcome,
+            &format!("Memory limit exceeded ({} MiB)", limits.memory_bytes >> 20),
+        ),
+        Termination::Signaled { signal } if *signal == libc::SIGXCPU || *signal == libc::SIGKILL => failure(
+            outcome,
+            &format!("CPU time limit exceeded ({} s)", limits.cpu_seconds),
+        ),
+        Termination::Signaled { signal } => {
+            failure(outcome, &format!("process killed by {}", signal_name(*signal)))
+        }
+        Termination::SetupFailed { step, errno } => {
+            tracing::error!(step, errno, "sandbox set-up failed");
+            return Err(ApiError::internal());
+        }
+        Termination::Cancelled => return Err(ApiError::unavailable("the run was cancelled")),
+    };
+    Ok(CodeResponse {
+        success,
+        stdout: outcome.stdout.clone(),
+        stderr,
+        exit_code,
+        execution_time: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        security_checked: true,
+        violations: Vec::new(),
+        plots: outcome.plots.clone(),
+    })
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        // curl without -H and some tool runners send none; the body must still be JSON.
+        return Ok(());
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media(format!(
+            "Content-Type must be application/json, got {essence:?}"
+        )))
+    }
+}
+
+pub async fn execute(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<CodeResponse>, ApiError> {
+    let started = Instant::now();
+    check_content_type(&headers)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!("request body exceeds {} bytes", state.config.max_body_bytes))
+        } else {
+            ApiError::invalid(format!("could not read the request body: {rejection}"))
+        }
+    })?;
+    let request = validate(&body, state.config.default_timeout_s, state.config.max_timeout_s)?;
+    let limits = Limits {
+        timeout_ms: request.timeout_ms,
+        ..state.config.limits.clone()
+    };
+
+    let _permit = state.admission.admit().await?;
+    let outcome = state
+        .spawner
+        .run(&RunRequest {
+            code: request.code,
+            limits: limits.clone(),
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "run failed");
+            ApiError::unavailable("the sandbox is restarting; retry the request")
+        })?;
+    tracing::info!(
+        verdict = ?outcome.termination,
+        wall_ms = outcome.wall_ms,
+        peak_memory = outcome.peak_memory_bytes,
+        "run finished"
+    );
+    respond(&outcome, &limits, started).map(Json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(body: &str) -> Result<Validated, ApiError> {
+        validate(body.as_bytes(), 30.0, 300.0)
+    }
+
+    #[test]
+    fn the_spec_request_is_valid_with_default_timeout() {
+        let ok = v(r#"{"code": "print(2**2)", "lang": "python"}"#).unwrap();
+        assert_eq!(ok.code, "print(2**2)");
+        assert_eq!(ok.timeout_ms, 30_000);
+        assert_eq!(v(r#"{"code": "x", "lang": "python", "timeout": 5}"#).unwrap().timeout_ms, 5000);
+        assert_eq!(v(r#"{"code": "x", "lang": "python", "timeout": 0.25}"#).unwrap().timeout_ms, 250);
+    }
+
+    #[test]
+    fn unknown_fields_and_libraries_are_accepted() {
+        assert!(v(r#"{"code": "x", "lang": "python", "libraries": ["numpy"], "extra": {"a": 1}}"#).is_ok());
+    }
+
+    #[test]
+    fn bad_input_gets_a_clear_client_error() {
+        let cases = [
+            ("not json", "not valid JSON"),
+            ("[1]", "JSON object"),
+            (r#"{"lang": "python"}"#, "`code` is required"),
+            (r#"{"code": 5, "lang": "python"}"#, "must be a string"),
+            (r#"{"code": "  \n\t", "lang": "python"}"#, "empty"),
+            (r#"{"code": "", "lang": "python"}"#, "empty"),
+            (r#"{"code": "a\u0000b", "lang": "python"}"#, "NUL"),
+            (r#"{"code": "x"}"#, "`lang` is required"),
+            (r#"{"code": "x", "lang": "javascript"}"#, "unsupported `lang`"),
+            (r#"{"code": "x", "lang": 1}"#, "`lang` must be a string"),
+            (r#"{"code": "x", "lang": "python", "timeout": "5"}"#, "must be a number"),
+            (r#"{"code": "x", "lang": "python", "timeout": 0}"#, "more than 0"),
+            (r#"{"code": "x", "lang": "python", "timeout": -3}"#, "more than 0"),
+            (r#"{"code": "x", "lang": "python", "timeout": 301}"#, "at most 300"),
+            (r#"{"code": "x", "lang": "python", "timeout": 1e308}"#, "at most 300"),
+            (r#"{"code": "x", "lang": "python", "libraries": "numpy"}"#, "array of strings"),
+        ];
+        for (body, needle) in cases {
+            let err = v(body).unwrap_err();
+            assert!(err.status.is_client_error(), "{body}");
+            assert!(err.message.contains(needle), "{body}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn code_over_50000_characters_is_too_large_but_50000_multibyte_characters_are_fine() {
+        let at_limit = serde_json::json!({"code": "é".repeat(MAX_CODE_CHARS), "lang": "python"}).to_string();
+        assert!(v(&at_limit).is_ok());
+        let over = serde_json::json!({"code": "a".repeat(MAX_CODE_CHARS + 1), "lang": "python"}).to_string();
+        assert_eq!(v(&over).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    fn outcome(termination: Termination, stderr: &str) -> RunOutcome {
+        RunOutcome {
+            termination,
+            stdout: String::new(),
+            stderr: stderr.into(),
+            plots: vec![],
+            notes: vec![],
+            wall_ms: 1,
+            peak_memory_bytes: None,
+        }
+    }
+
+    #[test]
+    fn timeouts_and_limits_map_to_the_spec_failure_shape() {
+        let limits = Limits::default();
+        let r = respond(&outcome(Termination::TimedOut, ""), &limits, Instant::now()).unwrap();
+        assert_eq!((r.success, r.exit_code), (false, -1));
+        assert_eq!(r.stderr, "Execution failed: Execution timeout exceeded");
+        let r = respond(&outcome(Termination::OutOfMemory, "partial"), &limits, Instant::now()).unwrap();
+        assert_eq!(r.stderr, "partial\nExecution failed: Memory limit exceeded (512 MiB)");
+        let r = respond(&outcome(Termination::Exited { code: 1 }, "Traceback"), &limits, Instant::now()).unwrap();
+        assert_eq!((r.success, r.exit_code), (true, 1));
+        let r = respond(&outcome(Termination::Signaled { signal: 11 }, ""), &limits, Instant::now()).unwrap();
+        assert!(r.stderr.contains("SIGSEGV"));
+    }
+
+    #[test]
+    fn setup_failures_do_not_leak_details() {
+        let err = respond(
+            &outcome(
+                Termination::SetupFailed {
+                    step: "mount /proc".into(),
+                    errno: 13,
+                },
+                "",
+            ),
+            &Limits::default(),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!err.message.contains("/proc"));
+    }
+}

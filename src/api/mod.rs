@@ -1,0 +1,86 @@
+//! The HTTP API: routes, shared state and the JSON error shape.
+
+pub mod admission;
+pub mod code;
+pub mod error;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::sandbox::spawner::Spawner;
+use crate::sandbox::Limits;
+use admission::Admission;
+use error::ApiError;
+
+/// Settings the API needs on every request.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub limits: Limits,
+    pub default_timeout_s: f64,
+    pub max_timeout_s: f64,
+    pub max_body_bytes: usize,
+    pub max_running: usize,
+}
+
+/// What this host's sandbox actually enforces, reported by `/v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Isolation {
+    pub namespaces: Vec<&'static str>,
+    pub cgroup: Option<String>,
+    pub seccomp: bool,
+    pub rlimits: bool,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ApiConfig>,
+    pub spawner: Arc<Spawner>,
+    pub admission: Arc<Admission>,
+    pub isolation: Arc<Isolation>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/tools/code", post(code::execute).fallback(method_not_allowed))
+        .route("/v1/health", get(health).fallback(method_not_allowed))
+        .route("/v1/status", get(status).fallback(method_not_allowed))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// The official SDK's `client.health()` reads this as a string.
+async fn health() -> &'static str {
+    "OK"
+}
+
+#[derive(Serialize)]
+struct Status {
+    isolation: Isolation,
+    running: usize,
+    queued: usize,
+    max_running: usize,
+}
+
+async fn status(State(state): State<AppState>) -> Json<Status> {
+    Json(Status {
+        isolation: (*state.isolation).clone(),
+        running: state.admission.running(state.config.max_running),
+        queued: state.admission.waiting(),
+        max_running: state.config.max_running,
+    })
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

@@ -1,0 +1,7 @@
+//! nsbox: a self-hosted code-execution API that runs untrusted Python in fresh Linux namespaces.
+
+pub mod api;
+pub mod cli;
+pub mod sandbox;
+pub mod server;
+mod sys;

@@ -1,0 +1,36 @@
+//! Linux capabilities: a run's processes give up every one, bounding and ambient sets included.
+
+use caps::{CapSet, CapsHashSet};
+
+#[derive(Debug, thiserror::Error)]
+#[error("dropping capabilities ({set}): {source}")]
+pub struct CapsError {
+    set: &'static str,
+    source: caps::errors::CapsError,
+}
+
+/// Empties the bounding set, so no later execve can regain a capability. Needs
+/// CAP_SETPCAP, so it runs while the process is still root of its user namespace.
+pub fn drop_bounding() -> Result<(), CapsError> {
+    caps::clear(None, CapSet::Bounding).map_err(|source| CapsError { set: "bounding", source })
+}
+
+/// Empties the ambient, inheritable, effective and permitted sets of the calling thread.
+pub fn drop_all() -> Result<(), CapsError> {
+    for (set, name) in [
+        (CapSet::Ambient, "ambient"),
+        (CapSet::Inheritable, "inheritable"),
+        (CapSet::Effective, "effective"),
+        (CapSet::Permitted, "permitted"),
+    ] {
+        caps::clear(None, set).map_err(|source| CapsError { set: name, source })?;
+    }
+    Ok(())
+}
+
+/// Whether the calling thread holds no capability in any set.
+pub fn none_held() -> bool {
+    [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable, CapSet::Ambient]
+        .into_iter()
+        .all(|set| caps::read(None, set).map(|s: CapsHashSet| s.is_empty()).unwrap_or(false))
+}

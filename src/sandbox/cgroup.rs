@@ -1,0 +1,572 @@
+//! Control groups: detecting the host's layout (v1, v2 or none) once, and a cgroup per run with its limits, behind one interface.
+//!
+//! Every v1/v2 difference lives in this file. Per-run cgroups are created below the cgroup
+//! the server itself sits in (never at a hierarchy's root), as
+//! `<own>/nsbox/srv-<server pid>/run-<supervisor pid>`, so the host's own accounting still
+//! covers every run and two servers on one host never touch each other's runs.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::Limits;
+
+/// The CPU bandwidth period; 100 ms is the kernel's default and keeps quota jitter low.
+const CPU_PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no usable cgroup hierarchy: {0}")]
+    Unavailable(String),
+    #[error("creating cgroup {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("removing cgroup {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+}
+
+/// The host's cgroup layout, as detected at start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Layout {
+    /// cgroup v1: the server's own cgroup directory for each controller nsbox uses.
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: Option<PathBuf>,
+    },
+    /// cgroup v2: the server's own cgroup directory in the unified hierarchy.
+    V2 { own: PathBuf, controllers: Vec<String> },
+}
+
+impl Layout {
+    pub fn describe(&self) -> String {
+        match self {
+            Layout::V1 { cpu, .. } => format!(
+                "cgroup v1 (memory, pids{})",
+                if cpu.is_some() { ", cpu" } else { "" }
+            ),
+            Layout::V2 { controllers, .. } => format!("cgroup v2 ({})", controllers.join(", ")),
+        }
+    }
+}
+
+/// The directory (per controller on v1) below which this server creates run cgroups.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum CgroupParent {
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: Option<PathBuf>,
+    },
+    V2 { dir: PathBuf, cpu: bool },
+}
+
+/// Reads the layout from the live system.
+pub fn detect() -> Result<Layout, CgroupError> {
+    let cgroup = fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| CgroupError::Unavailable(format!("reading /proc/self/cgroup: {e}")))?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| CgroupError::Unavailable(format!("reading /proc/self/mountinfo: {e}")))?;
+    detect_from(&cgroup, &mountinfo, Path::new("/"))
+}
+
+struct Mount {
+    root: String,
+    point: PathBuf,
+    fstype: String,
+    super_opts: Vec<String>,
+}
+
+fn parse_mountinfo(mountinfo: &str) -> Vec<Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            Some(Mount {
+                root: left.get(3)?.to_string(),
+                point: PathBuf::from(left.get(4)?.replace("\\040", " ")),
+                fstype: right.first()?.to_string(),
+                super_opts: right.get(2)?.split(',').map(str::to_string).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Joins a mount point with a cgroup path, allowing for cgroupfs mounted from a non-root
+/// cgroup (as inside containers), where the mount's root prefix is not part of the path.
+fn own_dir(fs_root: &Path, mount: &Mount, cgroup_path: &str) -> PathBuf {
+    let rel = cgroup_path
+        .strip_prefix(mount.root.as_str())
+        .unwrap_or(cgroup_path)
+        .trim_start_matches('/');
+    let point = mount.point.strip_prefix("/").unwrap_or(&mount.point);
+    fs_root.join(point).join(rel)
+}
+
+/// Detects the layout from the text of `/proc/self/cgroup` and `/proc/self/mountinfo`;
+/// `fs_root` prefixes every path (a fake tree in tests, `/` for real).
+pub fn detect_from(cgroup: &str, mountinfo: &str, fs_root: &Path) -> Result<Layout, CgroupError> {
+    let mounts = parse_mountinfo(mountinfo);
+    let entries: Vec<(&str, &str)> = cgroup
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            Some((parts.next()?, parts.next()?))
+        })
+        .collect();
+
+    // v2 first: if the unified hierarchy offers memory and pids at our cgroup, it wins.
+    if let (Some((_, path)), Some(mount)) = (
+        entries.iter().find(|(ctl, _)| ctl.is_empty()),
+        mounts.iter().find(|m| m.fstype == "cgroup2"),
+    ) {
+        let own = own_dir(fs_root, mount, path);
+        let controllers: Vec<String> = fs::read_to_string(own.join("cgroup.controllers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if controllers.iter().any(|c| c == "memory") && controllers.iter().any(|c| c == "pids") {
+            return Ok(Layout::V2 { own, controllers });
+        }
+    }
+
+    let v1_dir = |controller: &str| -> Option<PathBuf> {
+        let (_, path) = entries
+            .iter()
+            .find(|(ctls, _)| ctls.split(',').any(|c| c == controller))?;
+        let mount = mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup" && m.super_opts.iter().any(|o| o == controller))?;
+        Some(own_dir(fs_root, mount, path))
+    };
+    match (v1_dir("memory"), v1_dir("pids")) {
+        (Some(memory), Some(pids)) => Ok(Layout::V1 {
+            memory,
+            pids,
+            cpu: v1_dir("cpu"),
+        }),
+        _ => Err(CgroupError::Unavailable(
+            "neither cgroup v2 with memory and pids nor cgroup v1 memory and pids controllers are available"
+                .into(),
+        )),
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn mkdir_p(path: &Path) -> Result<(), CgroupError> {
+    fs::create_dir_all(path).map_err(|source| CgroupError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Kills whatever is left in a cgroup directory and removes it, waiting for the processes
+/// to be gone (the kernel refuses to remove a cgroup that still has members).
+fn kill_and_remove(dir: &Path, deadline: Duration) -> Result<(), CgroupError> {
+    let start = Instant::now();
+    loop {
+        if dir.join("cgroup.kill").exists() {
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
+        } else {
+            for pid in read_pids(dir) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) if start.elapsed() >= deadline => {
+                return Err(CgroupError::Remove {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+fn read_pids(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Removes the `srv-<pid>` directories of servers that are no longer running, and every run
+/// cgroup below them: what a crashed server left behind.
+fn remove_stale_servers(nsbox_dir: &Path, own_instance: &str) {
+    let Ok(entries) = fs::read_dir(nsbox_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("srv-").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if name == own_instance || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        sweep_runs(&entry.path());
+        let _ = kill_and_remove(&entry.path(), Duration::from_secs(2));
+    }
+}
+
+/// Removes every `run-*` cgroup below `dir`.
+fn sweep_runs(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("run-") {
+            let _ = kill_and_remove(&entry.path(), Duration::from_secs(2));
+        }
+    }
+}
+
+impl CgroupParent {
+    /// Creates this server's parent cgroup and removes what crashed servers left behind.
+    pub fn prepare(layout: &Layout, server_pid: u32) -> Result<CgroupParent, CgroupError> {
+        let instance = format!("srv-{server_pid}");
+        match layout {
+            Layout::V1 { memory, pids, cpu } => {
+                let parent = |own: &Path| -> Result<PathBuf, CgroupError> {
+                    let nsbox = own.join("nsbox");
+                    mkdir_p(&nsbox)?;
+                    remove_stale_servers(&nsbox, &instance);
+                    let dir = nsbox.join(&instance);
+                    mkdir_p(&dir)?;
+                    Ok(dir)
+                };
+                Ok(CgroupParent::V1 {
+                    memory: parent(memory)?,
+                    pids: parent(pids)?,
+                    cpu: cpu.as_deref().map(parent).transpose()?,
+                })
+            }
+            Layout::V2 { own, controllers } => {
+                let wanted: Vec<&str> = ["memory", "pids", "cpu"]
+                    .into_iter()
+                    .filter(|c| controllers.iter().any(|have| have == c))
+                    .collect();
+                let enable = wanted.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
+                // v2 forbids processes in a cgroup whose controllers are delegated to
+                // children, so the server moves itself into a leaf of its own first.
+                let leaf = own.join("nsbox-server");
+                if !read_pids(own).is_empty() {
+                    mkdir_p(&leaf)?;
+                    write(&leaf.join("cgroup.procs"), &server_pid.to_string())?;
+                }
+                write(&own.join("cgroup.subtree_control"), &enable)?;
+                let nsbox = own.join("nsbox");
+                mkdir_p(&nsbox)?;
+                write(&nsbox.join("cgroup.subtree_control"), &enable)?;
+                remove_stale_servers(&nsbox, &instance);
+                let dir = nsbox.join(&instance);
+                mkdir_p(&dir)?;
+                write(&dir.join("cgroup.subtree_control"), &enable)?;
+                Ok(CgroupParent::V2 {
+                    dir,
+                    cpu: wanted.contains(&"cpu"),
+                })
+            }
+        }
+    }
+
+    fn dirs(&self) -> Vec<&Path> {
+        match self {
+            CgroupParent::V1 { memory, pids, cpu } => {
+                let mut d = vec![memory.as_path(), pids.as_path()];
+                d.extend(cpu.as_deref());
+                d
+            }
+            CgroupParent::V2 { dir, .. } => vec![dir.as_path()],
+        }
+    }
+
+    /// Removes run cgroups left by supervisors that died (the spawner calls it at start).
+    pub fn sweep_runs(&self) {
+        for dir in self.dirs() {
+            sweep_runs(dir);
+        }
+    }
+
+    /// Removes this server's parent cgroup (at shutdown, once every run is over).
+    pub fn remove(&self) {
+        for dir in self.dirs() {
+            sweep_runs(dir);
+            let _ = kill_and_remove(dir, Duration::from_secs(2));
+        }
+    }
+
+    /// Creates the cgroup of one run with its limits set, ready for the run's first process.
+    pub fn create_run(&self, name: &str, limits: &Limits) -> Result<RunCgroup, CgroupError> {
+        let quota = ((limits.cpus * CPU_PERIOD_US as f64) as u64).max(1000);
+        match self {
+            CgroupParent::V1 { memory, pids, cpu } => {
+                let run = RunCgroup {
+                    v2: false,
+                    memory: memory.join(name),
+                    pids: pids.join(name),
+                    cpu: cpu.as_ref().map(|c| c.join(name)),
+                };
+                for dir in run.dirs() {
+                    mkdir_p(dir)?;
+                }
+                let mem = limits.memory_bytes.to_string();
+                write(&run.memory.join("memory.limit_in_bytes"), &mem)?;
+                // memsw exists only with swap accounting on; where it does, it caps
+                // memory plus swap at the same value, which turns swap off for the run.
+                let memsw = run.memory.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write(&memsw, &mem)?;
+                }
+                let _ = fs::write(run.memory.join("memory.swappiness"), "0");
+                write(&run.pids.join("pids.max"), &limits.max_processes.to_string())?;
+                if let Some(cpu) = &run.cpu {
+                    write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+                Ok(run)
+            }
+            CgroupParent::V2 { dir, cpu } => {
+                let path = dir.join(name);
+                let run = RunCgroup {
+                    v2: true,
+                    memory: path.clone(),
+                    pids: path.clone(),
+                    cpu: cpu.then(|| path.clone()),
+                };
+                mkdir_p(&path)?;
+                write(&path.join("memory.max"), &limits.memory_bytes.to_string())?;
+                if path.join("memory.swap.max").exists() {
+                    write(&path.join("memory.swap.max"), "0")?;
+                }
+                write(&path.join("pids.max"), &limits.max_processes.to_string())?;
+                if *cpu {
+                    write(&path.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                }
+                Ok(run)
+            }
+        }
+    }
+}
+
+/// The cgroup (one directory per controller on v1) of one run.
+#[derive(Debug)]
+pub struct RunCgroup {
+    v2: bool,
+    memory: PathBuf,
+    pids: PathBuf,
+    cpu: Option<PathBuf>,
+}
+
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+impl RunCgroup {
+    fn dirs(&self) -> Vec<&Path> {
+        let mut d = vec![self.memory.as_path()];
+        if self.pids != self.memory {
+            d.push(&self.pids);
+        }
+        if let Some(cpu) = self.cpu.as_deref().filter(|c| *c != self.memory) {
+            d.push(cpu);
+        }
+        d
+    }
+
+    /// Moves a process (still paused before running anything) into the run's cgroup.
+    pub fn add(&self, pid: Pid) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel's OOM killer ended a process of this run.
+    pub fn oom_killed(&self) -> bool {
+        let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
+        read_key(&self.memory.join(file), "oom_kill").unwrap_or(0) > 0
+    }
+
+    /// Whether a fork or clone failed because of the pids limit.
+    pub fn pids_limit_hit(&self) -> bool {
+        read_key(&self.pids.join("pids.events"), "max").unwrap_or(0) > 0
+    }
+
+    pub fn peak_memory(&self) -> Option<u64> {
+        let file = if self.v2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
+        fs::read_to_string(self.memory.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// Kills every process still in the run and removes its cgroup directories.
+    pub fn remove(self) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            kill_and_remove(dir, Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_CGROUP: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
+    const HYBRID_MOUNTINFO: &str = "\
+30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 30 0:29 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 30 0:33 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+39 30 0:35 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const V2_CGROUP: &str = "0::/system.slice/nsbox.service\n";
+    const V2_MOUNTINFO: &str = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+
+    fn fake_v1() -> (tempfile::TempDir, Layout) {
+        let root = tempfile::tempdir().unwrap();
+        // The unified mount exists but offers no controllers, as on our hosts.
+        fs::create_dir_all(root.path().join("sys/fs/cgroup/unified")).unwrap();
+        fs::write(root.path().join("sys/fs/cgroup/unified/cgroup.controllers"), "").unwrap();
+        let layout = detect_from(HYBRID_CGROUP, HYBRID_MOUNTINFO, root.path()).unwrap();
+        (root, layout)
+    }
+
+    #[test]
+    fn hybrid_host_is_detected_as_v1_with_per_controller_paths() {
+        let (root, layout) = fake_v1();
+        assert_eq!(
+            layout,
+            Layout::V1 {
+                memory: root.path().join("sys/fs/cgroup/memory/process_api/abc"),
+                pids: root.path().join("sys/fs/cgroup/pids/"),
+                cpu: Some(root.path().join("sys/fs/cgroup/cpu/")),
+            }
+        );
+    }
+
+    #[test]
+    fn unified_hierarchy_with_controllers_is_v2() {
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("sys/fs/cgroup/system.slice/nsbox.service");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(own.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        let layout = detect_from(V2_CGROUP, V2_MOUNTINFO, root.path()).unwrap();
+        assert!(matches!(layout, Layout::V2 { ref own, .. } if own.ends_with("nsbox.service")));
+    }
+
+    #[test]
+    fn no_controllers_anywhere_is_unavailable() {
+        let root = tempfile::tempdir().unwrap();
+        let err = detect_from("0::/\n", V2_MOUNTINFO, root.path()).unwrap_err();
+        assert!(matches!(err, CgroupError::Unavailable(_)));
+    }
+
+    #[test]
+    fn cgroupfs_mounted_from_a_nested_root_strips_the_mount_root() {
+        let root = tempfile::tempdir().unwrap();
+        let mountinfo = "33 30 0:29 /docker/x /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                         37 30 0:33 /docker/x /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n";
+        let cgroup = "4:memory:/docker/x/inner\n8:pids:/docker/x\n";
+        let Layout::V1 { memory, pids, cpu } = detect_from(cgroup, mountinfo, root.path()).unwrap() else {
+            panic!("expected v1");
+        };
+        assert_eq!(memory, root.path().join("sys/fs/cgroup/memory/inner"));
+        assert_eq!(pids, root.path().join("sys/fs/cgroup/pids/"));
+        assert_eq!(cpu, None);
+    }
+
+    #[test]
+    fn v1_run_cgroup_gets_every_limit_and_swap_off() {
+        let (_root, layout) = fake_v1();
+        let parent = CgroupParent::prepare(&layout, 4242).unwrap();
+        let CgroupParent::V1 { memory, .. } = &parent else { panic!() };
+        assert!(memory.ends_with("nsbox/srv-4242"));
+        // Swap accounting is on for this fake host.
+        fs::create_dir_all(memory.join("run-1")).unwrap();
+        fs::write(memory.join("run-1/memory.memsw.limit_in_bytes"), "").unwrap();
+        let limits = Limits {
+            memory_bytes: 256 << 20,
+            max_processes: 32,
+            cpus: 0.5,
+            ..Limits::default()
+        };
+        let run = parent.create_run("run-1", &limits).unwrap();
+        let read = |p: &Path| fs::read_to_string(p).unwrap();
+        assert_eq!(read(&run.memory.join("memory.limit_in_bytes")), "268435456");
+        assert_eq!(read(&run.memory.join("memory.memsw.limit_in_bytes")), "268435456");
+        assert_eq!(read(&run.pids.join("pids.max")), "32");
+        assert_eq!(read(&run.cpu.as_ref().unwrap().join("cpu.cfs_quota_us")), "50000");
+        run.add(Pid::from_raw(77)).unwrap();
+        assert_eq!(read(&run.pids.join("cgroup.procs")), "77");
+    }
+
+    #[test]
+    fn v1_limit_counters_are_read_back() {
+        let (_root, layout) = fake_v1();
+        let parent = CgroupParent::prepare(&layout, 1).unwrap();
+        let run = parent.create_run("run-2", &Limits::default()).unwrap();
+        assert!(!run.oom_killed());
+        fs::write(run.memory.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n").unwrap();
+        fs::write(run.pids.join("pids.events"), "max 3\n").unwrap();
+        fs::write(run.memory.join("memory.max_usage_in_bytes"), "1234\n").unwrap();
+        assert!(run.oom_killed());
+        assert!(run.pids_limit_hit());
+        assert_eq!(run.peak_memory(), Some(1234));
+    }
+
+    #[test]
+    fn v2_parent_moves_the_server_into_a_leaf_and_delegates_controllers() {
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("sys/fs/cgroup/system.slice/nsbox.service");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(own.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        fs::write(own.join("cgroup.procs"), "4242\n").unwrap();
+        let layout = detect_from(V2_CGROUP, V2_MOUNTINFO, root.path()).unwrap();
+        let parent = CgroupParent::prepare(&layout, 4242).unwrap();
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap();
+        assert_eq!(read(own.join("nsbox-server/cgroup.procs")), "4242");
+        assert_eq!(read(own.join("cgroup.subtree_control")), "+memory +pids +cpu");
+        let run = parent.create_run("run-9", &Limits::default()).unwrap();
+        assert_eq!(read(run.memory.join("memory.max")), (512u64 << 20).to_string());
+        assert_eq!(read(run.memory.join("cpu.max")), "100000 100000");
+        fs::write(run.memory.join("memory.events"), "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n").unwrap();
+        assert!(run.oom_killed());
+    }
+
+    #[test]
+    fn stale_server_directories_are_removed_but_live_ones_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let nsbox = root.path().join("nsbox");
+        // A pid far above pid_max cannot be alive.
+        fs::create_dir_all(nsbox.join("srv-999999999")).unwrap();
+        let live = format!("srv-{}", std::process::id());
+        fs::create_dir_all(nsbox.join(&live)).unwrap();
+        remove_stale_servers(&nsbox, "srv-1");
+        assert!(!nsbox.join("srv-999999999").exists());
+        assert!(nsbox.join(&live).exists());
+    }
+}

@@ -1,0 +1,360 @@
+//! What runs inside a run's namespaces: the init (PID 1) that builds the sandbox, and the Python process it starts as `nobody`.
+//!
+//! Everything here follows a plan built by the supervisor before `clone`, walks a linear
+//! list of steps, and reports a failure as a fixed-size (step, errno) record on a pipe.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
+use nix::sys::prctl;
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{chdir, dup2, execve, read, write, Pid};
+
+use super::seccomp::SeccompProgram;
+use super::{caps, namespaces, rootfs, Limits};
+use crate::sys;
+
+/// The set-up steps, in order; a failure names the step that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    WaitRelease = 1,
+    BecomeRoot,
+    ParentDeathSignal,
+    CgroupNamespace,
+    PrivateMounts,
+    BindRootfs,
+    MountDev,
+    MountProc,
+    MountTmp,
+    RemountReadOnly,
+    PivotRoot,
+    DetachOldRoot,
+    Hostname,
+    Loopback,
+    StartPython,
+    InitStdio,
+    InitDropCaps,
+    Rlimits,
+    DropBoundingCaps,
+    BecomeNobody,
+    DropCaps,
+    NoNewPrivs,
+    Stdio,
+    CloseFds,
+    WorkDir,
+    Seccomp,
+    Exec,
+}
+
+impl Step {
+    const ALL: [Step; 27] = [
+        Step::WaitRelease,
+        Step::BecomeRoot,
+        Step::ParentDeathSignal,
+        Step::CgroupNamespace,
+        Step::PrivateMounts,
+        Step::BindRootfs,
+        Step::MountDev,
+        Step::MountProc,
+        Step::MountTmp,
+        Step::RemountReadOnly,
+        Step::PivotRoot,
+        Step::DetachOldRoot,
+        Step::Hostname,
+        Step::Loopback,
+        Step::StartPython,
+        Step::InitStdio,
+        Step::InitDropCaps,
+        Step::Rlimits,
+        Step::DropBoundingCaps,
+        Step::BecomeNobody,
+        Step::DropCaps,
+        Step::NoNewPrivs,
+        Step::Stdio,
+        Step::CloseFds,
+        Step::WorkDir,
+        Step::Seccomp,
+        Step::Exec,
+    ];
+
+    pub fn from_code(code: u32) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| *s as u32 == code)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::WaitRelease => "wait for release",
+            Step::BecomeRoot => "become root of the user namespace",
+            Step::ParentDeathSignal => "set parent-death signal",
+            Step::CgroupNamespace => "enter cgroup namespace",
+            Step::PrivateMounts => "make mounts private",
+            Step::BindRootfs => "bind the root filesystem",
+            Step::MountDev => "mount /dev",
+            Step::MountProc => "mount /proc",
+            Step::MountTmp => "mount /tmp",
+            Step::RemountReadOnly => "remount the root filesystem read-only",
+            Step::PivotRoot => "pivot_root",
+            Step::DetachOldRoot => "detach the old root",
+            Step::Hostname => "set hostname",
+            Step::Loopback => "bring up loopback",
+            Step::StartPython => "fork the python process",
+            Step::InitStdio => "init stdio",
+            Step::InitDropCaps => "init drops capabilities",
+            Step::Rlimits => "set rlimits",
+            Step::DropBoundingCaps => "drop the capability bounding set",
+            Step::BecomeNobody => "switch to nobody",
+            Step::DropCaps => "drop capabilities",
+            Step::NoNewPrivs => "set no_new_privs",
+            Step::Stdio => "set up stdio",
+            Step::CloseFds => "close inherited descriptors",
+            Step::WorkDir => "change to /tmp",
+            Step::Seccomp => "install the seccomp filter",
+            Step::Exec => "execute python3",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub step: Step,
+    pub errno: Errno,
+}
+
+fn step<T>(s: Step, r: Result<T, Errno>) -> Result<T, Failure> {
+    r.map_err(|errno| Failure { step: s, errno })
+}
+
+/// A fixed-size record on the report pipe, so a write from a dying process is atomic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    Failed { step: u32, errno: i32 },
+    /// The Python process's raw wait status, sent by init.
+    PythonStatus(i32),
+}
+
+pub const RECORD_LEN: usize = 12;
+
+impl Record {
+    pub fn encode(self) -> [u8; RECORD_LEN] {
+        let (kind, a, b) = match self {
+            Record::Failed { step, errno } => (1u32, step, errno),
+            Record::PythonStatus(status) => (2u32, 0, status),
+        };
+        let mut out = [0u8; RECORD_LEN];
+        out[..4].copy_from_slice(&kind.to_le_bytes());
+        out[4..8].copy_from_slice(&a.to_le_bytes());
+        out[8..].copy_from_slice(&b.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+        if bytes.len() != RECORD_LEN {
+            return None;
+        }
+        match word(0) {
+            1 => Some(Record::Failed {
+                step: word(4),
+                errno: word(8) as i32,
+            }),
+            2 => Some(Record::PythonStatus(word(8) as i32)),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the child side needs, prepared by the supervisor before `clone`.
+pub struct ChildPlan {
+    pub rootfs: PathBuf,
+    pub limits: Limits,
+    /// Without cgroups, memory falls back to RLIMIT_DATA.
+    pub memory_rlimit: bool,
+    pub seccomp: SeccompProgram,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub release_read: OwnedFd,
+    pub release_write: RawFd,
+    pub report_write: OwnedFd,
+    pub stdout_write: OwnedFd,
+    pub stderr_write: OwnedFd,
+    pub plots_write: OwnedFd,
+    pub code: OwnedFd,
+}
+
+/// Descriptor numbers the harness expects.
+pub const CODE_FD: RawFd = 3;
+pub const PLOTS_FD: RawFd = 4;
+const REPORT_FD: RawFd = 5;
+/// Sources are first copied above this, so moving them to 0..=5 never clobbers another.
+const SCRATCH_FD: RawFd = 64;
+
+fn report(fd: RawFd, record: Record) {
+    let _ = write(sys::borrow_fd(fd), &record.encode());
+}
+
+/// Entry point of the run's init (PID 1 of the new PID namespace). Never returns.
+pub fn init_main(plan: ChildPlan) -> ! {
+    let report_fd = plan.report_write.as_raw_fd();
+    match init_steps(plan) {
+        Ok(status) => {
+            report(report_fd, Record::PythonStatus(status));
+            sys::exit_now(0)
+        }
+        Err(f) => {
+            report(
+                report_fd,
+                Record::Failed {
+                    step: f.step as u32,
+                    errno: f.errno as i32,
+                },
+            );
+            sys::exit_now(127)
+        }
+    }
+}
+
+fn init_steps(plan: ChildPlan) -> Result<i32, Failure> {
+    // Our copy of the write end would keep the pipe open if the supervisor died.
+    let _ = nix::unistd::close(plan.release_write);
+    let mut byte = [0u8; 1];
+    if step(Step::WaitRelease, read(plan.release_read.as_raw_fd(), &mut byte))? != 1 {
+        // The supervisor went away before releasing us.
+        sys::exit_now(1);
+    }
+    step(Step::BecomeRoot, namespaces::become_root())?;
+    // Set after the uid change, which clears it.
+    step(Step::ParentDeathSignal, prctl::set_pdeathsig(Signal::SIGKILL))?;
+    step(Step::CgroupNamespace, namespaces::enter_cgroup_namespace())?;
+    rootfs::enter(&plan.rootfs, plan.limits.tmp_bytes)?;
+    step(Step::Hostname, namespaces::set_hostname())?;
+    step(Step::Loopback, namespaces::loopback_up())?;
+
+    let Some(python) = step(Step::StartPython, sys::fork())? else {
+        python_main(&plan)
+    };
+
+    // Init keeps only the report pipe; holding the output pipes would hide EOF from the
+    // supervisor, and holding the server's stderr is no business of a sandbox.
+    let devnull = step(Step::InitStdio, open("/dev/null", OFlag::O_RDWR, Mode::empty()))?;
+    for fd in 0..=2 {
+        step(Step::InitStdio, dup2(devnull, fd))?;
+    }
+    step(Step::InitStdio, dup2(plan.report_write.as_raw_fd(), REPORT_FD))?;
+    step(Step::InitStdio, sys::close_fds_from(REPORT_FD + 1))?;
+    step(
+        Step::InitDropCaps,
+        caps::drop_bounding().map_err(|_| Errno::EPERM),
+    )?;
+    step(Step::InitDropCaps, caps::drop_all().map_err(|_| Errno::EPERM))?;
+    step(Step::InitDropCaps, prctl::set_no_new_privs())?;
+
+    // Reap everything (orphans are re-parented to us) until Python itself is done; leaving
+    // then makes the kernel kill whatever else is still in the namespace.
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == python => {
+                report(REPORT_FD, Record::PythonStatus(code << 8));
+                sys::exit_now(0)
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == python => {
+                report(REPORT_FD, Record::PythonStatus(sig as i32));
+                sys::exit_now(0)
+            }
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(Failure { step: Step::StartPython, errno }),
+        }
+    }
+}
+
+fn set_rlimits(limits: &Limits, memory_rlimit: bool) -> Result<(), Errno> {
+    setrlimit(Resource::RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1)?;
+    setrlimit(Resource::RLIMIT_NPROC, limits.max_processes, limits.max_processes)?;
+    setrlimit(Resource::RLIMIT_FSIZE, limits.file_size_bytes, limits.file_size_bytes)?;
+    setrlimit(Resource::RLIMIT_NOFILE, limits.open_files, limits.open_files)?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+    if memory_rlimit {
+        // RLIMIT_AS would count the address space OpenBLAS reserves but never touches;
+        // RLIMIT_DATA counts private writable memory, which is what a memory bomb grows.
+        setrlimit(Resource::RLIMIT_DATA, limits.memory_bytes, limits.memory_bytes)?;
+    }
+    Ok(())
+}
+
+/// The Python process: drops to nobody, loses every privilege, installs seccomp last and
+/// executes the harness. Never returns.
+fn python_main(plan: &ChildPlan) -> ! {
+    let report_fd = plan.report_write.as_raw_fd();
+    let failure = python_steps(plan).unwrap_err();
+    report(
+        report_fd,
+        Record::Failed {
+            step: failure.step as u32,
+            errno: failure.errno as i32,
+        },
+    );
+    sys::exit_now(127)
+}
+
+fn python_steps(plan: &ChildPlan) -> Result<std::convert::Infallible, Failure> {
+    step(Step::Rlimits, set_rlimits(&plan.limits, plan.memory_rlimit))?;
+    step(Step::DropBoundingCaps, caps::drop_bounding().map_err(|_| Errno::EPERM))?;
+    step(Step::BecomeNobody, namespaces::become_nobody())?;
+    step(Step::DropCaps, caps::drop_all().map_err(|_| Errno::EPERM))?;
+    step(Step::NoNewPrivs, prctl::set_no_new_privs())?;
+
+    let devnull = step(Step::Stdio, open("/dev/null", OFlag::O_RDONLY, Mode::empty()))?;
+    let sources = [
+        (devnull, 0),
+        (plan.stdout_write.as_raw_fd(), 1),
+        (plan.stderr_write.as_raw_fd(), 2),
+        (plan.code.as_raw_fd(), CODE_FD),
+        (plan.plots_write.as_raw_fd(), PLOTS_FD),
+        (plan.report_write.as_raw_fd(), REPORT_FD),
+    ];
+    let mut moved = Vec::with_capacity(sources.len());
+    for (fd, target) in sources {
+        moved.push((step(Step::Stdio, fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(SCRATCH_FD)))?, target));
+    }
+    for (fd, target) in moved {
+        step(Step::Stdio, dup2(fd, target))?;
+    }
+    // The report pipe must close on exec, so the supervisor sees EOF once Python started.
+    step(Step::Stdio, fcntl(REPORT_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop))?;
+    step(Step::CloseFds, sys::close_fds_from(REPORT_FD + 1))?;
+    step(Step::WorkDir, chdir("/tmp"))?;
+    step(Step::Seccomp, plan.seccomp.apply().map_err(|_| Errno::EINVAL))?;
+    step(Step::Exec, execve(&plan.argv[0], &plan.argv, &plan.envp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        for r in [
+            Record::Failed { step: Step::MountProc as u32, errno: 13 },
+            Record::PythonStatus(256),
+        ] {
+            assert_eq!(Record::decode(&r.encode()), Some(r));
+        }
+        assert_eq!(Record::decode(&[0u8; 12]), None);
+        assert_eq!(Record::decode(&[1u8; 3]), None);
+    }
+
+    #[test]
+    fn every_step_code_maps_back() {
+        for s in Step::ALL {
+            assert_eq!(Step::from_code(s as u32), Some(s));
+            assert!(!s.name().is_empty());
+        }
+        assert_eq!(Step::from_code(0), None);
+    }
+}

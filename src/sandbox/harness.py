@@ -1,0 +1,104 @@
+# nsbox harness: runs the user's code as `python3 -c` would, and returns matplotlib figures.
+#
+# It is passed to `python3 -I -B -c`, reads the code from fd 3 and writes each figure as a
+# length-prefixed PNG to fd 4. Everything it defines stays out of the user's namespace.
+import sys
+
+
+def _nsbox_main():
+    import builtins
+    import io
+    import os
+    import struct
+    import traceback
+    import types
+
+    with open(3, "rb", closefd=True) as f:
+        source = f.read().decode("utf-8")
+    plots_out = open(4, "wb", buffering=0, closefd=True)
+    max_plots = int(os.environ.get("NSBOX_MAX_PLOTS", "16"))
+    state = {"emitted": 0, "dropped": 0}
+
+    # Output reaches the caller even if the run is killed at its timeout.
+    sys.stdout.reconfigure(line_buffering=True)
+
+    # matplotlib wants a writable cache directory; copying the font cache built into the
+    # root filesystem saves every run from rebuilding it.
+    cache_src = "/usr/local/share/nsbox/mplconfig"
+    cache_dst = os.environ.get("MPLCONFIGDIR")
+    if cache_dst and os.path.isdir(cache_src):
+        os.makedirs(cache_dst, exist_ok=True)
+        for name in os.listdir(cache_src):
+            with open(os.path.join(cache_src, name), "rb") as src, open(
+                os.path.join(cache_dst, name), "wb"
+            ) as dst:
+                dst.write(src.read())
+
+    def emit_open_figures():
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is None:
+            return
+        # Figure numbers grow with creation, so this is creation order.
+        for num in sorted(pyplot.get_fignums()):
+            fig = pyplot.figure(num)
+            if state["emitted"] >= max_plots:
+                state["dropped"] += 1
+            else:
+                buf = io.BytesIO()
+                # Level 1 encodes several times faster than the default for a few % more bytes.
+                fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
+                data = buf.getvalue()
+                plots_out.write(struct.pack("<I", len(data)) + data)
+                state["emitted"] += 1
+            pyplot.close(fig)
+
+    def backend_getattr(name):
+        if name in ("FigureCanvas", "FigureManager"):
+            from matplotlib.backends import backend_agg
+
+            return getattr(backend_agg, name)
+        raise AttributeError(name)
+
+    # A matplotlib backend (selected by MPLBACKEND=module://nsbox_backend) whose show()
+    # hands figures to nsbox; matplotlib itself is imported only if the code uses it.
+    backend = types.ModuleType("nsbox_backend")
+    backend.__getattr__ = backend_getattr
+    backend.show = lambda *args, **kwargs: emit_open_figures()
+    sys.modules["nsbox_backend"] = backend
+
+    main = types.ModuleType("__main__")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    exit_code = 0
+    try:
+        exec(compile(source, "<string>", "exec"), main.__dict__)
+    except SystemExit as e:
+        if e.code is None:
+            exit_code = 0
+        elif isinstance(e.code, int):
+            exit_code = e.code
+        else:
+            print(e.code, file=sys.stderr)
+            exit_code = 1
+    except BaseException as e:
+        # Show the user's frames only, as `python3 -c` would.
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code is not _nsbox_main.__code__:
+            tb = tb.tb_next
+        traceback.print_exception(type(e), e, tb.tb_next if tb else None)
+        exit_code = 1
+
+    try:
+        emit_open_figures()
+    except Exception as e:
+        print(f"nsbox: a figure could not be rendered: {e}", file=sys.stderr)
+    if state["dropped"]:
+        print(
+            f"nsbox: plot limit ({max_plots}) reached; {state['dropped']} more figure(s) not returned",
+            file=sys.stderr,
+        )
+    plots_out.close()
+    return exit_code
+
+
+sys.exit(_nsbox_main())

@@ -1,0 +1,224 @@
+//! The spawner: a single-threaded process, started by the server before or beside its async runtime, that forks one supervisor per run.
+//!
+//! The server hands each run's socket to the spawner with SCM_RIGHTS; the spawner forks a
+//! supervisor that owns that run. Namespaces are never created from the server's threads.
+//! If the spawner dies, the server starts a new one on the next run.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+use super::protocol::{read_frame, read_frame_async, write_frame, write_frame_async, ProtocolError};
+use super::{seccomp, supervisor, RunOutcome, RunRequest, SpawnerConfig};
+use crate::sys;
+
+/// The hidden subcommand that turns the nsbox binary into a spawner.
+pub const SPAWNER_ARG: &str = "__spawner";
+/// The descriptor the spawner receives its control socket on.
+pub const CONTROL_FD: RawFd = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnerError {
+    #[error("starting the spawner process: {0}")]
+    Start(#[source] io::Error),
+    #[error("sending the spawner its configuration: {0}")]
+    Configure(#[source] ProtocolError),
+    #[error("handing a run to the spawner: {0}")]
+    Handoff(#[source] nix::errno::Errno),
+    #[error("creating the run socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("sending the run: {0}")]
+    Send(#[source] ProtocolError),
+    #[error("the run's supervisor exited without a result: {0}")]
+    SupervisorLost(#[source] ProtocolError),
+    #[error("compiling the seccomp policy: {0}")]
+    Seccomp(#[from] seccomp::SeccompError),
+}
+
+struct Process {
+    control: UnixStream,
+    child: Child,
+}
+
+/// The server's handle on its spawner.
+pub struct Spawner {
+    config: SpawnerConfig,
+    process: Mutex<Option<Process>>,
+}
+
+impl Spawner {
+    /// Starts the spawner (the nsbox binary re-executed, so it begins single-threaded
+    /// whatever state the server is in).
+    pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnerError> {
+        // Fail at start, not at the first run, if the policy does not compile.
+        seccomp::compile(&config.seccomp_policy)?;
+        let process = launch(&config)?;
+        Ok(Spawner {
+            config,
+            process: Mutex::new(Some(process)),
+        })
+    }
+
+    /// The pid of the current spawner process (for tests and status).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.lock().unwrap().as_ref().map(|p| p.child.id())
+    }
+
+    /// Hands a fresh socket to the spawner, restarting the spawner once if it has died.
+    fn handoff(&self, theirs: &OwnedFd) -> Result<(), SpawnerError> {
+        let mut guard = self.process.lock().unwrap();
+        for attempt in 0..2 {
+            if guard.is_none() {
+                *guard = Some(launch(&self.config)?);
+            }
+            let process = guard.as_mut().expect("launched above");
+            let fds = [theirs.as_raw_fd()];
+            match sendmsg::<()>(
+                process.control.as_raw_fd(),
+                &[IoSlice::new(&[0])],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(errno) => {
+                    tracing::warn!(%errno, "spawner is gone; starting a new one");
+                    if let Some(mut old) = guard.take() {
+                        let _ = old.child.kill();
+                        let _ = old.child.wait();
+                    }
+                    if attempt == 1 {
+                        return Err(SpawnerError::Handoff(errno));
+                    }
+                }
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Runs one request in a fresh sandbox. Dropping the future kills the run.
+    pub async fn run(&self, request: &RunRequest) -> Result<RunOutcome, SpawnerError> {
+        let (ours, theirs) = tokio::net::UnixStream::pair().map_err(SpawnerError::Socket)?;
+        let theirs: OwnedFd = theirs.into_std().map_err(SpawnerError::Socket)?.into();
+        self.handoff(&theirs)?;
+        drop(theirs);
+        let mut ours = ours;
+        write_frame_async(&mut ours, request).await.map_err(SpawnerError::Send)?;
+        read_frame_async(&mut ours).await.map_err(SpawnerError::SupervisorLost)
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        // Closing the control socket makes the spawner exit; runs in flight finish.
+        if let Some(mut p) = self.process.lock().unwrap().take() {
+            drop(p.control);
+            let _ = p.child.wait();
+        }
+    }
+}
+
+fn launch(config: &SpawnerConfig) -> Result<Process, SpawnerError> {
+    let (control, theirs) = UnixStream::pair().map_err(SpawnerError::Start)?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(SPAWNER_ARG)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .env_clear();
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        cmd.env("RUST_LOG", filter);
+    }
+    sys::pass_fd(&mut cmd, theirs.as_raw_fd(), CONTROL_FD);
+    let child = cmd.spawn().map_err(SpawnerError::Start)?;
+    drop(theirs);
+    let mut control = control;
+    write_frame(&mut control, config).map_err(SpawnerError::Configure)?;
+    Ok(Process { control, child })
+}
+
+/// Entry point of the spawner process. Returns the process's exit code.
+pub fn main() -> i32 {
+    // fd 3 was placed there by `launch`; nothing else in this process owns it.
+    let control = UnixStream::from(sys::take_fd(CONTROL_FD));
+    // The spawner must not outlive the server that started it.
+    if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid().as_raw() == 1 {
+        return 1;
+    }
+    let mut control = control;
+    let config: SpawnerConfig = match read_frame(&mut control) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nsbox spawner: {e}");
+            return 1;
+        }
+    };
+    let program = match seccomp::compile(&config.seccomp_policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("nsbox spawner: {e}");
+            return 1;
+        }
+    };
+    if let Some(cgroup) = &config.cgroup {
+        // Runs whose supervisor died with an earlier spawner.
+        cgroup.sweep_runs();
+    }
+    if sys::auto_reap_children(true).is_err() {
+        return 1;
+    }
+    loop {
+        let mut byte = [0u8; 1];
+        let mut iov = [IoSliceMut::new(&mut byte)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let msg = match recvmsg::<()>(control.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 0,
+        };
+        if msg.bytes == 0 {
+            // The server closed the control socket: shut down; supervisors finish their runs.
+            return 0;
+        }
+        let fds: Vec<RawFd> = msg
+            .cmsgs()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => Some(fds),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        for fd in fds {
+            // The kernel just installed this descriptor for us; nothing else owns it.
+            let run = sys::take_fd(fd);
+            match sys::fork() {
+                Ok(None) => {
+                    let _ = sys::auto_reap_children(false);
+                    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+                    drop(control);
+                    let code = match supervisor::serve(UnixStream::from(run), &config, &program) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            eprintln!("nsbox supervisor: {e}");
+                            1
+                        }
+                    };
+                    sys::exit_now(code);
+                }
+                Ok(Some(_)) => drop(run),
+                Err(e) => {
+                    eprintln!("nsbox spawner: fork failed: {e}");
+                    drop(run);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! One run from start to cleanup: clone the sandbox, set its cgroup and id maps, collect its output under the timeout, and kill and remove everything it started.
+//!
+//! A supervisor is a single-threaded process forked by the spawner for exactly one run; it
+//! talks to the server over its own unix socket and exits when the run is reported.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{lseek, pipe2, read, Whence};
+
+use super::cgroup::RunCgroup;
+use super::child::{self, ChildPlan, Record, Step, RECORD_LEN};
+use super::namespaces::{self, RUN_NAMESPACES};
+use super::protocol::{read_frame, write_frame};
+use super::seccomp::SeccompProgram;
+use super::{Limits, Plot, RunOutcome, RunRequest, SpawnerConfig, Termination, HARNESS};
+use crate::sys;
+
+/// How long to wait for the pipes to close after the run was killed; only a process that
+/// escaped the PID namespace could hold them longer, and none can.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Where the harness finds matplotlib's writable config and cache inside the run.
+const MPLCONFIGDIR: &str = "/tmp/.config/matplotlib";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("reading the run request: {0}")]
+    Request(#[source] super::protocol::ProtocolError),
+    #[error("writing the run outcome: {0}")]
+    Reply(#[source] super::protocol::ProtocolError),
+}
+
+/// Serves one run on `stream` and returns when its outcome has been written.
+pub fn serve(mut stream: UnixStream, config: &SpawnerConfig, seccomp: &SeccompProgram) -> Result<(), SupervisorError> {
+    // The server's end was non-blocking; ours is a separate file description.
+    let _ = stream.set_nonblocking(false);
+    let request: RunRequest = read_frame(&mut stream).map_err(SupervisorError::Request)?;
+    let outcome = execute(&request, config, seccomp, &stream);
+    write_frame(&mut stream, &outcome).map_err(SupervisorError::Reply)?;
+    let _ = stream.flush();
+    Ok(())
+}
+
+fn setup_failed(step: &str, errno: Errno, start: Instant) -> RunOutcome {
+    RunOutcome {
+        termination: Termination::SetupFailed {
+            step: step.to_string(),
+            errno: errno as i32,
+        },
+        stdout: String::new(),
+        stderr: String::new(),
+        plots: Vec::new(),
+        notes: Vec::new(),
+        wall_ms: start.elapsed().as_millis() as u64,
+        peak_memory_bytes: None,
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn cstrings(items: &[&str]) -> Vec<CString> {
+    items.iter().map(|s| CString::new(*s).expect("no NUL in fixed strings")).collect()
+}
+
+/// The fixed, minimal environment of a run: nothing of the server's reaches it.
+fn run_env(limits: &Limits) -> Vec<CString> {
+    let max_plots = format!("NSBOX_MAX_PLOTS={}", limits.max_plots);
+    let mpl = format!("MPLCONFIGDIR={MPLCONFIGDIR}");
+    cstrings(&[
+        "PATH=/usr/local/bin:/usr/bin:/bin",
+        "HOME=/tmp",
+        "TMPDIR=/tmp",
+        "LANG=C.UTF-8",
+        "LC_ALL=C.UTF-8",
+        "MPLBACKEND=module://nsbox_backend",
+        &mpl,
+        &max_plots,
+        // One BLAS thread per run: the cgroup gives each run a CPU share anyway, and many
+        // threads per run only multiply memory and contention.
+        "OPENBLAS_NUM_THREADS=1",
+        "OMP_NUM_THREADS=1",
+        "MKL_NUM_THREADS=1",
+    ])
+}
+
+struct Pipes {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+fn pipe() -> Result<Pipes, Errno> {
+    let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
+    Ok(Pipes { read, write })
+}
+
+/// Bytes read from one pipe, kept up to a cap; the rest is drained and counted.
+struct Capture {
+    fd: Option<OwnedFd>,
+    data: Vec<u8>,
+    cap: usize,
+    dropped: usize,
+}
+
+impl Capture {
+    fn new(fd: OwnedFd, cap: usize) -> Capture {
+        Capture {
+            fd: Some(fd),
+            data: Vec::new(),
+            cap,
+            dropped: 0,
+        }
+    }
+
+    /// Reads what is available; closes the pipe at EOF.
+    fn pump(&mut self) {
+        let Some(fd) = &self.fd else { return };
+        let mut buf = [0u8; 65536];
+        match read(fd.as_raw_fd(), &mut buf) {
+            Ok(0) | Err(Errno::EBADF) => self.fd = None,
+            Ok(n) => {
+                let room = self.cap.saturating_sub(self.data.len());
+                let keep = room.min(n);
+                self.data.extend_from_slice(&buf[..keep]);
+                self.dropped += n - keep;
+            }
+            Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
+            Err(_) => self.fd = None,
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+fn text(capture: &Capture, stream: &str, notes: &mut Vec<String>) -> String {
+    let mut s = String::from_utf8_lossy(&capture.data).into_owned();
+    if capture.dropped > 0 {
+        let note = format!(
+            "[nsbox: {stream} truncated at {} ({} more bytes dropped)]",
+            human_bytes(capture.cap as u64),
+            capture.dropped
+        );
+        if !s.ends_with('\n') && !s.is_empty() {
+            s.push('\n');
+        }
+        s.push_str(&note);
+        s.push('\n');
+        notes.push(format!("{stream} limit ({}) exceeded", human_bytes(capture.cap as u64)));
+    }
+    s
+}
+
+/// Splits the harness's length-prefixed PNG frames into plots.
+fn decode_plots(bytes: &[u8], truncated: bool, limits: &Limits, notes: &mut Vec<String>) -> Vec<Plot> {
+    let mut plots = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        if rest.len() - 4 < len {
+            break;
+        }
+        plots.push(Plot {
+            content_base64: base64::engine::general_purpose::STANDARD.encode(&rest[4..4 + len]),
+            format: "png".into(),
+            filename: format!("plot_{}.png", plots.len() + 1),
+        });
+        rest = &rest[4 + len..];
+    }
+    if truncated || !rest.is_empty() {
+        notes.push(format!(
+            "plot size limit ({}) exceeded; later plots dropped",
+            human_bytes(limits.plot_bytes as u64)
+        ));
+    }
+    plots
+}
+
+fn execute(request: &RunRequest, config: &SpawnerConfig, seccomp: &SeccompProgram, client: &UnixStream) -> RunOutcome {
+    let start = Instant::now();
+    let limits = &request.limits;
+
+    let prepared = (|| -> Result<_, (&'static str, Errno)> {
+        let e = |step| move |errno| (step, errno);
+        let stdout = pipe().map_err(e("create pipes"))?;
+        let stderr = pipe().map_err(e("create pipes"))?;
+        let plots = pipe().map_err(e("create pipes"))?;
+        let report = pipe().map_err(e("create pipes"))?;
+        let release = pipe().map_err(e("create pipes"))?;
+        let code = memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC).map_err(e("store the code"))?;
+        std::fs::File::from(code.try_clone().map_err(|err| ("store the code", io_errno(&err)))?)
+            .write_all(request.code.as_bytes())
+            .map_err(|err| ("store the code", io_errno(&err)))?;
+        lseek(code.as_raw_fd(), 0, Whence::SeekSet).map_err(e("store the code"))?;
+        Ok((stdout, stderr, plots, report, release, code))
+    })();
+    let (stdout, stderr, plots, report, release, code) = match prepared {
+        Ok(p) => p,
+        Err((step, errno)) => return setup_failed(step, errno, start),
+    };
+
+    let plan = ChildPlan {
+        rootfs: config.rootfs.clone(),
+        limits: limits.clone(),
+        memory_rlimit: config.cgroup.is_none(),
+        seccomp: seccomp.clone(),
+        argv: cstrings(&["/usr/bin/python3", "-I", "-B", "-c", HARNESS]),
+        envp: run_env(limits),
+        release_read: release.read,
+        release_write: release.write.as_raw_fd(),
+        report_write: report.write,
+        stdout_write: stdout.write,
+        stderr_write: stderr.write,
+        plots_write: plots.write,
+        code,
+    };
+
+    let pid = match sys::clone_fork(RUN_NAMESPACES) {
+        Ok(None) => child::init_main(plan),
+        Ok(Some(pid)) => pid,
+        Err(errno) => return setup_failed("create namespaces", errno, start),
+    };
+    // Only the child keeps the write ends, so EOF means every run process is gone.
+    drop(plan);
+
+    let run_name = format!("run-{}", std::process::id());
+    let cgroup = match &config.cgroup {
+        Some(parent) => match parent.create_run(&run_name, limits).and_then(|cg| cg.add(pid).map(|()| cg)) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                tracing::error!(error = %e, "run cgroup");
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return setup_failed("create the run cgroup", Errno::EIO, start);
+            }
+        },
+        None => None,
+    };
+    let finish_setup_failure = |cgroup: Option<RunCgroup>, step: &str, errno: Errno| {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        if let Some(cg) = cgroup {
+            let _ = cg.remove();
+        }
+        setup_failed(step, errno, start)
+    };
+    if let Err(e) = namespaces::write_id_maps(pid, config.uid_base) {
+        return finish_setup_failure(cgroup, "write id maps", io_errno(&e));
+    }
+    if let Err(errno) = nix::unistd::write(&release.write, &[1]) {
+        return finish_setup_failure(cgroup, "release the sandbox", errno);
+    }
+    drop(release.write);
+
+    let run_start = Instant::now();
+    let deadline = run_start + Duration::from_millis(limits.timeout_ms);
+    let mut out = Capture::new(stdout.read, limits.output_bytes);
+    let mut err = Capture::new(stderr.read, limits.output_bytes);
+    let mut figs = Capture::new(plots.read, limits.plot_bytes);
+    let mut reports = Capture::new(report.read, RECORD_LEN * 4);
+    let mut timed_out = false;
+    let mut cancelled = false;
+    let mut killed_at: Option<Instant> = None;
+
+    loop {
+        let open: Vec<&OwnedFd> = [&out.fd, &err.fd, &figs.fd, &reports.fd].into_iter().flatten().collect();
+        if open.is_empty() {
+            break;
+        }
+        let now = Instant::now();
+        if let Some(at) = killed_at {
+            if now >= at + DRAIN_GRACE {
+                break;
+            }
+        } else if now >= deadline {
+            timed_out = true;
+            let _ = kill(pid, Signal::SIGKILL);
+            killed_at = Some(now);
+            continue;
+        }
+        let wait_until = killed_at.map(|at| at + DRAIN_GRACE).unwrap_or(deadline);
+        let timeout_ms = wait_until.saturating_duration_since(now).as_millis().min(60_000) as u16;
+        let mut fds: Vec<PollFd> = open.iter().map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)).collect();
+        fds.push(PollFd::new(client.as_fd(), PollFlags::POLLIN));
+        match poll(&mut fds, PollTimeout::from(timeout_ms.max(1))) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let client_gone = fds
+            .last()
+            .and_then(|f| f.revents())
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR));
+        drop(fds);
+        if client_gone && killed_at.is_none() {
+            // The server sends nothing after the request: readable means it hung up.
+            cancelled = true;
+            let _ = kill(pid, Signal::SIGKILL);
+            killed_at = Some(Instant::now());
+        }
+        for capture in [&mut out, &mut err, &mut figs, &mut reports] {
+            capture.pump();
+        }
+    }
+    // Init is PID 1 of the run: once it is reaped, the kernel has killed and reaped every
+    // other process of the namespace, double-forked and setsid ones included.
+    if killed_at.is_some() || out.fd.is_some() || err.fd.is_some() {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    let _ = waitpid(pid, None);
+    let wall_ms = run_start.elapsed().as_millis() as u64;
+
+    let (oom, pids_hit, peak) = match &cgroup {
+        Some(cg) => (cg.oom_killed(), cg.pids_limit_hit(), cg.peak_memory()),
+        None => (false, false, None),
+    };
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.remove() {
+            tracing::error!(error = %e, "removing the run cgroup");
+        }
+    }
+
+    let records: Vec<Record> = reports.data.chunks(RECORD_LEN).filter_map(Record::decode).collect();
+    let mut notes = Vec::new();
+    let termination = if cancelled {
+        Termination::Cancelled
+    } else if let Some((step, errno)) = records.iter().find_map(|r| match r {
+        Record::Failed { step, errno } => Some((*step, *errno)),
+        _ => None,
+    }) {
+        Termination::SetupFailed {
+            step: Step::from_code(step).map(Step::name).unwrap_or("unknown").to_string(),
+            errno,
+        }
+    } else if timed_out {
+        Termination::TimedOut
+    } else {
+        match records.iter().find_map(|r| match r {
+            Record::PythonStatus(s) => Some(*s),
+            _ => None,
+        }) {
+            Some(status) if status & 0x7f == 0 => Termination::Exited { code: (status >> 8) & 0xff },
+            Some(_) | None if oom => Termination::OutOfMemory,
+            Some(status) => Termination::Signaled { signal: status & 0x7f },
+            None => Termination::SetupFailed {
+                step: "init exited without a status".into(),
+                errno: 0,
+            },
+        }
+    };
+    if pids_hit {
+        notes.push(format!("process limit ({}) reached", limits.max_processes));
+    }
+    let stdout = text(&out, "stdout", &mut notes);
+    let mut stderr = text(&err, "stderr", &mut notes);
+    let plots = decode_plots(&figs.data, figs.dropped > 0, limits, &mut notes);
+    if pids_hit || figs.dropped > 0 {
+        for note in notes.iter().filter(|n| n.starts_with("process") || n.starts_with("plot")) {
+            stderr.push_str(&format!("nsbox: {note}\n"));
+        }
+    }
+    let _ = start;
+    RunOutcome {
+        termination,
+        stdout,
+        stderr,
+        plots,
+        notes,
+        wall_ms,
+        peak_memory_bytes: peak,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plot_frames_are_split_and_named_in_order() {
+        let mut bytes = Vec::new();
+        for payload in [&b"\x89PNG-one"[..], &b"\x89PNG-two"[..]] {
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(payload);
+        }
+        let mut notes = Vec::new();
+        let plots = decode_plots(&bytes, false, &Limits::default(), &mut notes);
+        assert_eq!(plots.len(), 2);
+        assert_eq!(plots[1].filename, "plot_2.png");
+        assert_eq!(plots[0].format, "png");
+        assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn a_cut_plot_frame_is_dropped_with_a_note() {
+        let mut bytes = 100u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0u8; 10]);
+        let mut notes = Vec::new();
+        assert!(decode_plots(&bytes, true, &Limits::default(), &mut notes).is_empty());
+        assert_eq!(notes.len(), 1);
+    }
+
+    #[test]
+    fn truncated_output_is_marked() {
+        let (r, _w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+        let mut cap = Capture::new(r, 4);
+        cap.data = b"abcd".to_vec();
+        cap.dropped = 10;
+        let mut notes = Vec::new();
+        let s = text(&cap, "stdout", &mut notes);
+        assert!(s.starts_with("abcd\n[nsbox: stdout truncated at 4 bytes (10 more bytes dropped)]"));
+        assert_eq!(notes, ["stdout limit (4 bytes) exceeded"]);
+    }
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_bytes(1 << 20), "1 MiB");
+        assert_eq!(human_bytes(512 << 20), "512 MiB");
+        assert_eq!(human_bytes(2048), "2 KiB");
+        assert_eq!(human_bytes(1000), "1000 bytes");
+    }
+}

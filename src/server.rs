@@ -1,0 +1,139 @@
+//! `nsbox serve`: checks the host, starts the spawner, then serves the API until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::api::admission::Admission;
+use crate::api::{router, ApiConfig, AppState, Isolation};
+use crate::sandbox::cgroup::{self, CgroupParent};
+use crate::sandbox::spawner::{Spawner, SpawnerError};
+use crate::sandbox::{Limits, SpawnerConfig};
+
+/// The seccomp policy compiled into the binary.
+pub const SECCOMP_POLICY: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/seccomp/default.json"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("root filesystem {0} has no /usr/bin/python3; build it with scripts/build-rootfs.sh")]
+    Rootfs(PathBuf),
+    #[error("starting the sandbox: {0}")]
+    Spawner(#[from] SpawnerError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("serving HTTP: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Everything `serve` needs, already validated.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub rootfs: PathBuf,
+    pub limits: Limits,
+    pub default_timeout_s: f64,
+    pub max_timeout_s: f64,
+    pub max_running: usize,
+    pub max_queue: usize,
+    pub uid_base: u32,
+    pub cgroups: bool,
+}
+
+/// Sets up the per-server cgroup, or says loudly why runs get rlimits only.
+fn prepare_cgroups(enabled: bool, warnings: &mut Vec<String>) -> (Option<CgroupParent>, Option<String>) {
+    if !enabled {
+        warnings.push("cgroups disabled by configuration: memory, process and CPU limits are rlimits only".into());
+        return (None, None);
+    }
+    let prepared = cgroup::detect().and_then(|layout| {
+        let parent = CgroupParent::prepare(&layout, std::process::id())?;
+        Ok((parent, layout.describe()))
+    });
+    match prepared {
+        Ok((parent, description)) => (Some(parent), Some(description)),
+        Err(e) => {
+            warnings.push(format!(
+                "no cgroup access ({e}): memory, process and CPU limits fall back to rlimits only"
+            ));
+            (None, None)
+        }
+    }
+}
+
+pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    if !opts.rootfs.join("usr/bin/python3").exists() {
+        return Err(ServeError::Rootfs(opts.rootfs.clone()));
+    }
+    let mut warnings = Vec::new();
+    let (cgroup_parent, cgroup_description) = prepare_cgroups(opts.cgroups, &mut warnings);
+    for w in &warnings {
+        tracing::warn!("WARNING: {w}");
+    }
+    // The spawner starts before the async runtime exists, so it never inherits its threads.
+    let spawner = Spawner::start(SpawnerConfig {
+        rootfs: opts.rootfs.clone(),
+        uid_base: opts.uid_base,
+        cgroup: cgroup_parent.clone(),
+        seccomp_policy: SECCOMP_POLICY.to_string(),
+    })?;
+    let isolation = Isolation {
+        namespaces: vec!["user", "mount", "pid", "network", "ipc", "uts", "cgroup"],
+        cgroup: cgroup_description,
+        seccomp: true,
+        rlimits: true,
+        warnings,
+    };
+    let state = AppState {
+        config: Arc::new(ApiConfig {
+            limits: opts.limits.clone(),
+            default_timeout_s: opts.default_timeout_s,
+            max_timeout_s: opts.max_timeout_s,
+            // Room for 50,000 four-byte characters, JSON escaping and the other fields.
+            max_body_bytes: 1 << 20,
+            max_running: opts.max_running,
+        }),
+        spawner: Arc::new(spawner),
+        admission: Arc::new(Admission::new(opts.max_running, opts.max_queue)),
+        isolation: Arc::new(isolation),
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| ServeError::Bind { addr: opts.listen, source })?;
+        let addr = listener.local_addr().map_err(ServeError::Serve)?;
+        tracing::info!(
+            rootfs = %opts.rootfs.display(),
+            cgroup = ?state.isolation.cgroup,
+            max_running = opts.max_running,
+            "nsbox listening on http://{addr}"
+        );
+        axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(ServeError::Serve)
+    });
+    drop(state);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    if let Some(parent) = cgroup_parent {
+        parent.remove();
+    }
+    tracing::info!("nsbox stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down: finishing runs in flight");
+}

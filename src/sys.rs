@@ -1,0 +1,144 @@
+//! The one place that holds `unsafe` code and raw system calls; everything else calls these safe wrappers.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+/// Creates a child process in new namespaces, like `fork()` but with `clone` flags.
+///
+/// Returns `Some(pid)` in the parent and `None` in the child. The child runs on a copy of
+/// the caller's stack, so the caller must be single-threaded (the spawner and the
+/// supervisors it forks are): no other thread can hold a lock the child would need.
+pub fn clone_fork(flags: CloneFlags) -> Result<Option<Pid>, Errno> {
+    let raw_flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: `clone` without CLONE_VM and with a null stack behaves like fork(): the child
+    // gets a private copy of the address space and continues from this point. The callers
+    // are single-threaded processes, so no lock can be held by a thread that does not exist
+    // in the child. The pointer arguments (parent_tid, child_tid, tls) are null and unused
+    // because the corresponding flags are not set.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            raw_flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        pid => Ok(Some(Pid::from_raw(pid as libc::pid_t))),
+    }
+}
+
+/// Plain `fork()`, for single-threaded callers only.
+pub fn fork() -> Result<Option<Pid>, Errno> {
+    // SAFETY: every caller is a single-threaded process (the spawner, a supervisor, or the
+    // sandbox's init), so the child cannot inherit a lock held by another thread.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+        nix::unistd::ForkResult::Child => Ok(None),
+    }
+}
+
+/// Ends the calling process at once, without running atexit handlers or destructors.
+///
+/// Forked children use it so they never run the parent's cleanup (flushing buffers that
+/// belong to the parent, removing the parent's files).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and never returns; skipping destructors is the
+    // point, and no Rust invariant depends on them running in a forked child.
+    unsafe { libc::_exit(code) }
+}
+
+/// Closes every file descriptor from `first` upwards.
+pub fn close_fds_from(first: RawFd) -> Result<(), Errno> {
+    // SAFETY: close_range only takes integers; closing descriptors this process does not
+    // use any more cannot break memory safety. Callers are about to execve.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) };
+    if ret == -1 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Brings the loopback interface of the current network namespace up.
+pub fn loopback_up() -> Result<(), Errno> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket() takes only integers; the result is checked and wrapped in an OwnedFd
+    // so it is closed on every path.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `raw` is a fresh, valid descriptor owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value for it.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the interface name from `req` and writes the flags into
+    // its union; `req` is a valid, exclusively borrowed ifreq for the whole call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Makes `fd` appear as descriptor `target` (without close-on-exec) in a command's child.
+pub fn pass_fd(cmd: &mut Command, fd: RawFd, target: RawFd) {
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2 and
+    // fcntl, which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == target {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, target) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
+/// Borrows a descriptor number that the caller keeps open for the rest of the process.
+pub fn borrow_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: callers pass descriptors that stay open until the process exits or execs
+    // (the report pipe in a sandbox child), so the borrow never outlives the descriptor.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Lets the kernel reap the caller's children (SIGCHLD ignored) or restores the default.
+pub fn auto_reap_children(on: bool) -> Result<(), Errno> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    let handler = if on { SigHandler::SigIgn } else { SigHandler::SigDfl };
+    // SAFETY: SIG_IGN and SIG_DFL are not handler functions, so no code runs in signal
+    // context and nothing can race with the rest of the program.
+    unsafe { signal(Signal::SIGCHLD, handler) }.map(drop)
+}
+
+/// Takes ownership of a descriptor number nothing else in the process owns (one inherited
+/// at a fixed number, or one just received with SCM_RIGHTS).
+pub fn take_fd(fd: RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass descriptors that were handed to this process for it to own and
+    // that no other object wraps, so exactly one owner will close it.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
