@@ -10,7 +10,11 @@ use crate::sandbox::Limits;
 use crate::server::{self, ServeOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "nsbox", version, about = "Self-hosted code-execution API: untrusted Python in fresh Linux namespaces")]
+#[command(
+    name = "nsbox",
+    version,
+    about = "Self-hosted code-execution API: untrusted Python in fresh Linux namespaces"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -102,6 +106,7 @@ pub fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Serve(args) => match server::serve(args.options()) {

@@ -11,7 +11,8 @@ use crate::sandbox::spawner::{Spawner, SpawnerError};
 use crate::sandbox::{Limits, SpawnerConfig};
 
 /// The seccomp policy compiled into the binary.
-pub const SECCOMP_POLICY: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/seccomp/default.json"));
+pub const SECCOMP_POLICY: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/seccomp/default.json"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -20,7 +21,10 @@ pub enum ServeError {
     #[error("starting the sandbox: {0}")]
     Spawner(#[from] SpawnerError),
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("starting the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("serving HTTP: {0}")]
@@ -42,9 +46,15 @@ pub struct ServeOptions {
 }
 
 /// Sets up the per-server cgroup, or says loudly why runs get rlimits only.
-fn prepare_cgroups(enabled: bool, warnings: &mut Vec<String>) -> (Option<CgroupParent>, Option<String>) {
+fn prepare_cgroups(
+    enabled: bool,
+    warnings: &mut Vec<String>,
+) -> (Option<CgroupParent>, Option<String>) {
     if !enabled {
-        warnings.push("cgroups disabled by configuration: memory, process and CPU limits are rlimits only".into());
+        warnings.push(
+            "cgroups disabled by configuration: memory, process and CPU limits are rlimits only"
+                .into(),
+        );
         return (None, None);
     }
     let prepared = cgroup::detect().and_then(|layout| {
@@ -106,7 +116,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
-            .map_err(|source| ServeError::Bind { addr: opts.listen, source })?;
+            .map_err(|source| ServeError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
         let addr = listener.local_addr().map_err(ServeError::Serve)?;
         tracing::info!(
             rootfs = %opts.rootfs.display(),

@@ -62,7 +62,14 @@ pub fn exit_now(code: i32) -> ! {
 pub fn close_fds_from(first: RawFd) -> Result<(), Errno> {
     // SAFETY: close_range only takes integers; closing descriptors this process does not
     // use any more cannot break memory safety. Callers are about to execve.
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
     if ret == -1 {
         return Err(Errno::last());
     }
@@ -128,7 +135,11 @@ pub fn borrow_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
 /// Lets the kernel reap the caller's children (SIGCHLD ignored) or restores the default.
 pub fn auto_reap_children(on: bool) -> Result<(), Errno> {
     use nix::sys::signal::{signal, SigHandler, Signal};
-    let handler = if on { SigHandler::SigIgn } else { SigHandler::SigDfl };
+    let handler = if on {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
     // SAFETY: SIG_IGN and SIG_DFL are not handler functions, so no code runs in signal
     // context and nothing can race with the rest of the program.
     unsafe { signal(Signal::SIGCHLD, handler) }.map(drop)

@@ -39,8 +39,13 @@ pub struct Validated {
 
 /// Checks a request body against the contract. Unknown fields are ignored, so clients
 /// (and the official SDK's `extra_body`) that send more than nsbox knows keep working.
-pub fn validate(body: &[u8], default_timeout_s: f64, max_timeout_s: f64) -> Result<Validated, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
+pub fn validate(
+    body: &[u8],
+    default_timeout_s: f64,
+    max_timeout_s: f64,
+) -> Result<Validated, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
         return Err(ApiError::invalid("request body must be a JSON object"));
     };
@@ -50,7 +55,9 @@ pub fn validate(body: &[u8], default_timeout_s: f64, max_timeout_s: f64) -> Resu
         Some(_) => return Err(ApiError::invalid("`code` must be a string")),
     };
     if code.trim().is_empty() {
-        return Err(ApiError::invalid("`code` must not be empty or whitespace only"));
+        return Err(ApiError::invalid(
+            "`code` must not be empty or whitespace only",
+        ));
     }
     if code.contains('\0') {
         return Err(ApiError::invalid("`code` must not contain NUL bytes"));
@@ -62,14 +69,22 @@ pub fn validate(body: &[u8], default_timeout_s: f64, max_timeout_s: f64) -> Resu
         )));
     }
     match obj.get("lang") {
-        None | Some(Value::Null) => return Err(ApiError::invalid("`lang` is required; only \"python\" is supported")),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(
+                "`lang` is required; only \"python\" is supported",
+            ))
+        }
         Some(Value::String(s)) if s == "python" => {}
         Some(Value::String(s)) => {
             return Err(ApiError::invalid(format!(
                 "unsupported `lang` {s:?}; only \"python\" is supported"
             )))
         }
-        Some(_) => return Err(ApiError::invalid("`lang` must be a string; only \"python\" is supported")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`lang` must be a string; only \"python\" is supported",
+            ))
+        }
     }
     let timeout_s = match obj.get("timeout") {
         None | Some(Value::Null) => default_timeout_s,
@@ -113,7 +128,11 @@ fn failure(outcome: &RunOutcome, message: &str) -> (bool, i32, String) {
 
 /// Maps a run's outcome to the spec's fields: code that ran to its end is a success even
 /// when it raised (exit code 1), as in the spec's error examples; a run a limit ended is not.
-pub fn respond(outcome: &RunOutcome, limits: &Limits, started: Instant) -> Result<CodeResponse, ApiError> {
+pub fn respond(
+    outcome: &RunOutcome,
+    limits: &Limits,
+    started: Instant,
+) -> Result<CodeResponse, ApiError> {
     let (success, exit_code, stderr) = match &outcome.termination {
         Termination::Exited { code } => (true, *code, outcome.stderr.clone()),
         Termination::TimedOut => failure(outcome, "Execution timeout exceeded"),
@@ -121,13 +140,18 @@ pub fn respond(outcome: &RunOutcome, limits: &Limits, started: Instant) -> Resul
             outcome,
             &format!("Memory limit exceeded ({} MiB)", limits.memory_bytes >> 20),
         ),
-        Termination::Signaled { signal } if *signal == libc::SIGXCPU || *signal == libc::SIGKILL => failure(
-            outcome,
-            &format!("CPU time limit exceeded ({} s)", limits.cpu_seconds),
-        ),
-        Termination::Signaled { signal } => {
-            failure(outcome, &format!("process killed by {}", signal_name(*signal)))
+        Termination::Signaled { signal }
+            if *signal == libc::SIGXCPU || *signal == libc::SIGKILL =>
+        {
+            failure(
+                outcome,
+                &format!("CPU time limit exceeded ({} s)", limits.cpu_seconds),
+            )
         }
+        Termination::Signaled { signal } => failure(
+            outcome,
+            &format!("process killed by {}", signal_name(*signal)),
+        ),
         Termination::SetupFailed { step, errno } => {
             tracing::error!(step, errno, "sandbox set-up failed");
             return Err(ApiError::internal());
@@ -171,12 +195,19 @@ pub async fn execute(
     check_content_type(&headers)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!("request body exceeds {} bytes", state.config.max_body_bytes))
+            ApiError::too_large(format!(
+                "request body exceeds {} bytes",
+                state.config.max_body_bytes
+            ))
         } else {
             ApiError::invalid(format!("could not read the request body: {rejection}"))
         }
     })?;
-    let request = validate(&body, state.config.default_timeout_s, state.config.max_timeout_s)?;
+    let request = validate(
+        &body,
+        state.config.default_timeout_s,
+        state.config.max_timeout_s,
+    )?;
     let limits = Limits {
         timeout_ms: request.timeout_ms,
         ..state.config.limits.clone()
@@ -216,13 +247,26 @@ mod tests {
         let ok = v(r#"{"code": "print(2**2)", "lang": "python"}"#).unwrap();
         assert_eq!(ok.code, "print(2**2)");
         assert_eq!(ok.timeout_ms, 30_000);
-        assert_eq!(v(r#"{"code": "x", "lang": "python", "timeout": 5}"#).unwrap().timeout_ms, 5000);
-        assert_eq!(v(r#"{"code": "x", "lang": "python", "timeout": 0.25}"#).unwrap().timeout_ms, 250);
+        assert_eq!(
+            v(r#"{"code": "x", "lang": "python", "timeout": 5}"#)
+                .unwrap()
+                .timeout_ms,
+            5000
+        );
+        assert_eq!(
+            v(r#"{"code": "x", "lang": "python", "timeout": 0.25}"#)
+                .unwrap()
+                .timeout_ms,
+            250
+        );
     }
 
     #[test]
     fn unknown_fields_and_libraries_are_accepted() {
-        assert!(v(r#"{"code": "x", "lang": "python", "libraries": ["numpy"], "extra": {"a": 1}}"#).is_ok());
+        assert!(
+            v(r#"{"code": "x", "lang": "python", "libraries": ["numpy"], "extra": {"a": 1}}"#)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -236,14 +280,35 @@ mod tests {
             (r#"{"code": "", "lang": "python"}"#, "empty"),
             (r#"{"code": "a\u0000b", "lang": "python"}"#, "NUL"),
             (r#"{"code": "x"}"#, "`lang` is required"),
-            (r#"{"code": "x", "lang": "javascript"}"#, "unsupported `lang`"),
+            (
+                r#"{"code": "x", "lang": "javascript"}"#,
+                "unsupported `lang`",
+            ),
             (r#"{"code": "x", "lang": 1}"#, "`lang` must be a string"),
-            (r#"{"code": "x", "lang": "python", "timeout": "5"}"#, "must be a number"),
-            (r#"{"code": "x", "lang": "python", "timeout": 0}"#, "more than 0"),
-            (r#"{"code": "x", "lang": "python", "timeout": -3}"#, "more than 0"),
-            (r#"{"code": "x", "lang": "python", "timeout": 301}"#, "at most 300"),
-            (r#"{"code": "x", "lang": "python", "timeout": 1e308}"#, "at most 300"),
-            (r#"{"code": "x", "lang": "python", "libraries": "numpy"}"#, "array of strings"),
+            (
+                r#"{"code": "x", "lang": "python", "timeout": "5"}"#,
+                "must be a number",
+            ),
+            (
+                r#"{"code": "x", "lang": "python", "timeout": 0}"#,
+                "more than 0",
+            ),
+            (
+                r#"{"code": "x", "lang": "python", "timeout": -3}"#,
+                "more than 0",
+            ),
+            (
+                r#"{"code": "x", "lang": "python", "timeout": 301}"#,
+                "at most 300",
+            ),
+            (
+                r#"{"code": "x", "lang": "python", "timeout": 1e308}"#,
+                "at most 300",
+            ),
+            (
+                r#"{"code": "x", "lang": "python", "libraries": "numpy"}"#,
+                "array of strings",
+            ),
         ];
         for (body, needle) in cases {
             let err = v(body).unwrap_err();
@@ -254,9 +319,11 @@ mod tests {
 
     #[test]
     fn code_over_50000_characters_is_too_large_but_50000_multibyte_characters_are_fine() {
-        let at_limit = serde_json::json!({"code": "é".repeat(MAX_CODE_CHARS), "lang": "python"}).to_string();
+        let at_limit =
+            serde_json::json!({"code": "é".repeat(MAX_CODE_CHARS), "lang": "python"}).to_string();
         assert!(v(&at_limit).is_ok());
-        let over = serde_json::json!({"code": "a".repeat(MAX_CODE_CHARS + 1), "lang": "python"}).to_string();
+        let over = serde_json::json!({"code": "a".repeat(MAX_CODE_CHARS + 1), "lang": "python"})
+            .to_string();
         assert_eq!(v(&over).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
@@ -278,11 +345,29 @@ mod tests {
         let r = respond(&outcome(Termination::TimedOut, ""), &limits, Instant::now()).unwrap();
         assert_eq!((r.success, r.exit_code), (false, -1));
         assert_eq!(r.stderr, "Execution failed: Execution timeout exceeded");
-        let r = respond(&outcome(Termination::OutOfMemory, "partial"), &limits, Instant::now()).unwrap();
-        assert_eq!(r.stderr, "partial\nExecution failed: Memory limit exceeded (512 MiB)");
-        let r = respond(&outcome(Termination::Exited { code: 1 }, "Traceback"), &limits, Instant::now()).unwrap();
+        let r = respond(
+            &outcome(Termination::OutOfMemory, "partial"),
+            &limits,
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(
+            r.stderr,
+            "partial\nExecution failed: Memory limit exceeded (512 MiB)"
+        );
+        let r = respond(
+            &outcome(Termination::Exited { code: 1 }, "Traceback"),
+            &limits,
+            Instant::now(),
+        )
+        .unwrap();
         assert_eq!((r.success, r.exit_code), (true, 1));
-        let r = respond(&outcome(Termination::Signaled { signal: 11 }, ""), &limits, Instant::now()).unwrap();
+        let r = respond(
+            &outcome(Termination::Signaled { signal: 11 }, ""),
+            &limits,
+            Instant::now(),
+        )
+        .unwrap();
         assert!(r.stderr.contains("SIGSEGV"));
     }
 

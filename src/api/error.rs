@@ -31,7 +31,11 @@ impl ApiError {
     }
 
     pub fn unprocessable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", message)
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            message,
+        )
     }
 
     pub fn too_large(message: impl Into<String>) -> ApiError {
@@ -39,7 +43,11 @@ impl ApiError {
     }
 
     pub fn unsupported_media(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
     }
 
     pub fn not_found() -> ApiError {
@@ -47,7 +55,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> ApiError {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this endpoint",
+        )
     }
 
     pub fn overloaded(message: impl Into<String>) -> ApiError {
@@ -60,7 +72,11 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after_secs: Some(1),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message)
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                message,
+            )
         }
     }
 

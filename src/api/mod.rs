@@ -47,7 +47,10 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
-        .route("/v1/tools/code", post(code::execute).fallback(method_not_allowed))
+        .route(
+            "/v1/tools/code",
+            post(code::execute).fallback(method_not_allowed),
+        )
         .route("/v1/health", get(health).fallback(method_not_allowed))
         .route("/v1/status", get(status).fallback(method_not_allowed))
         .fallback(not_found)

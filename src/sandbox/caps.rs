@@ -12,7 +12,10 @@ pub struct CapsError {
 /// Empties the bounding set, so no later execve can regain a capability. Needs
 /// CAP_SETPCAP, so it runs while the process is still root of its user namespace.
 pub fn drop_bounding() -> Result<(), CapsError> {
-    caps::clear(None, CapSet::Bounding).map_err(|source| CapsError { set: "bounding", source })
+    caps::clear(None, CapSet::Bounding).map_err(|source| CapsError {
+        set: "bounding",
+        source,
+    })
 }
 
 /// Empties the ambient, inheritable, effective and permitted sets of the calling thread.
@@ -30,7 +33,16 @@ pub fn drop_all() -> Result<(), CapsError> {
 
 /// Whether the calling thread holds no capability in any set.
 pub fn none_held() -> bool {
-    [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable, CapSet::Ambient]
-        .into_iter()
-        .all(|set| caps::read(None, set).map(|s: CapsHashSet| s.is_empty()).unwrap_or(false))
+    [
+        CapSet::Effective,
+        CapSet::Permitted,
+        CapSet::Inheritable,
+        CapSet::Ambient,
+    ]
+    .into_iter()
+    .all(|set| {
+        caps::read(None, set)
+            .map(|s: CapsHashSet| s.is_empty())
+            .unwrap_or(false)
+    })
 }

@@ -42,7 +42,10 @@ pub enum Layout {
         cpu: Option<PathBuf>,
     },
     /// cgroup v2: the server's own cgroup directory in the unified hierarchy.
-    V2 { own: PathBuf, controllers: Vec<String> },
+    V2 {
+        own: PathBuf,
+        controllers: Vec<String>,
+    },
 }
 
 impl Layout {
@@ -65,7 +68,10 @@ pub enum CgroupParent {
         pids: PathBuf,
         cpu: Option<PathBuf>,
     },
-    V2 { dir: PathBuf, cpu: bool },
+    V2 {
+        dir: PathBuf,
+        cpu: bool,
+    },
 }
 
 /// Reads the layout from the live system.
@@ -219,7 +225,10 @@ fn remove_stale_servers(nsbox_dir: &Path, own_instance: &str) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix("srv-").and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .strip_prefix("srv-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if name == own_instance || Path::new(&format!("/proc/{pid}")).exists() {
@@ -267,7 +276,11 @@ impl CgroupParent {
                     .into_iter()
                     .filter(|c| controllers.iter().any(|have| have == c))
                     .collect();
-                let enable = wanted.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
+                let enable = wanted
+                    .iter()
+                    .map(|c| format!("+{c}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 // v2 forbids processes in a cgroup whose controllers are delegated to
                 // children, so the server moves itself into a leaf of its own first.
                 let leaf = own.join("nsbox-server");
@@ -340,7 +353,10 @@ impl CgroupParent {
                     write(&memsw, &mem)?;
                 }
                 let _ = fs::write(run.memory.join("memory.swappiness"), "0");
-                write(&run.pids.join("pids.max"), &limits.max_processes.to_string())?;
+                write(
+                    &run.pids.join("pids.max"),
+                    &limits.max_processes.to_string(),
+                )?;
                 if let Some(cpu) = &run.cpu {
                     write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                     write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
@@ -408,7 +424,11 @@ impl RunCgroup {
 
     /// Whether the kernel's OOM killer ended a process of this run.
     pub fn oom_killed(&self) -> bool {
-        let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
         read_key(&self.memory.join(file), "oom_kill").unwrap_or(0) > 0
     }
 
@@ -418,8 +438,16 @@ impl RunCgroup {
     }
 
     pub fn peak_memory(&self) -> Option<u64> {
-        let file = if self.v2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
-        fs::read_to_string(self.memory.join(file)).ok()?.trim().parse().ok()
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        fs::read_to_string(self.memory.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Kills every process still in the run and removes its cgroup directories.
@@ -435,7 +463,8 @@ impl RunCgroup {
 mod tests {
     use super::*;
 
-    const HYBRID_CGROUP: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
+    const HYBRID_CGROUP: &str =
+        "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
     const HYBRID_MOUNTINFO: &str = "\
 30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
@@ -444,13 +473,18 @@ mod tests {
 39 30 0:35 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
     const V2_CGROUP: &str = "0::/system.slice/nsbox.service\n";
-    const V2_MOUNTINFO: &str = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+    const V2_MOUNTINFO: &str =
+        "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
 
     fn fake_v1() -> (tempfile::TempDir, Layout) {
         let root = tempfile::tempdir().unwrap();
         // The unified mount exists but offers no controllers, as on our hosts.
         fs::create_dir_all(root.path().join("sys/fs/cgroup/unified")).unwrap();
-        fs::write(root.path().join("sys/fs/cgroup/unified/cgroup.controllers"), "").unwrap();
+        fs::write(
+            root.path().join("sys/fs/cgroup/unified/cgroup.controllers"),
+            "",
+        )
+        .unwrap();
         let layout = detect_from(HYBRID_CGROUP, HYBRID_MOUNTINFO, root.path()).unwrap();
         (root, layout)
     }
@@ -473,7 +507,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let own = root.path().join("sys/fs/cgroup/system.slice/nsbox.service");
         fs::create_dir_all(&own).unwrap();
-        fs::write(own.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        fs::write(
+            own.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
         let layout = detect_from(V2_CGROUP, V2_MOUNTINFO, root.path()).unwrap();
         assert!(matches!(layout, Layout::V2 { ref own, .. } if own.ends_with("nsbox.service")));
     }
@@ -491,7 +529,8 @@ mod tests {
         let mountinfo = "33 30 0:29 /docker/x /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
                          37 30 0:33 /docker/x /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n";
         let cgroup = "4:memory:/docker/x/inner\n8:pids:/docker/x\n";
-        let Layout::V1 { memory, pids, cpu } = detect_from(cgroup, mountinfo, root.path()).unwrap() else {
+        let Layout::V1 { memory, pids, cpu } = detect_from(cgroup, mountinfo, root.path()).unwrap()
+        else {
             panic!("expected v1");
         };
         assert_eq!(memory, root.path().join("sys/fs/cgroup/memory/inner"));
@@ -503,7 +542,9 @@ mod tests {
     fn v1_run_cgroup_gets_every_limit_and_swap_off() {
         let (_root, layout) = fake_v1();
         let parent = CgroupParent::prepare(&layout, 4242).unwrap();
-        let CgroupParent::V1 { memory, .. } = &parent else { panic!() };
+        let CgroupParent::V1 { memory, .. } = &parent else {
+            panic!()
+        };
         assert!(memory.ends_with("nsbox/srv-4242"));
         // Swap accounting is on for this fake host.
         fs::create_dir_all(memory.join("run-1")).unwrap();
@@ -517,9 +558,15 @@ mod tests {
         let run = parent.create_run("run-1", &limits).unwrap();
         let read = |p: &Path| fs::read_to_string(p).unwrap();
         assert_eq!(read(&run.memory.join("memory.limit_in_bytes")), "268435456");
-        assert_eq!(read(&run.memory.join("memory.memsw.limit_in_bytes")), "268435456");
+        assert_eq!(
+            read(&run.memory.join("memory.memsw.limit_in_bytes")),
+            "268435456"
+        );
         assert_eq!(read(&run.pids.join("pids.max")), "32");
-        assert_eq!(read(&run.cpu.as_ref().unwrap().join("cpu.cfs_quota_us")), "50000");
+        assert_eq!(
+            read(&run.cpu.as_ref().unwrap().join("cpu.cfs_quota_us")),
+            "50000"
+        );
         run.add(Pid::from_raw(77)).unwrap();
         assert_eq!(read(&run.pids.join("cgroup.procs")), "77");
     }
@@ -530,7 +577,11 @@ mod tests {
         let parent = CgroupParent::prepare(&layout, 1).unwrap();
         let run = parent.create_run("run-2", &Limits::default()).unwrap();
         assert!(!run.oom_killed());
-        fs::write(run.memory.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n").unwrap();
+        fs::write(
+            run.memory.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        )
+        .unwrap();
         fs::write(run.pids.join("pids.events"), "max 3\n").unwrap();
         fs::write(run.memory.join("memory.max_usage_in_bytes"), "1234\n").unwrap();
         assert!(run.oom_killed());
@@ -549,11 +600,21 @@ mod tests {
         let parent = CgroupParent::prepare(&layout, 4242).unwrap();
         let read = |p: PathBuf| fs::read_to_string(p).unwrap();
         assert_eq!(read(own.join("nsbox-server/cgroup.procs")), "4242");
-        assert_eq!(read(own.join("cgroup.subtree_control")), "+memory +pids +cpu");
+        assert_eq!(
+            read(own.join("cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
         let run = parent.create_run("run-9", &Limits::default()).unwrap();
-        assert_eq!(read(run.memory.join("memory.max")), (512u64 << 20).to_string());
+        assert_eq!(
+            read(run.memory.join("memory.max")),
+            (512u64 << 20).to_string()
+        );
         assert_eq!(read(run.memory.join("cpu.max")), "100000 100000");
-        fs::write(run.memory.join("memory.events"), "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n").unwrap();
+        fs::write(
+            run.memory.join("memory.events"),
+            "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
         assert!(run.oom_killed());
     }
 

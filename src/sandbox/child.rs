@@ -134,7 +134,10 @@ fn step<T>(s: Step, r: Result<T, Errno>) -> Result<T, Failure> {
 /// A fixed-size record on the report pipe, so a write from a dying process is atomic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
-    Failed { step: u32, errno: i32 },
+    Failed {
+        step: u32,
+        errno: i32,
+    },
     /// The Python process's raw wait status, sent by init.
     PythonStatus(i32),
 }
@@ -224,13 +227,20 @@ fn init_steps(plan: ChildPlan) -> Result<i32, Failure> {
     // Our copy of the write end would keep the pipe open if the supervisor died.
     let _ = nix::unistd::close(plan.release_write);
     let mut byte = [0u8; 1];
-    if step(Step::WaitRelease, read(plan.release_read.as_raw_fd(), &mut byte))? != 1 {
+    if step(
+        Step::WaitRelease,
+        read(plan.release_read.as_raw_fd(), &mut byte),
+    )? != 1
+    {
         // The supervisor went away before releasing us.
         sys::exit_now(1);
     }
     step(Step::BecomeRoot, namespaces::become_root())?;
     // Set after the uid change, which clears it.
-    step(Step::ParentDeathSignal, prctl::set_pdeathsig(Signal::SIGKILL))?;
+    step(
+        Step::ParentDeathSignal,
+        prctl::set_pdeathsig(Signal::SIGKILL),
+    )?;
     step(Step::CgroupNamespace, namespaces::enter_cgroup_namespace())?;
     rootfs::enter(&plan.rootfs, plan.limits.tmp_bytes)?;
     step(Step::Hostname, namespaces::set_hostname())?;
@@ -242,17 +252,26 @@ fn init_steps(plan: ChildPlan) -> Result<i32, Failure> {
 
     // Init keeps only the report pipe; holding the output pipes would hide EOF from the
     // supervisor, and holding the server's stderr is no business of a sandbox.
-    let devnull = step(Step::InitStdio, open("/dev/null", OFlag::O_RDWR, Mode::empty()))?;
+    let devnull = step(
+        Step::InitStdio,
+        open("/dev/null", OFlag::O_RDWR, Mode::empty()),
+    )?;
     for fd in 0..=2 {
         step(Step::InitStdio, dup2(devnull, fd))?;
     }
-    step(Step::InitStdio, dup2(plan.report_write.as_raw_fd(), REPORT_FD))?;
+    step(
+        Step::InitStdio,
+        dup2(plan.report_write.as_raw_fd(), REPORT_FD),
+    )?;
     step(Step::InitStdio, sys::close_fds_from(REPORT_FD + 1))?;
     step(
         Step::InitDropCaps,
         caps::drop_bounding().map_err(|_| Errno::EPERM),
     )?;
-    step(Step::InitDropCaps, caps::drop_all().map_err(|_| Errno::EPERM))?;
+    step(
+        Step::InitDropCaps,
+        caps::drop_all().map_err(|_| Errno::EPERM),
+    )?;
     step(Step::InitDropCaps, prctl::set_no_new_privs())?;
 
     // Reap everything (orphans are re-parented to us) until Python itself is done; leaving
@@ -268,21 +287,46 @@ fn init_steps(plan: ChildPlan) -> Result<i32, Failure> {
                 sys::exit_now(0)
             }
             Ok(_) | Err(Errno::EINTR) => continue,
-            Err(errno) => return Err(Failure { step: Step::StartPython, errno }),
+            Err(errno) => {
+                return Err(Failure {
+                    step: Step::StartPython,
+                    errno,
+                })
+            }
         }
     }
 }
 
 fn set_rlimits(limits: &Limits, memory_rlimit: bool) -> Result<(), Errno> {
-    setrlimit(Resource::RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1)?;
-    setrlimit(Resource::RLIMIT_NPROC, limits.max_processes, limits.max_processes)?;
-    setrlimit(Resource::RLIMIT_FSIZE, limits.file_size_bytes, limits.file_size_bytes)?;
-    setrlimit(Resource::RLIMIT_NOFILE, limits.open_files, limits.open_files)?;
+    setrlimit(
+        Resource::RLIMIT_CPU,
+        limits.cpu_seconds,
+        limits.cpu_seconds + 1,
+    )?;
+    setrlimit(
+        Resource::RLIMIT_NPROC,
+        limits.max_processes,
+        limits.max_processes,
+    )?;
+    setrlimit(
+        Resource::RLIMIT_FSIZE,
+        limits.file_size_bytes,
+        limits.file_size_bytes,
+    )?;
+    setrlimit(
+        Resource::RLIMIT_NOFILE,
+        limits.open_files,
+        limits.open_files,
+    )?;
     setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
     if memory_rlimit {
         // RLIMIT_AS would count the address space OpenBLAS reserves but never touches;
         // RLIMIT_DATA counts private writable memory, which is what a memory bomb grows.
-        setrlimit(Resource::RLIMIT_DATA, limits.memory_bytes, limits.memory_bytes)?;
+        setrlimit(
+            Resource::RLIMIT_DATA,
+            limits.memory_bytes,
+            limits.memory_bytes,
+        )?;
     }
     Ok(())
 }
@@ -304,12 +348,18 @@ fn python_main(plan: &ChildPlan) -> ! {
 
 fn python_steps(plan: &ChildPlan) -> Result<std::convert::Infallible, Failure> {
     step(Step::Rlimits, set_rlimits(&plan.limits, plan.memory_rlimit))?;
-    step(Step::DropBoundingCaps, caps::drop_bounding().map_err(|_| Errno::EPERM))?;
+    step(
+        Step::DropBoundingCaps,
+        caps::drop_bounding().map_err(|_| Errno::EPERM),
+    )?;
     step(Step::BecomeNobody, namespaces::become_nobody())?;
     step(Step::DropCaps, caps::drop_all().map_err(|_| Errno::EPERM))?;
     step(Step::NoNewPrivs, prctl::set_no_new_privs())?;
 
-    let devnull = step(Step::Stdio, open("/dev/null", OFlag::O_RDONLY, Mode::empty()))?;
+    let devnull = step(
+        Step::Stdio,
+        open("/dev/null", OFlag::O_RDONLY, Mode::empty()),
+    )?;
     let sources = [
         (devnull, 0),
         (plan.stdout_write.as_raw_fd(), 1),
@@ -320,16 +370,28 @@ fn python_steps(plan: &ChildPlan) -> Result<std::convert::Infallible, Failure> {
     ];
     let mut moved = Vec::with_capacity(sources.len());
     for (fd, target) in sources {
-        moved.push((step(Step::Stdio, fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(SCRATCH_FD)))?, target));
+        moved.push((
+            step(
+                Step::Stdio,
+                fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(SCRATCH_FD)),
+            )?,
+            target,
+        ));
     }
     for (fd, target) in moved {
         step(Step::Stdio, dup2(fd, target))?;
     }
     // The report pipe must close on exec, so the supervisor sees EOF once Python started.
-    step(Step::Stdio, fcntl(REPORT_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop))?;
+    step(
+        Step::Stdio,
+        fcntl(REPORT_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop),
+    )?;
     step(Step::CloseFds, sys::close_fds_from(REPORT_FD + 1))?;
     step(Step::WorkDir, chdir("/tmp"))?;
-    step(Step::Seccomp, plan.seccomp.apply().map_err(|_| Errno::EINVAL))?;
+    step(
+        Step::Seccomp,
+        plan.seccomp.apply().map_err(|_| Errno::EINVAL),
+    )?;
     step(Step::Exec, execve(&plan.argv[0], &plan.argv, &plan.envp))
 }
 
@@ -340,7 +402,10 @@ mod tests {
     #[test]
     fn records_round_trip() {
         for r in [
-            Record::Failed { step: Step::MountProc as u32, errno: 13 },
+            Record::Failed {
+                step: Step::MountProc as u32,
+                errno: 13,
+            },
             Record::PythonStatus(256),
         ] {
             assert_eq!(Record::decode(&r.encode()), Some(r));

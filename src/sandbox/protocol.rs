@@ -57,14 +57,18 @@ pub async fn write_frame_async<T: Serialize>(
     w: &mut (impl AsyncWriteExt + Unpin),
     value: &T,
 ) -> Result<(), ProtocolError> {
-    w.write_all(&encode(value)?).await.map_err(ProtocolError::Write)
+    w.write_all(&encode(value)?)
+        .await
+        .map_err(ProtocolError::Write)
 }
 
 pub async fn read_frame_async<T: DeserializeOwned>(
     r: &mut (impl AsyncReadExt + Unpin),
 ) -> Result<T, ProtocolError> {
     let mut header = [0u8; 4];
-    r.read_exact(&mut header).await.map_err(ProtocolError::Read)?;
+    r.read_exact(&mut header)
+        .await
+        .map_err(ProtocolError::Read)?;
     let mut body = vec![0u8; decode_len(header)?];
     r.read_exact(&mut body).await.map_err(ProtocolError::Read)?;
     serde_json::from_slice(&body).map_err(ProtocolError::Decode)
@@ -94,6 +98,9 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, &"hello").unwrap();
         buf.truncate(buf.len() - 1);
-        assert!(matches!(read_frame::<String>(&mut buf.as_slice()), Err(ProtocolError::Read(_))));
+        assert!(matches!(
+            read_frame::<String>(&mut buf.as_slice()),
+            Err(ProtocolError::Read(_))
+        ));
     }
 }

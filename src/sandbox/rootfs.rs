@@ -33,7 +33,10 @@ fn step<T>(step: Step, r: Result<T, Errno>) -> Result<T, Failure> {
 }
 
 fn io_step<T>(s: Step, r: std::io::Result<T>) -> Result<T, Failure> {
-    step(s, r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+    step(
+        s,
+        r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+    )
 }
 
 /// Flags of the mount under `path` that a remount inside a user namespace must keep: the
@@ -65,7 +68,10 @@ pub fn enter(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
         mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE),
     )?;
     // Non-recursive: host mounts below the tree stay out of the run.
-    step(Step::BindRootfs, mount(Some(root), root, NONE, MsFlags::MS_BIND, NONE))?;
+    step(
+        Step::BindRootfs,
+        mount(Some(root), root, NONE, MsFlags::MS_BIND, NONE),
+    )?;
 
     let dev = root.join("dev");
     step(
@@ -83,7 +89,13 @@ pub fn enter(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
         io_step(Step::MountDev, File::create(&target))?;
         step(
             Step::MountDev,
-            mount(Some(&Path::new("/dev").join(name)), &target, NONE, MsFlags::MS_BIND, NONE),
+            mount(
+                Some(&Path::new("/dev").join(name)),
+                &target,
+                NONE,
+                MsFlags::MS_BIND,
+                NONE,
+            ),
         )?;
     }
     for (name, target) in DEV_LINKS {
@@ -129,7 +141,11 @@ pub fn enter(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
             NONE,
             root,
             NONE,
-            keep | MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            keep | MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
             NONE,
         ),
     )?;

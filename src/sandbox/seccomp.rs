@@ -17,14 +17,23 @@ pub struct SeccompProgram(seccompiler::BpfProgram);
 pub fn compile(policy_json: &str) -> Result<SeccompProgram, SeccompError> {
     let filters: HashMap<String, seccompiler::BpfProgram> = seccompiler::compile_from_json(
         policy_json.as_bytes(),
-        std::env::consts::ARCH.try_into().map_err(|e| SeccompError::Parse(format!("{e:?}")))?,
+        std::env::consts::ARCH
+            .try_into()
+            .map_err(|e| SeccompError::Parse(format!("{e:?}")))?,
     )
     .map_err(|e| SeccompError::Parse(e.to_string()))?;
-    filters.into_values().next().map(SeccompProgram).ok_or(SeccompError::Parse("empty".into()))
+    filters
+        .into_values()
+        .next()
+        .map(SeccompProgram)
+        .ok_or(SeccompError::Parse("empty".into()))
 }
 
 pub fn builtin() -> Result<SeccompProgram, SeccompError> {
-    compile(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/seccomp/default.json")))
+    compile(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/seccomp/default.json"
+    )))
 }
 
 impl SeccompProgram {

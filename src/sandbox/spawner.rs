@@ -14,7 +14,9 @@ use nix::sys::prctl;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
-use super::protocol::{read_frame, read_frame_async, write_frame, write_frame_async, ProtocolError};
+use super::protocol::{
+    read_frame, read_frame_async, write_frame, write_frame_async, ProtocolError,
+};
 use super::{seccomp, supervisor, RunOutcome, RunRequest, SpawnerConfig};
 use crate::sys;
 
@@ -109,8 +111,12 @@ impl Spawner {
         self.handoff(&theirs)?;
         drop(theirs);
         let mut ours = ours;
-        write_frame_async(&mut ours, request).await.map_err(SpawnerError::Send)?;
-        read_frame_async(&mut ours).await.map_err(SpawnerError::SupervisorLost)
+        write_frame_async(&mut ours, request)
+            .await
+            .map_err(SpawnerError::Send)?;
+        read_frame_async(&mut ours)
+            .await
+            .map_err(SpawnerError::SupervisorLost)
     }
 }
 
@@ -177,7 +183,12 @@ pub fn main() -> i32 {
         let mut byte = [0u8; 1];
         let mut iov = [IoSliceMut::new(&mut byte)];
         let mut space = nix::cmsg_space!([RawFd; 1]);
-        let msg = match recvmsg::<()>(control.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        let msg = match recvmsg::<()>(
+            control.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Ok(m) => m,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return 0,

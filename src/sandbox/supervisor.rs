@@ -42,7 +42,11 @@ pub enum SupervisorError {
 }
 
 /// Serves one run on `stream` and returns when its outcome has been written.
-pub fn serve(mut stream: UnixStream, config: &SpawnerConfig, seccomp: &SeccompProgram) -> Result<(), SupervisorError> {
+pub fn serve(
+    mut stream: UnixStream,
+    config: &SpawnerConfig,
+    seccomp: &SeccompProgram,
+) -> Result<(), SupervisorError> {
     // The server's end was non-blocking; ours is a separate file description.
     let _ = stream.set_nonblocking(false);
     let request: RunRequest = read_frame(&mut stream).map_err(SupervisorError::Request)?;
@@ -72,7 +76,10 @@ fn io_errno(e: &std::io::Error) -> Errno {
 }
 
 fn cstrings(items: &[&str]) -> Vec<CString> {
-    items.iter().map(|s| CString::new(*s).expect("no NUL in fixed strings")).collect()
+    items
+        .iter()
+        .map(|s| CString::new(*s).expect("no NUL in fixed strings"))
+        .collect()
 }
 
 /// The fixed, minimal environment of a run: nothing of the server's reaches it.
@@ -143,9 +150,9 @@ impl Capture {
 }
 
 fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{} KiB", n >> 10)
     } else {
         format!("{n} bytes")
@@ -165,13 +172,21 @@ fn text(capture: &Capture, stream: &str, notes: &mut Vec<String>) -> String {
         }
         s.push_str(&note);
         s.push('\n');
-        notes.push(format!("{stream} limit ({}) exceeded", human_bytes(capture.cap as u64)));
+        notes.push(format!(
+            "{stream} limit ({}) exceeded",
+            human_bytes(capture.cap as u64)
+        ));
     }
     s
 }
 
 /// Splits the harness's length-prefixed PNG frames into plots.
-fn decode_plots(bytes: &[u8], truncated: bool, limits: &Limits, notes: &mut Vec<String>) -> Vec<Plot> {
+fn decode_plots(
+    bytes: &[u8],
+    truncated: bool,
+    limits: &Limits,
+    notes: &mut Vec<String>,
+) -> Vec<Plot> {
     let mut plots = Vec::new();
     let mut rest = bytes;
     while rest.len() >= 4 {
@@ -195,7 +210,12 @@ fn decode_plots(bytes: &[u8], truncated: bool, limits: &Limits, notes: &mut Vec<
     plots
 }
 
-fn execute(request: &RunRequest, config: &SpawnerConfig, seccomp: &SeccompProgram, client: &UnixStream) -> RunOutcome {
+fn execute(
+    request: &RunRequest,
+    config: &SpawnerConfig,
+    seccomp: &SeccompProgram,
+    client: &UnixStream,
+) -> RunOutcome {
     let start = Instant::now();
     let limits = &request.limits;
 
@@ -206,10 +226,14 @@ fn execute(request: &RunRequest, config: &SpawnerConfig, seccomp: &SeccompProgra
         let plots = pipe().map_err(e("create pipes"))?;
         let report = pipe().map_err(e("create pipes"))?;
         let release = pipe().map_err(e("create pipes"))?;
-        let code = memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC).map_err(e("store the code"))?;
-        std::fs::File::from(code.try_clone().map_err(|err| ("store the code", io_errno(&err)))?)
-            .write_all(request.code.as_bytes())
-            .map_err(|err| ("store the code", io_errno(&err)))?;
+        let code = memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(e("store the code"))?;
+        std::fs::File::from(
+            code.try_clone()
+                .map_err(|err| ("store the code", io_errno(&err)))?,
+        )
+        .write_all(request.code.as_bytes())
+        .map_err(|err| ("store the code", io_errno(&err)))?;
         lseek(code.as_raw_fd(), 0, Whence::SeekSet).map_err(e("store the code"))?;
         Ok((stdout, stderr, plots, report, release, code))
     })();
@@ -244,7 +268,10 @@ fn execute(request: &RunRequest, config: &SpawnerConfig, seccomp: &SeccompProgra
 
     let run_name = format!("run-{}", std::process::id());
     let cgroup = match &config.cgroup {
-        Some(parent) => match parent.create_run(&run_name, limits).and_then(|cg| cg.add(pid).map(|()| cg)) {
+        Some(parent) => match parent
+            .create_run(&run_name, limits)
+            .and_then(|cg| cg.add(pid).map(|()| cg))
+        {
             Ok(cg) => Some(cg),
             Err(e) => {
                 tracing::error!(error = %e, "run cgroup");
@@ -282,7 +309,10 @@ fn execute(request: &RunRequest, config: &SpawnerConfig, seccomp: &SeccompProgra
     let mut killed_at: Option<Instant> = None;
 
     loop {
-        let open: Vec<&OwnedFd> = [&out.fd, &err.fd, &figs.fd, &reports.fd].into_iter().flatten().collect();
+        let open: Vec<&OwnedFd> = [&out.fd, &err.fd, &figs.fd, &reports.fd]
+            .into_iter()
+            .flatten()
+            .collect();
         if open.is_empty() {
             break;
         }
@@ -298,17 +328,22 @@ fn execute(request: &RunRequest, config: &SpawnerConfig, seccomp: &SeccompProgra
             continue;
         }
         let wait_until = killed_at.map(|at| at + DRAIN_GRACE).unwrap_or(deadline);
-        let timeout_ms = wait_until.saturating_duration_since(now).as_millis().min(60_000) as u16;
-        let mut fds: Vec<PollFd> = open.iter().map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)).collect();
+        let timeout_ms = wait_until
+            .saturating_duration_since(now)
+            .as_millis()
+            .min(60_000) as u16;
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
         fds.push(PollFd::new(client.as_fd(), PollFlags::POLLIN));
         match poll(&mut fds, PollTimeout::from(timeout_ms.max(1))) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => break,
         }
-        let client_gone = fds
-            .last()
-            .and_then(|f| f.revents())
-            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR));
+        let client_gone = fds.last().and_then(|f| f.revents()).is_some_and(|r| {
+            r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+        });
         drop(fds);
         if client_gone && killed_at.is_none() {
             // The server sends nothing after the request: readable means it hung up.
@@ -338,7 +373,11 @@ fn execute(request: &RunRequest, config: &SpawnerConfig, seccomp: &SeccompProgra
         }
     }
 
-    let records: Vec<Record> = reports.data.chunks(RECORD_LEN).filter_map(Record::decode).collect();
+    let records: Vec<Record> = reports
+        .data
+        .chunks(RECORD_LEN)
+        .filter_map(Record::decode)
+        .collect();
     let mut notes = Vec::new();
     let termination = if cancelled {
         Termination::Cancelled
@@ -347,7 +386,10 @@ fn execute(request: &RunRequest, config: &SpawnerConfig, seccomp: &SeccompProgra
         _ => None,
     }) {
         Termination::SetupFailed {
-            step: Step::from_code(step).map(Step::name).unwrap_or("unknown").to_string(),
+            step: Step::from_code(step)
+                .map(Step::name)
+                .unwrap_or("unknown")
+                .to_string(),
             errno,
         }
     } else if timed_out {
@@ -357,9 +399,13 @@ fn execute(request: &RunRequest, config: &SpawnerConfig, seccomp: &SeccompProgra
             Record::PythonStatus(s) => Some(*s),
             _ => None,
         }) {
-            Some(status) if status & 0x7f == 0 => Termination::Exited { code: (status >> 8) & 0xff },
+            Some(status) if status & 0x7f == 0 => Termination::Exited {
+                code: (status >> 8) & 0xff,
+            },
             Some(_) | None if oom => Termination::OutOfMemory,
-            Some(status) => Termination::Signaled { signal: status & 0x7f },
+            Some(status) => Termination::Signaled {
+                signal: status & 0x7f,
+            },
             None => Termination::SetupFailed {
                 step: "init exited without a status".into(),
                 errno: 0,
@@ -373,7 +419,10 @@ fn execute(request: &RunRequest, config: &SpawnerConfig, seccomp: &SeccompProgra
     let mut stderr = text(&err, "stderr", &mut notes);
     let plots = decode_plots(&figs.data, figs.dropped > 0, limits, &mut notes);
     if pids_hit || figs.dropped > 0 {
-        for note in notes.iter().filter(|n| n.starts_with("process") || n.starts_with("plot")) {
+        for note in notes
+            .iter()
+            .filter(|n| n.starts_with("process") || n.starts_with("plot"))
+        {
             stderr.push_str(&format!("nsbox: {note}\n"));
         }
     }

@@ -1,0 +1,197 @@
+//! Shared test support: finds the root filesystem and starts the real nsbox server over the real sandbox.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// These tests create namespaces and cgroups: without root they cannot prove anything, so
+/// they fail loudly instead of skipping.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the sandbox tests need root (CI runs as root); run them with scripts/test.sh as root"
+    );
+}
+
+/// The root filesystem: `NSBOX_ROOTFS`, or the one scripts/build-rootfs.sh builds or finds.
+pub fn rootfs() -> PathBuf {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS
+        .get_or_init(|| {
+            if let Ok(p) = std::env::var("NSBOX_ROOTFS") {
+                return PathBuf::from(p);
+            }
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-rootfs.sh");
+            let out = Command::new("bash")
+                .arg(script)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("running build-rootfs.sh");
+            assert!(out.status.success(), "build-rootfs.sh failed");
+            let stdout = String::from_utf8(out.stdout).unwrap();
+            PathBuf::from(
+                stdout
+                    .lines()
+                    .last()
+                    .expect("build-rootfs.sh printed no path")
+                    .trim(),
+            )
+        })
+        .clone()
+}
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub port: u16,
+    pub log: Arc<Mutex<String>>,
+    client: reqwest::blocking::Client,
+}
+
+impl Server {
+    /// Starts `nsbox serve` on an ephemeral loopback port with extra flags.
+    pub fn start(extra: &[&str]) -> Server {
+        require_root();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nsbox"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--rootfs"])
+            .arg(rootfs())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting nsbox");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("nsbox did not start listening:\n{}", log.lock().unwrap());
+            });
+        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            port,
+            log,
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// POSTs a JSON body to `/v1/tools/code`; returns the status and the JSON answer.
+    pub fn post(&self, body: &Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}/v1/tools/code", self.base))
+            .json(body)
+            .send()
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().expect("JSON body"))
+    }
+
+    /// Runs Python code and returns the response object, asserting a 200.
+    pub fn run(&self, code: &str) -> Value {
+        self.run_with(json!({"code": code, "lang": "python"}))
+    }
+
+    pub fn run_with(&self, body: Value) -> Value {
+        let (status, value) = self.post(&body);
+        assert_eq!(
+            status,
+            200,
+            "{value}\nserver log:\n{}",
+            self.log.lock().unwrap()
+        );
+        value
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .expect("request")
+    }
+
+    pub fn client(&self) -> &reqwest::blocking::Client {
+        &self.client
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}
+
+/// Pids of host processes whose real uid is `uid`.
+pub fn processes_of_uid(uid: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let real = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse::<u32>().ok());
+        if real == Some(uid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
