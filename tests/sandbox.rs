@@ -132,7 +132,8 @@ fn only_loopback_exists_and_the_server_is_unreachable() {
     let code = format!(
         r#"
 import socket, errno
-assert [n for _, n in socket.if_nameindex()] == ['lo'], socket.if_nameindex()
+ifaces = [l.split(':')[0].strip() for l in open('/proc/net/dev').read().splitlines()[2:]]
+assert ifaces == ['lo'], ifaces
 s = socket.socket()
 s.settimeout(2)
 try:

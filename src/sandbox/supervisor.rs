@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::sys::signal::{kill, Signal};
@@ -123,6 +123,9 @@ struct Capture {
 
 impl Capture {
     fn new(fd: OwnedFd, cap: usize) -> Capture {
+        // Non-blocking, so draining one pipe never waits on a run that writes to another.
+        // Only our read end: the run's write ends stay blocking, as programs expect.
+        let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
         Capture {
             fd: Some(fd),
             data: Vec::new(),
@@ -145,6 +148,19 @@ impl Capture {
             }
             Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
             Err(_) => self.fd = None,
+        }
+    }
+
+    /// Reads until the pipe is empty or closed, at most 1 MiB at a time so that a flood on
+    /// one pipe cannot starve the others.
+    fn drain(&mut self) {
+        let before = |c: &Capture| (c.fd.is_some(), c.data.len() + c.dropped);
+        for _ in 0..16 {
+            let was = before(self);
+            self.pump();
+            if before(self) == was {
+                return;
+            }
         }
     }
 }
@@ -352,7 +368,7 @@ fn execute(
             killed_at = Some(Instant::now());
         }
         for capture in [&mut out, &mut err, &mut figs, &mut reports] {
-            capture.pump();
+            capture.drain();
         }
     }
     // Init is PID 1 of the run: once it is reaped, the kernel has killed and reaped every
