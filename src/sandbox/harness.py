@@ -52,19 +52,29 @@ def _nsbox_main():
                 state["emitted"] += 1
             pyplot.close(fig)
 
-    def backend_getattr(name):
-        if name in ("FigureCanvas", "FigureManager"):
+    class BackendFinder:
+        """Provides `nsbox_backend` (MPLBACKEND=module://nsbox_backend): the Agg canvas
+        with a show() that hands figures to nsbox. It is built only when matplotlib loads
+        its backend, so code that never plots never imports matplotlib."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name != "nsbox_backend":
+                return None
+            from importlib.machinery import ModuleSpec
+
+            return ModuleSpec(name, self)
+
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
             from matplotlib.backends import backend_agg
 
-            return getattr(backend_agg, name)
-        raise AttributeError(name)
+            module.FigureCanvas = backend_agg.FigureCanvas
+            module.FigureManager = backend_agg.FigureManager
+            module.show = lambda *args, **kwargs: emit_open_figures()
 
-    # A matplotlib backend (selected by MPLBACKEND=module://nsbox_backend) whose show()
-    # hands figures to nsbox; matplotlib itself is imported only if the code uses it.
-    backend = types.ModuleType("nsbox_backend")
-    backend.__getattr__ = backend_getattr
-    backend.show = lambda *args, **kwargs: emit_open_figures()
-    sys.modules["nsbox_backend"] = backend
+    sys.meta_path.insert(0, BackendFinder())
 
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
