@@ -1,0 +1,183 @@
+//! The spec's examples through the real server, field for field (timings and random numbers aside).
+
+mod common;
+
+use base64::Engine;
+use common::Server;
+use serde_json::json;
+
+const PANDAS: &str = r#"import pandas as pd
+import numpy as np
+
+# Create a sample dataset
+data = {
+    'name': ['Alice', 'Bob', 'Charlie', 'David'],
+    'age': [25, 30, 35, 28],
+    'score': [85, 90, 78, 92]
+}
+
+df = pd.DataFrame(data)
+
+# Calculate statistics
+print(f"Average age: {df['age'].mean()}")
+print(f"Average score: {df['score'].mean()}")
+print(f"\nTop scorer: {df.loc[df['score'].idxmax(), 'name']}")"#;
+
+const PLOT: &str = r#"import matplotlib.pyplot as plt
+import numpy as np
+
+# Generate data
+x = np.linspace(0, 10, 100)
+y = np.sin(x)
+
+# Create plot
+plt.figure(figsize=(10, 6))
+plt.plot(x, y, label='sin(x)', color='blue', linewidth=2)
+plt.xlabel('X axis')
+plt.ylabel('Y axis')
+plt.title('Sine Wave')
+plt.legend()
+plt.grid(True)
+plt.show()
+
+print("Plot generated successfully!")"#;
+
+const SCIPY: &str = r#"import numpy as np
+from scipy import stats
+
+# Generate random data
+data = np.random.normal(100, 15, 1000)
+
+# Calculate statistics
+mean = np.mean(data)
+std = np.std(data)
+median = np.median(data)
+
+# Perform t-test
+t_stat, p_value = stats.ttest_1samp(data, 100)
+
+print(f"Mean: {mean:.2f}")
+print(f"Std Dev: {std:.2f}")
+print(f"Median: {median:.2f}")
+print(f"T-statistic: {t_stat:.4f}")
+print(f"P-value: {p_value:.4f}")"#;
+
+fn assert_clean_success(r: &serde_json::Value) {
+    assert_eq!(r["success"], true, "{r:#}");
+    assert_eq!(r["stderr"], "", "{r:#}");
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["security_checked"], true);
+    assert_eq!(r["violations"], json!([]));
+}
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    assert_eq!(&png[12..16], b"IHDR");
+    let be = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+fn decode(plot: &serde_json::Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(plot["content_base64"].as_str().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn pandas_example() {
+    let server = Server::start(&[]);
+    let r = server.run(PANDAS);
+    assert_clean_success(&r);
+    assert_eq!(
+        r["stdout"],
+        "Average age: 29.5\nAverage score: 86.25\n\nTop scorer: David\n"
+    );
+    assert_eq!(r["plots"], json!([]));
+}
+
+#[test]
+fn plot_example_returns_one_png_of_the_figure_size() {
+    let server = Server::start(&[]);
+    let r = server.run(PLOT);
+    assert_clean_success(&r);
+    assert_eq!(r["stdout"], "Plot generated successfully!\n");
+    let plots = r["plots"].as_array().unwrap();
+    assert_eq!(plots.len(), 1);
+    assert_eq!(plots[0]["format"], "png");
+    assert_eq!(plots[0]["filename"], "plot_1.png");
+    // figsize (10, 6) at the default 100 dpi.
+    assert_eq!(png_size(&decode(&plots[0])), (1000, 600));
+}
+
+#[test]
+fn scipy_example() {
+    let server = Server::start(&[]);
+    let r = server.run(SCIPY);
+    assert_clean_success(&r);
+    let stdout = r["stdout"].as_str().unwrap();
+    let labels: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["Mean", "Std Dev", "Median", "T-statistic", "P-value"]
+    );
+    let value = |i: usize| -> f64 {
+        stdout
+            .lines()
+            .nth(i)
+            .unwrap()
+            .split(": ")
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!((90.0..110.0).contains(&value(0)), "{stdout}");
+    assert!((12.0..18.0).contains(&value(1)), "{stdout}");
+    assert!((0.0..=1.0).contains(&value(4)), "{stdout}");
+}
+
+#[test]
+fn figures_are_returned_once_each_in_creation_order() {
+    let server = Server::start(&[]);
+    let r = server.run(
+        "import matplotlib.pyplot as plt\n\
+         plt.figure(figsize=(2, 1)); plt.plot([1, 2])\n\
+         plt.figure(figsize=(3, 1)); plt.plot([2, 1])\n\
+         plt.show()\n\
+         plt.figure(figsize=(4, 1)); plt.bar(['a'], [1])\n\
+         plt.savefig('/tmp/mine.png')\n\
+         import os; print(os.path.getsize('/tmp/mine.png') > 0)",
+    );
+    assert_clean_success(&r);
+    assert_eq!(r["stdout"], "True\n");
+    let sizes: Vec<(u32, u32)> = r["plots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| png_size(&decode(p)))
+        .collect();
+    assert_eq!(sizes, [(200, 100), (300, 100), (400, 100)]);
+    let names: Vec<&str> = r["plots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["plot_1.png", "plot_2.png", "plot_3.png"]);
+}
+
+#[test]
+fn seaborn_figure_is_returned() {
+    let server = Server::start(&[]);
+    let r = server.run(
+        "import seaborn as sns, pandas as pd\n\
+         df = pd.DataFrame({'x': [1, 2, 3, 4], 'y': [2, 4, 1, 3]})\n\
+         sns.scatterplot(data=df, x='x', y='y')",
+    );
+    assert_clean_success(&r);
+    assert_eq!(r["plots"].as_array().unwrap().len(), 1);
+}
