@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::api::ScannerMode;
 use crate::sandbox::Limits;
 use crate::server::{self, ServeOptions};
 
@@ -70,6 +71,10 @@ pub struct ServeArgs {
     /// Do not use cgroups even where available (limits are rlimits only).
     #[arg(long, env = "NSBOX_NO_CGROUPS")]
     pub no_cgroups: bool,
+    /// Pre-execution scanner: `enforce` rejects flagged code, `report` runs it and lists the
+    /// violations, `off` skips scanning (the kernel isolation holds either way).
+    #[arg(long, env = "NSBOX_SCANNER", value_enum, default_value_t = ScannerMode::Enforce)]
+    pub scanner: ScannerMode,
 }
 
 impl ServeArgs {
@@ -95,6 +100,7 @@ impl ServeArgs {
             max_queue: self.max_queue,
             uid_base: self.uid_base,
             cgroups: !self.no_cgroups,
+            scanner: self.scanner,
         }
     }
 }

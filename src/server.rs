@@ -43,6 +43,7 @@ pub struct ServeOptions {
     pub max_queue: usize,
     pub uid_base: u32,
     pub cgroups: bool,
+    pub scanner: crate::api::ScannerMode,
 }
 
 /// Sets up the per-server cgroup, or says loudly why runs get rlimits only.
@@ -103,6 +104,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             // Room for 50,000 four-byte characters, JSON escaping and the other fields.
             max_body_bytes: 1 << 20,
             max_running: opts.max_running,
+            scanner: opts.scanner,
         }),
         spawner: Arc::new(spawner),
         admission: Arc::new(Admission::new(opts.max_running, opts.max_queue)),

@@ -16,6 +16,15 @@ use crate::sandbox::Limits;
 use admission::Admission;
 use error::ApiError;
 
+/// What the pre-execution scanner does with flagged code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScannerMode {
+    Enforce,
+    Report,
+    Off,
+}
+
 /// Settings the API needs on every request.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -24,6 +33,7 @@ pub struct ApiConfig {
     pub max_timeout_s: f64,
     pub max_body_bytes: usize,
     pub max_running: usize,
+    pub scanner: ScannerMode,
 }
 
 /// What this host's sandbox actually enforces, reported by `/v1/status`.
