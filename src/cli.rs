@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::api::ScannerMode;
+use crate::api::{RunMode, ScannerMode};
 use crate::sandbox::Limits;
-use crate::server::{self, ServeOptions};
+use crate::server::{self, ServeOptions, WarmOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +71,17 @@ pub struct ServeArgs {
     /// Do not use cgroups even where available (limits are rlimits only).
     #[arg(long, env = "NSBOX_NO_CGROUPS")]
     pub no_cgroups: bool,
+    /// `warm` forks runs from warm interpreters (zygotes) for millisecond starts; `cold`
+    /// starts a fresh interpreter per run. Both give every run the same isolation.
+    #[arg(long, env = "NSBOX_MODE", value_enum, default_value_t = RunMode::Warm)]
+    pub mode: RunMode,
+    /// nsbox built as a shared library, loaded into zygotes [default: libnsbox.so beside
+    /// the nsbox binary].
+    #[arg(long, env = "NSBOX_WARM_LIBRARY")]
+    pub warm_library: Option<PathBuf>,
+    /// Runs a zygote forks before it is replaced by a fresh one.
+    #[arg(long, env = "NSBOX_MAX_FORKS", default_value_t = 500)]
+    pub max_forks: u32,
     /// Pre-execution scanner: `enforce` rejects flagged code, `report` runs it and lists the
     /// violations, `off` skips scanning (the kernel isolation holds either way).
     #[arg(long, env = "NSBOX_SCANNER", value_enum, default_value_t = ScannerMode::Enforce)]
@@ -101,6 +112,10 @@ impl ServeArgs {
             uid_base: self.uid_base,
             cgroups: !self.no_cgroups,
             scanner: self.scanner,
+            warm: (self.mode == RunMode::Warm).then(|| WarmOptions {
+                library: self.warm_library.clone(),
+                max_forks: self.max_forks,
+            }),
         }
     }
 }

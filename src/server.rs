@@ -8,7 +8,7 @@ use crate::api::admission::Admission;
 use crate::api::{router, ApiConfig, AppState, Isolation};
 use crate::sandbox::cgroup::{self, CgroupParent};
 use crate::sandbox::spawner::{Spawner, SpawnerError};
-use crate::sandbox::{Limits, SpawnerConfig};
+use crate::sandbox::{Limits, SpawnerConfig, WarmConfig};
 
 /// The seccomp policy compiled into the binary.
 pub const SECCOMP_POLICY: &str =
@@ -44,6 +44,33 @@ pub struct ServeOptions {
     pub uid_base: u32,
     pub cgroups: bool,
     pub scanner: crate::api::ScannerMode,
+    pub warm: Option<WarmOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WarmOptions {
+    pub library: Option<PathBuf>,
+    pub max_forks: u32,
+}
+
+/// Resolves the warm path's shared library, or says loudly why runs will be cold.
+fn warm_config(opts: &Option<WarmOptions>, warnings: &mut Vec<String>) -> Option<WarmConfig> {
+    let opts = opts.as_ref()?;
+    let library = opts.library.clone().or_else(|| {
+        let exe = std::env::current_exe().ok()?;
+        Some(exe.parent()?.join("libnsbox.so"))
+    })?;
+    if !library.is_file() {
+        warnings.push(format!(
+            "warm path unavailable: {} not found (build it with `cargo build`); every run starts a fresh interpreter",
+            library.display()
+        ));
+        return None;
+    }
+    Some(WarmConfig {
+        library,
+        max_forks: opts.max_forks,
+    })
 }
 
 /// Sets up the per-server cgroup, or says loudly why runs get rlimits only.
@@ -79,6 +106,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     let mut warnings = Vec::new();
     let (cgroup_parent, cgroup_description) = prepare_cgroups(opts.cgroups, &mut warnings);
+    let warm = warm_config(&opts.warm, &mut warnings);
     for w in &warnings {
         tracing::warn!("WARNING: {w}");
     }
@@ -88,12 +116,15 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         uid_base: opts.uid_base,
         cgroup: cgroup_parent.clone(),
         seccomp_policy: SECCOMP_POLICY.to_string(),
+        warm: warm.clone(),
+        limits: opts.limits.clone(),
     })?;
     let isolation = Isolation {
         namespaces: vec!["user", "mount", "pid", "network", "ipc", "uts", "cgroup"],
         cgroup: cgroup_description,
         seccomp: true,
         rlimits: true,
+        warm: warm.is_some(),
         warnings,
     };
     let state = AppState {
@@ -105,6 +136,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             max_body_bytes: 1 << 20,
             max_running: opts.max_running,
             scanner: opts.scanner,
+            warm: warm.is_some(),
         }),
         spawner: Arc::new(spawner),
         admission: Arc::new(Admission::new(opts.max_running, opts.max_queue)),

@@ -153,3 +153,15 @@ pub fn take_fd(fd: RawFd) -> std::os::fd::OwnedFd {
     // that no other object wraps, so exactly one owner will close it.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
+
+/// Opens a pidfd for `pid`: a handle that stays valid (and polls readable once the process
+/// has exited) even if the pid number is reused.
+pub fn pidfd_open(pid: nix::unistd::Pid) -> Result<std::os::fd::OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes two integers; on success it returns a new descriptor that
+    // nothing else owns, which is wrapped at once.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(take_fd(ret as RawFd))
+}

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::sandbox::warm::template_for;
 use crate::sandbox::{Limits, Plot, RunOutcome, RunRequest, Termination};
 
 /// The spec's limit on `code`, in characters.
@@ -35,6 +36,7 @@ pub struct CodeResponse {
 pub struct Validated {
     pub code: String,
     pub timeout_ms: u64,
+    pub libraries: Vec<String>,
 }
 
 /// Checks a request body against the contract. Unknown fields are ignored, so clients
@@ -99,15 +101,36 @@ pub fn validate(
         }
         Some(_) => return Err(ApiError::invalid("`timeout` must be a number of seconds")),
     };
-    match obj.get("libraries") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+    let libraries = match obj.get("libraries") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         Some(_) => return Err(ApiError::invalid("`libraries` must be an array of strings")),
-    }
+    };
     Ok(Validated {
         code: code.clone(),
         timeout_ms: (timeout_s * 1000.0).ceil() as u64,
+        libraries,
     })
+}
+
+/// Top-level modules named in import statements, for choosing the warm template.
+fn imported_modules(code: &str) -> Vec<String> {
+    let mut modules = Vec::new();
+    for line in code.lines().map(str::trim_start) {
+        if let Some(rest) = line.strip_prefix("import ") {
+            modules.extend(
+                rest.split(',')
+                    .filter_map(|m| m.split_whitespace().next())
+                    .map(str::to_string),
+            );
+        } else if let Some(rest) = line.strip_prefix("from ") {
+            modules.extend(rest.split_whitespace().next().map(str::to_string));
+        }
+    }
+    modules
 }
 
 fn signal_name(sig: i32) -> String {
@@ -217,6 +240,10 @@ pub async fn execute(
     let outcome = state
         .spawner
         .run(&RunRequest {
+            template: state
+                .config
+                .warm
+                .then(|| template_for(&imported_modules(&request.code), &request.libraries)),
             code: request.code,
             limits: limits.clone(),
         })
@@ -228,6 +255,7 @@ pub async fn execute(
     tracing::info!(
         verdict = ?outcome.termination,
         wall_ms = outcome.wall_ms,
+        warm = outcome.warm,
         peak_memory = outcome.peak_memory_bytes,
         "run finished"
     );
@@ -336,6 +364,7 @@ mod tests {
             notes: vec![],
             wall_ms: 1,
             peak_memory_bytes: None,
+            warm: false,
         }
     }
 

@@ -25,6 +25,14 @@ pub enum ScannerMode {
     Off,
 }
 
+/// Where runs start: forked from a warm zygote, or in a fresh interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    Warm,
+    Cold,
+}
+
 /// Settings the API needs on every request.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -34,6 +42,7 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     pub max_running: usize,
     pub scanner: ScannerMode,
+    pub warm: bool,
 }
 
 /// What this host's sandbox actually enforces, reported by `/v1/status`.
@@ -43,6 +52,7 @@ pub struct Isolation {
     pub cgroup: Option<String>,
     pub seccomp: bool,
     pub rlimits: bool,
+    pub warm: bool,
     pub warnings: Vec<String>,
 }
 
@@ -68,14 +78,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The official SDK's `client.health()` reads this as a string.
-async fn health() -> &'static str {
-    "OK"
+/// The official SDK's `client.health()` reads this as a string. Not ready (503) until the
+/// warm templates are, so a load balancer sends no traffic to a cold server.
+async fn health(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.spawner.is_ready() {
+        Ok("OK")
+    } else {
+        Err(ApiError::unavailable(
+            "warming up: the warm interpreters are not ready yet",
+        ))
+    }
 }
 
 #[derive(Serialize)]
 struct Status {
     isolation: Isolation,
+    ready: bool,
+    warm_templates: Vec<crate::sandbox::warm::Template>,
     running: usize,
     queued: usize,
     max_running: usize,
@@ -84,6 +103,8 @@ struct Status {
 async fn status(State(state): State<AppState>) -> Json<Status> {
     Json(Status {
         isolation: (*state.isolation).clone(),
+        ready: state.spawner.is_ready(),
+        warm_templates: state.spawner.ready_templates(),
         running: state.admission.running(state.config.max_running),
         queued: state.admission.waiting(),
         max_running: state.config.max_running,

@@ -46,3 +46,16 @@ pub fn none_held() -> bool {
             .unwrap_or(false)
     })
 }
+
+/// Shrinks the bounding set to `keep`, so an execve as root yields exactly these.
+pub fn limit_bounding_to(keep: &[caps::Capability]) -> Result<(), CapsError> {
+    for cap in caps::runtime::thread_all_supported() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|source| CapsError {
+                set: "bounding",
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}

@@ -173,17 +173,30 @@ impl Record {
     }
 }
 
-/// Everything the child side needs, prepared by the supervisor before `clone`.
+/// How the run's Python process starts once the sandbox is built.
+pub enum Entry {
+    /// Cold path: execute a fresh interpreter with the harness.
+    Exec {
+        argv: Vec<CString>,
+        envp: Vec<CString>,
+    },
+    /// Warm path: return into the already-warm interpreter (a zygote's fork) that called us.
+    ReturnToCaller,
+}
+
+/// Everything the child side needs, prepared before `clone`.
 pub struct ChildPlan {
-    pub rootfs: PathBuf,
+    /// The root filesystem to pivot into, or `None` when the caller already runs inside it
+    /// (a zygote's fork).
+    pub rootfs: Option<PathBuf>,
     pub limits: Limits,
     /// Without cgroups, memory falls back to RLIMIT_DATA.
     pub memory_rlimit: bool,
     pub seccomp: SeccompProgram,
-    pub argv: Vec<CString>,
-    pub envp: Vec<CString>,
+    pub entry: Entry,
     pub release_read: OwnedFd,
-    pub release_write: RawFd,
+    /// The supervisor's end of the release pipe, if this process inherited it (cold path).
+    pub release_write: Option<RawFd>,
     pub report_write: OwnedFd,
     pub stdout_write: OwnedFd,
     pub stderr_write: OwnedFd,
@@ -198,16 +211,28 @@ const REPORT_FD: RawFd = 5;
 /// Sources are first copied above this, so moving them to 0..=5 never clobbers another.
 const SCRATCH_FD: RawFd = 64;
 
+/// Writes a record; a failure can happen before or after the pipe moved to REPORT_FD, so
+/// the fixed number is the fallback.
 fn report(fd: RawFd, record: Record) {
-    let _ = write(sys::borrow_fd(fd), &record.encode());
+    if write(sys::borrow_fd(fd), &record.encode()).is_err() && fd != REPORT_FD {
+        let _ = write(sys::borrow_fd(REPORT_FD), &record.encode());
+    }
 }
 
-/// Entry point of the run's init (PID 1 of the new PID namespace). Never returns.
-pub fn init_main(plan: ChildPlan) -> ! {
+/// Entry point of the run's init (PID 1 of the new PID namespace). Returns only in the
+/// run's Python process when the plan says [`Entry::ReturnToCaller`]; every other process
+/// ends inside.
+pub fn init_main(plan: ChildPlan) {
     let report_fd = plan.report_write.as_raw_fd();
-    match init_steps(plan) {
-        Ok(status) => {
-            report(report_fd, Record::PythonStatus(status));
+    match init_steps(&plan) {
+        Ok(Role::Python) => {
+            // The plan's descriptors were moved to fixed numbers and the originals closed;
+            // dropping them now would close whatever holds those numbers today.
+            std::mem::forget(plan);
+        }
+        Ok(Role::Init(status)) => {
+            // By now init has moved the report pipe to its fixed number.
+            report(REPORT_FD, Record::PythonStatus(status));
             sys::exit_now(0)
         }
         Err(f) => {
@@ -223,9 +248,19 @@ pub fn init_main(plan: ChildPlan) -> ! {
     }
 }
 
-fn init_steps(plan: ChildPlan) -> Result<i32, Failure> {
+/// Which process came back from the init steps.
+enum Role {
+    /// The run's init, with Python's wait status.
+    Init(i32),
+    /// The run's Python process, ready to run the code in this interpreter.
+    Python,
+}
+
+fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
     // Our copy of the write end would keep the pipe open if the supervisor died.
-    let _ = nix::unistd::close(plan.release_write);
+    if let Some(fd) = plan.release_write {
+        let _ = nix::unistd::close(fd);
+    }
     let mut byte = [0u8; 1];
     if step(
         Step::WaitRelease,
@@ -242,12 +277,15 @@ fn init_steps(plan: ChildPlan) -> Result<i32, Failure> {
         prctl::set_pdeathsig(Signal::SIGKILL),
     )?;
     step(Step::CgroupNamespace, namespaces::enter_cgroup_namespace())?;
-    rootfs::enter(&plan.rootfs, plan.limits.tmp_bytes)?;
+    match &plan.rootfs {
+        Some(root) => rootfs::enter(root, plan.limits.tmp_bytes)?,
+        None => rootfs::refresh(plan.limits.tmp_bytes)?,
+    }
     step(Step::Hostname, namespaces::set_hostname())?;
     step(Step::Loopback, namespaces::loopback_up())?;
 
     let Some(python) = step(Step::StartPython, sys::fork())? else {
-        python_main(&plan)
+        return python_main(plan).map(|()| Role::Python);
     };
 
     // Init keeps only the report pipe; holding the output pipes would hide EOF from the
@@ -278,13 +316,9 @@ fn init_steps(plan: ChildPlan) -> Result<i32, Failure> {
     // then makes the kernel kill whatever else is still in the namespace.
     loop {
         match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == python => {
-                report(REPORT_FD, Record::PythonStatus(code << 8));
-                sys::exit_now(0)
-            }
+            Ok(WaitStatus::Exited(pid, code)) if pid == python => return Ok(Role::Init(code << 8)),
             Ok(WaitStatus::Signaled(pid, sig, _)) if pid == python => {
-                report(REPORT_FD, Record::PythonStatus(sig as i32));
-                sys::exit_now(0)
+                return Ok(Role::Init(sig as i32))
             }
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(errno) => {
@@ -295,6 +329,19 @@ fn init_steps(plan: ChildPlan) -> Result<i32, Failure> {
             }
         }
     }
+}
+
+/// Moves each `(source, target)` descriptor to its target number. Sources are first copied
+/// above every target, so moving one never clobbers another that is still to be moved.
+pub fn place_fds(pairs: &[(RawFd, RawFd)]) -> Result<(), Errno> {
+    let mut moved = Vec::with_capacity(pairs.len());
+    for &(fd, target) in pairs {
+        moved.push((fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(SCRATCH_FD))?, target));
+    }
+    for (fd, target) in moved {
+        dup2(fd, target)?;
+    }
+    Ok(())
 }
 
 fn set_rlimits(limits: &Limits, memory_rlimit: bool) -> Result<(), Errno> {
@@ -332,10 +379,12 @@ fn set_rlimits(limits: &Limits, memory_rlimit: bool) -> Result<(), Errno> {
 }
 
 /// The Python process: drops to nobody, loses every privilege, installs seccomp last and
-/// executes the harness. Never returns.
-fn python_main(plan: &ChildPlan) -> ! {
+/// executes the harness, or returns to the warm interpreter that forked it.
+fn python_main(plan: &ChildPlan) -> Result<(), Failure> {
     let report_fd = plan.report_write.as_raw_fd();
-    let failure = python_steps(plan).unwrap_err();
+    let Err(failure) = python_steps(plan) else {
+        return Ok(());
+    };
     report(
         report_fd,
         Record::Failed {
@@ -346,7 +395,7 @@ fn python_main(plan: &ChildPlan) -> ! {
     sys::exit_now(127)
 }
 
-fn python_steps(plan: &ChildPlan) -> Result<std::convert::Infallible, Failure> {
+fn python_steps(plan: &ChildPlan) -> Result<(), Failure> {
     step(Step::Rlimits, set_rlimits(&plan.limits, plan.memory_rlimit))?;
     step(
         Step::DropBoundingCaps,
@@ -368,19 +417,7 @@ fn python_steps(plan: &ChildPlan) -> Result<std::convert::Infallible, Failure> {
         (plan.plots_write.as_raw_fd(), PLOTS_FD),
         (plan.report_write.as_raw_fd(), REPORT_FD),
     ];
-    let mut moved = Vec::with_capacity(sources.len());
-    for (fd, target) in sources {
-        moved.push((
-            step(
-                Step::Stdio,
-                fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(SCRATCH_FD)),
-            )?,
-            target,
-        ));
-    }
-    for (fd, target) in moved {
-        step(Step::Stdio, dup2(fd, target))?;
-    }
+    step(Step::Stdio, place_fds(&sources))?;
     // The report pipe must close on exec, so the supervisor sees EOF once Python started.
     step(
         Step::Stdio,
@@ -392,7 +429,14 @@ fn python_steps(plan: &ChildPlan) -> Result<std::convert::Infallible, Failure> {
         Step::Seccomp,
         plan.seccomp.apply().map_err(|_| Errno::EINVAL),
     )?;
-    step(Step::Exec, execve(&plan.argv[0], &plan.argv, &plan.envp))
+    match &plan.entry {
+        Entry::Exec { argv, envp } => step(Step::Exec, execve(&argv[0], argv, envp)).map(drop),
+        Entry::ReturnToCaller => {
+            // Without an exec, close-on-exec never fires: the report pipe must not stay
+            // open for the user's code.
+            step(Step::Exec, nix::unistd::close(REPORT_FD))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,51 @@
 import sys
 
 
+# What the current run's show() does; set by _nsbox_main.
+_nsbox_state = {"show": lambda: None}
+
+
+class _NsboxBackendFinder:
+    """Provides `nsbox_backend` (MPLBACKEND=module://nsbox_backend): the Agg canvas with
+    a show() that hands figures to nsbox. It is built only when matplotlib loads its
+    backend, so code that never plots never imports matplotlib."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "nsbox_backend":
+            return None
+        from importlib.machinery import ModuleSpec
+
+        return ModuleSpec(name, self)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        from matplotlib.backends import backend_agg
+
+        module.FigureCanvas = backend_agg.FigureCanvas
+        module.FigureManager = backend_agg.FigureManager
+        module.show = lambda *args, **kwargs: _nsbox_state["show"]()
+
+
+sys.meta_path.insert(0, _NsboxBackendFinder())
+
+
+def _nsbox_prepare_matplotlib():
+    import os
+
+    # matplotlib wants a writable cache directory; copying the font cache built into the
+    # root filesystem saves every run from rebuilding it.
+    cache_src = "/usr/local/share/nsbox/mplconfig"
+    cache_dst = os.environ.get("MPLCONFIGDIR")
+    if cache_dst and os.path.isdir(cache_src):
+        os.makedirs(cache_dst, exist_ok=True)
+        for name in os.listdir(cache_src):
+            with open(os.path.join(cache_src, name), "rb") as src:
+                with open(os.path.join(cache_dst, name), "wb") as dst:
+                    dst.write(src.read())
+
+
 def _nsbox_main():
     import builtins
     import io
@@ -22,17 +67,7 @@ def _nsbox_main():
     # Output reaches the caller even if the run is killed at its timeout.
     sys.stdout.reconfigure(line_buffering=True)
 
-    # matplotlib wants a writable cache directory; copying the font cache built into the
-    # root filesystem saves every run from rebuilding it.
-    cache_src = "/usr/local/share/nsbox/mplconfig"
-    cache_dst = os.environ.get("MPLCONFIGDIR")
-    if cache_dst and os.path.isdir(cache_src):
-        os.makedirs(cache_dst, exist_ok=True)
-        for name in os.listdir(cache_src):
-            with open(os.path.join(cache_src, name), "rb") as src, open(
-                os.path.join(cache_dst, name), "wb"
-            ) as dst:
-                dst.write(src.read())
+    _nsbox_prepare_matplotlib()
 
     def emit_open_figures():
         pyplot = sys.modules.get("matplotlib.pyplot")
@@ -52,29 +87,7 @@ def _nsbox_main():
                 state["emitted"] += 1
             pyplot.close(fig)
 
-    class BackendFinder:
-        """Provides `nsbox_backend` (MPLBACKEND=module://nsbox_backend): the Agg canvas
-        with a show() that hands figures to nsbox. It is built only when matplotlib loads
-        its backend, so code that never plots never imports matplotlib."""
-
-        def find_spec(self, name, path=None, target=None):
-            if name != "nsbox_backend":
-                return None
-            from importlib.machinery import ModuleSpec
-
-            return ModuleSpec(name, self)
-
-        def create_module(self, spec):
-            return None
-
-        def exec_module(self, module):
-            from matplotlib.backends import backend_agg
-
-            module.FigureCanvas = backend_agg.FigureCanvas
-            module.FigureManager = backend_agg.FigureManager
-            module.show = lambda *args, **kwargs: emit_open_figures()
-
-    sys.meta_path.insert(0, BackendFinder())
+    _nsbox_state["show"] = emit_open_figures
 
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
@@ -111,4 +124,26 @@ def _nsbox_main():
     return exit_code
 
 
-sys.exit(_nsbox_main())
+def _nsbox_exit(code):
+    """Ends the run as a normal exit would (threads joined, atexit handlers run, output
+    flushed) but skips tearing down every module: in a warm fork that teardown costs more
+    than the run."""
+    import os
+
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code & 0xFF)
+
+
+# A zygote (warm path) defines _NSBOX_ZYGOTE and calls _nsbox_main in each fork instead.
+if not globals().get("_NSBOX_ZYGOTE"):
+    _nsbox_exit(_nsbox_main())

@@ -19,6 +19,8 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spawner;
 pub mod supervisor;
+pub mod template;
+pub mod warm;
 
 use std::path::PathBuf;
 
@@ -84,6 +86,19 @@ pub struct SpawnerConfig {
     pub cgroup: Option<cgroup::CgroupParent>,
     /// The seccomp policy (seccompiler JSON).
     pub seccomp_policy: String,
+    /// Warm templates, or `None` for cold runs only.
+    pub warm: Option<WarmConfig>,
+    /// Limits whose values templates bake into their environment.
+    pub limits: Limits,
+}
+
+/// Settings of the warm path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WarmConfig {
+    /// nsbox built as a shared library (loaded into each zygote).
+    pub library: PathBuf,
+    /// Runs a zygote forks before it is replaced.
+    pub max_forks: u32,
 }
 
 /// One run, as sent from the server to a supervisor.
@@ -91,6 +106,8 @@ pub struct SpawnerConfig {
 pub struct RunRequest {
     pub code: String,
     pub limits: Limits,
+    /// The warm template to fork from, or `None` for a cold interpreter.
+    pub template: Option<warm::Template>,
 }
 
 /// How a run ended.
@@ -131,4 +148,6 @@ pub struct RunOutcome {
     pub wall_ms: u64,
     /// Peak memory of the run's cgroup, when cgroups are in use.
     pub peak_memory_bytes: Option<u64>,
+    /// Whether the run was forked from a warm template.
+    pub warm: bool,
 }

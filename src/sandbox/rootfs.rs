@@ -59,6 +59,41 @@ fn locked_flags(path: &Path) -> Result<MsFlags, Errno> {
     Ok(flags)
 }
 
+fn mount_proc_and_tmp(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
+    step(
+        Step::MountProc,
+        mount(
+            Some("proc"),
+            &root.join("proc"),
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            NONE,
+        ),
+    )?;
+    let tmp_opts = format!("size={tmp_bytes},nr_inodes={TMP_INODES},mode=1777");
+    step(
+        Step::MountTmp,
+        mount(
+            Some("tmpfs"),
+            &root.join("tmp"),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(tmp_opts.as_str()),
+        ),
+    )
+}
+
+/// For a run forked from a zygote, whose mount namespace already has the read-only root
+/// filesystem, /dev and a /proc of the zygote's PID namespace: a /proc of the run's own
+/// PID namespace and a fresh private /tmp on top.
+pub fn refresh(tmp_bytes: u64) -> Result<(), Failure> {
+    step(
+        Step::PrivateMounts,
+        mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE),
+    )?;
+    mount_proc_and_tmp(Path::new("/"), tmp_bytes)
+}
+
 /// Builds the run's filesystem view on top of `root` and makes it the root directory.
 /// Runs in the run's init, in fresh user, mount and PID namespaces.
 pub fn enter(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
@@ -112,27 +147,7 @@ pub fn enter(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
         ),
     )?;
 
-    step(
-        Step::MountProc,
-        mount(
-            Some("proc"),
-            &root.join("proc"),
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            NONE,
-        ),
-    )?;
-    let tmp_opts = format!("size={tmp_bytes},nr_inodes={TMP_INODES},mode=1777");
-    step(
-        Step::MountTmp,
-        mount(
-            Some("tmpfs"),
-            &root.join("tmp"),
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(tmp_opts.as_str()),
-        ),
-    )?;
+    mount_proc_and_tmp(root, tmp_bytes)?;
 
     let keep = step(Step::RemountReadOnly, locked_flags(root))?;
     step(

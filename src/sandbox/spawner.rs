@@ -5,18 +5,25 @@
 //! If the spawner dies, the server starts a new one on the next run.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{recv, recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 use super::protocol::{
     read_frame, read_frame_async, write_frame, write_frame_async, ProtocolError,
 };
+use super::supervisor::WarmControls;
+use super::template::{self, TemplateProcess};
+use super::warm::Template;
 use super::{seccomp, supervisor, RunOutcome, RunRequest, SpawnerConfig};
 use crate::sys;
 
@@ -43,6 +50,13 @@ pub enum SpawnerError {
     Seccomp(#[from] seccomp::SeccompError),
 }
 
+/// What the spawner tells the server, whenever it changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnerStatus {
+    /// Templates whose zygote is warm and taking runs.
+    pub ready: Vec<Template>,
+}
+
 struct Process {
     control: UnixStream,
     child: Child,
@@ -52,6 +66,7 @@ struct Process {
 pub struct Spawner {
     config: SpawnerConfig,
     process: Mutex<Option<Process>>,
+    ready: Arc<Mutex<Vec<Template>>>,
 }
 
 impl Spawner {
@@ -60,11 +75,25 @@ impl Spawner {
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnerError> {
         // Fail at start, not at the first run, if the policy does not compile.
         seccomp::compile(&config.seccomp_policy)?;
-        let process = launch(&config)?;
+        let ready = Arc::new(Mutex::new(Vec::new()));
+        let process = launch(&config, &ready)?;
         Ok(Spawner {
             config,
             process: Mutex::new(Some(process)),
+            ready,
         })
+    }
+
+    /// Whether runs can start warm (or the warm path is off): what readiness means.
+    pub fn is_ready(&self) -> bool {
+        self.config.warm.is_none()
+            || Template::ALL
+                .iter()
+                .all(|t| self.ready.lock().unwrap().contains(t))
+    }
+
+    pub fn ready_templates(&self) -> Vec<Template> {
+        self.ready.lock().unwrap().clone()
     }
 
     /// The pid of the current spawner process (for tests and status).
@@ -77,7 +106,7 @@ impl Spawner {
         let mut guard = self.process.lock().unwrap();
         for attempt in 0..2 {
             if guard.is_none() {
-                *guard = Some(launch(&self.config)?);
+                *guard = Some(launch(&self.config, &self.ready)?);
             }
             let process = guard.as_mut().expect("launched above");
             let fds = [theirs.as_raw_fd()];
@@ -130,7 +159,10 @@ impl Drop for Spawner {
     }
 }
 
-fn launch(config: &SpawnerConfig) -> Result<Process, SpawnerError> {
+fn launch(
+    config: &SpawnerConfig,
+    ready: &Arc<Mutex<Vec<Template>>>,
+) -> Result<Process, SpawnerError> {
     let (control, theirs) = UnixStream::pair().map_err(SpawnerError::Start)?;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(SPAWNER_ARG)
@@ -146,6 +178,18 @@ fn launch(config: &SpawnerConfig) -> Result<Process, SpawnerError> {
     drop(theirs);
     let mut control = control;
     write_frame(&mut control, config).map_err(SpawnerError::Configure)?;
+    ready.lock().unwrap().clear();
+    let mut status_reader = control.try_clone().map_err(SpawnerError::Start)?;
+    let ready = ready.clone();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        while let Ok(status) = read_frame::<SpawnerStatus>(&mut status_reader) {
+            *ready.lock().unwrap() = status.ready;
+        }
+        tracing::warn!(pid, "spawner exited; the next run starts a new one");
+        // A successor's templates need seconds to warm, so it cannot have reported yet.
+        ready.lock().unwrap().clear();
+    });
     Ok(Process { control, child })
 }
 
@@ -179,7 +223,46 @@ pub fn main() -> i32 {
     if sys::auto_reap_children(true).is_err() {
         return 1;
     }
+    let mut templates = Templates::start(&config);
+    let mut reported: Option<Vec<Template>> = None;
     loop {
+        let mut fds = vec![PollFd::new(control.as_fd(), PollFlags::POLLIN)];
+        fds.extend(
+            templates
+                .live
+                .iter()
+                .map(|t| PollFd::new(t.control.as_fd(), PollFlags::POLLIN)),
+        );
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return 1,
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        templates.service(&ready[1..]);
+        templates.restart_missing();
+        let now_ready = templates.ready();
+        if reported.as_ref() != Some(&now_ready) {
+            // The server's health endpoint says "ready" once every template is warm.
+            if write_frame(
+                &mut control,
+                &SpawnerStatus {
+                    ready: now_ready.clone(),
+                },
+            )
+            .is_err()
+            {
+                templates.stop();
+                return 0;
+            }
+            reported = Some(now_ready);
+        }
+        if !ready[0] {
+            continue;
+        }
         let mut byte = [0u8; 1];
         let mut iov = [IoSliceMut::new(&mut byte)];
         let mut space = nix::cmsg_space!([RawFd; 1]);
@@ -194,7 +277,8 @@ pub fn main() -> i32 {
             Err(_) => return 0,
         };
         if msg.bytes == 0 {
-            // The server closed the control socket: shut down; supervisors finish their runs.
+            // The server closed the control socket once its runs were over: shut down.
+            templates.stop();
             return 0;
         }
         let fds: Vec<RawFd> = msg
@@ -215,7 +299,12 @@ pub fn main() -> i32 {
                     let _ = sys::auto_reap_children(false);
                     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
                     drop(control);
-                    let code = match supervisor::serve(UnixStream::from(run), &config, &program) {
+                    let code = match supervisor::serve(
+                        UnixStream::from(run),
+                        &config,
+                        &program,
+                        &templates.controls(),
+                    ) {
                         Ok(()) => 0,
                         Err(e) => {
                             eprintln!("nsbox supervisor: {e}");
@@ -229,6 +318,121 @@ pub fn main() -> i32 {
                     eprintln!("nsbox spawner: fork failed: {e}");
                     drop(run);
                 }
+            }
+        }
+    }
+}
+
+/// The spawner's warm templates: started at once, restarted when one retires or dies.
+struct Templates<'a> {
+    config: &'a SpawnerConfig,
+    library: Option<OwnedFd>,
+    live: Vec<TemplateProcess>,
+    /// When each template was last started, to slow down a template that keeps dying.
+    last_start: Vec<(Template, Instant)>,
+}
+
+/// A template that dies sooner than this after its start is restarted only after a pause.
+const RESTART_BACKOFF: Duration = Duration::from_secs(5);
+
+impl<'a> Templates<'a> {
+    fn start(config: &'a SpawnerConfig) -> Templates<'a> {
+        let library = config.warm.as_ref().and_then(|w| {
+            match nix::fcntl::open(
+                &w.library,
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                Ok(fd) => Some(sys::take_fd(fd)),
+                Err(e) => {
+                    eprintln!(
+                        "nsbox spawner: cannot open the warm library {}: {e}; runs are cold",
+                        w.library.display()
+                    );
+                    None
+                }
+            }
+        });
+        let mut t = Templates {
+            config,
+            library,
+            live: Vec::new(),
+            last_start: Vec::new(),
+        };
+        t.restart_missing();
+        t
+    }
+
+    /// Kills every template (and with it anything still running in it).
+    fn stop(&mut self) {
+        for t in self.live.drain(..) {
+            let _ = nix::sys::signal::kill(t.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    fn ready(&self) -> Vec<Template> {
+        let mut ready: Vec<Template> = self
+            .live
+            .iter()
+            .filter(|t| t.ready)
+            .map(|t| t.template)
+            .collect();
+        ready.sort_by_key(|t| t.name());
+        ready.dedup();
+        ready
+    }
+
+    /// Control sockets of the templates whose zygote said it is ready.
+    fn controls(&self) -> WarmControls {
+        WarmControls(
+            self.live
+                .iter()
+                .filter(|t| t.ready)
+                .map(|t| (t.template, t.control.as_raw_fd()))
+                .collect(),
+        )
+    }
+
+    /// Reads what zygotes said: "ready", "retiring", or EOF when one died.
+    fn service(&mut self, readable: &[bool]) {
+        let mut keep = Vec::with_capacity(self.live.len());
+        for (t, readable) in std::mem::take(&mut self.live)
+            .into_iter()
+            .zip(readable.iter().copied().chain(std::iter::repeat(false)))
+        {
+            if !readable {
+                keep.push(t);
+                continue;
+            }
+            let mut buf = [0u8; 16];
+            match recv(t.control.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) if &buf[..n] == b"ready" => keep.push(TemplateProcess { ready: true, ..t }),
+                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => keep.push(t),
+                // Retiring or gone: dropping its socket stops new runs; runs in flight finish.
+                _ => {}
+            }
+        }
+        self.live = keep;
+    }
+
+    fn restart_missing(&mut self) {
+        let (Some(warm), Some(library)) = (&self.config.warm, &self.library) else {
+            return;
+        };
+        for kind in Template::ALL {
+            if self.live.iter().any(|t| t.template == kind) {
+                continue;
+            }
+            if let Some((_, at)) = self.last_start.iter().find(|(t, _)| *t == kind) {
+                if at.elapsed() < RESTART_BACKOFF {
+                    continue;
+                }
+            }
+            self.last_start.retain(|(t, _)| *t != kind);
+            self.last_start.push((kind, Instant::now()));
+            match template::launch(kind, self.config, library, warm.max_forks) {
+                Ok(t) => self.live.push(t),
+                Err(e) => eprintln!("nsbox spawner: starting the {} template: {e}", kind.name()),
             }
         }
     }

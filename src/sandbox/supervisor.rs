@@ -5,7 +5,7 @@
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -16,13 +16,13 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
-use nix::unistd::{lseek, pipe2, read, Whence};
+use nix::unistd::{lseek, pipe2, read, Pid, Whence};
 
-use super::cgroup::RunCgroup;
-use super::child::{self, ChildPlan, Record, Step, RECORD_LEN};
+use super::child::{self, ChildPlan, Entry, Record, Step, RECORD_LEN};
 use super::namespaces::{self, RUN_NAMESPACES};
 use super::protocol::{read_frame, write_frame};
 use super::seccomp::SeccompProgram;
+use super::warm::{self, RunEnds, Template};
 use super::{Limits, Plot, RunOutcome, RunRequest, SpawnerConfig, Termination, HARNESS};
 use crate::sys;
 
@@ -46,11 +46,12 @@ pub fn serve(
     mut stream: UnixStream,
     config: &SpawnerConfig,
     seccomp: &SeccompProgram,
+    warm: &WarmControls,
 ) -> Result<(), SupervisorError> {
     // The server's end was non-blocking; ours is a separate file description.
     let _ = stream.set_nonblocking(false);
     let request: RunRequest = read_frame(&mut stream).map_err(SupervisorError::Request)?;
-    let outcome = execute(&request, config, seccomp, &stream);
+    let outcome = execute(&request, config, seccomp, warm, &stream);
     write_frame(&mut stream, &outcome).map_err(SupervisorError::Reply)?;
     let _ = stream.flush();
     Ok(())
@@ -68,6 +69,7 @@ fn setup_failed(step: &str, errno: Errno, start: Instant) -> RunOutcome {
         notes: Vec::new(),
         wall_ms: start.elapsed().as_millis() as u64,
         peak_memory_bytes: None,
+        warm: false,
     }
 }
 
@@ -82,8 +84,21 @@ fn cstrings(items: &[&str]) -> Vec<CString> {
         .collect()
 }
 
+/// The zygotes' control sockets (inherited from the spawner), for templates that are warm.
+#[derive(Debug, Default, Clone)]
+pub struct WarmControls(pub Vec<(Template, RawFd)>);
+
+impl WarmControls {
+    fn get(&self, template: Template) -> Option<RawFd> {
+        self.0
+            .iter()
+            .find(|(t, _)| *t == template)
+            .map(|(_, fd)| *fd)
+    }
+}
+
 /// The fixed, minimal environment of a run: nothing of the server's reaches it.
-fn run_env(limits: &Limits) -> Vec<CString> {
+pub fn run_env(limits: &Limits) -> Vec<CString> {
     let max_plots = format!("NSBOX_MAX_PLOTS={}", limits.max_plots);
     let mpl = format!("MPLCONFIGDIR={MPLCONFIGDIR}");
     cstrings(&[
@@ -226,61 +241,170 @@ fn decode_plots(
     plots
 }
 
+/// The supervisor's ends of a run's pipes.
+struct Reads {
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    plots: OwnedFd,
+    report: OwnedFd,
+    release: OwnedFd,
+}
+
+/// Fresh pipes and the code in a memfd: our ends, and the ends the run gets.
+fn prepare(code_text: &str) -> Result<(Reads, RunEnds), (&'static str, Errno)> {
+    let e = |step| move |errno| (step, errno);
+    let stdout = pipe().map_err(e("create pipes"))?;
+    let stderr = pipe().map_err(e("create pipes"))?;
+    let plots = pipe().map_err(e("create pipes"))?;
+    let report = pipe().map_err(e("create pipes"))?;
+    let release = pipe().map_err(e("create pipes"))?;
+    let code =
+        memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC).map_err(e("store the code"))?;
+    let store = |code: &OwnedFd| -> std::io::Result<()> {
+        std::fs::File::from(code.try_clone()?).write_all(code_text.as_bytes())
+    };
+    store(&code).map_err(|err| ("store the code", io_errno(&err)))?;
+    lseek(code.as_raw_fd(), 0, Whence::SeekSet).map_err(e("store the code"))?;
+    Ok((
+        Reads {
+            stdout: stdout.read,
+            stderr: stderr.read,
+            plots: plots.read,
+            report: report.read,
+            release: release.write,
+        },
+        RunEnds {
+            stdout: stdout.write,
+            stderr: stderr.write,
+            plots: plots.write,
+            report: report.write,
+            code,
+            release: release.read,
+        },
+    ))
+}
+
+/// The run's init, as the supervisor sees it.
+enum Sandbox {
+    /// Cloned by this supervisor: a child we can wait for.
+    Cold(Pid),
+    /// Cloned by a zygote's fork: watched through a pidfd.
+    Warm { pid: Pid, pidfd: OwnedFd },
+}
+
+impl Sandbox {
+    fn pid(&self) -> Pid {
+        match self {
+            Sandbox::Cold(pid) | Sandbox::Warm { pid, .. } => *pid,
+        }
+    }
+
+    /// Kills the run's init; the kernel then kills every process of its PID namespace.
+    fn kill(&self) {
+        let _ = kill(self.pid(), Signal::SIGKILL);
+    }
+
+    /// Waits until the run's init is gone (and with it the whole PID namespace).
+    fn wait(&self) {
+        match self {
+            Sandbox::Cold(pid) => {
+                let _ = waitpid(*pid, None);
+            }
+            Sandbox::Warm { pidfd, .. } => {
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                if !matches!(poll(&mut fds, PollTimeout::from(5000u16)), Ok(1)) {
+                    self.kill();
+                    let _ = poll(&mut fds, PollTimeout::from(5000u16));
+                }
+            }
+        }
+    }
+}
+
+/// Clones the run's init from this supervisor and starts a fresh interpreter in it.
+fn start_cold(
+    config: &SpawnerConfig,
+    seccomp: &SeccompProgram,
+    limits: &Limits,
+    ends: RunEnds,
+    reads: &Reads,
+) -> Result<Sandbox, (&'static str, Errno)> {
+    let plan = ChildPlan {
+        rootfs: Some(config.rootfs.clone()),
+        limits: limits.clone(),
+        memory_rlimit: config.cgroup.is_none(),
+        seccomp: seccomp.clone(),
+        entry: Entry::Exec {
+            argv: cstrings(&["/usr/bin/python3", "-I", "-B", "-c", HARNESS]),
+            envp: run_env(limits),
+        },
+        release_read: ends.release,
+        release_write: Some(reads.release.as_raw_fd()),
+        report_write: ends.report,
+        stdout_write: ends.stdout,
+        stderr_write: ends.stderr,
+        plots_write: ends.plots,
+        code: ends.code,
+    };
+    let pid = match sys::clone_fork(RUN_NAMESPACES) {
+        Ok(None) => {
+            child::init_main(plan);
+            // A cold plan execs or exits inside; nothing may run the supervisor's code.
+            sys::exit_now(127)
+        }
+        Ok(Some(pid)) => pid,
+        Err(errno) => return Err(("create namespaces", errno)),
+    };
+    // Only the child keeps the write ends, so EOF means every run process is gone.
+    drop(plan);
+    if let Err(e) = namespaces::write_id_maps(pid, config.uid_base) {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        return Err(("write id maps", io_errno(&e)));
+    }
+    Ok(Sandbox::Cold(pid))
+}
+
 fn execute(
     request: &RunRequest,
     config: &SpawnerConfig,
     seccomp: &SeccompProgram,
+    warm: &WarmControls,
     client: &UnixStream,
 ) -> RunOutcome {
     let start = Instant::now();
     let limits = &request.limits;
+    let memory_rlimit = config.cgroup.is_none();
 
-    let prepared = (|| -> Result<_, (&'static str, Errno)> {
-        let e = |step| move |errno| (step, errno);
-        let stdout = pipe().map_err(e("create pipes"))?;
-        let stderr = pipe().map_err(e("create pipes"))?;
-        let plots = pipe().map_err(e("create pipes"))?;
-        let report = pipe().map_err(e("create pipes"))?;
-        let release = pipe().map_err(e("create pipes"))?;
-        let code = memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC)
-            .map_err(e("store the code"))?;
-        std::fs::File::from(
-            code.try_clone()
-                .map_err(|err| ("store the code", io_errno(&err)))?,
-        )
-        .write_all(request.code.as_bytes())
-        .map_err(|err| ("store the code", io_errno(&err)))?;
-        lseek(code.as_raw_fd(), 0, Whence::SeekSet).map_err(e("store the code"))?;
-        Ok((stdout, stderr, plots, report, release, code))
-    })();
-    let (stdout, stderr, plots, report, release, code) = match prepared {
-        Ok(p) => p,
-        Err((step, errno)) => return setup_failed(step, errno, start),
+    let mut started = None;
+    if let Some(control) = request.template.and_then(|t| warm.get(t)) {
+        match prepare(&request.code) {
+            Ok((reads, ends)) => match warm::start(control, &ends, limits, memory_rlimit) {
+                Ok((pid, pidfd)) => {
+                    drop(ends);
+                    started = Some((Sandbox::Warm { pid, pidfd }, reads));
+                }
+                // A retiring or dead zygote: this run goes cold, with fresh pipes.
+                Err(e) => tracing::warn!(error = %e, "warm start failed; running cold"),
+            },
+            Err((step, errno)) => return setup_failed(step, errno, start),
+        }
+    }
+    let (sandbox, reads) = match started {
+        Some(s) => s,
+        None => {
+            let (reads, ends) = match prepare(&request.code) {
+                Ok(p) => p,
+                Err((step, errno)) => return setup_failed(step, errno, start),
+            };
+            match start_cold(config, seccomp, limits, ends, &reads) {
+                Ok(sandbox) => (sandbox, reads),
+                Err((step, errno)) => return setup_failed(step, errno, start),
+            }
+        }
     };
-
-    let plan = ChildPlan {
-        rootfs: config.rootfs.clone(),
-        limits: limits.clone(),
-        memory_rlimit: config.cgroup.is_none(),
-        seccomp: seccomp.clone(),
-        argv: cstrings(&["/usr/bin/python3", "-I", "-B", "-c", HARNESS]),
-        envp: run_env(limits),
-        release_read: release.read,
-        release_write: release.write.as_raw_fd(),
-        report_write: report.write,
-        stdout_write: stdout.write,
-        stderr_write: stderr.write,
-        plots_write: plots.write,
-        code,
-    };
-
-    let pid = match sys::clone_fork(RUN_NAMESPACES) {
-        Ok(None) => child::init_main(plan),
-        Ok(Some(pid)) => pid,
-        Err(errno) => return setup_failed("create namespaces", errno, start),
-    };
-    // Only the child keeps the write ends, so EOF means every run process is gone.
-    drop(plan);
+    let warm_run = matches!(sandbox, Sandbox::Warm { .. });
+    let pid = sandbox.pid();
 
     let run_name = format!("run-{}", std::process::id());
     let cgroup = match &config.cgroup {
@@ -291,35 +415,29 @@ fn execute(
             Ok(cg) => Some(cg),
             Err(e) => {
                 tracing::error!(error = %e, "run cgroup");
-                let _ = kill(pid, Signal::SIGKILL);
-                let _ = waitpid(pid, None);
+                sandbox.kill();
+                sandbox.wait();
                 return setup_failed("create the run cgroup", Errno::EIO, start);
             }
         },
         None => None,
     };
-    let finish_setup_failure = |cgroup: Option<RunCgroup>, step: &str, errno: Errno| {
-        let _ = kill(pid, Signal::SIGKILL);
-        let _ = waitpid(pid, None);
+    if let Err(errno) = nix::unistd::write(&reads.release, &[1]) {
+        sandbox.kill();
+        sandbox.wait();
         if let Some(cg) = cgroup {
             let _ = cg.remove();
         }
-        setup_failed(step, errno, start)
-    };
-    if let Err(e) = namespaces::write_id_maps(pid, config.uid_base) {
-        return finish_setup_failure(cgroup, "write id maps", io_errno(&e));
+        return setup_failed("release the sandbox", errno, start);
     }
-    if let Err(errno) = nix::unistd::write(&release.write, &[1]) {
-        return finish_setup_failure(cgroup, "release the sandbox", errno);
-    }
-    drop(release.write);
+    drop(reads.release);
 
     let run_start = Instant::now();
     let deadline = run_start + Duration::from_millis(limits.timeout_ms);
-    let mut out = Capture::new(stdout.read, limits.output_bytes);
-    let mut err = Capture::new(stderr.read, limits.output_bytes);
-    let mut figs = Capture::new(plots.read, limits.plot_bytes);
-    let mut reports = Capture::new(report.read, RECORD_LEN * 4);
+    let mut out = Capture::new(reads.stdout, limits.output_bytes);
+    let mut err = Capture::new(reads.stderr, limits.output_bytes);
+    let mut figs = Capture::new(reads.plots, limits.plot_bytes);
+    let mut reports = Capture::new(reads.report, RECORD_LEN * 4);
     let mut timed_out = false;
     let mut cancelled = false;
     let mut killed_at: Option<Instant> = None;
@@ -339,7 +457,7 @@ fn execute(
             }
         } else if now >= deadline {
             timed_out = true;
-            let _ = kill(pid, Signal::SIGKILL);
+            sandbox.kill();
             killed_at = Some(now);
             continue;
         }
@@ -364,7 +482,7 @@ fn execute(
         if client_gone && killed_at.is_none() {
             // The server sends nothing after the request: readable means it hung up.
             cancelled = true;
-            let _ = kill(pid, Signal::SIGKILL);
+            sandbox.kill();
             killed_at = Some(Instant::now());
         }
         for capture in [&mut out, &mut err, &mut figs, &mut reports] {
@@ -374,9 +492,9 @@ fn execute(
     // Init is PID 1 of the run: once it is reaped, the kernel has killed and reaped every
     // other process of the namespace, double-forked and setsid ones included.
     if killed_at.is_some() || out.fd.is_some() || err.fd.is_some() {
-        let _ = kill(pid, Signal::SIGKILL);
+        sandbox.kill();
     }
-    let _ = waitpid(pid, None);
+    sandbox.wait();
     let wall_ms = run_start.elapsed().as_millis() as u64;
 
     let (oom, pids_hit, peak) = match &cgroup {
@@ -442,8 +560,8 @@ fn execute(
             stderr.push_str(&format!("nsbox: {note}\n"));
         }
     }
-    let _ = start;
     RunOutcome {
+        warm: warm_run,
         termination,
         stdout,
         stderr,

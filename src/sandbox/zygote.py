@@ -1,0 +1,92 @@
+# nsbox zygote: a warm interpreter that forks one child per run and never runs user code.
+#
+# Appended to the harness and passed to `python3 -I -B -c`. fd 3 is the control socket
+# (SOCK_SEQPACKET) to the spawner, on which supervisors send run sockets; fd 4 is nsbox
+# itself built as a shared library, whose nsbox_enter_run() builds the run's sandbox.
+import ctypes
+import os
+import socket
+
+
+def _nsbox_warm(template, max_forks):
+    lib = ctypes.PyDLL("/proc/self/fd/4")
+    if lib.nsbox_zygote_init() != 0:
+        raise SystemExit("nsbox zygote: initialisation failed")
+    os.close(4)
+
+    if template == "scientific":
+        # Import and exercise the stack so lazy imports, caches and the font manager are
+        # done here once, not in every run.
+        _nsbox_prepare_matplotlib()
+        import io
+
+        import matplotlib
+        import matplotlib.pyplot as plt
+        import numpy as np
+        import pandas as pd
+        import scipy.stats
+        import seaborn as sns
+
+        # rc_context undoes any style change the exercise makes.
+        with matplotlib.rc_context():
+            df = pd.DataFrame({"a": np.arange(20), "b": np.random.normal(size=20), "c": list("ab" * 10)})
+            str(df.describe())
+            repr(df.groupby("c").mean())
+            f"{df['a'].mean()}"
+            scipy.stats.ttest_1samp(df["b"], 0.0)
+            sns.scatterplot(data=df, x="a", y="b", hue="c")
+            plt.plot([1, 2, 3], label="x")
+            plt.legend()
+            buf = io.BytesIO()
+            plt.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
+            plt.close("all")
+            del df, buf
+
+    import gc
+
+    gc.collect()
+    # Objects that exist now are shared with every fork; freezing them keeps the cyclic
+    # collector from touching (and so copying) their pages in each run.
+    gc.freeze()
+
+    control = socket.socket(fileno=3)
+    control.send(b"ready")
+    forks = 0
+    while forks < max_forks:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+        try:
+            msg, fds, _, _ = socket.recv_fds(control, 16, 1)
+        except OSError:
+            break
+        if not msg:
+            break
+        if not fds:
+            continue
+        forks += 1
+        pid = os.fork()
+        if pid == 0:
+            control.detach()
+            rc = lib.nsbox_enter_run(fds[0])
+            if rc != 0:
+                os._exit(0 if rc == 1 else 1)
+            # The run's Python process: its own namespaces, nobody, seccomp.
+            import random
+
+            random.seed()
+            np_random = sys.modules.get("numpy.random")
+            if np_random is not None:
+                np_random.seed()
+            _nsbox_exit(_nsbox_main())
+        os.close(fds[0])
+    # Retiring: tell the spawner so it starts a successor at once.
+    try:
+        control.send(b"retiring")
+    except OSError:
+        pass
+
+
+_nsbox_warm(os.environ["NSBOX_TEMPLATE"], int(os.environ.get("NSBOX_MAX_FORKS", "1000")))
