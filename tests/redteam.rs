@@ -401,6 +401,15 @@ fn run_family(family: &str, slot: u32, cases: impl Fn(&Target) -> Vec<Case>) {
     );
 }
 
+/// Removes a host file when dropped, also when a family's assertion unwinds.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn rootfs_str() -> String {
     common::rootfs().display().to_string()
 }
@@ -505,6 +514,7 @@ fn host_file_reads() {
     let marker_name = format!("nsbox-redteam-marker-{}", std::process::id());
     let marker = std::env::temp_dir().join(&marker_name);
     std::fs::write(&marker, SECRET).unwrap();
+    let _cleanup = RemoveOnDrop(marker.clone());
     let host_name = nix::unistd::gethostname()
         .unwrap()
         .to_string_lossy()
@@ -751,7 +761,6 @@ print('contained')
             ),
         ]
     });
-    let _ = std::fs::remove_file(&marker);
 }
 
 #[test]
