@@ -57,12 +57,19 @@ pub struct Server {
 impl Server {
     /// Starts `nsbox serve` on an ephemeral loopback port with extra flags.
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    /// Like `start`, with extra variables in the server's environment (e.g. a planted
+    /// secret that no run may see).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         require_root();
         let mut child = Command::new(env!("CARGO_BIN_EXE_nsbox"))
             .args(["serve", "--listen", "127.0.0.1:0", "--rootfs"])
             .arg(rootfs())
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
