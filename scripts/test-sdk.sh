@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Runs tests/sdk against a freshly started nsbox: the official Python SDK (relaxai) on the
+# spec's examples, and schemathesis with api/openapi.yaml. Needs root (nsbox creates
+# namespaces and cgroups) and a root filesystem.
+#
+#   NSBOX_ROOTFS=$(scripts/build-rootfs.sh | tail -n 1) scripts/test-sdk.sh [PYTEST ARGS...]
+#
+# Environment:
+#   NSBOX_ROOTFS       the root filesystem (required)
+#   NSBOX_BIN          the nsbox binary (default target/debug/nsbox; build it first)
+#   NSBOX_CACHE_DIR    where the virtualenv is kept (default /var/cache/nsbox), as
+#                      sdk-venv-<hash of tests/sdk/requirements.txt and the interpreter>
+#   NSBOX_SDK_PYTHON   the interpreter for the virtualenv (default python3, 3.11)
+#   NSBOX_SDK_ENABLE   pending features whose tests must pass (see tests/sdk/conftest.py)
+#   NSBOX_SDK_TIMEOUT  seconds pytest may take in all (default 900)
+# Exits with pytest's status.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+die() {
+	echo "scripts/test-sdk.sh: $*" >&2
+	exit 1
+}
+log() { printf 'test-sdk [%3ds]: %s\n' "$SECONDS" "$*" >&2; }
+
+[[ $(id -u) == 0 ]] || die "must run as root: nsbox serve creates namespaces and cgroups"
+[[ -n ${NSBOX_ROOTFS:-} ]] ||
+	die "NSBOX_ROOTFS is not set; build one with NSBOX_ROOTFS=\$(scripts/build-rootfs.sh | tail -n 1)"
+[[ -x $NSBOX_ROOTFS/usr/bin/python3 ]] ||
+	die "NSBOX_ROOTFS=$NSBOX_ROOTFS is no root filesystem (no usr/bin/python3 in it)"
+NSBOX_ROOTFS=$(cd "$NSBOX_ROOTFS" && pwd)
+bin=${NSBOX_BIN:-target/debug/nsbox}
+[[ -x $bin ]] || die "no nsbox binary at $bin (run cargo build, or set NSBOX_BIN)"
+bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
+
+# --- The virtualenv, cached by what goes into it -------------------------------------------
+python=${NSBOX_SDK_PYTHON:-python3}
+command -v "$python" >/dev/null || die "no $python on PATH"
+command -v curl >/dev/null || die "needs curl (apt-get install curl)"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
+	die "$python is older than 3.9 (the pins in tests/sdk/requirements.txt are for 3.11)"
+requirements=tests/sdk/requirements.txt
+key=$(
+	{
+		cat "$requirements"
+		"$python" -c 'import sys; print(sys.executable, sys.version)'
+	} | sha256sum | cut -c1-16
+)
+cache=${NSBOX_CACHE_DIR:-/var/cache/nsbox}
+venv=$cache/sdk-venv-$key
+mkdir -p "$cache"
+# One builder at a time; the marker is written last, so a half-built venv is rebuilt.
+exec 8>"$cache/.sdk-venv.lock"
+timeout 900 flock 8 || die "waited 15 minutes for another build of $venv"
+if [[ ! -f $venv/.nsbox-ready ]]; then
+	log "building $venv with $("$python" --version)"
+	rm -rf --one-file-system -- "$venv"
+	"$python" -m venv "$venv" ||
+		die "could not create a virtualenv with $python (on Debian: apt-get install python3-venv)"
+	timeout 900 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+		-r "$requirements" || die "pip could not install $requirements"
+	touch "$venv/.nsbox-ready"
+else
+	log "reusing $venv"
+fi
+exec 8>&-
+
+# --- The server ----------------------------------------------------------------------------
+port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+url=http://127.0.0.1:$port
+server_log=$(mktemp -t nsbox-sdk-serve.XXXXXX)
+server_pid=
+stop_server() {
+	if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+		kill -TERM "$server_pid"
+		local i
+		for ((i = 0; i < 100; i++)); do
+			kill -0 "$server_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$server_pid" 2>/dev/null; then
+			log "nsbox did not stop within 10 s of SIGTERM; killing it"
+			kill -KILL "$server_pid" 2>/dev/null || true
+		fi
+		wait "$server_pid" 2>/dev/null || true
+	fi
+	server_pid=
+}
+show_server_log() {
+	echo "--- last lines of the nsbox log ($server_log) ---" >&2
+	tail -n 40 "$server_log" >&2 || true
+}
+trap 'stop_server; rm -f "$server_log"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+log "starting $bin on $url"
+"$bin" serve --listen "127.0.0.1:$port" --rootfs "$NSBOX_ROOTFS" </dev/null >"$server_log" 2>&1 &
+server_pid=$!
+healthy=
+for ((i = 0; i < 300; i++)); do
+	if ! kill -0 "$server_pid" 2>/dev/null; then
+		show_server_log
+		die "nsbox exited before it was healthy"
+	fi
+	if [[ $(curl -fsS --max-time 2 "$url/v1/health" 2>/dev/null) == OK ]]; then
+		healthy=1
+		break
+	fi
+	sleep 0.1
+done
+[[ -n $healthy ]] || {
+	show_server_log
+	die "nsbox was not healthy within 30 s"
+}
+
+# --- The tests -----------------------------------------------------------------------------
+log "running tests/sdk"
+status=0
+env NSBOX_URL="$url" NSBOX_BIN="$bin" NSBOX_ROOTFS="$NSBOX_ROOTFS" PYTHONDONTWRITEBYTECODE=1 \
+	timeout --kill-after=10 "${NSBOX_SDK_TIMEOUT:-900}" \
+	"$venv/bin/python" -m pytest -p no:cacheprovider -ra "$repo/tests/sdk" "$@" || status=$?
+((status != 124)) || log "pytest ran out of its ${NSBOX_SDK_TIMEOUT:-900} s"
+((status == 0)) || show_server_log
+log "stopping nsbox"
+stop_server
+log "done (pytest exit status $status)"
+exit "$status"

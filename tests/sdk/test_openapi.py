@@ -1,0 +1,144 @@
+"""api/openapi.yaml checked against a running nsbox with schemathesis: generated requests
+(valid and invalid) must get documented statuses and responses that match the schema.
+
+The generated code really runs in the sandbox. So that no run can take long, schemathesis
+talks to a server of its own started with `--max-timeout 3 --default-timeout 3`, and the
+copy of the schema it gets says 3 s is the largest timeout (otherwise the negative checks
+would rightly complain that 4 s is accepted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import jsonschema_rs
+import pytest
+import yaml
+
+from nsbox_server import nsbox
+
+HERE = Path(__file__).resolve().parent
+SCHEMA = HERE.parents[1] / "api" / "openapi.yaml"
+MAX_TIMEOUT_S = 3
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+    "positive_data_acceptance",
+    "unsupported_method",
+    "allow_header_conformance",
+]
+# Checks that only hold when the server requires a key.
+AUTH_CHECKS = ["ignored_auth", "missing_required_header"]
+
+
+def load_schema() -> dict:
+    with SCHEMA.open() as f:
+        return yaml.safe_load(f)
+
+
+def schema_for_short_runs(path: Path) -> Path:
+    """Writes a copy of the schema whose `timeout` (and its examples) stay within
+    MAX_TIMEOUT_S."""
+    doc = load_schema()
+    timeout = doc["components"]["schemas"]["ToolRequest"]["properties"]["timeout"]
+    timeout["maximum"] = MAX_TIMEOUT_S
+    timeout["example"] = min(timeout["example"], MAX_TIMEOUT_S)
+    body = doc["paths"]["/v1/tools/code"]["post"]["requestBody"]["content"]["application/json"]
+    for example in body["examples"].values():
+        if "timeout" in example["value"]:
+            example["value"]["timeout"] = min(example["value"]["timeout"], MAX_TIMEOUT_S)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def run_schemathesis(schema: Path, url: str, checks: list[str], workdir: Path) -> None:
+    seed = os.environ.get("NSBOX_SDK_SEED", "1")
+    cmd = [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(HERE / "schemathesis.toml"),
+        "--no-color",
+        "run",
+        str(schema),
+        "--url",
+        url,
+        "--header",
+        "Authorization: Bearer nsbox-test-key-1",
+        "--checks",
+        ",".join(checks),
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        os.environ.get("NSBOX_SDK_MAX_EXAMPLES", "30"),
+        "--seed",
+        seed,
+        "--generation-database",
+        "none",
+        "--workers",
+        "2",
+        "--request-timeout",
+        "20",
+        # A run is limited to 3 s; anything much slower is a hang.
+        "--max-response-time",
+        "10",
+    ]
+    try:
+        out = subprocess.run(
+            cmd, cwd=workdir, capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"schemathesis ran for more than {e.timeout} s:\n{e.stdout or ''}")
+    assert out.returncode == 0, f"schemathesis failed (seed {seed}):\n{out.stdout}\n{out.stderr}"
+
+
+def test_schemathesis_against_nsbox(tmp_path: Path) -> None:
+    schema = schema_for_short_runs(tmp_path / "openapi.json")
+    with nsbox("--max-timeout", str(MAX_TIMEOUT_S), "--default-timeout", str(MAX_TIMEOUT_S)) as url:
+        run_schemathesis(schema, url, CHECKS, tmp_path)
+
+
+@pytest.mark.pending("auth")
+def test_schemathesis_against_nsbox_with_a_key(tmp_path: Path) -> None:
+    schema = schema_for_short_runs(tmp_path / "openapi.json")
+    with nsbox(
+        "--max-timeout",
+        str(MAX_TIMEOUT_S),
+        "--default-timeout",
+        str(MAX_TIMEOUT_S),
+        "--api-key",
+        "nsbox-test-key-1",
+    ) as url:
+        run_schemathesis(schema, url, CHECKS + AUTH_CHECKS, tmp_path)
+
+
+def test_the_response_examples_match_the_response_schema() -> None:
+    doc = load_schema()
+    op = doc["paths"]["/v1/tools/code"]["post"]
+    media = op["responses"]["200"]["content"]["application/json"]
+    schemas = doc["components"]["schemas"]
+    # ToolResponse refers to Plot; inline the components so the validator resolves them.
+    tool_response = json.loads(
+        json.dumps(schemas["ToolResponse"]).replace('"#/components/schemas/Plot"', '"#/definitions/Plot"')
+    )
+    tool_response["definitions"] = {"Plot": schemas["Plot"]}
+    validator = jsonschema_rs.Draft4Validator(tool_response)
+    assert len(media["examples"]) >= 4
+    for name, example in media["examples"].items():
+        errors = [e.message for e in validator.iter_errors(example["value"])]
+        assert not errors, f"example {name}: {errors}"
+
+
+@pytest.mark.pending("openapi-route")
+def test_nsbox_serves_this_document(base_url: str) -> None:
+    r = httpx.get(base_url + "/openapi.yaml", timeout=10)
+    assert r.status_code == 200
+    assert r.text == SCHEMA.read_text()
