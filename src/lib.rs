@@ -3,5 +3,6 @@
 pub mod api;
 pub mod cli;
 pub mod sandbox;
+pub mod scanner;
 pub mod server;
 mod sys;

@@ -18,6 +18,8 @@ pub const SECCOMP_POLICY: &str =
 pub enum ServeError {
     #[error("root filesystem {0} has no /usr/bin/python3; build it with scripts/build-rootfs.sh")]
     Rootfs(PathBuf),
+    #[error("preparing {path}, the empty overlay layer beside the root filesystem: {reason}")]
+    EmptyLayer { path: PathBuf, reason: String },
     #[error("starting the sandbox: {0}")]
     Spawner(#[from] SpawnerError),
     #[error("binding {addr}: {source}")]
@@ -73,6 +75,25 @@ fn warm_config(opts: &Option<WarmOptions>, warnings: &mut Vec<String>) -> Option
     })
 }
 
+/// Creates the empty directory every sandbox's overlay stacks under the root filesystem.
+/// Anything in it would appear in every run's `/`, so it must be empty.
+fn prepare_empty_layer(rootfs: &std::path::Path) -> Result<(), ServeError> {
+    let path = rootfs
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .join(crate::sandbox::rootfs::EMPTY_LAYER);
+    let fail = |reason: String| ServeError::EmptyLayer {
+        path: path.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(&path).map_err(|e| fail(e.to_string()))?;
+    let mut entries = std::fs::read_dir(&path).map_err(|e| fail(e.to_string()))?;
+    if entries.next().is_some() {
+        return Err(fail("it is not empty".into()));
+    }
+    Ok(())
+}
+
 /// Sets up the per-server cgroup, or says loudly why runs get rlimits only.
 fn prepare_cgroups(
     enabled: bool,
@@ -104,6 +125,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     if !opts.rootfs.join("usr/bin/python3").exists() {
         return Err(ServeError::Rootfs(opts.rootfs.clone()));
     }
+    prepare_empty_layer(&opts.rootfs)?;
     let mut warnings = Vec::new();
     let (cgroup_parent, cgroup_description) = prepare_cgroups(opts.cgroups, &mut warnings);
     let warm = warm_config(&opts.warm, &mut warnings);
@@ -141,6 +163,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         spawner: Arc::new(spawner),
         admission: Arc::new(Admission::new(opts.max_running, opts.max_queue)),
         isolation: Arc::new(isolation),
+        scanner_policy: Arc::new(crate::scanner::Policy::builtin()),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -97,14 +97,19 @@ fn build_rootfs() -> Result<PathBuf, String> {
 
 /// Runs a command inside the tree with a minimal environment, so the host's
 /// variables (OPENBLAS_*, MPLBACKEND, DISPLAY, ...) cannot make a broken tree pass.
+/// The tree is shared by every server on the host, so the command runs in a private
+/// mount namespace with a throwaway tmpfs over its /tmp (also its HOME): whatever it
+/// writes there (matplotlib's cache, say) never lands in the tree.
 fn in_tree(args: &[&str], envs: &[(&str, &str)]) -> String {
-    let out = Command::new("chroot")
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=64m tmpfs "$0/tmp" && exec chroot "$0" "$@""#)
         .arg(rootfs())
         .args(args)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         .env("LANG", "C.UTF-8")
-        .env("HOME", "/nonexistent")
+        .env("HOME", "/tmp")
         .envs(envs.iter().copied())
         .output()
         .expect("run chroot");

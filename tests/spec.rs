@@ -181,3 +181,28 @@ fn seaborn_figure_is_returned() {
     assert_clean_success(&r);
     assert_eq!(r["plots"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn security_violation_example_is_refused_exactly_as_the_spec_shows() {
+    let server = Server::start(&[]);
+    let r = server.run("import os\nos.system('ls -la')");
+    assert_eq!(r["success"], false);
+    assert_eq!(r["stdout"], "");
+    assert_eq!(r["stderr"], "Security violations detected");
+    assert_eq!(r["exit_code"], -1);
+    assert_eq!(r["security_checked"], true);
+    assert_eq!(
+        r["violations"],
+        json!(["Operating system interface", "os.system line execution"])
+    );
+    assert_eq!(r["plots"], json!([]));
+}
+
+#[test]
+fn report_mode_runs_the_code_and_lists_the_violations() {
+    let server = Server::start(&["--scanner", "report"]);
+    let r = server.run("import os\nprint(os.getuid())");
+    assert_eq!(r["success"], true, "{r:#}");
+    assert_eq!(r["stdout"], "65534\n");
+    assert_eq!(r["violations"], json!(["Operating system interface"]));
+}

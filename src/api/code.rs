@@ -11,9 +11,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{AppState, ScannerMode};
 use crate::sandbox::warm::template_for;
 use crate::sandbox::{Limits, Plot, RunOutcome, RunRequest, Termination};
+use crate::scanner::{self, Analysis};
 
 /// The spec's limit on `code`, in characters.
 pub const MAX_CODE_CHARS: usize = 50_000;
@@ -116,23 +117,6 @@ pub fn validate(
     })
 }
 
-/// Top-level modules named in import statements, for choosing the warm template.
-fn imported_modules(code: &str) -> Vec<String> {
-    let mut modules = Vec::new();
-    for line in code.lines().map(str::trim_start) {
-        if let Some(rest) = line.strip_prefix("import ") {
-            modules.extend(
-                rest.split(',')
-                    .filter_map(|m| m.split_whitespace().next())
-                    .map(str::to_string),
-            );
-        } else if let Some(rest) = line.strip_prefix("from ") {
-            modules.extend(rest.split_whitespace().next().map(str::to_string));
-        }
-    }
-    modules
-}
-
 fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map(|s| s.as_str().to_string())
@@ -186,11 +170,25 @@ pub fn respond(
         stdout: outcome.stdout.clone(),
         stderr,
         exit_code,
-        execution_time: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        execution_time: seconds(started.elapsed()),
         security_checked: true,
         violations: Vec::new(),
         plots: outcome.plots.clone(),
     })
+}
+
+/// The official SDK has no `timeout` parameter: its `timeout=` is the HTTP read timeout,
+/// sent as `x-stainless-read-timeout`. A run without its own `timeout` is kept a second
+/// under it, so the answer arrives before the client gives up and retries the code.
+fn read_timeout_budget(headers: &HeaderMap) -> Option<f64> {
+    let secs: f64 = headers
+        .get("x-stainless-read-timeout")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (secs.is_finite() && secs > 0.0).then(|| (secs - 1.0).max(secs / 2.0))
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -214,7 +212,6 @@ pub async fn execute(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CodeResponse>, ApiError> {
-    let started = Instant::now();
     check_content_type(&headers)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -226,25 +223,68 @@ pub async fn execute(
             ApiError::invalid(format!("could not read the request body: {rejection}"))
         }
     })?;
-    let request = validate(
-        &body,
-        state.config.default_timeout_s,
-        state.config.max_timeout_s,
-    )?;
+    let default_timeout_s = read_timeout_budget(&headers)
+        .map_or(state.config.default_timeout_s, |budget| {
+            budget.min(state.config.default_timeout_s)
+        });
+    let request = validate(&body, default_timeout_s, state.config.max_timeout_s)?;
     let limits = Limits {
         timeout_ms: request.timeout_ms,
         ..state.config.limits.clone()
     };
 
+    // The scan runs off the async threads: a large file takes milliseconds to parse.
+    let scan_started = Instant::now();
+    let (analysis, code) = {
+        let scanner = state.config.scanner;
+        let policy = state.scanner_policy.clone();
+        tokio::task::spawn_blocking(move || {
+            let analysis = match scanner {
+                ScannerMode::Off => Analysis {
+                    violations: Vec::new(),
+                    imported_modules: scanner::imported_modules(&request.code),
+                },
+                ScannerMode::Enforce | ScannerMode::Report => {
+                    scanner::analyze(&request.code, &policy)
+                }
+            };
+            (analysis, request.code)
+        })
+        .await
+        .map_err(|_| ApiError::internal())?
+    };
+    let scan_time = scan_started.elapsed();
+    let violations = scanner::violation_names(&analysis.violations);
+    for v in &analysis.violations {
+        tracing::debug!(rule = %v.rule_id, line = v.line, name = %v.name, "scanner violation");
+    }
+    if state.config.scanner == ScannerMode::Enforce && !violations.is_empty() {
+        tracing::info!(?violations, "run refused by the scanner");
+        return Ok(Json(CodeResponse {
+            success: false,
+            stdout: String::new(),
+            stderr: "Security violations detected".into(),
+            exit_code: -1,
+            execution_time: seconds(scan_time),
+            security_checked: true,
+            violations,
+            plots: Vec::new(),
+        }));
+    }
+
     let _permit = state.admission.admit().await?;
+    // The spec's execution_time covers checks and execution, not time spent queued.
+    let started = Instant::now()
+        .checked_sub(scan_time)
+        .unwrap_or_else(Instant::now);
     let outcome = state
         .spawner
         .run(&RunRequest {
             template: state
                 .config
                 .warm
-                .then(|| template_for(&imported_modules(&request.code), &request.libraries)),
-            code: request.code,
+                .then(|| template_for(&analysis.imported_modules, &request.libraries)),
+            code,
             limits: limits.clone(),
         })
         .await
@@ -259,7 +299,14 @@ pub async fn execute(
         peak_memory = outcome.peak_memory_bytes,
         "run finished"
     );
-    respond(&outcome, &limits, started).map(Json)
+    let mut response = respond(&outcome, &limits, started)?;
+    // In report mode the code ran; the response still lists what the scanner saw.
+    response.violations = violations;
+    Ok(Json(response))
+}
+
+fn seconds(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]
@@ -287,6 +334,18 @@ mod tests {
                 .timeout_ms,
             250
         );
+    }
+
+    #[test]
+    fn the_sdk_read_timeout_caps_the_default_run_timeout() {
+        let mut h = HeaderMap::new();
+        assert_eq!(read_timeout_budget(&h), None);
+        h.insert("x-stainless-read-timeout", "30".parse().unwrap());
+        assert_eq!(read_timeout_budget(&h), Some(29.0));
+        h.insert("x-stainless-read-timeout", "1".parse().unwrap());
+        assert_eq!(read_timeout_budget(&h), Some(0.5));
+        h.insert("x-stainless-read-timeout", "nonsense".parse().unwrap());
+        assert_eq!(read_timeout_budget(&h), None);
     }
 
     #[test]

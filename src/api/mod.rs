@@ -62,6 +62,7 @@ pub struct AppState {
     pub spawner: Arc<Spawner>,
     pub admission: Arc<Admission>,
     pub isolation: Arc<Isolation>,
+    pub scanner_policy: Arc<crate::scanner::Policy>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -33,7 +33,6 @@ pub enum Step {
     MountDev,
     MountProc,
     MountTmp,
-    RemountReadOnly,
     PivotRoot,
     DetachOldRoot,
     Hostname,
@@ -54,7 +53,7 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 27] = [
+    const ALL: [Step; 26] = [
         Step::WaitRelease,
         Step::BecomeRoot,
         Step::ParentDeathSignal,
@@ -64,7 +63,6 @@ impl Step {
         Step::MountDev,
         Step::MountProc,
         Step::MountTmp,
-        Step::RemountReadOnly,
         Step::PivotRoot,
         Step::DetachOldRoot,
         Step::Hostname,
@@ -95,11 +93,10 @@ impl Step {
             Step::ParentDeathSignal => "set parent-death signal",
             Step::CgroupNamespace => "enter cgroup namespace",
             Step::PrivateMounts => "make mounts private",
-            Step::BindRootfs => "bind the root filesystem",
+            Step::BindRootfs => "mount the root filesystem overlay",
             Step::MountDev => "mount /dev",
             Step::MountProc => "mount /proc",
             Step::MountTmp => "mount /tmp",
-            Step::RemountReadOnly => "remount the root filesystem read-only",
             Step::PivotRoot => "pivot_root",
             Step::DetachOldRoot => "detach the old root",
             Step::Hostname => "set hostname",
@@ -271,6 +268,9 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
         sys::exit_now(1);
     }
     step(Step::BecomeRoot, namespaces::become_root())?;
+    // A session and process group of the run's own: kill(0, ...) or setpriority on the
+    // process group must not reach other runs (they share a host uid).
+    step(Step::BecomeRoot, nix::unistd::setsid().map(drop))?;
     // Set after the uid change, which clears it.
     step(
         Step::ParentDeathSignal,
@@ -278,7 +278,7 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
     )?;
     step(Step::CgroupNamespace, namespaces::enter_cgroup_namespace())?;
     match &plan.rootfs {
-        Some(root) => rootfs::enter(root, plan.limits.tmp_bytes)?,
+        Some(root) => rootfs::enter(root, plan.limits.tmp_bytes, false)?,
         None => rootfs::refresh(plan.limits.tmp_bytes)?,
     }
     step(Step::Hostname, namespaces::set_hostname())?;

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chdir, pivot_root};
 
 use super::child::{Failure, Step};
@@ -23,6 +22,16 @@ const DEV_LINKS: [(&str, &str); 4] = [
     ("stderr", "/proc/self/fd/2"),
 ];
 
+/// An empty directory beside the root filesystem, the overlay's second lower layer; the
+/// server creates it and checks it is empty at start.
+pub const EMPTY_LAYER: &str = "nsbox-empty-layer";
+
+/// Where a template keeps a second view of the tree with no submounts: the kernel will not
+/// stack an overlay on a mount whose submounts (/dev, /proc, /tmp) are locked.
+const TEMPLATE_COPY: &str = "mnt";
+/// Where a warm run mounts its empty layer.
+const EMPTY_MOUNT: &str = "/media";
+
 /// Caps the number of files in /tmp so an inode flood ends inside the run.
 const TMP_INODES: u64 = 16_384;
 
@@ -37,26 +46,6 @@ fn io_step<T>(s: Step, r: std::io::Result<T>) -> Result<T, Failure> {
         s,
         r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
     )
-}
-
-/// Flags of the mount under `path` that a remount inside a user namespace must keep: the
-/// kernel locks them on mounts inherited from the host, and dropping one gives EPERM.
-fn locked_flags(path: &Path) -> Result<MsFlags, Errno> {
-    let st = statvfs(path)?;
-    let mut flags = MsFlags::empty();
-    for (fs, ms) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if st.flags().contains(fs) {
-            flags |= ms;
-        }
-    }
-    Ok(flags)
 }
 
 fn mount_proc_and_tmp(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
@@ -83,31 +72,86 @@ fn mount_proc_and_tmp(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
     )
 }
 
-/// For a run forked from a zygote, whose mount namespace already has the read-only root
-/// filesystem, /dev and a /proc of the zygote's PID namespace: a /proc of the run's own
-/// PID namespace and a fresh private /tmp on top.
+/// For a run forked from a zygote, whose mount namespace already has the template's
+/// view: a new read-only overlay of that view (so no inode, lock or inotify watch is
+/// shared with other runs of the template), a fresh /dev, a /proc of the run's own PID
+/// namespace and a private /tmp, then pivot_root into it.
 pub fn refresh(tmp_bytes: u64) -> Result<(), Failure> {
     step(
         Step::PrivateMounts,
         mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE),
     )?;
-    mount_proc_and_tmp(Path::new("/"), tmp_bytes)
+    // The overlay's second lower layer: an empty filesystem of its own, because layers on
+    // one filesystem may not nest.
+    step(
+        Step::BindRootfs,
+        mount(
+            Some("tmpfs"),
+            EMPTY_MOUNT,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=4k,nr_inodes=1"),
+        ),
+    )?;
+    // Built on /tmp, which the template leaves empty in the tree and the run replaces.
+    let root = Path::new("/tmp");
+    step(
+        Step::BindRootfs,
+        mount(
+            Some("overlay"),
+            root,
+            Some("overlay"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("lowerdir=/mnt:/media"),
+        ),
+    )?;
+    populate(root, tmp_bytes)
 }
 
 /// Builds the run's filesystem view on top of `root` and makes it the root directory.
 /// Runs in the run's init, in fresh user, mount and PID namespaces.
-pub fn enter(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
+/// A template passes `template_copy` to keep a plain view of the tree at /mnt for its runs.
+pub fn enter(root: &Path, tmp_bytes: u64, template_copy: bool) -> Result<(), Failure> {
     // Nothing done here may propagate back to the host's mount namespace.
     step(
         Step::PrivateMounts,
         mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE),
     )?;
-    // Non-recursive: host mounts below the tree stay out of the run.
+    // A read-only overlay of the tree, new for each sandbox, rather than a bind mount:
+    // file locks and inotify watches belong to the overlay's own inodes, so they cannot
+    // carry signals between concurrent sandboxes, and the layers are given relative to the
+    // tree so /proc/self/mountinfo shows no host path. Overlay needs two lower layers
+    // without an upper one, and they may not nest: the second is an empty directory beside
+    // the tree (see `EMPTY_LAYER`). Host mounts below the tree stay out: an overlay does
+    // not include submounts.
+    step(Step::BindRootfs, chdir(root))?;
     step(
         Step::BindRootfs,
-        mount(Some(root), root, NONE, MsFlags::MS_BIND, NONE),
+        mount(
+            Some("overlay"),
+            root,
+            Some("overlay"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("lowerdir=.:../nsbox-empty-layer"),
+        ),
     )?;
+    if template_copy {
+        step(
+            Step::BindRootfs,
+            mount(
+                Some("overlay"),
+                &root.join(TEMPLATE_COPY),
+                Some("overlay"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("lowerdir=.:../nsbox-empty-layer"),
+            ),
+        )?;
+    }
+    populate(root, tmp_bytes)
+}
 
+/// Gives the new root its /dev, /proc and /tmp and makes it the root directory.
+fn populate(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
     let dev = root.join("dev");
     step(
         Step::MountDev,
@@ -148,22 +192,6 @@ pub fn enter(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
     )?;
 
     mount_proc_and_tmp(root, tmp_bytes)?;
-
-    let keep = step(Step::RemountReadOnly, locked_flags(root))?;
-    step(
-        Step::RemountReadOnly,
-        mount(
-            NONE,
-            root,
-            NONE,
-            keep | MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV,
-            NONE,
-        ),
-    )?;
 
     // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves no
     // path back to the host's tree.

@@ -75,10 +75,12 @@ pub fn launch(
         cstring("-B".into()),
         cstring("-c".into()),
         program,
+        // Arguments rather than environment: a run's environment must be exactly a cold
+        // run's, and /proc/1/environ would keep showing the zygote's.
+        cstring(template.name().into()),
+        cstring(max_forks.to_string()),
     ];
-    let mut envp = supervisor::run_env(&config.limits);
-    envp.push(cstring(format!("NSBOX_TEMPLATE={}", template.name())));
-    envp.push(cstring(format!("NSBOX_MAX_FORKS={max_forks}")));
+    let envp = supervisor::run_env(&config.limits);
     let plan = TemplatePlan {
         config,
         control: theirs.as_raw_fd(),
@@ -142,7 +144,8 @@ fn template_steps(plan: &TemplatePlan) -> Result<(), (&'static str, Errno)> {
     namespaces::become_root().map_err(e("become root"))?;
     // The template (and every run still in it) ends with the spawner.
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(e("set parent-death signal"))?;
-    rootfs::enter(&plan.config.rootfs, TEMPLATE_TMP_BYTES).map_err(|f| (f.step.name(), f.errno))?;
+    rootfs::enter(&plan.config.rootfs, TEMPLATE_TMP_BYTES, true)
+        .map_err(|f| (f.step.name(), f.errno))?;
     namespaces::set_hostname().map_err(e("set hostname"))?;
     // Inherited from the spawner, which lets the kernel reap its supervisors; here, and in
     // every zygote and run below, children are waited for.

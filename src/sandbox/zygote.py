@@ -49,15 +49,14 @@ def _nsbox_warm(template, max_forks):
     # collector from touching (and so copying) their pages in each run.
     gc.freeze()
 
+    import signal
+
+    # Forks are never waited for: the kernel reaps them, so none lingers as a zombie.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     control = socket.socket(fileno=3)
     control.send(b"ready")
     forks = 0
     while forks < max_forks:
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        except ChildProcessError:
-            pass
         try:
             msg, fds, _, _ = socket.recv_fds(control, 16, 1)
         except OSError:
@@ -69,6 +68,8 @@ def _nsbox_warm(template, max_forks):
         forks += 1
         pid = os.fork()
         if pid == 0:
+            # The fork waits for the run's init, which waits for Python: both need SIGCHLD.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             control.detach()
             rc = lib.nsbox_enter_run(fds[0])
             if rc != 0:
@@ -89,4 +90,7 @@ def _nsbox_warm(template, max_forks):
         pass
 
 
-_nsbox_warm(os.environ["NSBOX_TEMPLATE"], int(os.environ.get("NSBOX_MAX_FORKS", "1000")))
+_nsbox_template, _nsbox_max_forks = sys.argv[1], int(sys.argv[2])
+# Runs see the argv of `python3 -c`, as on the cold path.
+sys.argv = ["-c"]
+_nsbox_warm(_nsbox_template, _nsbox_max_forks)

@@ -99,7 +99,7 @@ impl Server {
                 panic!("nsbox did not start listening:\n{}", log.lock().unwrap());
             });
         let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-        Server {
+        let server = Server {
             child,
             base: format!("http://{addr}"),
             port,
@@ -108,7 +108,24 @@ impl Server {
                 .timeout(Duration::from_secs(120))
                 .build()
                 .unwrap(),
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Waits until `/v1/health` says ready (the warm templates are up), so a test of the
+    /// warm path really runs warm.
+    pub fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            if let Ok(r) = self.client.get(format!("{}/v1/health", self.base)).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        panic!("nsbox never became ready:\n{}", self.log.lock().unwrap());
     }
 
     pub fn pid(&self) -> u32 {
