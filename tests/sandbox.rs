@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use common::{processes_of_uid, Server};
 use serde_json::json;
 
+/// These tests probe the kernel isolation itself, which must hold with the scanner off.
+const SCANNER_OFF: &[&str] = &["--scanner", "off"];
+
 /// Runs `code`, which must print "ok" and nothing else if the property holds.
 fn assert_holds(server: &Server, code: &str) {
     let r = server.run(code);
@@ -16,7 +19,7 @@ fn assert_holds(server: &Server, code: &str) {
 
 #[test]
 fn spec_basic_example() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     let r = server.run_with(json!({"code": "print(2**2)", "lang": "python", "timeout": 30}));
     assert_eq!(r["success"], true);
     assert_eq!(r["stdout"], "4\n");
@@ -30,7 +33,7 @@ fn spec_basic_example() {
 
 #[test]
 fn runtime_error_gives_the_user_traceback_only() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     let r = server.run("result = 10 / 0");
     assert_eq!(r["success"], true);
     assert_eq!(r["exit_code"], 1);
@@ -42,7 +45,7 @@ fn runtime_error_gives_the_user_traceback_only() {
 
 #[test]
 fn syntax_error_is_reported_by_python() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     let r = server.run("print('Hello world'");
     assert_eq!(r["success"], true);
     assert_eq!(r["exit_code"], 1);
@@ -57,7 +60,7 @@ fn syntax_error_is_reported_by_python() {
 
 #[test]
 fn sys_exit_status_and_stderr_pass_through() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     let r = server.run("import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)");
     assert_eq!(
         (r["success"].clone(), r["exit_code"].clone()),
@@ -69,7 +72,7 @@ fn sys_exit_status_and_stderr_pass_through() {
 
 #[test]
 fn timeout_gives_the_spec_response_in_about_the_timeout() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     let started = Instant::now();
     let r = server.run_with(json!({"code": "import time\nprint('before', flush=True)\ntime.sleep(100)", "lang": "python", "timeout": 2}));
     let elapsed = started.elapsed();
@@ -85,7 +88,7 @@ fn timeout_gives_the_spec_response_in_about_the_timeout() {
 
 #[test]
 fn runs_as_nobody_with_no_capabilities() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     assert_holds(
         &server,
         r#"
@@ -104,7 +107,7 @@ print('ok')
 
 #[test]
 fn root_filesystem_is_read_only_and_tmp_is_writable() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     assert_holds(
         &server,
         r#"
@@ -128,7 +131,7 @@ print('ok')
 
 #[test]
 fn only_loopback_exists_and_the_server_is_unreachable() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     let code = format!(
         r#"
 import socket, errno
@@ -157,7 +160,7 @@ print('ok')
 
 #[test]
 fn host_files_are_invisible() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     let marker = std::env::temp_dir().join(format!("nsbox-marker-{}", std::process::id()));
     std::fs::write(&marker, "secret").unwrap();
     let binary = env!("CARGO_BIN_EXE_nsbox");
@@ -182,7 +185,7 @@ print('ok')
 
 #[test]
 fn own_pid_namespace() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     assert_holds(
         &server,
         r#"
@@ -197,7 +200,7 @@ print('ok')
 
 #[test]
 fn privileged_syscalls_fail_with_eperm() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     assert_holds(
         &server,
         r#"
@@ -222,7 +225,7 @@ print('ok')
 fn setsid_double_fork_does_not_outlive_the_timeout() {
     // A uid range of its own, so processes of other tests' runs are not counted.
     let uid_base = 1_200_000_000u32;
-    let server = Server::start(&["--uid-base", &uid_base.to_string()]);
+    let server = Server::start(&["--scanner", "off", "--uid-base", &uid_base.to_string()]);
     let r = server.run_with(json!({
         "code": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(1000)\n    os._exit(0)\ntime.sleep(1000)",
         "lang": "python",
@@ -240,7 +243,7 @@ fn setsid_double_fork_does_not_outlive_the_timeout() {
 #[test]
 fn a_run_leaves_nothing_behind() {
     let uid_base = 1_300_000_000u32;
-    let server = Server::start(&["--uid-base", &uid_base.to_string()]);
+    let server = Server::start(&["--scanner", "off", "--uid-base", &uid_base.to_string()]);
     let server_pid = server.pid();
     let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -312,7 +315,7 @@ fn a_run_leaves_nothing_behind() {
 
 #[test]
 fn concurrent_runs_do_not_see_each_other() {
-    let server = Server::start(&[]);
+    let server = Server::start(SCANNER_OFF);
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
             server.run(

@@ -434,7 +434,11 @@ fn python_steps(plan: &ChildPlan) -> Result<(), Failure> {
         Entry::ReturnToCaller => {
             // Without an exec, close-on-exec never fires: the report pipe must not stay
             // open for the user's code.
-            step(Step::Exec, nix::unistd::close(REPORT_FD))
+            step(Step::Exec, nix::unistd::close(REPORT_FD))?;
+            // The uid change left the process non-dumpable, which an exec would have reset;
+            // without it /proc/self belongs to the run's root and a warm run could not
+            // read its own /proc/self/environ as a cold one can.
+            step(Step::Exec, prctl::set_dumpable(true))
         }
     }
 }

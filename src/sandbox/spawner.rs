@@ -153,6 +153,8 @@ impl Drop for Spawner {
     fn drop(&mut self) {
         // Closing the control socket makes the spawner exit; runs in flight finish.
         if let Some(mut p) = self.process.lock().unwrap().take() {
+            // Shut down rather than just close: the status reader holds a clone.
+            let _ = p.control.shutdown(std::net::Shutdown::Both);
             drop(p.control);
             let _ = p.child.wait();
         }
