@@ -86,8 +86,8 @@ boot=$cache/$key
 
 build_boot() {
 	local tmp
+	rm -rf "$cache"/.build.* # what an interrupted build left
 	tmp=$(mktemp -d "$cache/.build.XXXXXX")
-	trap 'rm -rf "$tmp"' RETURN
 	log "building boot artefacts $key ($kernel_pkg $kernel_ver)"
 	# apt-get download writes into the current directory, as root (not sandboxed as _apt).
 	if ! (cd "$tmp" && apt-get download -qq "$kernel_pkg" >&2 2>/dev/null); then
@@ -127,6 +127,7 @@ build_boot() {
 	echo "$kernel_pkg $kernel_ver" >"$boot.tmp/kernel"
 	rm -rf "$boot"
 	mv "$boot.tmp" "$boot"
+	rm -rf "$tmp"
 }
 # --- end of boot artefacts
 
@@ -183,9 +184,9 @@ timeout --kill-after=10 "$vm_timeout" qemu-system-x86_64 \
 	-virtfs "$(share "$job" job)" \
 	</dev/null >"$job/console.log" 2>&1 &
 qemu_pid=$!
-trap 'kill "$qemu_pid" 2>/dev/null; cleanup' EXIT
+trap 'kill "$qemu_pid" 2>/dev/null || true; cleanup' EXIT
 # A VM that never reaches guest.sh fails after boot_timeout, not after the whole bound.
-booted=
+booted='' boot_failed=''
 while kill -0 "$qemu_pid" 2>/dev/null; do
 	if [ -z "$booted" ] && grep -q '^nsbox-vm: ' "$job/console.log" 2>/dev/null; then
 		booted=1
@@ -193,12 +194,14 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
 	elif [ -z "$booted" ] && [ $((SECONDS - vm_start)) -ge "$boot_timeout" ]; then
 		log "the VM did not reach guest.sh within ${boot_timeout}s: stopping it"
 		kill "$qemu_pid"
+		boot_failed=1
 		break
 	fi
 	sleep 1
 done
 qemu_status=0
 wait "$qemu_pid" || qemu_status=$?
+[ -z "$boot_failed" ] || qemu_status=124
 log "VM ran $((SECONDS - vm_start))s (qemu exit status $qemu_status)"
 
 # --- verdict -------------------------------------------------------------------------------
@@ -228,7 +231,9 @@ print(f"test-vm: {len(lines)} checks, {failed} failed, {xfail} expected failures
 sys.exit(1 if failed or not finished else 0)
 EOF
 if [ "$verdict" != 0 ] || [ "$qemu_status" != 0 ]; then
-	if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
+	if [ -n "$boot_failed" ]; then
+		log "the VM did not boot within ${boot_timeout}s"
+	elif [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
 		log "the VM hit the ${vm_timeout}s bound"
 	fi
 	echo "----- VM console log ($job/console.log) -----" >&2

@@ -567,13 +567,43 @@ def rootless_no_cgroups():
     rootless_checks(mode, srv, svc, mib, procs, expect_cgroup=False)
 
 
+def rootless_kernel_support():
+    """What the kernel and userland offer an unprivileged user here: facts for the rootless
+    design, not checks of nsbox."""
+    def as_user():
+        os.setgroups([])
+        os.setgid(ROOTLESS_UID)
+        os.setuid(ROOTLESS_UID)
+
+    def attempt(cmd):
+        p = subprocess.run(cmd, preexec_fn=as_user, capture_output=True, text=True, timeout=60)
+        return {"cmd": " ".join(cmd), "status": p.returncode, "out": (p.stdout + p.stderr).strip()[-300:]}
+
+    one_id = attempt(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net",
+                      "--ipc", "--uts", "--cgroup", "sh", "-c", "cat /proc/self/uid_map"])
+    many = attempt(["unshare", "--user", "sh", "-c",
+                    f"echo '0 {UID_BASE} 65536' > /proc/self/uid_map"])
+    record("rootless-kernel", "unprivileged-userns-with-one-id-info", one_id["status"] == 0, {
+        "unprivileged_userns_clone": read("/proc/sys/kernel/unprivileged_userns_clone").strip(),
+        "max_user_namespaces": read("/proc/sys/user/max_user_namespaces").strip(),
+        "single_id_map": one_id,
+        "full_range_map_as_user": many,
+        "newuidmap": os.path.exists("/usr/bin/newuidmap"),
+    })
+
+
 def rootless_checks(mode, srv, svc, mib, procs, expect_cgroup):
     xf = True
     if not srv.ready:
         record(mode, "server-starts", False, {"log": srv.log_tail()}, xf)
         srv.stop()
         return
-    record(mode, "server-starts", True, {"pid": srv.proc.pid})
+    sdir = server_dir(svc, srv)
+    record(mode, "server-starts", True, {
+        "pid": srv.proc.pid,
+        "server_cgroup": sdir if os.path.isdir(sdir) else None,
+        "server_cgroup_owner": os.stat(sdir).st_uid if os.path.isdir(sdir) else None,
+    })
     st = srv.status().get("isolation", {})
     if expect_cgroup:
         check_status_v2(mode, srv, xf)
@@ -600,7 +630,7 @@ def main():
     environment()
     scenarios = [root_limits, root_defaults, root_crash, root_shared_cgroup]
     if CFG.get("rootless", True):
-        scenarios += [rootless_delegated, rootless_no_cgroups]
+        scenarios += [rootless_kernel_support, rootless_delegated, rootless_no_cgroups]
     if CFG.get("scenarios"):  # a subset, by name, for debugging
         scenarios = [globals()[name] for name in CFG["scenarios"]]
     for scenario in scenarios:

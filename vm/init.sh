@@ -19,9 +19,9 @@ fail() {
 	sleep 60
 }
 
-for m in $(cat /modules.list); do
+while read -r m; do
 	insmod "/modules/$m.ko" || fail "insmod $m"
-done
+done </modules.list
 
 p9=trans=virtio,version=9p2000.L,msize=512000
 mkdir -p /lower /rw /newroot
@@ -39,5 +39,7 @@ mount -t 9p -o "$p9,ro,cache=loose" nsboxroot /newroot/nsbox-vm/rootfs || fail "
 for d in proc sys dev; do
 	mount --move "/$d" "/newroot/$d" || fail "move /$d"
 done
+# switch_root only returns if it could not exec.
+# shellcheck disable=SC2093
 exec switch_root /newroot /bin/bash /nsbox-vm/job/vm/guest.sh
 fail "switch_root"
