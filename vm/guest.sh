@@ -1,0 +1,36 @@
+#!/bin/bash
+# PID 1 of the nsbox test VM once the initramfs has switched to the shared host root.
+#
+# Mounts what a booted system would have (a pure cgroup v2 hierarchy at /sys/fs/cgroup,
+# tmpfs on /tmp and /run), runs the test driver, and powers off. bash stays PID 1 and
+# reaps whatever is orphaned to it while the driver runs.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8
+job=/nsbox-vm/job
+
+poweroff_now() {
+	sync
+	echo o >/proc/sysrq-trigger
+	sleep 60
+}
+trap poweroff_now EXIT
+
+mount -t tmpfs -o mode=1777 tmp /tmp
+mount -t tmpfs -o mode=0755 run /run
+mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || echo "nsbox-vm: mounting cgroup2 failed"
+busybox ip link set lo up
+# The job share is uncached (results must reach the host even if the VM is cut off), so
+# the binary is copied once into tmpfs rather than paged in over 9p at every exec.
+mkdir -p /run/nsbox-vm
+install -m 0755 "$job/nsbox" /run/nsbox-vm/nsbox
+
+echo "nsbox-vm: $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+/usr/bin/python3 "$job/vm/driver.py" "$job" &
+driver=$!
+# wait returns early when any child (also an orphan reparented here) changes state;
+# loop until the driver itself is gone.
+while kill -0 "$driver" 2>/dev/null; do
+	wait "$driver"
+	status=$?
+done
+echo "nsbox-vm: driver exited with status ${status:-?}"
