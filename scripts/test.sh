@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, building what is missing first (the root filesystem is cached
-# outside the checkout, keyed by its recipe). Needs root: the sandbox tests create
-# namespaces and cgroups, and fail loudly without it.
+# outside the checkout, keyed by its recipe): the Rust unit and integration tests over the
+# real sandbox, the official-SDK and OpenAPI conformance suite, and the cgroup v2 checks in
+# a VM. Needs root: the sandbox tests create namespaces and cgroups, and fail loudly
+# without it. NSBOX_SKIP_VM=1 leaves the VM out (for quick local runs; CI runs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
@@ -11,4 +13,10 @@ fi
 NSBOX_ROOTFS=$(scripts/build-rootfs.sh | tail -n 1)
 export NSBOX_ROOTFS
 echo "root filesystem: $NSBOX_ROOTFS" >&2
+# The binary and libnsbox.so (the warm path's shared library) beside it.
+cargo build --locked
 cargo test --locked "$@"
+NSBOX_BIN=target/debug/nsbox scripts/test-sdk.sh
+if [ "${NSBOX_SKIP_VM:-0}" != 1 ]; then
+    NSBOX_BIN=target/debug/nsbox scripts/test-vm.sh
+fi

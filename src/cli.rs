@@ -38,6 +38,20 @@ pub struct ServeArgs {
     /// Runs executing at once; further requests queue.
     #[arg(long, env = "NSBOX_MAX_RUNNING", default_value_t = 8)]
     pub max_running: usize,
+    /// Runs (running or queued) one `x-relaxai-userid` may have at once [default: half of
+    /// --max-running, at least 1].
+    #[arg(long, env = "NSBOX_MAX_RUNNING_PER_USER")]
+    pub max_running_per_user: Option<usize>,
+    /// API keys accepted as `Authorization: Bearer <key>` (repeat the flag, or separate with
+    /// commas in the variable). Without any, every request is accepted and nsbox only
+    /// listens on loopback.
+    #[arg(
+        long = "api-key",
+        env = "NSBOX_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
     /// Requests waiting for a slot; past this, 429 with Retry-After.
     #[arg(long, env = "NSBOX_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
@@ -109,6 +123,11 @@ impl ServeArgs {
             max_timeout_s: self.max_timeout,
             max_running: self.max_running,
             max_queue: self.max_queue,
+            max_running_per_user: self
+                .max_running_per_user
+                .unwrap_or(self.max_running.div_ceil(2))
+                .max(1),
+            api_keys: self.api_keys.clone(),
             uid_base: self.uid_base,
             cgroups: !self.no_cgroups,
             scanner: self.scanner,

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::api::admission::Admission;
+use crate::api::auth::Keys;
+use crate::api::libraries::Catalog;
 use crate::api::{router, ApiConfig, AppState, Isolation};
 use crate::sandbox::cgroup::{self, CgroupParent};
 use crate::sandbox::spawner::{Spawner, SpawnerError};
@@ -20,6 +22,12 @@ pub enum ServeError {
     Rootfs(PathBuf),
     #[error("preparing {path}, the empty overlay layer beside the root filesystem: {reason}")]
     EmptyLayer { path: PathBuf, reason: String },
+    #[error(
+        "refusing to listen on {0} without API keys: configure --api-key, or listen on loopback"
+    )]
+    OpenWithoutKeys(SocketAddr),
+    #[error("{0}")]
+    Catalog(#[from] crate::api::libraries::CatalogError),
     #[error("starting the sandbox: {0}")]
     Spawner(#[from] SpawnerError),
     #[error("binding {addr}: {source}")]
@@ -43,6 +51,8 @@ pub struct ServeOptions {
     pub max_timeout_s: f64,
     pub max_running: usize,
     pub max_queue: usize,
+    pub max_running_per_user: usize,
+    pub api_keys: Vec<String>,
     pub uid_base: u32,
     pub cgroups: bool,
     pub scanner: crate::api::ScannerMode,
@@ -125,6 +135,11 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     if !opts.rootfs.join("usr/bin/python3").exists() {
         return Err(ServeError::Rootfs(opts.rootfs.clone()));
     }
+    let keys = Keys::new(&opts.api_keys);
+    if keys.is_empty() && !opts.listen.ip().is_loopback() {
+        return Err(ServeError::OpenWithoutKeys(opts.listen));
+    }
+    let catalog = Catalog::load(&opts.rootfs)?;
     prepare_empty_layer(&opts.rootfs)?;
     let mut warnings = Vec::new();
     let (cgroup_parent, cgroup_description) = prepare_cgroups(opts.cgroups, &mut warnings);
@@ -161,10 +176,21 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             warm: warm.is_some(),
         }),
         spawner: Arc::new(spawner),
-        admission: Arc::new(Admission::new(opts.max_running, opts.max_queue)),
+        admission: Arc::new(Admission::new(
+            opts.max_running,
+            opts.max_queue,
+            opts.max_running_per_user,
+        )),
         isolation: Arc::new(isolation),
         scanner_policy: Arc::new(crate::scanner::Policy::builtin()),
+        keys: keys.clone(),
+        catalog: Arc::new(catalog),
     };
+    if keys.is_empty() {
+        tracing::warn!(
+            "no API keys configured: every request is accepted; listening on loopback only"
+        );
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -150,7 +150,7 @@ fn figures_are_returned_once_each_in_creation_order() {
          plt.show()\n\
          plt.figure(figsize=(4, 1)); plt.bar(['a'], [1])\n\
          plt.savefig('/tmp/mine.png')\n\
-         import os; print(os.path.getsize('/tmp/mine.png') > 0)",
+         from pathlib import Path; print(Path('/tmp/mine.png').stat().st_size > 0)",
     );
     assert_clean_success(&r);
     assert_eq!(r["stdout"], "True\n");
@@ -205,4 +205,53 @@ fn report_mode_runs_the_code_and_lists_the_violations() {
     assert_eq!(r["success"], true, "{r:#}");
     assert_eq!(r["stdout"], "65534\n");
     assert_eq!(r["violations"], json!(["Operating system interface"]));
+}
+
+#[test]
+fn libraries_are_listed_from_the_root_filesystem_and_checked() {
+    let server = Server::start(&[]);
+    let listing: serde_json::Value = server.get("/v1/tools/code/libraries").json().unwrap();
+    let lock = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/rootfs/requirements.lock"
+    ))
+    .unwrap();
+    for pin in lock
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|l| l.contains("=="))
+    {
+        let (name, version) = pin.split_once("==").unwrap();
+        assert_eq!(listing["libraries"][name.to_lowercase()], version, "{name}");
+    }
+    assert!(listing["standard_library"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("json")));
+    let ok = server
+        .run_with(json!({"code": "print(1)", "lang": "python", "libraries": ["numpy", "json"]}));
+    assert_eq!(ok["stdout"], "1\n");
+    let (status, err) = server
+        .post(&json!({"code": "print(1)", "lang": "python", "libraries": ["numpy", "left-pad"]}));
+    assert_eq!(status, 400);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown libraries: left-pad"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_public_listener_without_keys_refuses_to_start() {
+    common::require_root();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nsbox"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--rootfs"])
+        .arg(common::rootfs())
+        .env_remove("NSBOX_API_KEYS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without API keys"));
 }

@@ -228,6 +228,12 @@ pub async fn execute(
             budget.min(state.config.default_timeout_s)
         });
     let request = validate(&body, default_timeout_s, state.config.max_timeout_s)?;
+    state.catalog.check(&request.libraries)?;
+    let user = headers
+        .get("x-relaxai-userid")
+        .and_then(|v| v.to_str().ok())
+        .filter(|u| !u.is_empty())
+        .map(str::to_string);
     let limits = Limits {
         timeout_ms: request.timeout_ms,
         ..state.config.limits.clone()
@@ -259,7 +265,11 @@ pub async fn execute(
         tracing::debug!(rule = %v.rule_id, line = v.line, name = %v.name, "scanner violation");
     }
     if state.config.scanner == ScannerMode::Enforce && !violations.is_empty() {
-        tracing::info!(?violations, "run refused by the scanner");
+        tracing::info!(
+            ?violations,
+            user = user.as_deref(),
+            "run refused by the scanner"
+        );
         return Ok(Json(CodeResponse {
             success: false,
             stdout: String::new(),
@@ -272,7 +282,7 @@ pub async fn execute(
         }));
     }
 
-    let _permit = state.admission.admit().await?;
+    let _permit = state.admission.admit(user.as_deref()).await?;
     // The spec's execution_time covers checks and execution, not time spent queued.
     let started = Instant::now()
         .checked_sub(scan_time)
@@ -296,6 +306,7 @@ pub async fn execute(
         verdict = ?outcome.termination,
         wall_ms = outcome.wall_ms,
         warm = outcome.warm,
+        user = user.as_deref(),
         peak_memory = outcome.peak_memory_bytes,
         "run finished"
     );

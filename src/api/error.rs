@@ -50,6 +50,10 @@ impl ApiError {
         )
     }
 
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", message)
+    }
+
     pub fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     }

@@ -1,8 +1,10 @@
 //! The HTTP API: routes, shared state and the JSON error shape.
 
 pub mod admission;
+pub mod auth;
 pub mod code;
 pub mod error;
+pub mod libraries;
 
 use std::sync::Arc;
 
@@ -63,20 +65,48 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     pub isolation: Arc<Isolation>,
     pub scanner_policy: Arc<crate::scanner::Policy>,
+    pub keys: auth::Keys,
+    pub catalog: Arc<libraries::Catalog>,
 }
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.yaml"));
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
-    Router::new()
+    let keyed = Router::new()
         .route(
             "/v1/tools/code",
             post(code::execute).fallback(method_not_allowed),
         )
-        .route("/v1/health", get(health).fallback(method_not_allowed))
+        .route(
+            "/v1/tools/code/libraries",
+            get(list_libraries).fallback(method_not_allowed),
+        )
         .route("/v1/status", get(status).fallback(method_not_allowed))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .merge(keyed)
+        // Open to probes and load balancers, and to the SDK's health() with any key.
+        .route("/v1/health", get(health).fallback(method_not_allowed))
+        .route("/openapi.yaml", get(openapi).fallback(method_not_allowed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+        OPENAPI,
+    )
+}
+
+async fn list_libraries(State(state): State<AppState>) -> Json<libraries::Catalog> {
+    Json((*state.catalog).clone())
 }
 
 /// The official SDK's `client.health()` reads this as a string. Not ready (503) until the

@@ -225,7 +225,6 @@ def test_timeout_example_through_extra_body(client: relaxai.Relaxai) -> None:
     assert r.violations == [] and r.plots == [] and r.security_checked is True
 
 
-@pytest.mark.pending("scanner")
 def test_security_violation_example(client: relaxai.Relaxai) -> None:
     r = client.tools.execute_code(code="import os\nos.system('ls -la')", lang="python", timeout=30)
     assert (r.success, r.exit_code) == (False, -1)
@@ -240,12 +239,14 @@ def test_security_violation_example(client: relaxai.Relaxai) -> None:
 def test_sdk_timeout_is_the_http_timeout_and_a_dropped_request_stops_its_run(
     client: relaxai.Relaxai, base_url: str
 ) -> None:
-    """The SDK's `timeout=2` sends no body `timeout`: the sandbox keeps its default (30 s) and
-    the SDK gives up after 2 s. The run must not outlive the request that asked for it,
-    or every SDK retry would leave one more run executing."""
+    """The SDK's `timeout=2` is its HTTP read timeout. With a longer run limit asked for in
+    the body, the SDK gives up after 2 s. The run must not outlive the request that asked
+    for it, or every SDK retry would leave one more run executing."""
     started = time.monotonic()
     with pytest.raises(relaxai.APITimeoutError):
-        client.tools.execute_code(code="import time\ntime.sleep(20)", lang="python", timeout=2)
+        client.tools.execute_code(
+            code="import time\ntime.sleep(20)", lang="python", timeout=2, extra_body={"timeout": 20}
+        )
     assert time.monotonic() - started < 10
     deadline = time.monotonic() + 5
     while running_runs(base_url) and time.monotonic() < deadline:
@@ -253,7 +254,6 @@ def test_sdk_timeout_is_the_http_timeout_and_a_dropped_request_stops_its_run(
     assert running_runs(base_url) == 0, "the run went on after its client disconnected"
 
 
-@pytest.mark.pending("read-timeout")
 def test_sdk_timeout_argument_yields_the_spec_timeout_response(client: relaxai.Relaxai) -> None:
     """The spec's SDK calls pass `timeout=` expecting the run to be limited by it. nsbox can
     honour that by keeping a run's default limit below `x-stainless-read-timeout`, so the
@@ -294,7 +294,6 @@ def test_sdk_retries_a_429_after_its_retry_after() -> None:
             busy.join(timeout=20)
 
 
-@pytest.mark.pending("queue-time")
 def test_execution_time_leaves_out_the_wait_in_the_queue() -> None:
     """The spec: "The total execution time in seconds, including security checks and code
     execution". A request that waited for a free slot must not report the wait as
@@ -390,7 +389,6 @@ def test_libraries_of_the_root_filesystem_are_accepted(client: relaxai.Relaxai) 
     assert_clean_success(r)
 
 
-@pytest.mark.pending("libraries")
 def test_a_library_missing_from_the_root_filesystem_is_a_bad_request(client: relaxai.Relaxai) -> None:
     with pytest.raises(relaxai.BadRequestError) as e:
         client.tools.execute_code(
@@ -422,7 +420,6 @@ def test_async_client(base_url: str) -> None:
 # --- Bearer keys -----------------------------------------------------------------------------
 
 
-@pytest.mark.pending("auth")
 def test_bearer_keys() -> None:
     with nsbox("--api-key", "nsbox-test-key-1") as url:
         good = relaxai.Relaxai(api_key="nsbox-test-key-1", base_url=url, max_retries=0)
