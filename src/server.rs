@@ -155,6 +155,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         seccomp_policy: SECCOMP_POLICY.to_string(),
         warm: warm.clone(),
         limits: opts.limits.clone(),
+        guard_rails: opts.scanner != crate::api::ScannerMode::Off,
     })?;
     let isolation = Isolation {
         namespaces: vec!["user", "mount", "pid", "network", "ipc", "uts", "cgroup"],

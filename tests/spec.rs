@@ -255,3 +255,41 @@ fn a_public_listener_without_keys_refuses_to_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("without API keys"));
 }
+
+#[test]
+fn guard_rails_explain_what_the_sandbox_blocks_and_spare_library_internals() {
+    // Report mode: the scanner lets the code run, the guard rails are on.
+    let server = Server::start(&["--scanner", "report"]);
+    let r = server.run("import subprocess\nsubprocess.run(['ls'])");
+    assert_eq!(r["exit_code"], 1, "{r:#}");
+    let stderr = r["stderr"].as_str().unwrap();
+    assert!(
+        stderr.contains(
+            "PermissionError: nsbox: starting other programs is not allowed in this sandbox"
+        ),
+        "{stderr}"
+    );
+    let r = server.run("import socket\nsocket.create_connection(('192.0.2.1', 80), timeout=1)");
+    assert!(
+        r["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("nsbox: network access is not allowed"),
+        "{r:#}"
+    );
+    let r = server.run("import ctypes\nctypes.CDLL(None)");
+    assert!(
+        r["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("loading native libraries"),
+        "{r:#}"
+    );
+    // pandas and matplotlib use os and ctypes internally and must keep working.
+    let r = server.run(
+        "import pandas as pd, matplotlib.pyplot as plt, numpy as np\n\
+         print(pd.DataFrame({'a': [1, 2]})['a'].sum())\nplt.plot(np.arange(3))",
+    );
+    assert_eq!(r["stdout"], "3\n", "{r:#}");
+    assert_eq!(r["plots"].as_array().unwrap().len(), 1);
+}

@@ -35,6 +35,38 @@ class _NsboxBackendFinder:
 sys.meta_path.insert(0, _NsboxBackendFinder())
 
 
+# Guard rails (on unless the scanner is off): operations the sandbox blocks anyway, turned
+# into a clear exception when the user's own code asks for them, instead of a bare errno.
+_NSBOX_BLOCKED = {
+    "os.system": "running shell commands",
+    "os.exec": "replacing the process with another program",
+    "os.posix_spawn": "starting other programs",
+    "os.spawn": "starting other programs",
+    "subprocess.Popen": "starting other programs",
+    "ctypes.dlopen": "loading native libraries with ctypes",
+    "socket.connect": "network access",
+}
+_NSBOX_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _nsbox_guard(event, args):
+    what = _NSBOX_BLOCKED.get(event)
+    if what is None:
+        return
+    if event == "socket.connect":
+        address = args[1]
+        # Unix sockets and the run's own loopback stay usable.
+        if not isinstance(address, tuple) or address[0] in _NSBOX_LOOPBACK:
+            return
+    # Refuse only calls the user's code makes itself: walk past the standard library module
+    # that raised the event; libraries (pandas, matplotlib...) keep their internal uses.
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith("/usr/lib/python3"):
+        frame = frame.f_back
+    if frame is not None and frame.f_code.co_filename == "<string>":
+        raise PermissionError(f"nsbox: {what} is not allowed in this sandbox ({event})")
+
+
 def _nsbox_prepare_matplotlib():
     import os
 
@@ -88,6 +120,9 @@ def _nsbox_main():
             pyplot.close(fig)
 
     _nsbox_state["show"] = emit_open_figures
+
+    if os.environ.get("NSBOX_GUARD_RAILS") == "1":
+        sys.addaudithook(_nsbox_guard)
 
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins

@@ -90,6 +90,9 @@ pub struct SpawnerConfig {
     pub warm: Option<WarmConfig>,
     /// Limits whose values templates bake into their environment.
     pub limits: Limits,
+    /// Whether the harness turns blocked operations into clear Python exceptions (on
+    /// unless the scanner is off, so the red-team suite probes the kernel alone).
+    pub guard_rails: bool,
 }
 
 /// Settings of the warm path.

@@ -98,10 +98,10 @@ impl WarmControls {
 }
 
 /// The fixed, minimal environment of a run: nothing of the server's reaches it.
-pub fn run_env(limits: &Limits) -> Vec<CString> {
+pub fn run_env(limits: &Limits, guard_rails: bool) -> Vec<CString> {
     let max_plots = format!("NSBOX_MAX_PLOTS={}", limits.max_plots);
     let mpl = format!("MPLCONFIGDIR={MPLCONFIGDIR}");
-    cstrings(&[
+    let mut env = cstrings(&[
         "PATH=/usr/local/bin:/usr/bin:/bin",
         "HOME=/tmp",
         "TMPDIR=/tmp",
@@ -115,7 +115,11 @@ pub fn run_env(limits: &Limits) -> Vec<CString> {
         "OPENBLAS_NUM_THREADS=1",
         "OMP_NUM_THREADS=1",
         "MKL_NUM_THREADS=1",
-    ])
+    ]);
+    if guard_rails {
+        env.extend(cstrings(&["NSBOX_GUARD_RAILS=1"]));
+    }
+    env
 }
 
 struct Pipes {
@@ -336,7 +340,7 @@ fn start_cold(
         seccomp: seccomp.clone(),
         entry: Entry::Exec {
             argv: cstrings(&["/usr/bin/python3", "-I", "-B", "-c", HARNESS]),
-            envp: run_env(limits),
+            envp: run_env(limits, config.guard_rails),
         },
         release_read: ends.release,
         release_write: Some(reads.release.as_raw_fd()),

@@ -80,7 +80,7 @@ pub fn launch(
         cstring(template.name().into()),
         cstring(max_forks.to_string()),
     ];
-    let envp = supervisor::run_env(&config.limits);
+    let envp = supervisor::run_env(&config.limits, config.guard_rails);
     let plan = TemplatePlan {
         config,
         control: theirs.as_raw_fd(),
