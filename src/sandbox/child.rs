@@ -232,16 +232,7 @@ pub fn init_main(plan: ChildPlan) {
             report(REPORT_FD, Record::PythonStatus(status));
             sys::exit_now(0)
         }
-        Err(f) => {
-            report(
-                report_fd,
-                Record::Failed {
-                    step: f.step as u32,
-                    errno: f.errno as i32,
-                },
-            );
-            sys::exit_now(127)
-        }
+        Err(f) => fail(report_fd, f),
     }
 }
 
@@ -385,6 +376,11 @@ fn python_main(plan: &ChildPlan) -> Result<(), Failure> {
     let Err(failure) = python_steps(plan) else {
         return Ok(());
     };
+    fail(report_fd, failure)
+}
+
+/// Reports which step failed and ends the process.
+fn fail(report_fd: RawFd, failure: Failure) -> ! {
     report(
         report_fd,
         Record::Failed {

@@ -95,16 +95,7 @@ pub fn refresh(tmp_bytes: u64) -> Result<(), Failure> {
     )?;
     // Built on /tmp, which the template leaves empty in the tree and the run replaces.
     let root = Path::new("/tmp");
-    step(
-        Step::BindRootfs,
-        mount(
-            Some("overlay"),
-            root,
-            Some("overlay"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("lowerdir=/mnt:/media"),
-        ),
-    )?;
+    mount_overlay(root, "lowerdir=/mnt:/media")?;
     populate(root, tmp_bytes)
 }
 
@@ -125,29 +116,25 @@ pub fn enter(root: &Path, tmp_bytes: u64, template_copy: bool) -> Result<(), Fai
     // the tree (see `EMPTY_LAYER`). Host mounts below the tree stay out: an overlay does
     // not include submounts.
     step(Step::BindRootfs, chdir(root))?;
+    mount_overlay(root, "lowerdir=.:../nsbox-empty-layer")?;
+    if template_copy {
+        mount_overlay(&root.join(TEMPLATE_COPY), "lowerdir=.:../nsbox-empty-layer")?;
+    }
+    populate(root, tmp_bytes)
+}
+
+/// A read-only overlay of `lowerdir` (lower layers only) on `target`.
+fn mount_overlay(target: &Path, lowerdir: &str) -> Result<(), Failure> {
     step(
         Step::BindRootfs,
         mount(
             Some("overlay"),
-            root,
+            target,
             Some("overlay"),
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("lowerdir=.:../nsbox-empty-layer"),
+            Some(lowerdir),
         ),
-    )?;
-    if template_copy {
-        step(
-            Step::BindRootfs,
-            mount(
-                Some("overlay"),
-                &root.join(TEMPLATE_COPY),
-                Some("overlay"),
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                Some("lowerdir=.:../nsbox-empty-layer"),
-            ),
-        )?;
-    }
-    populate(root, tmp_bytes)
+    )
 }
 
 /// Gives the new root its /dev, /proc and /tmp and makes it the root directory.
