@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// Runs a zygote forks before it is replaced by a fresh one.
     #[arg(long, env = "NSBOX_MAX_FORKS", default_value_t = 500)]
     pub max_forks: u32,
+    /// Seconds runs in flight may take to finish after SIGTERM; then they are cancelled
+    /// (keep it under the service manager's stop timeout).
+    #[arg(long, env = "NSBOX_SHUTDOWN_GRACE", default_value_t = 15.0)]
+    pub shutdown_grace: f64,
     /// Pre-execution scanner: `enforce` rejects flagged code, `report` runs it and lists the
     /// violations, `off` skips scanning (the kernel isolation holds either way).
     #[arg(long, env = "NSBOX_SCANNER", value_enum, default_value_t = ScannerMode::Enforce)]
@@ -131,6 +135,7 @@ impl ServeArgs {
             uid_base: self.uid_base,
             cgroups: !self.no_cgroups,
             scanner: self.scanner,
+            shutdown_grace: std::time::Duration::from_secs_f64(self.shutdown_grace.max(0.0)),
             warm: (self.mode == RunMode::Warm).then(|| WarmOptions {
                 library: self.warm_library.clone(),
                 max_forks: self.max_forks,

@@ -57,6 +57,8 @@ pub struct ServeOptions {
     pub cgroups: bool,
     pub scanner: crate::api::ScannerMode,
     pub warm: Option<WarmOptions>,
+    /// How long runs in flight may take to finish after SIGTERM before they are cancelled.
+    pub shutdown_grace: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +167,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         warm: warm.is_some(),
         warnings,
     };
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
     let state = AppState {
         config: Arc::new(ApiConfig {
             limits: opts.limits.clone(),
@@ -186,6 +189,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         scanner_policy: Arc::new(crate::scanner::Policy::builtin()),
         keys: keys.clone(),
         catalog: Arc::new(catalog),
+        cancelled,
     };
     if keys.is_empty() {
         tracing::warn!(
@@ -211,8 +215,21 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             max_running = opts.max_running,
             "nsbox listening on http://{addr}"
         );
+        // Runs in flight get `shutdown_grace` to finish after SIGTERM; then they are
+        // cancelled (their clients get a 503 to retry elsewhere) and the server exits.
+        let grace = opts.shutdown_grace;
         axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    tracing::warn!(
+                        ?grace,
+                        "shutdown grace over: cancelling the runs still in flight"
+                    );
+                    let _ = cancel.send(true);
+                });
+            })
             .await
             .map_err(ServeError::Serve)
     });

@@ -132,19 +132,6 @@ pub fn borrow_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
-/// Lets the kernel reap the caller's children (SIGCHLD ignored) or restores the default.
-pub fn auto_reap_children(on: bool) -> Result<(), Errno> {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    let handler = if on {
-        SigHandler::SigIgn
-    } else {
-        SigHandler::SigDfl
-    };
-    // SAFETY: SIG_IGN and SIG_DFL are not handler functions, so no code runs in signal
-    // context and nothing can race with the rest of the program.
-    unsafe { signal(Signal::SIGCHLD, handler) }.map(drop)
-}
-
 /// Takes ownership of a descriptor number nothing else in the process owns (one inherited
 /// at a fixed number, or one just received with SCM_RIGHTS).
 pub fn take_fd(fd: RawFd) -> std::os::fd::OwnedFd {

@@ -147,14 +147,10 @@ pub fn respond(
             outcome,
             &format!("Memory limit exceeded ({} MiB)", limits.memory_bytes >> 20),
         ),
-        Termination::Signaled { signal }
-            if *signal == libc::SIGXCPU || *signal == libc::SIGKILL =>
-        {
-            failure(
-                outcome,
-                &format!("CPU time limit exceeded ({} s)", limits.cpu_seconds),
-            )
-        }
+        Termination::Signaled { signal } if *signal == libc::SIGXCPU => failure(
+            outcome,
+            &format!("CPU time limit exceeded ({} s)", limits.cpu_seconds),
+        ),
         Termination::Signaled { signal } => failure(
             outcome,
             &format!("process killed by {}", signal_name(*signal)),
@@ -287,21 +283,26 @@ pub async fn execute(
     let started = Instant::now()
         .checked_sub(scan_time)
         .unwrap_or_else(Instant::now);
-    let outcome = state
-        .spawner
-        .run(&RunRequest {
-            template: state
-                .config
-                .warm
-                .then(|| template_for(&analysis.imported_modules, &request.libraries)),
-            code,
-            limits: limits.clone(),
-        })
-        .await
-        .map_err(|e| {
+    let mut cancelled = state.cancelled.clone();
+    let run_request = RunRequest {
+        template: state
+            .config
+            .warm
+            .then(|| template_for(&analysis.imported_modules, &request.libraries)),
+        code,
+        limits: limits.clone(),
+    };
+    let run = state.spawner.run(&run_request);
+    // Dropping the run (on cancellation) kills it: its supervisor sees the socket close.
+    let outcome = tokio::select! {
+        outcome = run => outcome.map_err(|e| {
             tracing::error!(error = %e, "run failed");
             ApiError::unavailable("the sandbox is restarting; retry the request")
-        })?;
+        })?,
+        _ = cancelled.wait_for(|c| *c) => {
+            return Err(ApiError::unavailable("the server is shutting down; retry the request"));
+        }
+    };
     tracing::info!(
         verdict = ?outcome.termination,
         wall_ms = outcome.wall_ms,

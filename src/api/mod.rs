@@ -67,6 +67,8 @@ pub struct AppState {
     pub scanner_policy: Arc<crate::scanner::Policy>,
     pub keys: auth::Keys,
     pub catalog: Arc<libraries::Catalog>,
+    /// Turns true when the shutdown grace is over: runs still in flight are cancelled.
+    pub cancelled: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The OpenAPI document of this API.

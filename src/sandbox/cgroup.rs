@@ -322,6 +322,14 @@ impl CgroupParent {
         }
     }
 
+    /// Kills whatever is in the run cgroup `name` and removes it (a run whose supervisor
+    /// died). A name that does not exist is fine.
+    pub fn remove_run(&self, name: &str) {
+        for dir in self.dirs() {
+            let _ = kill_and_remove(&dir.join(name), Duration::from_secs(2));
+        }
+    }
+
     /// Removes this server's parent cgroup (at shutdown, once every run is over).
     pub fn remove(&self) {
         for dir in self.dirs() {

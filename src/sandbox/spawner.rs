@@ -8,6 +8,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,82 +63,113 @@ struct Process {
     child: Child,
 }
 
-/// The server's handle on its spawner.
-pub struct Spawner {
+/// What the server and its spawner keeper share.
+struct Shared {
     config: SpawnerConfig,
     process: Mutex<Option<Process>>,
-    ready: Arc<Mutex<Vec<Template>>>,
+    ready: Mutex<Vec<Template>>,
+    stopping: AtomicBool,
 }
+
+/// The server's handle on its spawner.
+pub struct Spawner {
+    shared: Arc<Shared>,
+    keeper: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Pause before starting a spawner again, so a spawner that cannot start does not spin.
+const RESTART_PAUSE: Duration = Duration::from_millis(500);
+/// How long a run waits for a spawner being replaced.
+const HANDOFF_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Spawner {
     /// Starts the spawner (the nsbox binary re-executed, so it begins single-threaded
-    /// whatever state the server is in).
+    /// whatever state the server is in) and a keeper thread that starts a new one whenever
+    /// it dies. The keeper lives as long as the server: the spawner's parent-death signal
+    /// is tied to the thread that started it.
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnerError> {
         // Fail at start, not at the first run, if the policy does not compile.
         seccomp::compile(&config.seccomp_policy)?;
-        let ready = Arc::new(Mutex::new(Vec::new()));
-        let process = launch(&config, &ready)?;
-        Ok(Spawner {
+        let shared = Arc::new(Shared {
             config,
-            process: Mutex::new(Some(process)),
-            ready,
+            process: Mutex::new(None),
+            ready: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+        });
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let keeper = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("nsbox-spawner-keeper".into())
+                .spawn(move || keep(shared, first_tx))
+                .map_err(SpawnerError::Start)?
+        };
+        first_rx.recv().unwrap_or_else(|_| {
+            Err(SpawnerError::Start(io::Error::other(
+                "the keeper thread died",
+            )))
+        })?;
+        Ok(Spawner {
+            shared,
+            keeper: Some(keeper),
         })
     }
 
     /// Whether runs can start warm (or the warm path is off): what readiness means.
     pub fn is_ready(&self) -> bool {
-        self.config.warm.is_none()
-            || Template::ALL
-                .iter()
-                .all(|t| self.ready.lock().unwrap().contains(t))
+        let ready = self.shared.ready.lock().unwrap();
+        self.shared.process.lock().unwrap().is_some()
+            && (self.shared.config.warm.is_none()
+                || Template::ALL.iter().all(|t| ready.contains(t)))
     }
 
     pub fn ready_templates(&self) -> Vec<Template> {
-        self.ready.lock().unwrap().clone()
+        self.shared.ready.lock().unwrap().clone()
     }
 
     /// The pid of the current spawner process (for tests and status).
     pub fn pid(&self) -> Option<u32> {
-        self.process.lock().unwrap().as_ref().map(|p| p.child.id())
+        self.shared
+            .process
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|p| p.child.id())
     }
 
-    /// Hands a fresh socket to the spawner, restarting the spawner once if it has died.
-    fn handoff(&self, theirs: &OwnedFd) -> Result<(), SpawnerError> {
-        let mut guard = self.process.lock().unwrap();
-        for attempt in 0..2 {
-            if guard.is_none() {
-                *guard = Some(launch(&self.config, &self.ready)?);
-            }
-            let process = guard.as_mut().expect("launched above");
-            let fds = [theirs.as_raw_fd()];
-            match sendmsg::<()>(
-                process.control.as_raw_fd(),
-                &[IoSlice::new(&[0])],
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(errno) => {
-                    tracing::warn!(%errno, "spawner is gone; starting a new one");
-                    if let Some(mut old) = guard.take() {
-                        let _ = old.child.kill();
-                        let _ = old.child.wait();
-                    }
-                    if attempt == 1 {
-                        return Err(SpawnerError::Handoff(errno));
-                    }
+    fn try_handoff(&self, theirs: &OwnedFd) -> Result<(), nix::errno::Errno> {
+        let guard = self.shared.process.lock().unwrap();
+        let process = guard.as_ref().ok_or(nix::errno::Errno::ENOTCONN)?;
+        sendmsg::<()>(
+            process.control.as_raw_fd(),
+            &[IoSlice::new(&[0])],
+            &[ControlMessage::ScmRights(&[theirs.as_raw_fd()])],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map(drop)
+    }
+
+    /// Hands a fresh socket to the spawner. While a dead spawner is being replaced (about
+    /// a second), the run waits for the new one rather than failing.
+    async fn handoff(&self, theirs: &OwnedFd) -> Result<(), SpawnerError> {
+        let deadline = tokio::time::Instant::now() + HANDOFF_PATIENCE;
+        loop {
+            match self.try_handoff(theirs) {
+                Ok(()) => return Ok(()),
+                Err(errno) if tokio::time::Instant::now() >= deadline => {
+                    return Err(SpawnerError::Handoff(errno))
                 }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-        unreachable!("the loop returns on its last attempt")
     }
 
     /// Runs one request in a fresh sandbox. Dropping the future kills the run.
     pub async fn run(&self, request: &RunRequest) -> Result<RunOutcome, SpawnerError> {
         let (ours, theirs) = tokio::net::UnixStream::pair().map_err(SpawnerError::Socket)?;
         let theirs: OwnedFd = theirs.into_std().map_err(SpawnerError::Socket)?.into();
-        self.handoff(&theirs)?;
+        self.handoff(&theirs).await?;
         drop(theirs);
         let mut ours = ours;
         write_frame_async(&mut ours, request)
@@ -151,20 +183,60 @@ impl Spawner {
 
 impl Drop for Spawner {
     fn drop(&mut self) {
-        // Closing the control socket makes the spawner exit; runs in flight finish.
-        if let Some(mut p) = self.process.lock().unwrap().take() {
-            // Shut down rather than just close: the status reader holds a clone.
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Closing the control socket makes the spawner exit; shut it down rather than
+        // just close it, since the keeper reads statuses from a clone.
+        if let Some(p) = self.shared.process.lock().unwrap().as_ref() {
             let _ = p.control.shutdown(std::net::Shutdown::Both);
-            drop(p.control);
-            let _ = p.child.wait();
+        }
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
         }
     }
 }
 
-fn launch(
-    config: &SpawnerConfig,
-    ready: &Arc<Mutex<Vec<Template>>>,
-) -> Result<Process, SpawnerError> {
+/// The keeper thread: starts the spawner, relays its status, and starts a new one when it
+/// dies, until the server stops.
+fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerError>>) {
+    let mut first = Some(first);
+    loop {
+        match launch(&shared.config) {
+            Ok((process, mut status)) => {
+                let pid = process.child.id();
+                *shared.process.lock().unwrap() = Some(process);
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                while let Ok(s) = read_frame::<SpawnerStatus>(&mut status) {
+                    *shared.ready.lock().unwrap() = s.ready;
+                }
+                shared.ready.lock().unwrap().clear();
+                if let Some(mut old) = shared.process.lock().unwrap().take() {
+                    let _ = old.child.kill();
+                    let _ = old.child.wait();
+                }
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::warn!(pid, "the spawner exited; starting a new one");
+            }
+            Err(e) => {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                tracing::error!(error = %e, "restarting the spawner");
+            }
+        }
+        std::thread::sleep(RESTART_PAUSE);
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+    }
+}
+
+/// Starts a spawner; returns it and a clone of its control socket to read statuses from.
+fn launch(config: &SpawnerConfig) -> Result<(Process, UnixStream), SpawnerError> {
     let (control, theirs) = UnixStream::pair().map_err(SpawnerError::Start)?;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(SPAWNER_ARG)
@@ -180,19 +252,8 @@ fn launch(
     drop(theirs);
     let mut control = control;
     write_frame(&mut control, config).map_err(SpawnerError::Configure)?;
-    ready.lock().unwrap().clear();
-    let mut status_reader = control.try_clone().map_err(SpawnerError::Start)?;
-    let ready = ready.clone();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        while let Ok(status) = read_frame::<SpawnerStatus>(&mut status_reader) {
-            *ready.lock().unwrap() = status.ready;
-        }
-        tracing::warn!(pid, "spawner exited; the next run starts a new one");
-        // A successor's templates need seconds to warm, so it cannot have reported yet.
-        ready.lock().unwrap().clear();
-    });
-    Ok(Process { control, child })
+    let status = control.try_clone().map_err(SpawnerError::Start)?;
+    Ok((Process { control, child }, status))
 }
 
 /// Entry point of the spawner process. Returns the process's exit code.
@@ -222,9 +283,6 @@ pub fn main() -> i32 {
         // Runs whose supervisor died with an earlier spawner.
         cgroup.sweep_runs();
     }
-    if sys::auto_reap_children(true).is_err() {
-        return 1;
-    }
     let mut templates = Templates::start(&config);
     let mut reported: Option<Vec<Template>> = None;
     loop {
@@ -244,6 +302,7 @@ pub fn main() -> i32 {
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
+        reap_supervisors(&config);
         templates.service(&ready[1..]);
         templates.restart_missing();
         let now_ready = templates.ready();
@@ -298,7 +357,6 @@ pub fn main() -> i32 {
             let run = sys::take_fd(fd);
             match sys::fork() {
                 Ok(None) => {
-                    let _ = sys::auto_reap_children(false);
                     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
                     drop(control);
                     let code = match supervisor::serve(
@@ -321,6 +379,25 @@ pub fn main() -> i32 {
                     drop(run);
                 }
             }
+        }
+    }
+}
+
+/// Reaps supervisors (and template inits) that have exited. A supervisor that did not end
+/// normally may have left its run behind (a warm run's init is not its child), so
+/// everything in that run's cgroup is killed and the cgroup removed.
+fn reap_supervisors(config: &SpawnerConfig) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, 0)) => {}
+            Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
+                if let Some(cgroup) = &config.cgroup {
+                    cgroup.remove_run(&format!("run-{pid}"));
+                }
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }

@@ -147,9 +147,6 @@ fn template_steps(plan: &TemplatePlan) -> Result<(), (&'static str, Errno)> {
     rootfs::enter(&plan.config.rootfs, TEMPLATE_TMP_BYTES, true)
         .map_err(|f| (f.step.name(), f.errno))?;
     namespaces::set_hostname().map_err(e("set hostname"))?;
-    // Inherited from the spawner, which lets the kernel reap its supervisors; here, and in
-    // every zygote and run below, children are waited for.
-    sys::auto_reap_children(false).map_err(e("restore SIGCHLD"))?;
 
     let Some(zygote) = sys::fork().map_err(e("fork the zygote"))? else {
         let failure = zygote_steps(plan);
