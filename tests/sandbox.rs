@@ -259,12 +259,15 @@ fn a_run_leaves_nothing_behind() {
             "{r:#}"
         );
     }
-    let children: Vec<u32> =
-        std::fs::read_to_string(format!("/proc/{server_pid}/task/{server_pid}/children"))
-            .unwrap()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect();
+    // The spawner is started by a keeper thread, so look at every thread's children.
+    let mut children: Vec<u32> = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{server_pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(list.split_whitespace().map(|p| p.parse::<u32>().unwrap()));
+    }
     assert_eq!(
         children.len(),
         1,
