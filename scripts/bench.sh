@@ -62,6 +62,7 @@ trap 'exit 130' INT TERM
 
 echo "== nsbox benchmark $(date -u +%FT%TZ)"
 echo "kernel $(uname -r), nproc $(nproc), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "settings: warm ${WARM_S}s, cold ${COLD_S}s, cold c8 ${COLD_C8_S}s for '${COLD_C8_WORKLOADS}', bwrap n=${BWRAP_N}/${BWRAP_N_HEAVY}, memory load ${MEM_S}s"
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
 
 # ---- tools, root filesystem, binary
@@ -87,7 +88,7 @@ echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $(bwrap --version), rootf
 
 # ---- servers
 # start_server NAME ARGS...: starts nsbox on 127.0.0.1:0, waits for /v1/health, sets $url
-# and $server_pid.
+# and $server_pid. Both servers run for the whole benchmark (an idle one costs no CPU).
 start_server() {
 	local name=$1
 	shift
@@ -114,7 +115,7 @@ start_server() {
 	say "nsbox $name ready at $url (pid $server_pid): $(curl -fsS --max-time 2 "$url/v1/status" | head -c 300)"
 }
 
-# load MODE CONC WORKLOAD SECONDS: one wrk measurement, recorded in results.jsonl.
+# url=URL load MODE CONC WORKLOAD SECONDS: one wrk measurement, recorded in results.jsonl.
 load() {
 	local mode=$1 conc=$2 w=$3 secs=$4 log=$work/server-$1.log threads conns
 	case $conc in
@@ -135,42 +136,72 @@ load() {
 	say "$("${bench_py[@]}" summary "$results")"
 }
 
-# warm_up: a few sequential requests of every workload, so no measurement pays a first-run cost.
+# warm_up URL N: N sequential requests of every workload, so no measurement pays a first-run cost.
 warm_up() {
 	local w
 	for w in $WORKLOADS; do
-		for _ in 1 2 3; do
+		for _ in $(seq "$2"); do
 			curl -fsS -o /dev/null --max-time 60 -H 'Content-Type: application/json' \
-				--data-binary "@$work/bodies/$w.json" "$url/v1/tools/code" || die "warm-up $w"
+				--data-binary "@$work/bodies/$w.json" "$1/v1/tools/code" || die "warm-up $w"
 		done
 	done
 }
 
-# ---- nsbox warm
+# mem_record WHAT: turns the JSON on stdin into a memory record.
+mem_record() {
+	python3 -c 'import json,sys; r=json.load(sys.stdin); r.update(kind="mem", what=sys.argv[1]); r.update(json.loads(sys.argv[2])); print(json.dumps(r))' "$1" "${2:-{\}}" >>"$results"
+}
+
+# ---- both servers up and checked before anything is measured
 start_server warm
-warm_pid=$server_pid
-say "checking every example's full response (warm)"
-"${bench_py[@]}" check "$url" >&2 || die "nsbox warm gives wrong answers; not benchmarking it"
-warm_up
+warm_pid=$server_pid warm_url=$url
+start_server cold --mode cold
+cold_pid=$server_pid cold_url=$url
+for mode in warm cold; do
+	[ $mode = warm ] && url=$warm_url || url=$cold_url
+	say "checking every example's full response ($mode)"
+	"${bench_py[@]}" check "$url" >&2 || die "nsbox $mode gives wrong answers; not benchmarking it"
+done
+warm_up "$warm_url" 3
+warm_up "$cold_url" 1
 sleep 1
-"${bench_py[@]}" pss "$warm_pid" | python3 -c 'import json,sys; r=json.load(sys.stdin); r.update(kind="mem", what="idle-warm"); print(json.dumps(r))' >>"$results"
+"${bench_py[@]}" pss "$warm_pid" | mem_record idle-warm
 say "idle warm memory: $(tail -1 "$results")"
+"${bench_py[@]}" pss "$cold_pid" | mem_record idle-cold
+
+# ---- sequential latency, interleaved per workload so that warm, cold and bubblewrap see the
+# same machine (it is shared and noisy: the ratios of one run are what count)
 for w in $WORKLOADS; do
-	load warm seq "$w" "$WARM_S"
-	load warm c8 "$w" "$WARM_S"
+	url=$warm_url load warm seq "$w" "$WARM_S"
+	url=$cold_url load cold seq "$w" "$COLD_S"
+	n=$BWRAP_N_HEAVY
+	[ "$w" = basic ] && n=$BWRAP_N
+	timeout 600 "${bench_py[@]}" bwrap "$rootfs" "$w" "$n" >>"$results" || die "bwrap baseline $w"
+	say "$(tail -1 "$results")"
 done
 
+# ---- concurrency 8
+for w in $WORKLOADS; do
+	url=$warm_url load warm c8 "$w" "$WARM_S"
+done
+# A cold scipy or plot run costs 1 to 2 s of CPU: 8 at once on 2 cores take longer than a
+# short wrk window, so by default only basic and pandas are loaded cold at concurrency 8.
+for w in $COLD_C8_WORKLOADS; do
+	url=$cold_url load cold c8 "$w" "$COLD_C8_S"
+done
+
+# ---- memory under load (its own pass: sampling costs CPU that the measurements above must not pay)
 if [[ " $WORKLOADS " == *" pandas "* ]]; then
 	say "memory under pandas c8 load (sampling every 100 ms)"
 	rm -f "$work/stop"
 	"${bench_py[@]}" sample "$warm_pid" "$work/mem-load.json" "$work/stop" $((MEM_S + 30)) &
 	sampler_pid=$!
 	sleep 0.3
-	load warm c8mem pandas "$MEM_S"
+	url=$warm_url load warm c8mem pandas "$MEM_S"
 	touch "$work/stop"
 	wait "$sampler_pid" || true
 	sampler_pid=
-	python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r.update(kind="mem", what="load-warm-pandas-c8"); print(json.dumps(r))' "$work/mem-load.json" >>"$results"
+	mem_record load-warm-pandas-c8 <"$work/mem-load.json"
 	say "peak under load: $(tail -1 "$results")"
 
 	say "memory with 8 pandas runs held open at once"
@@ -178,40 +209,13 @@ if [[ " $WORKLOADS " == *" pandas "* ]]; then
 	sleep 1
 	"${bench_py[@]}" sample "$warm_pid" "$work/mem-hold.json" "$work/stop" 60 &
 	sampler_pid=$!
-	timeout 90 "${bench_py[@]}" hold "$url" pandas 8 3 || die "held pandas runs failed"
+	timeout 90 "${bench_py[@]}" hold "$warm_url" pandas 8 3 || die "held pandas runs failed"
 	touch "$work/stop"
 	wait "$sampler_pid" || true
 	sampler_pid=
-	python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r.update(kind="mem", what="hold-warm-pandas-8", runs=8); print(json.dumps(r))' "$work/mem-hold.json" >>"$results"
+	mem_record hold-warm-pandas-8 '{"runs": 8}' <"$work/mem-hold.json"
 	say "peak with 8 held runs: $(tail -1 "$results")"
 fi
-kill -TERM "$warm_pid"
-wait "$warm_pid" 2>/dev/null || true
-
-# ---- nsbox cold
-start_server cold --mode cold
-cold_pid=$server_pid
-say "checking every example's full response (cold)"
-"${bench_py[@]}" check "$url" >&2 || die "nsbox cold gives wrong answers; not benchmarking it"
-"${bench_py[@]}" pss "$cold_pid" | python3 -c 'import json,sys; r=json.load(sys.stdin); r.update(kind="mem", what="idle-cold"); print(json.dumps(r))' >>"$results"
-for w in $WORKLOADS; do
-	load cold seq "$w" "$COLD_S"
-done
-# A cold scipy or plot run costs 1 to 2 s of CPU: 8 at once on 2 cores take longer than a
-# short wrk window, so by default only basic and pandas are loaded cold at concurrency 8.
-for w in $COLD_C8_WORKLOADS; do
-	load cold c8 "$w" "$COLD_C8_S"
-done
-kill -TERM "$cold_pid"
-wait "$cold_pid" 2>/dev/null || true
-
-# ---- bubblewrap baseline
-for w in $WORKLOADS; do
-	n=$BWRAP_N_HEAVY
-	[ "$w" = basic ] && n=$BWRAP_N
-	say "bwrap baseline $w x$n"
-	timeout 600 "${bench_py[@]}" bwrap "$rootfs" "$w" "$n" >>"$results" || die "bwrap baseline $w"
-done
 
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -478,6 +478,10 @@ def cmd_report(path):
     cold = mem.get("idle-cold")
     if cold:
         print(f"  cold, idle:                      {cold['pss_mib']:7.1f} MiB in {cold['processes']} processes")
+    fell = sum(r["server_runs"] - r["server_warm_runs"] for (m, c, w), r in wrk.items() if m == "warm")
+    if fell:
+        print(f"  NOTE: {fell} run(s) on the warm server ran cold (no warm template at that moment, e.g. while a"
+              " template was being replaced after --max-forks); they are in the warm numbers above.")
     print()
     print("Server-side wall_ms (nsbox log) vs client latency, p50 in ms:")
     for (mode, conc, w), r in sorted(wrk.items()):
