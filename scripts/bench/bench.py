@@ -273,15 +273,18 @@ def tree(root):
     return out
 
 
-def pss_kib(pid):
+def mem_kib(pid):
+    """(Pss, Private, Rss) of a process in KiB, from smaps_rollup."""
+    out = {"Pss:": 0, "Private_Clean:": 0, "Private_Dirty:": 0, "Rss:": 0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
+                parts = line.split()
+                if parts and parts[0] in out:
+                    out[parts[0]] = int(parts[1])
     except OSError:
         pass
-    return 0
+    return out["Pss:"], out["Private_Clean:"] + out["Private_Dirty:"], out["Rss:"]
 
 
 def comm_of(pid):
@@ -315,37 +318,41 @@ def role(pid, root):
 
 
 def tree_pss(root, breakdown=False):
+    """Sums over the tree: (pss, uss, rss) in KiB, process count, per-role breakdown."""
     pids = tree(root)
-    total = 0
+    total = [0, 0, 0]
     roles = {}
     for p in pids:
-        k = pss_kib(p)
-        total += k
+        m = mem_kib(p)
+        total = [a + b for a, b in zip(total, m)]
         if breakdown:
             r = role(p, root)
-            n, s = roles.get(r, (0, 0))
-            roles[r] = (n + 1, s + k)
+            n, k = roles.get(r, (0, 0))
+            roles[r] = (n + 1, k + m[0])
     return total, len(pids), roles
 
 
 def cmd_pss(root):
-    total, n, roles = tree_pss(int(root), breakdown=True)
-    print(json.dumps({"pss_mib": total / 1024, "processes": n,
+    (pss, uss, rss), n, roles = tree_pss(int(root), breakdown=True)
+    print(json.dumps({"pss_mib": pss / 1024, "uss_mib": uss / 1024, "rss_mib": rss / 1024, "processes": n,
                       "roles": {r: {"n": a, "mib": round(b / 1024, 1)} for r, (a, b) in roles.items()}}))
 
 
 def cmd_sample(root, out, stopfile, max_s):
     root, max_s = int(root), float(max_s)
-    peak, peak_n, samples = 0, 0, []
+    before, _, _ = tree_pss(root)
+    peak, peak_n, peak_uss, samples = 0, 0, 0, []
     end = time.monotonic() + max_s
     while time.monotonic() < end and not os.path.exists(stopfile):
-        total, n, _ = tree_pss(root)
-        samples.append(total)
-        if total > peak:
-            peak, peak_n = total, n
+        (pss, uss, _), n, _ = tree_pss(root)
+        samples.append(pss)
+        if pss > peak:
+            peak, peak_n, peak_uss = pss, n, uss
         time.sleep(0.1)
     with open(out, "w") as f:
-        json.dump({"peak_mib": peak / 1024, "processes_at_peak": peak_n, "samples": len(samples),
+        json.dump({"before_mib": before[0] / 1024, "before_uss_mib": before[1] / 1024,
+                   "peak_mib": peak / 1024, "peak_uss_mib": peak_uss / 1024,
+                   "processes_at_peak": peak_n, "samples": len(samples),
                    "median_mib": (statistics.median(samples) / 1024) if samples else 0}, f)
 
 
@@ -456,28 +463,29 @@ def cmd_report(path):
         print(f"  {w:7s} {f(v):>8s} runs/s   target >= {t} runs/s   "
               f"{'ok' if v is not None and v >= t else 'MISS'}")
     print()
-    print("Memory (PSS summed over the process tree under the server's pid):")
+    print("Memory of all nsbox processes (the process tree under the server's pid), summed from smaps_rollup.")
+    print("PSS shares each page among all processes that map it, on the whole machine: other nsbox servers")
+    print("using the same root filesystem lower it; USS (private pages) is the part no one else shares.")
     idle = mem.get("idle-warm")
     if idle:
-        print(f"  warm, idle after warm-up:        {idle['pss_mib']:7.1f} MiB in {idle['processes']} processes"
-              f"   target <= {TARGET_IDLE_MIB} MiB   {'ok' if idle['pss_mib'] <= TARGET_IDLE_MIB else 'MISS'}")
-        print("      breakdown: " + ", ".join(f"{k} x{v['n']} {v['mib']} MiB" for k, v in sorted(idle["roles"].items())))
+        print(f"  warm, idle after warm-up:  PSS {idle['pss_mib']:6.1f} MiB  (USS {idle['uss_mib']:6.1f}, RSS {idle['rss_mib']:6.1f})"
+              f" in {idle['processes']} processes   target <= {TARGET_IDLE_MIB} MiB   {'ok' if idle['pss_mib'] <= TARGET_IDLE_MIB else 'MISS'}")
+        print("      PSS by role: " + ", ".join(f"{k} x{v['n']} {v['mib']} MiB" for k, v in sorted(idle["roles"].items())))
     load = mem.get("load-warm-pandas-c8")
-    if load and idle:
-        print(f"  warm, peak under pandas c8 load: {load['peak_mib']:7.1f} MiB ({load['processes_at_peak']} processes at the peak,"
-              f" median {load['median_mib']:.1f} MiB over {load['samples']} samples at 100 ms)")
+    if load:
+        print(f"  warm, pandas at c8 (wrk):  PSS before {load['before_mib']:6.1f}, peak {load['peak_mib']:6.1f} MiB"
+              f" (USS {load['before_uss_mib']:.1f} -> {load['peak_uss_mib']:.1f}) with {load['processes_at_peak']} processes at the peak;"
+              f" {load['samples']} samples at 100 ms")
     hold = mem.get("hold-warm-pandas-8")
-    if hold and idle:
-        per = (hold["peak_mib"] - idle["pss_mib"]) / hold["runs"]
-        print(f"  warm, {hold['runs']} pandas runs held open at once: peak {hold['peak_mib']:.1f} MiB"
-              f" -> {per:.1f} MiB per extra concurrent run   target <= {TARGET_PER_RUN_MIB} MiB"
+    if hold:
+        per = (hold["peak_mib"] - hold["before_mib"]) / hold["runs"]
+        per_uss = (hold["peak_uss_mib"] - hold["before_uss_mib"]) / hold["runs"]
+        print(f"  warm, {hold['runs']} pandas runs held open at once: PSS {hold['before_mib']:.1f} -> {hold['peak_mib']:.1f} MiB"
+              f" = {per:.1f} MiB per extra concurrent run (USS {per_uss:.1f})   target <= {TARGET_PER_RUN_MIB} MiB"
               f"   {'ok' if per <= TARGET_PER_RUN_MIB else 'MISS'}")
-    if load and idle:
-        print(f"      (from the c8 load peak instead: ({load['peak_mib']:.1f} - {idle['pss_mib']:.1f}) / 8 ="
-              f" {(load['peak_mib'] - idle['pss_mib']) / 8:.1f} MiB per run slot)")
     cold = mem.get("idle-cold")
     if cold:
-        print(f"  cold, idle:                      {cold['pss_mib']:7.1f} MiB in {cold['processes']} processes")
+        print(f"  cold, idle:                PSS {cold['pss_mib']:6.1f} MiB in {cold['processes']} processes")
     fell = sum(r["server_runs"] - r["server_warm_runs"] for (m, c, w), r in wrk.items() if m == "warm")
     if fell:
         print(f"  NOTE: {fell} run(s) on the warm server ran cold (no warm template at that moment, e.g. while a"
