@@ -466,6 +466,7 @@ def cmd_report(path):
     print("Memory of all nsbox processes (the process tree under the server's pid), summed from smaps_rollup.")
     print("PSS shares each page among all processes that map it, on the whole machine: other nsbox servers")
     print("using the same root filesystem lower it; USS (private pages) is the part no one else shares.")
+    print("Per-run increments are PSS deltas against a snapshot taken just before that load.")
     idle = mem.get("idle-warm")
     if idle:
         print(f"  warm, idle after warm-up:  PSS {idle['pss_mib']:6.1f} MiB  (USS {idle['uss_mib']:6.1f}, RSS {idle['rss_mib']:6.1f})"
@@ -474,14 +475,13 @@ def cmd_report(path):
     load = mem.get("load-warm-pandas-c8")
     if load:
         print(f"  warm, pandas at c8 (wrk):  PSS before {load['before_mib']:6.1f}, peak {load['peak_mib']:6.1f} MiB"
-              f" (USS {load['before_uss_mib']:.1f} -> {load['peak_uss_mib']:.1f}) with {load['processes_at_peak']} processes at the peak;"
+              f" with {load['processes_at_peak']} processes at the peak;"
               f" {load['samples']} samples at 100 ms")
     hold = mem.get("hold-warm-pandas-8")
     if hold:
         per = (hold["peak_mib"] - hold["before_mib"]) / hold["runs"]
-        per_uss = (hold["peak_uss_mib"] - hold["before_uss_mib"]) / hold["runs"]
         print(f"  warm, {hold['runs']} pandas runs held open at once: PSS {hold['before_mib']:.1f} -> {hold['peak_mib']:.1f} MiB"
-              f" = {per:.1f} MiB per extra concurrent run (USS {per_uss:.1f})   target <= {TARGET_PER_RUN_MIB} MiB"
+              f" = {per:.1f} MiB per extra concurrent run   target <= {TARGET_PER_RUN_MIB} MiB"
               f"   {'ok' if per <= TARGET_PER_RUN_MIB else 'MISS'}")
     cold = mem.get("idle-cold")
     if cold:
