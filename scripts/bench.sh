@@ -41,9 +41,23 @@ results=$work/results.jsonl
 : >"$results"
 bench_py=(python3 "$repo/scripts/bench/bench.py")
 
+exec 8>&2
 server_pids=()
+child=
+# bg_wait CMD...: runs CMD as a background job and waits for it, so that a signal to this script
+# is handled at once (bash defers traps until a foreground command ends) and the trap can
+# stop CMD too.
+bg_wait() {
+	local rc=0
+	"$@" &
+	child=$!
+	wait "$child" || rc=$?
+	child=
+	return "$rc"
+}
 cleanup() {
 	local rc=$?
+	[ -n "$child" ] && kill -TERM "$child" 2>/dev/null || true
 	for pid in "${server_pids[@]}"; do
 		kill -TERM "$pid" 2>/dev/null || true
 	done
@@ -55,10 +69,12 @@ cleanup() {
 		kill -KILL "$pid" 2>/dev/null || true
 	done
 	[ -n "${sampler_pid:-}" ] && kill "$sampler_pid" 2>/dev/null || true
-	[ "$rc" = 0 ] || say "exit $rc; logs and raw results in $work"
+	# fd 8 is the script's own stderr: a trap can fire inside a redirected command.
+	[ "$rc" = 0 ] || say "exit $rc; logs and raw results in $work" 2>&8
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 echo "== nsbox benchmark $(date -u +%FT%TZ)"
 echo "kernel $(uname -r), nproc $(nproc), load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -126,7 +142,7 @@ load() {
 	start=$(stat -c %s "$log")
 	BENCH_BODY=$work/bodies/$w.json BENCH_EXPECT=$(cat "$work/bodies/$w.expect") \
 		BENCH_LABEL="$mode $conc $w" \
-		timeout $((secs + 90)) wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 60s --latency \
+		bg_wait timeout $((secs + 90)) wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 60s --latency \
 		-s "$repo/scripts/bench/post.lua" "$url/v1/tools/code" >"$out" 2>&1 ||
 		{ cat "$out" >&2; die "wrk $mode $conc $w"; }
 	sleep 0.3 # the last runs' log lines
@@ -176,7 +192,7 @@ for w in $WORKLOADS; do
 	url=$cold_url load cold seq "$w" "$COLD_S"
 	n=$BWRAP_N_HEAVY
 	[ "$w" = basic ] && n=$BWRAP_N
-	timeout 600 "${bench_py[@]}" bwrap "$rootfs" "$w" "$n" >>"$results" || die "bwrap baseline $w"
+	bg_wait timeout 600 "${bench_py[@]}" bwrap "$rootfs" "$w" "$n" >>"$results" || die "bwrap baseline $w"
 	say "$(tail -1 "$results")"
 done
 
@@ -209,7 +225,7 @@ if [[ " $WORKLOADS " == *" pandas "* ]]; then
 	sleep 1
 	"${bench_py[@]}" sample "$warm_pid" "$work/mem-hold.json" "$work/stop" 60 &
 	sampler_pid=$!
-	timeout 90 "${bench_py[@]}" hold "$warm_url" pandas 8 3 || die "held pandas runs failed"
+	bg_wait timeout 90 "${bench_py[@]}" hold "$warm_url" pandas 8 3 || die "held pandas runs failed"
 	touch "$work/stop"
 	wait "$sampler_pid" || true
 	sampler_pid=
