@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# The warm-path benchmark (issue 7): nsbox warm vs nsbox cold vs a bubblewrap cold sandbox,
+# for the spec's four examples, plus the memory of all nsbox processes. One command:
+#
+#   sudo scripts/bench.sh            (as root; about 3 to 4 minutes on a 2-core machine)
+#
+# It builds what is missing (root filesystem, release binary), installs wrk and bubblewrap
+# from Debian's packages when missing, starts nsbox warm and cold on free loopback ports,
+# checks every example's full response on each server before loading it, and prints one
+# table. Settings (environment):
+#   BENCH_WARM_SECONDS  wrk duration per warm measurement          (default 5)
+#   BENCH_COLD_SECONDS  wrk duration per cold measurement          (default 6)
+#   BENCH_COLD_C8_WORKLOADS  cold path at concurrency 8 for these  (default "basic pandas";
+#                            "" skips it)
+#   BENCH_COLD_C8_SECONDS    wrk duration for those                (default 10)
+#   BENCH_BWRAP_N       bwrap runs for basic                       (default 20)
+#   BENCH_BWRAP_N_HEAVY bwrap runs for pandas, scipy, plot         (default 8)
+#   BENCH_MEM_SECONDS   pandas c8 load while sampling memory       (default 4)
+#   BENCH_WORKLOADS     subset, e.g. "basic pandas"                (default all four)
+# wrk's raw output, the server logs and results.jsonl stay in the printed work directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+WARM_S=${BENCH_WARM_SECONDS:-5}
+COLD_S=${BENCH_COLD_SECONDS:-6}
+COLD_C8_WORKLOADS=${BENCH_COLD_C8_WORKLOADS-basic pandas}
+COLD_C8_S=${BENCH_COLD_C8_SECONDS:-10}
+BWRAP_N=${BENCH_BWRAP_N:-20}
+BWRAP_N_HEAVY=${BENCH_BWRAP_N_HEAVY:-8}
+MEM_S=${BENCH_MEM_SECONDS:-4}
+WORKLOADS=${BENCH_WORKLOADS:-basic pandas scipy plot}
+
+say() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { say "FAILED: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root: nsbox creates namespaces and cgroups"
+
+work=$(mktemp -d /tmp/nsbox-bench.XXXXXX)
+results=$work/results.jsonl
+: >"$results"
+bench_py=(python3 "$repo/scripts/bench/bench.py")
+
+exec 8>&2
+server_pids=()
+child=
+# bg_wait CMD...: runs CMD as a background job and waits for it, so that a signal to this script
+# is handled at once (bash defers traps until a foreground command ends) and the trap can
+# stop CMD too.
+bg_wait() {
+	local rc=0
+	"$@" &
+	child=$!
+	wait "$child" || rc=$?
+	child=
+	return "$rc"
+}
+cleanup() {
+	local rc=$?
+	[ -n "$child" ] && kill -TERM "$child" 2>/dev/null || true
+	for pid in "${server_pids[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	for pid in "${server_pids[@]}"; do
+		for _ in $(seq 100); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+	done
+	[ -n "${sampler_pid:-}" ] && kill "$sampler_pid" 2>/dev/null || true
+	# fd 8 is the script's own stderr: a trap can fire inside a redirected command.
+	[ "$rc" = 0 ] || say "exit $rc; logs and raw results in $work" 2>&8
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "== nsbox benchmark $(date -u +%FT%TZ)"
+echo "kernel $(uname -r), nproc $(nproc), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "settings: warm ${WARM_S}s, cold ${COLD_S}s, cold c8 ${COLD_C8_S}s for '${COLD_C8_WORKLOADS}', bwrap n=${BWRAP_N}/${BWRAP_N_HEAVY}, memory load ${MEM_S}s"
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
+
+# ---- tools, root filesystem, binary
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+	say "installing ${missing[*]} from Debian's packages"
+	apt-get update -qq >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+rootfs=${NSBOX_ROOTFS:-$(bash scripts/build-rootfs.sh | tail -n 1)}
+[ -x "$rootfs/usr/bin/python3" ] || die "no python3 in root filesystem $rootfs"
+say "root filesystem $rootfs"
+say "cargo build --release --locked"
+cargo build --release --locked >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; die "build"; }
+nsbox=$repo/target/release/nsbox
+[ -f "$repo/target/release/libnsbox.so" ] || die "target/release/libnsbox.so is missing (the warm path loads it)"
+echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $(bwrap --version), rootfs $(basename "$rootfs")"
+
+"${bench_py[@]}" bodies "$work/bodies"
+
+# ---- servers
+# start_server NAME ARGS...: starts nsbox on 127.0.0.1:0, waits for /v1/health, sets $url
+# and $server_pid. Both servers run for the whole benchmark (an idle one costs no CPU).
+start_server() {
+	local name=$1
+	shift
+	local log=$work/server-$name.log
+	RUST_LOG=info "$nsbox" serve --listen 127.0.0.1:0 --rootfs "$rootfs" \
+		--max-running 8 --max-queue 256 "$@" >"$log" 2>&1 &
+	server_pid=$!
+	server_pids+=("$server_pid")
+	local addr="" i
+	for i in $(seq 300); do
+		kill -0 "$server_pid" 2>/dev/null || { tail -20 "$log" >&2; die "nsbox $name exited at start"; }
+		addr=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1 | sed 's|.*http://||') || true
+		[ -n "$addr" ] && break
+		sleep 0.1
+	done
+	[ -n "$addr" ] || die "nsbox $name never printed its address"
+	url=http://$addr
+	for i in $(seq 1200); do
+		curl -fsS -o /dev/null --max-time 2 "$url/v1/health" 2>/dev/null && break
+		kill -0 "$server_pid" 2>/dev/null || { tail -20 "$log" >&2; die "nsbox $name died before ready"; }
+		sleep 0.1
+	done
+	curl -fsS -o /dev/null --max-time 2 "$url/v1/health" || die "nsbox $name not ready after 120 s"
+	say "nsbox $name ready at $url (pid $server_pid): $(curl -fsS --max-time 2 "$url/v1/status" | head -c 300)"
+}
+
+# url=URL load MODE CONC WORKLOAD SECONDS: one wrk measurement, recorded in results.jsonl.
+load() {
+	local mode=$1 conc=$2 w=$3 secs=$4 log=$work/server-$1.log threads conns
+	case $conc in
+	seq) threads=1 conns=1 ;;
+	c8 | c8mem) threads=2 conns=8 ;;
+	esac
+	local out=$work/wrk-$mode-$conc-$w.txt start end
+	start=$(stat -c %s "$log")
+	BENCH_BODY=$work/bodies/$w.json BENCH_EXPECT=$(cat "$work/bodies/$w.expect") \
+		BENCH_LABEL="$mode $conc $w" \
+		bg_wait timeout $((secs + 90)) wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 60s --latency \
+		-s "$repo/scripts/bench/post.lua" "$url/v1/tools/code" >"$out" 2>&1 ||
+		{ cat "$out" >&2; die "wrk $mode $conc $w"; }
+	sleep 0.3 # the last runs' log lines
+	end=$(stat -c %s "$log")
+	"${bench_py[@]}" record "$mode" "$conc" "$w" "$out" "$log" "$start" "$end" >>"$results" ||
+		die "$mode $conc $w: measurement rejected (see $out)"
+	say "$("${bench_py[@]}" summary "$results")"
+}
+
+# warm_up URL N: N sequential requests of every workload, so no measurement pays a first-run cost.
+warm_up() {
+	local w
+	for w in $WORKLOADS; do
+		for _ in $(seq "$2"); do
+			curl -fsS -o /dev/null --max-time 60 -H 'Content-Type: application/json' \
+				--data-binary "@$work/bodies/$w.json" "$1/v1/tools/code" || die "warm-up $w"
+		done
+	done
+}
+
+# mem_record WHAT: turns the JSON on stdin into a memory record.
+mem_record() {
+	python3 -c 'import json,sys; r=json.load(sys.stdin); r.update(kind="mem", what=sys.argv[1]); r.update(json.loads(sys.argv[2])); print(json.dumps(r))' "$1" "${2:-{\}}" >>"$results"
+}
+
+# ---- both servers up and checked before anything is measured
+start_server warm
+warm_pid=$server_pid warm_url=$url
+start_server cold --mode cold
+cold_pid=$server_pid cold_url=$url
+for mode in warm cold; do
+	[ $mode = warm ] && url=$warm_url || url=$cold_url
+	say "checking every example's full response ($mode)"
+	"${bench_py[@]}" check "$url" >&2 || die "nsbox $mode gives wrong answers; not benchmarking it"
+done
+warm_up "$warm_url" 3
+warm_up "$cold_url" 1
+sleep 1
+"${bench_py[@]}" pss "$warm_pid" | mem_record idle-warm
+say "idle warm memory: $(tail -1 "$results")"
+"${bench_py[@]}" pss "$cold_pid" | mem_record idle-cold
+
+# ---- sequential latency, interleaved per workload so that warm, cold and bubblewrap see the
+# same machine (it is shared and noisy: the ratios of one run are what count)
+for w in $WORKLOADS; do
+	url=$warm_url load warm seq "$w" "$WARM_S"
+	url=$cold_url load cold seq "$w" "$COLD_S"
+	n=$BWRAP_N_HEAVY
+	[ "$w" = basic ] && n=$BWRAP_N
+	bg_wait timeout 600 "${bench_py[@]}" bwrap "$rootfs" "$w" "$n" >>"$results" || die "bwrap baseline $w"
+	say "$(tail -1 "$results")"
+done
+
+# ---- concurrency 8
+for w in $WORKLOADS; do
+	url=$warm_url load warm c8 "$w" "$WARM_S"
+done
+# A cold scipy or plot run costs 1 to 2 s of CPU: 8 at once on 2 cores take longer than a
+# short wrk window, so by default only basic and pandas are loaded cold at concurrency 8.
+for w in $COLD_C8_WORKLOADS; do
+	url=$cold_url load cold c8 "$w" "$COLD_C8_S"
+done
+
+# ---- memory under load (its own pass: sampling costs CPU that the measurements above must not pay)
+if [[ " $WORKLOADS " == *" pandas "* ]]; then
+	say "memory under pandas c8 load (sampling every 100 ms)"
+	rm -f "$work/stop"
+	"${bench_py[@]}" sample "$warm_pid" "$work/mem-load.json" "$work/stop" $((MEM_S + 30)) &
+	sampler_pid=$!
+	sleep 0.3
+	url=$warm_url load warm c8mem pandas "$MEM_S"
+	touch "$work/stop"
+	wait "$sampler_pid" || true
+	sampler_pid=
+	mem_record load-warm-pandas-c8 <"$work/mem-load.json"
+	say "peak under load: $(tail -1 "$results")"
+
+	say "memory with 8 pandas runs held open at once"
+	rm -f "$work/stop"
+	sleep 1
+	"${bench_py[@]}" sample "$warm_pid" "$work/mem-hold.json" "$work/stop" 60 &
+	sampler_pid=$!
+	bg_wait timeout 90 "${bench_py[@]}" hold "$warm_url" pandas 8 3 || die "held pandas runs failed"
+	touch "$work/stop"
+	wait "$sampler_pid" || true
+	sampler_pid=
+	mem_record hold-warm-pandas-8 '{"runs": 8}' <"$work/mem-hold.json"
+	say "peak with 8 held runs: $(tail -1 "$results")"
+fi
+
+echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+"${bench_py[@]}" report "$results"
+echo
+echo "raw results, wrk output and server logs: $work"

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Per-run phase timeline of one nsbox server, from `perf trace -a` output.
+
+Usage: timeline.py TRACE SERVER_PID SPAWNER_PID ZYGOTE_PIDS KNOWN_PIDS
+(ZYGOTE_PIDS empty for a cold-mode server; KNOWN_PIDS includes the server's thread ids)
+
+TRACE holds syscalls (clone, write, exit_group, seccomp, mkdir, recvfrom, sendto) and
+sched:sched_process_fork events. Only processes descended from KNOWN_PIDS (the server's tree
+when tracing started: comma-separated) count, so other nsbox servers on the machine do not mix
+in. Each run is one supervisor (a child of the spawner); its phases are cut at:
+
+  A  the server reads the HTTP request (last tokio recvfrom before the supervisor fork)
+  B  the spawner forks the supervisor
+  Z  the template (zygote) forks for the run
+  C0/C1  start and end of the supervisor's slowest write after its cgroup mkdirs: the write of
+     the run's pid to cgroup.procs (cgroup v1 attach)
+  E  the run's Python process has installed seccomp (the last step before Python code)
+  F  the run's Python process first writes to stdout (the user code's print)
+  G  the run's Python process calls exit_group
+  H  the supervisor sends the outcome to the server
+"""
+
+import re
+import statistics
+import sys
+
+
+def parse(path):
+    ev = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = re.match(r"\s*([\d.]+) \(\s*([\d.]*)\s*(?:ms)?\s*\): (.+?)/(\d+) (.*)", line)
+            if m:
+                ev.append((float(m.group(1)), float(m.group(2) or 0), m.group(3), int(m.group(4)), m.group(5)))
+    ev.sort(key=lambda e: e[0])
+    return ev
+
+
+FORK = re.compile(r"sched_process_fork\(.*parent_pid: (\d+).*child_pid: (\d+)")
+
+
+def main():
+    path, server, spawner = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    zygotes = {int(x) for x in sys.argv[4].split(",") if x}
+    known = {int(x) for x in sys.argv[5].split(",") if x}
+    ev = parse(path)
+    parent = {}
+    for e in ev:
+        m = FORK.search(e[4])
+        if m:
+            parent[int(m.group(2))] = int(m.group(1))
+
+    def ours(pid):
+        for _ in range(32):
+            if pid in known:
+                return True
+            pid = parent.get(pid)
+            if pid is None:
+                return False
+        return False
+
+    ev = [e for e in ev if ours(e[3])]
+    by_pid = {}
+    for e in ev:
+        by_pid.setdefault(e[3], []).append(e)
+
+    def descendants(root):
+        out, todo = set(), [root]
+        while todo:
+            p = todo.pop()
+            out.add(p)
+            todo.extend(c for c, pp in parent.items() if pp == p and c not in out)
+        return out
+
+    server_threads = {e[3] for e in ev if e[2].startswith("tokio") and ours(e[3])}
+    reads = [e[0] for e in ev if e[3] in server_threads and e[4].startswith("recvfrom(")
+             and re.search(r"= [1-9]", e[4])]
+    zforks = [(e[0], int(FORK.search(e[4]).group(2))) for e in ev
+              if e[3] in zygotes and FORK.search(e[4])]
+    runs = []
+    for e in ev:
+        m = FORK.search(e[4])
+        if not (m and int(m.group(1)) == spawner):
+            continue
+        sup = int(m.group(2))
+        r = {"B": e[0]}
+        writes = []
+        for t, d, comm, pid, rest in by_pid.get(sup, []):
+            if "continued" in rest:
+                continue
+            if rest.startswith("mkdir"):
+                r.setdefault("M", t)
+            w = re.match(r"write\(fd: \d+, buf: \S+, count: (\d+)\)", rest)
+            if w and "M" in r and "H" not in r:
+                writes.append((t, d))
+            if rest.startswith("sendto("):
+                r["H"] = t
+        if not writes or "H" not in r:
+            continue
+        c = max(writes, key=lambda w: w[1])
+        r["C0"], r["C1"] = c[0], c[0] + c[1]
+        before = [t for t in reads if t < r["B"]]
+        if before:
+            r["A"] = before[-1]
+        zf = [(t, child) for t, child in zforks if r["B"] < t < r["H"]]
+        tree = None
+        if zf:
+            r["Z"] = zf[0][0]
+            tree = descendants(zf[0][1])
+        elif not zygotes:  # cold mode: the supervisor clones the sandbox itself
+            tree = descendants(sup) - {sup}
+        if tree:
+            sec = [(t + d, pid) for t, d, comm, pid, rest in ev if pid in tree and rest.startswith("seccomp")]
+            if sec:
+                r["E"], py = sec[-1]
+                for t, d, comm, pid, rest in by_pid.get(py, []):
+                    if rest.startswith("write(fd: 1,") and "F" not in r:
+                        r["F"] = t
+                    if rest.startswith("exit_group"):
+                        r["G"] = t
+        runs.append(r)
+
+    phases = [
+        ("A", "B", "server: HTTP request read, scan, hand-off, spawner forks a supervisor"),
+        ("B", "Z", "supervisor: pipes + memfd, hands the run to the template; template forks"),
+        ("Z", "C0", "template's child: clone(new user/pid/net/mnt/ipc/uts ns), id maps; cgroup mkdir + limits"),
+        ("C0", "C1", "cgroup attach: the write of the pid to cgroup.procs"),
+        ("C1", "E", "release; run init: mounts, pivot_root, fork of the Python process, caps, seccomp"),
+        ("E", "F", "Python after seccomp: harness setup, user code up to its first print"),
+        ("F", "G", "rest of the user code and harness (plots) until exit_group"),
+        ("G", "H", "exit of Python and init, reap, cgroup reads + rmdir, outcome to server"),
+        ("A", "H", "total: request read to outcome sent"),
+    ]
+    if not zygotes:
+        phases = [p for p in phases if "Z" not in p[:2]]
+        phases.insert(1, ("B", "C0", "supervisor: pipes + memfd, clone(new namespaces), id maps; cgroup mkdir + limits"))
+    keys = tuple(k for k in ("A", "B", "Z", "C0", "C1", "E", "F", "G", "H") if zygotes or k != "Z")
+    ok = [r for r in runs if all(k in r for k in keys)]
+    print(f"{len(ok)} of {len(runs)} runs with every phase found")
+    for a, b, name in phases:
+        xs = [r[b] - r[a] for r in ok]
+        if xs:
+            print(f"  {statistics.median(xs):7.2f} ms median  (min {min(xs):7.2f}, max {max(xs):7.2f})  {name}")
+
+
+if __name__ == "__main__":
+    main()
