@@ -42,6 +42,17 @@ def _nsbox_warm(template, max_forks):
             plt.close("all")
             del df, buf
 
+    # What the harness imports in every run (traceback pulls in tokenize, re, linecache),
+    # imported once here so no fork pays for it.
+    import builtins
+    import importlib.machinery
+    import io
+    import random
+    import struct
+    import traceback
+    import types
+
+    traceback.format_exception(ValueError, ValueError("warm"), None)
     import gc
 
     gc.collect()
@@ -70,7 +81,9 @@ def _nsbox_warm(template, max_forks):
         if pid == 0:
             # The fork waits for the run's init, which waits for Python: both need SIGCHLD.
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            control.detach()
+            # The fork must not keep the control socket open: when a retiring zygote exits,
+            # runs still queued on it must see it closed at once (and go cold).
+            control.close()
             rc = lib.nsbox_enter_run(fds[0])
             if rc != 0:
                 os._exit(0 if rc == 1 else 1)
