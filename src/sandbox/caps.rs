@@ -1,6 +1,6 @@
 //! Linux capabilities: a run's processes give up every one, bounding and ambient sets included.
 
-use caps::{CapSet, CapsHashSet};
+use caps::CapSet;
 
 #[derive(Debug, thiserror::Error)]
 #[error("dropping capabilities ({set}): {source}")]
@@ -29,22 +29,6 @@ pub fn drop_all() -> Result<(), CapsError> {
         caps::clear(None, set).map_err(|source| CapsError { set: name, source })?;
     }
     Ok(())
-}
-
-/// Whether the calling thread holds no capability in any set.
-pub fn none_held() -> bool {
-    [
-        CapSet::Effective,
-        CapSet::Permitted,
-        CapSet::Inheritable,
-        CapSet::Ambient,
-    ]
-    .into_iter()
-    .all(|set| {
-        caps::read(None, set)
-            .map(|s: CapsHashSet| s.is_empty())
-            .unwrap_or(false)
-    })
 }
 
 /// Shrinks the bounding set to `keep`, so an execve as root yields exactly these.

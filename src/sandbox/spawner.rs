@@ -127,16 +127,6 @@ impl Spawner {
         self.shared.ready.lock().unwrap().clone()
     }
 
-    /// The pid of the current spawner process (for tests and status).
-    pub fn pid(&self) -> Option<u32> {
-        self.shared
-            .process
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|p| p.child.id())
-    }
-
     fn try_handoff(&self, theirs: &OwnedFd) -> Result<(), nix::errno::Errno> {
         let guard = self.shared.process.lock().unwrap();
         let process = guard.as_ref().ok_or(nix::errno::Errno::ENOTCONN)?;
