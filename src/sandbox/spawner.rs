@@ -465,6 +465,8 @@ impl<'a> Templates<'a> {
     /// Reads what zygotes said: "ready", "retiring", or EOF when one died.
     fn service(&mut self, readable: &[bool]) {
         let mut keep = Vec::with_capacity(self.live.len());
+        let mut successors = Vec::new();
+        let mut newly_ready = Vec::new();
         for (t, readable) in std::mem::take(&mut self.live)
             .into_iter()
             .zip(readable.iter().copied().chain(std::iter::repeat(false)))
@@ -475,19 +477,38 @@ impl<'a> Templates<'a> {
             }
             let mut buf = [0u8; 16];
             match recv(t.control.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(n) if &buf[..n] == b"ready" => keep.push(TemplateProcess { ready: true, ..t }),
+                Ok(n) if &buf[..n] == b"ready" => {
+                    newly_ready.push((t.template, t.pid));
+                    keep.push(TemplateProcess { ready: true, ..t });
+                }
+                Ok(n) if &buf[..n] == b"replace-soon" => {
+                    successors.push(t.template);
+                    keep.push(t);
+                }
                 Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => keep.push(t),
                 // Retiring or gone: dropping its socket stops new runs; runs in flight finish.
                 _ => {}
             }
         }
+        // A successor that is warm replaces its predecessor: closing the old control socket
+        // makes that zygote stop taking runs and exit once its runs are over.
+        keep.retain(|t| {
+            !newly_ready
+                .iter()
+                .any(|(kind, pid)| t.template == *kind && t.pid != *pid)
+        });
         self.live = keep;
+        for kind in successors {
+            if self.live.iter().filter(|t| t.template == kind).count() < 2 {
+                self.launch(kind);
+            }
+        }
     }
 
     fn restart_missing(&mut self) {
-        let (Some(warm), Some(library)) = (&self.config.warm, &self.library) else {
+        if self.config.warm.is_none() || self.library.is_none() {
             return;
-        };
+        }
         for kind in Template::ALL {
             if self.live.iter().any(|t| t.template == kind) {
                 continue;
@@ -497,12 +518,19 @@ impl<'a> Templates<'a> {
                     continue;
                 }
             }
-            self.last_start.retain(|(t, _)| *t != kind);
-            self.last_start.push((kind, Instant::now()));
-            match template::launch(kind, self.config, library, warm.max_forks) {
-                Ok(t) => self.live.push(t),
-                Err(e) => eprintln!("nsbox spawner: starting the {} template: {e}", kind.name()),
-            }
+            self.launch(kind);
+        }
+    }
+
+    fn launch(&mut self, kind: Template) {
+        let (Some(warm), Some(library)) = (&self.config.warm, &self.library) else {
+            return;
+        };
+        self.last_start.retain(|(t, _)| *t != kind);
+        self.last_start.push((kind, Instant::now()));
+        match template::launch(kind, self.config, library, warm.max_forks) {
+            Ok(t) => self.live.push(t),
+            Err(e) => eprintln!("nsbox spawner: starting the {} template: {e}", kind.name()),
         }
     }
 }

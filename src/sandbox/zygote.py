@@ -67,6 +67,7 @@ def _nsbox_warm(template, max_forks):
     control = socket.socket(fileno=3)
     control.send(b"ready")
     forks = 0
+    prewarm = max(1, min(50, max_forks // 10))
     while forks < max_forks:
         try:
             msg, fds, _, _ = socket.recv_fds(control, 16, 1)
@@ -77,6 +78,9 @@ def _nsbox_warm(template, max_forks):
         if not fds:
             continue
         forks += 1
+        if forks == max_forks - prewarm:
+            # Ask for a successor now, so it is warm before this zygote retires.
+            control.send(b"replace-soon")
         pid = os.fork()
         if pid == 0:
             # The fork waits for the run's init, which waits for Python: both need SIGCHLD.
