@@ -18,6 +18,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{lseek, pipe2, read, Pid, Whence};
 
+use super::cgroup::RunCgroup;
 use super::child::{self, ChildPlan, Entry, Record, Step, RECORD_LEN};
 use super::namespaces::{self, RUN_NAMESPACES};
 use super::protocol::{read_frame, write_frame};
@@ -369,6 +370,23 @@ fn start_cold(
     Ok(Sandbox::Cold(pid))
 }
 
+/// Ends a run that could not be released: its init is killed and waited for, its cgroup
+/// removed.
+fn abort(
+    sandbox: &Sandbox,
+    cgroup: Option<RunCgroup>,
+    step: &str,
+    errno: Errno,
+    start: Instant,
+) -> RunOutcome {
+    sandbox.kill();
+    sandbox.wait();
+    if let Some(cg) = cgroup {
+        let _ = cg.remove();
+    }
+    setup_failed(step, errno, start)
+}
+
 fn execute(
     request: &RunRequest,
     config: &SpawnerConfig,
@@ -419,20 +437,13 @@ fn execute(
             Ok(cg) => Some(cg),
             Err(e) => {
                 tracing::error!(error = %e, "run cgroup");
-                sandbox.kill();
-                sandbox.wait();
-                return setup_failed("create the run cgroup", Errno::EIO, start);
+                return abort(&sandbox, None, "create the run cgroup", Errno::EIO, start);
             }
         },
         None => None,
     };
     if let Err(errno) = nix::unistd::write(&reads.release, &[1]) {
-        sandbox.kill();
-        sandbox.wait();
-        if let Some(cg) = cgroup {
-            let _ = cg.remove();
-        }
-        return setup_failed("release the sandbox", errno, start);
+        return abort(&sandbox, cgroup, "release the sandbox", errno, start);
     }
     drop(reads.release);
 
@@ -550,20 +561,18 @@ fn execute(
             },
         }
     };
-    if pids_hit {
-        notes.push(format!("process limit ({}) reached", limits.max_processes));
-    }
     let stdout = text(&out, "stdout", &mut notes);
     let mut stderr = text(&err, "stderr", &mut notes);
-    let plots = decode_plots(&figs.data, figs.dropped > 0, limits, &mut notes);
-    if pids_hit || figs.dropped > 0 {
-        for note in notes
-            .iter()
-            .filter(|n| n.starts_with("process") || n.starts_with("plot"))
-        {
-            stderr.push_str(&format!("nsbox: {note}\n"));
-        }
+    // Limits that left no mark in the output itself are told in stderr.
+    let mut told = Vec::new();
+    if pids_hit {
+        told.push(format!("process limit ({}) reached", limits.max_processes));
     }
+    let plots = decode_plots(&figs.data, figs.dropped > 0, limits, &mut told);
+    for note in &told {
+        stderr.push_str(&format!("nsbox: {note}\n"));
+    }
+    notes.extend(told);
     RunOutcome {
         warm: warm_run,
         termination,
