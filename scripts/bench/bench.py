@@ -51,7 +51,7 @@ TARGET_PER_RUN_MIB = 30
 
 
 def code(workload):
-    with open(os.path.join(HERE, "examples", workload + ".py")) as f:
+    with open(os.path.join(HERE, "..", "..", "tests", "fixtures", "spec", workload + ".py")) as f:
         # The files end with a newline; the spec's code does not.
         return f.read().rstrip("\n")
 

@@ -14,7 +14,7 @@ repo=$(pwd)
 w=${1:-basic}
 n=${2:-15}
 mode=${PROFILE_MODE:-warm}
-[ -f "scripts/bench/examples/$w.py" ] || { echo "no example $w" >&2; exit 2; }
+[ -f "tests/fixtures/spec/$w.py" ] || { echo "no example $w" >&2; exit 2; }
 command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf; } >&2
 rootfs=${NSBOX_ROOTFS:-$(bash scripts/build-rootfs.sh | tail -n 1)}
 [ -x target/release/nsbox ] || cargo build --release --locked >&2

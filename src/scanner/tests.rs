@@ -2,64 +2,20 @@
 
 use super::*;
 
-const SPEC_PANDAS: &str = r#"import pandas as pd
-import numpy as np
+const SPEC_PANDAS: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/spec/pandas.py"
+));
 
-# Create a sample dataset
-data = {
-    'name': ['Alice', 'Bob', 'Charlie', 'David'],
-    'age': [25, 30, 35, 28],
-    'score': [85, 90, 78, 92]
-}
+const SPEC_PLOT: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/spec/plot.py"
+));
 
-df = pd.DataFrame(data)
-
-# Calculate statistics
-print(f"Average age: {df['age'].mean()}")
-print(f"Average score: {df['score'].mean()}")
-print(f"\nTop scorer: {df.loc[df['score'].idxmax(), 'name']}")
-"#;
-
-const SPEC_PLOT: &str = r#"import matplotlib.pyplot as plt
-import numpy as np
-
-# Generate data
-x = np.linspace(0, 10, 100)
-y = np.sin(x)
-
-# Create plot
-plt.figure(figsize=(10, 6))
-plt.plot(x, y, label='sin(x)', color='blue', linewidth=2)
-plt.xlabel('X axis')
-plt.ylabel('Y axis')
-plt.title('Sine Wave')
-plt.legend()
-plt.grid(True)
-plt.show()
-
-print("Plot generated successfully!")
-"#;
-
-const SPEC_SCIPY: &str = r#"import numpy as np
-from scipy import stats
-
-# Generate random data
-data = np.random.normal(100, 15, 1000)
-
-# Calculate statistics
-mean = np.mean(data)
-std = np.std(data)
-median = np.median(data)
-
-# Perform t-test
-t_stat, p_value = stats.ttest_1samp(data, 100)
-
-print(f"Mean: {mean:.2f}")
-print(f"Std Dev: {std:.2f}")
-print(f"Median: {median:.2f}")
-print(f"T-statistic: {t_stat:.4f}")
-print(f"P-value: {p_value:.4f}")
-"#;
+const SPEC_SCIPY: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/spec/scipy.py"
+));
 
 const LLM_ANALYSIS: &str = r#"import io
 import re

@@ -22,6 +22,7 @@ import re
 import struct
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -41,64 +42,16 @@ SPEC_KEYS = {
     "plots",
 }
 
-PANDAS_CODE = """import pandas as pd
-import numpy as np
+def spec_example(name: str) -> str:
+    """The spec's examples, shared with the Rust tests, the scanner corpus and the benchmark."""
+    return (Path(__file__).resolve().parents[1] / "fixtures" / "spec" / f"{name}.py").read_text()
 
-# Create a sample dataset
-data = {
-    'name': ['Alice', 'Bob', 'Charlie', 'David'],
-    'age': [25, 30, 35, 28],
-    'score': [85, 90, 78, 92]
-}
 
-df = pd.DataFrame(data)
+PANDAS_CODE = spec_example("pandas")
 
-# Calculate statistics
-print(f"Average age: {df['age'].mean()}")
-print(f"Average score: {df['score'].mean()}")
-print(f"\\nTop scorer: {df.loc[df['score'].idxmax(), 'name']}")
-"""
+PLOT_CODE = spec_example("plot")
 
-PLOT_CODE = """import matplotlib.pyplot as plt
-import numpy as np
-
-# Generate data
-x = np.linspace(0, 10, 100)
-y = np.sin(x)
-
-# Create plot
-plt.figure(figsize=(10, 6))
-plt.plot(x, y, label='sin(x)', color='blue', linewidth=2)
-plt.xlabel('X axis')
-plt.ylabel('Y axis')
-plt.title('Sine Wave')
-plt.legend()
-plt.grid(True)
-plt.show()
-
-print("Plot generated successfully!")
-"""
-
-SCIPY_CODE = """import numpy as np
-from scipy import stats
-
-# Generate random data
-data = np.random.normal(100, 15, 1000)
-
-# Calculate statistics
-mean = np.mean(data)
-std = np.std(data)
-median = np.median(data)
-
-# Perform t-test
-t_stat, p_value = stats.ttest_1samp(data, 100)
-
-print(f"Mean: {mean:.2f}")
-print(f"Std Dev: {std:.2f}")
-print(f"Median: {median:.2f}")
-print(f"T-statistic: {t_stat:.4f}")
-print(f"P-value: {p_value:.4f}")
-"""
+SCIPY_CODE = spec_example("scipy")
 
 TIMEOUT_STDERR = "Execution failed: Execution timeout exceeded"
 
