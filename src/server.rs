@@ -10,7 +10,7 @@ use crate::api::libraries::Catalog;
 use crate::api::{router, ApiConfig, AppState, Isolation};
 use crate::sandbox::cgroup::{self, CgroupParent};
 use crate::sandbox::spawner::{Spawner, SpawnerError};
-use crate::sandbox::{Limits, SpawnerConfig, WarmConfig};
+use crate::sandbox::{Limits, SpawnerConfig, WarmConfig, WarmLibrary};
 
 /// The seccomp policy compiled into the binary.
 pub const SECCOMP_POLICY: &str =
@@ -70,17 +70,15 @@ pub struct WarmOptions {
 /// Resolves the warm path's shared library, or says loudly why runs will be cold.
 fn warm_config(opts: &Option<WarmOptions>, warnings: &mut Vec<String>) -> Option<WarmConfig> {
     let opts = opts.as_ref()?;
-    let library = opts.library.clone().or_else(|| {
-        let exe = std::env::current_exe().ok()?;
-        Some(exe.parent()?.join("libnsbox.so"))
-    })?;
-    if !library.is_file() {
-        warnings.push(format!(
-            "warm path unavailable: {} not found (build it with `cargo build`); every run starts a fresh interpreter",
-            library.display()
-        ));
-        return None;
-    }
+    let library = match WarmLibrary::resolve(opts.library.as_deref()) {
+        Ok(library) => library,
+        Err(e) => {
+            warnings.push(format!(
+                "warm path unavailable: {e}; every run starts a fresh interpreter"
+            ));
+            return None;
+        }
+    };
     Some(WarmConfig {
         library,
         max_forks: opts.max_forks,
