@@ -15,6 +15,10 @@ export NSBOX_ROOTFS
 echo "root filesystem: $NSBOX_ROOTFS" >&2
 # The binary and libnsbox.so (the warm path's shared library) beside it.
 cargo build --locked
+# The single static binary (release, libnsbox.so inside), which tests/static_binary.rs
+# checks and serves from.
+NSBOX_STATIC_BIN=$(scripts/build-static.sh | tail -n 1)
+export NSBOX_STATIC_BIN
 cargo test --locked "$@"
 NSBOX_BIN=target/debug/nsbox scripts/test-sdk.sh
 if [ "${NSBOX_SKIP_VM:-0}" != 1 ]; then

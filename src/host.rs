@@ -10,7 +10,7 @@ use crate::api::libraries::{Catalog, CatalogError};
 use crate::api::{Isolation, RunMode, ScannerMode};
 use crate::config::Config;
 use crate::sandbox::cgroup::{self, CgroupParent};
-use crate::sandbox::{seccomp, Limits, SpawnerConfig, WarmConfig};
+use crate::sandbox::{seccomp, Limits, SpawnerConfig, WarmConfig, WarmLibrary};
 
 /// The namespaces every run gets; reported as-is by `/v1/status` and `nsbox check`.
 pub const NAMESPACES: [&str; 7] = ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"];
@@ -126,21 +126,18 @@ fn cgroups(config: &Config) -> Result<(CgroupParent, String), String> {
 
 /// Resolves the warm path's shared library, or says loudly why runs will be cold.
 fn warm_config(config: &Config, warnings: &mut Vec<String>) -> Option<WarmConfig> {
-    let library = config.warm_library.clone().or_else(|| {
-        let exe = std::env::current_exe().ok()?;
-        Some(exe.parent()?.join("libnsbox.so"))
-    })?;
-    if !library.is_file() {
-        warnings.push(format!(
-            "warm path unavailable: {} not found (build it with `cargo build`); every run starts a fresh interpreter",
-            library.display()
-        ));
-        return None;
+    match WarmLibrary::resolve(config.warm_library.as_deref()) {
+        Ok(library) => Some(WarmConfig {
+            library,
+            max_forks: config.max_forks,
+        }),
+        Err(e) => {
+            warnings.push(format!(
+                "warm path unavailable: {e}; every run starts a fresh interpreter"
+            ));
+            None
+        }
     }
-    Some(WarmConfig {
-        library,
-        max_forks: config.max_forks,
-    })
 }
 
 fn empty_layer_path(rootfs: &Path) -> PathBuf {
@@ -209,7 +206,10 @@ pub fn probe_features(config: &Config) -> Vec<Probe> {
                 RunMode::Warm => {
                     let mut w = Vec::new();
                     match warm_config(config, &mut w) {
-                        Some(c) => Ok(format!("{}", c.library.display())),
+                        Some(c) => Ok(match c.library {
+                            WarmLibrary::Path(p) => p.display().to_string(),
+                            WarmLibrary::Embedded => "built into this binary".into(),
+                        }),
                         None => Err(w.join("; ")),
                     }
                 }

@@ -21,10 +21,13 @@ pub mod spawner;
 pub mod supervisor;
 pub mod template;
 pub mod warm;
+pub mod warm_library;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+pub use warm_library::WarmLibrary;
 
 /// The Python program that wraps user code inside the sandbox.
 pub const HARNESS: &str = include_str!("harness.py");
@@ -98,8 +101,9 @@ pub struct SpawnerConfig {
 /// Settings of the warm path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WarmConfig {
-    /// nsbox built as a shared library (loaded into each zygote).
-    pub library: PathBuf,
+    /// nsbox built as a shared library (loaded into each zygote): a file, or the copy a
+    /// static build carries.
+    pub library: WarmLibrary,
     /// Runs a zygote forks before it is replaced.
     pub max_forks: u32,
 }

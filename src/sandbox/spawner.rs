@@ -427,20 +427,11 @@ const RESTART_BACKOFF: Duration = Duration::from_secs(5);
 
 impl<'a> Templates<'a> {
     fn start(config: &'a SpawnerConfig) -> Templates<'a> {
-        let library = config.warm.as_ref().and_then(|w| {
-            match nix::fcntl::open(
-                &w.library,
-                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            ) {
-                Ok(fd) => Some(sys::take_fd(fd)),
-                Err(e) => {
-                    eprintln!(
-                        "nsbox spawner: cannot open the warm library {}: {e}; runs are cold",
-                        w.library.display()
-                    );
-                    None
-                }
+        let library = config.warm.as_ref().and_then(|w| match w.library.open() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                eprintln!("nsbox spawner: {e}; runs are cold");
+                None
             }
         });
         let mut t = Templates {

@@ -2,7 +2,8 @@
 #
 # Appended to the harness and passed to `python3 -I -B -c`. fd 3 is the control socket
 # (SOCK_SEQPACKET) to the spawner, on which supervisors send run sockets; fd 4 is nsbox
-# itself built as a shared library, whose nsbox_enter_run() builds the run's sandbox.
+# itself built as a shared library (a file, or a sealed memfd holding the copy a static
+# build carries), whose nsbox_enter_run() builds the run's sandbox.
 import ctypes
 import os
 import socket

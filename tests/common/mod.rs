@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -63,8 +63,13 @@ impl Server {
     /// Like `start`, with extra variables in the server's environment (e.g. a planted
     /// secret that no run may see).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_program(Path::new(env!("CARGO_BIN_EXE_nsbox")), extra, env)
+    }
+
+    /// Like `start_with_env`, serving from another nsbox executable (the static build).
+    pub fn start_program(program: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         require_root();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nsbox"))
+        let mut child = Command::new(program)
             .args(["serve", "--listen", "127.0.0.1:0", "--rootfs"])
             .arg(rootfs())
             .args(extra)
