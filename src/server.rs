@@ -9,6 +9,7 @@ use crate::api::auth::Keys;
 use crate::api::libraries::Catalog;
 use crate::api::{router, ApiConfig, AppState, Isolation};
 use crate::sandbox::cgroup::{self, CgroupParent};
+use crate::sandbox::namespaces::IdMapping;
 use crate::sandbox::spawner::{Spawner, SpawnerError};
 use crate::sandbox::{Limits, SpawnerConfig, WarmConfig};
 
@@ -144,6 +145,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let catalog = Catalog::load(&opts.rootfs)?;
     prepare_empty_layer(&opts.rootfs)?;
     let mut warnings = Vec::new();
+    // Decided once: every run and template uses this mode until the server stops.
+    let (ids, ids_warning) = IdMapping::choose(opts.uid_base);
+    tracing::info!(mapping = ?ids, "user namespace id mapping: {}", ids.report().description);
+    warnings.extend(ids_warning);
     let (cgroup_parent, cgroup_description) = prepare_cgroups(opts.cgroups, &mut warnings);
     let warm = warm_config(&opts.warm, &mut warnings);
     for w in &warnings {
@@ -152,7 +157,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     // The spawner starts before the async runtime exists, so it never inherits its threads.
     let spawner = Spawner::start(SpawnerConfig {
         rootfs: opts.rootfs.clone(),
-        uid_base: opts.uid_base,
+        ids: ids.clone(),
         cgroup: cgroup_parent.clone(),
         seccomp_policy: SECCOMP_POLICY.to_string(),
         warm: warm.clone(),
@@ -165,6 +170,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         seccomp: true,
         rlimits: true,
         warm: warm.is_some(),
+        id_mapping: ids.report(),
         warnings,
     };
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
