@@ -1,4 +1,5 @@
-//! The command line: `nsbox serve` and its options, each also settable from the environment.
+//! The command line: `nsbox serve`, `nsbox run` and `nsbox check`, and how their options
+//! combine with the configuration file and the environment (file < environment < flag).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,14 +8,17 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::api::{RunMode, ScannerMode};
-use crate::sandbox::Limits;
-use crate::server::{self, ServeOptions, WarmOptions};
+use crate::config::{Config, ConfigError, LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "nsbox",
     version,
-    about = "Self-hosted code-execution API: untrusted Python in fresh Linux namespaces"
+    about = "Self-hosted code-execution API: untrusted Python in fresh Linux namespaces",
+    long_about = "Self-hosted code-execution API: untrusted Python in fresh Linux namespaces.\n\n\
+        Every option can be set in a TOML file (--config), where its key is the flag's name \
+        with `_` for `-` (memory_mib = 256), in the environment (NSBOX_MEMORY_MIB=256), or \
+        as a flag (--memory-mib 256); a flag beats the environment, which beats the file."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -25,23 +29,71 @@ pub struct Cli {
 pub enum Command {
     /// Serve the code-execution API.
     Serve(ServeArgs),
+    /// Run one Python file in the sandbox: its output here, plots to files, its exit status.
+    Run(RunArgs),
+    /// Report which isolation features this host supports; exits non-zero when the
+    /// configured isolation cannot be had.
+    Check(CheckArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "NSBOX_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// The root filesystem built by scripts/build-rootfs.sh.
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The Python file to run, or `-` for standard input.
+    pub file: PathBuf,
+    /// Where plots are written (plot_1.png, ...).
+    #[arg(long, default_value = ".")]
+    pub plots_dir: PathBuf,
+    /// Timeout of this run, seconds [default: default_timeout].
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Print the API's JSON response instead of the output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Only probe the kernel features; skip the end-to-end sandbox run.
+    #[arg(long)]
+    pub no_run: bool,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// Every configuration option as a flag (and variable); unset ones keep the file's value
+/// or the default. The defaults written here are `Config::default()`'s, which a test checks.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Options {
+    /// TOML configuration file (see deploy/nsbox.toml); unknown keys are errors.
+    #[arg(long, env = "NSBOX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "NSBOX_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The root filesystem built by scripts/build-rootfs.sh [default: /var/lib/nsbox/rootfs].
     #[arg(long, env = "NSBOX_ROOTFS")]
-    pub rootfs: PathBuf,
-    /// Runs executing at once; further requests queue.
-    #[arg(long, env = "NSBOX_MAX_RUNNING", default_value_t = 8)]
-    pub max_running: usize,
+    pub rootfs: Option<PathBuf>,
+    /// Runs executing at once; further requests queue [default: 8].
+    #[arg(long, env = "NSBOX_MAX_RUNNING")]
+    pub max_running: Option<usize>,
     /// Runs (running or queued) one `x-relaxai-userid` may have at once [default: half of
-    /// --max-running, at least 1].
+    /// max_running, at least 1].
     #[arg(long, env = "NSBOX_MAX_RUNNING_PER_USER")]
     pub max_running_per_user: Option<usize>,
+    /// Requests waiting for a slot; past this, 429 with Retry-After [default: 64].
+    #[arg(long, env = "NSBOX_MAX_QUEUE")]
+    pub max_queue: Option<usize>,
     /// API keys accepted as `Authorization: Bearer <key>` (repeat the flag, or separate with
     /// commas in the variable). Without any, every request is accepted and nsbox only
     /// listens on loopback.
@@ -51,115 +103,263 @@ pub struct ServeArgs {
         value_delimiter = ',',
         hide_env_values = true
     )]
-    pub api_keys: Vec<String>,
-    /// Requests waiting for a slot; past this, 429 with Retry-After.
-    #[arg(long, env = "NSBOX_MAX_QUEUE", default_value_t = 64)]
-    pub max_queue: usize,
-    /// Timeout when a request gives none, seconds.
-    #[arg(long, env = "NSBOX_DEFAULT_TIMEOUT", default_value_t = 30.0)]
-    pub default_timeout: f64,
-    /// Largest timeout a request may ask for, seconds.
-    #[arg(long, env = "NSBOX_MAX_TIMEOUT", default_value_t = 300.0)]
-    pub max_timeout: f64,
-    /// Memory per run, MiB.
-    #[arg(long, env = "NSBOX_MEMORY_MIB", default_value_t = 512)]
-    pub memory_mib: u64,
-    /// Processes and threads per run.
-    #[arg(long, env = "NSBOX_MAX_PROCESSES", default_value_t = 64)]
-    pub max_processes: u64,
-    /// CPU time per run, seconds.
-    #[arg(long, env = "NSBOX_CPU_SECONDS", default_value_t = 60)]
-    pub cpu_seconds: u64,
-    /// CPU bandwidth per run, in CPUs.
-    #[arg(long, env = "NSBOX_CPUS", default_value_t = 1.0)]
-    pub cpus: f64,
-    /// Size of each run's private /tmp, MiB.
-    #[arg(long, env = "NSBOX_TMP_MIB", default_value_t = 64)]
-    pub tmp_mib: u64,
-    /// Captured stdout and stderr per run, KiB each.
-    #[arg(long, env = "NSBOX_OUTPUT_KIB", default_value_t = 1024)]
-    pub output_kib: usize,
-    /// First host uid/gid of the range mapped into runs (65536 ids).
-    #[arg(long, env = "NSBOX_UID_BASE", default_value_t = 1_000_000_000)]
-    pub uid_base: u32,
-    /// Do not use cgroups even where available (limits are rlimits only).
+    pub api_keys: Option<Vec<String>>,
+    /// A file of API keys, one per line (`#` comments allowed); added to --api-key.
+    #[arg(long, env = "NSBOX_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Timeout when a request gives none, seconds [default: 30].
+    #[arg(long, env = "NSBOX_DEFAULT_TIMEOUT")]
+    pub default_timeout: Option<f64>,
+    /// Largest timeout a request may ask for, seconds [default: 300].
+    #[arg(long, env = "NSBOX_MAX_TIMEOUT")]
+    pub max_timeout: Option<f64>,
+    /// Memory per run, MiB [default: 512].
+    #[arg(long, env = "NSBOX_MEMORY_MIB")]
+    pub memory_mib: Option<u64>,
+    /// Processes and threads per run [default: 64].
+    #[arg(long, env = "NSBOX_MAX_PROCESSES")]
+    pub max_processes: Option<u64>,
+    /// CPU time per run, seconds [default: 60].
+    #[arg(long, env = "NSBOX_CPU_SECONDS")]
+    pub cpu_seconds: Option<u64>,
+    /// CPU bandwidth per run, in CPUs [default: 1].
+    #[arg(long, env = "NSBOX_CPUS")]
+    pub cpus: Option<f64>,
+    /// Size of each run's private /tmp, MiB [default: 64].
+    #[arg(long, env = "NSBOX_TMP_MIB")]
+    pub tmp_mib: Option<u64>,
+    /// Captured stdout and stderr per run, KiB each [default: 1024].
+    #[arg(long, env = "NSBOX_OUTPUT_KIB")]
+    pub output_kib: Option<usize>,
+    /// First host uid/gid of the range mapped into runs (65536 ids) [default: 1000000000].
+    #[arg(long, env = "NSBOX_UID_BASE")]
+    pub uid_base: Option<u32>,
+    /// Do not use cgroups (limits are then rlimits only, which also needs
+    /// --allow-incomplete-isolation) (config: cgroups = false).
     #[arg(long, env = "NSBOX_NO_CGROUPS")]
     pub no_cgroups: bool,
+    /// Start even when cgroups cannot be had, enforcing memory, process and CPU limits with
+    /// rlimits only. Weaker isolation: meant for rootless hosts, and said loudly at start.
+    #[arg(long, env = "NSBOX_ALLOW_INCOMPLETE_ISOLATION")]
+    pub allow_incomplete_isolation: bool,
     /// `warm` forks runs from warm interpreters (zygotes) for millisecond starts; `cold`
-    /// starts a fresh interpreter per run. Both give every run the same isolation.
-    #[arg(long, env = "NSBOX_MODE", value_enum, default_value_t = RunMode::Warm)]
-    pub mode: RunMode,
+    /// starts a fresh interpreter per run. Both give every run the same isolation
+    /// [default: warm].
+    #[arg(long, env = "NSBOX_MODE", value_enum)]
+    pub mode: Option<RunMode>,
     /// nsbox built as a shared library, loaded into zygotes [default: libnsbox.so beside
     /// the nsbox binary].
     #[arg(long, env = "NSBOX_WARM_LIBRARY")]
     pub warm_library: Option<PathBuf>,
-    /// Runs a zygote forks before it is replaced by a fresh one.
-    #[arg(long, env = "NSBOX_MAX_FORKS", default_value_t = 500)]
-    pub max_forks: u32,
+    /// Runs a zygote forks before it is replaced by a fresh one [default: 500].
+    #[arg(long, env = "NSBOX_MAX_FORKS")]
+    pub max_forks: Option<u32>,
     /// Seconds runs in flight may take to finish after SIGTERM; then they are cancelled
-    /// (keep it under the service manager's stop timeout).
-    #[arg(long, env = "NSBOX_SHUTDOWN_GRACE", default_value_t = 15.0)]
-    pub shutdown_grace: f64,
+    /// (keep it under the service manager's stop timeout) [default: 15].
+    #[arg(long, env = "NSBOX_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<f64>,
     /// Pre-execution scanner: `enforce` rejects flagged code, `report` runs it and lists the
-    /// violations, `off` skips scanning (the kernel isolation holds either way).
-    #[arg(long, env = "NSBOX_SCANNER", value_enum, default_value_t = ScannerMode::Enforce)]
-    pub scanner: ScannerMode,
+    /// violations, `off` skips scanning (the kernel isolation holds either way)
+    /// [default: enforce].
+    #[arg(long, env = "NSBOX_SCANNER", value_enum)]
+    pub scanner: Option<ScannerMode>,
+    /// Log lines as readable text or as JSON objects (RUST_LOG sets the level; code itself
+    /// is logged only at RUST_LOG=nsbox::code=debug) [default: human].
+    #[arg(long, env = "NSBOX_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
-impl ServeArgs {
-    pub fn options(&self) -> ServeOptions {
-        let limits = Limits {
-            timeout_ms: (self.default_timeout * 1000.0) as u64,
-            memory_bytes: self.memory_mib << 20,
-            max_processes: self.max_processes,
-            cpu_seconds: self.cpu_seconds,
-            cpus: self.cpus,
-            tmp_bytes: self.tmp_mib << 20,
-            file_size_bytes: self.tmp_mib << 20,
-            output_bytes: self.output_kib << 10,
-            ..Limits::default()
-        };
-        ServeOptions {
-            listen: self.listen,
-            rootfs: self.rootfs.clone(),
-            limits,
-            default_timeout_s: self.default_timeout,
-            max_timeout_s: self.max_timeout,
-            max_running: self.max_running,
-            max_queue: self.max_queue,
-            max_running_per_user: self
-                .max_running_per_user
-                .unwrap_or(self.max_running.div_ceil(2))
-                .max(1),
-            api_keys: self.api_keys.clone(),
-            uid_base: self.uid_base,
-            cgroups: !self.no_cgroups,
-            scanner: self.scanner,
-            shutdown_grace: std::time::Duration::from_secs_f64(self.shutdown_grace.max(0.0)),
-            warm: (self.mode == RunMode::Warm).then(|| WarmOptions {
-                library: self.warm_library.clone(),
-                max_forks: self.max_forks,
-            }),
+impl Options {
+    /// The configuration file's values (or the defaults) with these options over them.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut c = Config::load(self.config.as_deref())?;
+        macro_rules! overlay {
+            ($($field:ident),*) => {$(
+                if let Some(v) = &self.$field {
+                    c.$field = v.clone();
+                }
+            )*};
+        }
+        macro_rules! overlay_optional {
+            ($($field:ident),*) => {$(
+                if let Some(v) = &self.$field {
+                    c.$field = Some(v.clone());
+                }
+            )*};
+        }
+        overlay!(
+            listen,
+            rootfs,
+            max_running,
+            max_queue,
+            api_keys,
+            default_timeout,
+            max_timeout,
+            memory_mib,
+            max_processes,
+            cpu_seconds,
+            cpus,
+            tmp_mib,
+            output_kib,
+            uid_base,
+            mode,
+            max_forks,
+            shutdown_grace,
+            scanner,
+            log_format
+        );
+        overlay_optional!(max_running_per_user, api_keys_file, warm_library);
+        if self.no_cgroups {
+            c.cgroups = false;
+        }
+        if self.allow_incomplete_isolation {
+            c.allow_incomplete_isolation = true;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_level.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// Resolves the configuration and starts logging, or says what is wrong with it.
+fn configure(options: &Options, default_level: &str) -> Result<Config, ExitCode> {
+    match options.resolve() {
+        Ok(config) => {
+            init_logging(config.log_format, default_level);
+            Ok(config)
+        }
+        Err(e) => {
+            eprintln!("nsbox: {e}");
+            Err(ExitCode::from(crate::run::status::USAGE))
         }
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     match cli.command {
-        Command::Serve(args) => match server::serve(args.options()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("nsbox: {e}");
-                ExitCode::FAILURE
+        Command::Serve(args) => {
+            let config = match configure(&args.options, "info") {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match crate::server::serve(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("nsbox: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
+        Command::Run(args) => {
+            // Quiet by default: the terminal is for the code's own output.
+            let config = match configure(&args.options, "warn") {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let opts = crate::run::RunOptions {
+                file: args.file,
+                plots_dir: args.plots_dir,
+                timeout_s: args.timeout,
+                json: args.json,
+            };
+            match crate::run::main(&config, &opts) {
+                Ok(status) => ExitCode::from(status),
+                Err(e) => {
+                    eprintln!("nsbox: {e}");
+                    ExitCode::from(e.exit_status())
+                }
+            }
+        }
+        Command::Check(args) => {
+            let config = match configure(&args.options, "warn") {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            ExitCode::from(crate::check::main(&config, args.json, !args.no_run))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn resolve(args: &[&str]) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_from(["nsbox", "serve"].iter().chain(args)).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            unreachable!()
+        };
+        serve.options.resolve()
+    }
+
+    /// Each `[default: X]` in --help must be what `Config::default()` holds: passing X
+    /// explicitly gives the default configuration.
+    #[test]
+    fn the_defaults_in_help_are_the_real_defaults() {
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").unwrap();
+        let mut checked = 0;
+        for arg in serve.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let long = arg.get_long().unwrap();
+            let Some(start) = help.find("[default: ") else {
+                continue;
+            };
+            let value = &help[start + 10..help[start..].find(']').unwrap() + start];
+            if value.contains(' ') {
+                continue; // a rule in words, like "half of max_running"
+            }
+            let flag = format!("--{long}");
+            let config = resolve(&[flag.as_str(), value]).unwrap();
+            assert_eq!(config, Config::default(), "{flag} {value}");
+            checked += 1;
+        }
+        assert!(checked >= 18, "only {checked} defaults checked");
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nsbox.toml");
+        std::fs::write(&file, "memory_mib = 256\nmax_running = 3\ncgroups = true\n").unwrap();
+        let f = file.to_str().unwrap();
+        let c = resolve(&["--config", f, "--memory-mib", "128", "--no-cgroups"]).unwrap();
+        assert_eq!(c.memory_mib, 128);
+        assert_eq!(
+            c.max_running, 3,
+            "the file's value stays where no flag is given"
+        );
+        assert!(!c.cgroups);
+    }
+
+    #[test]
+    fn invalid_values_fail_naming_the_field() {
+        let e = resolve(&["--default-timeout", "500"]).unwrap_err();
+        assert!(e.to_string().contains("`default_timeout`"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nsbox.toml");
+        std::fs::write(&file, "max_runing = 3\n").unwrap();
+        let e = resolve(&["--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("max_runing"), "{e}");
+        assert!(e.to_string().contains("nsbox.toml"), "{e}");
     }
 }

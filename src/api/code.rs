@@ -10,7 +10,10 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::Value;
 
+use tracing::Instrument;
+
 use super::error::ApiError;
+use super::metrics::{self, Verdict};
 use super::{AppState, ScannerMode};
 use crate::sandbox::warm::template_for;
 use crate::sandbox::{Limits, Plot, RunOutcome, RunRequest, Termination};
@@ -57,20 +60,7 @@ pub fn validate(
         Some(Value::String(s)) => s,
         Some(_) => return Err(ApiError::invalid("`code` must be a string")),
     };
-    if code.trim().is_empty() {
-        return Err(ApiError::invalid(
-            "`code` must not be empty or whitespace only",
-        ));
-    }
-    if code.contains('\0') {
-        return Err(ApiError::invalid("`code` must not contain NUL bytes"));
-    }
-    let chars = code.chars().count();
-    if chars > MAX_CODE_CHARS {
-        return Err(ApiError::too_large(format!(
-            "`code` is {chars} characters; the maximum is {MAX_CODE_CHARS}"
-        )));
-    }
+    check_code(code)?;
     match obj.get("lang") {
         None | Some(Value::Null) => {
             return Err(ApiError::invalid(
@@ -115,6 +105,51 @@ pub fn validate(
         timeout_ms: (timeout_s * 1000.0).ceil() as u64,
         libraries,
     })
+}
+
+/// The contract's rules for the code itself, shared by the API and `nsbox run`.
+pub fn check_code(code: &str) -> Result<(), ApiError> {
+    if code.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "`code` must not be empty or whitespace only",
+        ));
+    }
+    if code.contains('\0') {
+        return Err(ApiError::invalid("`code` must not contain NUL bytes"));
+    }
+    let chars = code.chars().count();
+    if chars > MAX_CODE_CHARS {
+        return Err(ApiError::too_large(format!(
+            "`code` is {chars} characters; the maximum is {MAX_CODE_CHARS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Scans `code` as `mode` says; with the scanner off only the imports are read (they pick
+/// the warm template).
+pub fn scan(mode: ScannerMode, policy: &scanner::Policy, code: &str) -> Analysis {
+    match mode {
+        ScannerMode::Off => Analysis {
+            violations: Vec::new(),
+            imported_modules: scanner::imported_modules(code),
+        },
+        ScannerMode::Enforce | ScannerMode::Report => scanner::analyze(code, policy),
+    }
+}
+
+/// The spec's answer to code the scanner refused.
+pub fn refused(violations: Vec<String>, scan_time: std::time::Duration) -> CodeResponse {
+    CodeResponse {
+        success: false,
+        stdout: String::new(),
+        stderr: "Security violations detected".into(),
+        exit_code: -1,
+        execution_time: seconds(scan_time),
+        security_checked: true,
+        violations,
+        plots: Vec::new(),
+    }
 }
 
 fn signal_name(sig: i32) -> String {
@@ -203,8 +238,41 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The handler: every log line of the request carries its id (`x-request-id`, the client's
+/// or a fresh UUID), and once known the user and the code's SHA-256 — never the code itself,
+/// which is logged only when `RUST_LOG` enables the `nsbox::code` target at debug level.
 pub async fn execute(
     State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<CodeResponse>, ApiError> {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let span = tracing::info_span!(
+        "run",
+        request_id = %request_id,
+        user = tracing::field::Empty,
+        code_sha256 = tracing::field::Empty,
+    );
+    let arrived = Instant::now();
+    let result = handle(state.clone(), headers, body).instrument(span).await;
+    state.metrics.request_took(arrived.elapsed());
+    result
+}
+
+fn code_sha256(code: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(code.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn handle(
+    state: AppState,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CodeResponse>, ApiError> {
@@ -230,6 +298,12 @@ pub async fn execute(
         .and_then(|v| v.to_str().ok())
         .filter(|u| !u.is_empty())
         .map(str::to_string);
+    let span = tracing::Span::current();
+    span.record("code_sha256", code_sha256(&request.code).as_str());
+    if let Some(user) = &user {
+        span.record("user", user.as_str());
+    }
+    tracing::debug!(target: "nsbox::code", code = %request.code, "code received");
     let limits = Limits {
         timeout_ms: request.timeout_ms,
         ..state.config.limits.clone()
@@ -240,20 +314,9 @@ pub async fn execute(
     let (analysis, code) = {
         let scanner = state.config.scanner;
         let policy = state.scanner_policy.clone();
-        tokio::task::spawn_blocking(move || {
-            let analysis = match scanner {
-                ScannerMode::Off => Analysis {
-                    violations: Vec::new(),
-                    imported_modules: scanner::imported_modules(&request.code),
-                },
-                ScannerMode::Enforce | ScannerMode::Report => {
-                    scanner::analyze(&request.code, &policy)
-                }
-            };
-            (analysis, request.code)
-        })
-        .await
-        .map_err(|_| ApiError::internal())?
+        tokio::task::spawn_blocking(move || (scan(scanner, &policy, &request.code), request.code))
+            .await
+            .map_err(|_| ApiError::internal())?
     };
     let scan_time = scan_started.elapsed();
     let violations = scanner::violation_names(&analysis.violations);
@@ -261,24 +324,19 @@ pub async fn execute(
         tracing::debug!(rule = %v.rule_id, line = v.line, name = %v.name, "scanner violation");
     }
     if state.config.scanner == ScannerMode::Enforce && !violations.is_empty() {
-        tracing::info!(
-            ?violations,
-            user = user.as_deref(),
-            "run refused by the scanner"
-        );
-        return Ok(Json(CodeResponse {
-            success: false,
-            stdout: String::new(),
-            stderr: "Security violations detected".into(),
-            exit_code: -1,
-            execution_time: seconds(scan_time),
-            security_checked: true,
-            violations,
-            plots: Vec::new(),
-        }));
+        tracing::info!(?violations, "run refused by the scanner");
+        state.metrics.refused();
+        return Ok(Json(refused(violations, scan_time)));
     }
 
-    let _permit = state.admission.admit(user.as_deref()).await?;
+    let queued = Instant::now();
+    let _permit = state
+        .admission
+        .admit(user.as_deref())
+        .await
+        .inspect_err(|_| state.metrics.rejected())?;
+    let queue_time = queued.elapsed();
+    state.metrics.queued_for(queue_time);
     // The spec's execution_time covers checks and execution, not time spent queued.
     let started = Instant::now()
         .checked_sub(scan_time)
@@ -297,17 +355,23 @@ pub async fn execute(
     let outcome = tokio::select! {
         outcome = run => outcome.map_err(|e| {
             tracing::error!(error = %e, "run failed");
+            state.metrics.count(Verdict::setup_failed);
             ApiError::unavailable("the sandbox is restarting; retry the request")
         })?,
         _ = cancelled.wait_for(|c| *c) => {
+            state.metrics.count(Verdict::cancelled);
             return Err(ApiError::unavailable("the server is shutting down; retry the request"));
         }
     };
+    let limits_hit = metrics::limits_hit(&outcome);
+    state.metrics.finished(&outcome, &limits_hit);
     tracing::info!(
         verdict = ?outcome.termination,
+        ?limits_hit,
+        scan_ms = scan_time.as_millis() as u64,
+        queue_ms = queue_time.as_millis() as u64,
         wall_ms = outcome.wall_ms,
         warm = outcome.warm,
-        user = user.as_deref(),
         peak_memory = outcome.peak_memory_bytes,
         "run finished"
     );

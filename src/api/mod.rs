@@ -5,6 +5,7 @@ pub mod auth;
 pub mod code;
 pub mod error;
 pub mod libraries;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::sandbox::spawner::Spawner;
 use crate::sandbox::Limits;
@@ -19,7 +21,7 @@ use admission::Admission;
 use error::ApiError;
 
 /// What the pre-execution scanner does with flagged code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScannerMode {
     Enforce,
@@ -28,7 +30,7 @@ pub enum ScannerMode {
 }
 
 /// Where runs start: forked from a warm zygote, or in a fresh interpreter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunMode {
     Warm,
@@ -70,6 +72,7 @@ pub struct AppState {
     pub scanner_policy: Arc<crate::scanner::Policy>,
     pub keys: auth::Keys,
     pub catalog: Arc<libraries::Catalog>,
+    pub metrics: Arc<metrics::Metrics>,
     /// Turns true when the shutdown grace is over: runs still in flight are cancelled.
     pub cancelled: tokio::sync::watch::Receiver<bool>,
 }
@@ -89,6 +92,11 @@ pub fn router(state: AppState) -> Router {
             get(list_libraries).fallback(method_not_allowed),
         )
         .route("/v1/status", get(status).fallback(method_not_allowed))
+        // Behind the key like the rest: Prometheus sends it as a bearer token.
+        .route(
+            "/metrics",
+            get(metrics::metrics).fallback(method_not_allowed),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -100,6 +108,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.yaml", get(openapi).fallback(method_not_allowed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Every response carries the request's id (the client's `x-request-id`, or a new
+        // UUID), the same id the request's log lines carry.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 

@@ -171,6 +171,74 @@ impl IdMapping {
         }
     }
 
+    /// [`IdMapping::choose`], then proves the choice on a throwaway user namespace: a
+    /// helper that is present but cannot map (not setuid, a stale /etc/subuid) falls back
+    /// to a single id at start, loudly, rather than failing every run.
+    pub fn decide(uid_base: u32) -> (IdMapping, Option<String>) {
+        let (mapping, warning) = IdMapping::choose(uid_base);
+        match (mapping.probe(), &mapping) {
+            (Ok(_), _) | (Err(_), IdMapping::SingleId { .. }) => (mapping, warning),
+            (Err(e), _) => {
+                let uid = nix::unistd::getuid().as_raw();
+                let gid = nix::unistd::getgid().as_raw();
+                let single = IdMapping::SingleId { uid, gid };
+                let warning = format!(
+                    "single-id user namespaces: runs execute as the server's own host uid {uid} (inside, nobody), not a uid of their own: the {} mapping failed its start-up probe: {e}",
+                    mapping.report().mode
+                );
+                (single, Some(warning))
+            }
+        }
+    }
+
+    /// Creates a user namespace, maps it this way and checks the ids inside from a child.
+    /// Skipped (Ok) when the process already has threads: `clone_fork` needs a
+    /// single-threaded caller, and serve, run and check all decide before starting any.
+    pub fn probe(&self) -> Result<String, String> {
+        let threads = fs::read_dir("/proc/self/task")
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if threads != 1 {
+            return Ok("not probed (the process has threads)".into());
+        }
+        let (wait_read, wait_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let maps_root = self.maps_root();
+        let child = match sys::clone_fork(CloneFlags::CLONE_NEWUSER) {
+            Ok(None) => {
+                drop(wait_write);
+                let mut byte = [0u8; 1];
+                let released =
+                    nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&wait_read), &mut byte)
+                        == Ok(1);
+                let ok = released
+                    && if maps_root {
+                        become_root(true).is_ok()
+                    } else {
+                        nix::unistd::getuid().as_raw() == NOBODY
+                            && nix::unistd::getgid().as_raw() == NOBODY
+                    };
+                sys::exit_now(if ok { 0 } else { 1 })
+            }
+            Ok(Some(pid)) => pid,
+            Err(e) => return Err(format!("creating a user namespace: {e}")),
+        };
+        drop(wait_read);
+        let written = self.write(child);
+        if written.is_ok() {
+            let _ = nix::unistd::write(&wait_write, &[1]);
+        }
+        drop(wait_write);
+        let status = nix::sys::wait::waitpid(child, None);
+        written.map_err(|e| e.to_string())?;
+        match status {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(self.report().description),
+            other => Err(format!(
+                "the ids inside were not as mapped (probe child: {other:?})"
+            )),
+        }
+    }
+
     /// Whether uid 0 exists inside, so the sandbox's init can become root there.
     pub fn maps_root(&self) -> bool {
         !matches!(self, IdMapping::SingleId { .. })

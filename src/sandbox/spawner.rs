@@ -8,7 +8,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,10 +52,13 @@ pub enum SpawnerError {
 }
 
 /// What the spawner tells the server, whenever it changes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SpawnerStatus {
     /// Templates whose zygote is warm and taking runs.
     pub ready: Vec<Template>,
+    /// Zygotes started again after the first of their kind (retired at their fork limit,
+    /// or died), since this spawner started.
+    pub template_respawns: u64,
 }
 
 struct Process {
@@ -69,6 +72,10 @@ struct Shared {
     process: Mutex<Option<Process>>,
     ready: Mutex<Vec<Template>>,
     stopping: AtomicBool,
+    /// Zygotes replaced over the server's life (summed over spawners).
+    template_respawns: AtomicU64,
+    /// Spawners that died and were started again.
+    spawner_restarts: AtomicU64,
 }
 
 /// The server's handle on its spawner.
@@ -95,6 +102,8 @@ impl Spawner {
             process: Mutex::new(None),
             ready: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            template_respawns: AtomicU64::new(0),
+            spawner_restarts: AtomicU64::new(0),
         });
         let (first_tx, first_rx) = std::sync::mpsc::channel();
         let keeper = {
@@ -125,6 +134,14 @@ impl Spawner {
 
     pub fn ready_templates(&self) -> Vec<Template> {
         self.shared.ready.lock().unwrap().clone()
+    }
+
+    /// Zygotes replaced and spawners restarted so far, for the metrics.
+    pub fn restarts(&self) -> (u64, u64) {
+        (
+            self.shared.template_respawns.load(Ordering::Relaxed),
+            self.shared.spawner_restarts.load(Ordering::Relaxed),
+        )
     }
 
     fn try_handoff(&self, theirs: &OwnedFd) -> Result<(), nix::errno::Errno> {
@@ -197,8 +214,14 @@ fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerEr
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
                 }
+                let mut respawns_seen = 0;
                 while let Ok(s) = read_frame::<SpawnerStatus>(&mut status) {
                     *shared.ready.lock().unwrap() = s.ready;
+                    shared.template_respawns.fetch_add(
+                        s.template_respawns.saturating_sub(respawns_seen),
+                        Ordering::Relaxed,
+                    );
+                    respawns_seen = s.template_respawns;
                 }
                 shared.ready.lock().unwrap().clear();
                 if let Some(mut old) = shared.process.lock().unwrap().take() {
@@ -208,6 +231,7 @@ fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerEr
                 if shared.stopping.load(Ordering::SeqCst) {
                     return;
                 }
+                shared.spawner_restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(pid, "the spawner exited; starting a new one");
             }
             Err(e) => {
@@ -274,7 +298,7 @@ pub fn main() -> i32 {
         cgroup.sweep_runs();
     }
     let mut templates = Templates::start(&config);
-    let mut reported: Option<Vec<Template>> = None;
+    let mut reported: Option<SpawnerStatus> = None;
     loop {
         let mut fds = vec![PollFd::new(control.as_fd(), PollFlags::POLLIN)];
         fds.extend(
@@ -295,21 +319,17 @@ pub fn main() -> i32 {
         reap_supervisors(&config);
         templates.service(&ready[1..]);
         templates.restart_missing();
-        let now_ready = templates.ready();
-        if reported.as_ref() != Some(&now_ready) {
+        let now = SpawnerStatus {
+            ready: templates.ready(),
+            template_respawns: templates.respawns,
+        };
+        if reported.as_ref() != Some(&now) {
             // The server's health endpoint says "ready" once every template is warm.
-            if write_frame(
-                &mut control,
-                &SpawnerStatus {
-                    ready: now_ready.clone(),
-                },
-            )
-            .is_err()
-            {
+            if write_frame(&mut control, &now).is_err() {
                 templates.stop();
                 return 0;
             }
-            reported = Some(now_ready);
+            reported = Some(now);
         }
         if !ready[0] {
             continue;
@@ -399,6 +419,7 @@ struct Templates<'a> {
     live: Vec<TemplateProcess>,
     /// When each template was last started, to slow down a template that keeps dying.
     last_start: Vec<(Template, Instant)>,
+    respawns: u64,
 }
 
 /// A template that dies sooner than this after its start is restarted only after a pause.
@@ -427,6 +448,7 @@ impl<'a> Templates<'a> {
             library,
             live: Vec::new(),
             last_start: Vec::new(),
+            respawns: 0,
         };
         t.restart_missing();
         t
@@ -526,6 +548,9 @@ impl<'a> Templates<'a> {
         let (Some(warm), Some(library)) = (&self.config.warm, &self.library) else {
             return;
         };
+        if self.last_start.iter().any(|(t, _)| *t == kind) {
+            self.respawns += 1;
+        }
         self.last_start.retain(|(t, _)| *t != kind);
         self.last_start.push((kind, Instant::now()));
         match template::launch(kind, self.config, library, warm.max_forks) {

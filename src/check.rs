@@ -1,0 +1,81 @@
+//! `nsbox check`: what isolation this host gives, probed for real, and whether it is what
+//! the configuration asks for (the same rule `nsbox serve` starts by).
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::host::{self, Probe};
+
+#[derive(Serialize)]
+struct Report<'a> {
+    /// Whether `nsbox serve` would start with this configuration on this host.
+    isolation_complete: bool,
+    probes: &'a [Probe],
+    /// The effective configuration (keys redacted), to see what file < env < flag gave.
+    config: Config,
+}
+
+/// Prints the report and returns the exit status: 0 when every required probe passed.
+pub fn main(config: &Config, json: bool, end_to_end: bool) -> u8 {
+    // Kernel probes first, while the process is single-threaded (they fork).
+    let mut probes = host::probe_features(config);
+    if end_to_end {
+        let required_ok = probes
+            .iter()
+            .filter(|p| p.feature != "cgroups" && p.required)
+            .all(|p| p.ok);
+        probes.push(Probe {
+            feature: "sandbox run",
+            ok: false,
+            required: true,
+            detail: String::new(),
+        });
+        let last = probes.last_mut().expect("just pushed");
+        match required_ok {
+            true => match crate::run::probe(config) {
+                Ok(d) => (last.ok, last.detail) = (true, d),
+                Err(d) => last.detail = d,
+            },
+            false => last.detail = "skipped: a required feature is missing".into(),
+        }
+    }
+    let complete = probes.iter().all(|p| p.ok || !p.required);
+    if json {
+        let mut shown = config.clone();
+        shown.api_keys = shown.api_keys.iter().map(|_| "<redacted>".into()).collect();
+        let report = Report {
+            isolation_complete: complete,
+            probes: &probes,
+            config: shown,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("the report serializes")
+        );
+    } else {
+        for p in &probes {
+            let mark = match (p.ok, p.required) {
+                (true, _) => "ok  ",
+                (false, true) => "FAIL",
+                (false, false) => "warn",
+            };
+            println!("{mark}  {:<16} {}", p.feature, p.detail);
+        }
+        println!(
+            "{}",
+            match (
+                complete,
+                probes.iter().all(|p| p.ok || p.feature == "warm path")
+            ) {
+                (true, true) => "isolation: complete",
+                (true, false) => "isolation: INCOMPLETE, allowed by allow_incomplete_isolation",
+                (false, _) => "isolation: INCOMPLETE; nsbox serve will refuse to start",
+            }
+        );
+    }
+    if complete {
+        0
+    } else {
+        1
+    }
+}

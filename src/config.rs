@@ -1,0 +1,318 @@
+//! The configuration: one typed set of options, read from a TOML file and overridden by
+//! environment variables and then by command-line flags, validated before anything starts.
+//!
+//! Every option has one name in all three places: the TOML key `memory_mib`, the
+//! variable `NSBOX_MEMORY_MIB` and the flag `--memory-mib`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{RunMode, ScannerMode};
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event, coloured on a terminal.
+    Human,
+    /// One JSON object per line, with the run's span fields (request id, user, code hash).
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("reading api_keys_file {path}: {source}")]
+    KeysFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: `{field}` {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// Everything an operator can set. The defaults work on a fresh machine, listening on
+/// loopback only; units are in the names or said below.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The root filesystem built by `scripts/build-rootfs.sh`.
+    pub rootfs: PathBuf,
+    /// Runs executing at once; further requests queue.
+    pub max_running: usize,
+    /// Runs (running or queued) one `x-relaxai-userid` may have; `None` = half of
+    /// `max_running`, at least 1.
+    pub max_running_per_user: Option<usize>,
+    /// Requests waiting for a slot; past this, 429 with Retry-After.
+    pub max_queue: usize,
+    /// Accepted `Authorization: Bearer` keys. Prefer `api_keys_file` or the environment
+    /// over writing keys into a world-readable file.
+    pub api_keys: Vec<String>,
+    /// A file with one API key per line (blank lines and `#` comments ignored).
+    pub api_keys_file: Option<PathBuf>,
+    /// Timeout of a request that gives none, seconds.
+    pub default_timeout: f64,
+    /// Largest timeout a request may ask for, seconds.
+    pub max_timeout: f64,
+    /// Memory per run, MiB.
+    pub memory_mib: u64,
+    /// Processes and threads per run.
+    pub max_processes: u64,
+    /// CPU time per run, seconds.
+    pub cpu_seconds: u64,
+    /// CPU bandwidth per run, CPUs.
+    pub cpus: f64,
+    /// Size of each run's private /tmp, MiB.
+    pub tmp_mib: u64,
+    /// Captured stdout and stderr per run, KiB each.
+    pub output_kib: usize,
+    /// First host uid/gid of the 65536 ids mapped into runs.
+    pub uid_base: u32,
+    /// Use cgroups for memory, process and CPU limits.
+    pub cgroups: bool,
+    /// Start even when part of the isolation (cgroups) cannot be had, with rlimits only.
+    pub allow_incomplete_isolation: bool,
+    /// `warm` forks runs from warm interpreters; `cold` starts a fresh one per run.
+    pub mode: RunMode,
+    /// nsbox built as a shared library for the warm interpreters; `None` = `libnsbox.so`
+    /// beside the binary.
+    pub warm_library: Option<PathBuf>,
+    /// Runs a warm interpreter forks before it is replaced.
+    pub max_forks: u32,
+    /// Seconds runs in flight may take to finish after SIGTERM.
+    pub shutdown_grace: f64,
+    /// `enforce`, `report` or `off`.
+    pub scanner: ScannerMode,
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+}
+
+/// Where `nsbox` finds the root filesystem when nothing says otherwise.
+pub const DEFAULT_ROOTFS: &str = "/var/lib/nsbox/rootfs";
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            rootfs: PathBuf::from(DEFAULT_ROOTFS),
+            max_running: 8,
+            max_running_per_user: None,
+            max_queue: 64,
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            default_timeout: 30.0,
+            max_timeout: 300.0,
+            memory_mib: 512,
+            max_processes: 64,
+            cpu_seconds: 60,
+            cpus: 1.0,
+            tmp_mib: 64,
+            output_kib: 1024,
+            uid_base: 1_000_000_000,
+            cgroups: true,
+            allow_incomplete_isolation: false,
+            mode: RunMode::Warm,
+            warm_library: None,
+            max_forks: 500,
+            shutdown_grace: 15.0,
+            scanner: ScannerMode::Enforce,
+            log_format: LogFormat::Human,
+        }
+    }
+}
+
+impl Config {
+    /// The defaults overlaid with `path`'s keys, or the defaults alone without a file.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the message names the offending key and line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Checks values no type can: ranges and relations between options.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |field: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(invalid(field, format!("must be a number above 0, got {v}")))
+            }
+        };
+        let nonzero = |field: &'static str, v: u64| {
+            if v > 0 {
+                Ok(())
+            } else {
+                Err(invalid(field, "must be at least 1"))
+            }
+        };
+        positive("default_timeout", self.default_timeout)?;
+        positive("max_timeout", self.max_timeout)?;
+        positive("cpus", self.cpus)?;
+        if self.default_timeout > self.max_timeout {
+            return Err(invalid(
+                "default_timeout",
+                format!(
+                    "({} s) must not exceed max_timeout ({} s)",
+                    self.default_timeout, self.max_timeout
+                ),
+            ));
+        }
+        if !(self.shutdown_grace.is_finite() && self.shutdown_grace >= 0.0) {
+            return Err(invalid("shutdown_grace", "must be 0 or more seconds"));
+        }
+        nonzero("max_running", self.max_running as u64)?;
+        nonzero("memory_mib", self.memory_mib)?;
+        nonzero("max_processes", self.max_processes)?;
+        nonzero("cpu_seconds", self.cpu_seconds)?;
+        nonzero("tmp_mib", self.tmp_mib)?;
+        nonzero("output_kib", self.output_kib as u64)?;
+        nonzero("max_forks", self.max_forks.into())?;
+        if self.max_running_per_user == Some(0) {
+            return Err(invalid("max_running_per_user", "must be at least 1"));
+        }
+        // Shifting MiB into bytes must not wrap.
+        for (field, v) in [("memory_mib", self.memory_mib), ("tmp_mib", self.tmp_mib)] {
+            if v > 1 << 40 {
+                return Err(invalid(field, format!("{v} MiB is beyond any machine")));
+            }
+        }
+        if self.uid_base == 0 || self.uid_base.checked_add(65535).is_none() {
+            return Err(invalid(
+                "uid_base",
+                "must leave room for 65536 ids above it and not be 0 (root)",
+            ));
+        }
+        if self.api_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(invalid("api_keys", "must not contain empty keys"));
+        }
+        Ok(())
+    }
+
+    /// Every accepted key: `api_keys` plus the lines of `api_keys_file`.
+    pub fn all_api_keys(&self) -> Result<Vec<String>, ConfigError> {
+        let mut keys = self.api_keys.clone();
+        if let Some(path) = &self.api_keys_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeysFile {
+                path: path.clone(),
+                source,
+            })?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        Ok(keys)
+    }
+
+    pub fn per_user_limit(&self) -> usize {
+        self.max_running_per_user
+            .unwrap_or(self.max_running.div_ceil(2))
+            .max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults_and_they_are_valid() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn keys_set_their_fields() {
+        let c = Config::parse(
+            "listen = \"0.0.0.0:9000\"\nmemory_mib = 256\nmode = \"cold\"\nscanner = \"off\"\n\
+             cpus = 0.5\napi_keys = [\"k1\"]\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.memory_mib, 256);
+        assert_eq!(c.mode, RunMode::Cold);
+        assert_eq!(c.scanner, ScannerMode::Off);
+        assert_eq!(c.cpus, 0.5);
+        assert_eq!(c.api_keys, vec!["k1".to_string()]);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.max_running, 8, "unset keys keep their defaults");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_field() {
+        let e = Config::parse("memory_mb = 5\n").unwrap_err();
+        assert!(e.contains("memory_mb"), "{e}");
+        let e = Config::parse("max_running = \"eight\"\n").unwrap_err();
+        assert!(e.contains("max_running"), "{e}");
+        let e = Config::parse("mode = \"tepid\"\n").unwrap_err();
+        assert!(e.contains("mode"), "{e}");
+        let e = Config::parse("listen = \"nowhere\"\n").unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn impossible_values_name_the_field() {
+        let cases: [(&str, &str); 8] = [
+            ("default_timeout = 0", "default_timeout"),
+            ("default_timeout = 400", "default_timeout"),
+            ("cpus = -1", "cpus"),
+            ("max_running = 0", "max_running"),
+            ("memory_mib = 0", "memory_mib"),
+            ("uid_base = 0", "uid_base"),
+            ("max_running_per_user = 0", "max_running_per_user"),
+            ("api_keys = [\"\"]", "api_keys"),
+        ];
+        for (text, field) in cases {
+            let e = Config::parse(text).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains(&format!("`{field}`")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn keys_file_lines_are_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "# ops team\nalpha\n\n  beta  \n").unwrap();
+        let c = Config {
+            api_keys: vec!["inline".into()],
+            api_keys_file: Some(path),
+            ..Config::default()
+        };
+        assert_eq!(c.all_api_keys().unwrap(), ["inline", "alpha", "beta"]);
+    }
+}

@@ -1,0 +1,321 @@
+//! The host side of the sandbox: what this machine offers (probed by `nsbox check`) and what
+//! `serve` and `run` prepare on it before the first run (the empty overlay layer, cgroups,
+//! the warm library), refusing incomplete isolation unless the configuration allows it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::api::libraries::{Catalog, CatalogError};
+use crate::api::{Isolation, RunMode, ScannerMode};
+use crate::config::Config;
+use crate::sandbox::cgroup::{self, CgroupParent};
+use crate::sandbox::namespaces::IdMapping;
+use crate::sandbox::{seccomp, Limits, SpawnerConfig, WarmConfig};
+
+/// The namespaces every run gets; reported as-is by `/v1/status` and `nsbox check`.
+pub const NAMESPACES: [&str; 7] = ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("root filesystem {0} has no /usr/bin/python3; build it with scripts/build-rootfs.sh and set `rootfs`")]
+    Rootfs(PathBuf),
+    #[error("reading the root filesystem's library catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("preparing {path}, the empty overlay layer beside the root filesystem: {reason}")]
+    EmptyLayer { path: PathBuf, reason: String },
+    #[error(
+        "refusing to start with incomplete isolation: {0}. Fix it (run `nsbox check`), or \
+         accept rlimits-only limits with --allow-incomplete-isolation \
+         (allow_incomplete_isolation = true)"
+    )]
+    IncompleteIsolation(String),
+}
+
+/// Everything the sandbox needs from the host, ready for `Spawner::start`.
+pub struct Prepared {
+    pub spawner: SpawnerConfig,
+    pub isolation: Isolation,
+    pub catalog: Catalog,
+    /// This process's parent cgroup, removed by `Prepared::release` when it stops.
+    pub cgroup_parent: Option<CgroupParent>,
+}
+
+impl Prepared {
+    /// Removes what `prepare` created on the host (once every run is over).
+    pub fn release(&self) {
+        if let Some(parent) = &self.cgroup_parent {
+            parent.remove();
+        }
+    }
+}
+
+/// The limits the configuration gives every run, before a request's own timeout.
+pub fn limits(config: &Config) -> Limits {
+    Limits {
+        timeout_ms: (config.default_timeout * 1000.0) as u64,
+        memory_bytes: config.memory_mib << 20,
+        max_processes: config.max_processes,
+        cpu_seconds: config.cpu_seconds,
+        cpus: config.cpus,
+        tmp_bytes: config.tmp_mib << 20,
+        file_size_bytes: config.tmp_mib << 20,
+        output_bytes: config.output_kib << 10,
+        ..Limits::default()
+    }
+}
+
+/// Checks the root filesystem and sets up the host for runs. `mode` may differ from the
+/// configuration's (`nsbox run` is always cold: warming pays off only across runs).
+pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
+    if !config.rootfs.join("usr/bin/python3").exists() {
+        return Err(HostError::Rootfs(config.rootfs.clone()));
+    }
+    let catalog = Catalog::load(&config.rootfs)?;
+    prepare_empty_layer(&config.rootfs)?;
+    let mut warnings = Vec::new();
+    // Decided once: every run and template of this process maps ids this way.
+    let (ids, ids_warning) = IdMapping::decide(config.uid_base);
+    tracing::info!(mapping = ?ids, "user namespace ids: {}", ids.report().description);
+    match ids_warning {
+        // Runs with the server's own host uid are weaker isolation, like rlimits only.
+        Some(w) if !ids.maps_root() && !config.allow_incomplete_isolation => {
+            return Err(HostError::IncompleteIsolation(w))
+        }
+        Some(w) if !ids.maps_root() => warnings.push(format!("INCOMPLETE ISOLATION: {w}")),
+        Some(w) => warnings.push(w),
+        None => {}
+    }
+    let (cgroup_parent, cgroup_description) = match cgroups(config) {
+        Ok((parent, description)) => (Some(parent), Some(description)),
+        Err(missing) if config.allow_incomplete_isolation => {
+            warnings.push(format!(
+                "INCOMPLETE ISOLATION: {missing}; memory, process and CPU limits are rlimits only"
+            ));
+            (None, None)
+        }
+        Err(missing) => return Err(HostError::IncompleteIsolation(missing)),
+    };
+    let warm = match mode {
+        RunMode::Warm => warm_config(config, &mut warnings),
+        RunMode::Cold => None,
+    };
+    for w in &warnings {
+        tracing::warn!("WARNING: {w}");
+    }
+    Ok(Prepared {
+        spawner: SpawnerConfig {
+            rootfs: config.rootfs.clone(),
+            ids: ids.clone(),
+            cgroup: cgroup_parent.clone(),
+            seccomp_policy: seccomp::DEFAULT_POLICY.to_string(),
+            warm: warm.clone(),
+            limits: limits(config),
+            guard_rails: config.scanner != ScannerMode::Off,
+        },
+        isolation: Isolation {
+            namespaces: NAMESPACES.to_vec(),
+            cgroup: cgroup_description,
+            seccomp: true,
+            rlimits: true,
+            warm: warm.is_some(),
+            id_mapping: ids.report(),
+            warnings,
+        },
+        catalog,
+        cgroup_parent,
+    })
+}
+
+/// This process's cgroup parent and its description, or why there is none.
+fn cgroups(config: &Config) -> Result<(CgroupParent, String), String> {
+    if !config.cgroups {
+        return Err("cgroups are disabled by the configuration (`cgroups = false`)".into());
+    }
+    let layout = cgroup::detect().map_err(|e| format!("no cgroup access ({e})"))?;
+    let parent = CgroupParent::prepare(&layout, std::process::id())
+        .map_err(|e| format!("no cgroup access ({e})"))?;
+    Ok((parent, layout.describe()))
+}
+
+/// Resolves the warm path's shared library, or says loudly why runs will be cold.
+fn warm_config(config: &Config, warnings: &mut Vec<String>) -> Option<WarmConfig> {
+    let library = config.warm_library.clone().or_else(|| {
+        let exe = std::env::current_exe().ok()?;
+        Some(exe.parent()?.join("libnsbox.so"))
+    })?;
+    if !library.is_file() {
+        warnings.push(format!(
+            "warm path unavailable: {} not found (build it with `cargo build`); every run starts a fresh interpreter",
+            library.display()
+        ));
+        return None;
+    }
+    Some(WarmConfig {
+        library,
+        max_forks: config.max_forks,
+    })
+}
+
+fn empty_layer_path(rootfs: &Path) -> PathBuf {
+    rootfs
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(crate::sandbox::rootfs::EMPTY_LAYER)
+}
+
+/// Creates the empty directory every sandbox's overlay stacks under the root filesystem.
+/// Anything in it would appear in every run's `/`, so it must be empty.
+fn prepare_empty_layer(rootfs: &Path) -> Result<(), HostError> {
+    let path = empty_layer_path(rootfs);
+    let fail = |reason: String| HostError::EmptyLayer {
+        path: path.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(&path).map_err(|e| fail(e.to_string()))?;
+    let mut entries = std::fs::read_dir(&path).map_err(|e| fail(e.to_string()))?;
+    if entries.next().is_some() {
+        return Err(fail("it is not empty".into()));
+    }
+    Ok(())
+}
+
+/// One line of `nsbox check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe {
+    pub feature: &'static str,
+    pub ok: bool,
+    /// Whether the configured isolation needs it (a missing optional feature only warns).
+    pub required: bool,
+    pub detail: String,
+}
+
+fn probe(feature: &'static str, required: bool, result: Result<String, String>) -> Probe {
+    let (ok, detail) = match result {
+        Ok(d) => (true, d),
+        Err(d) => (false, d),
+    };
+    Probe {
+        feature,
+        ok,
+        required,
+        detail,
+    }
+}
+
+/// Probes the kernel features the sandbox is built from, without starting a run.
+pub fn probe_features(config: &Config) -> Vec<Probe> {
+    vec![
+        probe("user namespaces", true, probe_namespaces()),
+        probe(
+            "user ids",
+            !config.allow_incomplete_isolation,
+            probe_ids(config),
+        ),
+        probe("overlayfs", true, probe_filesystem("overlay")),
+        probe("seccomp", true, probe_seccomp()),
+        probe(
+            "cgroups",
+            !config.allow_incomplete_isolation,
+            probe_cgroups(config),
+        ),
+        probe("root filesystem", true, probe_rootfs(&config.rootfs)),
+        probe(
+            "warm path",
+            false,
+            match config.mode {
+                RunMode::Cold => Ok("off (mode = cold)".into()),
+                RunMode::Warm => {
+                    let mut w = Vec::new();
+                    match warm_config(config, &mut w) {
+                        Some(c) => Ok(format!("{}", c.library.display())),
+                        None => Err(w.join("; ")),
+                    }
+                }
+            },
+        ),
+    ]
+}
+
+/// Creates every namespace a run gets, in a throwaway child. Called while the process is
+/// still single-threaded (before any spawner or runtime starts), as `clone_fork` requires.
+fn probe_namespaces() -> Result<String, String> {
+    let names = NAMESPACES[..6].join(", ");
+    match crate::sys::clone_fork(crate::sandbox::namespaces::RUN_NAMESPACES) {
+        Ok(None) => crate::sys::exit_now(0),
+        Ok(Some(child)) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(names),
+            other => Err(format!("the probe child ended with {other:?}")),
+        },
+        Err(e) => Err(format!(
+            "clone({names}) failed: {e} (check user.max_user_namespaces and, on Debian or \
+             Ubuntu, kernel.unprivileged_userns_clone or AppArmor's user namespace restriction)"
+        )),
+    }
+}
+
+/// How ids will be mapped (proved on a throwaway namespace); a single id is incomplete.
+fn probe_ids(config: &Config) -> Result<String, String> {
+    let (ids, warning) = IdMapping::decide(config.uid_base);
+    let report = ids.report();
+    match warning {
+        Some(w) if !ids.maps_root() => Err(w),
+        Some(w) => Ok(format!("{}: {} ({w})", report.mode, report.description)),
+        None => Ok(format!("{}: {}", report.mode, report.description)),
+    }
+}
+
+fn probe_filesystem(name: &str) -> Result<String, String> {
+    let known = std::fs::read_to_string("/proc/filesystems").map_err(|e| e.to_string())?;
+    if known.split_whitespace().any(|f| f == name) {
+        Ok("supported".into())
+    } else {
+        Err(format!(
+            "not in /proc/filesystems (load it: modprobe {name})"
+        ))
+    }
+}
+
+fn probe_seccomp() -> Result<String, String> {
+    let actions = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+        .map_err(|e| format!("the kernel has no seccomp filter support ({e})"))?;
+    let program = seccomp::builtin().map_err(|e| e.to_string())?;
+    for needed in ["kill_process", "errno", "allow"] {
+        if !actions.split_whitespace().any(|a| a == needed) {
+            return Err(format!("the kernel lacks the seccomp action {needed}"));
+        }
+    }
+    Ok(format!(
+        "filter compiles to {} BPF instructions; kernel actions: {}",
+        program.len(),
+        actions.trim()
+    ))
+}
+
+fn probe_cgroups(config: &Config) -> Result<String, String> {
+    let (parent, description) = cgroups(config)?;
+    let detail = match &parent {
+        CgroupParent::V1 { memory, .. } => {
+            format!("{description}, runs under {}", memory.display())
+        }
+        CgroupParent::V2 { dir, .. } => format!("{description}, runs under {}", dir.display()),
+    };
+    parent.remove();
+    Ok(detail)
+}
+
+fn probe_rootfs(rootfs: &Path) -> Result<String, String> {
+    if !rootfs.join("usr/bin/python3").exists() {
+        return Err(format!(
+            "{} has no /usr/bin/python3 (build it with scripts/build-rootfs.sh)",
+            rootfs.display()
+        ));
+    }
+    let catalog = Catalog::load(rootfs).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{}: Python {}, {} libraries",
+        rootfs.display(),
+        catalog.python,
+        catalog.libraries.len()
+    ))
+}
