@@ -73,9 +73,13 @@ fi
 [ -n "$kernel_pkg" ] || die "apt knows no linux-image-amd64 (check the host's apt sources)"
 kernel_ver=$(candidate_field "$kernel_pkg" Version)
 busybox_ver=$(dpkg-query -W -f='${Version}' busybox-static)
+# newuidmap/newgidmap for the rootless scenarios, from the uidmap package of the host's own
+# apt sources (the guest runs the host's userland, which need not have them installed).
+uidmap_ver=$(candidate_field uidmap Version)
+[ -n "$uidmap_ver" ] || die "apt knows no uidmap package (check the host's apt sources)"
 key=$(
 	{
-		echo "$kernel_pkg $kernel_ver busybox-static $busybox_ver modules ${vm_modules[*]}"
+		echo "$kernel_pkg $kernel_ver busybox-static $busybox_ver modules ${vm_modules[*]} uidmap $uidmap_ver"
 		cat "$repo/vm/init.sh"
 		sed -n '/^# --- boot artefacts/,/^# --- end of boot artefacts/p' "$0"
 	} | sha256sum | cut -c1-16
@@ -92,6 +96,10 @@ build_boot() {
 		apt_refresh
 		(cd "$tmp" && apt-get download -qq "$kernel_pkg" >&2) || die "apt-get download $kernel_pkg failed"
 	fi
+	(cd "$tmp" && apt-get download -qq uidmap >&2) || die "apt-get download uidmap failed"
+	mkdir "$tmp/uidmap"
+	dpkg-deb --fsys-tarfile "$tmp"/uidmap_*.deb | tar -x -C "$tmp/uidmap" --strip-components=3 \
+		./usr/bin/newuidmap ./usr/bin/newgidmap
 	dpkg-deb --fsys-tarfile "$tmp"/"$kernel_pkg"_*.deb |
 		tar -x -C "$tmp" --wildcards './boot/vmlinuz-*' './lib/modules/*/kernel/drivers/virtio/*' \
 			'./lib/modules/*/kernel/net/9p/*' './lib/modules/*/kernel/fs/*'
@@ -131,7 +139,7 @@ if not elf.startswith(b"\x7fELF"):
 open(sys.argv[2], "wb").write(elf)
 PY
 	mkdir -p "$boot.tmp"
-	mv "$tmp/kernel" "$tmp/initrd.gz" "$boot.tmp/"
+	mv "$tmp/kernel" "$tmp/initrd.gz" "$tmp/uidmap" "$boot.tmp/"
 	printf '%s\n' "${order[@]}" >"$boot.tmp/modules.list"
 	echo "$kernel_pkg $kernel_ver" >"$boot.tmp/kernel.version"
 	rm -rf "$boot"
@@ -174,8 +182,9 @@ cleanup() {
 trap cleanup EXIT
 # Debug info is most of a debug build; the VM does not need it, and 9p under TCG is slow.
 strip -o "$job/nsbox" "$bin" 2>/dev/null || cp "$bin" "$job/nsbox"
-mkdir "$job/vm"
+mkdir "$job/vm" "$job/uidmap"
 cp "$repo/vm/guest.sh" "$repo/vm/driver.py" "$job/vm/"
+cp "$boot"/uidmap/newuidmap "$boot"/uidmap/newgidmap "$job/uidmap/" # guest.sh installs them setuid
 cat >"$job/config.json" <<EOF
 {"rootfs": "/nsbox-vm/rootfs", "rootless": $([ "${NSBOX_VM_ROOTLESS:-1}" = 0 ] && echo false || echo true),
  "scenarios": [${NSBOX_VM_SCENARIOS:-}]}
