@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Proves nsbox's cgroup v2 (and rootless) paths on a real kernel: boots Debian's kernel
+# Proves nsbox's cgroup v2 and rootless paths on a real kernel: boots Debian's kernel
 # under QEMU (software emulation, TCG) with a pure cgroup v2 hierarchy (cgroup_no_v1=all),
-# runs vm/driver.py there against the nsbox binary, and asserts the summary it writes.
+# runs vm/driver.py there against the nsbox binary (as root, cold and warm; as a user with
+# subordinate ids and a delegated cgroup; as a user with neither), and asserts the summary.
 #
 #   scripts/test-vm.sh            build nsbox (debug) and run every VM check
 #   NSBOX_BIN=path                test this binary instead of building one
 #   NSBOX_ROOTFS=path             the Python root filesystem (default: scripts/build-rootfs.sh)
-#   NSBOX_VM_TIMEOUT=seconds      bound on the whole VM run (default 480)
+#   NSBOX_VM_TIMEOUT=seconds      bound on the whole VM run (default 600)
 #   NSBOX_VM_BOOT_TIMEOUT=seconds bound on reaching the in-VM driver (default 180)
 #   NSBOX_VM_ROOTLESS=0           skip the rootless scenarios
+#   NSBOX_VM_WARM=0               skip the warm-path scenario (about 95 s: warming under TCG)
 #   NSBOX_VM_KEEP=1               keep the job directory (console log, server logs, summary)
 #   NSBOX_VM_SCENARIOS='"a","b"'  run only these scenarios of vm/driver.py (debugging)
 #
@@ -28,7 +30,7 @@ umask 022
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${NSBOX_CACHE_DIR:-/var/cache/nsbox}/vm
-vm_timeout=${NSBOX_VM_TIMEOUT:-480}
+vm_timeout=${NSBOX_VM_TIMEOUT:-600}
 # Modules the initramfs loads, dependencies first (resolved again from the .ko files).
 vm_modules=(virtio_pci 9pnet_virtio 9p overlay)
 
@@ -182,11 +184,18 @@ cleanup() {
 trap cleanup EXIT
 # Debug info is most of a debug build; the VM does not need it, and 9p under TCG is slow.
 strip -o "$job/nsbox" "$bin" 2>/dev/null || cp "$bin" "$job/nsbox"
+# The warm path's library, beside the binary as serve expects it (NSBOX_VM_WARM=0: cold only).
+lib=$(dirname "$bin")/libnsbox.so
+warm=false
+if [ "${NSBOX_VM_WARM:-1}" != 0 ] && [ -f "$lib" ]; then
+	strip -o "$job/libnsbox.so" "$lib" 2>/dev/null || cp "$lib" "$job/libnsbox.so"
+	warm=true
+fi
 mkdir "$job/vm" "$job/uidmap"
 cp "$repo/vm/guest.sh" "$repo/vm/driver.py" "$job/vm/"
 cp "$boot"/uidmap/newuidmap "$boot"/uidmap/newgidmap "$job/uidmap/" # guest.sh installs them setuid
 cat >"$job/config.json" <<EOF
-{"rootfs": "/nsbox-vm/rootfs", "rootless": $([ "${NSBOX_VM_ROOTLESS:-1}" = 0 ] && echo false || echo true),
+{"rootfs": "/nsbox-vm/rootfs", "rootless": $([ "${NSBOX_VM_ROOTLESS:-1}" = 0 ] && echo false || echo true), "warm": $warm,
  "scenarios": [${NSBOX_VM_SCENARIOS:-}]}
 EOF
 

@@ -145,7 +145,7 @@ class Server:
 
     port = 8080
 
-    def __init__(self, name, args, cgroup=None, uid=None, wait=True):
+    def __init__(self, name, args, cgroup=None, uid=None, wait=True, mode="cold"):
         Server.port += 1
         self.name = name
         self.url = f"http://127.0.0.1:{Server.port}"
@@ -162,14 +162,16 @@ class Server:
 
         env = {"PATH": "/usr/bin:/bin", "RUST_LOG": "info", "HOME": "/tmp"}
         cmd = [NSBOX, "serve", "--listen", self.url[7:], "--rootfs", ROOTFS]
-        # Cold runs: the VM gets the binary alone, not libnsbox.so, so the warm path would be
-        # off anyway; the VM proves the cgroup v2 and rootless limits, which both paths share.
-        cmd += ["--scanner", "off", "--mode", "cold", "--uid-base", str(UID_BASE), *args]
+        # Cold unless a scenario asks for warm (libnsbox.so is beside the binary): both paths
+        # share the isolation code, and warm templates take long to warm under TCG.
+        cmd += ["--scanner", "off", "--mode", mode, "--uid-base", str(UID_BASE), *args]
         say(f"starting server {name}: {' '.join(cmd[1:])}")
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=in_service_cgroup
         )
-        self.ready = self._wait_ready(90) if wait else False
+        started = time.monotonic()
+        self.ready = self._wait_ready(90 if mode == "cold" else 300) if wait else False
+        self.ready_seconds = round(time.monotonic() - started, 1)
 
     def _wait_ready(self, limit):
         deadline = time.monotonic() + limit
@@ -681,6 +683,35 @@ def rootless_no_cgroups():
     rootless_checks(mode, srv, svc, mib, procs, run_uid=uid, cgroups=False)
 
 
+def root_warm():
+    """Root, warm mode (zygotes, nested user namespaces per run): the same limits as cold."""
+    mode = "root-warm"
+    svc = f"{CG}/system.slice/nsbox-warm.service"
+    os.makedirs(svc, exist_ok=True)
+    enable_controllers(CG)
+    enable_controllers(f"{CG}/system.slice")
+    mib, procs = 128, 32
+    srv = Server(mode, ["--memory-mib", str(mib), "--max-processes", str(procs), "--max-running", "2"],
+                 cgroup=svc, mode="warm")
+    record(mode, "server-starts-warm", srv.ready, {"seconds_to_ready": srv.ready_seconds,
+                                                    "log": srv.log_tail(5) if not srv.ready else None})
+    if not srv.ready:
+        srv.stop()
+        return
+    sdir = server_dir(svc, srv)
+    st = srv.status()
+    record(mode, "templates-warm", (st.get("isolation") or {}).get("warm") is True,
+           {"warm_templates": st.get("warm_templates"), "warm": (st.get("isolation") or {}).get("warm")})
+    check_basic(mode, srv)
+    check_pandas(mode, srv)
+    check_run_cgroup(mode, srv, sdir, mib, procs, 1.0)
+    check_memory_bomb(mode, srv, mib)
+    check_fork_bomb(mode, srv, procs, run_parent=sdir)
+    check_setsid_timeout(mode, srv)
+    check_no_leftover_runs(mode, svc)
+    check_stop(mode, srv, sdir)
+
+
 def rootless_kernel_support():
     """What the kernel and userland offer an unprivileged user here: facts for the rootless
     design, not checks of nsbox."""
@@ -756,6 +787,8 @@ def main():
     say(f"kernel.unprivileged_userns_clone = {userns}")
     environment()
     scenarios = [root_limits, root_defaults, root_crash, root_shared_cgroup]
+    if CFG.get("warm"):
+        scenarios.append(root_warm)
     if CFG.get("rootless", True):
         scenarios += [rootless_kernel_support, rootless_delegated, rootless_no_cgroups]
     if CFG.get("scenarios"):  # a subset, by name, for debugging

@@ -279,13 +279,23 @@ fn undo_delegation(d: &Delegation) {
         }
     }
     let Some(leaf) = &d.leaf else { return };
-    for pid in read_pids(leaf) {
-        if let Err(e) = write(&d.own.join("cgroup.procs"), &pid.to_string()) {
-            tracing::warn!(error = %e, pid, "moving a process back out of the server's leaf");
+    // The spawner and its templates may still be alive (they die with this process) and
+    // fork while being moved: move again until the leaf is empty enough to remove.
+    let start = Instant::now();
+    loop {
+        for pid in read_pids(leaf) {
+            // A process that exited meanwhile cannot be moved, and need not be.
+            let _ = write(&d.own.join("cgroup.procs"), &pid.to_string());
         }
-    }
-    if let Err(e) = fs::remove_dir(leaf) {
-        tracing::warn!(path = %leaf.display(), error = %e, "removing the server's leaf cgroup");
+        match fs::remove_dir(leaf) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) if start.elapsed() >= Duration::from_secs(2) => {
+                tracing::warn!(path = %leaf.display(), error = %e, "removing the server's leaf cgroup");
+                return;
+            }
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
     }
 }
 
