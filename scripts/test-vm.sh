@@ -190,6 +190,8 @@ warm=false
 if [ "${NSBOX_VM_WARM:-1}" != 0 ] && [ -f "$lib" ]; then
 	strip -o "$job/libnsbox.so" "$lib" 2>/dev/null || cp "$lib" "$job/libnsbox.so"
 	warm=true
+else
+	log "warm scenario skipped (NSBOX_VM_WARM=0, or no $lib)"
 fi
 mkdir "$job/vm" "$job/uidmap"
 cp "$repo/vm/guest.sh" "$repo/vm/driver.py" "$job/vm/"
