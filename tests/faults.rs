@@ -1216,6 +1216,11 @@ fn killing_a_zygote_spares_its_runs_and_it_is_replaced() {
     let replacement = zygote(base, "base").expect("the base zygote was not replaced");
     assert_ne!(replacement, zygote_pid);
     assert_runs(&server, "a run on the replacement zygote");
+    let metrics = server.get("/metrics").text().unwrap();
+    assert!(
+        metrics.contains("nsbox_template_respawns_total 1\n"),
+        "the replacement is counted:\n{metrics}"
+    );
     let templates = settled_templates(base);
     wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
 }

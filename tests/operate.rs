@@ -328,6 +328,17 @@ fn metrics_count_runs_by_verdict_limits_and_latency() {
     assert_eq!(post("while True: pass", 1.0)["exit_code"], -1);
     post("print('x' * 2_000_000)", 10.0);
 
+    // An unusable client id is replaced by a fresh UUID rather than logged.
+    let resp = server
+        .client()
+        .get(format!("{}/v1/status", server.base))
+        .bearer_auth("k")
+        .header("x-request-id", "a b\tc".repeat(50))
+        .send()
+        .unwrap();
+    let fresh = resp.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(fresh.len(), 36, "a UUID: {fresh}");
+
     assert_eq!(server.get("/metrics").status(), 401, "metrics need the key");
     let resp = server
         .client()

@@ -112,7 +112,29 @@ pub fn router(state: AppState) -> Router {
         // UUID), the same id the request's log lines carry.
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn(drop_unusable_request_id))
         .with_state(state)
+}
+
+/// A client's `x-request-id` is kept only if it is a short token; anything else (huge,
+/// spaces, control bytes) is replaced by a fresh UUID so it cannot bloat or forge log lines.
+async fn drop_unusable_request_id(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let usable = |v: &axum::http::HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:/".contains(c))
+    };
+    if let Some(v) = request.headers().get("x-request-id") {
+        if !usable(v) {
+            request.headers_mut().remove("x-request-id");
+        }
+    }
+    next.run(request).await
 }
 
 async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
