@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Proves nsbox's cgroup v2 (and rootless) paths on a real kernel: boots Debian's kernel
+# Proves nsbox's cgroup v2 and rootless paths on a real kernel: boots Debian's kernel
 # under QEMU (software emulation, TCG) with a pure cgroup v2 hierarchy (cgroup_no_v1=all),
-# runs vm/driver.py there against the nsbox binary, and asserts the summary it writes.
+# runs vm/driver.py there against the nsbox binary (as root, cold and warm; as a user with
+# subordinate ids and a delegated cgroup; as a user with neither), and asserts the summary.
 #
 #   scripts/test-vm.sh            build nsbox (debug) and run every VM check
 #   NSBOX_BIN=path                test this binary instead of building one
 #   NSBOX_ROOTFS=path             the Python root filesystem (default: scripts/build-rootfs.sh)
-#   NSBOX_VM_TIMEOUT=seconds      bound on the whole VM run (default 480)
+#   NSBOX_VM_TIMEOUT=seconds      bound on the whole VM run (default 600)
 #   NSBOX_VM_BOOT_TIMEOUT=seconds bound on reaching the in-VM driver (default 180)
 #   NSBOX_VM_ROOTLESS=0           skip the rootless scenarios
+#   NSBOX_VM_WARM=0               skip the warm-path scenario (about 95 s: warming under TCG)
 #   NSBOX_VM_KEEP=1               keep the job directory (console log, server logs, summary)
 #   NSBOX_VM_SCENARIOS='"a","b"'  run only these scenarios of vm/driver.py (debugging)
 #
@@ -28,7 +30,7 @@ umask 022
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${NSBOX_CACHE_DIR:-/var/cache/nsbox}/vm
-vm_timeout=${NSBOX_VM_TIMEOUT:-480}
+vm_timeout=${NSBOX_VM_TIMEOUT:-600}
 # Modules the initramfs loads, dependencies first (resolved again from the .ko files).
 vm_modules=(virtio_pci 9pnet_virtio 9p overlay)
 
@@ -73,9 +75,13 @@ fi
 [ -n "$kernel_pkg" ] || die "apt knows no linux-image-amd64 (check the host's apt sources)"
 kernel_ver=$(candidate_field "$kernel_pkg" Version)
 busybox_ver=$(dpkg-query -W -f='${Version}' busybox-static)
+# newuidmap/newgidmap for the rootless scenarios, from the uidmap package of the host's own
+# apt sources (the guest runs the host's userland, which need not have them installed).
+uidmap_ver=$(candidate_field uidmap Version)
+[ -n "$uidmap_ver" ] || die "apt knows no uidmap package (check the host's apt sources)"
 key=$(
 	{
-		echo "$kernel_pkg $kernel_ver busybox-static $busybox_ver modules ${vm_modules[*]}"
+		echo "$kernel_pkg $kernel_ver busybox-static $busybox_ver modules ${vm_modules[*]} uidmap $uidmap_ver"
 		cat "$repo/vm/init.sh"
 		sed -n '/^# --- boot artefacts/,/^# --- end of boot artefacts/p' "$0"
 	} | sha256sum | cut -c1-16
@@ -92,6 +98,10 @@ build_boot() {
 		apt_refresh
 		(cd "$tmp" && apt-get download -qq "$kernel_pkg" >&2) || die "apt-get download $kernel_pkg failed"
 	fi
+	(cd "$tmp" && apt-get download -qq uidmap >&2) || die "apt-get download uidmap failed"
+	mkdir "$tmp/uidmap"
+	dpkg-deb --fsys-tarfile "$tmp"/uidmap_*.deb | tar -x -C "$tmp/uidmap" --strip-components=3 \
+		./usr/bin/newuidmap ./usr/bin/newgidmap
 	dpkg-deb --fsys-tarfile "$tmp"/"$kernel_pkg"_*.deb |
 		tar -x -C "$tmp" --wildcards './boot/vmlinuz-*' './lib/modules/*/kernel/drivers/virtio/*' \
 			'./lib/modules/*/kernel/net/9p/*' './lib/modules/*/kernel/fs/*'
@@ -131,7 +141,7 @@ if not elf.startswith(b"\x7fELF"):
 open(sys.argv[2], "wb").write(elf)
 PY
 	mkdir -p "$boot.tmp"
-	mv "$tmp/kernel" "$tmp/initrd.gz" "$boot.tmp/"
+	mv "$tmp/kernel" "$tmp/initrd.gz" "$tmp/uidmap" "$boot.tmp/"
 	printf '%s\n' "${order[@]}" >"$boot.tmp/modules.list"
 	echo "$kernel_pkg $kernel_ver" >"$boot.tmp/kernel.version"
 	rm -rf "$boot"
@@ -174,10 +184,20 @@ cleanup() {
 trap cleanup EXIT
 # Debug info is most of a debug build; the VM does not need it, and 9p under TCG is slow.
 strip -o "$job/nsbox" "$bin" 2>/dev/null || cp "$bin" "$job/nsbox"
-mkdir "$job/vm"
+# The warm path's library, beside the binary as serve expects it (NSBOX_VM_WARM=0: cold only).
+lib=$(dirname "$bin")/libnsbox.so
+warm=false
+if [ "${NSBOX_VM_WARM:-1}" != 0 ] && [ -f "$lib" ]; then
+	strip -o "$job/libnsbox.so" "$lib" 2>/dev/null || cp "$lib" "$job/libnsbox.so"
+	warm=true
+else
+	log "warm scenario skipped (NSBOX_VM_WARM=0, or no $lib)"
+fi
+mkdir "$job/vm" "$job/uidmap"
 cp "$repo/vm/guest.sh" "$repo/vm/driver.py" "$job/vm/"
+cp "$boot"/uidmap/newuidmap "$boot"/uidmap/newgidmap "$job/uidmap/" # guest.sh installs them setuid
 cat >"$job/config.json" <<EOF
-{"rootfs": "/nsbox-vm/rootfs", "rootless": $([ "${NSBOX_VM_ROOTLESS:-1}" = 0 ] && echo false || echo true),
+{"rootfs": "/nsbox-vm/rootfs", "rootless": $([ "${NSBOX_VM_ROOTLESS:-1}" = 0 ] && echo false || echo true), "warm": $warm,
  "scenarios": [${NSBOX_VM_SCENARIOS:-}]}
 EOF
 

@@ -10,6 +10,7 @@ use crate::api::libraries::{Catalog, CatalogError};
 use crate::api::{Isolation, RunMode, ScannerMode};
 use crate::config::Config;
 use crate::sandbox::cgroup::{self, CgroupParent};
+use crate::sandbox::namespaces::IdMapping;
 use crate::sandbox::{seccomp, Limits, SpawnerConfig, WarmConfig, WarmLibrary};
 
 /// The namespaces every run gets; reported as-is by `/v1/status` and `nsbox check`.
@@ -25,7 +26,7 @@ pub enum HostError {
     EmptyLayer { path: PathBuf, reason: String },
     #[error(
         "refusing to start with incomplete isolation: {0}. Fix it (run `nsbox check`), or \
-         accept rlimits-only limits with --allow-incomplete-isolation \
+         accept the weaker isolation this host allows with --allow-incomplete-isolation \
          (allow_incomplete_isolation = true)"
     )]
     IncompleteIsolation(String),
@@ -73,6 +74,18 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
     let catalog = Catalog::load(&config.rootfs)?;
     prepare_empty_layer(&config.rootfs)?;
     let mut warnings = Vec::new();
+    // Decided once: every run and template of this process maps ids this way.
+    let (ids, ids_warning) = IdMapping::decide(config.uid_base);
+    tracing::info!(mapping = ?ids, "user namespace ids: {}", ids.report().description);
+    match ids_warning {
+        // Runs with the server's own host uid are weaker isolation, like rlimits only.
+        Some(w) if !ids.maps_root() && !config.allow_incomplete_isolation => {
+            return Err(HostError::IncompleteIsolation(w))
+        }
+        Some(w) if !ids.maps_root() => warnings.push(format!("INCOMPLETE ISOLATION: {w}")),
+        Some(w) => warnings.push(w),
+        None => {}
+    }
     let (cgroup_parent, cgroup_description) = match cgroups(config) {
         Ok((parent, description)) => (Some(parent), Some(description)),
         Err(missing) if config.allow_incomplete_isolation => {
@@ -93,7 +106,7 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
     Ok(Prepared {
         spawner: SpawnerConfig {
             rootfs: config.rootfs.clone(),
-            uid_base: config.uid_base,
+            ids: ids.clone(),
             cgroup: cgroup_parent.clone(),
             seccomp_policy: seccomp::DEFAULT_POLICY.to_string(),
             warm: warm.clone(),
@@ -106,6 +119,7 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
             seccomp: true,
             rlimits: true,
             warm: warm.is_some(),
+            id_mapping: ids.report(),
             warnings,
         },
         catalog,
@@ -190,6 +204,11 @@ fn probe(feature: &'static str, required: bool, result: Result<String, String>) 
 pub fn probe_features(config: &Config) -> Vec<Probe> {
     vec![
         probe("user namespaces", true, probe_namespaces()),
+        probe(
+            "user ids",
+            !config.allow_incomplete_isolation,
+            probe_ids(config),
+        ),
         probe("overlayfs", true, probe_filesystem("overlay")),
         probe("seccomp", true, probe_seccomp()),
         probe(
@@ -232,6 +251,17 @@ fn probe_namespaces() -> Result<String, String> {
             "clone({names}) failed: {e} (check user.max_user_namespaces and, on Debian or \
              Ubuntu, kernel.unprivileged_userns_clone or AppArmor's user namespace restriction)"
         )),
+    }
+}
+
+/// How ids will be mapped (proved on a throwaway namespace); a single id is incomplete.
+fn probe_ids(config: &Config) -> Result<String, String> {
+    let (ids, warning) = IdMapping::decide(config.uid_base);
+    let report = ids.report();
+    match warning {
+        Some(w) if !ids.maps_root() => Err(w),
+        Some(w) => Ok(format!("{}: {} ({w})", report.mode, report.description)),
+        None => Ok(format!("{}: {}", report.mode, report.description)),
     }
 }
 

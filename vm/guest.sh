@@ -23,6 +23,26 @@ busybox ip link set lo up
 # the binary is copied once into tmpfs rather than paged in over 9p at every exec.
 mkdir -p /run/nsbox-vm
 install -m 0755 "$job/nsbox" /run/nsbox-vm/nsbox
+[ ! -f "$job/libnsbox.so" ] || install -m 0644 "$job/libnsbox.so" /run/nsbox-vm/libnsbox.so
+# The empty overlay layer beside the root filesystem, as an install as root leaves it: a
+# rootless server cannot create it in a directory it does not own.
+# It is a tmpfs of its own: the guest's / is an overlay, and a layer from it would stack
+# a warm run's overlay (of its template's, of the tree) past the kernel's depth limit of 2.
+mkdir -p /nsbox-vm/nsbox-empty-layer
+mount -t tmpfs -o mode=0755,size=4k,nr_inodes=1 empty /nsbox-vm/nsbox-empty-layer
+
+# The rootless scenarios' users (the guest's /etc is the throwaway tmpfs overlay): one
+# with 65536 subordinate ids, as `adduser` gives on Debian, and one without any. The
+# setuid helpers come from the uidmap package test-vm.sh fetched, installed as dpkg would.
+install -o root -g root -m 4755 "$job/uidmap/newuidmap" /usr/bin/newuidmap
+install -o root -g root -m 4755 "$job/uidmap/newgidmap" /usr/bin/newgidmap
+cat >>/etc/passwd <<'EOF'
+nsbox-deleg:x:1500:1500:nsbox VM test, subordinate ids and a delegated cgroup:/tmp:/bin/sh
+nsbox-plain:x:1501:1501:nsbox VM test, nothing:/tmp:/bin/sh
+EOF
+printf 'nsbox-deleg:x:1500:\nnsbox-plain:x:1501:\n' >>/etc/group
+echo 'nsbox-deleg:200000:65536' >>/etc/subuid
+echo 'nsbox-deleg:200000:65536' >>/etc/subgid
 
 echo "nsbox-vm: $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 /usr/bin/python3 "$job/vm/driver.py" "$job" &

@@ -57,6 +57,9 @@ pub struct Isolation {
     pub seccomp: bool,
     pub rlimits: bool,
     pub warm: bool,
+    /// How host ids map into the runs' user namespaces (host root, subordinate ids, or
+    /// a single id when rootless without newuidmap).
+    pub id_mapping: crate::sandbox::namespaces::IdMappingReport,
     pub warnings: Vec<String>,
 }
 

@@ -30,6 +30,14 @@ pub enum CgroupError {
     Write { path: PathBuf, source: io::Error },
     #[error("removing cgroup {path}: {source}")]
     Remove { path: PathBuf, source: io::Error },
+    #[error(
+        "enabling controllers in {path}/cgroup.subtree_control: busy: cgroup v2 allows no \
+         processes in a cgroup that delegates controllers to its children, and other processes \
+         ({others}) share nsbox's cgroup. Run nsbox as the only process of its cgroup: a \
+         systemd service with Delegate=yes, `exec` from the wrapper script or container \
+         entrypoint, or `systemd-run --scope -p Delegate=yes`"
+    )]
+    Busy { path: PathBuf, others: String },
 }
 
 /// The host's cgroup layout, as detected at start.
@@ -71,7 +79,22 @@ pub enum CgroupParent {
     V2 {
         dir: PathBuf,
         cpu: bool,
+        /// What [`CgroupParent::prepare`] changed in the server's own cgroup, undone by
+        /// [`CgroupParent::remove`] so a clean stop leaves the cgroup as it was found.
+        delegated: Delegation,
     },
+}
+
+/// The changes a v2 server made to the cgroup it was started in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Delegation {
+    /// The server's own cgroup.
+    pub own: PathBuf,
+    /// Controllers this server enabled in `own/cgroup.subtree_control` (not those that
+    /// were on already).
+    pub enabled: Vec<String>,
+    /// The leaf the server moved itself (and so its spawner) into, if it had to.
+    pub leaf: Option<PathBuf>,
 }
 
 /// Reads the layout from the live system.
@@ -239,6 +262,58 @@ fn remove_stale_servers(nsbox_dir: &Path, own_instance: &str) {
     }
 }
 
+/// Turns off the controllers the server enabled, then moves every process in its leaf
+/// (itself, a spawner on its way out) back to its own cgroup and removes the leaf: in that
+/// order, as v2 refuses processes in a cgroup that still delegates controllers.
+fn undo_delegation(d: &Delegation) {
+    if !d.enabled.is_empty() {
+        let disable = d
+            .enabled
+            .iter()
+            .map(|c| format!("-{c}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Err(e) = write(&d.own.join("cgroup.subtree_control"), &disable) {
+            tracing::warn!(error = %e, "turning off the controllers nsbox enabled");
+            return;
+        }
+    }
+    let Some(leaf) = &d.leaf else { return };
+    // The spawner and its templates may still be alive (they die with this process) and
+    // fork while being moved: move again until the leaf is empty enough to remove.
+    let start = Instant::now();
+    loop {
+        for pid in read_pids(leaf) {
+            // A process that exited meanwhile cannot be moved, and need not be.
+            let _ = write(&d.own.join("cgroup.procs"), &pid.to_string());
+        }
+        match fs::remove_dir(leaf) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) if start.elapsed() >= Duration::from_secs(2) => {
+                tracing::warn!(path = %leaf.display(), error = %e, "removing the server's leaf cgroup");
+                return;
+            }
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Pids with their command names, for a message to the operator.
+fn describe_pids(pids: &[i32]) -> String {
+    if pids.is_empty() {
+        return "none listed".into();
+    }
+    pids.iter()
+        .take(8)
+        .map(|p| {
+            let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            format!("{p} {}", comm.trim())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Removes every `run-*` cgroup below `dir`.
 fn sweep_runs(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -281,14 +356,43 @@ impl CgroupParent {
                     .map(|c| format!("+{c}"))
                     .collect::<Vec<_>>()
                     .join(" ");
+                let before =
+                    fs::read_to_string(own.join("cgroup.subtree_control")).unwrap_or_default();
+                let enabled: Vec<String> = wanted
+                    .iter()
+                    .filter(|c| !before.split_whitespace().any(|b| b == **c))
+                    .map(|c| c.to_string())
+                    .collect();
                 // v2 forbids processes in a cgroup whose controllers are delegated to
                 // children, so the server moves itself into a leaf of its own first.
                 let leaf = own.join("nsbox-server");
+                let mut delegated = Delegation {
+                    own: own.clone(),
+                    enabled: Vec::new(),
+                    leaf: None,
+                };
                 if !read_pids(own).is_empty() {
                     mkdir_p(&leaf)?;
+                    delegated.leaf = Some(leaf.clone());
                     write(&leaf.join("cgroup.procs"), &server_pid.to_string())?;
                 }
-                write(&own.join("cgroup.subtree_control"), &enable)?;
+                if let Err(e) = write(&own.join("cgroup.subtree_control"), &enable) {
+                    let others = read_pids(own);
+                    // Back where we were: the caller goes on without cgroups.
+                    undo_delegation(&delegated);
+                    return Err(match e {
+                        CgroupError::Write { source, .. }
+                            if source.raw_os_error() == Some(libc::EBUSY) =>
+                        {
+                            CgroupError::Busy {
+                                path: own.clone(),
+                                others: describe_pids(&others),
+                            }
+                        }
+                        e => e,
+                    });
+                }
+                delegated.enabled = enabled;
                 let nsbox = own.join("nsbox");
                 mkdir_p(&nsbox)?;
                 write(&nsbox.join("cgroup.subtree_control"), &enable)?;
@@ -299,6 +403,7 @@ impl CgroupParent {
                 Ok(CgroupParent::V2 {
                     dir,
                     cpu: wanted.contains(&"cpu"),
+                    delegated,
                 })
             }
         }
@@ -330,11 +435,28 @@ impl CgroupParent {
         }
     }
 
-    /// Removes this server's parent cgroup (at shutdown, once every run is over).
+    /// Removes this server's parent cgroup (at shutdown, once every run is over) and, on
+    /// v2, undoes the delegation: a service manager restarting nsbox in place, or anything
+    /// else put in that cgroup later, finds it as it was before nsbox started.
     pub fn remove(&self) {
         for dir in self.dirs() {
             sweep_runs(dir);
-            let _ = kill_and_remove(dir, Duration::from_secs(2));
+            if let Err(e) = kill_and_remove(dir, Duration::from_secs(2)) {
+                tracing::warn!(error = %e, "removing this server's cgroup");
+            }
+        }
+        if let CgroupParent::V2 { dir, delegated, .. } = self {
+            // Another server started in the same cgroup may still be using `nsbox/`.
+            let nsbox = dir.parent().unwrap_or(dir);
+            match fs::remove_dir(nsbox) {
+                Ok(()) => undo_delegation(delegated),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => undo_delegation(delegated),
+                Err(e) => tracing::warn!(
+                    path = %nsbox.display(),
+                    error = %e,
+                    "leaving cgroup delegation in place: another server's cgroups remain"
+                ),
+            }
         }
     }
 
@@ -371,7 +493,7 @@ impl CgroupParent {
                 }
                 Ok(run)
             }
-            CgroupParent::V2 { dir, cpu } => {
+            CgroupParent::V2 { dir, cpu, .. } => {
                 let path = dir.join(name);
                 let run = RunCgroup {
                     v2: true,
@@ -624,6 +746,60 @@ mod tests {
         )
         .unwrap();
         assert!(run.oom_killed());
+    }
+
+    #[test]
+    fn v2_remove_undoes_what_prepare_delegated() {
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("sys/fs/cgroup/system.slice/nsbox.service");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(own.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        // memory was on already (another tool's choice): it stays on.
+        fs::write(own.join("cgroup.subtree_control"), "memory\n").unwrap();
+        fs::write(own.join("cgroup.procs"), "4242\n").unwrap();
+        let layout = detect_from(V2_CGROUP, V2_MOUNTINFO, root.path()).unwrap();
+        let parent = CgroupParent::prepare(&layout, 4242).unwrap();
+        let CgroupParent::V2 { delegated, .. } = &parent else {
+            panic!("expected v2")
+        };
+        assert_eq!(delegated.enabled, ["pids", "cpu"]);
+        assert_eq!(delegated.leaf, Some(own.join("nsbox-server")));
+        // What the kernel does when the server's run cgroups are gone: nsbox/ is empty.
+        fs::remove_dir_all(own.join("nsbox")).unwrap();
+        // The server and its spawner are in the leaf, as the kernel would list them.
+        fs::write(own.join("nsbox-server/cgroup.procs"), "4242\n4243\n").unwrap();
+        parent.remove();
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap();
+        assert_eq!(read(own.join("cgroup.subtree_control")), "-pids -cpu");
+        // Each write to cgroup.procs moves one process; the fake file keeps the last.
+        assert_eq!(read(own.join("cgroup.procs")), "4243");
+    }
+
+    #[test]
+    fn v2_remove_leaves_delegation_while_another_server_remains() {
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("sys/fs/cgroup/system.slice/nsbox.service");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(own.join("cgroup.controllers"), "memory pids\n").unwrap();
+        let layout = detect_from(V2_CGROUP, V2_MOUNTINFO, root.path()).unwrap();
+        let parent = CgroupParent::prepare(&layout, 4242).unwrap();
+        fs::remove_dir_all(own.join("nsbox/srv-4242")).unwrap();
+        fs::create_dir_all(own.join("nsbox/srv-1")).unwrap();
+        parent.remove();
+        assert_eq!(
+            fs::read_to_string(own.join("cgroup.subtree_control")).unwrap(),
+            "+memory +pids"
+        );
+    }
+
+    #[test]
+    fn busy_error_tells_the_operator_what_to_do() {
+        let e = CgroupError::Busy {
+            path: "/sys/fs/cgroup/x".into(),
+            others: describe_pids(&[]),
+        };
+        let text = e.to_string();
+        assert!(text.contains("Delegate=yes") && text.contains("/sys/fs/cgroup/x"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
 use nix::sys::prctl;
-use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -189,6 +189,8 @@ pub struct ChildPlan {
     pub limits: Limits,
     /// Without cgroups, memory falls back to RLIMIT_DATA.
     pub memory_rlimit: bool,
+    /// Whether uid 0 is mapped inside (not in a single-id namespace).
+    pub maps_root: bool,
     pub seccomp: SeccompProgram,
     pub entry: Entry,
     pub release_read: OwnedFd,
@@ -258,7 +260,7 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
         // The supervisor went away before releasing us.
         sys::exit_now(1);
     }
-    step(Step::BecomeRoot, namespaces::become_root())?;
+    step(Step::BecomeRoot, namespaces::become_root(plan.maps_root))?;
     // A session and process group of the run's own: kill(0, ...) or setpriority on the
     // process group must not reach other runs (they share a host uid).
     step(Step::BecomeRoot, nix::unistd::setsid().map(drop))?;
@@ -302,6 +304,11 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
         caps::drop_all().map_err(|_| Errno::EPERM),
     )?;
     step(Step::InitDropCaps, prctl::set_no_new_privs())?;
+    // Init runs without the seccomp filter. In a single-id namespace it has the same uid as
+    // the run's code, and a dumpable init would let that code write to /proc/1/mem and run
+    // unfiltered system calls through it; non-dumpable, it needs CAP_SYS_PTRACE, which the
+    // code never has. (From root the uid change already made it so; this says it always.)
+    step(Step::InitDropCaps, prctl::set_dumpable(false))?;
 
     // Reap everything (orphans are re-parented to us) until Python itself is done; leaving
     // then makes the kernel kill whatever else is still in the namespace.
@@ -335,32 +342,40 @@ pub fn place_fds(pairs: &[(RawFd, RawFd)]) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Sets a limit, never above the hard limit the process already has: without
+/// CAP_SYS_RESOURCE in the host's user namespace (a rootless server) raising one fails,
+/// and a lower limit set by the operator is the stricter one anyway.
+fn limit(resource: Resource, soft: u64, hard: u64) -> Result<(), Errno> {
+    let (_, current_hard) = getrlimit(resource)?;
+    setrlimit(resource, soft.min(current_hard), hard.min(current_hard))
+}
+
 fn set_rlimits(limits: &Limits, memory_rlimit: bool) -> Result<(), Errno> {
-    setrlimit(
+    limit(
         Resource::RLIMIT_CPU,
         limits.cpu_seconds,
         limits.cpu_seconds + 1,
     )?;
-    setrlimit(
+    limit(
         Resource::RLIMIT_NPROC,
         limits.max_processes,
         limits.max_processes,
     )?;
-    setrlimit(
+    limit(
         Resource::RLIMIT_FSIZE,
         limits.file_size_bytes,
         limits.file_size_bytes,
     )?;
-    setrlimit(
+    limit(
         Resource::RLIMIT_NOFILE,
         limits.open_files,
         limits.open_files,
     )?;
-    setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+    limit(Resource::RLIMIT_CORE, 0, 0)?;
     if memory_rlimit {
         // RLIMIT_AS would count the address space OpenBLAS reserves but never touches;
         // RLIMIT_DATA counts private writable memory, which is what a memory bomb grows.
-        setrlimit(
+        limit(
             Resource::RLIMIT_DATA,
             limits.memory_bytes,
             limits.memory_bytes,
@@ -397,7 +412,10 @@ fn python_steps(plan: &ChildPlan) -> Result<(), Failure> {
         Step::DropBoundingCaps,
         caps::drop_bounding().map_err(|_| Errno::EPERM),
     )?;
-    step(Step::BecomeNobody, namespaces::become_nobody())?;
+    step(
+        Step::BecomeNobody,
+        namespaces::become_nobody(plan.maps_root),
+    )?;
     step(Step::DropCaps, caps::drop_all().map_err(|_| Errno::EPERM))?;
     step(Step::NoNewPrivs, prctl::set_no_new_privs())?;
 

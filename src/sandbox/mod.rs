@@ -82,9 +82,10 @@ impl Default for Limits {
 pub struct SpawnerConfig {
     /// The read-only root filesystem, as a host path.
     pub rootfs: PathBuf,
-    /// Host uid/gid that uid/gid 0 inside the run maps to; 65536 ids from there are mapped,
-    /// so `nobody` (65534) inside is `uid_base + 65534` on the host.
-    pub uid_base: u32,
+    /// How host ids map into every sandbox's user namespace (decided once at start): with
+    /// host root, 65536 ids from `--uid-base`, so `nobody` (65534) inside is
+    /// `uid_base + 65534` on the host.
+    pub ids: namespaces::IdMapping,
     /// Where per-run cgroups are created, or `None` for rlimits only.
     pub cgroup: Option<cgroup::CgroupParent>,
     /// The seccomp policy (seccompiler JSON).

@@ -20,7 +20,7 @@ use nix::unistd::{lseek, pipe2, read, Pid, Whence};
 
 use super::cgroup::RunCgroup;
 use super::child::{self, ChildPlan, Entry, Record, Step, RECORD_LEN};
-use super::namespaces::{self, RUN_NAMESPACES};
+use super::namespaces::RUN_NAMESPACES;
 use super::protocol::{read_frame, write_frame};
 use super::seccomp::SeccompProgram;
 use super::warm::{self, RunEnds, Template};
@@ -338,6 +338,7 @@ fn start_cold(
         rootfs: Some(config.rootfs.clone()),
         limits: limits.clone(),
         memory_rlimit: config.cgroup.is_none(),
+        maps_root: config.ids.maps_root(),
         seccomp: seccomp.clone(),
         entry: Entry::Exec {
             argv: cstrings(&["/usr/bin/python3", "-I", "-B", "-c", HARNESS]),
@@ -362,10 +363,11 @@ fn start_cold(
     };
     // Only the child keeps the write ends, so EOF means every run process is gone.
     drop(plan);
-    if let Err(e) = namespaces::write_id_maps(pid, config.uid_base) {
+    if let Err(e) = config.ids.write(pid) {
+        tracing::error!(error = %e, "writing a run's id maps");
         let _ = kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
-        return Err(("write id maps", io_errno(&e)));
+        return Err(("write id maps", e.errno()));
     }
     Ok(Sandbox::Cold(pid))
 }
@@ -401,7 +403,13 @@ fn execute(
     let mut started = None;
     if let Some(control) = request.template.and_then(|t| warm.get(t)) {
         match prepare(&request.code) {
-            Ok((reads, ends)) => match warm::start(control, &ends, limits, memory_rlimit) {
+            Ok((reads, ends)) => match warm::start(
+                control,
+                &ends,
+                limits,
+                memory_rlimit,
+                config.ids.maps_root(),
+            ) {
                 Ok((pid, pidfd)) => {
                     drop(ends);
                     started = Some((Sandbox::Warm { pid, pidfd }, reads));

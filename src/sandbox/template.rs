@@ -32,7 +32,7 @@ pub enum TemplateError {
     #[error("creating the template's namespaces: {0}")]
     Clone(#[source] Errno),
     #[error("writing the template's id maps: {0}")]
-    IdMaps(#[source] std::io::Error),
+    IdMaps(#[source] namespaces::IdMapError),
     #[error("releasing the template: {0}")]
     Release(#[source] Errno),
     #[error("watching the template: {0}")]
@@ -97,7 +97,7 @@ pub fn launch(
     drop(theirs);
     drop(release_read);
     let started = (|| {
-        namespaces::write_id_maps(pid, config.uid_base).map_err(TemplateError::IdMaps)?;
+        config.ids.write(pid).map_err(TemplateError::IdMaps)?;
         write(&release_write, &[1]).map_err(TemplateError::Release)?;
         Ok(())
     })();
@@ -141,7 +141,7 @@ fn template_steps(plan: &TemplatePlan) -> Result<(), (&'static str, Errno)> {
     if read(plan.release_read, &mut byte).map_err(e("wait for release"))? != 1 {
         return Err(("wait for release", Errno::EPIPE));
     }
-    namespaces::become_root().map_err(e("become root"))?;
+    namespaces::become_root(plan.config.ids.maps_root()).map_err(e("become root"))?;
     // The template (and every run still in it) ends with the spawner.
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(e("set parent-death signal"))?;
     rootfs::enter(&plan.config.rootfs, TEMPLATE_TMP_BYTES, true)

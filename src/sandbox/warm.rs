@@ -87,7 +87,7 @@ pub enum WarmError {
     #[error("creating the run's namespaces: {0}")]
     Clone(#[source] Errno),
     #[error("writing the run's id maps: {0}")]
-    IdMaps(#[source] std::io::Error),
+    IdMaps(#[source] namespaces::IdMapError),
     #[error("compiling the seccomp policy: {0}")]
     Seccomp(#[from] seccomp::SeccompError),
 }
@@ -97,6 +97,8 @@ pub enum WarmError {
 struct WarmPlan {
     limits: Limits,
     memory_rlimit: bool,
+    /// Whether the template maps uid 0 (see [`namespaces::IdMapping::maps_root`]).
+    maps_root: bool,
 }
 
 /// The descriptors a run's processes write to or read from, in the order they travel.
@@ -119,6 +121,7 @@ pub fn start(
     ends: &RunEnds,
     limits: &Limits,
     memory_rlimit: bool,
+    maps_root: bool,
 ) -> Result<(Pid, OwnedFd), WarmError> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, theirs) = socketpair(
@@ -144,6 +147,7 @@ pub fn start(
     let plan = serde_json::to_vec(&WarmPlan {
         limits: limits.clone(),
         memory_rlimit,
+        maps_root,
     })
     .map_err(|e| WarmError::Plan(e.to_string()))?;
     let fds = [
@@ -267,10 +271,12 @@ fn enter_run(run_fd: RawFd) -> Result<bool, WarmError> {
         Some(p) => p.clone(),
         None => seccomp::builtin()?,
     };
+    let plan_maps_root = plan.maps_root;
     let mut take = || fds.remove(0);
     let plan = ChildPlan {
         rootfs: None,
         memory_rlimit: plan.memory_rlimit,
+        maps_root: plan.maps_root,
         limits: plan.limits,
         seccomp,
         entry: Entry::ReturnToCaller,
@@ -293,9 +299,10 @@ fn enter_run(run_fd: RawFd) -> Result<bool, WarmError> {
         Some(pid) => pid,
     };
     drop(plan);
-    // Ids 0..65535 of the run are the template's own 0..65535, which the template maps to
-    // the same host range a cold run gets.
-    let mapped = namespaces::write_id_maps(init, 0).map_err(WarmError::IdMaps);
+    // The run's ids are the template's own, which the template maps to the same host ids a
+    // cold run gets: 0..65535, or only `nobody` in a single-id template.
+    let mapped =
+        namespaces::IdMapping::write_nested(plan_maps_root, init).map_err(WarmError::IdMaps);
     if mapped.is_err() {
         // The init waits for a release that will never come.
         let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
