@@ -98,7 +98,8 @@ pub struct Options {
     /// commas in the variable). Without any, every request is accepted and nsbox only
     /// listens on loopback.
     #[arg(
-        long = "api-key",
+        long = "api-keys",
+        visible_alias = "api-key",
         env = "NSBOX_API_KEYS",
         value_delimiter = ',',
         hide_env_values = true
@@ -303,8 +304,22 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// Parses `nsbox serve ARGS` as if no `NSBOX_*` variable were set (scripts/test.sh
+    /// exports NSBOX_ROOTFS, and the point here is the flags and the file).
     fn resolve(args: &[&str]) -> Result<Config, ConfigError> {
-        let cli = Cli::try_parse_from(["nsbox", "serve"].iter().chain(args)).unwrap();
+        use clap::FromArgMatches;
+        let cmd = Cli::command().mut_subcommand("serve", |serve| {
+            let ids: Vec<String> = serve
+                .get_arguments()
+                .map(|a| a.get_id().to_string())
+                .collect();
+            ids.iter()
+                .fold(serve, |s, id| s.mut_arg(id, |a| a.env(None)))
+        });
+        let matches = cmd
+            .try_get_matches_from(["nsbox", "serve"].iter().chain(args))
+            .unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
         let Command::Serve(serve) = cli.command else {
             unreachable!()
         };

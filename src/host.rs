@@ -68,11 +68,17 @@ pub fn limits(config: &Config) -> Limits {
 /// Checks the root filesystem and sets up the host for runs. `mode` may differ from the
 /// configuration's (`nsbox run` is always cold: warming pays off only across runs).
 pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
-    if !config.rootfs.join("usr/bin/python3").exists() {
+    // The overlay's lower layers are given relative to the real directory, so a symlinked
+    // path would put the empty layer beside the link instead.
+    let rootfs = config
+        .rootfs
+        .canonicalize()
+        .map_err(|_| HostError::Rootfs(config.rootfs.clone()))?;
+    if !rootfs.join("usr/bin/python3").exists() {
         return Err(HostError::Rootfs(config.rootfs.clone()));
     }
-    let catalog = Catalog::load(&config.rootfs)?;
-    prepare_empty_layer(&config.rootfs)?;
+    let catalog = Catalog::load(&rootfs)?;
+    prepare_empty_layer(&rootfs)?;
     let mut warnings = Vec::new();
     // Decided once: every run and template of this process maps ids this way.
     let (ids, ids_warning) = IdMapping::decide(config.uid_base);
@@ -96,16 +102,27 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
         }
         Err(missing) => return Err(HostError::IncompleteIsolation(missing)),
     };
-    let warm = match mode {
-        RunMode::Warm => warm_config(config, &mut warnings),
-        RunMode::Cold => None,
+    let warm = match (mode, on_overlayfs(&rootfs)) {
+        (RunMode::Warm, Some(on)) => {
+            // Warm runs stack an overlay on the template's overlay; on an overlayfs that is
+            // one level more than the kernel allows, and every warm run would fail.
+            warnings.push(format!(
+                "warm path unavailable: {} is on overlayfs, and warm runs would stack overlays \
+                 deeper than the kernel allows; every run starts a fresh interpreter \
+                 (move the root filesystem to a plain filesystem)",
+                on.display()
+            ));
+            None
+        }
+        (RunMode::Warm, None) => warm_config(config, &mut warnings),
+        (RunMode::Cold, _) => None,
     };
     for w in &warnings {
         tracing::warn!("WARNING: {w}");
     }
     Ok(Prepared {
         spawner: SpawnerConfig {
-            rootfs: config.rootfs.clone(),
+            rootfs: rootfs.clone(),
             ids: ids.clone(),
             cgroup: cgroup_parent.clone(),
             seccomp_policy: seccomp::DEFAULT_POLICY.to_string(),
@@ -152,6 +169,17 @@ fn warm_config(config: &Config, warnings: &mut Vec<String>) -> Option<WarmConfig
             None
         }
     }
+}
+
+/// The root filesystem or its empty layer's directory, if either is on an overlayfs.
+fn on_overlayfs(rootfs: &Path) -> Option<PathBuf> {
+    let overlay = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+    };
+    [rootfs.to_path_buf(), empty_layer_path(rootfs)]
+        .into_iter()
+        .find(|p| overlay(p))
 }
 
 fn empty_layer_path(rootfs: &Path) -> PathBuf {

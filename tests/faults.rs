@@ -1391,6 +1391,19 @@ fn a_client_that_hangs_up_cancels_its_run() {
             st["running"], st["queued"]
         );
         clean.unwrap_or_else(|e| panic!("[{mode}] after the client hung up: {e}"));
+        assert!(
+            server
+                .log
+                .lock()
+                .unwrap()
+                .contains("run cancelled: the client went away"),
+            "[{mode}] the hang-up is logged"
+        );
+        let metrics = server.get("/metrics").text().unwrap();
+        assert!(
+            metrics.contains("nsbox_runs_total{verdict=\"cancelled\"} 1\n"),
+            "[{mode}] the hang-up is counted:\n{metrics}"
+        );
         assert_runs(&server, "a run after a client hung up");
     }
 }

@@ -64,6 +64,31 @@ fn a_flag_beats_the_environment_which_beats_the_file() {
     assert!(out.status.code().is_some());
 }
 
+/// deploy/nsbox.toml lists every key with its default: loading it changes nothing.
+#[test]
+fn the_example_configuration_is_valid_and_says_the_defaults() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nsbox.toml");
+    let config_of = |extra: &[&str]| {
+        let (out, report) = check_json(
+            nsbox(&["check", "--json", "--no-run"])
+                .args(extra)
+                .arg("--rootfs")
+                .arg(rootfs()),
+        );
+        assert!(out.status.code().is_some());
+        report["config"].clone()
+    };
+    assert_eq!(config_of(&["--config", example]), config_of(&[]));
+    let text = std::fs::read_to_string(example).unwrap();
+    let keys = serde_json::to_value(nsbox::config::Config::default()).unwrap();
+    for key in keys.as_object().unwrap().keys() {
+        assert!(
+            text.contains(&format!("{key} =")),
+            "deploy/nsbox.toml does not document `{key}`"
+        );
+    }
+}
+
 #[test]
 fn invalid_configuration_fails_at_start_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -191,6 +216,35 @@ fn run_prints_the_output_writes_plots_and_exits_with_the_code_status() {
     let out = run_stdin("   \n", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("empty"));
+}
+
+/// A symlinked rootfs (a link swapped at upgrade) works: nsbox resolves it at start.
+#[test]
+fn a_symlinked_root_filesystem_works() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("rootfs");
+    std::os::unix::fs::symlink(rootfs(), &link).unwrap();
+    let mut child = nsbox(&["run", "-", "--json", "--rootfs"])
+        .arg(&link)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"print(6 * 7)")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let response: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(response["stdout"], "42\n", "{response}");
+    assert!(
+        !dir.path().join("nsbox-empty-layer").exists(),
+        "the empty layer belongs beside the real tree, not the link"
+    );
 }
 
 #[test]

@@ -263,6 +263,24 @@ pub async fn execute(
     result
 }
 
+/// Notices a client that left mid-run: axum then drops the handler, which kills the run, and
+/// this is the only place that can still say so in the log and the metrics.
+struct ClientGone<'a> {
+    metrics: &'a metrics::Metrics,
+    span: tracing::Span,
+    armed: bool,
+}
+
+impl Drop for ClientGone<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _entered = self.span.enter();
+            tracing::info!("run cancelled: the client went away");
+            self.metrics.count(Verdict::cancelled);
+        }
+    }
+}
+
 fn code_sha256(code: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(code.as_bytes())
@@ -352,15 +370,31 @@ async fn handle(
     };
     let run = state.spawner.run(&run_request);
     // Dropping the run (on cancellation) kills it: its supervisor sees the socket close.
-    let outcome = tokio::select! {
-        outcome = run => outcome.map_err(|e| {
+    let mut client_gone = ClientGone {
+        metrics: &state.metrics,
+        span: tracing::Span::current(),
+        armed: true,
+    };
+    let finished = tokio::select! {
+        outcome = run => Some(outcome),
+        _ = cancelled.wait_for(|c| *c) => None,
+    };
+    client_gone.armed = false;
+    let outcome = match finished {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(e)) => {
             tracing::error!(error = %e, "run failed");
             state.metrics.count(Verdict::setup_failed);
-            ApiError::unavailable("the sandbox is restarting; retry the request")
-        })?,
-        _ = cancelled.wait_for(|c| *c) => {
+            return Err(ApiError::unavailable(
+                "the sandbox is restarting; retry the request",
+            ));
+        }
+        None => {
+            tracing::warn!("run cancelled: the shutdown grace is over");
             state.metrics.count(Verdict::cancelled);
-            return Err(ApiError::unavailable("the server is shutting down; retry the request"));
+            return Err(ApiError::unavailable(
+                "the server is shutting down; retry the request",
+            ));
         }
     };
     let limits_hit = metrics::limits_hit(&outcome);
