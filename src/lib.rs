@@ -10,3 +10,4 @@ pub mod sandbox;
 pub mod scanner;
 pub mod server;
 mod sys;
+pub mod systemd;

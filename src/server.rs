@@ -96,9 +96,11 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
         // Runs in flight get `shutdown_grace` to finish after SIGTERM; then they are
         // cancelled (their clients get a 503 to retry elsewhere) and the server exits.
         let grace = std::time::Duration::from_secs_f64(config.shutdown_grace);
+        tokio::spawn(notify_when_ready(state.spawner.clone()));
         axum::serve(listener, router(state.clone()))
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
+                crate::systemd::notify("STOPPING=1");
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
                     tracing::warn!(
@@ -116,6 +118,16 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
     prepared.release();
     tracing::info!("nsbox stopped");
     result
+}
+
+/// Tells systemd the server is ready once `/v1/health` would say so (the warm templates are
+/// up), so a `Type=notify` unit's start and restart wait for it.
+async fn notify_when_ready(spawner: Arc<Spawner>) {
+    while !spawner.is_ready() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tracing::info!("ready: the warm interpreters are up");
+    crate::systemd::notify("READY=1\nSTATUS=serving");
 }
 
 async fn shutdown_signal() {

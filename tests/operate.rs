@@ -473,3 +473,37 @@ fn sha256_hex(s: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+#[test]
+fn systemd_is_told_when_the_server_is_ready_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let server = Server::start_with_env(&[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("no READY=1 within 60 s");
+    assert_eq!(&buf[..n], b"READY=1\nSTATUS=serving");
+    assert_eq!(
+        server.get("/v1/health").status(),
+        200,
+        "ready means healthy"
+    );
+    assert!(server.stop().success());
+    let n = socket.recv(&mut buf).expect("no STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+/// Untrusted code is what the host's OOM killer takes first, warm or cold.
+#[test]
+fn runs_are_the_oom_killers_first_choice() {
+    let code = "print(open('/proc/self/oom_score_adj').read().strip())";
+    for mode in ["warm", "cold"] {
+        let server = Server::start(&["--scanner", "off", "--mode", mode]);
+        assert_eq!(server.run(code)["stdout"], "1000\n", "{mode}");
+        let own = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", server.pid())).unwrap();
+        assert_ne!(own.trim(), "1000", "the server itself keeps its score");
+    }
+}

@@ -589,6 +589,17 @@ impl RunCgroup {
     }
 }
 
+/// Makes a run (or template) the host OOM killer's first choice, over the server and every
+/// other process: with cgroups the run's own limit normally acts first, but without them,
+/// or when the host itself runs short, untrusted code is what should go. Inherited by every
+/// process the run starts; raising the score needs no privilege.
+pub fn prefer_as_oom_victim(pid: Pid) {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    if let Err(e) = fs::write(&path, "1000") {
+        tracing::warn!(error = %e, "setting {path}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

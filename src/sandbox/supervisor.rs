@@ -369,6 +369,7 @@ fn start_cold(
         let _ = waitpid(pid, None);
         return Err(("write id maps", e.errno()));
     }
+    super::cgroup::prefer_as_oom_victim(pid);
     Ok(Sandbox::Cold(pid))
 }
 

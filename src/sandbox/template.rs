@@ -98,6 +98,7 @@ pub fn launch(
     drop(release_read);
     let started = (|| {
         config.ids.write(pid).map_err(TemplateError::IdMaps)?;
+        super::cgroup::prefer_as_oom_victim(pid);
         write(&release_write, &[1]).map_err(TemplateError::Release)?;
         Ok(())
     })();
