@@ -152,6 +152,25 @@ fn help_explains_every_option_with_its_default() {
     assert!(help.contains("[default: 512]") && help.contains("[env: NSBOX_MEMORY_MIB"));
 }
 
+/// `nsbox run - ARGS` with `code` on its standard input.
+fn run_stdin(code: &str, args: &[&str]) -> Output {
+    use std::io::Write;
+    let mut child = nsbox(&["run", "-"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(code.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Width and height from a PNG's IHDR chunk.
 fn png_size(png: &[u8]) -> (u32, u32) {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
@@ -177,23 +196,10 @@ fn run_prints_the_output_writes_plots_and_exits_with_the_code_status() {
     assert!(text(&out.stderr).contains("plot_1.png"));
 
     let run_stdin = |code: &str, extra: &[&str]| {
-        let mut child = nsbox(&["run", "-"])
-            .args(extra)
-            .arg("--rootfs")
-            .arg(rootfs())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(code.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let rootfs = rootfs();
+        let mut args = vec!["--rootfs", rootfs.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run_stdin(code, &args)
     };
     let out = run_stdin("import sys\nprint('bye')\nsys.exit(3)\n", &[]);
     assert_eq!(
@@ -225,20 +231,10 @@ fn a_symlinked_root_filesystem_works() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("rootfs");
     std::os::unix::fs::symlink(rootfs(), &link).unwrap();
-    let mut child = nsbox(&["run", "-", "--json", "--rootfs"])
-        .arg(&link)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"print(6 * 7)")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_stdin(
+        "print(6 * 7)",
+        &["--json", "--rootfs", link.to_str().unwrap()],
+    );
     let response: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(response["stdout"], "42\n", "{response}");
     assert!(

@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use common::Server;
 use nsbox::sandbox::warm::Template;
@@ -21,25 +20,7 @@ fn static_binary() -> PathBuf {
         );
         return path;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-static.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running scripts/build-static.sh");
-    assert!(
-        out.status.success(),
-        "scripts/build-static.sh failed ({}); its output is above",
-        out.status
-    );
-    let stdout = String::from_utf8(out.stdout).expect("the script prints a path");
-    PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .expect("scripts/build-static.sh printed no path")
-            .trim(),
-    )
+    common::built_by("build-static.sh")
 }
 
 /// What an ELF executable asks of the dynamic loader before its first instruction: the

@@ -27,23 +27,33 @@ pub fn rootfs() -> PathBuf {
             if let Ok(p) = std::env::var("NSBOX_ROOTFS") {
                 return PathBuf::from(p);
             }
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-rootfs.sh");
-            let out = Command::new("bash")
-                .arg(script)
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("running build-rootfs.sh");
-            assert!(out.status.success(), "build-rootfs.sh failed");
-            let stdout = String::from_utf8(out.stdout).unwrap();
-            PathBuf::from(
-                stdout
-                    .lines()
-                    .last()
-                    .expect("build-rootfs.sh printed no path")
-                    .trim(),
-            )
+            built_by("build-rootfs.sh")
         })
         .clone()
+}
+
+/// Runs `scripts/<script>`, which builds what is missing and prints the path of what it
+/// built as its last line. A build that fails fails the test; it never skips.
+pub fn built_by(script: &str) -> PathBuf {
+    let path = format!("{}/scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(&path)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{script} failed ({}); its output is above",
+        out.status
+    );
+    let stdout = String::from_utf8(out.stdout).expect("the script prints a path");
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("scripts/{script} printed no path"))
+            .trim(),
+    )
 }
 
 pub struct Server {
