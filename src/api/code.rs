@@ -224,7 +224,10 @@ fn read_timeout_budget(headers: &HeaderMap) -> Option<f64> {
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        // curl without -H and some tool runners send none; the body must still be JSON.
+        // Some tool runners send none; the body must still be JSON. Form and text types
+        // stay refused (even `curl -d` without `-H`): they are what a web page may post
+        // cross-origin without a CORS preflight, and a keyless nsbox on loopback must not
+        // run code a browser tab sent it.
         return Ok(());
     };
     let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
