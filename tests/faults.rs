@@ -1440,3 +1440,42 @@ fn a_run_killing_its_own_process_group_is_not_blamed_on_the_cpu_limit() {
         brief(&r)
     );
 }
+
+/// A zygote at its fork limit keeps taking runs until its successor is warm, so a busy
+/// server replacing its scientific template sends no run cold.
+#[test]
+fn a_zygote_at_its_fork_limit_hands_over_without_sending_runs_cold() {
+    let _one = exclusive();
+    let server = start(uid_base(14), &["--max-forks", "10"]);
+    let code = include_str!("fixtures/spec/pandas.py");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..12 {
+                    let r = server.run(code);
+                    assert_eq!(r["exit_code"], 0, "{}", brief(&r));
+                }
+            });
+        }
+    });
+    let metrics = server.get("/metrics").text().unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    assert_eq!(
+        value("nsbox_run_duration_seconds_count{start=\"cold\"}"),
+        0.0,
+        "runs went cold during replacement:\n{metrics}"
+    );
+    assert_eq!(
+        value("nsbox_run_duration_seconds_count{start=\"warm\"}"),
+        48.0
+    );
+    assert!(
+        value("nsbox_template_respawns_total") >= 1.0,
+        "48 scientific runs at 10 forks per zygote start a successor:\n{metrics}"
+    );
+}

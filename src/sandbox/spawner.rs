@@ -475,7 +475,8 @@ impl<'a> Templates<'a> {
         )
     }
 
-    /// Reads what zygotes said: "ready", "retiring", or EOF when one died.
+    /// Reads what zygotes said: "ready", "replace-soon" (near its fork limit), or EOF when one
+    /// died.
     fn service(&mut self, readable: &[bool]) {
         let mut keep = Vec::with_capacity(self.live.len());
         let mut successors = Vec::new();

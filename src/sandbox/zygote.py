@@ -69,7 +69,11 @@ def _nsbox_warm(template, max_forks):
     control.send(b"ready")
     forks = 0
     prewarm = max(1, min(50, max_forks // 10))
-    while forks < max_forks:
+    # The fork limit is where replacement starts, not where runs stop: this zygote keeps
+    # taking runs until its successor is warm and the spawner closes the control socket
+    # (EOF below). Stopping at the limit sent every run cold while a scientific successor
+    # warmed up under load.
+    while True:
         try:
             msg, fds, _, _ = socket.recv_fds(control, 16, 1)
         except OSError:
@@ -79,9 +83,14 @@ def _nsbox_warm(template, max_forks):
         if not fds:
             continue
         forks += 1
-        if forks == max_forks - prewarm:
-            # Ask for a successor now, so it is warm before this zygote retires.
-            control.send(b"replace-soon")
+        past = forks - (max_forks - prewarm)
+        if past >= 0 and past % prewarm == 0:
+            # Ask for a successor, so it is warm by the limit; asked again every `prewarm`
+            # forks in case one died while warming.
+            try:
+                control.send(b"replace-soon")
+            except OSError:
+                break
         pid = os.fork()
         if pid == 0:
             # The fork waits for the run's init, which waits for Python: both need SIGCHLD.
@@ -101,11 +110,6 @@ def _nsbox_warm(template, max_forks):
                 np_random.seed()
             _nsbox_exit(_nsbox_main())
         os.close(fds[0])
-    # Retiring: tell the spawner so it starts a successor at once.
-    try:
-        control.send(b"retiring")
-    except OSError:
-        pass
 
 
 _nsbox_template, _nsbox_max_forks = sys.argv[1], int(sys.argv[2])
