@@ -31,12 +31,13 @@ pub fn main(config: &Config, json: bool, end_to_end: bool) -> u8 {
             detail: String::new(),
         });
         let last = probes.last_mut().expect("just pushed");
-        match required_ok {
-            true => match crate::run::probe(config) {
+        if required_ok {
+            match crate::run::probe(config) {
                 Ok(d) => (last.ok, last.detail) = (true, d),
                 Err(d) => last.detail = d,
-            },
-            false => last.detail = "skipped: a required feature is missing".into(),
+            }
+        } else {
+            last.detail = "skipped: a required feature is missing".into();
         }
     }
     let complete = probes.iter().all(|p| p.ok || !p.required);
