@@ -534,6 +534,7 @@ mod tests {
             stderr: stderr.into(),
             plots: vec![],
             notes: vec![],
+            cut_short: vec![],
             wall_ms: 1,
             peak_memory_bytes: None,
             warm: false,

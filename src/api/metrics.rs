@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use super::AppState;
-use crate::sandbox::{RunOutcome, Termination};
+use crate::sandbox::{Cut, RunOutcome, Termination};
 
 /// How a request for a run ended, as counted by `nsbox_runs_total`.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -239,7 +239,7 @@ fn catch_up(counter: &Counter, total: u64) {
     }
 }
 
-/// The limits a run met, from how it ended and the notes the supervisor left.
+/// The limits a run met: the one that ended it, and those that cut it short.
 pub fn limits_hit(outcome: &RunOutcome) -> Vec<Limit> {
     let mut hit = Vec::new();
     match outcome.termination {
@@ -248,22 +248,11 @@ pub fn limits_hit(outcome: &RunOutcome) -> Vec<Limit> {
         Termination::Signaled { signal } if signal == libc::SIGXCPU => hit.push(Limit::cpu),
         _ => {}
     }
-    // The supervisor's notes name the limit first ("process limit (64) reached",
-    // "stdout limit (1 MiB) exceeded", "plot size limit ... exceeded").
-    for note in &outcome.notes {
-        let limit = if note.starts_with("process limit") {
-            Limit::processes
-        } else if note.starts_with("stdout limit") || note.starts_with("stderr limit") {
-            Limit::output
-        } else if note.starts_with("plot") {
-            Limit::plots
-        } else {
-            continue;
-        };
-        if !hit.contains(&limit) {
-            hit.push(limit);
-        }
-    }
+    hit.extend(outcome.cut_short.iter().map(|cut| match cut {
+        Cut::Processes => Limit::processes,
+        Cut::Output => Limit::output,
+        Cut::Plots => Limit::plots,
+    }));
     hit
 }
 
@@ -283,13 +272,14 @@ pub async fn metrics(
 mod tests {
     use super::*;
 
-    fn outcome(termination: Termination, notes: &[&str]) -> RunOutcome {
+    fn outcome(termination: Termination, cut_short: &[Cut]) -> RunOutcome {
         RunOutcome {
             termination,
             stdout: String::new(),
             stderr: String::new(),
             plots: vec![],
-            notes: notes.iter().map(|n| n.to_string()).collect(),
+            notes: vec![],
+            cut_short: cut_short.to_vec(),
             wall_ms: 12,
             peak_memory_bytes: None,
             warm: true,
@@ -297,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn limits_are_read_from_the_termination_and_the_notes() {
+    fn limits_are_read_from_the_termination_and_what_cut_the_run_short() {
         assert_eq!(
             limits_hit(&outcome(Termination::TimedOut, &[])),
             [Limit::timeout]
@@ -305,10 +295,7 @@ mod tests {
         assert_eq!(
             limits_hit(&outcome(
                 Termination::Exited { code: 0 },
-                &[
-                    "process limit (64) reached",
-                    "stdout limit (1 MiB) exceeded"
-                ]
+                &[Cut::Processes, Cut::Output]
             )),
             [Limit::processes, Limit::output]
         );

@@ -144,6 +144,18 @@ pub struct Plot {
     pub filename: String,
 }
 
+/// A limit that cut a run short without ending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cut {
+    /// The process limit refused a fork.
+    Processes,
+    /// stdout or stderr were truncated.
+    Output,
+    /// Plots were dropped.
+    Plots,
+}
+
 /// What the supervisor reports when a run is over and everything it started is gone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunOutcome {
@@ -153,6 +165,8 @@ pub struct RunOutcome {
     pub plots: Vec<Plot>,
     /// Limits that were reached without ending the run (output caps, plot caps, pids).
     pub notes: Vec<String>,
+    /// The same limits, for counting: what cut the run short without ending it.
+    pub cut_short: Vec<Cut>,
     pub wall_ms: u64,
     /// Peak memory of the run's cgroup, when cgroups are in use.
     pub peak_memory_bytes: Option<u64>,

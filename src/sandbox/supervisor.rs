@@ -24,7 +24,7 @@ use super::namespaces::RUN_NAMESPACES;
 use super::protocol::{read_frame, write_frame};
 use super::seccomp::SeccompProgram;
 use super::warm::{self, RunEnds, Template};
-use super::{Limits, Plot, RunOutcome, RunRequest, SpawnerConfig, Termination, HARNESS};
+use super::{Cut, Limits, Plot, RunOutcome, RunRequest, SpawnerConfig, Termination, HARNESS};
 use crate::sys;
 
 /// How long to wait for the pipes to close after the run was killed; only a process that
@@ -68,6 +68,7 @@ fn setup_failed(step: &str, errno: Errno, start: Instant) -> RunOutcome {
         stderr: String::new(),
         plots: Vec::new(),
         notes: Vec::new(),
+        cut_short: Vec::new(),
         wall_ms: start.elapsed().as_millis() as u64,
         peak_memory_bytes: None,
         warm: false,
@@ -216,13 +217,13 @@ fn text(capture: &Capture, stream: &str, notes: &mut Vec<String>) -> String {
     s
 }
 
-/// Splits the harness's length-prefixed PNG frames into plots.
+/// Splits the harness's length-prefixed PNG frames into plots; true when some were dropped.
 fn decode_plots(
     bytes: &[u8],
     truncated: bool,
     limits: &Limits,
     notes: &mut Vec<String>,
-) -> Vec<Plot> {
+) -> (Vec<Plot>, bool) {
     let mut plots = Vec::new();
     let mut rest = bytes;
     while rest.len() >= 4 {
@@ -237,13 +238,14 @@ fn decode_plots(
         });
         rest = &rest[4 + len..];
     }
-    if truncated || !rest.is_empty() {
+    let dropped = truncated || !rest.is_empty();
+    if dropped {
         notes.push(format!(
             "plot size limit ({}) exceeded; later plots dropped",
             human_bytes(limits.plot_bytes as u64)
         ));
     }
-    plots
+    (plots, dropped)
 }
 
 /// The supervisor's ends of a run's pipes.
@@ -577,11 +579,19 @@ fn execute(
     if pids_hit {
         told.push(format!("process limit ({}) reached", limits.max_processes));
     }
-    let plots = decode_plots(&figs.data, figs.dropped > 0, limits, &mut told);
+    let (plots, plots_dropped) = decode_plots(&figs.data, figs.dropped > 0, limits, &mut told);
     for note in &told {
         stderr.push_str(&format!("nsbox: {note}\n"));
     }
     notes.extend(told);
+    let cut_short = [
+        (pids_hit, Cut::Processes),
+        (out.dropped > 0 || err.dropped > 0, Cut::Output),
+        (plots_dropped, Cut::Plots),
+    ]
+    .into_iter()
+    .filter_map(|(hit, cut)| hit.then_some(cut))
+    .collect();
     RunOutcome {
         warm: warm_run,
         termination,
@@ -589,6 +599,7 @@ fn execute(
         stderr,
         plots,
         notes,
+        cut_short,
         wall_ms,
         peak_memory_bytes: peak,
     }
@@ -606,7 +617,7 @@ mod tests {
             bytes.extend_from_slice(payload);
         }
         let mut notes = Vec::new();
-        let plots = decode_plots(&bytes, false, &Limits::default(), &mut notes);
+        let (plots, _) = decode_plots(&bytes, false, &Limits::default(), &mut notes);
         assert_eq!(plots.len(), 2);
         assert_eq!(plots[1].filename, "plot_2.png");
         assert_eq!(plots[0].format, "png");
@@ -618,7 +629,9 @@ mod tests {
         let mut bytes = 100u32.to_le_bytes().to_vec();
         bytes.extend_from_slice(&[0u8; 10]);
         let mut notes = Vec::new();
-        assert!(decode_plots(&bytes, true, &Limits::default(), &mut notes).is_empty());
+        assert!(decode_plots(&bytes, true, &Limits::default(), &mut notes)
+            .0
+            .is_empty());
         assert_eq!(notes.len(), 1);
     }
 
