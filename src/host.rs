@@ -68,16 +68,7 @@ pub fn limits(config: &Config) -> Limits {
 /// Checks the root filesystem and sets up the host for runs. `mode` may differ from the
 /// configuration's (`nsbox run` is always cold: warming pays off only across runs).
 pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
-    // The overlay's lower layers are given relative to the real directory, so a symlinked
-    // path would put the empty layer beside the link instead.
-    let rootfs = config
-        .rootfs
-        .canonicalize()
-        .map_err(|_| HostError::Rootfs(config.rootfs.clone()))?;
-    if !rootfs.join("usr/bin/python3").exists() {
-        return Err(HostError::Rootfs(config.rootfs.clone()));
-    }
-    let catalog = Catalog::load(&rootfs)?;
+    let (rootfs, catalog) = open_rootfs(&config.rootfs)?;
     prepare_empty_layer(&rootfs)?;
     let mut warnings = Vec::new();
     // Decided once: every run and template of this process maps ids this way.
@@ -142,6 +133,20 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
         catalog,
         cgroup_parent,
     })
+}
+
+/// The root filesystem at its real path, with its library catalog. The overlay's lower
+/// layers are given relative to the real directory, so a symlinked path would put the empty
+/// layer beside the link instead.
+fn open_rootfs(path: &Path) -> Result<(PathBuf, Catalog), HostError> {
+    let rootfs = path
+        .canonicalize()
+        .map_err(|_| HostError::Rootfs(path.to_path_buf()))?;
+    if !rootfs.join("usr/bin/python3").exists() {
+        return Err(HostError::Rootfs(path.to_path_buf()));
+    }
+    let catalog = Catalog::load(&rootfs)?;
+    Ok((rootfs, catalog))
 }
 
 /// This process's cgroup parent and its description, or why there is none.
@@ -332,14 +337,8 @@ fn probe_cgroups(config: &Config) -> Result<String, String> {
     Ok(detail)
 }
 
-fn probe_rootfs(rootfs: &Path) -> Result<String, String> {
-    if !rootfs.join("usr/bin/python3").exists() {
-        return Err(format!(
-            "{} has no /usr/bin/python3 (build it with scripts/build-rootfs.sh)",
-            rootfs.display()
-        ));
-    }
-    let catalog = Catalog::load(rootfs).map_err(|e| e.to_string())?;
+fn probe_rootfs(path: &Path) -> Result<String, String> {
+    let (rootfs, catalog) = open_rootfs(path).map_err(|e| e.to_string())?;
     Ok(format!(
         "{}: Python {}, {} libraries",
         rootfs.display(),

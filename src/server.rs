@@ -42,11 +42,10 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
     // The spawner starts before the async runtime exists, so it never inherits its threads.
     let spawner = Spawner::start(prepared.spawner.clone())?;
     let warm = prepared.isolation.warm;
-    let limits = crate::host::limits(config);
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
     let state = AppState {
         config: Arc::new(ApiConfig {
-            limits: limits.clone(),
+            limits: prepared.spawner.limits.clone(),
             default_timeout_s: config.default_timeout,
             max_timeout_s: config.max_timeout,
             // Room for 50,000 four-byte characters, JSON escaping and the other fields.
