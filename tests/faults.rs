@@ -1459,12 +1459,7 @@ fn a_zygote_at_its_fork_limit_hands_over_without_sending_runs_cold() {
         }
     });
     let metrics = server.get("/metrics").text().unwrap();
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |v| v.parse().unwrap())
-    };
+    let value = |series: &str| common::metric(&metrics, series).unwrap_or(0.0);
     assert_eq!(
         value("nsbox_run_duration_seconds_count{start=\"cold\"}"),
         0.0,

@@ -342,12 +342,8 @@ fn serve_refuses_incomplete_isolation_unless_allowed_loudly() {
 
 /// The value of one sample line of the exposition, e.g. `nsbox_runs_total{verdict="ok"}`.
 fn sample(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    common::metric(exposition, series)
         .unwrap_or_else(|| panic!("{series} missing from:\n{exposition}"))
-        .parse()
-        .unwrap()
 }
 
 #[test]

@@ -233,6 +233,15 @@ impl Drop for Server {
     }
 }
 
+/// The value of one series in a Prometheus exposition, e.g. `nsbox_runs_total{verdict="ok"}`;
+/// `None` when the series is absent (a labelled counter appears at its first increment).
+pub fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
 /// Pids of host processes whose real uid is `uid`.
 pub fn processes_of_uid(uid: u32) -> Vec<i32> {
     let mut pids = Vec::new();
