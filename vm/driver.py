@@ -480,6 +480,15 @@ def environment():
     })
 
 
+def started(mode, srv):
+    """Whether the server came up; if not, records that with its log and stops it."""
+    if srv.ready:
+        return True
+    record(mode, "server-starts", False, {"log": srv.log_tail()})
+    srv.stop()
+    return False
+
+
 def root_limits():
     """Root, in a service cgroup like systemd's nsbox.service, with tight limits."""
     mode = "root"
@@ -490,9 +499,7 @@ def root_limits():
     mib, procs, cpus = 128, 32, 0.5
     srv = Server("root-limits", ["--memory-mib", str(mib), "--max-processes", str(procs),
                                  "--cpus", str(cpus), "--max-running", "2"], cgroup=svc)
-    if not srv.ready:
-        record(mode, "server-starts", False, {"log": srv.log_tail()})
-        srv.stop()
+    if not started(mode, srv):
         return
     sdir = server_dir(svc, srv)
     leaf = read(f"{svc}/nsbox-server/cgroup.procs", "").split()
@@ -518,9 +525,7 @@ def root_defaults():
     svc = f"{CG}/system.slice/nsbox-defaults.service"
     os.makedirs(svc, exist_ok=True)
     srv = Server("root-defaults", [], cgroup=svc)
-    if not srv.ready:
-        record(mode, "server-starts", False, {"log": srv.log_tail()})
-        srv.stop()
+    if not started(mode, srv):
         return
     check_status_v2(mode, srv)
     check_pandas(mode, srv)
@@ -568,9 +573,7 @@ def root_crash():
     svc = f"{CG}/system.slice/nsbox-crash.service"
     os.makedirs(svc, exist_ok=True)
     srv = Server("root-crash", [], cgroup=svc)
-    if not srv.ready:
-        record(mode, "server-starts", False, {"log": srv.log_tail()})
-        srv.stop()
+    if not started(mode, srv):
         return
     t = threading.Thread(target=lambda: srv.run(SETSID_DOUBLE_FORK, timeout=120), daemon=True)
     t.start()
@@ -735,9 +738,7 @@ def rootless_kernel_support():
 
 
 def rootless_checks(mode, srv, svc, mib, procs, run_uid, cgroups):
-    if not srv.ready:
-        record(mode, "server-starts", False, {"log": srv.log_tail()})
-        srv.stop()
+    if not started(mode, srv):
         return
     sdir = server_dir(svc, srv)
     record(mode, "server-starts", True, {
