@@ -97,7 +97,7 @@ say "root filesystem $rootfs"
 say "cargo build --release --locked"
 cargo build --release --locked >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; die "build"; }
 nsbox=$repo/target/release/nsbox
-[ -f "$repo/target/release/libnsbox.so" ] || die "target/release/libnsbox.so is missing (the warm path loads it)"
+[ -f "$repo/target/release/libnsbox_sandbox.so" ] || die "target/release/libnsbox_sandbox.so is missing (the warm path loads it)"
 echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $(bwrap --version), rootfs $(basename "$rootfs")"
 
 "${bench_py[@]}" bodies "$work/bodies"

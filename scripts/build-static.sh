@@ -7,7 +7,7 @@
 #
 # Release profile, glibc, `--target x86_64-unknown-linux-gnu`. Two cargo steps share one
 # target directory, so the dependencies compile once:
-#   1. libnsbox.so, the cdylib that zygotes load. It stays dynamically linked against glibc:
+#   1. libnsbox_sandbox.so, the cdylib that zygotes load. It stays dynamically linked against glibc:
 #      it is loaded into the root filesystem's python3 (bookworm, glibc 2.36), which has
 #      its own libc, and rustc cannot build a cdylib with crt-static on this target anyway.
 #   2. the binary, with `--cfg nsbox_embedded_warm_library` (main() then include_bytes! the
@@ -42,22 +42,22 @@ if [ ! -f "$(cc -print-file-name=libc.a)" ]; then
     apt-get install -y --no-install-recommends libc6-dev >&2
 fi
 
-log "1/2 libnsbox.so (the warm path's shared library)"
-cargo build --locked --release --target "$triple" --lib >&2
+log "1/2 libnsbox_sandbox.so (the warm path's shared library)"
+cargo build --locked --release --target "$triple" -p nsbox-sandbox --lib >&2
 mkdir -p "$out/embedded"
 # The copy step 2 embeds, updated only when the library changed (cargo rebuilds the binary
 # when the included file's time changes).
-if ! cmp -s "$release/libnsbox.so" "$out/embedded/libnsbox.so"; then
-    cp "$release/libnsbox.so" "$out/embedded/libnsbox.so"
+if ! cmp -s "$release/libnsbox_sandbox.so" "$out/embedded/libnsbox_sandbox.so"; then
+    cp "$release/libnsbox_sandbox.so" "$out/embedded/libnsbox_sandbox.so"
 fi
 
-log "2/2 nsbox, static, with libnsbox.so inside"
-NSBOX_EMBEDDED_WARM_LIBRARY=$(realpath "$out/embedded/libnsbox.so") \
+log "2/2 nsbox, static, with libnsbox_sandbox.so inside"
+NSBOX_EMBEDDED_WARM_LIBRARY=$(realpath "$out/embedded/libnsbox_sandbox.so") \
     cargo rustc --locked --release --target "$triple" --bin nsbox -- \
     -C target-feature=+crt-static --cfg nsbox_embedded_warm_library >&2
-# The binary alone in its directory: a libnsbox.so beside it would take precedence over
+# The binary alone in its directory: a libnsbox_sandbox.so beside it would take precedence over
 # the copy inside.
 cp "$release/nsbox" "$out/nsbox"
 "$out/nsbox" --help >/dev/null
-log "$(du -h "$out/nsbox" | cut -f1) (libnsbox.so inside: $(du -h "$out/embedded/libnsbox.so" | cut -f1))"
+log "$(du -h "$out/nsbox" | cut -f1) (libnsbox_sandbox.so inside: $(du -h "$out/embedded/libnsbox_sandbox.so" | cut -f1))"
 realpath "$out/nsbox"

@@ -185,10 +185,10 @@ trap cleanup EXIT
 # Debug info is most of a debug build; the VM does not need it, and 9p under TCG is slow.
 strip -o "$job/nsbox" "$bin" 2>/dev/null || cp "$bin" "$job/nsbox"
 # The warm path's library, beside the binary as serve expects it (NSBOX_VM_WARM=0: cold only).
-lib=$(dirname "$bin")/libnsbox.so
+lib=$(dirname "$bin")/libnsbox_sandbox.so
 warm=false
 if [ "${NSBOX_VM_WARM:-1}" != 0 ] && [ -f "$lib" ]; then
-	strip -o "$job/libnsbox.so" "$lib" 2>/dev/null || cp "$lib" "$job/libnsbox.so"
+	strip -o "$job/libnsbox_sandbox.so" "$lib" 2>/dev/null || cp "$lib" "$job/libnsbox_sandbox.so"
 	warm=true
 else
 	log "warm scenario skipped (NSBOX_VM_WARM=0, or no $lib)"

@@ -13,9 +13,9 @@ fi
 NSBOX_ROOTFS=$(scripts/build-rootfs.sh | tail -n 1)
 export NSBOX_ROOTFS
 echo "root filesystem: $NSBOX_ROOTFS" >&2
-# The binary and libnsbox.so (the warm path's shared library) beside it.
+# The binary and libnsbox_sandbox.so (the warm path's shared library) beside it.
 cargo build --locked
-# The single static binary (release, libnsbox.so inside), which tests/static_binary.rs
+# The single static binary (release, libnsbox_sandbox.so inside), which tests/static_binary.rs
 # checks and serves from.
 NSBOX_STATIC_BIN=$(scripts/build-static.sh | tail -n 1)
 export NSBOX_STATIC_BIN

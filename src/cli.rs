@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::api::{RunMode, ScannerMode};
 use crate::config::{Config, ConfigError, LogFormat};
+use crate::config::{RunMode, ScannerMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -148,7 +148,7 @@ pub struct Options {
     /// [default: warm].
     #[arg(long, env = "NSBOX_MODE", value_enum)]
     pub mode: Option<RunMode>,
-    /// nsbox built as a shared library, loaded into zygotes [default: libnsbox.so beside
+    /// nsbox built as a shared library, loaded into zygotes [default: libnsbox_sandbox.so beside
     /// the nsbox binary].
     #[arg(long, env = "NSBOX_WARM_LIBRARY")]
     pub warm_library: Option<PathBuf>,

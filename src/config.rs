@@ -9,7 +9,22 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{RunMode, ScannerMode};
+/// What the pre-execution scanner does with flagged code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScannerMode {
+    Enforce,
+    Report,
+    Off,
+}
+
+/// Where runs start: forked from a warm zygote, or in a fresh interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    Warm,
+    Cold,
+}
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -94,7 +109,7 @@ pub struct Config {
     pub allow_incomplete_isolation: bool,
     /// `warm` forks runs from warm interpreters; `cold` starts a fresh one per run.
     pub mode: RunMode,
-    /// nsbox built as a shared library for the warm interpreters; `None` = `libnsbox.so`
+    /// nsbox built as a shared library for the warm interpreters; `None` = `libnsbox_sandbox.so`
     /// beside the binary.
     pub warm_library: Option<PathBuf>,
     /// Runs a warm interpreter forks before it is replaced.

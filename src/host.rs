@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::api::libraries::{Catalog, CatalogError};
-use crate::api::{Isolation, RunMode, ScannerMode};
-use crate::config::Config;
+use crate::config::{Config, RunMode, ScannerMode};
 use crate::sandbox::cgroup::{self, CgroupParent};
 use crate::sandbox::namespaces::IdMapping;
 use crate::sandbox::{seccomp, Limits, SpawnerConfig, WarmConfig, WarmLibrary};
+use crate::service::catalog::{Catalog, CatalogError};
+use crate::service::millis;
 
 /// The namespaces every run gets; reported as-is by `/v1/status` and `nsbox check`.
 pub const NAMESPACES: [&str; 7] = ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"];
@@ -30,6 +30,20 @@ pub enum HostError {
          (allow_incomplete_isolation = true)"
     )]
     IncompleteIsolation(String),
+}
+
+/// What this host's sandbox actually enforces, reported by `/v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Isolation {
+    pub namespaces: Vec<&'static str>,
+    pub cgroup: Option<String>,
+    pub seccomp: bool,
+    pub rlimits: bool,
+    pub warm: bool,
+    /// How host ids map into the runs' user namespaces (host root, subordinate ids, or
+    /// a single id when rootless without newuidmap).
+    pub id_mapping: crate::sandbox::namespaces::IdMappingReport,
+    pub warnings: Vec<String>,
 }
 
 /// Everything the sandbox needs from the host, ready for `Spawner::start`.
@@ -53,7 +67,7 @@ impl Prepared {
 /// The limits the configuration gives every run, before a request's own timeout.
 pub fn limits(config: &Config) -> Limits {
     Limits {
-        timeout_ms: (config.default_timeout * 1000.0) as u64,
+        timeout_ms: millis(config.default_timeout),
         memory_bytes: config.memory_mib << 20,
         max_processes: config.max_processes,
         cpu_seconds: config.cpu_seconds,
@@ -274,17 +288,14 @@ pub fn probe_features(config: &Config) -> Vec<Probe> {
 /// still single-threaded (before any spawner or runtime starts), as `clone_fork` requires.
 fn probe_namespaces() -> Result<String, String> {
     let names = NAMESPACES[..6].join(", ");
-    match crate::sys::clone_fork(crate::sandbox::namespaces::RUN_NAMESPACES) {
-        Ok(None) => crate::sys::exit_now(0),
-        Ok(Some(child)) => match nix::sys::wait::waitpid(child, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(names),
-            other => Err(format!("the probe child ended with {other:?}")),
-        },
-        Err(e) => Err(format!(
-            "clone({names}) failed: {e} (check user.max_user_namespaces and, on Debian or \
+    crate::sandbox::namespaces::probe()
+        .map(|()| names)
+        .map_err(|e| {
+            format!(
+                "{e} (check user.max_user_namespaces and, on Debian or \
              Ubuntu, kernel.unprivileged_userns_clone or AppArmor's user namespace restriction)"
-        )),
-    }
+            )
+        })
 }
 
 /// How ids will be mapped (proved on a throwaway namespace); a single id is incomplete.

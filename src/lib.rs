@@ -1,4 +1,9 @@
 //! nsbox: a self-hosted code-execution API that runs untrusted Python in fresh Linux namespaces.
+//!
+//! Layers, each using only those below it: the sandbox and scanner crates; `config`;
+//! `service` (the run service every front end calls); `host` (what `serve`, `run` and
+//! `check` prepare on this machine); the front ends `api` (HTTP), `run` and `check`;
+//! `server` and `cli` on top. See docs/architecture.md.
 
 pub mod api;
 pub mod check;
@@ -6,8 +11,9 @@ pub mod cli;
 pub mod config;
 pub mod host;
 pub mod run;
-pub mod sandbox;
-pub mod scanner;
 pub mod server;
-mod sys;
+pub mod service;
 pub mod systemd;
+
+pub use nsbox_sandbox as sandbox;
+pub use nsbox_scanner as scanner;

@@ -7,12 +7,11 @@ use std::time::Instant;
 
 use base64::Engine;
 
-use crate::api::code::{self, CodeResponse};
-use crate::api::{RunMode, ScannerMode};
-use crate::config::Config;
+use crate::api::code::CodeResponse;
+use crate::config::{Config, RunMode, ScannerMode};
 use crate::host::{self, HostError, Prepared};
 use crate::sandbox::spawner::{Spawner, SpawnerError};
-use crate::sandbox::{Limits, RunOutcome, RunRequest, Termination};
+use crate::service::{CodeRequest, Ending, Limit, RunResult, RunService, ServiceError};
 
 /// Exit statuses of `nsbox run` that are not the code's own, following `timeout(1)` and
 /// the shell's 128+signal convention so scripts can tell them apart.
@@ -39,13 +38,13 @@ pub enum RunError {
     #[error("{0}")]
     Input(String),
     #[error("{0}")]
+    Service(ServiceError),
+    #[error("{0}")]
     Host(#[from] HostError),
     #[error("starting the sandbox: {0}")]
     Spawner(#[from] SpawnerError),
     #[error("starting the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
-    #[error("the sandbox could not be set up: step `{step}` failed (errno {errno})")]
-    SetupFailed { step: String, errno: i32 },
     #[error("writing {path}: {source}")]
     WritePlot {
         path: PathBuf,
@@ -56,7 +55,11 @@ pub enum RunError {
 impl RunError {
     pub fn exit_status(&self) -> u8 {
         match self {
-            RunError::Read { .. } | RunError::Input(_) => status::USAGE,
+            RunError::Read { .. }
+            | RunError::Input(_)
+            | RunError::Service(ServiceError::Invalid(_) | ServiceError::TooLarge(_)) => {
+                status::USAGE
+            }
             _ => status::SANDBOX,
         }
     }
@@ -72,47 +75,49 @@ pub struct RunOptions {
     pub json: bool,
 }
 
-/// A sandbox of one's own: the host prepared as the server would, and a spawner.
+/// A sandbox of one's own: the host prepared as the server would, and the run service over
+/// a cold spawner, with the server's limits and scanner.
 pub struct Sandbox {
     prepared: Prepared,
-    spawner: Option<Spawner>,
+    service: Option<RunService>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Sandbox {
     pub fn start(config: &Config) -> Result<Sandbox, RunError> {
         let prepared = host::prepare(config, RunMode::Cold)?;
+        // Started before the runtime, so the spawner never inherits its threads.
         let spawner = Spawner::start(prepared.spawner.clone())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(RunError::Runtime)?;
+        let service = RunService::new(
+            crate::server::settings(config, &prepared),
+            std::sync::Arc::new(spawner),
+            prepared.catalog.clone(),
+            // Nothing cancels a local run but the user's ^C.
+            tokio::sync::watch::channel(false).1,
+        );
         Ok(Sandbox {
             prepared,
-            spawner: Some(spawner),
+            service: Some(service),
             runtime,
         })
     }
 
-    pub fn run(&self, code: String, limits: Limits) -> Result<RunOutcome, RunError> {
-        let request = RunRequest {
-            code,
-            limits,
-            template: None,
-        };
-        let spawner = self.spawner.as_ref().expect("the spawner lives until drop");
-        let outcome = self.runtime.block_on(spawner.run(&request))?;
-        if let Termination::SetupFailed { step, errno } = outcome.termination {
-            return Err(RunError::SetupFailed { step, errno });
-        }
-        Ok(outcome)
+    pub fn run(&self, request: CodeRequest) -> Result<RunResult, RunError> {
+        let service = self.service.as_ref().expect("the service lives until drop");
+        self.runtime
+            .block_on(service.execute(request))
+            .map_err(RunError::Service)
     }
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
         // The spawner (and every run) must be gone before the cgroup parent is removed.
-        drop(self.spawner.take());
+        drop(self.service.take());
         self.prepared.release();
     }
 }
@@ -132,47 +137,28 @@ fn read_code(file: &Path) -> Result<String, RunError> {
 /// Runs the file and returns the exit status `nsbox run` should end with.
 pub fn main(config: &Config, opts: &RunOptions) -> Result<u8, RunError> {
     let code = read_code(&opts.file)?;
-    code::check_code(&code).map_err(|e| RunError::Input(e.message))?;
-    let timeout_s = opts.timeout_s.unwrap_or(config.default_timeout);
-    if !(timeout_s > 0.0 && timeout_s <= config.max_timeout) {
-        return Err(RunError::Input(format!(
-            "--timeout must be more than 0 and at most {} seconds (max_timeout)",
-            config.max_timeout
-        )));
-    }
-    let limits = Limits {
-        timeout_ms: (timeout_s * 1000.0).ceil() as u64,
-        ..host::limits(config)
+    let request = CodeRequest {
+        code,
+        timeout_s: opts.timeout_s,
+        ..CodeRequest::default()
     };
-
-    let scan_started = Instant::now();
-    let analysis = code::scan(config.scanner, &crate::scanner::Policy::builtin(), &code);
-    let violations = crate::scanner::violation_names(&analysis.violations);
-    if config.scanner == ScannerMode::Enforce && !violations.is_empty() {
-        let response = code::refused(violations, scan_started.elapsed());
-        print_response(&response, opts)?;
-        return Ok(status::REFUSED);
-    }
-
     let sandbox = Sandbox::start(config)?;
-    let started = Instant::now();
-    let outcome = sandbox.run(code, limits.clone())?;
+    let result = sandbox.run(request)?;
     drop(sandbox);
-    let mut response =
-        code::respond(&outcome, &limits, started).map_err(|e| RunError::Input(e.message))?;
-    response.violations = violations;
-    print_response(&response, opts)?;
-    Ok(exit_status(&outcome.termination))
+    let status = exit_status(result.ending);
+    print_response(&result.into(), opts)?;
+    Ok(status)
 }
 
 /// The code's own status, or what ended it.
-pub fn exit_status(termination: &Termination) -> u8 {
-    match termination {
-        Termination::Exited { code } => (*code & 0xff) as u8,
-        Termination::TimedOut => status::TIMEOUT,
-        Termination::OutOfMemory => status::SIGNAL_BASE + libc::SIGKILL as u8,
-        Termination::Signaled { signal } => status::SIGNAL_BASE.saturating_add(*signal as u8),
-        Termination::SetupFailed { .. } | Termination::Cancelled => status::SANDBOX,
+pub fn exit_status(ending: Ending) -> u8 {
+    match ending {
+        Ending::Exited { code } => (code & 0xff) as u8,
+        Ending::Refused => status::REFUSED,
+        Ending::Limit(Limit::Timeout) => status::TIMEOUT,
+        Ending::Limit(Limit::Memory) => status::SIGNAL_BASE + libc::SIGKILL as u8,
+        Ending::Limit(Limit::Cpu) => status::SIGNAL_BASE + libc::SIGXCPU as u8,
+        Ending::Signaled { signal } => status::SIGNAL_BASE.saturating_add(signal as u8),
     }
 }
 
@@ -232,25 +218,23 @@ pub fn probe(config: &Config) -> Result<String, String> {
     };
     let started = Instant::now();
     let sandbox = Sandbox::start(&config).map_err(|e| e.to_string())?;
-    let outcome = sandbox
-        .run(
-            PROBE_CODE.into(),
-            Limits {
-                timeout_ms: 30_000,
-                ..host::limits(&config)
-            },
-        )
+    let result = sandbox
+        .run(CodeRequest {
+            code: PROBE_CODE.into(),
+            timeout_s: Some(30.0_f64.min(config.max_timeout)),
+            ..CodeRequest::default()
+        })
         .map_err(|e| e.to_string())?;
     drop(sandbox);
     let elapsed = started.elapsed();
-    if outcome.termination != (Termination::Exited { code: 0 }) {
+    if result.ending != (Ending::Exited { code: 0 }) {
         return Err(format!(
             "the probe run ended with {:?}: {}",
-            outcome.termination,
-            outcome.stderr.trim()
+            result.ending,
+            result.stderr.trim()
         ));
     }
-    let fields: Vec<&str> = outcome.stdout.split_whitespace().collect();
+    let fields: Vec<&str> = result.stdout.split_whitespace().collect();
     match fields.as_slice() {
         [uid, gid, "2", caps, "1"] if caps.trim_start_matches('0').is_empty() => Ok(format!(
             "Python ran as uid {uid} gid {gid}, seccomp filter on, no capabilities, \
@@ -259,7 +243,7 @@ pub fn probe(config: &Config) -> Result<String, String> {
         )),
         _ => Err(format!(
             "the probe run saw an unexpected sandbox: {}",
-            outcome.stdout.trim()
+            result.stdout.trim()
         )),
     }
 }

@@ -3,12 +3,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::api::admission::Admission;
 use crate::api::auth::Keys;
-use crate::api::metrics::Metrics;
-use crate::api::{router, ApiConfig, AppState};
+use crate::api::{router, AppState};
 use crate::config::Config;
 use crate::sandbox::spawner::{Spawner, SpawnerError};
+use crate::service::{RunService, Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -43,29 +42,18 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
     let spawner = Spawner::start(prepared.spawner.clone())?;
     let warm = prepared.isolation.warm;
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
-    let state = AppState {
-        config: Arc::new(ApiConfig {
-            limits: prepared.spawner.limits.clone(),
-            default_timeout_s: config.default_timeout,
-            max_timeout_s: config.max_timeout,
-            // Room for 50,000 four-byte characters, JSON escaping and the other fields.
-            max_body_bytes: 1 << 20,
-            max_running: config.max_running,
-            scanner: config.scanner,
-            warm,
-        }),
-        spawner: Arc::new(spawner),
-        admission: Arc::new(Admission::new(
-            config.max_running,
-            config.max_queue,
-            config.per_user_limit(),
-        )),
-        isolation: Arc::new(prepared.isolation.clone()),
-        scanner_policy: Arc::new(crate::scanner::Policy::builtin()),
-        keys: keys.clone(),
-        catalog: Arc::new(prepared.catalog.clone()),
-        metrics: Arc::new(Metrics::new()),
+    let service = Arc::new(RunService::new(
+        settings(config, &prepared),
+        Arc::new(spawner),
+        prepared.catalog.clone(),
         cancelled,
+    ));
+    let state = AppState {
+        service: service.clone(),
+        isolation: Arc::new(prepared.isolation.clone()),
+        keys: keys.clone(),
+        // Room for 50,000 four-byte characters, JSON escaping and the other fields.
+        max_body_bytes: 1 << 20,
     };
     if keys.is_empty() {
         tracing::warn!(
@@ -95,7 +83,7 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
         // Runs in flight get `shutdown_grace` to finish after SIGTERM; then they are
         // cancelled (their clients get a 503 to retry elsewhere) and the server exits.
         let grace = std::time::Duration::from_secs_f64(config.shutdown_grace);
-        tokio::spawn(notify_when_ready(state.spawner.clone()));
+        tokio::spawn(notify_when_ready(service.clone()));
         axum::serve(listener, router(state.clone()))
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
@@ -113,16 +101,31 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
             .map_err(ServeError::Serve)
     });
     drop(state);
+    drop(service);
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     prepared.release();
     tracing::info!("nsbox stopped");
     result
 }
 
+/// What the run service takes from the configuration and the prepared host.
+pub fn settings(config: &Config, prepared: &crate::host::Prepared) -> Settings {
+    Settings {
+        limits: prepared.spawner.limits.clone(),
+        default_timeout_s: config.default_timeout,
+        max_timeout_s: config.max_timeout,
+        scanner: config.scanner,
+        warm: prepared.isolation.warm,
+        max_running: config.max_running,
+        max_queue: config.max_queue,
+        max_running_per_user: config.per_user_limit(),
+    }
+}
+
 /// Tells systemd the server is ready once `/v1/health` would say so (the warm templates are
 /// up), so a `Type=notify` unit's start and restart wait for it.
-async fn notify_when_ready(spawner: Arc<Spawner>) {
-    while !spawner.is_ready() {
+async fn notify_when_ready(service: Arc<RunService>) {
+    while !service.is_ready() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     tracing::info!("ready: the warm interpreters are up");

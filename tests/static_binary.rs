@@ -157,7 +157,7 @@ fn the_static_binary_needs_no_shared_library_and_serves_warm_alone() {
     );
 
     // Alone in a directory and without --warm-library, the warm path can only come from
-    // the copy of libnsbox.so inside the binary: a single-file deploy.
+    // the copy of libnsbox_sandbox.so inside the binary: a single-file deploy.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let alone = dir.path().join("nsbox");
     std::fs::copy(&built, &alone).unwrap();

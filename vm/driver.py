@@ -162,7 +162,7 @@ class Server:
 
         env = {"PATH": "/usr/bin:/bin", "RUST_LOG": "info", "HOME": "/tmp"}
         cmd = [NSBOX, "serve", "--listen", self.url[7:], "--rootfs", ROOTFS]
-        # Cold unless a scenario asks for warm (libnsbox.so is beside the binary): both paths
+        # Cold unless a scenario asks for warm (libnsbox_sandbox.so is beside the binary): both paths
         # share the isolation code, and warm templates take long to warm under TCG.
         cmd += ["--scanner", "off", "--mode", mode, "--uid-base", str(UID_BASE), *args]
         say(f"starting server {name}: {' '.join(cmd[1:])}")

@@ -23,7 +23,7 @@ busybox ip link set lo up
 # the binary is copied once into tmpfs rather than paged in over 9p at every exec.
 mkdir -p /run/nsbox-vm
 install -m 0755 "$job/nsbox" /run/nsbox-vm/nsbox
-[ ! -f "$job/libnsbox.so" ] || install -m 0644 "$job/libnsbox.so" /run/nsbox-vm/libnsbox.so
+[ ! -f "$job/libnsbox_sandbox.so" ] || install -m 0644 "$job/libnsbox_sandbox.so" /run/nsbox-vm/libnsbox_sandbox.so
 # The empty overlay layer beside the root filesystem, as an install as root leaves it: a
 # rootless server cannot create it in a directory it does not own.
 # It is a tmpfs of its own: the guest's / is an overlay, and a layer from it would stack

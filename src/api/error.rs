@@ -5,6 +5,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::service::ServiceError;
+
 /// An error answered to a client. Messages are written for the client and never carry host
 /// paths or internal details; those go to the log.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -93,6 +95,19 @@ impl ApiError {
     }
 }
 
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        match e {
+            ServiceError::Invalid(m) => ApiError::invalid(m),
+            ServiceError::TooLarge(m) => ApiError::too_large(m),
+            ServiceError::Overloaded(m) => ApiError::overloaded(m),
+            ServiceError::Unavailable(m) => ApiError::unavailable(m),
+            // The step and errno went to the log; the client learns nothing of the host.
+            ServiceError::SetupFailed { .. } | ServiceError::Internal => ApiError::internal(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({"error": {"type": self.kind, "message": self.message}}));
@@ -109,6 +124,16 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setup_failures_do_not_leak_details() {
+        let err = ApiError::from(ServiceError::SetupFailed {
+            step: "mount /proc".into(),
+            errno: 13,
+        });
+        assert_eq!(err.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!err.message.contains("/proc"));
+    }
 
     #[test]
     fn overload_carries_retry_after() {

@@ -1,11 +1,8 @@
-//! The HTTP API: routes, shared state and the JSON error shape.
+//! The HTTP API, a front end over the run service: routes, shared state and the JSON error shape.
 
-pub mod admission;
 pub mod auth;
 pub mod code;
 pub mod error;
-pub mod libraries;
-pub mod metrics;
 
 use std::sync::Arc;
 
@@ -15,73 +12,25 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use crate::sandbox::spawner::Spawner;
-use crate::sandbox::Limits;
-use admission::Admission;
+use crate::host::Isolation;
+use crate::service::catalog::Catalog;
+use crate::service::RunService;
 use error::ApiError;
-
-/// What the pre-execution scanner does with flagged code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScannerMode {
-    Enforce,
-    Report,
-    Off,
-}
-
-/// Where runs start: forked from a warm zygote, or in a fresh interpreter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunMode {
-    Warm,
-    Cold,
-}
-
-/// Settings the API needs on every request.
-#[derive(Debug, Clone)]
-pub struct ApiConfig {
-    pub limits: Limits,
-    pub default_timeout_s: f64,
-    pub max_timeout_s: f64,
-    pub max_body_bytes: usize,
-    pub max_running: usize,
-    pub scanner: ScannerMode,
-    pub warm: bool,
-}
-
-/// What this host's sandbox actually enforces, reported by `/v1/status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Isolation {
-    pub namespaces: Vec<&'static str>,
-    pub cgroup: Option<String>,
-    pub seccomp: bool,
-    pub rlimits: bool,
-    pub warm: bool,
-    /// How host ids map into the runs' user namespaces (host root, subordinate ids, or
-    /// a single id when rootless without newuidmap).
-    pub id_mapping: crate::sandbox::namespaces::IdMappingReport,
-    pub warnings: Vec<String>,
-}
 
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<ApiConfig>,
-    pub spawner: Arc<Spawner>,
-    pub admission: Arc<Admission>,
+    pub service: Arc<RunService>,
     pub isolation: Arc<Isolation>,
-    pub scanner_policy: Arc<crate::scanner::Policy>,
     pub keys: auth::Keys,
-    pub catalog: Arc<libraries::Catalog>,
-    pub metrics: Arc<metrics::Metrics>,
-    /// Turns true when the shutdown grace is over: runs still in flight are cancelled.
-    pub cancelled: tokio::sync::watch::Receiver<bool>,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
 }
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.yaml"));
 
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.max_body_bytes;
+    let body_limit = state.max_body_bytes;
     let keyed = Router::new()
         .route(
             "/v1/tools/code",
@@ -93,10 +42,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/status", get(status).fallback(method_not_allowed))
         // Behind the key like the rest: Prometheus sends it as a bearer token.
-        .route(
-            "/metrics",
-            get(metrics::metrics).fallback(method_not_allowed),
-        )
+        .route("/metrics", get(metrics).fallback(method_not_allowed))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -144,14 +90,26 @@ async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str
     )
 }
 
-async fn list_libraries(State(state): State<AppState>) -> Json<libraries::Catalog> {
-    Json((*state.catalog).clone())
+async fn list_libraries(State(state): State<AppState>) -> Json<Catalog> {
+    Json(state.service.catalog().clone())
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.service.metrics_text(),
+    )
 }
 
 /// The official SDK's `client.health()` reads this as a string. Not ready (503) until the
 /// warm templates are, so a load balancer sends no traffic to a cold server.
 async fn health(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.spawner.is_ready() {
+    if state.service.is_ready() {
         Ok("OK")
     } else {
         Err(ApiError::unavailable(
@@ -173,11 +131,11 @@ struct Status {
 async fn status(State(state): State<AppState>) -> Json<Status> {
     Json(Status {
         isolation: (*state.isolation).clone(),
-        ready: state.spawner.is_ready(),
-        warm_templates: state.spawner.ready_templates(),
-        running: state.admission.running(state.config.max_running),
-        queued: state.admission.waiting(),
-        max_running: state.config.max_running,
+        ready: state.service.is_ready(),
+        warm_templates: state.service.ready_templates(),
+        running: state.service.running(),
+        queued: state.service.queued(),
+        max_running: state.service.settings().max_running,
     })
 }
 

@@ -4,16 +4,19 @@ use super::*;
 
 const SPEC_PANDAS: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
+    "/../..",
     "/tests/fixtures/spec/pandas.py"
 ));
 
 const SPEC_PLOT: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
+    "/../..",
     "/tests/fixtures/spec/plot.py"
 ));
 
 const SPEC_SCIPY: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
+    "/../..",
     "/tests/fixtures/spec/scipy.py"
 ));
 
@@ -471,6 +474,7 @@ fn analyze_returns_both_from_one_parse() {
 fn builtin_policy_parses_and_explains_itself() {
     let policy = Policy::from_toml(include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
+        "/../..",
         "/policy/scanner.toml"
     )))
     .expect("embedded policy parses");
@@ -493,7 +497,10 @@ fn every_builtin_rule_has_a_comment() {
     struct File {
         rule: Vec<toml::Table>,
     }
-    let text = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policy/scanner.toml"));
+    let text = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../policy/scanner.toml"
+    ));
     let file: File = toml::from_str(text).expect("policy is TOML");
     for rule in &file.rule {
         let comment = rule.get("comment").and_then(|c| c.as_str()).unwrap_or("");

@@ -67,7 +67,6 @@ fn setup_failed(step: &str, errno: Errno, start: Instant) -> RunOutcome {
         stdout: String::new(),
         stderr: String::new(),
         plots: Vec::new(),
-        notes: Vec::new(),
         cut_short: Vec::new(),
         wall_ms: start.elapsed().as_millis() as u64,
         peak_memory_bytes: None,
@@ -583,7 +582,6 @@ fn execute(
     for note in &told {
         stderr.push_str(&format!("nsbox: {note}\n"));
     }
-    notes.extend(told);
     let cut_short = [
         (pids_hit, Cut::Processes),
         (out.dropped > 0 || err.dropped > 0, Cut::Output),
@@ -598,7 +596,6 @@ fn execute(
         stdout,
         stderr,
         plots,
-        notes,
         cut_short,
         wall_ms,
         peak_memory_bytes: peak,

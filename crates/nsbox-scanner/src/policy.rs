@@ -10,8 +10,10 @@ use super::ScannerError;
 
 /// The embedded default, shared with the main crate through the manifest directory so the
 /// same file is used whichever crate builds this module.
-const BUILTIN_POLICY: &str =
-    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policy/scanner.toml"));
+const BUILTIN_POLICY: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../policy/scanner.toml"
+));
 
 /// FNV-1a: a few times faster than SipHash on identifier-sized keys. Only for tables whose
 /// keys come from the policy; attacker-chosen keys (the program's variables) keep std's

@@ -3,7 +3,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use nsbox::scanner::{analyze, scan, Policy};
+use nsbox_scanner::{analyze, scan, Policy};
 use rustpython_parser::{ast, Parse};
 
 /// One block of the kind of code an LLM writes for a data question; `{i}` keeps blocks apart.

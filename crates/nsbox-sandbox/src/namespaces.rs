@@ -422,6 +422,20 @@ fn find_helper(name: &str, path: Option<std::ffi::OsString>) -> Option<PathBuf> 
 /// Makes the run's init root of its user namespace (mapped ids, full capabilities there).
 /// In a single-id namespace there is no root: the init stays the one mapped id and keeps
 /// the capabilities its new namespace gave it, so there is nothing to do.
+/// Creates every namespace a run gets in a throwaway child that exits at once: proof that
+/// this host allows them. The caller must still be single-threaded, as `clone_fork` requires
+/// (`nsbox check` probes before any spawner or runtime starts).
+pub fn probe() -> Result<(), String> {
+    match sys::clone_fork(RUN_NAMESPACES) {
+        Ok(None) => sys::exit_now(0),
+        Ok(Some(child)) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+            other => Err(format!("the probe child ended with {other:?}")),
+        },
+        Err(e) => Err(format!("clone failed: {e}")),
+    }
+}
+
 pub fn become_root(maps_root: bool) -> Result<(), Errno> {
     if !maps_root {
         return Ok(());

@@ -1,4 +1,4 @@
-//! Where the warm path's shared library (nsbox built as `libnsbox.so`) comes from, and how it reaches the zygotes.
+//! Where the warm path's shared library (nsbox built as `libnsbox_sandbox.so`) comes from, and how it reaches the zygotes.
 //!
 //! A normal build finds it as a file beside the binary (or at `--warm-library`). The static
 //! build (`scripts/build-static.sh`) is a single file, so it carries the library inside
@@ -17,13 +17,13 @@ use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use serde::{Deserialize, Serialize};
 
 /// The library's file name, looked for beside the executable.
-pub const FILE_NAME: &str = "libnsbox.so";
+pub const FILE_NAME: &str = "libnsbox_sandbox.so";
 
 /// Where the warm path's shared library comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WarmLibrary {
-    /// A file: `--warm-library`, or `libnsbox.so` beside the executable.
+    /// A file: `--warm-library`, or `libnsbox_sandbox.so` beside the executable.
     Path(PathBuf),
     /// The copy built into this executable (the static build), handed over as a sealed memfd.
     Embedded,
@@ -66,7 +66,7 @@ pub fn embedded() -> Option<&'static [u8]> {
 }
 
 impl WarmLibrary {
-    /// Chooses the library: an explicit path (`--warm-library`) first, then `libnsbox.so`
+    /// Chooses the library: an explicit path (`--warm-library`) first, then `libnsbox_sandbox.so`
     /// beside the executable, then the copy built in.
     pub fn resolve(explicit: Option<&Path>) -> Result<WarmLibrary, WarmLibraryError> {
         let beside = std::env::current_exe()
@@ -89,7 +89,7 @@ impl WarmLibrary {
             }
             WarmLibrary::Embedded => {
                 let bytes = embedded().ok_or(WarmLibraryError::NotEmbedded)?;
-                sealed_memfd(c"libnsbox.so", bytes)
+                sealed_memfd(c"libnsbox_sandbox.so", bytes)
             }
         }
     }

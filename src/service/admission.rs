@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::error::ApiError;
+use super::ServiceError;
 
 pub struct Admission {
     slots: Arc<Semaphore>,
@@ -59,11 +59,11 @@ impl Admission {
         }
     }
 
-    fn take_user_share(&self, user: &str) -> Result<UserShare<'_>, ApiError> {
+    fn take_user_share(&self, user: &str) -> Result<UserShare<'_>, ServiceError> {
         let mut map = self.per_user.lock().unwrap();
         let n = map.entry(user.to_string()).or_insert(0);
         if *n >= self.max_per_user {
-            return Err(ApiError::overloaded(format!(
+            return Err(ServiceError::Overloaded(format!(
                 "this user already has {} runs in progress or queued; retry shortly",
                 self.max_per_user
             )));
@@ -84,7 +84,7 @@ impl Admission {
     }
 
     /// Waits for a slot, or refuses at once when the queue (or the user's share) is full.
-    pub async fn admit(&self, user: Option<&str>) -> Result<Permit<'_>, ApiError> {
+    pub async fn admit(&self, user: Option<&str>) -> Result<Permit<'_>, ServiceError> {
         let share = user.map(|u| self.take_user_share(u)).transpose()?;
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(Permit {
@@ -94,8 +94,8 @@ impl Admission {
         }
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(ApiError::overloaded(
-                "too many runs in progress and queued; retry shortly",
+            return Err(ServiceError::Overloaded(
+                "too many runs in progress and queued; retry shortly".into(),
             ));
         }
         // Leaves the queue even if the client disconnects while waiting.
@@ -105,7 +105,7 @@ impl Admission {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+            .map_err(|_| ServiceError::Unavailable("the server is shutting down".into()))?;
         Ok(Permit {
             _permit: permit,
             _user: share,
@@ -129,7 +129,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let refused = a.admit(None).await.err().unwrap();
-        assert_eq!(refused.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(matches!(refused, ServiceError::Overloaded(_)));
         drop(first);
         queued.await.unwrap().unwrap();
         assert_eq!(a.waiting(), 0);
@@ -141,7 +141,7 @@ mod tests {
         let p1 = a.admit(Some("alice")).await.unwrap();
         let _p2 = a.admit(Some("alice")).await.unwrap();
         let refused = a.admit(Some("alice")).await.err().unwrap();
-        assert_eq!(refused.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(matches!(refused, ServiceError::Overloaded(_)));
         // Others still get the remaining slots.
         let _b = a.admit(Some("bob")).await.unwrap();
         let _anon = a.admit(None).await.unwrap();

@@ -19,13 +19,11 @@ use nix::sys::prctl;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{recv, recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
-use super::protocol::{
-    read_frame, read_frame_async, write_frame, write_frame_async, ProtocolError,
-};
+use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::supervisor::WarmControls;
 use super::template::{self, TemplateProcess};
 use super::warm::Template;
-use super::{seccomp, supervisor, RunOutcome, RunRequest, SpawnerConfig};
+use super::{seccomp, supervisor, SpawnerConfig};
 use crate::sys;
 
 /// The hidden subcommand that turns the nsbox binary into a spawner.
@@ -39,14 +37,6 @@ pub enum SpawnerError {
     Start(#[source] io::Error),
     #[error("sending the spawner its configuration: {0}")]
     Configure(#[source] ProtocolError),
-    #[error("handing a run to the spawner: {0}")]
-    Handoff(#[source] nix::errno::Errno),
-    #[error("creating the run socket: {0}")]
-    Socket(#[source] io::Error),
-    #[error("sending the run: {0}")]
-    Send(#[source] ProtocolError),
-    #[error("the run's supervisor exited without a result: {0}")]
-    SupervisorLost(#[source] ProtocolError),
     #[error("compiling the seccomp policy: {0}")]
     Seccomp(#[from] seccomp::SeccompError),
 }
@@ -86,8 +76,6 @@ pub struct Spawner {
 
 /// Pause before starting a spawner again, so a spawner that cannot start does not spin.
 const RESTART_PAUSE: Duration = Duration::from_millis(500);
-/// How long a run waits for a spawner being replaced.
-const HANDOFF_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Spawner {
     /// Starts the spawner (the nsbox binary re-executed, so it begins single-threaded
@@ -144,7 +132,10 @@ impl Spawner {
         )
     }
 
-    fn try_handoff(&self, theirs: &OwnedFd) -> Result<(), nix::errno::Errno> {
+    /// Hands one run's socket to the spawner, which forks a supervisor for it. Fails with
+    /// ENOTCONN while a dead spawner is being replaced (about a second); the caller decides
+    /// how long to wait for the new one.
+    pub fn hand_off(&self, theirs: &OwnedFd) -> Result<(), nix::errno::Errno> {
         let guard = self.shared.process.lock().unwrap();
         let process = guard.as_ref().ok_or(nix::errno::Errno::ENOTCONN)?;
         sendmsg::<()>(
@@ -155,36 +146,6 @@ impl Spawner {
             None,
         )
         .map(drop)
-    }
-
-    /// Hands a fresh socket to the spawner. While a dead spawner is being replaced (about
-    /// a second), the run waits for the new one rather than failing.
-    async fn handoff(&self, theirs: &OwnedFd) -> Result<(), SpawnerError> {
-        let deadline = tokio::time::Instant::now() + HANDOFF_PATIENCE;
-        loop {
-            match self.try_handoff(theirs) {
-                Ok(()) => return Ok(()),
-                Err(errno) if tokio::time::Instant::now() >= deadline => {
-                    return Err(SpawnerError::Handoff(errno))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    }
-
-    /// Runs one request in a fresh sandbox. Dropping the future kills the run.
-    pub async fn run(&self, request: &RunRequest) -> Result<RunOutcome, SpawnerError> {
-        let (ours, theirs) = tokio::net::UnixStream::pair().map_err(SpawnerError::Socket)?;
-        let theirs: OwnedFd = theirs.into_std().map_err(SpawnerError::Socket)?.into();
-        self.handoff(&theirs).await?;
-        drop(theirs);
-        let mut ours = ours;
-        write_frame_async(&mut ours, request)
-            .await
-            .map_err(SpawnerError::Send)?;
-        read_frame_async(&mut ours)
-            .await
-            .map_err(SpawnerError::SupervisorLost)
     }
 }
 

@@ -3,7 +3,6 @@
 use std::io::{self, Read, Write};
 
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Upper bound of one frame; a run's outcome is capped well below it (output and plot caps).
 pub const MAX_FRAME: usize = 128 << 20;
@@ -22,7 +21,8 @@ pub enum ProtocolError {
     Encode(#[source] serde_json::Error),
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
+/// A value as one frame: its length (u32, little-endian), then its JSON.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
     let body = serde_json::to_vec(value).map_err(ProtocolError::Encode)?;
     if body.len() > MAX_FRAME {
         return Err(ProtocolError::TooLarge(body.len()));
@@ -33,7 +33,8 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
     Ok(frame)
 }
 
-fn decode_len(header: [u8; 4]) -> Result<usize, ProtocolError> {
+/// The body length a frame's header announces, refused past [`MAX_FRAME`] before anything is allocated.
+pub fn decode_len(header: [u8; 4]) -> Result<usize, ProtocolError> {
     let len = u32::from_le_bytes(header) as usize;
     if len > MAX_FRAME {
         return Err(ProtocolError::TooLarge(len));
@@ -50,27 +51,6 @@ pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, ProtocolE
     r.read_exact(&mut header).map_err(ProtocolError::Read)?;
     let mut body = vec![0u8; decode_len(header)?];
     r.read_exact(&mut body).map_err(ProtocolError::Read)?;
-    serde_json::from_slice(&body).map_err(ProtocolError::Decode)
-}
-
-pub async fn write_frame_async<T: Serialize>(
-    w: &mut (impl AsyncWriteExt + Unpin),
-    value: &T,
-) -> Result<(), ProtocolError> {
-    w.write_all(&encode(value)?)
-        .await
-        .map_err(ProtocolError::Write)
-}
-
-pub async fn read_frame_async<T: DeserializeOwned>(
-    r: &mut (impl AsyncReadExt + Unpin),
-) -> Result<T, ProtocolError> {
-    let mut header = [0u8; 4];
-    r.read_exact(&mut header)
-        .await
-        .map_err(ProtocolError::Read)?;
-    let mut body = vec![0u8; decode_len(header)?];
-    r.read_exact(&mut body).await.map_err(ProtocolError::Read)?;
     serde_json::from_slice(&body).map_err(ProtocolError::Decode)
 }
 

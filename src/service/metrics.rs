@@ -1,8 +1,6 @@
-//! `GET /metrics`: Prometheus counters, gauges and histograms of runs, the queue and the warm
-//! templates, in the OpenMetrics text format.
+//! Prometheus counters, gauges and histograms of runs, the queue and the warm templates,
+//! kept by the run service and written in the OpenMetrics text format (`GET /metrics`).
 
-use axum::extract::State;
-use axum::http::header;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,8 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use super::AppState;
-use crate::sandbox::{Cut, RunOutcome, Termination};
+use super::{Ending, RunResult};
+use crate::sandbox::Cut;
 
 /// How a request for a run ended, as counted by `nsbox_runs_total`.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -170,10 +168,6 @@ impl Metrics {
         m
     }
 
-    pub fn refused(&self) {
-        self.count(Verdict::refused);
-    }
-
     pub fn rejected(&self) {
         self.rejected.inc();
     }
@@ -190,22 +184,22 @@ impl Metrics {
         self.runs.get_or_create(&VerdictLabel { verdict }).inc();
     }
 
-    /// Counts a finished run: its verdict, the limits it met, its start and duration.
-    pub fn finished(&self, outcome: &RunOutcome, limits_hit: &[Limit]) {
-        let verdict = match outcome.termination {
-            Termination::Exited { code: 0 } => Verdict::ok,
-            Termination::Exited { .. } => Verdict::error,
-            Termination::TimedOut | Termination::OutOfMemory => Verdict::limit,
-            Termination::Signaled { signal } if signal == libc::SIGXCPU => Verdict::limit,
-            Termination::Signaled { .. } => Verdict::signal,
-            Termination::SetupFailed { .. } => Verdict::setup_failed,
-            Termination::Cancelled => Verdict::cancelled,
+    /// Counts a run that reached the sandbox: its verdict, the limits it met, its start and
+    /// duration.
+    pub fn finished(&self, result: &RunResult) {
+        let verdict = match result.ending {
+            Ending::Exited { code: 0 } => Verdict::ok,
+            Ending::Exited { .. } => Verdict::error,
+            Ending::Limit(_) => Verdict::limit,
+            Ending::Signaled { .. } => Verdict::signal,
+            Ending::Refused => Verdict::refused,
         };
         self.count(verdict);
-        for &limit in limits_hit {
+        for limit in limits_hit(result) {
             self.limit_kills.get_or_create(&LimitLabel { limit }).inc();
         }
-        let start = if outcome.warm {
+        let Some(run) = &result.run else { return };
+        let start = if run.warm {
             self.template_forks.inc();
             Start::warm
         } else {
@@ -213,15 +207,18 @@ impl Metrics {
         };
         self.run_seconds
             .get_or_create(&StartLabel { start })
-            .observe(outcome.wall_ms as f64 / 1000.0);
+            .observe(run.wall_ms as f64 / 1000.0);
     }
 
-    /// The text exposition, with gauges and spawner counters brought up to date first.
-    fn encode(&self, state: &AppState) -> String {
-        self.queue_depth.set(state.admission.waiting() as i64);
-        self.active_runs
-            .set(state.admission.running(state.config.max_running) as i64);
-        let (respawns, restarts) = state.spawner.restarts();
+    /// The text exposition, with the gauges and the spawner's counters brought up to date
+    /// first: (`queued`, `running`) runs now, (`template_respawns`, `spawner_restarts`) so far.
+    pub fn encode(
+        &self,
+        (queued, running): (usize, usize),
+        (respawns, restarts): (u64, u64),
+    ) -> String {
+        self.queue_depth.set(queued as i64);
+        self.active_runs.set(running as i64);
         catch_up(&self.template_respawns, respawns);
         catch_up(&self.spawner_restarts, restarts);
         let mut text = String::new();
@@ -240,15 +237,17 @@ fn catch_up(counter: &Counter, total: u64) {
 }
 
 /// The limits a run met: the one that ended it, and those that cut it short.
-pub fn limits_hit(outcome: &RunOutcome) -> Vec<Limit> {
+pub fn limits_hit(result: &RunResult) -> Vec<Limit> {
     let mut hit = Vec::new();
-    match outcome.termination {
-        Termination::TimedOut => hit.push(Limit::timeout),
-        Termination::OutOfMemory => hit.push(Limit::memory),
-        Termination::Signaled { signal } if signal == libc::SIGXCPU => hit.push(Limit::cpu),
-        _ => {}
+    if let Ending::Limit(ended) = result.ending {
+        hit.push(match ended {
+            super::Limit::Timeout => Limit::timeout,
+            super::Limit::Memory => Limit::memory,
+            super::Limit::Cpu => Limit::cpu,
+        });
     }
-    hit.extend(outcome.cut_short.iter().map(|cut| match cut {
+    let cuts = result.run.as_ref().map_or(&[][..], |r| &r.cut_short[..]);
+    hit.extend(cuts.iter().map(|cut| match cut {
         Cut::Processes => Limit::processes,
         Cut::Output => Limit::output,
         Cut::Plots => Limit::plots,
@@ -256,56 +255,45 @@ pub fn limits_hit(outcome: &RunOutcome) -> Vec<Limit> {
     hit
 }
 
-pub async fn metrics(
-    State(state): State<AppState>,
-) -> ([(header::HeaderName, &'static str); 1], String) {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(&state),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::{Limit as Ended, RunFacts};
 
-    fn outcome(termination: Termination, cut_short: &[Cut]) -> RunOutcome {
-        RunOutcome {
-            termination,
+    fn result(ending: Ending, cut_short: &[Cut]) -> RunResult {
+        RunResult {
+            ending,
             stdout: String::new(),
             stderr: String::new(),
             plots: vec![],
-            notes: vec![],
-            cut_short: cut_short.to_vec(),
-            wall_ms: 12,
-            peak_memory_bytes: None,
-            warm: true,
+            violations: vec![],
+            execution_time: std::time::Duration::from_millis(12),
+            scan_time: std::time::Duration::ZERO,
+            queue_time: std::time::Duration::ZERO,
+            run: Some(RunFacts {
+                cut_short: cut_short.to_vec(),
+                wall_ms: 12,
+                peak_memory_bytes: None,
+                warm: true,
+            }),
         }
     }
 
     #[test]
-    fn limits_are_read_from_the_termination_and_what_cut_the_run_short() {
+    fn limits_are_read_from_the_ending_and_what_cut_the_run_short() {
         assert_eq!(
-            limits_hit(&outcome(Termination::TimedOut, &[])),
+            limits_hit(&result(Ending::Limit(Ended::Timeout), &[])),
             [Limit::timeout]
         );
         assert_eq!(
-            limits_hit(&outcome(
-                Termination::Exited { code: 0 },
+            limits_hit(&result(
+                Ending::Exited { code: 0 },
                 &[Cut::Processes, Cut::Output]
             )),
             [Limit::processes, Limit::output]
         );
         assert_eq!(
-            limits_hit(&outcome(
-                Termination::Signaled {
-                    signal: libc::SIGXCPU
-                },
-                &[]
-            )),
+            limits_hit(&result(Ending::Limit(Ended::Cpu), &[])),
             [Limit::cpu]
         );
     }
@@ -313,10 +301,8 @@ mod tests {
     #[test]
     fn finished_runs_show_in_the_exposition() {
         let m = Metrics::new();
-        let o = outcome(Termination::OutOfMemory, &[]);
-        m.finished(&o, &limits_hit(&o));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        m.finished(&result(Ending::Limit(Ended::Memory), &[]));
+        let text = m.encode((0, 0), (0, 0));
         assert!(
             text.contains("nsbox_runs_total{verdict=\"limit\"} 1"),
             "{text}"

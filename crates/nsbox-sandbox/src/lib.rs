@@ -1,4 +1,4 @@
-//! The sandbox: what one run is asked to do, what it reports back, and the processes that make it happen.
+//! nsbox's sandbox: what one run is asked to do, what it reports back, and the processes that make it happen.
 //!
 //! Process tree for one run (all created from the single-threaded spawner, never from the
 //! async server's threads):
@@ -19,6 +19,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spawner;
 pub mod supervisor;
+mod sys;
 pub mod template;
 pub mod warm;
 pub mod warm_library;
@@ -163,9 +164,8 @@ pub struct RunOutcome {
     pub stdout: String,
     pub stderr: String,
     pub plots: Vec<Plot>,
-    /// Limits that were reached without ending the run (output caps, plot caps, pids).
-    pub notes: Vec<String>,
-    /// The same limits, for counting: what cut the run short without ending it.
+    /// What cut the run short without ending it (output caps, plot caps, pids); stderr
+    /// says so in words.
     pub cut_short: Vec<Cut>,
     pub wall_ms: u64,
     /// Peak memory of the run's cgroup, when cgroups are in use.

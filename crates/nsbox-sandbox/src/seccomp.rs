@@ -27,8 +27,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use seccompiler::{sock_filter, BpfProgram, TargetArch};
 
 /// The built-in policy, for callers that ship it to another process as text.
-pub const DEFAULT_POLICY: &str =
-    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/seccomp/default.json"));
+pub const DEFAULT_POLICY: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../seccomp/default.json"
+));
 
 /// Highest x86_64 syscall number this policy was reviewed against: `mseal`, Linux 6.12, the
 /// newest syscall seccompiler 0.5's table knows. Raise it only after deciding, for every

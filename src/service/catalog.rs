@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiError;
+use super::ServiceError;
 
 /// Written into the tree by scripts/build-rootfs.sh.
 const LIBRARIES_JSON: &str = "usr/local/share/nsbox/libraries.json";
@@ -70,7 +70,7 @@ impl Catalog {
 
     /// Checks a request's `libraries`: each must be installed (or part of the standard
     /// library); the error names the unknown ones and lists what is available.
-    pub fn check(&self, requested: &[String]) -> Result<(), ApiError> {
+    pub fn check(&self, requested: &[String]) -> Result<(), ServiceError> {
         let unknown: Vec<&str> = requested
             .iter()
             .map(String::as_str)
@@ -87,7 +87,7 @@ impl Catalog {
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
-        Err(ApiError::invalid(format!(
+        Err(ServiceError::Invalid(format!(
             "unknown libraries: {}; available: {} (and the Python {} standard library); see GET /v1/tools/code/libraries",
             unknown.join(", "),
             available.join(", "),
@@ -152,13 +152,14 @@ mod tests {
             .check(&["NumPy".into(), "python_dateutil".into(), "json".into()])
             .is_ok());
         let err = c.check(&["numpy".into(), "tensorflow".into()]).unwrap_err();
-        assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+        let ServiceError::Invalid(message) = err else {
+            panic!("an unknown library is invalid input, got {err:?}")
+        };
         assert!(
-            err.message.contains("unknown libraries: tensorflow"),
-            "{}",
-            err.message
+            message.contains("unknown libraries: tensorflow"),
+            "{message}"
         );
-        assert!(err.message.contains("numpy 2.4.6"), "{}", err.message);
+        assert!(message.contains("numpy 2.4.6"), "{message}");
     }
 
     #[test]

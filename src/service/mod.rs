@@ -1,0 +1,638 @@
+//! The run service: the one path from a request to run code to its result, under every front end.
+//!
+//! HTTP (`api`), `nsbox run`, and later SSE, MCP and sessions are adapters: each turns its
+//! input into a [`CodeRequest`], calls [`RunService::execute`], and turns the [`RunResult`]
+//! or [`ServiceError`] back into its own shape. Validation, scanning, the choice of warm
+//! template, limits, admission, outcome classification and metrics exist here once.
+
+pub mod admission;
+pub mod catalog;
+pub mod metrics;
+pub mod runner;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::ScannerMode;
+use crate::sandbox::warm::{template_for, Template};
+use crate::sandbox::{Cut, Limits, Plot, RunOutcome, RunRequest, Termination};
+use crate::scanner::{self, Analysis};
+use admission::Admission;
+use catalog::Catalog;
+use metrics::{Metrics, Verdict};
+use runner::Runner;
+
+/// The spec's limit on `code`, in characters.
+pub const MAX_CODE_CHARS: usize = 50_000;
+
+/// Seconds (as requests and configuration give them) to the milliseconds a run is limited
+/// to, rounded up so a run never gets less than it asked for.
+pub fn millis(seconds: f64) -> u64 {
+    (seconds * 1000.0).ceil() as u64
+}
+
+/// The span a front end opens for one request to run code: the service records the user
+/// and the code's SHA-256 in it, so every log line of the request carries them.
+pub fn request_span(request_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "run",
+        request_id = %request_id,
+        user = tracing::field::Empty,
+        code_sha256 = tracing::field::Empty,
+    )
+}
+
+/// Why a request got no result. Messages are for the client: no host paths, no internals.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServiceError {
+    /// The request breaks the contract (empty code, NUL, bad timeout, unknown library).
+    #[error("{0}")]
+    Invalid(String),
+    /// The code is longer than the contract allows.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The queue or the caller's share of the run slots is full: retry shortly.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The sandbox is restarting, the server is shutting down, or the run was cancelled.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The sandbox could not be set up; the step is for the operator's log, not the client.
+    #[error("the sandbox could not be set up: step `{step}` failed (errno {errno})")]
+    SetupFailed { step: String, errno: i32 },
+    /// Something inside nsbox failed (a worker thread panicked).
+    #[error("internal error")]
+    Internal,
+}
+
+/// One request to run code, as every front end gives it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CodeRequest {
+    pub code: String,
+    /// Seconds; `None` takes the configured default.
+    pub timeout_s: Option<f64>,
+    /// Libraries the caller expects (checked against the root filesystem; they also pick
+    /// the warm template).
+    pub libraries: Vec<String>,
+    /// Who asked (`x-relaxai-userid`): logged, and limited to a share of the run slots.
+    pub user: Option<String>,
+    /// How long the caller waits for an answer, seconds, when it says so (the official
+    /// SDK's read timeout). A request without its own timeout is kept under it, so the
+    /// answer arrives before the caller gives up and sends the code again.
+    pub caller_patience_s: Option<f64>,
+}
+
+/// A limit that ended a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Timeout,
+    Memory,
+    /// CPU time (RLIMIT_CPU, whose SIGXCPU ends the run).
+    Cpu,
+}
+
+/// How a run ended, classified once for every front end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The code ran to its end and exited with this status (0, 1 for an exception, …).
+    Exited { code: i32 },
+    /// The scanner refused the code; nothing ran.
+    Refused,
+    /// A limit ended the run.
+    Limit(Limit),
+    /// A signal no limit explains (SIGSEGV, SIGABRT, …) ended the run.
+    Signaled { signal: i32 },
+}
+
+impl Ending {
+    /// The spec's `success`: code that ran to its end succeeded, even when it raised.
+    pub fn success(self) -> bool {
+        matches!(self, Ending::Exited { .. })
+    }
+
+    /// The spec's `exit_code`: the code's own status, -1 for anything else.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Ending::Exited { code } => code,
+            _ => -1,
+        }
+    }
+}
+
+/// What the sandbox reported about a run that started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunFacts {
+    /// Limits that cut the run short without ending it.
+    pub cut_short: Vec<Cut>,
+    pub wall_ms: u64,
+    pub peak_memory_bytes: Option<u64>,
+    /// Whether the run was forked from a warm template.
+    pub warm: bool,
+}
+
+/// The result of a request to run code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    pub ending: Ending,
+    pub stdout: String,
+    /// The code's stderr; when a limit or a signal ended the run, it ends with a line
+    /// `Execution failed: …` naming it (the spec's timeout example).
+    pub stderr: String,
+    pub plots: Vec<Plot>,
+    /// What the scanner flagged (in report mode the code ran anyway).
+    pub violations: Vec<String>,
+    /// The spec's `execution_time`: the scan and the run, not time spent queued.
+    pub execution_time: Duration,
+    pub scan_time: Duration,
+    pub queue_time: Duration,
+    /// `None` when nothing ran (refused by the scanner).
+    pub run: Option<RunFacts>,
+}
+
+/// What the service needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Every run's limits; a request's timeout replaces `timeout_ms`.
+    pub limits: Limits,
+    pub default_timeout_s: f64,
+    pub max_timeout_s: f64,
+    pub scanner: ScannerMode,
+    /// Whether runs are forked from warm templates.
+    pub warm: bool,
+    pub max_running: usize,
+    pub max_queue: usize,
+    pub max_running_per_user: usize,
+}
+
+/// The run service, shared by every front end of one process.
+pub struct RunService {
+    settings: Settings,
+    runner: Arc<dyn Runner>,
+    catalog: Catalog,
+    policy: Arc<scanner::Policy>,
+    admission: Admission,
+    metrics: Metrics,
+    /// Turns true when the shutdown grace is over: runs still in flight are cancelled.
+    cancelled: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A request that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub code: String,
+    pub timeout_ms: u64,
+    pub libraries: Vec<String>,
+    pub user: Option<String>,
+}
+
+/// The contract's rules for the code itself.
+pub fn check_code(code: &str) -> Result<(), ServiceError> {
+    if code.trim().is_empty() {
+        return Err(ServiceError::Invalid(
+            "`code` must not be empty or whitespace only".into(),
+        ));
+    }
+    if code.contains('\0') {
+        return Err(ServiceError::Invalid(
+            "`code` must not contain NUL bytes".into(),
+        ));
+    }
+    let chars = code.chars().count();
+    if chars > MAX_CODE_CHARS {
+        return Err(ServiceError::TooLarge(format!(
+            "`code` is {chars} characters; the maximum is {MAX_CODE_CHARS}"
+        )));
+    }
+    Ok(())
+}
+
+/// The time a caller that waits `patience_s` seconds leaves a run: a second less, or half
+/// of a very short wait.
+fn within_patience(patience_s: f64) -> Option<f64> {
+    (patience_s.is_finite() && patience_s > 0.0).then(|| (patience_s - 1.0).max(patience_s / 2.0))
+}
+
+/// Scans `code` as `mode` says; with the scanner off only the imports are read (they pick
+/// the warm template).
+pub fn scan(mode: ScannerMode, policy: &scanner::Policy, code: &str) -> Analysis {
+    match mode {
+        ScannerMode::Off => Analysis {
+            violations: Vec::new(),
+            imported_modules: scanner::imported_modules(code),
+        },
+        ScannerMode::Enforce | ScannerMode::Report => scanner::analyze(code, policy),
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+/// Classifies what the sandbox reported: how the run ended, and its stderr with the limit
+/// or signal that ended it named on a last line. Set-up failures and cancellations are
+/// errors, not results.
+pub fn classify(outcome: &RunOutcome, limits: &Limits) -> Result<(Ending, String), ServiceError> {
+    let (ending, failure) = match &outcome.termination {
+        Termination::Exited { code } => (Ending::Exited { code: *code }, None),
+        Termination::TimedOut => (
+            Ending::Limit(Limit::Timeout),
+            Some("Execution timeout exceeded".to_string()),
+        ),
+        Termination::OutOfMemory => (
+            Ending::Limit(Limit::Memory),
+            Some(format!(
+                "Memory limit exceeded ({} MiB)",
+                limits.memory_bytes >> 20
+            )),
+        ),
+        Termination::Signaled { signal } if *signal == libc::SIGXCPU => (
+            Ending::Limit(Limit::Cpu),
+            Some(format!(
+                "CPU time limit exceeded ({} s)",
+                limits.cpu_seconds
+            )),
+        ),
+        Termination::Signaled { signal } => (
+            Ending::Signaled { signal: *signal },
+            Some(format!("process killed by {}", signal_name(*signal))),
+        ),
+        Termination::SetupFailed { step, errno } => {
+            return Err(ServiceError::SetupFailed {
+                step: step.clone(),
+                errno: *errno,
+            })
+        }
+        Termination::Cancelled => {
+            return Err(ServiceError::Unavailable("the run was cancelled".into()))
+        }
+    };
+    let mut stderr = outcome.stderr.clone();
+    if let Some(message) = failure {
+        if !stderr.is_empty() && !stderr.ends_with('\n') {
+            stderr.push('\n');
+        }
+        stderr.push_str("Execution failed: ");
+        stderr.push_str(&message);
+    }
+    Ok((ending, stderr))
+}
+
+/// The result of code the scanner refused: the spec's security-violation example.
+fn refused(violations: Vec<String>, scan_time: Duration) -> RunResult {
+    RunResult {
+        ending: Ending::Refused,
+        stdout: String::new(),
+        stderr: "Security violations detected".into(),
+        plots: Vec::new(),
+        violations,
+        execution_time: scan_time,
+        scan_time,
+        queue_time: Duration::ZERO,
+        run: None,
+    }
+}
+
+/// Counts and logs a run that a client hang-up ended: the front end then drops the
+/// request's future, which kills the run, and this is the only place that can still say so.
+struct CallerGone<'a> {
+    metrics: &'a Metrics,
+    span: tracing::Span,
+    armed: bool,
+}
+
+impl Drop for CallerGone<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _entered = self.span.enter();
+            tracing::info!("run cancelled: the client went away");
+            self.metrics.count(Verdict::cancelled);
+        }
+    }
+}
+
+fn code_sha256(code: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(code.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl RunService {
+    pub fn new(
+        settings: Settings,
+        runner: Arc<dyn Runner>,
+        catalog: Catalog,
+        cancelled: tokio::sync::watch::Receiver<bool>,
+    ) -> RunService {
+        RunService {
+            admission: Admission::new(
+                settings.max_running,
+                settings.max_queue,
+                settings.max_running_per_user,
+            ),
+            settings,
+            runner,
+            catalog,
+            policy: Arc::new(scanner::Policy::builtin()),
+            metrics: Metrics::new(),
+            cancelled,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Whether runs start warm (or the warm path is off): what readiness means.
+    pub fn is_ready(&self) -> bool {
+        self.runner.is_ready()
+    }
+
+    pub fn ready_templates(&self) -> Vec<Template> {
+        self.runner.ready_templates()
+    }
+
+    /// Runs executing now.
+    pub fn running(&self) -> usize {
+        self.admission.running(self.settings.max_running)
+    }
+
+    /// Requests waiting for a run slot.
+    pub fn queued(&self) -> usize {
+        self.admission.waiting()
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn metrics_text(&self) -> String {
+        self.metrics
+            .encode((self.queued(), self.running()), self.runner.restarts())
+    }
+
+    /// Counts the time a front end took to answer a request to run code.
+    pub fn request_took(&self, d: Duration) {
+        self.metrics.request_took(d);
+    }
+
+    /// Checks a request against the contract and the root filesystem's libraries.
+    pub fn validate(&self, request: CodeRequest) -> Result<Validated, ServiceError> {
+        check_code(&request.code)?;
+        let max = self.settings.max_timeout_s;
+        let timeout_s = match request.timeout_s {
+            Some(t) if t > 0.0 && t <= max => t,
+            Some(t) => {
+                return Err(ServiceError::Invalid(format!(
+                    "`timeout` must be more than 0 and at most {max} seconds, got {t}"
+                )))
+            }
+            None => request
+                .caller_patience_s
+                .and_then(within_patience)
+                .map_or(self.settings.default_timeout_s, |budget| {
+                    budget.min(self.settings.default_timeout_s)
+                }),
+        };
+        self.catalog.check(&request.libraries)?;
+        Ok(Validated {
+            code: request.code,
+            timeout_ms: millis(timeout_s),
+            libraries: request.libraries,
+            user: request.user.filter(|u| !u.is_empty()),
+        })
+    }
+
+    /// Validates, scans and runs one request. Every log line carries the caller's span
+    /// (the front end's request id) and, once known, the user and the code's SHA-256 —
+    /// never the code itself, which is logged only when `RUST_LOG` enables the
+    /// `nsbox::code` target at debug level. Dropping the future kills the run.
+    pub async fn execute(&self, request: CodeRequest) -> Result<RunResult, ServiceError> {
+        let request = self.validate(request)?;
+        let span = tracing::Span::current();
+        span.record("code_sha256", code_sha256(&request.code).as_str());
+        if let Some(user) = &request.user {
+            span.record("user", user.as_str());
+        }
+        tracing::debug!(target: "nsbox::code", code = %request.code, "code received");
+        self.run(request).await
+    }
+
+    async fn run(&self, request: Validated) -> Result<RunResult, ServiceError> {
+        let limits = Limits {
+            timeout_ms: request.timeout_ms,
+            ..self.settings.limits.clone()
+        };
+        // The scan runs off the async threads: a large file takes milliseconds to parse.
+        let scan_started = Instant::now();
+        let (analysis, code) = {
+            let mode = self.settings.scanner;
+            let policy = self.policy.clone();
+            let code = request.code;
+            tokio::task::spawn_blocking(move || (scan(mode, &policy, &code), code))
+                .await
+                .map_err(|_| ServiceError::Internal)?
+        };
+        let scan_time = scan_started.elapsed();
+        let violations = scanner::violation_names(&analysis.violations);
+        for v in &analysis.violations {
+            tracing::debug!(rule = %v.rule_id, line = v.line, name = %v.name, "scanner violation");
+        }
+        if self.settings.scanner == ScannerMode::Enforce && !violations.is_empty() {
+            tracing::info!(?violations, "run refused by the scanner");
+            let result = refused(violations, scan_time);
+            self.metrics.finished(&result);
+            return Ok(result);
+        }
+
+        let queued = Instant::now();
+        let _permit = self
+            .admission
+            .admit(request.user.as_deref())
+            .await
+            .inspect_err(|_| self.metrics.rejected())?;
+        let queue_time = queued.elapsed();
+        self.metrics.queued_for(queue_time);
+        let started = Instant::now();
+        let run_request = RunRequest {
+            template: self
+                .settings
+                .warm
+                .then(|| template_for(&analysis.imported_modules, &request.libraries)),
+            code,
+            limits: limits.clone(),
+        };
+        let mut cancelled = self.cancelled.clone();
+        let mut caller_gone = CallerGone {
+            metrics: &self.metrics,
+            span: tracing::Span::current(),
+            armed: true,
+        };
+        let finished = tokio::select! {
+            outcome = self.runner.run(run_request) => Some(outcome),
+            _ = cancelled.wait_for(|c| *c) => None,
+        };
+        caller_gone.armed = false;
+        let outcome = match finished {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "run failed");
+                self.metrics.count(Verdict::setup_failed);
+                return Err(ServiceError::Unavailable(
+                    "the sandbox is restarting; retry the request".into(),
+                ));
+            }
+            None => {
+                tracing::warn!("run cancelled: the shutdown grace is over");
+                self.metrics.count(Verdict::cancelled);
+                return Err(ServiceError::Unavailable(
+                    "the server is shutting down; retry the request".into(),
+                ));
+            }
+        };
+        let (ending, stderr) = match classify(&outcome, &limits) {
+            Ok(classified) => classified,
+            Err(e) => {
+                match &e {
+                    ServiceError::SetupFailed { step, errno } => {
+                        tracing::error!(step, errno, "sandbox set-up failed");
+                        self.metrics.count(Verdict::setup_failed);
+                    }
+                    _ => self.metrics.count(Verdict::cancelled),
+                }
+                return Err(e);
+            }
+        };
+        let result = RunResult {
+            ending,
+            stdout: outcome.stdout,
+            stderr,
+            plots: outcome.plots,
+            violations,
+            // The spec's execution_time covers checks and execution, not time spent queued.
+            execution_time: scan_time + started.elapsed(),
+            scan_time,
+            queue_time,
+            run: Some(RunFacts {
+                cut_short: outcome.cut_short,
+                wall_ms: outcome.wall_ms,
+                peak_memory_bytes: outcome.peak_memory_bytes,
+                warm: outcome.warm,
+            }),
+        };
+        self.metrics.finished(&result);
+        let run = result.run.as_ref().expect("set above");
+        tracing::info!(
+            verdict = ?outcome.termination,
+            limits_hit = ?metrics::limits_hit(&result),
+            scan_ms = scan_time.as_millis() as u64,
+            queue_ms = queue_time.as_millis() as u64,
+            wall_ms = run.wall_ms,
+            warm = run.warm,
+            peak_memory = run.peak_memory_bytes,
+            "run finished"
+        );
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(termination: Termination, stderr: &str) -> RunOutcome {
+        RunOutcome {
+            termination,
+            stdout: String::new(),
+            stderr: stderr.into(),
+            plots: vec![],
+            cut_short: vec![],
+            wall_ms: 1,
+            peak_memory_bytes: None,
+            warm: false,
+        }
+    }
+
+    #[test]
+    fn limits_and_signals_are_classified_and_named_in_stderr() {
+        let limits = Limits::default();
+        let c = |t, e| classify(&outcome(t, e), &limits).unwrap();
+        let (ending, stderr) = c(Termination::TimedOut, "");
+        assert_eq!(ending, Ending::Limit(Limit::Timeout));
+        assert_eq!((ending.success(), ending.exit_code()), (false, -1));
+        assert_eq!(stderr, "Execution failed: Execution timeout exceeded");
+        let (ending, stderr) = c(Termination::OutOfMemory, "partial");
+        assert_eq!(ending, Ending::Limit(Limit::Memory));
+        assert_eq!(
+            stderr,
+            "partial\nExecution failed: Memory limit exceeded (512 MiB)"
+        );
+        let (ending, stderr) = c(
+            Termination::Signaled {
+                signal: libc::SIGXCPU,
+            },
+            "",
+        );
+        assert_eq!(ending, Ending::Limit(Limit::Cpu));
+        assert_eq!(stderr, "Execution failed: CPU time limit exceeded (60 s)");
+        let (ending, stderr) = c(Termination::Exited { code: 1 }, "Traceback");
+        assert_eq!((ending.success(), ending.exit_code()), (true, 1));
+        assert_eq!(stderr, "Traceback");
+        let (ending, stderr) = c(Termination::Signaled { signal: 11 }, "");
+        assert_eq!(ending, Ending::Signaled { signal: 11 });
+        assert!(stderr.contains("SIGSEGV"));
+    }
+
+    #[test]
+    fn setup_failures_and_cancellations_are_errors() {
+        let limits = Limits::default();
+        let err = classify(
+            &outcome(
+                Termination::SetupFailed {
+                    step: "mount /proc".into(),
+                    errno: 13,
+                },
+                "",
+            ),
+            &limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ServiceError::SetupFailed { errno: 13, .. }));
+        assert!(matches!(
+            classify(&outcome(Termination::Cancelled, ""), &limits),
+            Err(ServiceError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn seconds_become_milliseconds_rounded_up() {
+        assert_eq!(millis(30.0), 30_000);
+        assert_eq!(millis(0.25), 250);
+        assert_eq!(millis(0.0001), 1);
+    }
+
+    #[test]
+    fn the_callers_patience_leaves_a_second_for_the_answer() {
+        assert_eq!(within_patience(30.0), Some(29.0));
+        assert_eq!(within_patience(1.0), Some(0.5));
+        assert_eq!(within_patience(f64::NAN), None);
+        assert_eq!(within_patience(-3.0), None);
+    }
+
+    #[test]
+    fn code_rules() {
+        assert!(
+            matches!(check_code(" \n\t"), Err(ServiceError::Invalid(m)) if m.contains("empty"))
+        );
+        assert!(matches!(check_code("a\0b"), Err(ServiceError::Invalid(m)) if m.contains("NUL")));
+        assert!(check_code(&"é".repeat(MAX_CODE_CHARS)).is_ok());
+        assert!(matches!(
+            check_code(&"a".repeat(MAX_CODE_CHARS + 1)),
+            Err(ServiceError::TooLarge(_))
+        ));
+    }
+}
