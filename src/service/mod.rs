@@ -312,6 +312,14 @@ impl Drop for CallerGone<'_> {
     }
 }
 
+/// Resolves once the shutdown grace is over; never when nothing can cancel runs (the
+/// sender is gone: `nsbox run`, tests).
+async fn shutdown_grace_over(cancelled: &mut tokio::sync::watch::Receiver<bool>) {
+    if cancelled.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 fn code_sha256(code: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(code.as_bytes())
@@ -474,7 +482,7 @@ impl RunService {
         };
         let finished = tokio::select! {
             outcome = self.runner.run(run_request) => Some(outcome),
-            _ = cancelled.wait_for(|c| *c) => None,
+            _ = shutdown_grace_over(&mut cancelled) => None,
         };
         caller_gone.armed = false;
         let outcome = match finished {
