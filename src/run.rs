@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use base64::Engine;
 
-use crate::api::code::CodeResponse;
 use crate::config::{Config, RunMode, ScannerMode};
 use crate::host::{self, HostError, Prepared};
 use crate::sandbox::spawner::{Spawner, SpawnerError};
-use crate::service::{CodeRequest, Ending, Limit, RunResult, RunService, ServiceError};
+use crate::service::{
+    CodeRequest, CodeResponse, Ending, Limit, RunResult, RunService, ServiceError,
+};
 
 /// Exit statuses of `nsbox run` that are not the code's own, following `timeout(1)` and
 /// the shell's 128+signal convention so scripts can tell them apart.

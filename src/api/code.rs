@@ -1,53 +1,18 @@
 //! `POST /v1/tools/code`: reads the spec's request JSON into a run request, hands it to the run service, and answers with the spec's response object.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::sandbox::Plot;
-use crate::service::{self, CodeRequest, RunResult};
-
-/// The spec's response object, field for field.
-#[derive(Debug, Serialize, PartialEq)]
-pub struct CodeResponse {
-    pub success: bool,
-    pub stdout: String,
-    pub stderr: String,
-    pub exit_code: i32,
-    pub execution_time: f64,
-    pub security_checked: bool,
-    pub violations: Vec<String>,
-    pub plots: Vec<Plot>,
-}
-
-impl From<RunResult> for CodeResponse {
-    fn from(r: RunResult) -> CodeResponse {
-        CodeResponse {
-            success: r.ending.success(),
-            stdout: r.stdout,
-            stderr: r.stderr,
-            exit_code: r.ending.exit_code(),
-            execution_time: seconds(r.execution_time),
-            security_checked: true,
-            violations: r.violations,
-            plots: r.plots,
-        }
-    }
-}
-
-/// Seconds with millisecond precision, as the spec's examples show them.
-fn seconds(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0).round() / 1000.0
-}
+use crate::service::{self, CodeRequest, CodeResponse};
 
 /// Reads the request body's JSON: the types of its fields, and `lang`. Unknown fields are
 /// ignored, so clients (and the official SDK's `extra_body`) that send more than nsbox
@@ -244,24 +209,5 @@ mod tests {
             assert!(err.status.is_client_error(), "{body}");
             assert!(err.message.contains(needle), "{body}: {}", err.message);
         }
-    }
-
-    #[test]
-    fn a_result_maps_to_the_spec_fields() {
-        let r = RunResult {
-            ending: service::Ending::Limit(service::Limit::Timeout),
-            stdout: String::new(),
-            stderr: "Execution failed: Execution timeout exceeded".into(),
-            plots: vec![],
-            violations: vec![],
-            execution_time: Duration::from_micros(5_020_400),
-            scan_time: Duration::ZERO,
-            queue_time: Duration::ZERO,
-            run: None,
-        };
-        let response = CodeResponse::from(r);
-        assert_eq!((response.success, response.exit_code), (false, -1));
-        assert_eq!(response.execution_time, 5.02);
-        assert!(response.security_checked);
     }
 }

@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod catalog;
 pub mod metrics;
+pub mod response;
 pub mod runner;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::scanner::{self, Analysis};
 use admission::Admission;
 use catalog::Catalog;
 use metrics::{Metrics, Verdict};
+pub use response::CodeResponse;
 use runner::Runner;
 
 /// The spec's limit on `code`, in characters.
@@ -206,6 +208,37 @@ pub fn check_code(code: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Checks a request against the contract and the root filesystem's libraries.
+pub fn validate(
+    settings: &Settings,
+    catalog: &Catalog,
+    request: CodeRequest,
+) -> Result<Validated, ServiceError> {
+    check_code(&request.code)?;
+    let max = settings.max_timeout_s;
+    let timeout_s = match request.timeout_s {
+        Some(t) if t > 0.0 && t <= max => t,
+        Some(t) => {
+            return Err(ServiceError::Invalid(format!(
+                "`timeout` must be more than 0 and at most {max} seconds, got {t}"
+            )))
+        }
+        None => request
+            .caller_patience_s
+            .and_then(within_patience)
+            .map_or(settings.default_timeout_s, |budget| {
+                budget.min(settings.default_timeout_s)
+            }),
+    };
+    catalog.check(&request.libraries)?;
+    Ok(Validated {
+        code: request.code,
+        timeout_ms: millis(timeout_s),
+        libraries: request.libraries,
+        user: request.user.filter(|u| !u.is_empty()),
+    })
+}
+
 /// The time a caller that waits `patience_s` seconds leaves a run: a second less, or half
 /// of a very short wait.
 fn within_patience(patience_s: f64) -> Option<f64> {
@@ -390,29 +423,7 @@ impl RunService {
 
     /// Checks a request against the contract and the root filesystem's libraries.
     pub fn validate(&self, request: CodeRequest) -> Result<Validated, ServiceError> {
-        check_code(&request.code)?;
-        let max = self.settings.max_timeout_s;
-        let timeout_s = match request.timeout_s {
-            Some(t) if t > 0.0 && t <= max => t,
-            Some(t) => {
-                return Err(ServiceError::Invalid(format!(
-                    "`timeout` must be more than 0 and at most {max} seconds, got {t}"
-                )))
-            }
-            None => request
-                .caller_patience_s
-                .and_then(within_patience)
-                .map_or(self.settings.default_timeout_s, |budget| {
-                    budget.min(self.settings.default_timeout_s)
-                }),
-        };
-        self.catalog.check(&request.libraries)?;
-        Ok(Validated {
-            code: request.code,
-            timeout_ms: millis(timeout_s),
-            libraries: request.libraries,
-            user: request.user.filter(|u| !u.is_empty()),
-        })
+        validate(&self.settings, &self.catalog, request)
     }
 
     /// Validates, scans and runs one request. Every log line carries the caller's span
@@ -629,6 +640,66 @@ mod tests {
         assert_eq!(within_patience(1.0), Some(0.5));
         assert_eq!(within_patience(f64::NAN), None);
         assert_eq!(within_patience(-3.0), None);
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            limits: Limits::default(),
+            default_timeout_s: 30.0,
+            max_timeout_s: 300.0,
+            scanner: ScannerMode::Enforce,
+            warm: false,
+            max_running: 1,
+            max_queue: 1,
+            max_running_per_user: 1,
+        }
+    }
+
+    fn v(timeout_s: Option<f64>, patience: Option<f64>) -> Result<Validated, ServiceError> {
+        validate(
+            &settings(),
+            &Catalog::default(),
+            CodeRequest {
+                code: "x".into(),
+                timeout_s,
+                caller_patience_s: patience,
+                ..CodeRequest::default()
+            },
+        )
+    }
+
+    #[test]
+    fn timeouts_are_checked_once_and_kept_under_the_callers_patience() {
+        assert_eq!(v(None, None).unwrap().timeout_ms, 30_000);
+        assert_eq!(v(Some(5.0), None).unwrap().timeout_ms, 5_000);
+        assert_eq!(v(Some(0.25), None).unwrap().timeout_ms, 250);
+        assert_eq!(v(None, Some(10.0)).unwrap().timeout_ms, 9_000);
+        // An explicit timeout is the caller's own choice.
+        assert_eq!(v(Some(20.0), Some(10.0)).unwrap().timeout_ms, 20_000);
+        // Patience longer than the default leaves the default.
+        assert_eq!(v(None, Some(600.0)).unwrap().timeout_ms, 30_000);
+        for bad in [0.0, -3.0, 301.0, 1e308, f64::INFINITY, f64::NAN] {
+            let err = v(Some(bad), None).unwrap_err();
+            assert!(
+                matches!(&err, ServiceError::Invalid(m) if m.contains("more than 0 and at most 300")),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_libraries_are_refused() {
+        let err = validate(
+            &settings(),
+            &Catalog::default(),
+            CodeRequest {
+                code: "x".into(),
+                libraries: vec!["tensorflow".into()],
+                ..CodeRequest::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, ServiceError::Invalid(m) if m.contains("tensorflow")));
     }
 
     #[test]
