@@ -1,0 +1,535 @@
+//! The HTTP layer in process, without root: the router over the run service with a fake runner,
+//! driven by `tower::ServiceExt::oneshot` (axum's testing example). Status codes, the error
+//! shape, request ids, admission, and a property test that no input makes it answer 500.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use nsbox::api::{auth::Keys, router, AppState};
+use nsbox::config::ScannerMode;
+use nsbox::host::Isolation;
+use nsbox::sandbox::namespaces::IdMappingReport;
+use nsbox::sandbox::warm::Template;
+use nsbox::sandbox::{Limits, RunOutcome, RunRequest, Termination};
+use nsbox::service::catalog::Catalog;
+use nsbox::service::runner::{RunFuture, Runner};
+use nsbox::service::{RunService, Settings};
+
+/// Answers every run with `print(2**2)`'s outcome after `delay`, counting the runs.
+struct FakeRunner {
+    ready: bool,
+    delay: Duration,
+    runs: AtomicUsize,
+}
+
+impl Runner for FakeRunner {
+    fn run(&self, request: RunRequest) -> RunFuture<'_> {
+        Box::pin(async move {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            Ok(RunOutcome {
+                termination: Termination::Exited { code: 0 },
+                stdout: format!("{} bytes of code\n", request.code.len()),
+                stderr: String::new(),
+                plots: vec![],
+                cut_short: vec![],
+                wall_ms: 1,
+                peak_memory_bytes: None,
+                warm: false,
+            })
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    fn ready_templates(&self) -> Vec<Template> {
+        Vec::new()
+    }
+
+    fn restarts(&self) -> (u64, u64) {
+        (0, 0)
+    }
+}
+
+struct App {
+    router: Router,
+    runner: Arc<FakeRunner>,
+    /// Kept so that nothing cancels the runs.
+    _cancel: tokio::sync::watch::Sender<bool>,
+}
+
+struct Options {
+    keys: Vec<String>,
+    ready: bool,
+    delay: Duration,
+    max_running: usize,
+    max_queue: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            keys: Vec::new(),
+            ready: true,
+            delay: Duration::ZERO,
+            max_running: 4,
+            max_queue: 4,
+        }
+    }
+}
+
+fn app(o: Options) -> App {
+    let runner = Arc::new(FakeRunner {
+        ready: o.ready,
+        delay: o.delay,
+        runs: AtomicUsize::new(0),
+    });
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
+    let catalog: Catalog = serde_json::from_value(json!({
+        "python": "3.11.2",
+        "libraries": {"numpy": "2.4.6", "pandas": "3.1.0"},
+    }))
+    .unwrap();
+    let service = RunService::new(
+        Settings {
+            limits: Limits::default(),
+            default_timeout_s: 30.0,
+            max_timeout_s: 300.0,
+            scanner: ScannerMode::Enforce,
+            warm: false,
+            max_running: o.max_running,
+            max_queue: o.max_queue,
+            max_running_per_user: o.max_running,
+        },
+        runner.clone(),
+        catalog,
+        cancelled,
+    );
+    let state = AppState {
+        service: Arc::new(service),
+        isolation: Arc::new(Isolation {
+            namespaces: vec!["user"],
+            cgroup: None,
+            seccomp: true,
+            rlimits: true,
+            warm: false,
+            id_mapping: IdMappingReport {
+                mode: "host-root",
+                run_host_uid: 1_000_065_534,
+                description: String::new(),
+            },
+            warnings: Vec::new(),
+        }),
+        keys: Keys::new(&o.keys),
+        max_body_bytes: 1 << 20,
+    };
+    App {
+        router: router(state),
+        runner,
+        _cancel: cancel,
+    }
+}
+
+fn post(body: impl Into<Body>) -> Request<Body> {
+    Request::builder()
+        .method(Method::POST)
+        .uri("/v1/tools/code")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+fn spec_request() -> Request<Body> {
+    post(json!({"code": "print(2**2)", "lang": "python"}).to_string())
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&self.body));
+        })
+    }
+
+    /// Asserts the API's one error shape and returns its message.
+    fn error(&self, status: StatusCode) -> String {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        let error = v["error"].as_object().expect("an `error` object");
+        assert_eq!(error.len(), 2, "{v}");
+        assert!(error["type"].is_string(), "{v}");
+        error["message"].as_str().expect("a message").to_string()
+    }
+}
+
+async fn send(router: &Router, request: Request<Body>) -> Answer {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn the_spec_request_gets_the_spec_response() {
+    let app = app(Options::default());
+    let a = send(&app.router, spec_request()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let v = a.json();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    let mut spec = [
+        "success",
+        "stdout",
+        "stderr",
+        "exit_code",
+        "execution_time",
+        "security_checked",
+        "violations",
+        "plots",
+    ];
+    spec.sort();
+    assert_eq!(keys, spec, "exactly the spec's fields");
+    assert_eq!(v["success"], true);
+    assert_eq!(v["stdout"], "11 bytes of code\n");
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(app.runner.runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_scanner_refuses_before_anything_runs() {
+    let app = app(Options::default());
+    let a = send(
+        &app.router,
+        post(json!({"code": "import os\nos.system('ls -la')", "lang": "python"}).to_string()),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let v = a.json();
+    assert_eq!(v["success"], false);
+    assert_eq!(v["exit_code"], -1);
+    assert_eq!(v["stderr"], "Security violations detected");
+    assert_eq!(
+        v["violations"],
+        json!(["Operating system interface", "os.system line execution"])
+    );
+    assert_eq!(app.runner.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn bad_input_is_400_with_a_clear_message() {
+    let app = app(Options::default());
+    let cases = [
+        ("not json".to_string(), "not valid JSON"),
+        ("[1]".to_string(), "JSON object"),
+        (json!({"lang": "python"}).to_string(), "`code` is required"),
+        (json!({"code": "", "lang": "python"}).to_string(), "empty"),
+        (
+            json!({"code": "a\u{0}b", "lang": "python"}).to_string(),
+            "NUL",
+        ),
+        (
+            json!({"code": "x", "lang": "ruby"}).to_string(),
+            "unsupported `lang`",
+        ),
+        (
+            json!({"code": "x", "lang": "python", "timeout": 0}).to_string(),
+            "more than 0",
+        ),
+        (
+            json!({"code": "x", "lang": "python", "timeout": 1e300}).to_string(),
+            "at most 300",
+        ),
+        (
+            json!({"code": "x", "lang": "python", "libraries": ["tensorflow"]}).to_string(),
+            "unknown libraries: tensorflow",
+        ),
+        (String::new(), "not valid JSON"),
+    ];
+    for (body, needle) in cases {
+        let message = send(&app.router, post(body.clone()))
+            .await
+            .error(StatusCode::BAD_REQUEST);
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    assert_eq!(app.runner.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn keys_are_required_when_configured() {
+    let app = app(Options {
+        keys: vec!["s3cret".into()],
+        ..Options::default()
+    });
+    let message = send(&app.router, spec_request())
+        .await
+        .error(StatusCode::UNAUTHORIZED);
+    assert!(message.contains("missing API key"), "{message}");
+    let mut wrong = spec_request();
+    wrong
+        .headers_mut()
+        .insert(header::AUTHORIZATION, "Bearer guess".parse().unwrap());
+    let message = send(&app.router, wrong)
+        .await
+        .error(StatusCode::UNAUTHORIZED);
+    assert_eq!(message, "invalid API key");
+    let mut right = spec_request();
+    right
+        .headers_mut()
+        .insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+    assert_eq!(send(&app.router, right).await.status, StatusCode::OK);
+    // Health stays open to probes and load balancers.
+    let health = Request::get("/v1/health").body(Body::empty()).unwrap();
+    assert_eq!(send(&app.router, health).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_and_wrong_methods_405() {
+    let app = app(Options::default());
+    let a = send(
+        &app.router,
+        Request::get("/v2/nothing").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(a.error(StatusCode::NOT_FOUND), "no such endpoint");
+    let a = send(
+        &app.router,
+        Request::get("/v1/tools/code").body(Body::empty()).unwrap(),
+    )
+    .await;
+    a.error(StatusCode::METHOD_NOT_ALLOWED);
+    let a = send(
+        &app.router,
+        Request::post("/v1/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    a.error(StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn oversize_is_413_and_wrong_content_type_415() {
+    let app = app(Options::default());
+    let long = json!({"code": "a".repeat(50_001), "lang": "python"}).to_string();
+    let message = send(&app.router, post(long))
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(message.contains("50000"), "{message}");
+    let huge = json!({"code": "a", "lang": "python", "pad": "x".repeat(2 << 20)}).to_string();
+    let message = send(&app.router, post(huge))
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(message.contains("exceeds"), "{message}");
+    let mut form = spec_request();
+    form.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/x-www-form-urlencoded".parse().unwrap(),
+    );
+    let message = send(&app.router, form)
+        .await
+        .error(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(message.contains("application/json"), "{message}");
+    assert_eq!(app.runner.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_full_queue_is_429_with_retry_after() {
+    let app = app(Options {
+        delay: Duration::from_secs(30),
+        max_running: 1,
+        max_queue: 0,
+        ..Options::default()
+    });
+    let holder = tokio::spawn(send_owned(app.router.clone(), spec_request()));
+    while app.runner.runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let a = send(&app.router, spec_request()).await;
+    let message = a.error(StatusCode::TOO_MANY_REQUESTS);
+    assert!(message.contains("retry"), "{message}");
+    assert!(a.headers.contains_key(header::RETRY_AFTER));
+    holder.abort();
+}
+
+async fn send_owned(router: Router, request: Request<Body>) -> Answer {
+    send(&router, request).await
+}
+
+#[tokio::test]
+async fn not_ready_is_503_on_health() {
+    let app = app(Options {
+        ready: false,
+        ..Options::default()
+    });
+    let a = send(
+        &app.router,
+        Request::get("/v1/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let message = a.error(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(message.contains("warming up"), "{message}");
+    assert!(a.headers.contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_when_usable_and_made_otherwise() {
+    let app = app(Options::default());
+    let mut given = spec_request();
+    given
+        .headers_mut()
+        .insert("x-request-id", "agent-42.step:7".parse().unwrap());
+    let a = send(&app.router, given).await;
+    assert_eq!(a.headers["x-request-id"], "agent-42.step:7");
+    let a = send(&app.router, spec_request()).await;
+    let made = a.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 36, "a UUID: {made}");
+    let mut spoofed = spec_request();
+    spoofed
+        .headers_mut()
+        .insert("x-request-id", "a b\tforged log line".parse().unwrap());
+    let a = send(&app.router, spoofed).await;
+    assert_ne!(a.headers["x-request-id"], "a b\tforged log line");
+    // Errors carry an id too.
+    let a = send(
+        &app.router,
+        Request::get("/nowhere").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert!(a.headers.contains_key("x-request-id"));
+}
+
+/// Any JSON value, nested a few levels, with strings that may hold NUL and control bytes.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("JSON numbers are finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(".{0,8}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Request bodies shaped like the contract's, with each field of any type or missing.
+fn request_like() -> impl Strategy<Value = Value> {
+    let field = |name: &'static str| {
+        prop_oneof![
+            Just(None),
+            any_json().prop_map(move |v| Some((name, v))),
+            ".{0,200}".prop_map(move |s| Some((name, Value::from(s)))),
+        ]
+    };
+    (
+        field("code"),
+        prop_oneof![Just(Some(("lang", json!("python")))), field("lang")],
+        field("timeout"),
+        field("libraries"),
+        field("session_id"),
+    )
+        .prop_map(|(a, b, c, d, e)| {
+            Value::Object(
+                [a, b, c, d, e]
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            )
+        })
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+fn never_500(body: Vec<u8>, content_type: Option<&str>) -> Result<(), TestCaseError> {
+    let app = app(Options::default());
+    let mut request = Request::post("/v1/tools/code");
+    if let Some(ct) = content_type {
+        request = request.header(header::CONTENT_TYPE, ct);
+    }
+    let request = request.body(Body::from(body)).unwrap();
+    let a = runtime().block_on(send(&app.router, request));
+    prop_assert!(
+        !a.status.is_server_error(),
+        "{} for {}",
+        a.status,
+        String::from_utf8_lossy(&a.body)
+    );
+    // Every answer is JSON: the spec's response or the error shape.
+    let v: Value =
+        serde_json::from_slice(&a.body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert!(
+        v.get("error").is_some() || v.get("success").is_some(),
+        "{v}"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_never_get_a_500(body in prop::collection::vec(any::<u8>(), 0..512)) {
+        never_500(body, Some("application/json"))?;
+    }
+
+    #[test]
+    fn arbitrary_json_never_gets_a_500(v in any_json()) {
+        never_500(v.to_string().into_bytes(), Some("application/json"))?;
+    }
+
+    #[test]
+    fn contract_shaped_json_never_gets_a_500(v in request_like(), ct in prop_oneof![
+        Just(None),
+        Just(Some("application/json")),
+        Just(Some("application/json; charset=utf-8")),
+        Just(Some("text/plain")),
+    ]) {
+        never_500(v.to_string().into_bytes(), ct)?;
+    }
+}
