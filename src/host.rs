@@ -11,7 +11,7 @@ use crate::sandbox::cgroup::{self, CgroupParent};
 use crate::sandbox::namespaces::IdMapping;
 use crate::sandbox::{seccomp, Limits, SpawnerConfig, WarmConfig, WarmLibrary};
 use crate::service::catalog::{Catalog, CatalogError};
-use crate::service::millis;
+use crate::service::{millis, Settings};
 
 /// The namespaces every run gets; reported as-is by `/v1/status` and `nsbox check`.
 pub const NAMESPACES: [&str; 7] = ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"];
@@ -56,6 +56,20 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// What the run service takes from the configuration and this host.
+    pub fn settings(&self, config: &Config) -> Settings {
+        Settings {
+            limits: self.spawner.limits.clone(),
+            default_timeout_s: config.default_timeout,
+            max_timeout_s: config.max_timeout,
+            scanner: config.scanner,
+            warm: self.isolation.warm,
+            max_running: config.max_running,
+            max_queue: config.max_queue,
+            max_running_per_user: config.per_user_limit(),
+        }
+    }
+
     /// Removes what `prepare` created on the host (once every run is over).
     pub fn release(&self) {
         if let Some(parent) = &self.cgroup_parent {

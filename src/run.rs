@@ -94,7 +94,7 @@ impl Sandbox {
             .build()
             .map_err(RunError::Runtime)?;
         let service = RunService::new(
-            crate::server::settings(config, &prepared),
+            prepared.settings(config),
             std::sync::Arc::new(spawner),
             prepared.catalog.clone(),
             // Nothing cancels a local run but the user's ^C.

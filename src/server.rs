@@ -7,7 +7,7 @@ use crate::api::auth::Keys;
 use crate::api::{router, AppState};
 use crate::config::Config;
 use crate::sandbox::spawner::{Spawner, SpawnerError};
-use crate::service::{RunService, Settings};
+use crate::service::RunService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -43,7 +43,7 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
     let warm = prepared.isolation.warm;
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
     let service = Arc::new(RunService::new(
-        settings(config, &prepared),
+        prepared.settings(config),
         Arc::new(spawner),
         prepared.catalog.clone(),
         cancelled,
@@ -106,20 +106,6 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
     prepared.release();
     tracing::info!("nsbox stopped");
     result
-}
-
-/// What the run service takes from the configuration and the prepared host.
-pub fn settings(config: &Config, prepared: &crate::host::Prepared) -> Settings {
-    Settings {
-        limits: prepared.spawner.limits.clone(),
-        default_timeout_s: config.default_timeout,
-        max_timeout_s: config.max_timeout,
-        scanner: config.scanner,
-        warm: prepared.isolation.warm,
-        max_running: config.max_running,
-        max_queue: config.max_queue,
-        max_running_per_user: config.per_user_limit(),
-    }
 }
 
 /// Tells systemd the server is ready once `/v1/health` would say so (the warm templates are
