@@ -23,7 +23,7 @@ use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::supervisor::WarmControls;
 use super::template::{self, TemplateProcess};
 use super::warm::Template;
-use super::{seccomp, supervisor, SpawnerConfig};
+use super::{logging, seccomp, supervisor, SpawnerConfig};
 use crate::sys;
 
 /// The hidden subcommand that turns the nsbox binary into a spawner.
@@ -222,6 +222,10 @@ fn launch(config: &SpawnerConfig) -> Result<(Process, UnixStream), SpawnerError>
     if let Ok(filter) = std::env::var("RUST_LOG") {
         cmd.env("RUST_LOG", filter);
     }
+    // The format and default level go the way RUST_LOG goes, rather than in the
+    // configuration frame: the spawner installs its subscriber before it reads anything,
+    // so a frame it cannot read is logged like every other line.
+    cmd.envs(logging::spawner_env());
     sys::pass_fd(&mut cmd, theirs.as_raw_fd(), CONTROL_FD);
     let child = cmd.spawn().map_err(SpawnerError::Start)?;
     drop(theirs);
@@ -235,6 +239,10 @@ fn launch(config: &SpawnerConfig) -> Result<(Process, UnixStream), SpawnerError>
 pub fn main() -> i32 {
     // fd 3 was placed there by `launch`; nothing else in this process owns it.
     let control = UnixStream::from(sys::take_fd(CONTROL_FD));
+    // Lines on the stderr the server gave us, in the server's format. This process stays
+    // single-threaded, so no other thread can hold one of the subscriber's locks when it
+    // forks a supervisor or a template: a fork's copy of every lock is free.
+    logging::init_from_env();
     // The spawner must not outlive the server that started it.
     if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid().as_raw() == 1 {
         return 1;
