@@ -251,14 +251,14 @@ pub fn main() -> i32 {
     let config: SpawnerConfig = match read_frame(&mut control) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("nsbox spawner: {e}");
+            tracing::error!(error = %e, "the spawner could not read its configuration");
             return 1;
         }
     };
     let program = match seccomp::compile(&config.seccomp_policy) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("nsbox spawner: {e}");
+            tracing::error!(error = %e, "the spawner could not compile the seccomp policy");
             return 1;
         }
     };
@@ -336,6 +336,8 @@ pub fn main() -> i32 {
             let run = sys::take_fd(fd);
             match sys::fork() {
                 Ok(None) => {
+                    // Forked from a single-threaded process, so no lock of the subscriber
+                    // (or of stderr) is held here: the supervisor logs like the spawner.
                     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
                     drop(control);
                     let code = match supervisor::serve(
@@ -346,7 +348,7 @@ pub fn main() -> i32 {
                     ) {
                         Ok(()) => 0,
                         Err(e) => {
-                            eprintln!("nsbox supervisor: {e}");
+                            tracing::error!(error = %e, "the supervisor failed");
                             1
                         }
                     };
@@ -354,7 +356,7 @@ pub fn main() -> i32 {
                 }
                 Ok(Some(_)) => drop(run),
                 Err(e) => {
-                    eprintln!("nsbox spawner: fork failed: {e}");
+                    tracing::error!(error = %e, "forking a supervisor failed");
                     drop(run);
                 }
             }
@@ -399,7 +401,7 @@ impl<'a> Templates<'a> {
         let library = config.warm.as_ref().and_then(|w| match w.library.open() {
             Ok(fd) => Some(fd),
             Err(e) => {
-                eprintln!("nsbox spawner: {e}; runs are cold");
+                tracing::error!(error = %e, "opening the warm library failed; runs are cold");
                 None
             }
         });
@@ -516,7 +518,9 @@ impl<'a> Templates<'a> {
         self.last_start.push((kind, Instant::now()));
         match template::launch(kind, self.config, library, warm.max_forks) {
             Ok(t) => self.live.push(t),
-            Err(e) => eprintln!("nsbox spawner: starting the {} template: {e}", kind.name()),
+            Err(e) => {
+                tracing::error!(template = kind.name(), error = %e, "starting a template failed")
+            }
         }
     }
 }
