@@ -221,22 +221,14 @@ impl Options {
     }
 }
 
+/// The sandbox crate's logging set-up, which the spawner repeats with the same format
+/// and default level, so its lines (supervisors, templates) read like the server's.
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_level.into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
+    let format = match format {
+        LogFormat::Human => crate::sandbox::logging::LogFormat::Human,
+        LogFormat::Json => crate::sandbox::logging::LogFormat::Json,
+    };
+    crate::sandbox::logging::init(format, default_level);
 }
 
 /// Resolves the configuration and starts logging, or says what is wrong with it.

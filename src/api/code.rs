@@ -112,7 +112,7 @@ pub async fn execute(
         .unwrap_or("-")
         .to_string();
     let arrived = Instant::now();
-    let result = handle(&state, &headers, body)
+    let result = handle(&state, &headers, body, &request_id)
         .instrument(service::request_span(&request_id))
         .await;
     state.service.request_took(arrived.elapsed());
@@ -123,6 +123,7 @@ async fn handle(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    request_id: &str,
 ) -> Result<Json<CodeResponse>, ApiError> {
     check_content_type(headers)?;
     let body = body.map_err(|rejection| {
@@ -141,6 +142,7 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         caller_patience_s: read_timeout(headers),
+        request_id: Some(request_id.to_string()),
         ..parse(&body)?
     };
     let result = state.service.execute(request).await?;

@@ -82,6 +82,9 @@ pub struct CodeRequest {
     /// SDK's read timeout). A request without its own timeout is kept under it, so the
     /// answer arrives before the caller gives up and sends the code again.
     pub caller_patience_s: Option<f64>,
+    /// The front end's id of the request (the one in its [`request_span`]), handed to the
+    /// sandbox so its log lines carry it too.
+    pub request_id: Option<String>,
 }
 
 /// A limit that ended a run.
@@ -185,6 +188,7 @@ pub struct Validated {
     pub timeout_ms: u64,
     pub libraries: Vec<String>,
     pub user: Option<String>,
+    pub request_id: Option<String>,
 }
 
 /// The contract's rules for the code itself.
@@ -236,6 +240,7 @@ pub fn validate(
         timeout_ms: millis(timeout_s),
         libraries: request.libraries,
         user: request.user.filter(|u| !u.is_empty()),
+        request_id: request.request_id,
     })
 }
 
@@ -484,6 +489,7 @@ impl RunService {
                 .then(|| template_for(&analysis.imported_modules, &request.libraries)),
             code,
             limits: limits.clone(),
+            request_id: request.request_id,
         };
         let mut cancelled = self.cancelled.clone();
         let mut caller_gone = CallerGone {

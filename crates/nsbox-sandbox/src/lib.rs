@@ -13,6 +13,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod child;
+pub mod logging;
 pub mod namespaces;
 pub mod protocol;
 pub mod rootfs;
@@ -117,6 +118,9 @@ pub struct RunRequest {
     pub limits: Limits,
     /// The warm template to fork from, or `None` for a cold interpreter.
     pub template: Option<warm::Template>,
+    /// The server's id of the request (`x-request-id`), for the supervisor's log lines.
+    #[serde(default)]
+    pub request_id: Option<String>,
 }
 
 /// How a run ended.

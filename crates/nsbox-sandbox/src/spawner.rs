@@ -23,7 +23,7 @@ use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::supervisor::WarmControls;
 use super::template::{self, TemplateProcess};
 use super::warm::Template;
-use super::{seccomp, supervisor, SpawnerConfig};
+use super::{logging, seccomp, supervisor, SpawnerConfig};
 use crate::sys;
 
 /// The hidden subcommand that turns the nsbox binary into a spawner.
@@ -222,6 +222,10 @@ fn launch(config: &SpawnerConfig) -> Result<(Process, UnixStream), SpawnerError>
     if let Ok(filter) = std::env::var("RUST_LOG") {
         cmd.env("RUST_LOG", filter);
     }
+    // The format and default level go the way RUST_LOG goes, rather than in the
+    // configuration frame: the spawner installs its subscriber before it reads anything,
+    // so a frame it cannot read is logged like every other line.
+    cmd.envs(logging::spawner_env());
     sys::pass_fd(&mut cmd, theirs.as_raw_fd(), CONTROL_FD);
     let child = cmd.spawn().map_err(SpawnerError::Start)?;
     drop(theirs);
@@ -235,6 +239,10 @@ fn launch(config: &SpawnerConfig) -> Result<(Process, UnixStream), SpawnerError>
 pub fn main() -> i32 {
     // fd 3 was placed there by `launch`; nothing else in this process owns it.
     let control = UnixStream::from(sys::take_fd(CONTROL_FD));
+    // Lines on the stderr the server gave us, in the server's format. This process stays
+    // single-threaded, so no other thread can hold one of the subscriber's locks when it
+    // forks a supervisor or a template: a fork's copy of every lock is free.
+    logging::init_from_env();
     // The spawner must not outlive the server that started it.
     if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid().as_raw() == 1 {
         return 1;
@@ -243,14 +251,14 @@ pub fn main() -> i32 {
     let config: SpawnerConfig = match read_frame(&mut control) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("nsbox spawner: {e}");
+            tracing::error!(error = %e, "the spawner could not read its configuration");
             return 1;
         }
     };
     let program = match seccomp::compile(&config.seccomp_policy) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("nsbox spawner: {e}");
+            tracing::error!(error = %e, "the spawner could not compile the seccomp policy");
             return 1;
         }
     };
@@ -328,6 +336,8 @@ pub fn main() -> i32 {
             let run = sys::take_fd(fd);
             match sys::fork() {
                 Ok(None) => {
+                    // Forked from a single-threaded process, so no lock of the subscriber
+                    // (or of stderr) is held here: the supervisor logs like the spawner.
                     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
                     drop(control);
                     let code = match supervisor::serve(
@@ -338,7 +348,7 @@ pub fn main() -> i32 {
                     ) {
                         Ok(()) => 0,
                         Err(e) => {
-                            eprintln!("nsbox supervisor: {e}");
+                            tracing::error!(error = %e, "the supervisor failed");
                             1
                         }
                     };
@@ -346,7 +356,7 @@ pub fn main() -> i32 {
                 }
                 Ok(Some(_)) => drop(run),
                 Err(e) => {
-                    eprintln!("nsbox spawner: fork failed: {e}");
+                    tracing::error!(error = %e, "forking a supervisor failed");
                     drop(run);
                 }
             }
@@ -391,7 +401,7 @@ impl<'a> Templates<'a> {
         let library = config.warm.as_ref().and_then(|w| match w.library.open() {
             Ok(fd) => Some(fd),
             Err(e) => {
-                eprintln!("nsbox spawner: {e}; runs are cold");
+                tracing::error!(error = %e, "opening the warm library failed; runs are cold");
                 None
             }
         });
@@ -508,7 +518,9 @@ impl<'a> Templates<'a> {
         self.last_start.push((kind, Instant::now()));
         match template::launch(kind, self.config, library, warm.max_forks) {
             Ok(t) => self.live.push(t),
-            Err(e) => eprintln!("nsbox spawner: starting the {} template: {e}", kind.name()),
+            Err(e) => {
+                tracing::error!(template = kind.name(), error = %e, "starting a template failed")
+            }
         }
     }
 }

@@ -52,6 +52,10 @@ pub fn serve(
     // The server's end was non-blocking; ours is a separate file description.
     let _ = stream.set_nonblocking(false);
     let request: RunRequest = read_frame(&mut stream).map_err(SupervisorError::Request)?;
+    // The server's request span, as far as the supervisor knows it: its lines carry the
+    // request's id like the server's own.
+    let request_id = request.request_id.as_deref().map(tracing::field::display);
+    let _span = tracing::info_span!("run", request_id).entered();
     let outcome = execute(&request, config, seccomp, warm, &stream);
     write_frame(&mut stream, &outcome).map_err(SupervisorError::Reply)?;
     let _ = stream.flush();

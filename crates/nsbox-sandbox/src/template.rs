@@ -129,6 +129,9 @@ struct TemplatePlan<'a> {
 /// The template's init (PID 1 of its namespace). Never returns.
 fn template_main(plan: &TemplatePlan) -> ! {
     if let Err((step, errno)) = template_steps(plan) {
+        // A bare line on the inherited stderr, not a `tracing` event: this is a clone of
+        // the spawner in the template's new namespaces, doing only the sandbox steps (like
+        // child.rs); the subscriber stays the spawner's.
         eprintln!("nsbox template: {step}: {errno}");
         sys::exit_now(127);
     }
@@ -151,6 +154,7 @@ fn template_steps(plan: &TemplatePlan) -> Result<(), (&'static str, Errno)> {
 
     let Some(zygote) = sys::fork().map_err(e("fork the zygote"))? else {
         let failure = zygote_steps(plan);
+        // Bare, like the template's init above: a fork on its way to exec Python.
         eprintln!("nsbox zygote: {failure:?}");
         sys::exit_now(127);
     };

@@ -206,6 +206,10 @@ static PROGRAM: OnceLock<SeccompProgram> = OnceLock::new();
 
 /// Called once by a zygote at start: compiles what every fork would otherwise repeat.
 /// Returns 0 on success.
+///
+/// This and [`nsbox_enter_run`] run in the zygote, a Python process that loaded this
+/// library and has no `tracing` subscriber (only the spawner installs one): they say what
+/// failed with a bare line on the stderr the zygote inherited from the spawner.
 #[no_mangle]
 pub extern "C" fn nsbox_zygote_init() -> c_int {
     match seccomp::builtin() {

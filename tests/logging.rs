@@ -1,0 +1,188 @@
+//! The spawner's lines in the server's log: a warm start that fails (its zygote stopped) is logged by the supervisor in the server's format, with the request's id, and the run still answers, cold.
+
+mod common;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::Server;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+const WARM_START_FAILED: &str = "warm start failed; running cold";
+
+/// One test at a time: each waits ten seconds on a stopped zygote, and the host is small.
+fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn argv(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+fn ppid(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Every process below `root`.
+fn descendants(root: i32) -> Vec<i32> {
+    let all: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, ppid(pid)?)))
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// The server's `base` zygote: the warm interpreter (`_NSBOX_ZYGOTE` in its program, the
+/// template's name as its argument) whose parent is its template's init, not a zygote.
+fn base_zygote(server_pid: i32) -> i32 {
+    let is_zygote = |pid: i32| argv(pid).iter().any(|a| a.contains("_NSBOX_ZYGOTE"));
+    let zygotes: Vec<i32> = descendants(server_pid)
+        .into_iter()
+        .filter(|&pid| {
+            is_zygote(pid)
+                && argv(pid).iter().any(|a| a == "base")
+                && ppid(pid).is_some_and(|parent| !is_zygote(parent))
+        })
+        .collect();
+    assert_eq!(zygotes.len(), 1, "one base zygote: {zygotes:?}");
+    zygotes[0]
+}
+
+/// Keeps a process stopped, and lets it go however the test ends.
+struct Stopped(Pid);
+
+impl Stopped {
+    fn new(pid: i32) -> Stopped {
+        let pid = Pid::from_raw(pid);
+        kill(pid, Signal::SIGSTOP).expect("stopping the zygote");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
+/// Starts a warm server logging in `format`, stops its base zygote, runs stdlib-only code
+/// with `request_id`, and returns the run's answer, the server's log and its metrics.
+fn run_with_a_stopped_zygote(format: &str, request_id: &str) -> (Value, String, String) {
+    let server = Server::start(&["--mode", "warm", "--log-format", format]);
+    let zygote = Stopped::new(base_zygote(server.pid() as i32));
+    let resp = server
+        .client()
+        .post(format!("{}/v1/tools/code", server.base))
+        .header("x-request-id", request_id)
+        .json(&json!({"code": "import json\nprint(json.dumps([6 * 7]))", "lang": "python"}))
+        .send()
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().unwrap();
+    let metrics = server.get("/metrics").text().unwrap();
+    // The supervisor's line was written before its answer; the reader thread may lag.
+    let log = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            server.log.lock().unwrap().clone()
+        })
+        .find(|log| log.contains(WARM_START_FAILED))
+        .unwrap_or_else(|| server.log.lock().unwrap().clone());
+    // The zygote stays stopped until its server is gone: let go earlier, it would take the
+    // hand-off the supervisor gave up on, and its fork's failure is a bare line on stderr
+    // (a process without the subscriber).
+    server.stop();
+    drop(zygote);
+    (answer, log, metrics)
+}
+
+/// The run answered as a cold run: right output, and counted as cold.
+fn assert_answered_cold(answer: &Value, metrics: &str, log: &str) {
+    assert_eq!(answer["stdout"], "[42]\n", "{answer}\n{log}");
+    assert_eq!(answer["exit_code"], 0, "{answer}");
+    assert_eq!(
+        common::metric(metrics, "nsbox_run_duration_seconds_count{start=\"cold\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        common::metric(metrics, "nsbox_run_duration_seconds_count{start=\"warm\"}").unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_failed_warm_start_is_in_the_servers_log_with_the_request_id() {
+    let _one = exclusive();
+    let (answer, log, metrics) = run_with_a_stopped_zygote("human", "warm-fails-human");
+    assert_answered_cold(&answer, &metrics, &log);
+    let line = log
+        .lines()
+        .find(|l| l.contains(WARM_START_FAILED))
+        .unwrap_or_else(|| panic!("no {WARM_START_FAILED:?} in the server's log:\n{log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("run{request_id=warm-fails-human}"),
+        "the supervisor's line carries the request id: {line}"
+    );
+    assert!(line.contains("nsbox_sandbox::supervisor"), "{line}");
+}
+
+#[test]
+fn a_failed_warm_start_is_a_json_line_with_the_request_id() {
+    let _one = exclusive();
+    let (answer, log, metrics) = run_with_a_stopped_zygote("json", "warm-fails-json");
+    assert_answered_cold(&answer, &metrics, &log);
+    // Every line, the spawner's too, is JSON.
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{log}")))
+        .collect();
+    let line = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == WARM_START_FAILED)
+        .unwrap_or_else(|| panic!("no {WARM_START_FAILED:?} in the server's log:\n{log}"));
+    assert_eq!(line["span"]["request_id"], "warm-fails-json", "{line}");
+    assert_eq!(line["span"]["name"], "run", "{line}");
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["target"], "nsbox_sandbox::supervisor", "{line}");
+    assert!(line["fields"]["error"].is_string(), "{line}");
+    // The same shape as the server's own lines of the request.
+    let server_line = lines
+        .iter()
+        .find(|l| {
+            l["span"]["request_id"] == "warm-fails-json"
+                && l["target"] != "nsbox_sandbox::supervisor"
+        })
+        .unwrap_or_else(|| panic!("the server's lines of the request:\n{log}"));
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(line), keys(server_line), "{line}\n{server_line}");
+}
