@@ -15,17 +15,14 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{processes_of_uid, Server};
+use common::{
+    client, cmdline, expect_clean_exit, expect_stopped, post, processes_of_uid, shorten, text,
+    Reply, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY, OUTPUT_BYTES,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-/// `nobody` inside a run is this far above the server's uid base on the host.
-const NOBODY: u32 = 65534;
-/// The documented defaults the hostile runs hit.
-const MEMORY_MIB: u64 = 512;
-const MAX_PROCESSES: u64 = 64;
-const OUTPUT_BYTES: usize = 1 << 20;
 /// How long the kernel may take to tear down PID namespaces after a run is over.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(3);
 /// `base64("\x89PNG\r\n\x1a\n")`: how every returned plot starts.
@@ -43,71 +40,14 @@ fn uid_base(slot: u32) -> u32 {
 }
 
 fn start(uid_base: u32, extra: &[&str]) -> Server {
-    let base = uid_base.to_string();
-    let mut args = vec!["--scanner", "off", "--uid-base", base.as_str()];
+    let mut args = vec!["--scanner", "off"];
     args.extend_from_slice(extra);
-    Server::start(&args)
+    Server::start_in_uid_range(uid_base, &args, &[])
 }
 
 // ---------------------------------------------------------------------------------------
 // Requests
 // ---------------------------------------------------------------------------------------
-
-/// An HTTP answer: status, `Retry-After`, the JSON body and how long it took.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    retry_after: Option<String>,
-    body: Value,
-    elapsed: Duration,
-}
-
-fn client(timeout: Duration) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .build()
-        .unwrap()
-}
-
-fn post(client: &reqwest::blocking::Client, base: &str, body: &Value) -> Result<Reply, String> {
-    let started = Instant::now();
-    let resp = client
-        .post(format!("{base}/v1/tools/code"))
-        .json(body)
-        .send()
-        .map_err(|e| {
-            format!(
-                "request failed after {:.1} s{}: {e}",
-                started.elapsed().as_secs_f64(),
-                if e.is_timeout() {
-                    " (client timeout)"
-                } else {
-                    ""
-                }
-            )
-        })?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let text = resp
-        .text()
-        .map_err(|e| format!("status {status}: reading the body failed: {e}"))?;
-    let body = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "status {status}: body is not JSON ({e}): {}",
-            shorten(&text, 300)
-        )
-    })?;
-    Ok(Reply {
-        status,
-        retry_after,
-        body,
-        elapsed: started.elapsed(),
-    })
-}
 
 fn code(code: &str, timeout: f64) -> Value {
     json!({"code": code, "lang": "python", "timeout": timeout})
@@ -128,17 +68,6 @@ fn post_in_background(
     rx
 }
 
-fn shorten(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &s[..end], s.len())
-}
-
 /// A response, with long fields cut, for failure messages.
 fn brief(v: &Value) -> String {
     let mut v = v.clone();
@@ -155,26 +84,6 @@ fn brief(v: &Value) -> String {
         }
     }
     v.to_string()
-}
-
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
-}
-
-/// A 200 with the spec's response for a run that ended by itself with exit 0.
-fn expect_clean_exit(v: &Value) -> Result<(), String> {
-    if v["success"] != true || v["exit_code"] != 0 {
-        return Err("expected success true and exit_code 0".into());
-    }
-    Ok(())
-}
-
-/// The spec's failure shape: success false, exit_code -1, `stderr` ending with the reason.
-fn expect_stopped(v: &Value) -> Result<(), String> {
-    if v["success"] != false || v["exit_code"] != -1 {
-        return Err("expected success false and exit_code -1".into());
-    }
-    Ok(())
 }
 
 fn expect_service_unavailable(reply: &Reply) -> Result<(), String> {
@@ -204,11 +113,6 @@ fn expect_service_unavailable(reply: &Reply) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 // The host: processes, cgroups, mounts, memory
 // ---------------------------------------------------------------------------------------
-
-fn cmdline(pid: i32) -> String {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&raw).replace('\0', " ")
-}
 
 fn describe(pids: &[i32]) -> String {
     pids.iter()
@@ -595,26 +499,7 @@ for _ in range(4096):
 print('flooded', file=sys.stderr)
 "#
         .to_string(),
-        Kind::DiskFill => r#"
-import os, errno
-total = 0
-i = 0
-chunk = b'\xff' * (1 << 20)
-try:
-    while i < 1000:
-        fd = os.open('/tmp/fill%d' % i, os.O_CREAT | os.O_WRONLY, 0o600)
-        try:
-            for _ in range(8):
-                total += os.write(fd, chunk)
-        finally:
-            os.close(fd)
-        i += 1
-except OSError as e:
-    assert e.errno in (errno.ENOSPC, errno.EFBIG), e
-assert (48 << 20) <= total <= (64 << 20), total
-print('contained')
-"#
-        .to_string(),
+        Kind::DiskFill => common::fill_tmp(&["ENOSPC", "EFBIG"]),
         Kind::KillOwnGroup => {
             "import os, signal\nprint('before', flush=True)\nos.kill(0, signal.SIGKILL)\nprint('not killed')\n"
                 .to_string()

@@ -16,7 +16,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{processes_of_uid, Server};
+use common::{
+    cmdline, expect_stopped, processes_of_uid, text, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY,
+    OUTPUT_BYTES,
+};
 use serde_json::{json, Value};
 
 /// Server configurations every family runs against. The warm path will be one more line:
@@ -37,10 +40,8 @@ const SHORT_TIMEOUT: f64 = 2.0;
 const SECRET_VAR: &str = "NSBOX_REDTEAM_SECRET";
 const SECRET: &str = "redteam-s3cret-7f3a9c";
 
-/// The documented limits the exhaustion family checks against.
-const MEMORY_MIB: u64 = 512;
-const MAX_PROCESSES: u64 = 64;
-const OUTPUT_BYTES: usize = 1 << 20;
+/// The documented plot limits the exhaustion family checks against (the others are in
+/// `common`).
 const MAX_PLOTS: usize = 16;
 const PLOT_BYTES: usize = 16 << 20;
 
@@ -115,10 +116,6 @@ fn check(f: impl Fn(&Value) -> Result<(), String> + Send + Sync + 'static) -> Ch
     Box::new(f)
 }
 
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
-}
-
 fn expect_contained() -> Check {
     check(|v| {
         ensure!(
@@ -132,10 +129,7 @@ fn expect_contained() -> Check {
 /// The spec's timeout response, arriving in about the timeout.
 fn expect_timeout(timeout: f64) -> Check {
     check(move |v| {
-        ensure!(
-            v["success"] == false && v["exit_code"] == -1,
-            "expected success false and exit_code -1"
-        );
+        expect_stopped(v)?;
         ensure!(
             text(v, "stderr").ends_with("Execution failed: Execution timeout exceeded"),
             "expected the timeout message at the end of stderr"
@@ -151,10 +145,7 @@ fn expect_timeout(timeout: f64) -> Check {
 
 fn expect_oom() -> Check {
     check(|v| {
-        ensure!(
-            v["success"] == false && v["exit_code"] == -1,
-            "expected success false and exit_code -1"
-        );
+        expect_stopped(v)?;
         let message = format!("Memory limit exceeded ({MEMORY_MIB} MiB)");
         ensure!(
             text(v, "stderr").contains(&message),
@@ -229,16 +220,10 @@ fn abbreviated(v: &Value) -> String {
 
 /// Posts one run without panicking, so a dead server fails the case instead of the thread.
 fn post(server: &Server, code: &str, timeout: f64) -> Result<Value, String> {
-    let resp = server
-        .client()
-        .post(format!("{}/v1/tools/code", server.base))
-        .json(&json!({"code": code, "lang": "python", "timeout": timeout}))
-        .send()
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp.text().map_err(|e| format!("reading the body: {e}"))?;
-    ensure!(status == 200, "HTTP {status}: {body}");
-    serde_json::from_str(&body).map_err(|e| format!("response is not JSON ({e}): {body}"))
+    let body = json!({"code": code, "lang": "python", "timeout": timeout});
+    let reply = common::post(server.client(), &server.base, &body)?;
+    ensure!(reply.status == 200, "HTTP {}: {}", reply.status, reply.body);
+    Ok(reply.body)
 }
 
 /// Host uid range of a family's server: its own, so leftover counts are its own.
@@ -247,9 +232,7 @@ fn uid_base(family: u32, mode: usize) -> u32 {
 }
 
 fn describe_pid(pid: i32) -> String {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    let cmdline: String = cmdline.chars().take(80).collect();
+    let cmdline: String = cmdline(pid).chars().take(80).collect();
     format!("{pid} ({cmdline})")
 }
 
@@ -262,7 +245,7 @@ fn survivors(uid_base: u32, before: &[i32]) -> Vec<String> {
     // The kernel tears a PID namespace down asynchronously, and a zygote's fork exits a
     // moment after the run it watched: only what is still there after a grace counts.
     for _ in 0..20 {
-        let any = [uid_base, uid_base + 65534]
+        let any = [uid_base, uid_base + NOBODY]
             .iter()
             .any(|uid| processes_of_uid(*uid).iter().any(|p| !before.contains(p)));
         if !any {
@@ -271,7 +254,7 @@ fn survivors(uid_base: u32, before: &[i32]) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut found = Vec::new();
-    for uid in [uid_base, uid_base + 65534] {
+    for uid in [uid_base, uid_base + NOBODY] {
         for pid in processes_of_uid(uid)
             .into_iter()
             .filter(|p| !before.contains(p))
@@ -379,10 +362,7 @@ fn run_family(family: &str, slot: u32, cases: impl Fn(&Target) -> Vec<Case>) {
     let mut count = 0;
     for (m, mode) in MODES.iter().enumerate() {
         let base = uid_base(slot, m);
-        let base_arg = base.to_string();
-        let mut args: Vec<&str> = mode.to_vec();
-        args.extend(["--uid-base", base_arg.as_str()]);
-        let server = Server::start_with_env(&args, &[(SECRET_VAR, SECRET)]);
+        let server = Server::start_in_uid_range(base, mode, &[(SECRET_VAR, SECRET)]);
         let target = Target { server: &server };
         let table = cases(&target);
         let mut names = std::collections::HashSet::new();
@@ -2151,28 +2131,7 @@ except RuntimeError as e:
     print('contained')
 "#,
             ),
-            contained(
-                "tmp_disk_fill",
-                r#"
-import os, errno
-total = 0
-i = 0
-chunk = b'\xff' * (1 << 20)
-try:
-    while i < 1000:
-        fd = os.open('/tmp/fill%d' % i, os.O_CREAT | os.O_WRONLY, 0o600)
-        try:
-            for _ in range(8):
-                total += os.write(fd, chunk)
-        finally:
-            os.close(fd)
-        i += 1
-except OSError as e:
-    assert e.errno == errno.ENOSPC, e
-assert (48 << 20) <= total <= (64 << 20), total
-print('contained')
-"#,
-            ),
+            contained("tmp_disk_fill", common::fill_tmp(&["ENOSPC"])),
             contained(
                 "tmp_inode_flood",
                 r#"
