@@ -15,17 +15,14 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{processes_of_uid, Server};
+use common::{
+    client, cmdline, expect_clean_exit, expect_stopped, post, processes_of_uid, shorten, text,
+    Reply, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY, OUTPUT_BYTES,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-/// `nobody` inside a run is this far above the server's uid base on the host.
-const NOBODY: u32 = 65534;
-/// The documented defaults the hostile runs hit.
-const MEMORY_MIB: u64 = 512;
-const MAX_PROCESSES: u64 = 64;
-const OUTPUT_BYTES: usize = 1 << 20;
 /// How long the kernel may take to tear down PID namespaces after a run is over.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(3);
 /// `base64("\x89PNG\r\n\x1a\n")`: how every returned plot starts.
@@ -42,83 +39,37 @@ fn uid_base(slot: u32) -> u32 {
     2_100_000_000 + slot * 1_000_000
 }
 
-fn start(uid_base: u32, extra: &[&str]) -> Server {
-    let base = uid_base.to_string();
-    let mut args = vec!["--scanner", "off", "--uid-base", base.as_str()];
+/// A server with the scanner off on the uid range of `slot`: its uid base, itself, its pid.
+fn start(slot: u32, extra: &[&str]) -> (u32, Server, i32) {
+    let base = uid_base(slot);
+    let mut args = vec!["--scanner", "off"];
     args.extend_from_slice(extra);
-    Server::start(&args)
+    let server = Server::start_in_uid_range(base, &args, &[]);
+    let pid = server.pid() as i32;
+    (base, server, pid)
+}
+
+/// How a test begins: [`exclusive`], then [`start`]. Returns the lock too: hold it to the
+/// end.
+fn start_alone(slot: u32, extra: &[&str]) -> (MutexGuard<'static, ()>, u32, Server, i32) {
+    let one = exclusive();
+    let (base, server, pid) = start(slot, extra);
+    (one, base, server, pid)
 }
 
 // ---------------------------------------------------------------------------------------
 // Requests
 // ---------------------------------------------------------------------------------------
 
-/// An HTTP answer: status, `Retry-After`, the JSON body and how long it took.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    retry_after: Option<String>,
-    body: Value,
-    elapsed: Duration,
-}
-
-fn client(timeout: Duration) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .build()
-        .unwrap()
-}
-
-fn post(client: &reqwest::blocking::Client, base: &str, body: &Value) -> Result<Reply, String> {
-    let started = Instant::now();
-    let resp = client
-        .post(format!("{base}/v1/tools/code"))
-        .json(body)
-        .send()
-        .map_err(|e| {
-            format!(
-                "request failed after {:.1} s{}: {e}",
-                started.elapsed().as_secs_f64(),
-                if e.is_timeout() {
-                    " (client timeout)"
-                } else {
-                    ""
-                }
-            )
-        })?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let text = resp
-        .text()
-        .map_err(|e| format!("status {status}: reading the body failed: {e}"))?;
-    let body = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "status {status}: body is not JSON ({e}): {}",
-            shorten(&text, 300)
-        )
-    })?;
-    Ok(Reply {
-        status,
-        retry_after,
-        body,
-        elapsed: started.elapsed(),
-    })
-}
-
 fn code(code: &str, timeout: f64) -> Value {
     json!({"code": code, "lang": "python", "timeout": timeout})
 }
 
+/// A request in flight on a detached thread: its answer and when it arrived, to come.
+type Pending = mpsc::Receiver<(Result<Reply, String>, Instant)>;
+
 /// Posts `body` from a detached thread; the answer arrives on the returned channel.
-fn post_in_background(
-    base: &str,
-    body: Value,
-    client_timeout: Duration,
-) -> mpsc::Receiver<(Result<Reply, String>, Instant)> {
+fn post_in_background(base: &str, body: Value, client_timeout: Duration) -> Pending {
     let (tx, rx) = mpsc::channel();
     let base = base.to_string();
     std::thread::spawn(move || {
@@ -126,17 +77,6 @@ fn post_in_background(
         let _ = tx.send((reply, Instant::now()));
     });
     rx
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &s[..end], s.len())
 }
 
 /// A response, with long fields cut, for failure messages.
@@ -155,26 +95,6 @@ fn brief(v: &Value) -> String {
         }
     }
     v.to_string()
-}
-
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
-}
-
-/// A 200 with the spec's response for a run that ended by itself with exit 0.
-fn expect_clean_exit(v: &Value) -> Result<(), String> {
-    if v["success"] != true || v["exit_code"] != 0 {
-        return Err("expected success true and exit_code 0".into());
-    }
-    Ok(())
-}
-
-/// The spec's failure shape: success false, exit_code -1, `stderr` ending with the reason.
-fn expect_stopped(v: &Value) -> Result<(), String> {
-    if v["success"] != false || v["exit_code"] != -1 {
-        return Err("expected success false and exit_code -1".into());
-    }
-    Ok(())
 }
 
 fn expect_service_unavailable(reply: &Reply) -> Result<(), String> {
@@ -204,11 +124,6 @@ fn expect_service_unavailable(reply: &Reply) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 // The host: processes, cgroups, mounts, memory
 // ---------------------------------------------------------------------------------------
-
-fn cmdline(pid: i32) -> String {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&raw).replace('\0', " ")
-}
 
 fn describe(pids: &[i32]) -> String {
     pids.iter()
@@ -595,26 +510,7 @@ for _ in range(4096):
 print('flooded', file=sys.stderr)
 "#
         .to_string(),
-        Kind::DiskFill => r#"
-import os, errno
-total = 0
-i = 0
-chunk = b'\xff' * (1 << 20)
-try:
-    while i < 1000:
-        fd = os.open('/tmp/fill%d' % i, os.O_CREAT | os.O_WRONLY, 0o600)
-        try:
-            for _ in range(8):
-                total += os.write(fd, chunk)
-        finally:
-            os.close(fd)
-        i += 1
-except OSError as e:
-    assert e.errno in (errno.ENOSPC, errno.EFBIG), e
-assert (48 << 20) <= total <= (64 << 20), total
-print('contained')
-"#
-        .to_string(),
+        Kind::DiskFill => common::fill_tmp(&["ENOSPC", "EFBIG"]),
         Kind::KillOwnGroup => {
             "import os, signal\nprint('before', flush=True)\nos.kill(0, signal.SIGKILL)\nprint('not killed')\n"
                 .to_string()
@@ -730,6 +626,16 @@ fn check_load_reply(kind: Kind, i: usize, reply: &Reply) -> Result<(), String> {
     Ok(())
 }
 
+/// What is wrong with the answer to request `i` of `kind`, if anything.
+fn load_failure(i: usize, kind: Kind, reply: &Result<Reply, String>) -> Option<String> {
+    match reply {
+        Ok(r) => check_load_reply(kind, i, r)
+            .err()
+            .map(|e| format!("#{i} {kind:?}: {e}\n    response: {}", brief(&r.body))),
+        Err(e) => Some(format!("#{i} {kind:?}: {e}")),
+    }
+}
+
 /// Request `i` of a load, its kind and what came back.
 type Answer = (usize, Kind, Result<Reply, String>);
 
@@ -759,13 +665,10 @@ fn load_worker(
 fn mixed_load(mode: &str, slot: u32) {
     const REQUESTS: usize = 200;
     const CONCURRENCY: usize = 16;
-    let _one = exclusive();
-    let base = uid_base(slot);
-    let server = start(
-        base,
+    let (_one, base, server, pid) = start_alone(
+        slot,
         &["--mode", mode, "--max-running", "8", "--max-queue", "256"],
     );
-    let pid = server.pid() as i32;
     for dir in srv_dirs(pid) {
         assert!(
             dir.is_dir(),
@@ -827,23 +730,15 @@ fn mixed_load(mode: &str, slot: u32) {
     let mut failures = Vec::new();
     let mut latency: BTreeMap<Kind, (usize, Duration, Duration)> = BTreeMap::new();
     for (i, kind, reply) in &results {
-        match reply {
-            Ok(r) => {
-                let entry = latency
-                    .entry(*kind)
-                    .or_insert((0, Duration::ZERO, Duration::ZERO));
-                entry.0 += 1;
-                entry.1 += r.elapsed;
-                entry.2 = entry.2.max(r.elapsed);
-                if let Err(e) = check_load_reply(*kind, *i, r) {
-                    failures.push(format!(
-                        "#{i} {kind:?}: {e}\n    response: {}",
-                        brief(&r.body)
-                    ));
-                }
-            }
-            Err(e) => failures.push(format!("#{i} {kind:?}: {e}")),
+        if let Ok(r) = reply {
+            let entry = latency
+                .entry(*kind)
+                .or_insert((0, Duration::ZERO, Duration::ZERO));
+            entry.0 += 1;
+            entry.1 += r.elapsed;
+            entry.2 = entry.2.max(r.elapsed);
         }
+        failures.extend(load_failure(*i, *kind, reply));
     }
     eprintln!(
         "[{mode}] {REQUESTS} requests at concurrency {CONCURRENCY} in {:.1} s; status showed up \
@@ -909,19 +804,26 @@ fn mixed_load(mode: &str, slot: u32) {
     if let Err(e) = try_run(&server) {
         failures.push(format!("a run after the load: {e}"));
     }
-    assert!(
-        failures.is_empty(),
-        "[{mode}] {} problem(s) with {REQUESTS} mixed requests:\n{}\nserver log (tail):\n{}",
-        failures.len(),
-        failures.join("\n"),
-        log_tail(&server, 40)
+    assert_no_problems(
+        &server,
+        &failures,
+        &format!("[{mode}] {REQUESTS} mixed requests"),
     );
 }
 
-fn log_tail(server: &Server, lines: usize) -> String {
-    let log = server.log.lock().unwrap();
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// Fails with every problem found and the tail of the server's log, if there are any.
+fn assert_no_problems(server: &Server, problems: &[String], what: &str) {
+    let tail = {
+        let log = server.log.lock().unwrap();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(40)..].join("\n")
+    };
+    assert!(
+        problems.is_empty(),
+        "{} problem(s) after {what}:\n{}\nserver log (tail):\n{tail}",
+        problems.len(),
+        problems.join("\n"),
+    );
 }
 
 #[test]
@@ -950,13 +852,24 @@ fn wait_for_runs(uid_base: u32, n: usize, what: &str) {
     );
 }
 
+/// Posts `body` from a detached thread and waits until its run has started (`what` names
+/// the moment in a failure).
+fn started_in_background(
+    server: &Server,
+    uid_base: u32,
+    body: Value,
+    client_timeout: Duration,
+    what: &str,
+) -> Pending {
+    let rx = post_in_background(&server.base, body, client_timeout);
+    wait_for_runs(uid_base, 1, what);
+    rx
+}
+
 #[test]
 fn killing_the_spawner_mid_run_fails_in_flight_runs_cleanly_and_later_runs_work() {
     const IN_FLIGHT: usize = 4;
-    let _one = exclusive();
-    let base = uid_base(3);
-    let server = start(base, &["--max-running", "8"]);
-    let pid = server.pid() as i32;
+    let (_one, base, server, pid) = start_alone(3, &["--max-running", "8"]);
     let spawner = spawner_of(pid);
     let old_templates = processes_of_uid(base);
 
@@ -1035,10 +948,7 @@ fn killing_the_spawner_mid_run_fails_in_flight_runs_cleanly_and_later_runs_work(
 fn killing_the_spawner_under_mixed_load() {
     const REQUESTS: usize = 78;
     const CONCURRENCY: usize = 8;
-    let _one = exclusive();
-    let base = uid_base(13);
-    let server = start(base, &["--max-running", "4", "--max-queue", "64"]);
-    let pid = server.pid() as i32;
+    let (_one, base, server, pid) = start_alone(13, &["--max-running", "4", "--max-queue", "64"]);
     let spawner = spawner_of(pid);
     let mounts_before = mounts();
     let next = AtomicUsize::new(0);
@@ -1069,15 +979,7 @@ fn killing_the_spawner_under_mixed_load() {
                     failures.push(format!("#{i} {kind:?}: {e}"));
                 }
             }
-            Ok(r) => {
-                if let Err(e) = check_load_reply(*kind, *i, r) {
-                    failures.push(format!(
-                        "#{i} {kind:?}: {e}\n    response: {}",
-                        brief(&r.body)
-                    ));
-                }
-            }
-            Err(e) => failures.push(format!("#{i} {kind:?}: {e}")),
+            _ => failures.extend(load_failure(*i, *kind, reply)),
         }
     }
     eprintln!(
@@ -1104,21 +1006,12 @@ fn killing_the_spawner_under_mixed_load() {
     if !added.is_empty() {
         failures.push(format!("mounts added to the host: {added:?}"));
     }
-    assert!(
-        failures.is_empty(),
-        "{} problem(s) after killing the spawner under load:\n{}\nserver log (tail):\n{}",
-        failures.len(),
-        failures.join("\n"),
-        log_tail(&server, 40)
-    );
+    assert_no_problems(&server, &failures, "killing the spawner under load");
 }
 
 #[test]
 fn health_recovers_after_the_spawner_dies_with_no_traffic() {
-    let _one = exclusive();
-    let base = uid_base(4);
-    let server = start(base, &[]);
-    let pid = server.pid() as i32;
+    let (_one, _, server, pid) = start_alone(4, &[]);
     let spawner = spawner_of(pid);
     kill(Pid::from_raw(spawner), Signal::SIGKILL).unwrap();
     assert!(wait_until(TEARDOWN_GRACE, || !is_live(spawner)));
@@ -1148,18 +1041,16 @@ fn health_recovers_after_the_spawner_dies_with_no_traffic() {
 /// Kills the supervisor of one long run: the run's request gets a 503, its processes and
 /// cgroup go, and the server keeps working.
 fn killing_a_supervisor(mode: &str, slot: u32) {
-    let _one = exclusive();
-    let base = uid_base(slot);
-    let server = start(base, &["--mode", mode]);
-    let pid = server.pid() as i32;
+    let (_one, base, server, pid) = start_alone(slot, &["--mode", mode]);
     let spawner = spawner_of(pid);
     let templates = processes_of_uid(base);
-    let rx = post_in_background(
-        &server.base,
+    let rx = started_in_background(
+        &server,
+        base,
         code("import time\ntime.sleep(20)\nprint('slept')\n", 60.0),
         Duration::from_secs(90),
+        mode,
     );
-    wait_for_runs(base, 1, mode);
     let supervisors = supervisors_of(spawner);
     assert_eq!(
         supervisors.len(),
@@ -1195,13 +1086,15 @@ fn killing_a_supervisor_ends_its_cold_run() {
 
 #[test]
 fn killing_a_zygote_spares_its_runs_and_it_is_replaced() {
-    let _one = exclusive();
-    let base = uid_base(7);
-    let server = start(base, &[]);
-    let pid = server.pid() as i32;
+    let (_one, base, server, pid) = start_alone(7, &[]);
     let zygote_pid = zygote(base, "base").expect("no base zygote");
-    let rx = post_in_background(&server.base, code(LONG_RUN, 30.0), Duration::from_secs(60));
-    wait_for_runs(base, 1, "before killing the zygote");
+    let rx = started_in_background(
+        &server,
+        base,
+        code(LONG_RUN, 30.0),
+        Duration::from_secs(60),
+        "before killing the zygote",
+    );
     kill(Pid::from_raw(zygote_pid), Signal::SIGKILL).unwrap();
     // A run already forked does not depend on its zygote.
     let (reply, _) = rx
@@ -1263,25 +1156,43 @@ fn assert_refuses_new_requests(base: &str) {
     }
 }
 
+/// Posts `body` from a detached thread, waits for its run to start, sends the server SIGTERM
+/// and checks that it takes no new request. Returns the run's answer channel and when the
+/// signal was sent.
+fn sigterm_during_a_run(
+    server: &Server,
+    uid_base: u32,
+    body: Value,
+    client_timeout: Duration,
+) -> (Pending, Instant) {
+    let rx = started_in_background(server, uid_base, body, client_timeout, "before SIGTERM");
+    let signalled = Instant::now();
+    kill(Pid::from_raw(server.pid() as i32), Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_refuses_new_requests(&server.base);
+    (rx, signalled)
+}
+
+fn assert_exited_cleanly(status: std::process::ExitStatus, signalled: Instant) {
+    eprintln!(
+        "server exited {status} {:.2} s after SIGTERM",
+        signalled.elapsed().as_secs_f64()
+    );
+    assert!(status.success(), "server exit: {status}");
+}
+
 #[test]
 fn sigterm_finishes_the_run_in_flight_and_leaves_nothing() {
-    let _one = exclusive();
-    let base = uid_base(8);
-    let mut server = start(base, &[]);
-    let pid = server.pid() as i32;
+    let (_one, base, mut server, pid) = start_alone(8, &[]);
     let spawner = spawner_of(pid);
     let srv = srv_dirs(pid);
     assert!(srv.iter().all(|d| d.is_dir()), "{srv:?}");
-    let rx = post_in_background(
-        &server.base,
+    let (rx, signalled) = sigterm_during_a_run(
+        &server,
+        base,
         code("import time\ntime.sleep(2)\nprint('done')\n", 30.0),
         Duration::from_secs(60),
     );
-    wait_for_runs(base, 1, "before SIGTERM");
-    let signalled = Instant::now();
-    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_refuses_new_requests(&server.base);
 
     let (reply, _) = rx
         .recv_timeout(Duration::from_secs(15))
@@ -1297,34 +1208,23 @@ fn sigterm_finishes_the_run_in_flight_and_leaves_nothing() {
     let status = server
         .wait_exit(Duration::from_secs(15).saturating_sub(signalled.elapsed()))
         .unwrap_or_else(|| panic!("the server still runs 15 s after SIGTERM"));
-    eprintln!(
-        "server exited {status} {:.2} s after SIGTERM",
-        signalled.elapsed().as_secs_f64()
-    );
-    assert!(status.success(), "server exit: {status}");
+    assert_exited_cleanly(status, signalled);
     assert_nothing_left(pid, spawner, base, &srv);
 }
 
 #[test]
 fn sigterm_cancels_a_long_run_within_a_grace_period() {
     const GRACE: Duration = Duration::from_secs(20);
-    let _one = exclusive();
-    let base = uid_base(9);
-    let mut server = start(base, &[]);
-    let pid = server.pid() as i32;
+    let (_one, base, mut server, pid) = start_alone(9, &[]);
     let spawner = spawner_of(pid);
     let srv = srv_dirs(pid);
     // A run that may legitimately take minutes must not hold the shutdown for as long.
-    let rx = post_in_background(
-        &server.base,
+    let (rx, signalled) = sigterm_during_a_run(
+        &server,
+        base,
         code("import time\ntime.sleep(120)\nprint('done')\n", 200.0),
         Duration::from_secs(300),
     );
-    wait_for_runs(base, 1, "before SIGTERM");
-    let signalled = Instant::now();
-    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_refuses_new_requests(&server.base);
     let exited = server.wait_exit(GRACE);
     let answer = rx.recv_timeout(Duration::from_millis(100)).ok();
     assert!(
@@ -1334,11 +1234,7 @@ fn sigterm_cancels_a_long_run_within_a_grace_period() {
         answer.map(|(r, _)| r.map(|r| r.status))
     );
     let status = exited.unwrap();
-    eprintln!(
-        "server exited {status} {:.2} s after SIGTERM",
-        signalled.elapsed().as_secs_f64()
-    );
-    assert!(status.success(), "server exit: {status}");
+    assert_exited_cleanly(status, signalled);
     // The cancelled run's client is told to retry, not left hanging or reset.
     let (reply, _) = answer
         .or_else(|| rx.recv_timeout(Duration::from_secs(2)).ok())
@@ -1356,17 +1252,16 @@ fn sigterm_cancels_a_long_run_within_a_grace_period() {
 fn a_client_that_hangs_up_cancels_its_run() {
     let _one = exclusive();
     for (mode, slot) in [("warm", 10), ("cold", 11)] {
-        let base = uid_base(slot);
-        let server = start(base, &["--mode", mode]);
-        let pid = server.pid() as i32;
+        let (base, server, pid) = start(slot, &["--mode", mode]);
         let templates = processes_of_uid(base);
         // The client gives up after 1 s, while the run sleeps.
-        let rx = post_in_background(
-            &server.base,
+        let rx = started_in_background(
+            &server,
+            base,
             code("import time\ntime.sleep(30)\nprint('done')\n", 60.0),
             Duration::from_secs(1),
+            mode,
         );
-        wait_for_runs(base, 1, mode);
         let (result, _) = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("the client never gave up");
@@ -1414,8 +1309,7 @@ fn a_client_that_hangs_up_cancels_its_run() {
 
 #[test]
 fn a_run_killing_its_own_process_group_is_not_blamed_on_the_cpu_limit() {
-    let _one = exclusive();
-    let server = start(uid_base(12), &[]);
+    let (_one, _, server, _) = start_alone(12, &[]);
     let r = server.run_with(load_request(Kind::KillOwnGroup, 0));
     let reply = Reply {
         status: 200,
@@ -1445,8 +1339,7 @@ fn a_run_killing_its_own_process_group_is_not_blamed_on_the_cpu_limit() {
 /// server replacing its scientific template sends no run cold.
 #[test]
 fn a_zygote_at_its_fork_limit_hands_over_without_sending_runs_cold() {
-    let _one = exclusive();
-    let server = start(uid_base(14), &["--max-forks", "10"]);
+    let (_one, _, server, _) = start_alone(14, &["--max-forks", "10"]);
     let code = include_str!("fixtures/spec/pandas.py");
     std::thread::scope(|s| {
         for _ in 0..4 {

@@ -16,7 +16,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{processes_of_uid, Server};
+use common::{
+    cmdline, expect_clean_exit, expect_stopped, processes_of_uid, text, Server, MAX_PROCESSES,
+    MEMORY_MIB, NOBODY, OUTPUT_BYTES,
+};
 use serde_json::{json, Value};
 
 /// Server configurations every family runs against. The warm path will be one more line:
@@ -37,10 +40,8 @@ const SHORT_TIMEOUT: f64 = 2.0;
 const SECRET_VAR: &str = "NSBOX_REDTEAM_SECRET";
 const SECRET: &str = "redteam-s3cret-7f3a9c";
 
-/// The documented limits the exhaustion family checks against.
-const MEMORY_MIB: u64 = 512;
-const MAX_PROCESSES: u64 = 64;
-const OUTPUT_BYTES: usize = 1 << 20;
+/// The documented plot limits the exhaustion family checks against (the others are in
+/// `common`).
 const MAX_PLOTS: usize = 16;
 const PLOT_BYTES: usize = 16 << 20;
 
@@ -88,6 +89,15 @@ impl Case {
         }
     }
 
+    /// Two runs that assert by themselves and print `contained`, the second starting
+    /// 1.2 s after the first, while the first still runs.
+    fn overlapping(name: &'static str, first: &str, second: &str) -> Case {
+        Case::concurrent(
+            name,
+            vec![contained_run(0, first), contained_run(1200, second)],
+        )
+    }
+
     fn joint(
         mut self,
         check: impl Fn(&[Value]) -> Result<(), String> + Send + Sync + 'static,
@@ -106,6 +116,11 @@ fn run(delay_ms: u64, code: impl Into<String>, timeout: f64, check: Check) -> Ru
     }
 }
 
+/// A run whose snippet asserts by itself and prints `contained`.
+fn contained_run(delay_ms: u64, code: impl Into<String>) -> Run {
+    run(delay_ms, code, DEFAULT_TIMEOUT, expect_contained())
+}
+
 /// A case whose snippet asserts by itself and prints `contained`.
 fn contained(name: &'static str, code: impl Into<String>) -> Case {
     Case::single(name, code, DEFAULT_TIMEOUT, expect_contained())
@@ -115,8 +130,15 @@ fn check(f: impl Fn(&Value) -> Result<(), String> + Send + Sync + 'static) -> Ch
     Box::new(f)
 }
 
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
+/// `first`, then, if it holds, `then`.
+fn and_then(
+    first: Check,
+    then: impl Fn(&Value) -> Result<(), String> + Send + Sync + 'static,
+) -> Check {
+    check(move |v| {
+        first(v)?;
+        then(v)
+    })
 }
 
 fn expect_contained() -> Check {
@@ -132,10 +154,7 @@ fn expect_contained() -> Check {
 /// The spec's timeout response, arriving in about the timeout.
 fn expect_timeout(timeout: f64) -> Check {
     check(move |v| {
-        ensure!(
-            v["success"] == false && v["exit_code"] == -1,
-            "expected success false and exit_code -1"
-        );
+        expect_stopped(v)?;
         ensure!(
             text(v, "stderr").ends_with("Execution failed: Execution timeout exceeded"),
             "expected the timeout message at the end of stderr"
@@ -149,12 +168,21 @@ fn expect_timeout(timeout: f64) -> Check {
     })
 }
 
+/// The spec's failure shape, for a run that failed for a reason of its own.
+fn expect_failed() -> Check {
+    check(|v| {
+        expect_stopped(v)?;
+        ensure!(
+            text(v, "stderr").contains("Execution failed: "),
+            "no failure message in stderr"
+        );
+        Ok(())
+    })
+}
+
 fn expect_oom() -> Check {
     check(|v| {
-        ensure!(
-            v["success"] == false && v["exit_code"] == -1,
-            "expected success false and exit_code -1"
-        );
+        expect_stopped(v)?;
         let message = format!("Memory limit exceeded ({MEMORY_MIB} MiB)");
         ensure!(
             text(v, "stderr").contains(&message),
@@ -167,9 +195,7 @@ fn expect_oom() -> Check {
 /// `contained`, and the run ended by itself well before its timeout (nothing it left
 /// behind kept the response waiting).
 fn expect_contained_quickly(limit_s: f64) -> Check {
-    let contained = expect_contained();
-    check(move |v| {
-        contained(v)?;
+    and_then(expect_contained(), move |v| {
         let t = v["execution_time"].as_f64().unwrap_or(f64::MAX);
         ensure!(t < limit_s, "took {t} s; expected under {limit_s} s");
         Ok(())
@@ -229,16 +255,10 @@ fn abbreviated(v: &Value) -> String {
 
 /// Posts one run without panicking, so a dead server fails the case instead of the thread.
 fn post(server: &Server, code: &str, timeout: f64) -> Result<Value, String> {
-    let resp = server
-        .client()
-        .post(format!("{}/v1/tools/code", server.base))
-        .json(&json!({"code": code, "lang": "python", "timeout": timeout}))
-        .send()
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp.text().map_err(|e| format!("reading the body: {e}"))?;
-    ensure!(status == 200, "HTTP {status}: {body}");
-    serde_json::from_str(&body).map_err(|e| format!("response is not JSON ({e}): {body}"))
+    let body = json!({"code": code, "lang": "python", "timeout": timeout});
+    let reply = common::post(server.client(), &server.base, &body)?;
+    ensure!(reply.status == 200, "HTTP {}: {}", reply.status, reply.body);
+    Ok(reply.body)
 }
 
 /// Host uid range of a family's server: its own, so leftover counts are its own.
@@ -247,9 +267,7 @@ fn uid_base(family: u32, mode: usize) -> u32 {
 }
 
 fn describe_pid(pid: i32) -> String {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    let cmdline: String = cmdline.chars().take(80).collect();
+    let cmdline: String = cmdline(pid).chars().take(80).collect();
     format!("{pid} ({cmdline})")
 }
 
@@ -262,7 +280,7 @@ fn survivors(uid_base: u32, before: &[i32]) -> Vec<String> {
     // The kernel tears a PID namespace down asynchronously, and a zygote's fork exits a
     // moment after the run it watched: only what is still there after a grace counts.
     for _ in 0..20 {
-        let any = [uid_base, uid_base + 65534]
+        let any = [uid_base, uid_base + NOBODY]
             .iter()
             .any(|uid| processes_of_uid(*uid).iter().any(|p| !before.contains(p)));
         if !any {
@@ -271,7 +289,7 @@ fn survivors(uid_base: u32, before: &[i32]) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut found = Vec::new();
-    for uid in [uid_base, uid_base + 65534] {
+    for uid in [uid_base, uid_base + NOBODY] {
         for pid in processes_of_uid(uid)
             .into_iter()
             .filter(|p| !before.contains(p))
@@ -379,10 +397,7 @@ fn run_family(family: &str, slot: u32, cases: impl Fn(&Target) -> Vec<Case>) {
     let mut count = 0;
     for (m, mode) in MODES.iter().enumerate() {
         let base = uid_base(slot, m);
-        let base_arg = base.to_string();
-        let mut args: Vec<&str> = mode.to_vec();
-        args.extend(["--uid-base", base_arg.as_str()]);
-        let server = Server::start_with_env(&args, &[(SECRET_VAR, SECRET)]);
+        let server = Server::start_in_uid_range(base, mode, &[(SECRET_VAR, SECRET)]);
         let target = Target { server: &server };
         let table = cases(&target);
         let mut names = std::collections::HashSet::new();
@@ -482,9 +497,7 @@ fn contained_and_unchanged(files: Vec<PathBuf>) -> Check {
             (p, f)
         })
         .collect();
-    let contained = expect_contained();
-    check(move |v| {
-        contained(v)?;
+    and_then(expect_contained(), move |_| {
         for (path, was) in &before {
             ensure!(
                 fingerprint(path) == *was,
@@ -985,16 +998,12 @@ print('contained')
                     &[("MARKER", &marker)],
                 ),
                 DEFAULT_TIMEOUT,
-                {
-                    let contained = expect_contained();
-                    check(move |v| {
-                        contained(v)?;
-                        for p in &host_copies {
-                            ensure!(!p.exists(), "{} exists on the host", p.display());
-                        }
-                        Ok(())
-                    })
-                },
+                and_then(expect_contained(), move |_| {
+                    for p in &host_copies {
+                        ensure!(!p.exists(), "{} exists on the host", p.display());
+                    }
+                    Ok(())
+                }),
             ),
         ]
     });
@@ -1386,12 +1395,9 @@ for path in ['/run/systemd/private', '/run/dbus/system_bus_socket', '/var/run/do
 print('contained')
 "#,
             ),
-            Case::concurrent(
+            Case::overlapping(
                 "abstract_unix_socket_of_another_run_unreachable",
-                vec![
-                    run(
-                        0,
-                        r#"
+                r#"
 import socket
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.bind('\0nsbox-redteam-abstract')
@@ -1404,12 +1410,7 @@ except socket.timeout:
 else:
     print('another run connected to this run')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                    run(
-                        1200,
-                        r#"
+                r#"
 import socket
 c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 try:
@@ -1426,17 +1427,10 @@ c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 c.connect('\0nsbox-redteam-abstract')
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                ],
             ),
-            Case::concurrent(
+            Case::overlapping(
                 "loopback_port_of_another_run_unreachable",
-                vec![
-                    run(
-                        0,
-                        r#"
+                r#"
 import socket
 s = socket.socket()
 s.bind(('127.0.0.1', 47123))
@@ -1449,12 +1443,7 @@ except socket.timeout:
 else:
     print("another run connected to this run's port")
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                    run(
-                        1200,
-                        r#"
+                r#"
 import socket
 c = socket.socket()
 c.settimeout(2)
@@ -1468,10 +1457,6 @@ s = socket.socket()
 s.bind(('127.0.0.1', 47123))  # free here: a loopback of its own
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                ],
             ),
         ]
     });
@@ -1923,14 +1908,10 @@ threading.Thread(target=spin).start()
 print('main done', flush=True)
 "#,
                 SHORT_TIMEOUT,
-                {
-                    let timed_out = expect_timeout(SHORT_TIMEOUT);
-                    check(move |v| {
-                        timed_out(v)?;
-                        ensure!(v["stdout"] == "main done\n", "main's output lost");
-                        Ok(())
-                    })
-                },
+                and_then(expect_timeout(SHORT_TIMEOUT), move |v| {
+                    ensure!(v["stdout"] == "main done\n", "main's output lost");
+                    Ok(())
+                }),
             ),
             quick(
                 "child_closes_stdout_and_lingers",
@@ -2113,15 +2094,11 @@ except BlockingIOError as e:
     print('contained')
 "#,
                 DEFAULT_TIMEOUT,
-                {
-                    let contained = expect_contained();
-                    check(move |v| {
-                        contained(v)?;
-                        let note = format!("process limit ({MAX_PROCESSES}) reached");
-                        ensure!(text(v, "stderr").contains(&note), "no {note:?} in stderr");
-                        Ok(())
-                    })
-                },
+                and_then(expect_contained(), move |v| {
+                    let note = format!("process limit ({MAX_PROCESSES}) reached");
+                    ensure!(text(v, "stderr").contains(&note), "no {note:?} in stderr");
+                    Ok(())
+                }),
             ),
             Case::single(
                 "fork_bomb_classic",
@@ -2151,28 +2128,7 @@ except RuntimeError as e:
     print('contained')
 "#,
             ),
-            contained(
-                "tmp_disk_fill",
-                r#"
-import os, errno
-total = 0
-i = 0
-chunk = b'\xff' * (1 << 20)
-try:
-    while i < 1000:
-        fd = os.open('/tmp/fill%d' % i, os.O_CREAT | os.O_WRONLY, 0o600)
-        try:
-            for _ in range(8):
-                total += os.write(fd, chunk)
-        finally:
-            os.close(fd)
-        i += 1
-except OSError as e:
-    assert e.errno == errno.ENOSPC, e
-assert (48 << 20) <= total <= (64 << 20), total
-print('contained')
-"#,
-            ),
+            contained("tmp_disk_fill", common::fill_tmp(&["ENOSPC"])),
             contained(
                 "tmp_inode_flood",
                 r#"
@@ -2244,16 +2200,7 @@ for _ in range(4096):
     sys.stdout.write(line)
 "#,
                 DEFAULT_TIMEOUT,
-                {
-                    let truncated = truncated("stdout");
-                    check(move |v| {
-                        ensure!(
-                            v["success"] == true && v["exit_code"] == 0,
-                            "expected success and exit 0"
-                        );
-                        truncated(v)
-                    })
-                },
+                and_then(check(expect_clean_exit), truncated("stdout")),
             ),
             Case::single(
                 "stderr_flood",
@@ -2265,14 +2212,7 @@ for _ in range(4096):
 print('contained')
 "#,
                 DEFAULT_TIMEOUT,
-                {
-                    let contained = expect_contained();
-                    let truncated = truncated("stderr");
-                    check(move |v| {
-                        contained(v)?;
-                        truncated(v)
-                    })
-                },
+                and_then(expect_contained(), truncated("stderr")),
             ),
             Case::single(
                 "endless_output_until_timeout",
@@ -2283,14 +2223,7 @@ while True:
     sys.stdout.write(chunk)
 "#,
                 SHORT_TIMEOUT,
-                {
-                    let timed_out = expect_timeout(SHORT_TIMEOUT);
-                    let truncated = truncated("stdout");
-                    check(move |v| {
-                        timed_out(v)?;
-                        truncated(v)
-                    })
-                },
+                and_then(expect_timeout(SHORT_TIMEOUT), truncated("stdout")),
             ),
             Case::single(
                 "invalid_utf8_and_nul_output",
@@ -2322,19 +2255,14 @@ plt.show()
 print('contained')
 "#,
                 60.0,
-                {
-                    let contained = expect_contained();
-                    check(move |v| {
-                        contained(v)?;
-                        let n = v["plots"].as_array().map_or(0, Vec::len);
-                        ensure!(n == MAX_PLOTS, "{n} plots returned, cap is {MAX_PLOTS}");
-                        let note = format!(
-                            "plot limit ({MAX_PLOTS}) reached; 4 more figure(s) not returned"
-                        );
-                        ensure!(text(v, "stderr").contains(&note), "no {note:?} in stderr");
-                        Ok(())
-                    })
-                },
+                and_then(expect_contained(), move |v| {
+                    let n = v["plots"].as_array().map_or(0, Vec::len);
+                    ensure!(n == MAX_PLOTS, "{n} plots returned, cap is {MAX_PLOTS}");
+                    let note =
+                        format!("plot limit ({MAX_PLOTS}) reached; 4 more figure(s) not returned");
+                    ensure!(text(v, "stderr").contains(&note), "no {note:?} in stderr");
+                    Ok(())
+                }),
             ),
             Case::single(
                 "huge_plots_capped_by_size",
@@ -2350,31 +2278,27 @@ for i in range(3):
 print('contained')
 "#,
                 60.0,
-                {
-                    let contained = expect_contained();
-                    check(move |v| {
-                        contained(v)?;
-                        let plots = v["plots"].as_array().cloned().unwrap_or_default();
-                        let bytes: usize = plots
-                            .iter()
-                            .map(|p| p["content_base64"].as_str().map_or(0, str::len) / 4 * 3)
-                            .sum();
-                        ensure!(
-                            !plots.is_empty() && plots.len() < 3,
-                            "{} plots returned",
-                            plots.len()
-                        );
-                        ensure!(
-                            bytes <= PLOT_BYTES,
-                            "{bytes} plot bytes, cap is {PLOT_BYTES}"
-                        );
-                        ensure!(
-                            text(v, "stderr").contains("plot size limit (16 MiB) exceeded"),
-                            "no plot size note in stderr"
-                        );
-                        Ok(())
-                    })
-                },
+                and_then(expect_contained(), move |v| {
+                    let plots = v["plots"].as_array().cloned().unwrap_or_default();
+                    let bytes: usize = plots
+                        .iter()
+                        .map(|p| p["content_base64"].as_str().map_or(0, str::len) / 4 * 3)
+                        .sum();
+                    ensure!(
+                        !plots.is_empty() && plots.len() < 3,
+                        "{} plots returned",
+                        plots.len()
+                    );
+                    ensure!(
+                        bytes <= PLOT_BYTES,
+                        "{bytes} plot bytes, cap is {PLOT_BYTES}"
+                    );
+                    ensure!(
+                        text(v, "stderr").contains("plot size limit (16 MiB) exceeded"),
+                        "no plot size note in stderr"
+                    );
+                    Ok(())
+                }),
             ),
             Case::single(
                 "cpu_spin_short_timeout",
@@ -2394,17 +2318,7 @@ for _ in range(10 ** 6):
 repr(x)
 "#,
                 DEFAULT_TIMEOUT,
-                check(|v| {
-                    ensure!(
-                        v["success"] == false && v["exit_code"] == -1,
-                        "expected success false and exit_code -1"
-                    );
-                    ensure!(
-                        text(v, "stderr").contains("Execution failed: "),
-                        "no failure message in stderr"
-                    );
-                    Ok(())
-                }),
+                expect_failed(),
             ),
         ]
     });
@@ -2414,12 +2328,9 @@ repr(x)
 fn leaks_between_concurrent_runs() {
     run_family("leaks_between_concurrent_runs", 8, |_t| {
         vec![
-            Case::concurrent(
+            Case::overlapping(
                 "tmp_and_dev_shm_secret",
-                vec![
-                    run(
-                        0,
-                        r#"
+                r#"
 import os, time, errno
 open('/tmp/nsbox-secret', 'w').write('s3cret-of-run-A')
 try:
@@ -2439,46 +2350,30 @@ time.sleep(3)
 assert open('/tmp/nsbox-secret').read() == 's3cret-of-run-A'
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                    run(
-                        1200,
-                        r#"
+                r#"
 import os
 assert not os.path.exists('/tmp/nsbox-secret')
 assert not os.path.exists('/dev/shm')
 assert set(os.listdir('/tmp')) <= {'.config'}, os.listdir('/tmp')
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                ],
             ),
             Case::concurrent(
                 "tmp_not_reused_by_the_next_run",
                 vec![
-                    run(
+                    contained_run(
                         0,
                         "open('/tmp/left-behind', 'w').write('x')\nprint('contained')\n",
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
                     ),
-                    run(
+                    contained_run(
                         1500,
                         "import os\nassert not os.path.exists('/tmp/left-behind')\nprint('contained')\n",
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
                     ),
                 ],
             ),
-            Case::concurrent(
+            Case::overlapping(
                 "pids_of_other_runs_invisible",
-                vec![
-                    run(
-                        0,
-                        r#"
+                r#"
 import os, time
 for _ in range(3):
     if os.fork() == 0:
@@ -2487,12 +2382,7 @@ for _ in range(3):
 time.sleep(3)
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                    run(
-                        1200,
-                        r#"
+                r#"
 import os
 pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
 assert pids == [1, os.getpid()], pids
@@ -2500,17 +2390,10 @@ visible = [p for p in range(1, 32768) if p != os.getpid() and os.path.exists('/p
 assert visible == [1], visible
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                ],
             ),
-            Case::concurrent(
+            Case::overlapping(
                 "sysv_ipc_objects_of_another_run_invisible",
-                vec![
-                    run(
-                        0,
-                        r#"
+                r#"
 import ctypes, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmat.restype = ctypes.c_void_p
@@ -2524,12 +2407,7 @@ assert libc.msgget(KEY, 0o1666) >= 0
 time.sleep(3)
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                    run(
-                        1200,
-                        r#"
+                r#"
 import ctypes, errno
 libc = ctypes.CDLL(None, use_errno=True)
 KEY = 0x5EC7E7
@@ -2543,17 +2421,10 @@ for name in ['shm', 'sem', 'msg']:
 assert libc.shmget(KEY, 4096, 0o3666) >= 0  # IPC_CREAT | IPC_EXCL: the key is free here
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                ],
             ),
-            Case::concurrent(
+            Case::overlapping(
                 "posix_message_queue_of_another_run_invisible",
-                vec![
-                    run(
-                        0,
-                        r#"
+                r#"
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)
 q = libc.mq_open(b'/nsbox-redteam', os.O_CREAT | os.O_RDWR, 0o666, None)
@@ -2562,12 +2433,7 @@ if q >= 0:
 time.sleep(3)
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                    run(
-                        1200,
-                        r#"
+                r#"
 import ctypes, os, errno
 libc = ctypes.CDLL(None, use_errno=True)
 ctypes.set_errno(0)
@@ -2575,17 +2441,10 @@ q = libc.mq_open(b'/nsbox-redteam', os.O_RDONLY)
 assert q == -1 and ctypes.get_errno() == errno.ENOENT, (q, ctypes.get_errno())
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                ],
             ),
-            Case::concurrent(
+            Case::overlapping(
                 "lock_covert_channel_on_shared_rootfs_files",
-                vec![
-                    run(
-                        0,
-                        r#"
+                r#"
 import fcntl, os, time
 a = os.open('/usr/lib/python3.11/os.py', os.O_RDONLY)
 fcntl.flock(a, fcntl.LOCK_EX)
@@ -2594,12 +2453,7 @@ fcntl.lockf(b, fcntl.LOCK_SH)
 time.sleep(3)
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                    run(
-                        1200,
-                        r#"
+                r#"
 import fcntl, os, struct
 a = os.open('/usr/lib/python3.11/os.py', os.O_RDONLY)
 try:
@@ -2612,17 +2466,10 @@ kind = struct.unpack('hhqqi4x', fcntl.fcntl(b, fcntl.F_GETLK, probe))[0]
 assert kind == fcntl.F_UNLCK, "another run's fcntl lock is visible: a covert channel"
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                ],
             ),
-            Case::concurrent(
+            Case::overlapping(
                 "inotify_covert_channel_on_shared_rootfs_files",
-                vec![
-                    run(
-                        0,
-                        r#"
+                r#"
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)
 fd = libc.inotify_init1(os.O_NONBLOCK)
@@ -2637,16 +2484,7 @@ if fd >= 0:
     assert not events, "saw another run open a shared file: a covert channel"
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                    run(
-                        1200,
-                        "open('/usr/lib/python3.11/colorsys.py', 'rb').read()\nprint('contained')\n",
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
-                    ),
-                ],
+                "open('/usr/lib/python3.11/colorsys.py', 'rb').read()\nprint('contained')\n",
             ),
             Case::concurrent(
                 "random_state_not_shared",
@@ -2703,20 +2541,13 @@ fn signals_to_the_server() {
         host_pids.push(server_pid.to_string());
         host_pids.push(std::process::id().to_string());
         let host_pids = format!("[{}]", host_pids.join(", "));
-        let victim = || {
-            run(
-                0,
-                "import time\ntime.sleep(3)\nprint('contained')\n",
-                DEFAULT_TIMEOUT,
-                expect_contained(),
-            )
-        };
+        let victim = || contained_run(0, "import time\ntime.sleep(3)\nprint('contained')\n");
         vec![
             Case::concurrent(
                 "kill_minus_one",
                 vec![
                     victim(),
-                    run(
+                    contained_run(
                         800,
                         r#"
 import os, signal, time
@@ -2730,8 +2561,6 @@ assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
 assert os.path.exists('/proc/1')
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
                     ),
                 ],
             ),
@@ -2755,7 +2584,7 @@ print('contained')
                 "killpg_sweep",
                 vec![
                     victim(),
-                    run(
+                    contained_run(
                         800,
                         r#"
 import os, signal, errno
@@ -2770,8 +2599,6 @@ for pg in range(1, 32768):
 assert hit == [], hit
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
                     ),
                 ],
             ),
@@ -2822,7 +2649,7 @@ print('contained')
             Case::concurrent(
                 "renice_own_process_group_spares_other_runs",
                 vec![
-                    run(
+                    contained_run(
                         0,
                         r#"
 import os, time
@@ -2830,10 +2657,8 @@ time.sleep(2.5)
 assert os.getpriority(os.PRIO_PROCESS, 0) == 0, 'reniced by another run'
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
                     ),
-                    run(
+                    contained_run(
                         800,
                         r#"
 import os
@@ -2843,8 +2668,6 @@ except PermissionError:
     pass
 print('contained')
 "#,
-                        DEFAULT_TIMEOUT,
-                        expect_contained(),
                     ),
                 ],
             ),
@@ -2852,17 +2675,7 @@ print('contained')
                 "sigkill_self",
                 "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
                 DEFAULT_TIMEOUT,
-                check(|v| {
-                    ensure!(
-                        v["success"] == false && v["exit_code"] == -1,
-                        "expected success false and exit_code -1"
-                    );
-                    ensure!(
-                        text(v, "stderr").contains("Execution failed: "),
-                        "no failure message in stderr"
-                    );
-                    Ok(())
-                }),
+                expect_failed(),
             ),
         ]
     });

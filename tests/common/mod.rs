@@ -6,9 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+/// `nobody` inside a run is this far above the server's uid base on the host.
+pub const NOBODY: u32 = 65534;
+/// The documented per-run limits the hostile runs hit: memory, processes, output per stream.
+pub const MEMORY_MIB: u64 = 512;
+pub const MAX_PROCESSES: u64 = 64;
+pub const OUTPUT_BYTES: usize = 1 << 20;
 
 /// These tests create namespaces and cgroups: without root they cannot prove anything, so
 /// they fail loudly instead of skipping.
@@ -74,6 +81,15 @@ impl Server {
     /// secret that no run may see).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         Server::start_program(Path::new(env!("CARGO_BIN_EXE_nsbox")), extra, env)
+    }
+
+    /// Like `start_with_env`, with the runs on the host uid range from `uid_base` on, so a
+    /// test counts the processes of its own server only.
+    pub fn start_in_uid_range(uid_base: u32, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let base = uid_base.to_string();
+        let mut args = extra.to_vec();
+        args.extend(["--uid-base", base.as_str()]);
+        Server::start_with_env(&args, env)
     }
 
     /// Like `start_with_env`, serving from another nsbox executable (the static build).
@@ -262,4 +278,132 @@ pub fn processes_of_uid(uid: u32) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// The command line of a host process, arguments joined by spaces; empty once it is gone.
+pub fn cmdline(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw).replace('\0', " ")
+}
+
+/// A string field of a JSON response; empty when absent.
+pub fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("")
+}
+
+/// The spec's response for a run that ended by itself with exit 0.
+pub fn expect_clean_exit(v: &Value) -> Result<(), String> {
+    if v["success"] != true || v["exit_code"] != 0 {
+        return Err("expected success true and exit_code 0".into());
+    }
+    Ok(())
+}
+
+/// The spec's failure shape: success false, exit_code -1 (the reason is in `stderr`).
+pub fn expect_stopped(v: &Value) -> Result<(), String> {
+    if v["success"] != false || v["exit_code"] != -1 {
+        return Err("expected success false and exit_code -1".into());
+    }
+    Ok(())
+}
+
+/// An HTTP answer: status, `Retry-After`, the JSON body and how long it took.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Value,
+    pub elapsed: Duration,
+}
+
+pub fn client(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .build()
+        .unwrap()
+}
+
+/// POSTs `body` to `/v1/tools/code` without panicking, so a dead server or a bad answer
+/// fails the caller's case instead of its thread.
+pub fn post(client: &reqwest::blocking::Client, base: &str, body: &Value) -> Result<Reply, String> {
+    let started = Instant::now();
+    let resp = client
+        .post(format!("{base}/v1/tools/code"))
+        .json(body)
+        .send()
+        .map_err(|e| {
+            format!(
+                "request failed after {:.1} s{}: {e}",
+                started.elapsed().as_secs_f64(),
+                if e.is_timeout() {
+                    " (client timeout)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = resp
+        .text()
+        .map_err(|e| format!("status {status}: reading the body failed: {e}"))?;
+    let body = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "status {status}: body is not JSON ({e}): {}",
+            shorten(&text, 300)
+        )
+    })?;
+    Ok(Reply {
+        status,
+        retry_after,
+        body,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), saying how long it was.
+pub fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
+}
+
+/// Fills `/tmp` with 8 MiB files until a write fails with one of `errnos` (names in
+/// Python's `errno`), then checks that 48 to 64 MiB got written and prints `contained`.
+pub fn fill_tmp(errnos: &[&str]) -> String {
+    let errnos = errnos
+        .iter()
+        .map(|e| format!("errno.{e}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+import os, errno
+total = 0
+i = 0
+chunk = b'\xff' * (1 << 20)
+try:
+    while i < 1000:
+        fd = os.open('/tmp/fill%d' % i, os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            for _ in range(8):
+                total += os.write(fd, chunk)
+        finally:
+            os.close(fd)
+        i += 1
+except OSError as e:
+    assert e.errno in [{errnos}], e
+assert (48 << 20) <= total <= (64 << 20), total
+print('contained')
+"#
+    )
 }
