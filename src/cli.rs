@@ -1,4 +1,4 @@
-//! The command line: `nsbox serve`, `nsbox run` and `nsbox check`, and how their options
+//! The command line: `nsbox serve`, `nsbox run`, `nsbox check` and `nsbox mcp`, and how their options
 //! combine with the configuration file and the environment (file < environment < flag).
 
 use std::net::SocketAddr;
@@ -34,6 +34,14 @@ pub enum Command {
     /// Report which isolation features this host supports; exits non-zero when the
     /// configured isolation cannot be had.
     Check(CheckArgs),
+    /// Serve the sandbox to one MCP client (an agent host) over stdin and stdout.
+    Mcp(McpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub options: Options,
 }
 
 #[derive(Debug, clap::Args)]
@@ -249,7 +257,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let config = match configure(&args.options, "info") {
+            // rmcp logs every streamable HTTP request at info; its warnings are what matter.
+            let config = match configure(&args.options, "info,rmcp=warn") {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -278,6 +287,20 @@ pub fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("nsbox: {e}");
                     ExitCode::from(e.exit_status())
+                }
+            }
+        }
+        Command::Mcp(args) => {
+            // stdout carries the protocol; logs go to stderr, quiet by default.
+            let config = match configure(&args.options, "warn") {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match crate::mcp::serve_stdio(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("nsbox: {e}");
+                    ExitCode::FAILURE
                 }
             }
         }

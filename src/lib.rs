@@ -2,7 +2,7 @@
 //!
 //! Layers, each using only those below it: the sandbox and scanner crates; `config`;
 //! `service` (the run service every front end calls); `host` (what `serve`, `run` and
-//! `check` prepare on this machine); the front ends `api` (HTTP), `run` and `check`;
+//! `check` prepare on this machine); the front ends `api` (HTTP), `mcp`, `run` and `check`;
 //! `server` and `cli` on top. See docs/architecture.md.
 
 pub mod api;
@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod host;
+pub mod mcp;
 pub mod run;
 pub mod server;
 pub mod service;

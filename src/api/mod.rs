@@ -12,7 +12,11 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+
 use crate::host::Isolation;
+use crate::mcp::McpServer;
 use crate::service::catalog::Catalog;
 use crate::service::RunService;
 use error::ApiError;
@@ -43,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(status).fallback(method_not_allowed))
         // Behind the key like the rest: Prometheus sends it as a bearer token.
         .route("/metrics", get(metrics).fallback(method_not_allowed))
+        // MCP over streamable HTTP: the same keys, admission and limits as the REST API.
+        .nest_service("/mcp", mcp_service(&state))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -60,6 +66,28 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(axum::middleware::from_fn(drop_unusable_request_id))
         .with_state(state)
+}
+
+/// The MCP endpoint. Stateless (each POST is complete, answered with JSON), so any node
+/// behind a load balancer can take any call. A keyless server listens on loopback only and
+/// must not be driven by a web page: the `Host` must be a loopback name (DNS rebinding) and
+/// any browser `Origin` is refused. With keys, the key is the guard and any host name works.
+fn mcp_service(state: &AppState) -> StreamableHttpService<McpServer, LocalSessionManager> {
+    let server = McpServer::new(state.service.clone());
+    let mut config = StreamableHttpServerConfig::default();
+    config.legacy_session_mode = false;
+    config.json_response = true;
+    config.max_request_body_bytes = state.max_body_bytes;
+    let config = if state.keys.is_empty() {
+        config.enforce_origin_validation()
+    } else {
+        config.disable_allowed_hosts()
+    };
+    StreamableHttpService::new(
+        move || Ok(server.clone()),
+        LocalSessionManager::default().into(),
+        config,
+    )
 }
 
 /// A client's `x-request-id` is kept only if it is a short token; anything else (huge,
