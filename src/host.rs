@@ -338,12 +338,10 @@ fn probe_seccomp() -> Result<String, String> {
 
 fn probe_cgroups(config: &Config) -> Result<String, String> {
     let (parent, description) = cgroups(config)?;
-    let detail = match &parent {
-        CgroupParent::V1 { memory, .. } => {
-            format!("{description}, runs under {}", memory.display())
-        }
-        CgroupParent::V2 { dir, .. } => format!("{description}, runs under {}", dir.display()),
-    };
+    let detail = format!(
+        "{description}, runs under {}",
+        parent.runs_under().display()
+    );
     parent.remove();
     Ok(detail)
 }

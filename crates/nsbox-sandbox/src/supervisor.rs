@@ -378,7 +378,7 @@ fn start_cold(
 /// removed.
 fn abort(
     sandbox: &Sandbox,
-    cgroup: Option<RunCgroup>,
+    cgroup: Option<Box<dyn RunCgroup>>,
     step: &str,
     errno: Errno,
     start: Instant,

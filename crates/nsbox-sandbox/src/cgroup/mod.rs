@@ -1,7 +1,8 @@
 //! Control groups: detecting the host's layout (v1, v2 or none) once, and a cgroup per run with its limits, behind one interface.
 //!
-//! Every v1/v2 difference lives in this file. Per-run cgroups are created below the cgroup
-//! the server itself sits in (never at a hierarchy's root), as
+//! The layout is detected here, once; after that, every v1/v2 difference lives in `v1.rs`
+//! and `v2.rs`, behind [`ServerCgroup`] and [`RunCgroup`]. Per-run cgroups are created below
+//! the cgroup the server itself sits in (never at a hierarchy's root), as
 //! `<own>/nsbox/srv-<server pid>/run-<supervisor pid>`, so the host's own accounting still
 //! covers every run and two servers on one host never touch each other's runs.
 
@@ -15,7 +16,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::Limits;
+use crate::Limits;
+
+pub mod v1;
+pub mod v2;
+
+pub use v2::Delegation;
 
 /// The CPU bandwidth period; 100 ms is the kernel's default and keeps quota jitter low.
 const CPU_PERIOD_US: u64 = 100_000;
@@ -66,35 +72,6 @@ impl Layout {
             Layout::V2 { controllers, .. } => format!("cgroup v2 ({})", controllers.join(", ")),
         }
     }
-}
-
-/// The directory (per controller on v1) below which this server creates run cgroups.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub enum CgroupParent {
-    V1 {
-        memory: PathBuf,
-        pids: PathBuf,
-        cpu: Option<PathBuf>,
-    },
-    V2 {
-        dir: PathBuf,
-        cpu: bool,
-        /// What [`CgroupParent::prepare`] changed in the server's own cgroup, undone by
-        /// [`CgroupParent::remove`] so a clean stop leaves the cgroup as it was found.
-        delegated: Delegation,
-    },
-}
-
-/// The changes a v2 server made to the cgroup it was started in.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Delegation {
-    /// The server's own cgroup.
-    pub own: PathBuf,
-    /// Controllers this server enabled in `own/cgroup.subtree_control` (not those that
-    /// were on already).
-    pub enabled: Vec<String>,
-    /// The leaf the server moved itself (and so its spawner) into, if it had to.
-    pub leaf: Option<PathBuf>,
 }
 
 /// Reads the layout from the live system.
@@ -191,7 +168,6 @@ pub fn detect_from(cgroup: &str, mountinfo: &str, fs_root: &Path) -> Result<Layo
         )),
     }
 }
-
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs::write(path, value).map_err(|source| CgroupError::Write {
         path: path.to_path_buf(),
@@ -261,59 +237,6 @@ fn remove_stale_servers(nsbox_dir: &Path, own_instance: &str) {
         let _ = kill_and_remove(&entry.path(), Duration::from_secs(2));
     }
 }
-
-/// Turns off the controllers the server enabled, then moves every process in its leaf
-/// (itself, a spawner on its way out) back to its own cgroup and removes the leaf: in that
-/// order, as v2 refuses processes in a cgroup that still delegates controllers.
-fn undo_delegation(d: &Delegation) {
-    if !d.enabled.is_empty() {
-        let disable = d
-            .enabled
-            .iter()
-            .map(|c| format!("-{c}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        if let Err(e) = write(&d.own.join("cgroup.subtree_control"), &disable) {
-            tracing::warn!(error = %e, "turning off the controllers nsbox enabled");
-            return;
-        }
-    }
-    let Some(leaf) = &d.leaf else { return };
-    // The spawner and its templates may still be alive (they die with this process) and
-    // fork while being moved: move again until the leaf is empty enough to remove.
-    let start = Instant::now();
-    loop {
-        for pid in read_pids(leaf) {
-            // A process that exited meanwhile cannot be moved, and need not be.
-            let _ = write(&d.own.join("cgroup.procs"), &pid.to_string());
-        }
-        match fs::remove_dir(leaf) {
-            Ok(()) => return,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(e) if start.elapsed() >= Duration::from_secs(2) => {
-                tracing::warn!(path = %leaf.display(), error = %e, "removing the server's leaf cgroup");
-                return;
-            }
-            Err(_) => thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-/// Pids with their command names, for a message to the operator.
-fn describe_pids(pids: &[i32]) -> String {
-    if pids.is_empty() {
-        return "none listed".into();
-    }
-    pids.iter()
-        .take(8)
-        .map(|p| {
-            let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-            format!("{p} {}", comm.trim())
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Removes every `run-*` cgroup below `dir`.
 fn sweep_runs(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -325,103 +248,49 @@ fn sweep_runs(dir: &Path) {
         }
     }
 }
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+/// What a run's CPU bandwidth is, in microseconds per [`CPU_PERIOD_US`].
+fn cpu_quota(limits: &Limits) -> u64 {
+    ((limits.cpus * CPU_PERIOD_US as f64) as u64).max(1000)
+}
 
-impl CgroupParent {
-    /// Creates this server's parent cgroup and removes what crashed servers left behind.
-    pub fn prepare(layout: &Layout, server_pid: u32) -> Result<CgroupParent, CgroupError> {
-        let instance = format!("srv-{server_pid}");
-        match layout {
-            Layout::V1 { memory, pids, cpu } => {
-                let parent = |own: &Path| -> Result<PathBuf, CgroupError> {
-                    let nsbox = own.join("nsbox");
-                    mkdir_p(&nsbox)?;
-                    remove_stale_servers(&nsbox, &instance);
-                    let dir = nsbox.join(&instance);
-                    mkdir_p(&dir)?;
-                    Ok(dir)
-                };
-                Ok(CgroupParent::V1 {
-                    memory: parent(memory)?,
-                    pids: parent(pids)?,
-                    cpu: cpu.as_deref().map(parent).transpose()?,
-                })
-            }
-            Layout::V2 { own, controllers } => {
-                let wanted: Vec<&str> = ["memory", "pids", "cpu"]
-                    .into_iter()
-                    .filter(|c| controllers.iter().any(|have| have == c))
-                    .collect();
-                let enable = wanted
-                    .iter()
-                    .map(|c| format!("+{c}"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let before =
-                    fs::read_to_string(own.join("cgroup.subtree_control")).unwrap_or_default();
-                let enabled: Vec<String> = wanted
-                    .iter()
-                    .filter(|c| !before.split_whitespace().any(|b| b == **c))
-                    .map(|c| c.to_string())
-                    .collect();
-                // v2 forbids processes in a cgroup whose controllers are delegated to
-                // children, so the server moves itself into a leaf of its own first.
-                let leaf = own.join("nsbox-server");
-                let mut delegated = Delegation {
-                    own: own.clone(),
-                    enabled: Vec::new(),
-                    leaf: None,
-                };
-                if !read_pids(own).is_empty() {
-                    mkdir_p(&leaf)?;
-                    delegated.leaf = Some(leaf.clone());
-                    write(&leaf.join("cgroup.procs"), &server_pid.to_string())?;
-                }
-                if let Err(e) = write(&own.join("cgroup.subtree_control"), &enable) {
-                    let others = read_pids(own);
-                    // Back where we were: the caller goes on without cgroups.
-                    undo_delegation(&delegated);
-                    return Err(match e {
-                        CgroupError::Write { source, .. }
-                            if source.raw_os_error() == Some(libc::EBUSY) =>
-                        {
-                            CgroupError::Busy {
-                                path: own.clone(),
-                                others: describe_pids(&others),
-                            }
-                        }
-                        e => e,
-                    });
-                }
-                delegated.enabled = enabled;
-                let nsbox = own.join("nsbox");
-                mkdir_p(&nsbox)?;
-                write(&nsbox.join("cgroup.subtree_control"), &enable)?;
-                remove_stale_servers(&nsbox, &instance);
-                let dir = nsbox.join(&instance);
-                mkdir_p(&dir)?;
-                write(&dir.join("cgroup.subtree_control"), &enable)?;
-                Ok(CgroupParent::V2 {
-                    dir,
-                    cpu: wanted.contains(&"cpu"),
-                    delegated,
-                })
-            }
+/// Kills and removes the run cgroups below each of a server's directories, then the
+/// directories themselves.
+fn remove_server_dirs(dirs: &[&Path]) {
+    for dir in dirs {
+        sweep_runs(dir);
+        if let Err(e) = kill_and_remove(dir, Duration::from_secs(2)) {
+            tracing::warn!(error = %e, "removing this server's cgroup");
         }
     }
+}
 
-    fn dirs(&self) -> Vec<&Path> {
-        match self {
-            CgroupParent::V1 { memory, pids, cpu } => {
-                let mut d = vec![memory.as_path(), pids.as_path()];
-                d.extend(cpu.as_deref());
-                d
-            }
-            CgroupParent::V2 { dir, .. } => vec![dir.as_path()],
-        }
-    }
+fn read_number(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A server's parent cgroup: where its runs' cgroups are created.
+pub trait ServerCgroup {
+    /// The server's directories (one per controller hierarchy on v1).
+    fn dirs(&self) -> Vec<&Path>;
+
+    /// The directory to name when telling the operator where runs go.
+    fn runs_under(&self) -> &Path;
+
+    /// Creates the cgroup of one run with its limits set, ready for the run's first process.
+    fn create_run(&self, name: &str, limits: &Limits) -> Result<Box<dyn RunCgroup>, CgroupError>;
+
+    /// Removes this server's parent cgroup (at shutdown, once every run is over), leaving
+    /// the cgroup nsbox was started in as it was found.
+    fn remove(&self);
 
     /// Removes run cgroups left by supervisors that died (the spawner calls it at start).
-    pub fn sweep_runs(&self) {
+    fn sweep_runs(&self) {
         for dir in self.dirs() {
             sweep_runs(dir);
         }
@@ -429,163 +298,105 @@ impl CgroupParent {
 
     /// Kills whatever is in the run cgroup `name` and removes it (a run whose supervisor
     /// died). A name that does not exist is fine.
-    pub fn remove_run(&self, name: &str) {
+    fn remove_run(&self, name: &str) {
         for dir in self.dirs() {
             let _ = kill_and_remove(&dir.join(name), Duration::from_secs(2));
         }
     }
-
-    /// Removes this server's parent cgroup (at shutdown, once every run is over) and, on
-    /// v2, undoes the delegation: a service manager restarting nsbox in place, or anything
-    /// else put in that cgroup later, finds it as it was before nsbox started.
-    pub fn remove(&self) {
-        for dir in self.dirs() {
-            sweep_runs(dir);
-            if let Err(e) = kill_and_remove(dir, Duration::from_secs(2)) {
-                tracing::warn!(error = %e, "removing this server's cgroup");
-            }
-        }
-        if let CgroupParent::V2 { dir, delegated, .. } = self {
-            // Another server started in the same cgroup may still be using `nsbox/`.
-            let nsbox = dir.parent().unwrap_or(dir);
-            match fs::remove_dir(nsbox) {
-                Ok(()) => undo_delegation(delegated),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => undo_delegation(delegated),
-                Err(e) => tracing::warn!(
-                    path = %nsbox.display(),
-                    error = %e,
-                    "leaving cgroup delegation in place: another server's cgroups remain"
-                ),
-            }
-        }
-    }
-
-    /// Creates the cgroup of one run with its limits set, ready for the run's first process.
-    pub fn create_run(&self, name: &str, limits: &Limits) -> Result<RunCgroup, CgroupError> {
-        let quota = ((limits.cpus * CPU_PERIOD_US as f64) as u64).max(1000);
-        match self {
-            CgroupParent::V1 { memory, pids, cpu } => {
-                let run = RunCgroup {
-                    v2: false,
-                    memory: memory.join(name),
-                    pids: pids.join(name),
-                    cpu: cpu.as_ref().map(|c| c.join(name)),
-                };
-                for dir in run.dirs() {
-                    mkdir_p(dir)?;
-                }
-                let mem = limits.memory_bytes.to_string();
-                write(&run.memory.join("memory.limit_in_bytes"), &mem)?;
-                // memsw exists only with swap accounting on; where it does, it caps
-                // memory plus swap at the same value, which turns swap off for the run.
-                let memsw = run.memory.join("memory.memsw.limit_in_bytes");
-                if memsw.exists() {
-                    write(&memsw, &mem)?;
-                }
-                let _ = fs::write(run.memory.join("memory.swappiness"), "0");
-                write(
-                    &run.pids.join("pids.max"),
-                    &limits.max_processes.to_string(),
-                )?;
-                if let Some(cpu) = &run.cpu {
-                    write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                    write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                }
-                Ok(run)
-            }
-            CgroupParent::V2 { dir, cpu, .. } => {
-                let path = dir.join(name);
-                let run = RunCgroup {
-                    v2: true,
-                    memory: path.clone(),
-                    pids: path.clone(),
-                    cpu: cpu.then(|| path.clone()),
-                };
-                mkdir_p(&path)?;
-                write(&path.join("memory.max"), &limits.memory_bytes.to_string())?;
-                if path.join("memory.swap.max").exists() {
-                    write(&path.join("memory.swap.max"), "0")?;
-                }
-                write(&path.join("pids.max"), &limits.max_processes.to_string())?;
-                if *cpu {
-                    write(&path.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
-                }
-                Ok(run)
-            }
-        }
-    }
 }
 
-/// The cgroup (one directory per controller on v1) of one run.
-#[derive(Debug)]
-pub struct RunCgroup {
-    v2: bool,
-    memory: PathBuf,
-    pids: PathBuf,
-    cpu: Option<PathBuf>,
-}
+/// One run's cgroup.
+pub trait RunCgroup: std::fmt::Debug {
+    /// The run's directories (one per controller hierarchy on v1).
+    fn dirs(&self) -> Vec<&Path>;
 
-fn read_key(path: &Path, key: &str) -> Option<u64> {
-    fs::read_to_string(path).ok()?.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok())?
-    })
-}
+    /// Whether the kernel's OOM killer ended a process of this run.
+    fn oom_killed(&self) -> bool;
 
-impl RunCgroup {
-    fn dirs(&self) -> Vec<&Path> {
-        let mut d = vec![self.memory.as_path()];
-        if self.pids != self.memory {
-            d.push(&self.pids);
-        }
-        if let Some(cpu) = self.cpu.as_deref().filter(|c| *c != self.memory) {
-            d.push(cpu);
-        }
-        d
-    }
+    /// Whether a fork or clone failed because of the pids limit.
+    fn pids_limit_hit(&self) -> bool;
+
+    fn peak_memory(&self) -> Option<u64>;
 
     /// Moves a process (still paused before running anything) into the run's cgroup.
-    pub fn add(&self, pid: Pid) -> Result<(), CgroupError> {
+    fn add(&self, pid: Pid) -> Result<(), CgroupError> {
         for dir in self.dirs() {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
     }
 
-    /// Whether the kernel's OOM killer ended a process of this run.
-    pub fn oom_killed(&self) -> bool {
-        let file = if self.v2 {
-            "memory.events"
-        } else {
-            "memory.oom_control"
-        };
-        read_key(&self.memory.join(file), "oom_kill").unwrap_or(0) > 0
-    }
-
-    /// Whether a fork or clone failed because of the pids limit.
-    pub fn pids_limit_hit(&self) -> bool {
-        read_key(&self.pids.join("pids.events"), "max").unwrap_or(0) > 0
-    }
-
-    pub fn peak_memory(&self) -> Option<u64> {
-        let file = if self.v2 {
-            "memory.peak"
-        } else {
-            "memory.max_usage_in_bytes"
-        };
-        fs::read_to_string(self.memory.join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
     /// Kills every process still in the run and removes its cgroup directories.
-    pub fn remove(self) -> Result<(), CgroupError> {
+    fn remove(self: Box<Self>) -> Result<(), CgroupError> {
         for dir in self.dirs() {
             kill_and_remove(dir, Duration::from_secs(5))?;
         }
         Ok(())
+    }
+}
+
+/// This server's parent cgroup as the spawner gets it (inside `SpawnerConfig`): the v1 or
+/// v2 implementation of [`ServerCgroup`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum CgroupParent {
+    V1(v1::Parent),
+    V2(v2::Parent),
+}
+
+impl CgroupParent {
+    /// Creates this server's parent cgroup and removes what crashed servers left behind.
+    pub fn prepare(layout: &Layout, server_pid: u32) -> Result<CgroupParent, CgroupError> {
+        let instance = format!("srv-{server_pid}");
+        Ok(match layout {
+            Layout::V1 { memory, pids, cpu } => CgroupParent::V1(v1::Parent::prepare(
+                memory,
+                pids,
+                cpu.as_deref(),
+                &instance,
+            )?),
+            Layout::V2 { own, controllers } => CgroupParent::V2(v2::Parent::prepare(
+                own,
+                controllers,
+                server_pid,
+                &instance,
+            )?),
+        })
+    }
+
+    fn server(&self) -> &dyn ServerCgroup {
+        match self {
+            CgroupParent::V1(p) => p,
+            CgroupParent::V2(p) => p,
+        }
+    }
+
+    /// See [`ServerCgroup::runs_under`].
+    pub fn runs_under(&self) -> &Path {
+        self.server().runs_under()
+    }
+
+    /// See [`ServerCgroup::create_run`].
+    pub fn create_run(
+        &self,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Box<dyn RunCgroup>, CgroupError> {
+        self.server().create_run(name, limits)
+    }
+
+    /// See [`ServerCgroup::sweep_runs`].
+    pub fn sweep_runs(&self) {
+        self.server().sweep_runs()
+    }
+
+    /// See [`ServerCgroup::remove_run`].
+    pub fn remove_run(&self, name: &str) {
+        self.server().remove_run(name)
+    }
+
+    /// See [`ServerCgroup::remove`].
+    pub fn remove(&self) {
+        self.server().remove()
     }
 }
 
@@ -683,9 +494,10 @@ mod tests {
     fn v1_run_cgroup_gets_every_limit_and_swap_off() {
         let (_root, layout) = fake_v1();
         let parent = CgroupParent::prepare(&layout, 4242).unwrap();
-        let CgroupParent::V1 { memory, .. } = &parent else {
+        let CgroupParent::V1(parent) = &parent else {
             panic!()
         };
+        let memory = &parent.memory;
         assert!(memory.ends_with("nsbox/srv-4242"));
         // Swap accounting is on for this fake host.
         fs::create_dir_all(memory.join("run-1")).unwrap();
@@ -696,7 +508,7 @@ mod tests {
             cpus: 0.5,
             ..Limits::default()
         };
-        let run = parent.create_run("run-1", &limits).unwrap();
+        let run = parent.create("run-1", &limits).unwrap();
         let read = |p: &Path| fs::read_to_string(p).unwrap();
         assert_eq!(read(&run.memory.join("memory.limit_in_bytes")), "268435456");
         assert_eq!(
@@ -716,7 +528,10 @@ mod tests {
     fn v1_limit_counters_are_read_back() {
         let (_root, layout) = fake_v1();
         let parent = CgroupParent::prepare(&layout, 1).unwrap();
-        let run = parent.create_run("run-2", &Limits::default()).unwrap();
+        let CgroupParent::V1(parent) = &parent else {
+            panic!()
+        };
+        let run = parent.create("run-2", &Limits::default()).unwrap();
         assert!(!run.oom_killed());
         fs::write(
             run.memory.join("memory.oom_control"),
@@ -745,14 +560,14 @@ mod tests {
             read(own.join("cgroup.subtree_control")),
             "+memory +pids +cpu"
         );
-        let run = parent.create_run("run-9", &Limits::default()).unwrap();
-        assert_eq!(
-            read(run.memory.join("memory.max")),
-            (512u64 << 20).to_string()
-        );
-        assert_eq!(read(run.memory.join("cpu.max")), "100000 100000");
+        let CgroupParent::V2(parent) = &parent else {
+            panic!("expected v2")
+        };
+        let run = parent.create("run-9", &Limits::default()).unwrap();
+        assert_eq!(read(run.dir.join("memory.max")), (512u64 << 20).to_string());
+        assert_eq!(read(run.dir.join("cpu.max")), "100000 100000");
         fs::write(
-            run.memory.join("memory.events"),
+            run.dir.join("memory.events"),
             "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n",
         )
         .unwrap();
@@ -770,9 +585,10 @@ mod tests {
         fs::write(own.join("cgroup.procs"), "4242\n").unwrap();
         let layout = detect_from(V2_CGROUP, V2_MOUNTINFO, root.path()).unwrap();
         let parent = CgroupParent::prepare(&layout, 4242).unwrap();
-        let CgroupParent::V2 { delegated, .. } = &parent else {
+        let CgroupParent::V2(v2) = &parent else {
             panic!("expected v2")
         };
+        let delegated = &v2.delegated;
         assert_eq!(delegated.enabled, ["pids", "cpu"]);
         assert_eq!(delegated.leaf, Some(own.join("nsbox-server")));
         // What the kernel does when the server's run cgroups are gone: nsbox/ is empty.
@@ -807,7 +623,7 @@ mod tests {
     fn busy_error_tells_the_operator_what_to_do() {
         let e = CgroupError::Busy {
             path: "/sys/fs/cgroup/x".into(),
-            others: describe_pids(&[]),
+            others: v2::describe_pids(&[]),
         };
         let text = e.to_string();
         assert!(text.contains("Delegate=yes") && text.contains("/sys/fs/cgroup/x"));
