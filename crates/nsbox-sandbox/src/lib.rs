@@ -13,6 +13,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod child;
+pub mod failure;
 pub mod namespaces;
 pub mod protocol;
 pub mod rootfs;

@@ -19,7 +19,8 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{lseek, pipe2, read, Pid, Whence};
 
 use super::cgroup::RunCgroup;
-use super::child::{self, ChildPlan, Entry, Record, Step, RECORD_LEN};
+use super::child::{self, ChildPlan, Entry, Record, RECORD_LEN};
+use super::failure::{io_step, step, Failure, Step};
 use super::namespaces::RUN_NAMESPACES;
 use super::protocol::{read_frame, write_frame};
 use super::seccomp::SeccompProgram;
@@ -58,11 +59,11 @@ pub fn serve(
     Ok(())
 }
 
-fn setup_failed(step: &str, errno: Errno, start: Instant) -> RunOutcome {
+fn setup_failed(failure: Failure, start: Instant) -> RunOutcome {
     RunOutcome {
         termination: Termination::SetupFailed {
-            step: step.to_string(),
-            errno: errno as i32,
+            step: failure.step.name().to_string(),
+            errno: failure.errno as i32,
         },
         stdout: String::new(),
         stderr: String::new(),
@@ -72,10 +73,6 @@ fn setup_failed(step: &str, errno: Errno, start: Instant) -> RunOutcome {
         peak_memory_bytes: None,
         warm: false,
     }
-}
-
-fn io_errno(e: &std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 fn cstrings(items: &[&str]) -> Vec<CString> {
@@ -257,20 +254,21 @@ struct Reads {
 }
 
 /// Fresh pipes and the code in a memfd: our ends, and the ends the run gets.
-fn prepare(code_text: &str) -> Result<(Reads, RunEnds), (&'static str, Errno)> {
-    let e = |step| move |errno| (step, errno);
-    let stdout = pipe().map_err(e("create pipes"))?;
-    let stderr = pipe().map_err(e("create pipes"))?;
-    let plots = pipe().map_err(e("create pipes"))?;
-    let report = pipe().map_err(e("create pipes"))?;
-    let release = pipe().map_err(e("create pipes"))?;
-    let code =
-        memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC).map_err(e("store the code"))?;
+fn prepare(code_text: &str) -> Result<(Reads, RunEnds), Failure> {
+    let stdout = step(Step::CreatePipes, pipe())?;
+    let stderr = step(Step::CreatePipes, pipe())?;
+    let plots = step(Step::CreatePipes, pipe())?;
+    let report = step(Step::CreatePipes, pipe())?;
+    let release = step(Step::CreatePipes, pipe())?;
+    let code = step(
+        Step::StoreCode,
+        memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC),
+    )?;
     let store = |code: &OwnedFd| -> std::io::Result<()> {
         std::fs::File::from(code.try_clone()?).write_all(code_text.as_bytes())
     };
-    store(&code).map_err(|err| ("store the code", io_errno(&err)))?;
-    lseek(code.as_raw_fd(), 0, Whence::SeekSet).map_err(e("store the code"))?;
+    io_step(Step::StoreCode, store(&code))?;
+    step(Step::StoreCode, lseek(code.as_raw_fd(), 0, Whence::SeekSet))?;
     Ok((
         Reads {
             stdout: stdout.read,
@@ -334,7 +332,7 @@ fn start_cold(
     limits: &Limits,
     ends: RunEnds,
     reads: &Reads,
-) -> Result<Sandbox, (&'static str, Errno)> {
+) -> Result<Sandbox, Failure> {
     let plan = ChildPlan {
         rootfs: Some(config.rootfs.clone()),
         limits: limits.clone(),
@@ -353,14 +351,10 @@ fn start_cold(
         plots_write: ends.plots,
         code: ends.code,
     };
-    let pid = match sys::clone_fork(RUN_NAMESPACES) {
-        Ok(None) => {
-            child::init_main(plan);
-            // A cold plan execs or exits inside; nothing may run the supervisor's code.
-            sys::exit_now(127)
-        }
-        Ok(Some(pid)) => pid,
-        Err(errno) => return Err(("create namespaces", errno)),
+    let Some(pid) = step(Step::CreateNamespaces, sys::clone_fork(RUN_NAMESPACES))? else {
+        child::init_main(plan);
+        // A cold plan execs or exits inside; nothing may run the supervisor's code.
+        sys::exit_now(127)
     };
     // Only the child keeps the write ends, so EOF means every run process is gone.
     drop(plan);
@@ -368,7 +362,10 @@ fn start_cold(
         tracing::error!(error = %e, "writing a run's id maps");
         let _ = kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
-        return Err(("write id maps", e.errno()));
+        return Err(Failure {
+            step: Step::WriteIdMaps,
+            errno: e.errno(),
+        });
     }
     super::cgroup::prefer_as_oom_victim(pid);
     Ok(Sandbox::Cold(pid))
@@ -379,8 +376,7 @@ fn start_cold(
 fn abort(
     sandbox: &Sandbox,
     cgroup: Option<Box<dyn RunCgroup>>,
-    step: &str,
-    errno: Errno,
+    failure: Failure,
     start: Instant,
 ) -> RunOutcome {
     sandbox.kill();
@@ -388,7 +384,7 @@ fn abort(
     if let Some(cg) = cgroup {
         let _ = cg.remove();
     }
-    setup_failed(step, errno, start)
+    setup_failed(failure, start)
 }
 
 fn execute(
@@ -419,7 +415,7 @@ fn execute(
                 // A retiring or dead zygote: this run goes cold, with fresh pipes.
                 Err(e) => tracing::warn!(error = %e, "warm start failed; running cold"),
             },
-            Err((step, errno)) => return setup_failed(step, errno, start),
+            Err(failure) => return setup_failed(failure, start),
         }
     }
     let (sandbox, reads) = match started {
@@ -427,11 +423,11 @@ fn execute(
         None => {
             let (reads, ends) = match prepare(&request.code) {
                 Ok(p) => p,
-                Err((step, errno)) => return setup_failed(step, errno, start),
+                Err(failure) => return setup_failed(failure, start),
             };
             match start_cold(config, seccomp, limits, ends, &reads) {
                 Ok(sandbox) => (sandbox, reads),
-                Err((step, errno)) => return setup_failed(step, errno, start),
+                Err(failure) => return setup_failed(failure, start),
             }
         }
     };
@@ -447,13 +443,20 @@ fn execute(
             Ok(cg) => Some(cg),
             Err(e) => {
                 tracing::error!(error = %e, "run cgroup");
-                return abort(&sandbox, None, "create the run cgroup", Errno::EIO, start);
+                let failure = Failure {
+                    step: Step::RunCgroup,
+                    errno: Errno::EIO,
+                };
+                return abort(&sandbox, None, failure, start);
             }
         },
         None => None,
     };
-    if let Err(errno) = nix::unistd::write(&reads.release, &[1]) {
-        return abort(&sandbox, cgroup, "release the sandbox", errno, start);
+    if let Err(failure) = step(
+        Step::ReleaseSandbox,
+        nix::unistd::write(&reads.release, &[1]),
+    ) {
+        return abort(&sandbox, cgroup, failure, start);
     }
     drop(reads.release);
 
@@ -566,7 +569,7 @@ fn execute(
                 signal: status & 0x7f,
             },
             None => Termination::SetupFailed {
-                step: "init exited without a status".into(),
+                step: Step::InitStatus.name().into(),
                 errno: 0,
             },
         }
