@@ -17,8 +17,9 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, dup2, execve, read, write, Pid};
 
 use super::failure::{step, Failure, Step};
+use super::run::Limits;
 use super::seccomp::SeccompProgram;
-use super::{caps, namespaces, rootfs, Limits};
+use super::{caps, namespaces, rootfs};
 use crate::sys;
 
 /// A fixed-size record on the report pipe, so a write from a dying process is atomic.

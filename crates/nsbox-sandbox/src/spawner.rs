@@ -19,11 +19,12 @@ use nix::sys::prctl;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{recv, recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
+use super::config::SpawnerConfig;
 use super::protocol::{read_frame, write_frame, ProtocolError};
+use super::run::Template;
 use super::supervisor::WarmControls;
 use super::template::{self, TemplateProcess};
-use super::warm::Template;
-use super::{seccomp, supervisor, SpawnerConfig};
+use super::{seccomp, supervisor};
 use crate::sys;
 
 /// The hidden subcommand that turns the nsbox binary into a spawner.

@@ -20,13 +20,17 @@ use nix::unistd::{lseek, pipe2, read, Pid, Whence};
 
 use super::cgroup::RunCgroup;
 use super::child::{self, ChildPlan, Entry, Record, RECORD_LEN};
+use super::config::SpawnerConfig;
 use super::failure::{io_step, step, Failure, Step};
 use super::namespaces::RUN_NAMESPACES;
 use super::protocol::{read_frame, write_frame};
+use super::run::{Cut, Limits, Plot, RunOutcome, RunRequest, Template, Termination};
 use super::seccomp::SeccompProgram;
-use super::warm::{self, RunEnds, Template};
-use super::{Cut, Limits, Plot, RunOutcome, RunRequest, SpawnerConfig, Termination, HARNESS};
+use super::warm::{self, RunEnds};
 use crate::sys;
+
+/// The Python program that wraps user code inside the sandbox.
+pub const HARNESS: &str = include_str!("harness.py");
 
 /// How long to wait for the pipes to close after the run was killed; only a process that
 /// escaped the PID namespace could hold them longer, and none can.

@@ -14,10 +14,12 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{chdir, execve, pipe2, read, write, Pid};
 
 use super::child::place_fds;
+use super::config::SpawnerConfig;
 use super::failure::{step, Failure, Step};
 use super::namespaces::{self, RUN_NAMESPACES};
-use super::warm::Template;
-use super::{caps, rootfs, supervisor, SpawnerConfig, HARNESS};
+use super::run::Template;
+use super::supervisor::{self, HARNESS};
+use super::{caps, rootfs};
 use crate::sys;
 
 /// The zygote's program, run after the harness (which it reuses for every run).

@@ -24,53 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use super::child::{self, ChildPlan, Entry};
 use super::namespaces::{self, RUN_NAMESPACES};
+use super::run::Limits;
 use super::seccomp::{self, SeccompProgram};
-use super::Limits;
 use crate::sys;
 
-/// Which warm interpreter a run forks from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Template {
-    /// The standard library only: small and quick to fork.
-    Base,
-    /// numpy, pandas, scipy, matplotlib and seaborn imported and exercised.
-    Scientific,
-}
-
-impl Template {
-    pub const ALL: [Template; 2] = [Template::Base, Template::Scientific];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Template::Base => "base",
-            Template::Scientific => "scientific",
-        }
-    }
-}
-
-/// Top-level modules that only the scientific template has warm.
-const SCIENTIFIC: [&str; 9] = [
-    "numpy",
-    "pandas",
-    "scipy",
-    "matplotlib",
-    "seaborn",
-    "PIL",
-    "dateutil",
-    "pytz",
-    "statsmodels",
-];
-
-/// Picks the template from the modules the code imports and the `libraries` it asked for.
-pub fn template_for(imported: &[String], libraries: &[String]) -> Template {
-    let wants = |m: &String| SCIENTIFIC.contains(&m.split('.').next().unwrap_or(""));
-    if imported.iter().chain(libraries).any(wants) {
-        Template::Scientific
-    } else {
-        Template::Base
-    }
-}
+pub use super::run::{template_for, Template};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarmError {
@@ -322,25 +280,4 @@ fn enter_run(run_fd: RawFd) -> Result<bool, WarmError> {
     // so stay until it is gone.
     let _ = waitpid(init, None);
     mapped.map(|()| false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scientific_imports_pick_the_scientific_template() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(template_for(&s(&["json", "math"]), &[]), Template::Base);
-        assert_eq!(template_for(&s(&["pandas"]), &[]), Template::Scientific);
-        assert_eq!(
-            template_for(&s(&["scipy.stats"]), &[]),
-            Template::Scientific
-        );
-        assert_eq!(
-            template_for(&s(&["json"]), &s(&["numpy"])),
-            Template::Scientific
-        );
-        assert_eq!(template_for(&s(&["numpyish"]), &[]), Template::Base);
-    }
 }

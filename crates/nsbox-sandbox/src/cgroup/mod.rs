@@ -1,50 +1,28 @@
 //! Control groups: detecting the host's layout (v1, v2 or none) once, and a cgroup per run with its limits, behind one interface.
 //!
 //! The layout is detected here, once; after that, every v1/v2 difference lives in `v1.rs`
-//! and `v2.rs`, behind [`ServerCgroup`] and [`RunCgroup`]. Per-run cgroups are created below
-//! the cgroup the server itself sits in (never at a hierarchy's root), as
+//! and `v2.rs`, behind [`ServerCgroup`] and [`RunCgroup`] (`interface.rs`), over the
+//! cgroupfs reads and writes both share (`files.rs`). Per-run cgroups are created below the
+//! cgroup the server itself sits in (never at a hierarchy's root), as
 //! `<own>/nsbox/srv-<server pid>/run-<supervisor pid>`, so the host's own accounting still
 //! covers every run and two servers on one host never touch each other's runs.
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::Limits;
+use crate::run::Limits;
 
+mod files;
+mod interface;
 pub mod v1;
 pub mod v2;
 
+pub use files::CgroupError;
+pub use interface::{RunCgroup, ServerCgroup};
 pub use v2::Delegation;
-
-/// The CPU bandwidth period; 100 ms is the kernel's default and keeps quota jitter low.
-const CPU_PERIOD_US: u64 = 100_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
-    #[error("no usable cgroup hierarchy: {0}")]
-    Unavailable(String),
-    #[error("creating cgroup {path}: {source}")]
-    Create { path: PathBuf, source: io::Error },
-    #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("removing cgroup {path}: {source}")]
-    Remove { path: PathBuf, source: io::Error },
-    #[error(
-        "enabling controllers in {path}/cgroup.subtree_control: busy: cgroup v2 allows no \
-         processes in a cgroup that delegates controllers to its children, and other processes \
-         ({others}) share nsbox's cgroup. Run nsbox as the only process of its cgroup: a \
-         systemd service with Delegate=yes, `exec` from the wrapper script or container \
-         entrypoint, or `systemd-run --scope -p Delegate=yes`"
-    )]
-    Busy { path: PathBuf, others: String },
-}
 
 /// The host's cgroup layout, as detected at start.
 #[derive(Debug, Clone, PartialEq)]
@@ -168,173 +146,6 @@ pub fn detect_from(cgroup: &str, mountinfo: &str, fs_root: &Path) -> Result<Layo
         )),
     }
 }
-fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
-    fs::write(path, value).map_err(|source| CgroupError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn mkdir_p(path: &Path) -> Result<(), CgroupError> {
-    fs::create_dir_all(path).map_err(|source| CgroupError::Create {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Kills whatever is left in a cgroup directory and removes it, waiting for the processes
-/// to be gone (the kernel refuses to remove a cgroup that still has members).
-fn kill_and_remove(dir: &Path, deadline: Duration) -> Result<(), CgroupError> {
-    let start = Instant::now();
-    loop {
-        if dir.join("cgroup.kill").exists() {
-            let _ = fs::write(dir.join("cgroup.kill"), "1");
-        } else {
-            for pid in read_pids(dir) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        match fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) if start.elapsed() >= deadline => {
-                return Err(CgroupError::Remove {
-                    path: dir.to_path_buf(),
-                    source,
-                })
-            }
-            Err(_) => thread::sleep(Duration::from_millis(5)),
-        }
-    }
-}
-
-fn read_pids(dir: &Path) -> Vec<i32> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-/// Removes the `srv-<pid>` directories of servers that are no longer running, and every run
-/// cgroup below them: what a crashed server left behind.
-fn remove_stale_servers(nsbox_dir: &Path, own_instance: &str) {
-    let Ok(entries) = fs::read_dir(nsbox_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("srv-")
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if name == own_instance || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        sweep_runs(&entry.path());
-        let _ = kill_and_remove(&entry.path(), Duration::from_secs(2));
-    }
-}
-/// Removes every `run-*` cgroup below `dir`.
-fn sweep_runs(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with("run-") {
-            let _ = kill_and_remove(&entry.path(), Duration::from_secs(2));
-        }
-    }
-}
-fn read_key(path: &Path, key: &str) -> Option<u64> {
-    fs::read_to_string(path).ok()?.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok())?
-    })
-}
-/// What a run's CPU bandwidth is, in microseconds per [`CPU_PERIOD_US`].
-fn cpu_quota(limits: &Limits) -> u64 {
-    ((limits.cpus * CPU_PERIOD_US as f64) as u64).max(1000)
-}
-
-/// Kills and removes the run cgroups below each of a server's directories, then the
-/// directories themselves.
-fn remove_server_dirs(dirs: &[&Path]) {
-    for dir in dirs {
-        sweep_runs(dir);
-        if let Err(e) = kill_and_remove(dir, Duration::from_secs(2)) {
-            tracing::warn!(error = %e, "removing this server's cgroup");
-        }
-    }
-}
-
-fn read_number(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// A server's parent cgroup: where its runs' cgroups are created.
-pub trait ServerCgroup {
-    /// The server's directories (one per controller hierarchy on v1).
-    fn dirs(&self) -> Vec<&Path>;
-
-    /// The directory to name when telling the operator where runs go.
-    fn runs_under(&self) -> &Path;
-
-    /// Creates the cgroup of one run with its limits set, ready for the run's first process.
-    fn create_run(&self, name: &str, limits: &Limits) -> Result<Box<dyn RunCgroup>, CgroupError>;
-
-    /// Removes this server's parent cgroup (at shutdown, once every run is over), leaving
-    /// the cgroup nsbox was started in as it was found.
-    fn remove(&self);
-
-    /// Removes run cgroups left by supervisors that died (the spawner calls it at start).
-    fn sweep_runs(&self) {
-        for dir in self.dirs() {
-            sweep_runs(dir);
-        }
-    }
-
-    /// Kills whatever is in the run cgroup `name` and removes it (a run whose supervisor
-    /// died). A name that does not exist is fine.
-    fn remove_run(&self, name: &str) {
-        for dir in self.dirs() {
-            let _ = kill_and_remove(&dir.join(name), Duration::from_secs(2));
-        }
-    }
-}
-
-/// One run's cgroup.
-pub trait RunCgroup: std::fmt::Debug {
-    /// The run's directories (one per controller hierarchy on v1).
-    fn dirs(&self) -> Vec<&Path>;
-
-    /// Whether the kernel's OOM killer ended a process of this run.
-    fn oom_killed(&self) -> bool;
-
-    /// Whether a fork or clone failed because of the pids limit.
-    fn pids_limit_hit(&self) -> bool;
-
-    fn peak_memory(&self) -> Option<u64>;
-
-    /// Moves a process (still paused before running anything) into the run's cgroup.
-    fn add(&self, pid: Pid) -> Result<(), CgroupError> {
-        for dir in self.dirs() {
-            write(&dir.join("cgroup.procs"), &pid.to_string())?;
-        }
-        Ok(())
-    }
-
-    /// Kills every process still in the run and removes its cgroup directories.
-    fn remove(self: Box<Self>) -> Result<(), CgroupError> {
-        for dir in self.dirs() {
-            kill_and_remove(dir, Duration::from_secs(5))?;
-        }
-        Ok(())
-    }
-}
-
 /// This server's parent cgroup as the spawner gets it (inside `SpawnerConfig`): the v1 or
 /// v2 implementation of [`ServerCgroup`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -413,6 +224,7 @@ pub fn prefer_as_oom_victim(pid: Pid) {
 
 #[cfg(test)]
 mod tests {
+    use super::files::remove_stale_servers;
     use super::*;
 
     const HYBRID_CGROUP: &str =

@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
+use super::files::{
     cpu_quota, mkdir_p, read_key, read_number, remove_server_dirs, remove_stale_servers, write,
-    CgroupError, RunCgroup, ServerCgroup, CPU_PERIOD_US,
+    CgroupError, CPU_PERIOD_US,
 };
-use crate::Limits;
+use super::interface::{RunCgroup, ServerCgroup};
+use crate::run::Limits;
 
 /// This server's `srv-<pid>` directory in each hierarchy nsbox uses.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

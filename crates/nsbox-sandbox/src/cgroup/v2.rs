@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
+use super::files::{
     cpu_quota, mkdir_p, read_key, read_number, read_pids, remove_server_dirs, remove_stale_servers,
-    write, CgroupError, RunCgroup, ServerCgroup, CPU_PERIOD_US,
+    write, CgroupError, CPU_PERIOD_US,
 };
-use crate::Limits;
+use super::interface::{RunCgroup, ServerCgroup};
+use crate::run::Limits;
 
 /// This server's `srv-<pid>` directory, with the controllers delegated to it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
