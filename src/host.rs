@@ -130,7 +130,6 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
             rootfs: rootfs.clone(),
             ids: ids.clone(),
             cgroup: cgroup_parent.clone(),
-            seccomp_policy: seccomp::DEFAULT_POLICY.to_string(),
             warm: warm.clone(),
             limits: limits(config),
             guard_rails: config.scanner != ScannerMode::Off,

@@ -20,8 +20,6 @@ pub struct SpawnerConfig {
     pub ids: IdMapping,
     /// Where per-run cgroups are created, or `None` for rlimits only.
     pub cgroup: Option<CgroupParent>,
-    /// The seccomp policy (seccompiler JSON).
-    pub seccomp_policy: String,
     /// Warm templates, or `None` for cold runs only.
     pub warm: Option<WarmConfig>,
     /// Limits whose values templates bake into their environment.

@@ -85,7 +85,7 @@ impl Spawner {
     /// is tied to the thread that started it.
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnerError> {
         // Fail at start, not at the first run, if the policy does not compile.
-        seccomp::compile(&config.seccomp_policy)?;
+        seccomp::builtin()?;
         let shared = Arc::new(Shared {
             config,
             process: Mutex::new(None),
@@ -248,7 +248,7 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    let program = match seccomp::compile(&config.seccomp_policy) {
+    let program = match seccomp::builtin() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("nsbox spawner: {e}");
