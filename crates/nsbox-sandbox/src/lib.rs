@@ -11,6 +11,7 @@
 //! ```
 
 pub mod caps;
+mod capture;
 pub mod cgroup;
 pub mod child;
 pub mod config;
