@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod child;
 pub mod config;
 pub mod failure;
+mod fdpass;
 pub mod namespaces;
 pub mod protocol;
 pub mod rootfs;

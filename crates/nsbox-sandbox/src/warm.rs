@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::child::{self, ChildPlan, Entry};
+use super::fdpass;
 use super::namespaces::{self, RUN_NAMESPACES};
 use super::run::Limits;
 use super::seccomp::{self, SeccompProgram};
@@ -93,14 +94,7 @@ pub fn start(
     // A zygote that took the run answers within milliseconds; never wait forever on one.
     let patience = nix::sys::time::TimeVal::new(10, 0);
     setsockopt(&ours, sockopt::ReceiveTimeout, &patience).map_err(WarmError::Socket)?;
-    sendmsg::<()>(
-        control,
-        &[IoSlice::new(b"run")],
-        &[ControlMessage::ScmRights(&[theirs.as_raw_fd()])],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(WarmError::Handoff)?;
+    fdpass::send(control, b"run", &[theirs.as_raw_fd()]).map_err(WarmError::Handoff)?;
     drop(theirs);
     let plan = serde_json::to_vec(&WarmPlan {
         limits: limits.clone(),
@@ -116,14 +110,7 @@ pub fn start(
         ends.code.as_raw_fd(),
         ends.release.as_raw_fd(),
     ];
-    sendmsg::<()>(
-        ours.as_raw_fd(),
-        &[IoSlice::new(&plan)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(WarmError::Handoff)?;
+    fdpass::send(ours.as_raw_fd(), &plan, &fds).map_err(WarmError::Handoff)?;
 
     // The zygote's fork answers with its own pid as credentials (the kernel translates it
     // into our PID namespace); the run's init is its only child.
@@ -197,26 +184,8 @@ pub extern "C" fn nsbox_enter_run(run_fd: c_int) -> c_int {
 fn enter_run(run_fd: RawFd) -> Result<bool, WarmError> {
     let sock = sys::take_fd(run_fd);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([RawFd; RUN_ENDS]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(WarmError::Handoff)?;
-    let len = msg.bytes;
-    let mut fds: Vec<OwnedFd> = msg
-        .cmsgs()
-        .map_err(WarmError::Handoff)?
-        .filter_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => Some(fds),
-            _ => None,
-        })
-        .flatten()
-        .map(sys::take_fd)
-        .collect();
+    let fdpass::Received { len, mut fds } =
+        fdpass::recv::<RUN_ENDS>(sock.as_raw_fd(), &mut buf).map_err(WarmError::Handoff)?;
     if fds.len() != RUN_ENDS {
         return Err(WarmError::Plan(format!(
             "expected {RUN_ENDS} descriptors, got {}",
