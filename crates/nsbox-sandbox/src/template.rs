@@ -2,7 +2,6 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -38,8 +37,6 @@ pub enum TemplateError {
     IdMaps(#[source] namespaces::IdMapError),
     #[error("releasing the template: {0}")]
     Release(#[source] Errno),
-    #[error("watching the template: {0}")]
-    Pidfd(#[source] Errno),
 }
 
 /// A running template, as the spawner sees it.
@@ -49,7 +46,6 @@ pub struct TemplateProcess {
     pub control: OwnedFd,
     pub pid: Pid,
     pub ready: bool,
-    pub started: Instant,
 }
 
 fn cstring(s: String) -> CString {
@@ -115,7 +111,6 @@ pub fn launch(
         control,
         pid,
         ready: false,
-        started: Instant::now(),
     })
 }
 

@@ -22,7 +22,6 @@ pub mod v2;
 
 pub use files::CgroupError;
 pub use interface::{RunCgroup, ServerCgroup};
-pub use v2::Delegation;
 
 /// The host's cgroup layout, as detected at start.
 #[derive(Debug, Clone, PartialEq)]
