@@ -189,14 +189,7 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
         dup2(plan.report_write.as_raw_fd(), REPORT_FD),
     )?;
     step(Step::InitStdio, sys::close_fds_from(REPORT_FD + 1))?;
-    step(
-        Step::InitDropCaps,
-        caps::drop_bounding().map_err(|_| Errno::EPERM),
-    )?;
-    step(
-        Step::InitDropCaps,
-        caps::drop_all().map_err(|_| Errno::EPERM),
-    )?;
+    init_drops_caps()?;
     step(Step::InitDropCaps, prctl::set_no_new_privs())?;
     // Init runs without the seccomp filter. In a single-id namespace it has the same uid as
     // the run's code, and a dumpable init would let that code write to /proc/1/mem and run
@@ -221,6 +214,18 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
             }
         }
     }
+}
+
+/// An init (a run's or a template's) keeps no capability, in any set: it only reaps.
+pub fn init_drops_caps() -> Result<(), Failure> {
+    step(
+        Step::InitDropCaps,
+        caps::drop_bounding().map_err(|_| Errno::EPERM),
+    )?;
+    step(
+        Step::InitDropCaps,
+        caps::drop_all().map_err(|_| Errno::EPERM),
+    )
 }
 
 /// Moves each `(source, target)` descriptor to its target number. Sources are first copied

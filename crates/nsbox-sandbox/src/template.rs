@@ -12,7 +12,7 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::{chdir, execve, pipe2, read, write, Pid};
 
-use super::child::place_fds;
+use super::child::{init_drops_caps, place_fds};
 use super::config::SpawnerConfig;
 use super::failure::{step, Failure, Step};
 use super::namespaces::{self, RUN_NAMESPACES};
@@ -166,14 +166,7 @@ fn template_steps(plan: &TemplatePlan) -> Result<(), Failure> {
     )?;
     step(Step::InitStdio, place_fds(&[(devnull, 0), (devnull, 1)]))?;
     step(Step::InitStdio, sys::close_fds_from(3))?;
-    step(
-        Step::InitDropCaps,
-        caps::drop_bounding().map_err(|_| Errno::EPERM),
-    )?;
-    step(
-        Step::InitDropCaps,
-        caps::drop_all().map_err(|_| Errno::EPERM),
-    )?;
+    init_drops_caps()?;
     step(Step::NoNewPrivs, prctl::set_no_new_privs())?;
     // Reap the zygote and every fork it leaves behind; once all are gone, so is the template.
     let mut zygote_alive = true;
