@@ -144,7 +144,6 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
             rootfs: rootfs.clone(),
             ids: ids.clone(),
             cgroup: cgroup_parent.clone(),
-            seccomp_policy: seccomp::DEFAULT_POLICY.to_string(),
             warm: warm.clone(),
             limits: limits(config),
             guard_rails: config.scanner != ScannerMode::Off,
@@ -352,12 +351,10 @@ fn probe_seccomp() -> Result<String, String> {
 
 fn probe_cgroups(config: &Config) -> Result<String, String> {
     let (parent, description) = cgroups(config)?;
-    let detail = match &parent {
-        CgroupParent::V1 { memory, .. } => {
-            format!("{description}, runs under {}", memory.display())
-        }
-        CgroupParent::V2 { dir, .. } => format!("{description}, runs under {}", dir.display()),
-    };
+    let detail = format!(
+        "{description}, runs under {}",
+        parent.runs_under().display()
+    );
     parent.remove();
     Ok(detail)
 }

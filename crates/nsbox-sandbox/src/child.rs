@@ -16,117 +16,11 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, dup2, execve, read, write, Pid};
 
+use super::failure::{step, Failure, Step};
+use super::run::Limits;
 use super::seccomp::SeccompProgram;
-use super::{caps, namespaces, rootfs, Limits};
+use super::{caps, namespaces, rootfs};
 use crate::sys;
-
-/// The set-up steps, in order; a failure names the step that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Step {
-    WaitRelease = 1,
-    BecomeRoot,
-    ParentDeathSignal,
-    CgroupNamespace,
-    PrivateMounts,
-    BindRootfs,
-    MountDev,
-    MountProc,
-    MountTmp,
-    PivotRoot,
-    DetachOldRoot,
-    Hostname,
-    Loopback,
-    StartPython,
-    InitStdio,
-    InitDropCaps,
-    Rlimits,
-    DropBoundingCaps,
-    BecomeNobody,
-    DropCaps,
-    NoNewPrivs,
-    Stdio,
-    CloseFds,
-    WorkDir,
-    Seccomp,
-    Exec,
-}
-
-impl Step {
-    const ALL: [Step; 26] = [
-        Step::WaitRelease,
-        Step::BecomeRoot,
-        Step::ParentDeathSignal,
-        Step::CgroupNamespace,
-        Step::PrivateMounts,
-        Step::BindRootfs,
-        Step::MountDev,
-        Step::MountProc,
-        Step::MountTmp,
-        Step::PivotRoot,
-        Step::DetachOldRoot,
-        Step::Hostname,
-        Step::Loopback,
-        Step::StartPython,
-        Step::InitStdio,
-        Step::InitDropCaps,
-        Step::Rlimits,
-        Step::DropBoundingCaps,
-        Step::BecomeNobody,
-        Step::DropCaps,
-        Step::NoNewPrivs,
-        Step::Stdio,
-        Step::CloseFds,
-        Step::WorkDir,
-        Step::Seccomp,
-        Step::Exec,
-    ];
-
-    pub fn from_code(code: u32) -> Option<Step> {
-        Step::ALL.into_iter().find(|s| *s as u32 == code)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Step::WaitRelease => "wait for release",
-            Step::BecomeRoot => "become root of the user namespace",
-            Step::ParentDeathSignal => "set parent-death signal",
-            Step::CgroupNamespace => "enter cgroup namespace",
-            Step::PrivateMounts => "make mounts private",
-            Step::BindRootfs => "mount the root filesystem overlay",
-            Step::MountDev => "mount /dev",
-            Step::MountProc => "mount /proc",
-            Step::MountTmp => "mount /tmp",
-            Step::PivotRoot => "pivot_root",
-            Step::DetachOldRoot => "detach the old root",
-            Step::Hostname => "set hostname",
-            Step::Loopback => "bring up loopback",
-            Step::StartPython => "fork the python process",
-            Step::InitStdio => "init stdio",
-            Step::InitDropCaps => "init drops capabilities",
-            Step::Rlimits => "set rlimits",
-            Step::DropBoundingCaps => "drop the capability bounding set",
-            Step::BecomeNobody => "switch to nobody",
-            Step::DropCaps => "drop capabilities",
-            Step::NoNewPrivs => "set no_new_privs",
-            Step::Stdio => "set up stdio",
-            Step::CloseFds => "close inherited descriptors",
-            Step::WorkDir => "change to /tmp",
-            Step::Seccomp => "install the seccomp filter",
-            Step::Exec => "execute python3",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Failure {
-    pub step: Step,
-    pub errno: Errno,
-}
-
-fn step<T>(s: Step, r: Result<T, Errno>) -> Result<T, Failure> {
-    r.map_err(|errno| Failure { step: s, errno })
-}
 
 /// A fixed-size record on the report pipe, so a write from a dying process is atomic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,14 +189,7 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
         dup2(plan.report_write.as_raw_fd(), REPORT_FD),
     )?;
     step(Step::InitStdio, sys::close_fds_from(REPORT_FD + 1))?;
-    step(
-        Step::InitDropCaps,
-        caps::drop_bounding().map_err(|_| Errno::EPERM),
-    )?;
-    step(
-        Step::InitDropCaps,
-        caps::drop_all().map_err(|_| Errno::EPERM),
-    )?;
+    init_drops_caps()?;
     step(Step::InitDropCaps, prctl::set_no_new_privs())?;
     // Init runs without the seccomp filter. In a single-id namespace it has the same uid as
     // the run's code, and a dumpable init would let that code write to /proc/1/mem and run
@@ -327,6 +214,18 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
             }
         }
     }
+}
+
+/// An init (a run's or a template's) keeps no capability, in any set: it only reaps.
+pub fn init_drops_caps() -> Result<(), Failure> {
+    step(
+        Step::InitDropCaps,
+        caps::drop_bounding().map_err(|_| Errno::EPERM),
+    )?;
+    step(
+        Step::InitDropCaps,
+        caps::drop_all().map_err(|_| Errno::EPERM),
+    )
 }
 
 /// Moves each `(source, target)` descriptor to its target number. Sources are first copied
@@ -474,14 +373,5 @@ mod tests {
         }
         assert_eq!(Record::decode(&[0u8; 12]), None);
         assert_eq!(Record::decode(&[1u8; 3]), None);
-    }
-
-    #[test]
-    fn every_step_code_maps_back() {
-        for s in Step::ALL {
-            assert_eq!(Step::from_code(s as u32), Some(s));
-            assert!(!s.name().is_empty());
-        }
-        assert_eq!(Step::from_code(0), None);
     }
 }

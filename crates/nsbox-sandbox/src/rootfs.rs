@@ -4,11 +4,10 @@ use std::fs::File;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root};
 
-use super::child::{Failure, Step};
+use super::failure::{io_step, step, Failure, Step};
 
 /// Device nodes a run may use; they are bind-mounted from the host one by one, so no other
 /// device is reachable.
@@ -36,17 +35,6 @@ const EMPTY_MOUNT: &str = "/media";
 const TMP_INODES: u64 = 16_384;
 
 const NONE: Option<&str> = None;
-
-fn step<T>(step: Step, r: Result<T, Errno>) -> Result<T, Failure> {
-    r.map_err(|errno| Failure { step, errno })
-}
-
-fn io_step<T>(s: Step, r: std::io::Result<T>) -> Result<T, Failure> {
-    step(
-        s,
-        r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
-    )
-}
 
 fn mount_proc_and_tmp(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
     step(

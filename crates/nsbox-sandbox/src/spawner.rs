@@ -4,7 +4,7 @@
 //! supervisor that owns that run. Namespaces are never created from the server's threads.
 //! If the spawner dies, the server starts a new one on the next run.
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
@@ -17,13 +17,15 @@ use serde::{Deserialize, Serialize};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{recv, recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{recv, MsgFlags};
 
+use super::config::SpawnerConfig;
+use super::fdpass;
 use super::protocol::{read_frame, write_frame, ProtocolError};
+use super::run::Template;
 use super::supervisor::WarmControls;
 use super::template::{self, TemplateProcess};
-use super::warm::Template;
-use super::{logging, seccomp, supervisor, SpawnerConfig};
+use super::{logging, seccomp, supervisor};
 use crate::sys;
 
 /// The hidden subcommand that turns the nsbox binary into a spawner.
@@ -84,7 +86,7 @@ impl Spawner {
     /// is tied to the thread that started it.
     pub fn start(config: SpawnerConfig) -> Result<Spawner, SpawnerError> {
         // Fail at start, not at the first run, if the policy does not compile.
-        seccomp::compile(&config.seccomp_policy)?;
+        seccomp::builtin()?;
         let shared = Arc::new(Shared {
             config,
             process: Mutex::new(None),
@@ -138,14 +140,7 @@ impl Spawner {
     pub fn hand_off(&self, theirs: &OwnedFd) -> Result<(), nix::errno::Errno> {
         let guard = self.shared.process.lock().unwrap();
         let process = guard.as_ref().ok_or(nix::errno::Errno::ENOTCONN)?;
-        sendmsg::<()>(
-            process.control.as_raw_fd(),
-            &[IoSlice::new(&[0])],
-            &[ControlMessage::ScmRights(&[theirs.as_raw_fd()])],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map(drop)
+        fdpass::send(process.control.as_raw_fd(), &[0], &[theirs.as_raw_fd()])
     }
 }
 
@@ -255,7 +250,7 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    let program = match seccomp::compile(&config.seccomp_policy) {
+    let program = match seccomp::builtin() {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "the spawner could not compile the seccomp policy");
@@ -304,36 +299,18 @@ pub fn main() -> i32 {
             continue;
         }
         let mut byte = [0u8; 1];
-        let mut iov = [IoSliceMut::new(&mut byte)];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let msg = match recvmsg::<()>(
-            control.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
+        let msg = match fdpass::recv::<1>(control.as_raw_fd(), &mut byte) {
             Ok(m) => m,
-            Err(nix::errno::Errno::EINTR) => continue,
+            // A message with more descriptors than one run's was cut short: nothing to do.
+            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::ENOBUFS) => continue,
             Err(_) => return 0,
         };
-        if msg.bytes == 0 {
+        if msg.len == 0 {
             // The server closed the control socket once its runs were over: shut down.
             templates.stop();
             return 0;
         }
-        let fds: Vec<RawFd> = msg
-            .cmsgs()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| match c {
-                ControlMessageOwned::ScmRights(fds) => Some(fds),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        for fd in fds {
-            // The kernel just installed this descriptor for us; nothing else owns it.
-            let run = sys::take_fd(fd);
+        for run in msg.fds {
             match sys::fork() {
                 Ok(None) => {
                     // Forked from a single-threaded process, so no lock of the subscriber

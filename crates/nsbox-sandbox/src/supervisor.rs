@@ -9,23 +9,28 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
-use nix::unistd::{lseek, pipe2, read, Pid, Whence};
+use nix::unistd::{lseek, pipe2, Pid, Whence};
 
+use super::capture::{decode_plots, human_bytes, text, Capture};
 use super::cgroup::RunCgroup;
-use super::child::{self, ChildPlan, Entry, Record, Step, RECORD_LEN};
+use super::child::{self, ChildPlan, Entry, Record, RECORD_LEN};
+use super::config::SpawnerConfig;
+use super::failure::{io_step, step, Failure, Step};
 use super::namespaces::RUN_NAMESPACES;
 use super::protocol::{read_frame, write_frame};
+use super::run::{Cut, Limits, RunOutcome, RunRequest, Template, Termination};
 use super::seccomp::SeccompProgram;
-use super::warm::{self, RunEnds, Template};
-use super::{Cut, Limits, Plot, RunOutcome, RunRequest, SpawnerConfig, Termination, HARNESS};
+use super::warm::{self, RunEnds};
 use crate::sys;
+
+/// The Python program that wraps user code inside the sandbox.
+pub const HARNESS: &str = include_str!("harness.py");
 
 /// How long to wait for the pipes to close after the run was killed; only a process that
 /// escaped the PID namespace could hold them longer, and none can.
@@ -62,11 +67,11 @@ pub fn serve(
     Ok(())
 }
 
-fn setup_failed(step: &str, errno: Errno, start: Instant) -> RunOutcome {
+fn setup_failed(failure: Failure, start: Instant) -> RunOutcome {
     RunOutcome {
         termination: Termination::SetupFailed {
-            step: step.to_string(),
-            errno: errno as i32,
+            step: failure.step.name().to_string(),
+            errno: failure.errno as i32,
         },
         stdout: String::new(),
         stderr: String::new(),
@@ -76,10 +81,6 @@ fn setup_failed(step: &str, errno: Errno, start: Instant) -> RunOutcome {
         peak_memory_bytes: None,
         warm: false,
     }
-}
-
-fn io_errno(e: &std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 fn cstrings(items: &[&str]) -> Vec<CString> {
@@ -137,150 +138,44 @@ fn pipe() -> Result<Pipes, Errno> {
     Ok(Pipes { read, write })
 }
 
-/// Bytes read from one pipe, kept up to a cap; the rest is drained and counted.
-struct Capture {
-    fd: Option<OwnedFd>,
-    data: Vec<u8>,
-    cap: usize,
-    dropped: usize,
-}
-
-impl Capture {
-    fn new(fd: OwnedFd, cap: usize) -> Capture {
-        // Non-blocking, so draining one pipe never waits on a run that writes to another.
-        // Only our read end: the run's write ends stay blocking, as programs expect.
-        let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-        Capture {
-            fd: Some(fd),
-            data: Vec::new(),
-            cap,
-            dropped: 0,
-        }
-    }
-
-    /// Reads what is available; closes the pipe at EOF.
-    fn pump(&mut self) {
-        let Some(fd) = &self.fd else { return };
-        let mut buf = [0u8; 65536];
-        match read(fd.as_raw_fd(), &mut buf) {
-            Ok(0) | Err(Errno::EBADF) => self.fd = None,
-            Ok(n) => {
-                let room = self.cap.saturating_sub(self.data.len());
-                let keep = room.min(n);
-                self.data.extend_from_slice(&buf[..keep]);
-                self.dropped += n - keep;
-            }
-            Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
-            Err(_) => self.fd = None,
-        }
-    }
-
-    /// Reads until the pipe is empty or closed, at most 1 MiB at a time so that a flood on
-    /// one pipe cannot starve the others.
-    fn drain(&mut self) {
-        let before = |c: &Capture| (c.fd.is_some(), c.data.len() + c.dropped);
-        for _ in 0..16 {
-            let was = before(self);
-            self.pump();
-            if before(self) == was {
-                return;
-            }
-        }
-    }
-}
-
-fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
-        format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
-        format!("{} KiB", n >> 10)
-    } else {
-        format!("{n} bytes")
-    }
-}
-
-fn text(capture: &Capture, stream: &str, notes: &mut Vec<String>) -> String {
-    let mut s = String::from_utf8_lossy(&capture.data).into_owned();
-    if capture.dropped > 0 {
-        let note = format!(
-            "[nsbox: {stream} truncated at {} ({} more bytes dropped)]",
-            human_bytes(capture.cap as u64),
-            capture.dropped
-        );
-        if !s.ends_with('\n') && !s.is_empty() {
-            s.push('\n');
-        }
-        s.push_str(&note);
-        s.push('\n');
-        notes.push(format!(
-            "{stream} limit ({}) exceeded",
-            human_bytes(capture.cap as u64)
-        ));
-    }
-    s
-}
-
-/// Splits the harness's length-prefixed PNG frames into plots; true when some were dropped.
-fn decode_plots(
-    bytes: &[u8],
-    truncated: bool,
-    limits: &Limits,
-    notes: &mut Vec<String>,
-) -> (Vec<Plot>, bool) {
-    let mut plots = Vec::new();
-    let mut rest = bytes;
-    while rest.len() >= 4 {
-        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-        if rest.len() - 4 < len {
-            break;
-        }
-        plots.push(Plot {
-            content_base64: base64::engine::general_purpose::STANDARD.encode(&rest[4..4 + len]),
-            format: "png".into(),
-            filename: format!("plot_{}.png", plots.len() + 1),
-        });
-        rest = &rest[4 + len..];
-    }
-    let dropped = truncated || !rest.is_empty();
-    if dropped {
-        notes.push(format!(
-            "plot size limit ({}) exceeded; later plots dropped",
-            human_bytes(limits.plot_bytes as u64)
-        ));
-    }
-    (plots, dropped)
-}
-
-/// The supervisor's ends of a run's pipes.
-struct Reads {
+/// The supervisor's read ends of the pipes a run writes to.
+struct Outputs {
     stdout: OwnedFd,
     stderr: OwnedFd,
     plots: OwnedFd,
     report: OwnedFd,
+}
+
+/// The supervisor's ends of a run's pipes.
+struct Reads {
+    outputs: Outputs,
     release: OwnedFd,
 }
 
 /// Fresh pipes and the code in a memfd: our ends, and the ends the run gets.
-fn prepare(code_text: &str) -> Result<(Reads, RunEnds), (&'static str, Errno)> {
-    let e = |step| move |errno| (step, errno);
-    let stdout = pipe().map_err(e("create pipes"))?;
-    let stderr = pipe().map_err(e("create pipes"))?;
-    let plots = pipe().map_err(e("create pipes"))?;
-    let report = pipe().map_err(e("create pipes"))?;
-    let release = pipe().map_err(e("create pipes"))?;
-    let code =
-        memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC).map_err(e("store the code"))?;
+fn prepare(code_text: &str) -> Result<(Reads, RunEnds), Failure> {
+    let stdout = step(Step::CreatePipes, pipe())?;
+    let stderr = step(Step::CreatePipes, pipe())?;
+    let plots = step(Step::CreatePipes, pipe())?;
+    let report = step(Step::CreatePipes, pipe())?;
+    let release = step(Step::CreatePipes, pipe())?;
+    let code = step(
+        Step::StoreCode,
+        memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC),
+    )?;
     let store = |code: &OwnedFd| -> std::io::Result<()> {
         std::fs::File::from(code.try_clone()?).write_all(code_text.as_bytes())
     };
-    store(&code).map_err(|err| ("store the code", io_errno(&err)))?;
-    lseek(code.as_raw_fd(), 0, Whence::SeekSet).map_err(e("store the code"))?;
+    io_step(Step::StoreCode, store(&code))?;
+    step(Step::StoreCode, lseek(code.as_raw_fd(), 0, Whence::SeekSet))?;
     Ok((
         Reads {
-            stdout: stdout.read,
-            stderr: stderr.read,
-            plots: plots.read,
-            report: report.read,
+            outputs: Outputs {
+                stdout: stdout.read,
+                stderr: stderr.read,
+                plots: plots.read,
+                report: report.read,
+            },
             release: release.write,
         },
         RunEnds {
@@ -338,7 +233,7 @@ fn start_cold(
     limits: &Limits,
     ends: RunEnds,
     reads: &Reads,
-) -> Result<Sandbox, (&'static str, Errno)> {
+) -> Result<Sandbox, Failure> {
     let plan = ChildPlan {
         rootfs: Some(config.rootfs.clone()),
         limits: limits.clone(),
@@ -357,14 +252,10 @@ fn start_cold(
         plots_write: ends.plots,
         code: ends.code,
     };
-    let pid = match sys::clone_fork(RUN_NAMESPACES) {
-        Ok(None) => {
-            child::init_main(plan);
-            // A cold plan execs or exits inside; nothing may run the supervisor's code.
-            sys::exit_now(127)
-        }
-        Ok(Some(pid)) => pid,
-        Err(errno) => return Err(("create namespaces", errno)),
+    let Some(pid) = step(Step::CreateNamespaces, sys::clone_fork(RUN_NAMESPACES))? else {
+        child::init_main(plan);
+        // A cold plan execs or exits inside; nothing may run the supervisor's code.
+        sys::exit_now(127)
     };
     // Only the child keeps the write ends, so EOF means every run process is gone.
     drop(plan);
@@ -372,27 +263,24 @@ fn start_cold(
         tracing::error!(error = %e, "writing a run's id maps");
         let _ = kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
-        return Err(("write id maps", e.errno()));
+        return Err(Failure {
+            step: Step::WriteIdMaps,
+            errno: e.errno(),
+        });
     }
     super::cgroup::prefer_as_oom_victim(pid);
     Ok(Sandbox::Cold(pid))
 }
 
 /// Ends a run that could not be released: its init is killed and waited for, its cgroup
-/// removed.
-fn abort(
-    sandbox: &Sandbox,
-    cgroup: Option<RunCgroup>,
-    step: &str,
-    errno: Errno,
-    start: Instant,
-) -> RunOutcome {
+/// removed. Returns the failure, for the outcome.
+fn abort(sandbox: &Sandbox, cgroup: Option<Box<dyn RunCgroup>>, failure: Failure) -> Failure {
     sandbox.kill();
     sandbox.wait();
     if let Some(cg) = cgroup {
         let _ = cg.remove();
     }
-    setup_failed(step, errno, start)
+    failure
 }
 
 fn execute(
@@ -402,71 +290,111 @@ fn execute(
     warm: &WarmControls,
     client: &UnixStream,
 ) -> RunOutcome {
-    let start = Instant::now();
+    let began = Instant::now();
     let limits = &request.limits;
-    let memory_rlimit = config.cgroup.is_none();
+    let (sandbox, reads) = match start(request, config, seccomp, warm) {
+        Ok(started) => started,
+        Err(failure) => return setup_failed(failure, began),
+    };
+    let cgroup = match release(&sandbox, reads.release, config, limits) {
+        Ok(cgroup) => cgroup,
+        Err(failure) => return setup_failed(failure, began),
+    };
+    let watched = watch(&sandbox, reads.outputs, limits, client);
+    let counters = CgroupCounters::read_and_remove(cgroup);
+    let termination = classify(&watched, counters.oom);
+    assemble(
+        watched,
+        termination,
+        &counters,
+        matches!(sandbox, Sandbox::Warm { .. }),
+        limits,
+    )
+}
 
-    let mut started = None;
+/// Starts the run's init from a warm template when one is ready, else cold; either way
+/// the init waits for [`release`].
+fn start(
+    request: &RunRequest,
+    config: &SpawnerConfig,
+    seccomp: &SeccompProgram,
+    warm: &WarmControls,
+) -> Result<(Sandbox, Reads), Failure> {
+    let limits = &request.limits;
     if let Some(control) = request.template.and_then(|t| warm.get(t)) {
-        match prepare(&request.code) {
-            Ok((reads, ends)) => match warm::start(
-                control,
-                &ends,
-                limits,
-                memory_rlimit,
-                config.ids.maps_root(),
-            ) {
-                Ok((pid, pidfd)) => {
-                    drop(ends);
-                    started = Some((Sandbox::Warm { pid, pidfd }, reads));
-                }
-                // A retiring or dead zygote: this run goes cold, with fresh pipes.
-                Err(e) => tracing::warn!(error = %e, "warm start failed; running cold"),
-            },
-            Err((step, errno)) => return setup_failed(step, errno, start),
+        let (reads, ends) = prepare(&request.code)?;
+        match warm::start(
+            control,
+            &ends,
+            limits,
+            config.cgroup.is_none(),
+            config.ids.maps_root(),
+        ) {
+            Ok((pid, pidfd)) => {
+                drop(ends);
+                return Ok((Sandbox::Warm { pid, pidfd }, reads));
+            }
+            // A retiring or dead zygote: this run goes cold, with fresh pipes.
+            Err(e) => tracing::warn!(error = %e, "warm start failed; running cold"),
         }
     }
-    let (sandbox, reads) = match started {
-        Some(s) => s,
-        None => {
-            let (reads, ends) = match prepare(&request.code) {
-                Ok(p) => p,
-                Err((step, errno)) => return setup_failed(step, errno, start),
-            };
-            match start_cold(config, seccomp, limits, ends, &reads) {
-                Ok(sandbox) => (sandbox, reads),
-                Err((step, errno)) => return setup_failed(step, errno, start),
-            }
-        }
-    };
-    let warm_run = matches!(sandbox, Sandbox::Warm { .. });
-    let pid = sandbox.pid();
+    let (reads, ends) = prepare(&request.code)?;
+    let sandbox = start_cold(config, seccomp, limits, ends, &reads)?;
+    Ok((sandbox, reads))
+}
 
+/// Puts the run's init into its cgroup and releases it; a run that cannot be released is
+/// ended here.
+fn release(
+    sandbox: &Sandbox,
+    release: OwnedFd,
+    config: &SpawnerConfig,
+    limits: &Limits,
+) -> Result<Option<Box<dyn RunCgroup>>, Failure> {
     let run_name = format!("run-{}", std::process::id());
     let cgroup = match &config.cgroup {
         Some(parent) => match parent
             .create_run(&run_name, limits)
-            .and_then(|cg| cg.add(pid).map(|()| cg))
+            .and_then(|cg| cg.add(sandbox.pid()).map(|()| cg))
         {
             Ok(cg) => Some(cg),
             Err(e) => {
                 tracing::error!(error = %e, "run cgroup");
-                return abort(&sandbox, None, "create the run cgroup", Errno::EIO, start);
+                let failure = Failure {
+                    step: Step::RunCgroup,
+                    errno: Errno::EIO,
+                };
+                return Err(abort(sandbox, None, failure));
             }
         },
         None => None,
     };
-    if let Err(errno) = nix::unistd::write(&reads.release, &[1]) {
-        return abort(&sandbox, cgroup, "release the sandbox", errno, start);
+    if let Err(failure) = step(Step::ReleaseSandbox, nix::unistd::write(&release, &[1])) {
+        return Err(abort(sandbox, cgroup, failure));
     }
-    drop(reads.release);
+    Ok(cgroup)
+}
 
+/// What watching a run collected, once everything it started is gone.
+struct Watched {
+    out: Capture,
+    err: Capture,
+    figs: Capture,
+    reports: Capture,
+    timed_out: bool,
+    cancelled: bool,
+    wall_ms: u64,
+}
+
+/// Collects the run's output until its pipes close, killing it at the deadline or when the
+/// client hangs up, and waits for its init to be gone.
+fn watch(sandbox: &Sandbox, outputs: Outputs, limits: &Limits, client: &UnixStream) -> Watched {
     let run_start = Instant::now();
     let deadline = run_start + Duration::from_millis(limits.timeout_ms);
-    let mut out = Capture::new(reads.stdout, limits.output_bytes);
-    let mut err = Capture::new(reads.stderr, limits.output_bytes);
-    let mut figs = Capture::new(reads.plots, limits.plot_bytes);
-    let mut reports = Capture::new(reads.report, RECORD_LEN * 4);
+    let mut out = Capture::new(outputs.stdout, limits.output_bytes);
+    let mut err = Capture::new(outputs.stderr, limits.output_bytes);
+    let mut figs = Capture::new(outputs.plots, limits.plot_bytes);
+    let mut reports = Capture::new(outputs.report, RECORD_LEN * 4);
     let mut timed_out = false;
     let mut cancelled = false;
     let mut killed_at: Option<Instant> = None;
@@ -524,25 +452,54 @@ fn execute(
         sandbox.kill();
     }
     sandbox.wait();
-    let wall_ms = run_start.elapsed().as_millis() as u64;
+    Watched {
+        out,
+        err,
+        figs,
+        reports,
+        timed_out,
+        cancelled,
+        wall_ms: run_start.elapsed().as_millis() as u64,
+    }
+}
 
-    let (oom, pids_hit, peak) = match &cgroup {
-        Some(cg) => (cg.oom_killed(), cg.pids_limit_hit(), cg.peak_memory()),
-        None => (false, false, None),
-    };
-    if let Some(cg) = cgroup {
+/// What the run's cgroup counted, read before it is removed.
+struct CgroupCounters {
+    oom: bool,
+    pids_hit: bool,
+    peak: Option<u64>,
+}
+
+impl CgroupCounters {
+    fn read_and_remove(cgroup: Option<Box<dyn RunCgroup>>) -> CgroupCounters {
+        let Some(cg) = cgroup else {
+            return CgroupCounters {
+                oom: false,
+                pids_hit: false,
+                peak: None,
+            };
+        };
+        let counters = CgroupCounters {
+            oom: cg.oom_killed(),
+            pids_hit: cg.pids_limit_hit(),
+            peak: cg.peak_memory(),
+        };
         if let Err(e) = cg.remove() {
             tracing::error!(error = %e, "removing the run cgroup");
         }
+        counters
     }
+}
 
-    let records: Vec<Record> = reports
+/// How the run ended, from what its init reported and what the supervisor saw.
+fn classify(watched: &Watched, oom: bool) -> Termination {
+    let records: Vec<Record> = watched
+        .reports
         .data
         .chunks(RECORD_LEN)
         .filter_map(Record::decode)
         .collect();
-    let mut notes = Vec::new();
-    let termination = if cancelled {
+    if watched.cancelled {
         Termination::Cancelled
     } else if let Some((step, errno)) = records.iter().find_map(|r| match r {
         Record::Failed { step, errno } => Some((*step, *errno)),
@@ -555,7 +512,7 @@ fn execute(
                 .to_string(),
             errno,
         }
-    } else if timed_out {
+    } else if watched.timed_out {
         Termination::TimedOut
     } else {
         match records.iter().find_map(|r| match r {
@@ -570,25 +527,48 @@ fn execute(
                 signal: status & 0x7f,
             },
             None => Termination::SetupFailed {
-                step: "init exited without a status".into(),
+                step: Step::InitStatus.name().into(),
                 errno: 0,
             },
         }
-    };
-    let stdout = text(&out, "stdout", &mut notes);
-    let mut stderr = text(&err, "stderr", &mut notes);
-    // Limits that left no mark in the output itself are told in stderr.
+    }
+}
+
+/// Limits that left no mark in the output itself, in words for stderr.
+fn limit_notes(pids_hit: bool, plots_dropped: bool, limits: &Limits) -> Vec<String> {
     let mut told = Vec::new();
     if pids_hit {
         told.push(format!("process limit ({}) reached", limits.max_processes));
     }
-    let (plots, plots_dropped) = decode_plots(&figs.data, figs.dropped > 0, limits, &mut told);
-    for note in &told {
+    if plots_dropped {
+        told.push(format!(
+            "plot size limit ({}) exceeded; later plots dropped",
+            human_bytes(limits.plot_bytes as u64)
+        ));
+    }
+    told
+}
+
+/// The outcome reported to the server.
+fn assemble(
+    watched: Watched,
+    termination: Termination,
+    counters: &CgroupCounters,
+    warm_run: bool,
+    limits: &Limits,
+) -> RunOutcome {
+    let stdout = text(&watched.out, "stdout");
+    let mut stderr = text(&watched.err, "stderr");
+    let (plots, plots_dropped) = decode_plots(&watched.figs.data, watched.figs.dropped > 0);
+    for note in limit_notes(counters.pids_hit, plots_dropped, limits) {
         stderr.push_str(&format!("nsbox: {note}\n"));
     }
     let cut_short = [
-        (pids_hit, Cut::Processes),
-        (out.dropped > 0 || err.dropped > 0, Cut::Output),
+        (counters.pids_hit, Cut::Processes),
+        (
+            watched.out.dropped > 0 || watched.err.dropped > 0,
+            Cut::Output,
+        ),
         (plots_dropped, Cut::Plots),
     ]
     .into_iter()
@@ -601,8 +581,8 @@ fn execute(
         stderr,
         plots,
         cut_short,
-        wall_ms,
-        peak_memory_bytes: peak,
+        wall_ms: watched.wall_ms,
+        peak_memory_bytes: counters.peak,
     }
 }
 
@@ -611,48 +591,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plot_frames_are_split_and_named_in_order() {
-        let mut bytes = Vec::new();
-        for payload in [&b"\x89PNG-one"[..], &b"\x89PNG-two"[..]] {
-            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(payload);
-        }
-        let mut notes = Vec::new();
-        let (plots, _) = decode_plots(&bytes, false, &Limits::default(), &mut notes);
-        assert_eq!(plots.len(), 2);
-        assert_eq!(plots[1].filename, "plot_2.png");
-        assert_eq!(plots[0].format, "png");
-        assert!(notes.is_empty());
-    }
-
-    #[test]
-    fn a_cut_plot_frame_is_dropped_with_a_note() {
-        let mut bytes = 100u32.to_le_bytes().to_vec();
-        bytes.extend_from_slice(&[0u8; 10]);
-        let mut notes = Vec::new();
-        assert!(decode_plots(&bytes, true, &Limits::default(), &mut notes)
-            .0
-            .is_empty());
-        assert_eq!(notes.len(), 1);
-    }
-
-    #[test]
-    fn truncated_output_is_marked() {
-        let (r, _w) = pipe2(OFlag::O_CLOEXEC).unwrap();
-        let mut cap = Capture::new(r, 4);
-        cap.data = b"abcd".to_vec();
-        cap.dropped = 10;
-        let mut notes = Vec::new();
-        let s = text(&cap, "stdout", &mut notes);
-        assert!(s.starts_with("abcd\n[nsbox: stdout truncated at 4 bytes (10 more bytes dropped)]"));
-        assert_eq!(notes, ["stdout limit (4 bytes) exceeded"]);
-    }
-
-    #[test]
-    fn sizes_are_human() {
-        assert_eq!(human_bytes(1 << 20), "1 MiB");
-        assert_eq!(human_bytes(512 << 20), "512 MiB");
-        assert_eq!(human_bytes(2048), "2 KiB");
-        assert_eq!(human_bytes(1000), "1000 bytes");
+    fn limits_without_a_mark_in_the_output_are_told_in_words() {
+        let limits = Limits::default();
+        assert!(limit_notes(false, false, &limits).is_empty());
+        assert_eq!(
+            limit_notes(true, true, &limits),
+            [
+                "process limit (64) reached",
+                "plot size limit (16 MiB) exceeded; later plots dropped"
+            ]
+        );
     }
 }

@@ -2,7 +2,6 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -13,10 +12,13 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::{chdir, execve, pipe2, read, write, Pid};
 
-use super::child::place_fds;
+use super::child::{init_drops_caps, place_fds};
+use super::config::SpawnerConfig;
+use super::failure::{step, Failure, Step};
 use super::namespaces::{self, RUN_NAMESPACES};
-use super::warm::Template;
-use super::{caps, rootfs, supervisor, SpawnerConfig, HARNESS};
+use super::run::Template;
+use super::supervisor::{self, HARNESS};
+use super::{caps, rootfs};
 use crate::sys;
 
 /// The zygote's program, run after the harness (which it reuses for every run).
@@ -35,8 +37,6 @@ pub enum TemplateError {
     IdMaps(#[source] namespaces::IdMapError),
     #[error("releasing the template: {0}")]
     Release(#[source] Errno),
-    #[error("watching the template: {0}")]
-    Pidfd(#[source] Errno),
 }
 
 /// A running template, as the spawner sees it.
@@ -46,7 +46,6 @@ pub struct TemplateProcess {
     pub control: OwnedFd,
     pub pid: Pid,
     pub ready: bool,
-    pub started: Instant,
 }
 
 fn cstring(s: String) -> CString {
@@ -112,7 +111,6 @@ pub fn launch(
         control,
         pid,
         ready: false,
-        started: Instant::now(),
     })
 }
 
@@ -128,7 +126,7 @@ struct TemplatePlan<'a> {
 
 /// The template's init (PID 1 of its namespace). Never returns.
 fn template_main(plan: &TemplatePlan) -> ! {
-    if let Err((step, errno)) = template_steps(plan) {
+    if let Err(Failure { step, errno }) = template_steps(plan) {
         // A bare line on the inherited stderr, not a `tracing` event: this is a clone of
         // the spawner in the template's new namespaces, doing only the sandbox steps (like
         // child.rs); the subscriber stays the spawner's.
@@ -138,33 +136,42 @@ fn template_main(plan: &TemplatePlan) -> ! {
     sys::exit_now(0)
 }
 
-fn template_steps(plan: &TemplatePlan) -> Result<(), (&'static str, Errno)> {
-    let e = |step: &'static str| move |errno| (step, errno);
+fn template_steps(plan: &TemplatePlan) -> Result<(), Failure> {
     let _ = nix::unistd::close(plan.release_write);
     let mut byte = [0u8; 1];
-    if read(plan.release_read, &mut byte).map_err(e("wait for release"))? != 1 {
-        return Err(("wait for release", Errno::EPIPE));
+    if step(Step::WaitRelease, read(plan.release_read, &mut byte))? != 1 {
+        return Err(Failure {
+            step: Step::WaitRelease,
+            errno: Errno::EPIPE,
+        });
     }
-    namespaces::become_root(plan.config.ids.maps_root()).map_err(e("become root"))?;
+    step(
+        Step::BecomeRoot,
+        namespaces::become_root(plan.config.ids.maps_root()),
+    )?;
     // The template (and every run still in it) ends with the spawner.
-    prctl::set_pdeathsig(Signal::SIGKILL).map_err(e("set parent-death signal"))?;
-    rootfs::enter(&plan.config.rootfs, TEMPLATE_TMP_BYTES, true)
-        .map_err(|f| (f.step.name(), f.errno))?;
-    namespaces::set_hostname().map_err(e("set hostname"))?;
+    step(
+        Step::ParentDeathSignal,
+        prctl::set_pdeathsig(Signal::SIGKILL),
+    )?;
+    rootfs::enter(&plan.config.rootfs, TEMPLATE_TMP_BYTES, true)?;
+    step(Step::Hostname, namespaces::set_hostname())?;
 
-    let Some(zygote) = sys::fork().map_err(e("fork the zygote"))? else {
+    let Some(zygote) = step(Step::ForkZygote, sys::fork())? else {
         let failure = zygote_steps(plan);
         // Bare, like the template's init above: a fork on its way to exec Python.
         eprintln!("nsbox zygote: {failure:?}");
         sys::exit_now(127);
     };
 
-    let devnull = open("/dev/null", OFlag::O_RDWR, Mode::empty()).map_err(e("init stdio"))?;
-    place_fds(&[(devnull, 0), (devnull, 1)]).map_err(e("init stdio"))?;
-    sys::close_fds_from(3).map_err(e("init stdio"))?;
-    caps::drop_bounding().map_err(|_| ("init drops capabilities", Errno::EPERM))?;
-    caps::drop_all().map_err(|_| ("init drops capabilities", Errno::EPERM))?;
-    prctl::set_no_new_privs().map_err(e("set no_new_privs"))?;
+    let devnull = step(
+        Step::InitStdio,
+        open("/dev/null", OFlag::O_RDWR, Mode::empty()),
+    )?;
+    step(Step::InitStdio, place_fds(&[(devnull, 0), (devnull, 1)]))?;
+    step(Step::InitStdio, sys::close_fds_from(3))?;
+    init_drops_caps()?;
+    step(Step::NoNewPrivs, prctl::set_no_new_privs())?;
     // Reap the zygote and every fork it leaves behind; once all are gone, so is the template.
     let mut zygote_alive = true;
     loop {
@@ -176,7 +183,12 @@ fn template_steps(plan: &TemplatePlan) -> Result<(), (&'static str, Errno)> {
             }
             Err(Errno::EINTR) => {}
             Err(Errno::ECHILD) if !zygote_alive => return Ok(()),
-            Err(errno) => return Err(("reap", errno)),
+            Err(errno) => {
+                return Err(Failure {
+                    step: Step::Reap,
+                    errno,
+                })
+            }
         }
     }
 }
@@ -185,30 +197,43 @@ fn template_steps(plan: &TemplatePlan) -> Result<(), (&'static str, Errno)> {
 /// and CAP_SETFCAP (to write each run's id maps; the kernel asks for CAP_SETFCAP to map
 /// uid 0), then the warm interpreter. Returns only on
 /// failure.
-fn zygote_steps(plan: &TemplatePlan) -> (&'static str, Errno) {
-    let run = || -> Result<(), (&'static str, Errno)> {
-        let e = |step: &'static str| move |errno| (step, errno);
-        caps::limit_bounding_to(&[
-            ::caps::Capability::CAP_SETUID,
-            ::caps::Capability::CAP_SETGID,
-            ::caps::Capability::CAP_SETFCAP,
-        ])
-        .map_err(|_| ("limit capabilities", Errno::EPERM))?;
-        let devnull = open("/dev/null", OFlag::O_RDWR, Mode::empty()).map_err(e("zygote stdio"))?;
-        place_fds(&[
-            (devnull, 0),
-            (devnull, 1),
-            (plan.control, 3),
-            (plan.library, 4),
-        ])
-        .map_err(e("zygote stdio"))?;
-        sys::close_fds_from(5).map_err(e("close descriptors"))?;
-        chdir("/tmp").map_err(e("change to /tmp"))?;
-        execve(&plan.argv[0], &plan.argv, &plan.envp).map_err(e("execute the zygote"))?;
+fn zygote_steps(plan: &TemplatePlan) -> Failure {
+    let run = || -> Result<(), Failure> {
+        step(
+            Step::LimitCaps,
+            caps::limit_bounding_to(&[
+                ::caps::Capability::CAP_SETUID,
+                ::caps::Capability::CAP_SETGID,
+                ::caps::Capability::CAP_SETFCAP,
+            ])
+            .map_err(|_| Errno::EPERM),
+        )?;
+        let devnull = step(
+            Step::ZygoteStdio,
+            open("/dev/null", OFlag::O_RDWR, Mode::empty()),
+        )?;
+        step(
+            Step::ZygoteStdio,
+            place_fds(&[
+                (devnull, 0),
+                (devnull, 1),
+                (plan.control, 3),
+                (plan.library, 4),
+            ]),
+        )?;
+        step(Step::CloseFds, sys::close_fds_from(5))?;
+        step(Step::WorkDir, chdir("/tmp"))?;
+        step(
+            Step::ExecZygote,
+            execve(&plan.argv[0], &plan.argv, &plan.envp),
+        )?;
         Ok(())
     };
     match run() {
-        Ok(()) => ("execute the zygote", Errno::UnknownErrno),
+        Ok(()) => Failure {
+            step: Step::ExecZygote,
+            errno: Errno::UnknownErrno,
+        },
         Err(f) => f,
     }
 }

@@ -23,54 +23,13 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::child::{self, ChildPlan, Entry};
+use super::fdpass;
 use super::namespaces::{self, RUN_NAMESPACES};
+use super::run::Limits;
 use super::seccomp::{self, SeccompProgram};
-use super::Limits;
 use crate::sys;
 
-/// Which warm interpreter a run forks from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Template {
-    /// The standard library only: small and quick to fork.
-    Base,
-    /// numpy, pandas, scipy, matplotlib and seaborn imported and exercised.
-    Scientific,
-}
-
-impl Template {
-    pub const ALL: [Template; 2] = [Template::Base, Template::Scientific];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Template::Base => "base",
-            Template::Scientific => "scientific",
-        }
-    }
-}
-
-/// Top-level modules that only the scientific template has warm.
-const SCIENTIFIC: [&str; 9] = [
-    "numpy",
-    "pandas",
-    "scipy",
-    "matplotlib",
-    "seaborn",
-    "PIL",
-    "dateutil",
-    "pytz",
-    "statsmodels",
-];
-
-/// Picks the template from the modules the code imports and the `libraries` it asked for.
-pub fn template_for(imported: &[String], libraries: &[String]) -> Template {
-    let wants = |m: &String| SCIENTIFIC.contains(&m.split('.').next().unwrap_or(""));
-    if imported.iter().chain(libraries).any(wants) {
-        Template::Scientific
-    } else {
-        Template::Base
-    }
-}
+pub use super::run::{template_for, Template};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarmError {
@@ -135,14 +94,7 @@ pub fn start(
     // A zygote that took the run answers within milliseconds; never wait forever on one.
     let patience = nix::sys::time::TimeVal::new(10, 0);
     setsockopt(&ours, sockopt::ReceiveTimeout, &patience).map_err(WarmError::Socket)?;
-    sendmsg::<()>(
-        control,
-        &[IoSlice::new(b"run")],
-        &[ControlMessage::ScmRights(&[theirs.as_raw_fd()])],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(WarmError::Handoff)?;
+    fdpass::send(control, b"run", &[theirs.as_raw_fd()]).map_err(WarmError::Handoff)?;
     drop(theirs);
     let plan = serde_json::to_vec(&WarmPlan {
         limits: limits.clone(),
@@ -158,14 +110,7 @@ pub fn start(
         ends.code.as_raw_fd(),
         ends.release.as_raw_fd(),
     ];
-    sendmsg::<()>(
-        ours.as_raw_fd(),
-        &[IoSlice::new(&plan)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(WarmError::Handoff)?;
+    fdpass::send(ours.as_raw_fd(), &plan, &fds).map_err(WarmError::Handoff)?;
 
     // The zygote's fork answers with its own pid as credentials (the kernel translates it
     // into our PID namespace); the run's init is its only child.
@@ -243,26 +188,8 @@ pub extern "C" fn nsbox_enter_run(run_fd: c_int) -> c_int {
 fn enter_run(run_fd: RawFd) -> Result<bool, WarmError> {
     let sock = sys::take_fd(run_fd);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([RawFd; RUN_ENDS]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(WarmError::Handoff)?;
-    let len = msg.bytes;
-    let mut fds: Vec<OwnedFd> = msg
-        .cmsgs()
-        .map_err(WarmError::Handoff)?
-        .filter_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => Some(fds),
-            _ => None,
-        })
-        .flatten()
-        .map(sys::take_fd)
-        .collect();
+    let fdpass::Received { len, mut fds } =
+        fdpass::recv::<RUN_ENDS>(sock.as_raw_fd(), &mut buf).map_err(WarmError::Handoff)?;
     if fds.len() != RUN_ENDS {
         return Err(WarmError::Plan(format!(
             "expected {RUN_ENDS} descriptors, got {}",
@@ -326,25 +253,4 @@ fn enter_run(run_fd: RawFd) -> Result<bool, WarmError> {
     // so stay until it is gone.
     let _ = waitpid(init, None);
     mapped.map(|()| false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scientific_imports_pick_the_scientific_template() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(template_for(&s(&["json", "math"]), &[]), Template::Base);
-        assert_eq!(template_for(&s(&["pandas"]), &[]), Template::Scientific);
-        assert_eq!(
-            template_for(&s(&["scipy.stats"]), &[]),
-            Template::Scientific
-        );
-        assert_eq!(
-            template_for(&s(&["json"]), &s(&["numpy"])),
-            Template::Scientific
-        );
-        assert_eq!(template_for(&s(&["numpyish"]), &[]), Template::Base);
-    }
 }

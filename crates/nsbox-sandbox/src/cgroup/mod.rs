@@ -1,0 +1,455 @@
+//! Control groups: detecting the host's layout (v1, v2 or none) once, and a cgroup per run with its limits, behind one interface.
+//!
+//! The layout is detected here, once; after that, every v1/v2 difference lives in `v1.rs`
+//! and `v2.rs`, behind [`ServerCgroup`] and [`RunCgroup`] (`interface.rs`), over the
+//! cgroupfs reads and writes both share (`files.rs`). Per-run cgroups are created below the
+//! cgroup the server itself sits in (never at a hierarchy's root), as
+//! `<own>/nsbox/srv-<server pid>/run-<supervisor pid>`, so the host's own accounting still
+//! covers every run and two servers on one host never touch each other's runs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::run::Limits;
+
+mod files;
+mod interface;
+pub mod v1;
+pub mod v2;
+
+pub use files::CgroupError;
+pub use interface::{RunCgroup, ServerCgroup};
+
+/// The host's cgroup layout, as detected at start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Layout {
+    /// cgroup v1: the server's own cgroup directory for each controller nsbox uses.
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: Option<PathBuf>,
+    },
+    /// cgroup v2: the server's own cgroup directory in the unified hierarchy.
+    V2 {
+        own: PathBuf,
+        controllers: Vec<String>,
+    },
+}
+
+impl Layout {
+    pub fn describe(&self) -> String {
+        match self {
+            Layout::V1 { cpu, .. } => format!(
+                "cgroup v1 (memory, pids{})",
+                if cpu.is_some() { ", cpu" } else { "" }
+            ),
+            Layout::V2 { controllers, .. } => format!("cgroup v2 ({})", controllers.join(", ")),
+        }
+    }
+}
+
+/// Reads the layout from the live system.
+pub fn detect() -> Result<Layout, CgroupError> {
+    let cgroup = fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| CgroupError::Unavailable(format!("reading /proc/self/cgroup: {e}")))?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| CgroupError::Unavailable(format!("reading /proc/self/mountinfo: {e}")))?;
+    detect_from(&cgroup, &mountinfo, Path::new("/"))
+}
+
+struct Mount {
+    root: String,
+    point: PathBuf,
+    fstype: String,
+    super_opts: Vec<String>,
+}
+
+fn parse_mountinfo(mountinfo: &str) -> Vec<Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            Some(Mount {
+                root: left.get(3)?.to_string(),
+                point: PathBuf::from(left.get(4)?.replace("\\040", " ")),
+                fstype: right.first()?.to_string(),
+                super_opts: right.get(2)?.split(',').map(str::to_string).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Joins a mount point with a cgroup path, allowing for cgroupfs mounted from a non-root
+/// cgroup (as inside containers), where the mount's root prefix is not part of the path.
+fn own_dir(fs_root: &Path, mount: &Mount, cgroup_path: &str) -> PathBuf {
+    let rel = cgroup_path
+        .strip_prefix(mount.root.as_str())
+        .unwrap_or(cgroup_path)
+        .trim_start_matches('/');
+    let point = mount.point.strip_prefix("/").unwrap_or(&mount.point);
+    fs_root.join(point).join(rel)
+}
+
+/// Detects the layout from the text of `/proc/self/cgroup` and `/proc/self/mountinfo`;
+/// `fs_root` prefixes every path (a fake tree in tests, `/` for real).
+pub fn detect_from(cgroup: &str, mountinfo: &str, fs_root: &Path) -> Result<Layout, CgroupError> {
+    let mounts = parse_mountinfo(mountinfo);
+    let entries: Vec<(&str, &str)> = cgroup
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            Some((parts.next()?, parts.next()?))
+        })
+        .collect();
+
+    // v2 first: if the unified hierarchy offers memory and pids at our cgroup, it wins.
+    if let (Some((_, path)), Some(mount)) = (
+        entries.iter().find(|(ctl, _)| ctl.is_empty()),
+        mounts.iter().find(|m| m.fstype == "cgroup2"),
+    ) {
+        let own = own_dir(fs_root, mount, path);
+        let controllers: Vec<String> = fs::read_to_string(own.join("cgroup.controllers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if controllers.iter().any(|c| c == "memory") && controllers.iter().any(|c| c == "pids") {
+            return Ok(Layout::V2 { own, controllers });
+        }
+    }
+
+    let v1_dir = |controller: &str| -> Option<PathBuf> {
+        let (_, path) = entries
+            .iter()
+            .find(|(ctls, _)| ctls.split(',').any(|c| c == controller))?;
+        let mount = mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup" && m.super_opts.iter().any(|o| o == controller))?;
+        Some(own_dir(fs_root, mount, path))
+    };
+    match (v1_dir("memory"), v1_dir("pids")) {
+        (Some(memory), Some(pids)) => Ok(Layout::V1 {
+            memory,
+            pids,
+            cpu: v1_dir("cpu"),
+        }),
+        _ => Err(CgroupError::Unavailable(
+            "neither cgroup v2 with memory and pids nor cgroup v1 memory and pids controllers are available"
+                .into(),
+        )),
+    }
+}
+/// This server's parent cgroup as the spawner gets it (inside `SpawnerConfig`): the v1 or
+/// v2 implementation of [`ServerCgroup`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum CgroupParent {
+    V1(v1::Parent),
+    V2(v2::Parent),
+}
+
+impl CgroupParent {
+    /// Creates this server's parent cgroup and removes what crashed servers left behind.
+    pub fn prepare(layout: &Layout, server_pid: u32) -> Result<CgroupParent, CgroupError> {
+        let instance = format!("srv-{server_pid}");
+        Ok(match layout {
+            Layout::V1 { memory, pids, cpu } => CgroupParent::V1(v1::Parent::prepare(
+                memory,
+                pids,
+                cpu.as_deref(),
+                &instance,
+            )?),
+            Layout::V2 { own, controllers } => CgroupParent::V2(v2::Parent::prepare(
+                own,
+                controllers,
+                server_pid,
+                &instance,
+            )?),
+        })
+    }
+
+    fn server(&self) -> &dyn ServerCgroup {
+        match self {
+            CgroupParent::V1(p) => p,
+            CgroupParent::V2(p) => p,
+        }
+    }
+
+    /// See [`ServerCgroup::runs_under`].
+    pub fn runs_under(&self) -> &Path {
+        self.server().runs_under()
+    }
+
+    /// See [`ServerCgroup::create_run`].
+    pub fn create_run(
+        &self,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Box<dyn RunCgroup>, CgroupError> {
+        self.server().create_run(name, limits)
+    }
+
+    /// See [`ServerCgroup::sweep_runs`].
+    pub fn sweep_runs(&self) {
+        self.server().sweep_runs()
+    }
+
+    /// See [`ServerCgroup::remove_run`].
+    pub fn remove_run(&self, name: &str) {
+        self.server().remove_run(name)
+    }
+
+    /// See [`ServerCgroup::remove`].
+    pub fn remove(&self) {
+        self.server().remove()
+    }
+}
+
+/// Makes a run (or template) the host OOM killer's first choice, over the server and every
+/// other process: with cgroups the run's own limit normally acts first, but without them,
+/// or when the host itself runs short, untrusted code is what should go. Inherited by every
+/// process the run starts; raising the score needs no privilege.
+pub fn prefer_as_oom_victim(pid: Pid) {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    if let Err(e) = fs::write(&path, "1000") {
+        tracing::warn!(error = %e, "setting {path}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::files::remove_stale_servers;
+    use super::*;
+
+    const HYBRID_CGROUP: &str =
+        "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
+    const HYBRID_MOUNTINFO: &str = "\
+30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 30 0:29 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 30 0:33 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+39 30 0:35 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const V2_CGROUP: &str = "0::/system.slice/nsbox.service\n";
+    const V2_MOUNTINFO: &str =
+        "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+
+    fn fake_v1() -> (tempfile::TempDir, Layout) {
+        let root = tempfile::tempdir().unwrap();
+        // The unified mount exists but offers no controllers, as on our hosts.
+        fs::create_dir_all(root.path().join("sys/fs/cgroup/unified")).unwrap();
+        fs::write(
+            root.path().join("sys/fs/cgroup/unified/cgroup.controllers"),
+            "",
+        )
+        .unwrap();
+        let layout = detect_from(HYBRID_CGROUP, HYBRID_MOUNTINFO, root.path()).unwrap();
+        (root, layout)
+    }
+
+    #[test]
+    fn hybrid_host_is_detected_as_v1_with_per_controller_paths() {
+        let (root, layout) = fake_v1();
+        assert_eq!(
+            layout,
+            Layout::V1 {
+                memory: root.path().join("sys/fs/cgroup/memory/process_api/abc"),
+                pids: root.path().join("sys/fs/cgroup/pids/"),
+                cpu: Some(root.path().join("sys/fs/cgroup/cpu/")),
+            }
+        );
+    }
+
+    #[test]
+    fn unified_hierarchy_with_controllers_is_v2() {
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("sys/fs/cgroup/system.slice/nsbox.service");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(
+            own.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let layout = detect_from(V2_CGROUP, V2_MOUNTINFO, root.path()).unwrap();
+        assert!(matches!(layout, Layout::V2 { ref own, .. } if own.ends_with("nsbox.service")));
+    }
+
+    #[test]
+    fn no_controllers_anywhere_is_unavailable() {
+        let root = tempfile::tempdir().unwrap();
+        let err = detect_from("0::/\n", V2_MOUNTINFO, root.path()).unwrap_err();
+        assert!(matches!(err, CgroupError::Unavailable(_)));
+    }
+
+    #[test]
+    fn cgroupfs_mounted_from_a_nested_root_strips_the_mount_root() {
+        let root = tempfile::tempdir().unwrap();
+        let mountinfo = "33 30 0:29 /docker/x /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                         37 30 0:33 /docker/x /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n";
+        let cgroup = "4:memory:/docker/x/inner\n8:pids:/docker/x\n";
+        let Layout::V1 { memory, pids, cpu } = detect_from(cgroup, mountinfo, root.path()).unwrap()
+        else {
+            panic!("expected v1");
+        };
+        assert_eq!(memory, root.path().join("sys/fs/cgroup/memory/inner"));
+        assert_eq!(pids, root.path().join("sys/fs/cgroup/pids/"));
+        assert_eq!(cpu, None);
+    }
+
+    #[test]
+    fn v1_run_cgroup_gets_every_limit_and_swap_off() {
+        let (_root, layout) = fake_v1();
+        let parent = CgroupParent::prepare(&layout, 4242).unwrap();
+        let CgroupParent::V1(parent) = &parent else {
+            panic!()
+        };
+        let memory = &parent.memory;
+        assert!(memory.ends_with("nsbox/srv-4242"));
+        // Swap accounting is on for this fake host.
+        fs::create_dir_all(memory.join("run-1")).unwrap();
+        fs::write(memory.join("run-1/memory.memsw.limit_in_bytes"), "").unwrap();
+        let limits = Limits {
+            memory_bytes: 256 << 20,
+            max_processes: 32,
+            cpus: 0.5,
+            ..Limits::default()
+        };
+        let run = parent.create("run-1", &limits).unwrap();
+        let read = |p: &Path| fs::read_to_string(p).unwrap();
+        assert_eq!(read(&run.memory.join("memory.limit_in_bytes")), "268435456");
+        assert_eq!(
+            read(&run.memory.join("memory.memsw.limit_in_bytes")),
+            "268435456"
+        );
+        assert_eq!(read(&run.pids.join("pids.max")), "32");
+        assert_eq!(
+            read(&run.cpu.as_ref().unwrap().join("cpu.cfs_quota_us")),
+            "50000"
+        );
+        run.add(Pid::from_raw(77)).unwrap();
+        assert_eq!(read(&run.pids.join("cgroup.procs")), "77");
+    }
+
+    #[test]
+    fn v1_limit_counters_are_read_back() {
+        let (_root, layout) = fake_v1();
+        let parent = CgroupParent::prepare(&layout, 1).unwrap();
+        let CgroupParent::V1(parent) = &parent else {
+            panic!()
+        };
+        let run = parent.create("run-2", &Limits::default()).unwrap();
+        assert!(!run.oom_killed());
+        fs::write(
+            run.memory.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        )
+        .unwrap();
+        fs::write(run.pids.join("pids.events"), "max 3\n").unwrap();
+        fs::write(run.memory.join("memory.max_usage_in_bytes"), "1234\n").unwrap();
+        assert!(run.oom_killed());
+        assert!(run.pids_limit_hit());
+        assert_eq!(run.peak_memory(), Some(1234));
+    }
+
+    #[test]
+    fn v2_parent_moves_the_server_into_a_leaf_and_delegates_controllers() {
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("sys/fs/cgroup/system.slice/nsbox.service");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(own.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        fs::write(own.join("cgroup.procs"), "4242\n").unwrap();
+        let layout = detect_from(V2_CGROUP, V2_MOUNTINFO, root.path()).unwrap();
+        let parent = CgroupParent::prepare(&layout, 4242).unwrap();
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap();
+        assert_eq!(read(own.join("nsbox-server/cgroup.procs")), "4242");
+        assert_eq!(
+            read(own.join("cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        let CgroupParent::V2(parent) = &parent else {
+            panic!("expected v2")
+        };
+        let run = parent.create("run-9", &Limits::default()).unwrap();
+        assert_eq!(read(run.dir.join("memory.max")), (512u64 << 20).to_string());
+        assert_eq!(read(run.dir.join("cpu.max")), "100000 100000");
+        fs::write(
+            run.dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert!(run.oom_killed());
+    }
+
+    #[test]
+    fn v2_remove_undoes_what_prepare_delegated() {
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("sys/fs/cgroup/system.slice/nsbox.service");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(own.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        // memory was on already (another tool's choice): it stays on.
+        fs::write(own.join("cgroup.subtree_control"), "memory\n").unwrap();
+        fs::write(own.join("cgroup.procs"), "4242\n").unwrap();
+        let layout = detect_from(V2_CGROUP, V2_MOUNTINFO, root.path()).unwrap();
+        let parent = CgroupParent::prepare(&layout, 4242).unwrap();
+        let CgroupParent::V2(v2) = &parent else {
+            panic!("expected v2")
+        };
+        let delegated = &v2.delegated;
+        assert_eq!(delegated.enabled, ["pids", "cpu"]);
+        assert_eq!(delegated.leaf, Some(own.join("nsbox-server")));
+        // What the kernel does when the server's run cgroups are gone: nsbox/ is empty.
+        fs::remove_dir_all(own.join("nsbox")).unwrap();
+        // The server and its spawner are in the leaf, as the kernel would list them.
+        fs::write(own.join("nsbox-server/cgroup.procs"), "4242\n4243\n").unwrap();
+        parent.remove();
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap();
+        assert_eq!(read(own.join("cgroup.subtree_control")), "-pids -cpu");
+        // Each write to cgroup.procs moves one process; the fake file keeps the last.
+        assert_eq!(read(own.join("cgroup.procs")), "4243");
+    }
+
+    #[test]
+    fn v2_remove_leaves_delegation_while_another_server_remains() {
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("sys/fs/cgroup/system.slice/nsbox.service");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(own.join("cgroup.controllers"), "memory pids\n").unwrap();
+        let layout = detect_from(V2_CGROUP, V2_MOUNTINFO, root.path()).unwrap();
+        let parent = CgroupParent::prepare(&layout, 4242).unwrap();
+        fs::remove_dir_all(own.join("nsbox/srv-4242")).unwrap();
+        fs::create_dir_all(own.join("nsbox/srv-1")).unwrap();
+        parent.remove();
+        assert_eq!(
+            fs::read_to_string(own.join("cgroup.subtree_control")).unwrap(),
+            "+memory +pids"
+        );
+    }
+
+    #[test]
+    fn busy_error_tells_the_operator_what_to_do() {
+        let e = CgroupError::Busy {
+            path: "/sys/fs/cgroup/x".into(),
+            others: v2::describe_pids(&[]),
+        };
+        let text = e.to_string();
+        assert!(text.contains("Delegate=yes") && text.contains("/sys/fs/cgroup/x"));
+    }
+
+    #[test]
+    fn stale_server_directories_are_removed_but_live_ones_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let nsbox = root.path().join("nsbox");
+        // A pid far above pid_max cannot be alive.
+        fs::create_dir_all(nsbox.join("srv-999999999")).unwrap();
+        let live = format!("srv-{}", std::process::id());
+        fs::create_dir_all(nsbox.join(&live)).unwrap();
+        remove_stale_servers(&nsbox, "srv-1");
+        assert!(!nsbox.join("srv-999999999").exists());
+        assert!(nsbox.join(&live).exists());
+    }
+}

@@ -1,0 +1,40 @@
+//! What the spawner is configured with once, when it starts: the root filesystem, id mapping, cgroup parent, warm path and the limits templates bake in.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::cgroup::CgroupParent;
+use super::namespaces::IdMapping;
+use super::run::Limits;
+use super::warm_library::WarmLibrary;
+
+/// Configuration the spawner needs for every run; sent once when it starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnerConfig {
+    /// The read-only root filesystem, as a host path.
+    pub rootfs: PathBuf,
+    /// How host ids map into every sandbox's user namespace (decided once at start): with
+    /// host root, 65536 ids from `--uid-base`, so `nobody` (65534) inside is
+    /// `uid_base + 65534` on the host.
+    pub ids: IdMapping,
+    /// Where per-run cgroups are created, or `None` for rlimits only.
+    pub cgroup: Option<CgroupParent>,
+    /// Warm templates, or `None` for cold runs only.
+    pub warm: Option<WarmConfig>,
+    /// Limits whose values templates bake into their environment.
+    pub limits: Limits,
+    /// Whether the harness turns blocked operations into clear Python exceptions (on
+    /// unless the scanner is off, so the red-team suite probes the kernel alone).
+    pub guard_rails: bool,
+}
+
+/// Settings of the warm path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WarmConfig {
+    /// nsbox built as a shared library (loaded into each zygote): a file, or the copy a
+    /// static build carries.
+    pub library: WarmLibrary,
+    /// Runs a zygote forks before it is replaced.
+    pub max_forks: u32,
+}

@@ -1,0 +1,183 @@
+//! What one run is asked to do and what it reports back: its limits, the request (with the warm template it forks from), and the outcome.
+//!
+//! Plain data, serialized between the server and a supervisor; nothing here imports the
+//! modules that act on it.
+
+use serde::{Deserialize, Serialize};
+
+/// Per-run resource limits. Every field is enforced by the kernel (cgroup or rlimit).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Limits {
+    /// Wall-clock limit; the whole process tree is killed when it passes.
+    pub timeout_ms: u64,
+    /// Memory (cgroup memory limit, swap off for the run).
+    pub memory_bytes: u64,
+    /// Processes and threads (cgroup pids limit and RLIMIT_NPROC).
+    pub max_processes: u64,
+    /// CPU time (RLIMIT_CPU), seconds.
+    pub cpu_seconds: u64,
+    /// CPU bandwidth (cgroup CPU quota), in CPUs.
+    pub cpus: f64,
+    /// Largest file a run may write (RLIMIT_FSIZE).
+    pub file_size_bytes: u64,
+    /// Size of the private `/tmp` tmpfs.
+    pub tmp_bytes: u64,
+    /// Open files (RLIMIT_NOFILE).
+    pub open_files: u64,
+    /// Captured bytes of stdout and of stderr, each.
+    pub output_bytes: usize,
+    /// Number of plots returned.
+    pub max_plots: usize,
+    /// Total PNG bytes of the plots returned.
+    pub plot_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_ms: 30_000,
+            memory_bytes: 512 << 20,
+            max_processes: 64,
+            cpu_seconds: 60,
+            cpus: 1.0,
+            file_size_bytes: 64 << 20,
+            tmp_bytes: 64 << 20,
+            open_files: 256,
+            output_bytes: 1 << 20,
+            max_plots: 16,
+            plot_bytes: 16 << 20,
+        }
+    }
+}
+
+/// One run, as sent from the server to a supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub code: String,
+    pub limits: Limits,
+    /// The warm template to fork from, or `None` for a cold interpreter.
+    pub template: Option<Template>,
+    /// The server's id of the request (`x-request-id`), for the supervisor's log lines.
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Termination {
+    /// Python exited by itself with this status.
+    Exited { code: i32 },
+    /// Python was killed by a signal nsbox did not send (e.g. SIGSEGV, SIGXCPU).
+    Signaled { signal: i32 },
+    /// The wall-clock limit passed and the run was killed.
+    TimedOut,
+    /// The memory limit was hit and the kernel killed the run.
+    OutOfMemory,
+    /// The sandbox could not be set up; `step` names what failed.
+    SetupFailed { step: String, errno: i32 },
+    /// The client went away and the run was killed.
+    Cancelled,
+}
+
+/// A figure returned by the run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Plot {
+    pub content_base64: String,
+    pub format: String,
+    pub filename: String,
+}
+
+/// A limit that cut a run short without ending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cut {
+    /// The process limit refused a fork.
+    Processes,
+    /// stdout or stderr were truncated.
+    Output,
+    /// Plots were dropped.
+    Plots,
+}
+
+/// What the supervisor reports when a run is over and everything it started is gone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunOutcome {
+    pub termination: Termination,
+    pub stdout: String,
+    pub stderr: String,
+    pub plots: Vec<Plot>,
+    /// What cut the run short without ending it (output caps, plot caps, pids); stderr
+    /// says so in words.
+    pub cut_short: Vec<Cut>,
+    pub wall_ms: u64,
+    /// Peak memory of the run's cgroup, when cgroups are in use.
+    pub peak_memory_bytes: Option<u64>,
+    /// Whether the run was forked from a warm template.
+    pub warm: bool,
+}
+
+/// Which warm interpreter a run forks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Template {
+    /// The standard library only: small and quick to fork.
+    Base,
+    /// numpy, pandas, scipy, matplotlib and seaborn imported and exercised.
+    Scientific,
+}
+
+impl Template {
+    pub const ALL: [Template; 2] = [Template::Base, Template::Scientific];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Template::Base => "base",
+            Template::Scientific => "scientific",
+        }
+    }
+}
+
+/// Top-level modules that only the scientific template has warm.
+const SCIENTIFIC: [&str; 9] = [
+    "numpy",
+    "pandas",
+    "scipy",
+    "matplotlib",
+    "seaborn",
+    "PIL",
+    "dateutil",
+    "pytz",
+    "statsmodels",
+];
+
+/// Picks the template from the modules the code imports and the `libraries` it asked for.
+pub fn template_for(imported: &[String], libraries: &[String]) -> Template {
+    let wants = |m: &String| SCIENTIFIC.contains(&m.split('.').next().unwrap_or(""));
+    if imported.iter().chain(libraries).any(wants) {
+        Template::Scientific
+    } else {
+        Template::Base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scientific_imports_pick_the_scientific_template() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(template_for(&s(&["json", "math"]), &[]), Template::Base);
+        assert_eq!(template_for(&s(&["pandas"]), &[]), Template::Scientific);
+        assert_eq!(
+            template_for(&s(&["scipy.stats"]), &[]),
+            Template::Scientific
+        );
+        assert_eq!(
+            template_for(&s(&["json"]), &s(&["numpy"])),
+            Template::Scientific
+        );
+        assert_eq!(template_for(&s(&["numpyish"]), &[]), Template::Base);
+    }
+}
