@@ -19,9 +19,9 @@ use nsbox::config::ScannerMode;
 use nsbox::host::Isolation;
 use nsbox::sandbox::namespaces::IdMappingReport;
 use nsbox::sandbox::warm::Template;
-use nsbox::sandbox::{Limits, RunOutcome, RunRequest, Termination};
+use nsbox::sandbox::{Limits, RunEvent, RunOutcome, RunRequest, Termination};
 use nsbox::service::catalog::Catalog;
-use nsbox::service::runner::{RunFuture, Runner};
+use nsbox::service::runner::{Events, RunFuture, Runner};
 use nsbox::service::{RunService, Settings};
 
 /// Answers every run with `print(2**2)`'s outcome after `delay`, counting the runs.
@@ -32,9 +32,13 @@ struct FakeRunner {
 }
 
 impl Runner for FakeRunner {
-    fn run(&self, request: RunRequest) -> RunFuture<'_> {
+    fn run(&self, request: RunRequest, events: Option<Events>) -> RunFuture<'_> {
         Box::pin(async move {
             self.runs.fetch_add(1, Ordering::SeqCst);
+            if let Some(events) = events {
+                let text = "streamed\n".to_string();
+                events.send(RunEvent::Stdout { text }).unwrap();
+            }
             tokio::time::sleep(self.delay).await;
             Ok(RunOutcome {
                 termination: Termination::Exited { code: 0 },
@@ -225,6 +229,33 @@ async fn the_spec_request_gets_the_spec_response() {
     assert_eq!(v["stdout"], "11 bytes of code\n");
     assert_eq!(v["exit_code"], 0);
     assert_eq!(app.runner.runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_event_stream_carries_the_output_then_one_result() {
+    let app = app(Options::default());
+    let mut request = spec_request();
+    request
+        .headers_mut()
+        .insert(header::ACCEPT, "text/event-stream".parse().unwrap());
+    let a = send(&app.router, request).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let body = String::from_utf8(a.body).unwrap();
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events, ["stdout", "result"], "{body}");
+    assert!(body.contains(r#"data: {"text":"streamed\n"}"#), "{body}");
+    // Bad input is refused before any stream starts.
+    let mut bad = post(json!({"code": " ", "lang": "python"}).to_string());
+    bad.headers_mut()
+        .insert(header::ACCEPT, "text/event-stream".parse().unwrap());
+    send(&app.router, bad).await.error(StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]

@@ -6,13 +6,18 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
+use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::service::{self, CodeRequest, CodeResponse};
+use crate::sandbox::RunEvent;
+use crate::service::{self, CodeRequest, CodeResponse, RunResult, ServiceError};
 
 /// Reads the request body's JSON: the types of its fields, and `lang`. Unknown fields are
 /// ignored, so clients (and the official SDK's `extra_body`) that send more than nsbox
@@ -105,7 +110,7 @@ pub async fn execute(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<CodeResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -124,7 +129,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     request_id: &str,
-) -> Result<Json<CodeResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     check_content_type(headers)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -145,8 +150,100 @@ async fn handle(
         request_id: Some(request_id.to_string()),
         ..parse(&body)?
     };
+    if wants_event_stream(headers) {
+        return stream(state, request);
+    }
     let result = state.service.execute(request).await?;
-    Ok(Json(result.into()))
+    Ok(Json(CodeResponse::from(result)).into_response())
+}
+
+/// Whether the client asked for the output as it happens (`Accept: text/event-stream`).
+fn wants_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// Aborts the run's task when the response stream is dropped (the client went away),
+/// which drops the run's future and so kills the run, as for a plain request.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The streamed answer: `stdout`, `stderr` and `plot` events as the run produces them,
+/// then exactly one `result` (the same JSON as the plain answer) or, if the run could not
+/// finish, one `error` (the API's error object). Bad input was refused before, as an
+/// ordinary HTTP error.
+fn stream(state: &AppState, request: CodeRequest) -> Result<Response, ApiError> {
+    let request = state.service.validate(request)?;
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+    let service = state.service.clone();
+    let run = tokio::spawn(
+        async move {
+            let result = service.execute_valid(request, Some(events_tx)).await;
+            let _ = result_tx.send(result);
+        }
+        .instrument(tracing::Span::current()),
+    );
+    let guard = AbortOnDrop(run);
+    // The run's sender is gone once the run is over, so every event comes before the end.
+    let events = futures_util::stream::unfold(events_rx, |mut rx| async move {
+        rx.recv().await.map(|event| (run_event(event), rx))
+    });
+    let end = futures_util::stream::once(async move {
+        match result_rx.await {
+            Ok(result) => final_event(result),
+            Err(_) => error_event(ApiError::internal()),
+        }
+    });
+    let body = events.chain(end).map(move |event| {
+        let _running = &guard;
+        Ok::<_, std::convert::Infallible>(event)
+    });
+    Ok(Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn json_event(name: &str, data: impl Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(data)
+        .unwrap_or_else(|_| Event::default().event("error"))
+}
+
+fn run_event(event: RunEvent) -> Event {
+    match event {
+        RunEvent::Stdout { text } => json_event("stdout", serde_json::json!({ "text": text })),
+        RunEvent::Stderr { text } => json_event("stderr", serde_json::json!({ "text": text })),
+        RunEvent::Plot { plot } => json_event("plot", plot),
+    }
+}
+
+fn final_event(result: Result<RunResult, ServiceError>) -> Event {
+    match result {
+        Ok(result) => json_event("result", CodeResponse::from(result)),
+        Err(e) => error_event(e.into()),
+    }
+}
+
+fn error_event(e: ApiError) -> Event {
+    json_event(
+        "error",
+        serde_json::json!({"error": {"type": e.kind, "message": e.message}}),
+    )
 }
 
 #[cfg(test)]

@@ -437,16 +437,31 @@ impl RunService {
     /// `nsbox::code` target at debug level. Dropping the future kills the run.
     pub async fn execute(&self, request: CodeRequest) -> Result<RunResult, ServiceError> {
         let request = self.validate(request)?;
+        self.execute_valid(request, None).await
+    }
+
+    /// Runs a request that passed [`RunService::validate`]; with `events`, the output is
+    /// also sent there as it comes (everything before the result). Front ends that must
+    /// answer bad input before they start streaming validate first, then call this.
+    pub async fn execute_valid(
+        &self,
+        request: Validated,
+        events: Option<runner::Events>,
+    ) -> Result<RunResult, ServiceError> {
         let span = tracing::Span::current();
         span.record("code_sha256", code_sha256(&request.code).as_str());
         if let Some(user) = &request.user {
             span.record("user", user.as_str());
         }
         tracing::debug!(target: "nsbox::code", code = %request.code, "code received");
-        self.run(request).await
+        self.run(request, events).await
     }
 
-    async fn run(&self, request: Validated) -> Result<RunResult, ServiceError> {
+    async fn run(
+        &self,
+        request: Validated,
+        events: Option<runner::Events>,
+    ) -> Result<RunResult, ServiceError> {
         let limits = Limits {
             timeout_ms: request.timeout_ms,
             ..self.settings.limits.clone()
@@ -490,6 +505,7 @@ impl RunService {
             code,
             limits: limits.clone(),
             request_id: request.request_id,
+            stream: false,
         };
         let mut cancelled = self.cancelled.clone();
         let mut caller_gone = CallerGone {
@@ -498,7 +514,7 @@ impl RunService {
             armed: true,
         };
         let finished = tokio::select! {
-            outcome = self.runner.run(run_request) => Some(outcome),
+            outcome = self.runner.run(run_request, events) => Some(outcome),
             _ = shutdown_grace_over(&mut cancelled) => None,
         };
         caller_gone.armed = false;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::sandbox::protocol::{decode_len, encode, ProtocolError};
 use crate::sandbox::spawner::Spawner;
 use crate::sandbox::warm::Template;
-use crate::sandbox::{RunOutcome, RunRequest};
+use crate::sandbox::{Report, RunEvent, RunOutcome, RunRequest};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -27,9 +27,14 @@ pub enum RunnerError {
 /// A future a runner returns: boxed, so the service can hold any runner as a trait object.
 pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<RunOutcome, RunnerError>> + Send + 'a>>;
 
+/// Where a run's output goes as it happens, for callers that stream it.
+pub type Events = tokio::sync::mpsc::UnboundedSender<RunEvent>;
+
 /// Runs requests in sandboxes. Dropping a run's future kills the run.
 pub trait Runner: Send + Sync {
-    fn run(&self, request: RunRequest) -> RunFuture<'_>;
+    /// Runs one request; with `events`, its output is also sent there as it comes (the
+    /// request's `stream` is then set).
+    fn run(&self, request: RunRequest, events: Option<Events>) -> RunFuture<'_>;
     /// Whether runs can start warm (or the warm path is off): what readiness means.
     fn is_ready(&self) -> bool;
     /// Templates whose zygote is warm.
@@ -44,7 +49,8 @@ const HANDOFF_PATIENCE: Duration = Duration::from_secs(5);
 /// The real runner: each run gets a socket of its own, handed to the spawner, which forks
 /// a supervisor that reads the request from it and answers with the outcome.
 impl Runner for Spawner {
-    fn run(&self, request: RunRequest) -> RunFuture<'_> {
+    fn run(&self, mut request: RunRequest, events: Option<Events>) -> RunFuture<'_> {
+        request.stream = events.is_some();
         Box::pin(async move {
             let (mut ours, theirs) = tokio::net::UnixStream::pair().map_err(RunnerError::Socket)?;
             let theirs: OwnedFd = theirs.into_std().map_err(RunnerError::Socket)?.into();
@@ -54,9 +60,21 @@ impl Runner for Spawner {
             ours.write_all(&frame)
                 .await
                 .map_err(|e| RunnerError::Send(ProtocolError::Write(e)))?;
-            read_frame(&mut ours)
-                .await
-                .map_err(RunnerError::SupervisorLost)
+            // Every event is read as it comes and queued (the caps bound them), so a slow
+            // reader downstream never stalls the supervisor and with it the run.
+            loop {
+                match read_frame(&mut ours)
+                    .await
+                    .map_err(RunnerError::SupervisorLost)?
+                {
+                    Report::Event { event } => {
+                        if let Some(events) = &events {
+                            let _ = events.send(event);
+                        }
+                    }
+                    Report::Done { outcome } => return Ok(outcome),
+                }
+            }
         })
     }
 
@@ -88,7 +106,7 @@ async fn hand_off(spawner: &Spawner, theirs: &OwnedFd) -> Result<(), RunnerError
     }
 }
 
-async fn read_frame(stream: &mut tokio::net::UnixStream) -> Result<RunOutcome, ProtocolError> {
+async fn read_frame(stream: &mut tokio::net::UnixStream) -> Result<Report, ProtocolError> {
     let mut header = [0u8; 4];
     stream
         .read_exact(&mut header)

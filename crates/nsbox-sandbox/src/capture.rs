@@ -7,7 +7,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::read;
 
-use super::run::Plot;
+use super::run::{Plot, RunEvent};
 
 /// Bytes read from one pipe, kept up to a cap; the rest is drained and counted.
 pub struct Capture {
@@ -91,23 +91,109 @@ pub fn text(capture: &Capture, stream: &str) -> String {
     s
 }
 
+/// The first complete length-prefixed PNG frame of `bytes`, and the bytes it takes.
+fn next_plot_frame(bytes: &[u8]) -> Option<(&[u8], usize)> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let png = bytes.get(4..4 + len)?;
+    Some((png, 4 + len))
+}
+
+fn plot(png: &[u8], number: usize) -> Plot {
+    Plot {
+        content_base64: base64::engine::general_purpose::STANDARD.encode(png),
+        format: "png".into(),
+        filename: format!("plot_{number}.png"),
+    }
+}
+
 /// Splits the harness's length-prefixed PNG frames into plots; true when some were dropped.
 pub fn decode_plots(bytes: &[u8], truncated: bool) -> (Vec<Plot>, bool) {
     let mut plots = Vec::new();
     let mut rest = bytes;
-    while rest.len() >= 4 {
-        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-        if rest.len() - 4 < len {
-            break;
-        }
-        plots.push(Plot {
-            content_base64: base64::engine::general_purpose::STANDARD.encode(&rest[4..4 + len]),
-            format: "png".into(),
-            filename: format!("plot_{}.png", plots.len() + 1),
-        });
-        rest = &rest[4 + len..];
+    while let Some((png, used)) = next_plot_frame(rest) {
+        plots.push(plot(png, plots.len() + 1));
+        rest = &rest[used..];
     }
     (plots, truncated || !rest.is_empty())
+}
+
+/// The longest text `bytes` starts with, up to a character cut by the end of what was read
+/// (kept for later unless `finished`), and how many bytes it used. Invalid sequences become
+/// U+FFFD, as in `String::from_utf8_lossy`, so the streamed text adds up to the outcome's.
+fn take_text(bytes: &[u8], finished: bool) -> (String, usize) {
+    let mut text = String::new();
+    let mut used = 0;
+    loop {
+        match std::str::from_utf8(&bytes[used..]) {
+            Ok(rest) => {
+                text.push_str(rest);
+                return (text, bytes.len());
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                text.push_str(
+                    std::str::from_utf8(&bytes[used..used + valid]).expect("checked valid"),
+                );
+                used += valid;
+                match e.error_len() {
+                    Some(bad) => {
+                        text.push(char::REPLACEMENT_CHARACTER);
+                        used += bad;
+                    }
+                    None if finished => {
+                        text.push(char::REPLACEMENT_CHARACTER);
+                        return (text, bytes.len());
+                    }
+                    None => return (text, used),
+                }
+            }
+        }
+    }
+}
+
+/// How much of a run's captured output has gone out as events.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    stdout: usize,
+    stderr: usize,
+    plot_bytes: usize,
+    plots: usize,
+}
+
+impl Streamed {
+    /// Events for what was captured since the last call; `finished` once the pipes are
+    /// closed, so a character cut by the cap is sent (as U+FFFD) rather than held.
+    pub fn events(
+        &mut self,
+        out: &Capture,
+        err: &Capture,
+        figs: &Capture,
+        finished: bool,
+    ) -> Vec<RunEvent> {
+        let mut events = Vec::new();
+        for (sent, capture, make) in [
+            (
+                &mut self.stdout,
+                out,
+                (|text| RunEvent::Stdout { text }) as fn(String) -> RunEvent,
+            ),
+            (&mut self.stderr, err, |text| RunEvent::Stderr { text }),
+        ] {
+            let (text, used) = take_text(&capture.data[*sent..], finished);
+            *sent += used;
+            if !text.is_empty() {
+                events.push(make(text));
+            }
+        }
+        while let Some((png, used)) = next_plot_frame(&figs.data[self.plot_bytes..]) {
+            self.plots += 1;
+            self.plot_bytes += used;
+            events.push(RunEvent::Plot {
+                plot: plot(png, self.plots),
+            });
+        }
+        events
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +233,52 @@ mod tests {
         cap.dropped = 10;
         let s = text(&cap, "stdout");
         assert!(s.starts_with("abcd\n[nsbox: stdout truncated at 4 bytes (10 more bytes dropped)]"));
+    }
+
+    #[test]
+    fn streamed_text_is_cut_at_characters_and_adds_up_to_the_lossy_whole() {
+        let whole = "héllo wörld ✓".as_bytes();
+        for cut in 0..whole.len() {
+            let (a, used) = take_text(&whole[..cut], false);
+            let (b, _) = take_text(&whole[used..], true);
+            assert_eq!(a + &b, "héllo wörld ✓", "cut at {cut}");
+        }
+        let bad = b"ok\xffok\xe2\x9c";
+        assert_eq!(take_text(bad, false).0, "ok\u{fffd}ok");
+        assert_eq!(take_text(bad, true).0, String::from_utf8_lossy(bad));
+    }
+
+    #[test]
+    fn events_carry_what_is_new_and_each_plot_once() {
+        let (r, _w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut out = Capture::new(r.try_clone().unwrap(), 1024);
+        let err = Capture::new(r.try_clone().unwrap(), 1024);
+        let mut figs = Capture::new(r, 1024);
+        let mut streamed = Streamed::default();
+        out.data = b"one\n".to_vec();
+        figs.data = 3u32.to_le_bytes().to_vec();
+        figs.data.extend_from_slice(b"PNG");
+        figs.data.extend_from_slice(&9u32.to_le_bytes());
+        let events = streamed.events(&out, &err, &figs, false);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(
+            events[0],
+            RunEvent::Stdout {
+                text: "one\n".into()
+            }
+        );
+        assert!(matches!(&events[1], RunEvent::Plot { plot } if plot.filename == "plot_1.png"));
+        out.data.extend_from_slice(b"two\n");
+        figs.data.extend_from_slice(b"PNG-again");
+        let events = streamed.events(&out, &err, &figs, true);
+        assert_eq!(
+            events[0],
+            RunEvent::Stdout {
+                text: "two\n".into()
+            }
+        );
+        assert!(matches!(&events[1], RunEvent::Plot { plot } if plot.filename == "plot_2.png"));
+        assert!(streamed.events(&out, &err, &figs, true).is_empty());
     }
 
     #[test]

@@ -31,6 +31,6 @@ pub mod warm;
 pub mod warm_library;
 
 pub use config::{SpawnerConfig, WarmConfig};
-pub use run::{Cut, Limits, Plot, RunOutcome, RunRequest, Termination};
+pub use run::{Cut, Limits, Plot, Report, RunEvent, RunOutcome, RunRequest, Termination};
 pub use supervisor::HARNESS;
 pub use warm_library::WarmLibrary;

@@ -60,6 +60,32 @@ pub struct RunRequest {
     /// The server's id of the request (`x-request-id`), for the supervisor's log lines.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// Whether the supervisor sends the output as it comes ([`Report::Event`]) before the
+    /// outcome.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// Output of a run as it happens, for callers that asked to stream it. Only what the caps
+/// keep is sent, so what streams is bounded like what is captured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// Text written to stdout since the last event, cut at character boundaries.
+    Stdout { text: String },
+    /// Text written to stderr since the last event, cut at character boundaries.
+    Stderr { text: String },
+    /// A figure, complete, as it will appear in the outcome.
+    Plot { plot: Plot },
+}
+
+/// What a supervisor writes on a run's socket: events while the run goes on (when the
+/// request asked to stream), then exactly one outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "report", rename_all = "snake_case")]
+pub enum Report {
+    Event { event: RunEvent },
+    Done { outcome: RunOutcome },
 }
 
 /// How a run ended.

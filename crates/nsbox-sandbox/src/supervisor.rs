@@ -17,14 +17,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{lseek, pipe2, Pid, Whence};
 
-use super::capture::{decode_plots, human_bytes, text, Capture};
+use super::capture::{decode_plots, human_bytes, text, Capture, Streamed};
 use super::cgroup::RunCgroup;
 use super::child::{self, ChildPlan, Entry, Record, RECORD_LEN};
 use super::config::SpawnerConfig;
 use super::failure::{io_step, step, Failure, Step};
 use super::namespaces::RUN_NAMESPACES;
 use super::protocol::{read_frame, write_frame};
-use super::run::{Cut, Limits, RunOutcome, RunRequest, Template, Termination};
+use super::run::{Cut, Limits, Report, RunOutcome, RunRequest, Template, Termination};
 use super::seccomp::SeccompProgram;
 use super::warm::{self, RunEnds};
 use crate::sys;
@@ -62,7 +62,7 @@ pub fn serve(
     let request_id = request.request_id.as_deref().map(tracing::field::display);
     let _span = tracing::info_span!("run", request_id).entered();
     let outcome = execute(&request, config, seccomp, warm, &stream);
-    write_frame(&mut stream, &outcome).map_err(SupervisorError::Reply)?;
+    write_frame(&mut stream, &Report::Done { outcome }).map_err(SupervisorError::Reply)?;
     let _ = stream.flush();
     Ok(())
 }
@@ -300,7 +300,7 @@ fn execute(
         Ok(cgroup) => cgroup,
         Err(failure) => return setup_failed(failure, began),
     };
-    let watched = watch(&sandbox, reads.outputs, limits, client);
+    let watched = watch(&sandbox, reads.outputs, limits, client, request.stream);
     let counters = CgroupCounters::read_and_remove(cgroup);
     let termination = classify(&watched, counters.oom);
     assemble(
@@ -388,7 +388,13 @@ struct Watched {
 
 /// Collects the run's output until its pipes close, killing it at the deadline or when the
 /// client hangs up, and waits for its init to be gone.
-fn watch(sandbox: &Sandbox, outputs: Outputs, limits: &Limits, client: &UnixStream) -> Watched {
+fn watch(
+    sandbox: &Sandbox,
+    outputs: Outputs,
+    limits: &Limits,
+    client: &UnixStream,
+    stream: bool,
+) -> Watched {
     let run_start = Instant::now();
     let deadline = run_start + Duration::from_millis(limits.timeout_ms);
     let mut out = Capture::new(outputs.stdout, limits.output_bytes);
@@ -398,6 +404,15 @@ fn watch(sandbox: &Sandbox, outputs: Outputs, limits: &Limits, client: &UnixStre
     let mut timed_out = false;
     let mut cancelled = false;
     let mut killed_at: Option<Instant> = None;
+    // The server reads every event as it comes and keeps it (bounded by the caps, like
+    // the captures), so these writes do not wait on a slow client.
+    let mut streamed = stream.then(Streamed::default);
+    let send = |streamed: &mut Option<Streamed>, c: [&Capture; 3], finished: bool| {
+        let Some(s) = streamed else { return true };
+        s.events(c[0], c[1], c[2], finished)
+            .into_iter()
+            .all(|event| write_frame(&mut &*client, &Report::Event { event }).is_ok())
+    };
 
     loop {
         let open: Vec<&OwnedFd> = [&out.fd, &err.fd, &figs.fd, &reports.fd]
@@ -445,6 +460,12 @@ fn watch(sandbox: &Sandbox, outputs: Outputs, limits: &Limits, client: &UnixStre
         for capture in [&mut out, &mut err, &mut figs, &mut reports] {
             capture.drain();
         }
+        if !send(&mut streamed, [&out, &err, &figs], false) && killed_at.is_none() {
+            // The server's end is gone: nobody waits for this run any more.
+            cancelled = true;
+            sandbox.kill();
+            killed_at = Some(Instant::now());
+        }
     }
     // Init is PID 1 of the run: once it is reaped, the kernel has killed and reaped every
     // other process of the namespace, double-forked and setsid ones included.
@@ -452,6 +473,9 @@ fn watch(sandbox: &Sandbox, outputs: Outputs, limits: &Limits, client: &UnixStre
         sandbox.kill();
     }
     sandbox.wait();
+    if !cancelled {
+        send(&mut streamed, [&out, &err, &figs], true);
+    }
     Watched {
         out,
         err,
