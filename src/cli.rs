@@ -253,6 +253,17 @@ fn configure(options: &Options, default_level: &str) -> Result<Config, ExitCode>
     }
 }
 
+/// The exit status of a command that serves until stopped; its failure goes to the log.
+fn served(result: Result<(), impl std::fmt::Display>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("nsbox: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -262,13 +273,7 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::server::serve(&config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("nsbox: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            served(crate::server::serve(&config))
         }
         Command::Run(args) => {
             // Quiet by default: the terminal is for the code's own output.
@@ -296,13 +301,7 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::mcp::serve_stdio(&config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("nsbox: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            served(crate::mcp::serve_stdio(&config))
         }
         Command::Check(args) => {
             let config = match configure(&args.options, "warn") {

@@ -1,17 +1,20 @@
 //! The host side of the sandbox: what this machine offers (probed by `nsbox check`) and what
 //! `serve` and `run` prepare on it before the first run (the empty overlay layer, cgroups,
-//! the warm library), refusing incomplete isolation unless the configuration allows it.
+//! the warm library), refusing incomplete isolation unless the configuration allows it, and
+//! the run service started over it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::config::{Config, RunMode, ScannerMode};
 use crate::sandbox::cgroup::{self, CgroupParent};
 use crate::sandbox::namespaces::IdMapping;
+use crate::sandbox::spawner::{Spawner, SpawnerError};
 use crate::sandbox::{seccomp, Limits, SpawnerConfig, WarmConfig, WarmLibrary};
 use crate::service::catalog::{Catalog, CatalogError};
-use crate::service::{millis, Settings};
+use crate::service::{millis, RunService, Settings};
 
 /// The namespaces every run gets; reported as-is by `/v1/status` and `nsbox check`.
 pub const NAMESPACES: [&str; 7] = ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"];
@@ -75,6 +78,63 @@ impl Prepared {
         if let Some(parent) = &self.cgroup_parent {
             parent.remove();
         }
+    }
+}
+
+/// Why the sandbox could not be started on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Host(#[from] HostError),
+    #[error("starting the sandbox: {0}")]
+    Spawner(#[from] SpawnerError),
+}
+
+/// The run service over a spawner on this host, prepared as the configuration says: what
+/// `serve`, `run` and `mcp` each start from. Dropping it stops the spawner (and every run),
+/// then removes what `prepare` made on the host, in that order.
+pub struct LocalService {
+    prepared: Prepared,
+    service: Option<Arc<RunService>>,
+}
+
+impl LocalService {
+    /// Prepares the host and starts the spawner. Call it before any async runtime exists:
+    /// the spawner must not inherit the runtime's threads. `cancelled` turning true ends
+    /// the runs still in flight (the server's shutdown grace).
+    pub fn start(
+        config: &Config,
+        mode: RunMode,
+        cancelled: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<LocalService, StartError> {
+        let prepared = prepare(config, mode)?;
+        let spawner = Spawner::start(prepared.spawner.clone())?;
+        let service = RunService::new(
+            prepared.settings(config),
+            Arc::new(spawner),
+            prepared.catalog.clone(),
+            cancelled,
+        );
+        Ok(LocalService {
+            prepared,
+            service: Some(Arc::new(service)),
+        })
+    }
+
+    pub fn service(&self) -> &Arc<RunService> {
+        self.service.as_ref().expect("the service lives until drop")
+    }
+
+    pub fn isolation(&self) -> &Isolation {
+        &self.prepared.isolation
+    }
+}
+
+impl Drop for LocalService {
+    fn drop(&mut self) {
+        // The spawner lives in the service; the front end dropped its clones first.
+        drop(self.service.take());
+        self.prepared.release();
     }
 }
 

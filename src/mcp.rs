@@ -18,16 +18,13 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::host::HostError;
-use crate::sandbox::spawner::{Spawner, SpawnerError};
+use crate::host::{LocalService, StartError};
 use crate::service::{self, CodeRequest, Ending, Limit, RunResult, RunService, ServiceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum McpServeError {
     #[error("{0}")]
-    Host(#[from] HostError),
-    #[error("starting the sandbox: {0}")]
-    Spawner(#[from] SpawnerError),
+    Start(#[from] StartError),
     #[error("starting the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("serving MCP on stdio: {0}")]
@@ -39,22 +36,15 @@ pub enum McpServeError {
 /// the connection.
 pub fn serve_stdio(config: &Config) -> Result<(), McpServeError> {
     use rmcp::ServiceExt;
-    let prepared = crate::host::prepare(config, config.mode)?;
-    // The spawner starts before the runtime, so it never inherits its threads.
-    let spawner = Spawner::start(prepared.spawner.clone())?;
+    // Nothing cancels runs but the client, which cancels its requests or hangs up.
+    let never = tokio::sync::watch::channel(false).1;
+    let local = LocalService::start(config, config.mode, never)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(McpServeError::Runtime)?;
-    let service = Arc::new(RunService::new(
-        prepared.settings(config),
-        Arc::new(spawner),
-        prepared.catalog.clone(),
-        // Nothing cancels runs but the client, which cancels its requests or hangs up.
-        tokio::sync::watch::channel(false).1,
-    ));
     let result = runtime.block_on(async {
-        let running = McpServer::new(service.clone())
+        let running = McpServer::new(local.service().clone())
             .serve(rmcp::transport::stdio())
             .await
             .map_err(|e| McpServeError::Transport(e.to_string()))?;
@@ -65,11 +55,10 @@ pub fn serve_stdio(config: &Config) -> Result<(), McpServeError> {
             .map(drop)
             .map_err(|e| McpServeError::Transport(e.to_string()))
     });
-    // The spawner (inside the service) and every run must be gone before the host's
-    // cgroups are removed.
-    drop(service);
+    // Every clone of the service goes with the runtime's tasks, before `local` stops the
+    // spawner and cleans the host.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    prepared.release();
+    drop(local);
     result
 }
 
@@ -321,7 +310,6 @@ impl ServerHandler for McpServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn args(v: Value) -> JsonObject {
         let Value::Object(o) = v else { panic!() };
@@ -355,15 +343,8 @@ mod tests {
             filename: "plot_1.png".into(),
         };
         let r = tool_result(RunResult {
-            ending: Ending::Exited { code: 0 },
-            stdout: "4\n".into(),
-            stderr: String::new(),
             plots: vec![plot],
-            violations: vec![],
-            execution_time: Duration::ZERO,
-            scan_time: Duration::ZERO,
-            queue_time: Duration::ZERO,
-            run: None,
+            ..RunResult::ended(Ending::Exited { code: 0 }, "4\n", "")
         });
         assert_eq!(r.is_error, Some(false));
         let v = serde_json::to_value(&r.content).unwrap();
@@ -374,17 +355,11 @@ mod tests {
             .contains("--- stdout ---\n4\n"));
         assert_eq!(v[1]["type"], "image");
         assert_eq!(v[1]["mimeType"], "image/png");
-        let r = tool_result(RunResult {
-            ending: Ending::Limit(Limit::Timeout),
-            stdout: String::new(),
-            stderr: "Execution failed: Execution timeout exceeded".into(),
-            plots: vec![],
-            violations: vec![],
-            execution_time: Duration::ZERO,
-            scan_time: Duration::ZERO,
-            queue_time: Duration::ZERO,
-            run: None,
-        });
+        let r = tool_result(RunResult::ended(
+            Ending::Limit(Limit::Timeout),
+            "",
+            "Execution failed: Execution timeout exceeded",
+        ));
         assert_eq!(r.is_error, Some(true));
         let v = serde_json::to_value(&r.content).unwrap();
         assert!(v[0]["text"].as_str().unwrap().contains("timeout exceeded"));

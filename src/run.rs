@@ -8,11 +8,8 @@ use std::time::Instant;
 use base64::Engine;
 
 use crate::config::{Config, RunMode, ScannerMode};
-use crate::host::{self, HostError, Prepared};
-use crate::sandbox::spawner::{Spawner, SpawnerError};
-use crate::service::{
-    CodeRequest, CodeResponse, Ending, Limit, RunResult, RunService, ServiceError,
-};
+use crate::host::{LocalService, StartError};
+use crate::service::{CodeRequest, CodeResponse, Ending, Limit, RunResult, ServiceError};
 
 /// Exit statuses of `nsbox run` that are not the code's own, following `timeout(1)` and
 /// the shell's 128+signal convention so scripts can tell them apart.
@@ -41,9 +38,7 @@ pub enum RunError {
     #[error("{0}")]
     Service(ServiceError),
     #[error("{0}")]
-    Host(#[from] HostError),
-    #[error("starting the sandbox: {0}")]
-    Spawner(#[from] SpawnerError),
+    Start(#[from] StartError),
     #[error("starting the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("writing {path}: {source}")]
@@ -76,50 +71,29 @@ pub struct RunOptions {
     pub json: bool,
 }
 
-/// A sandbox of one's own: the host prepared as the server would, and the run service over
-/// a cold spawner, with the server's limits and scanner.
+/// A sandbox of one's own: the run service as the server has it, over a cold spawner,
+/// with a runtime to wait on it.
 pub struct Sandbox {
-    prepared: Prepared,
-    service: Option<RunService>,
+    local: LocalService,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Sandbox {
     pub fn start(config: &Config) -> Result<Sandbox, RunError> {
-        let prepared = host::prepare(config, RunMode::Cold)?;
-        // Started before the runtime, so the spawner never inherits its threads.
-        let spawner = Spawner::start(prepared.spawner.clone())?;
+        // Nothing cancels a local run but the user's ^C.
+        let never = tokio::sync::watch::channel(false).1;
+        let local = LocalService::start(config, RunMode::Cold, never)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(RunError::Runtime)?;
-        let service = RunService::new(
-            prepared.settings(config),
-            std::sync::Arc::new(spawner),
-            prepared.catalog.clone(),
-            // Nothing cancels a local run but the user's ^C.
-            tokio::sync::watch::channel(false).1,
-        );
-        Ok(Sandbox {
-            prepared,
-            service: Some(service),
-            runtime,
-        })
+        Ok(Sandbox { local, runtime })
     }
 
     pub fn run(&self, request: CodeRequest) -> Result<RunResult, RunError> {
-        let service = self.service.as_ref().expect("the service lives until drop");
         self.runtime
-            .block_on(service.execute(request))
+            .block_on(self.local.service().execute(request))
             .map_err(RunError::Service)
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        // The spawner (and every run) must be gone before the cgroup parent is removed.
-        drop(self.service.take());
-        self.prepared.release();
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::api::auth::Keys;
 use crate::api::{router, AppState};
 use crate::config::Config;
-use crate::sandbox::spawner::{Spawner, SpawnerError};
+use crate::host::{LocalService, StartError};
 use crate::service::RunService;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +18,7 @@ pub enum ServeError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
-    Host(#[from] crate::host::HostError),
-    #[error("starting the sandbox: {0}")]
-    Spawner(#[from] SpawnerError),
+    Start(#[from] StartError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -37,20 +35,13 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
     if keys.is_empty() && !config.listen.ip().is_loopback() {
         return Err(ServeError::OpenWithoutKeys(config.listen));
     }
-    let prepared = crate::host::prepare(config, config.mode)?;
-    // The spawner starts before the async runtime exists, so it never inherits its threads.
-    let spawner = Spawner::start(prepared.spawner.clone())?;
-    let warm = prepared.isolation.warm;
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
-    let service = Arc::new(RunService::new(
-        prepared.settings(config),
-        Arc::new(spawner),
-        prepared.catalog.clone(),
-        cancelled,
-    ));
+    let local = LocalService::start(config, config.mode, cancelled)?;
+    let service = local.service().clone();
+    let warm = local.isolation().warm;
     let state = AppState {
         service: service.clone(),
-        isolation: Arc::new(prepared.isolation.clone()),
+        isolation: Arc::new(local.isolation().clone()),
         keys: keys.clone(),
         // Room for 50,000 four-byte characters, JSON escaping and the other fields.
         max_body_bytes: 1 << 20,
@@ -102,8 +93,10 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
     });
     drop(state);
     drop(service);
+    // The tasks' clones of the service go with the runtime, before `local` stops the
+    // spawner and cleans the host.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    prepared.release();
+    drop(local);
     tracing::info!("nsbox stopped");
     result
 }

@@ -154,6 +154,25 @@ pub struct RunResult {
     pub run: Option<RunFacts>,
 }
 
+#[cfg(test)]
+impl RunResult {
+    /// A result that ended so, with this output and nothing else, for tests of the front
+    /// ends' mappings.
+    pub(crate) fn ended(ending: Ending, stdout: &str, stderr: &str) -> RunResult {
+        RunResult {
+            ending,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            plots: Vec::new(),
+            violations: Vec::new(),
+            execution_time: Duration::ZERO,
+            scan_time: Duration::ZERO,
+            queue_time: Duration::ZERO,
+            run: None,
+        }
+    }
+}
+
 /// What the service needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {

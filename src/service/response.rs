@@ -48,15 +48,12 @@ mod tests {
     #[test]
     fn a_result_maps_to_the_spec_fields() {
         let r = RunResult {
-            ending: Ending::Limit(Limit::Timeout),
-            stdout: String::new(),
-            stderr: "Execution failed: Execution timeout exceeded".into(),
-            plots: vec![],
-            violations: vec![],
             execution_time: Duration::from_micros(5_020_400),
-            scan_time: Duration::ZERO,
-            queue_time: Duration::ZERO,
-            run: None,
+            ..RunResult::ended(
+                Ending::Limit(Limit::Timeout),
+                "",
+                "Execution failed: Execution timeout exceeded",
+            )
         };
         let response = CodeResponse::from(r);
         assert_eq!((response.success, response.exit_code), (false, -1));
