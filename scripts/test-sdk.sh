@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs tests/sdk against a freshly started nsbox: the official Python SDK (relaxai) on the
-# spec's examples, and schemathesis with api/openapi.yaml. Needs root (nsbox creates
+# spec's examples, schemathesis with api/openapi.yaml, the official MCP SDK and the MCP
+# Inspector's CLI (npm, tests/mcp-inspector) against `nsbox mcp` and `/mcp`, and an SSE client. Needs root (nsbox creates
 # namespaces and cgroups) and a root filesystem.
 #
 #   NSBOX_ROOTFS=$(scripts/build-rootfs.sh | tail -n 1) scripts/test-sdk.sh [PYTEST ARGS...]
@@ -66,6 +67,25 @@ else
 fi
 exec 8>&-
 
+# --- The MCP Inspector (npm), cached by its lock file ----------------------------------------
+command -v npm >/dev/null || die "needs npm for the MCP Inspector check (apt-get install npm)"
+inspector_key=$(cat tests/mcp-inspector/package-lock.json tests/mcp-inspector/.npmrc | sha256sum | cut -c1-16)
+inspector=$cache/mcp-inspector-$inspector_key
+exec 8>"$cache/.mcp-inspector.lock"
+timeout 900 flock 8 || die "waited 15 minutes for another install of $inspector"
+if [[ ! -f $inspector/.nsbox-ready ]]; then
+	log "installing the MCP Inspector into $inspector"
+	rm -rf --one-file-system -- "$inspector"
+	mkdir -p "$inspector"
+	cp tests/mcp-inspector/package.json tests/mcp-inspector/package-lock.json tests/mcp-inspector/.npmrc "$inspector/"
+	(cd "$inspector" && timeout 900 npm ci --no-audit --no-fund --loglevel=error >&2) ||
+		die "npm ci of tests/mcp-inspector failed"
+	touch "$inspector/.nsbox-ready"
+else
+	log "reusing $inspector"
+fi
+exec 8>&-
+
 # --- The server ----------------------------------------------------------------------------
 port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 url=http://127.0.0.1:$port
@@ -119,6 +139,7 @@ done
 log "running tests/sdk"
 status=0
 env NSBOX_URL="$url" NSBOX_BIN="$bin" NSBOX_ROOTFS="$NSBOX_ROOTFS" PYTHONDONTWRITEBYTECODE=1 \
+	NSBOX_MCP_INSPECTOR="$inspector/node_modules/.bin/mcp-inspector" \
 	timeout --kill-after=10 "${NSBOX_SDK_TIMEOUT:-900}" \
 	"$venv/bin/python" -m pytest -p no:cacheprovider -ra "$repo/tests/sdk" "$@" || status=$?
 ((status != 124)) || log "pytest ran out of its ${NSBOX_SDK_TIMEOUT:-900} s"

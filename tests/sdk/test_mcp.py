@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
+import subprocess
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -138,6 +140,32 @@ def test_streamable_http_needs_the_api_key() -> None:
         assert r.status_code == 401, r.text
         assert r.json()["error"]["type"] == "authentication_error"
         run(over_http(url + "/mcp", {"Authorization": "Bearer mcp-key"}))
+
+
+def test_the_mcp_inspector_lists_the_tool() -> None:
+    """The MCP Inspector's CLI mode (npm, installed by scripts/test-sdk.sh) against `nsbox mcp`."""
+    inspector = os.environ["NSBOX_MCP_INSPECTOR"]
+    out = subprocess.run(
+        [
+            inspector,
+            "--cli",
+            os.environ["NSBOX_BIN"],
+            "mcp",
+            "--rootfs",
+            os.environ["NSBOX_ROOTFS"],
+            "--mode",
+            "cold",
+            "--method",
+            "tools/list",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    tools = json.loads(out.stdout)["tools"]
+    assert [t["name"] for t in tools] == ["run_python"]
+    assert tools[0]["inputSchema"]["required"] == ["code"]
 
 
 def test_a_keyless_server_refuses_browser_origins(base_url: str) -> None:
