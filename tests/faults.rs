@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::{processes_of_uid, Server};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use nsbox::sandbox::warm::Template;
 use serde_json::{json, Value};
 
 /// `nobody` inside a run is this far above the server's uid base on the host.
@@ -298,7 +299,7 @@ fn supervisors_of(spawner: i32) -> Vec<i32> {
         .collect()
 }
 
-/// The zygote of `template` ("base" or "scientific"): the warm interpreter whose parent is
+/// The zygote of `template` ("base", "scientific" or "ml"): the warm interpreter whose parent is
 /// the template's init, not one of its own per-run forks.
 fn zygote(uid_base: u32, template: &str) -> Option<i32> {
     processes_of_uid(uid_base).into_iter().find(|&pid| {
@@ -463,14 +464,15 @@ fn wait_clean(
     }
 }
 
-/// The warm templates of `uid_base` (two inits, two zygotes) once nothing else of the uid
+/// The warm templates of `uid_base` (an init and a zygote each) once nothing else of the uid
 /// base is left, such as the per-run fork of a zygote that is still exiting.
 fn settled_templates(uid_base: u32) -> Vec<i32> {
-    let settled = wait_until(TEARDOWN_GRACE, || processes_of_uid(uid_base).len() == 4);
+    let want = 2 * Template::ALL.len();
+    let settled = wait_until(TEARDOWN_GRACE, || processes_of_uid(uid_base).len() == want);
     let templates = processes_of_uid(uid_base);
     assert!(
         settled,
-        "expected the 4 template processes of uid {uid_base}: {}",
+        "expected the {want} template processes of uid {uid_base}: {}",
         describe(&templates)
     );
     templates
@@ -774,7 +776,11 @@ fn mixed_load(mode: &str, slot: u32) {
         );
     }
     let templates = processes_of_uid(base);
-    let expected_templates = if mode == "warm" { 4 } else { 0 };
+    let expected_templates = if mode == "warm" {
+        2 * Template::ALL.len()
+    } else {
+        0
+    };
     assert_eq!(
         templates.len(),
         expected_templates,
