@@ -250,10 +250,12 @@ EOF
 	# --remove-destination: never write through a link the tree might have there.
 	cp -a --remove-destination "$recipe/overlay/." "$tree/"
 	# The libraries' own test suites are a third of the tree and need pytest anyway.
-	for p in numpy scipy pandas matplotlib mpl_toolkits seaborn PIL fontTools contourpy kiwisolver; do
+	for p in numpy scipy pandas matplotlib mpl_toolkits seaborn PIL fontTools contourpy kiwisolver \
+		sklearn statsmodels patsy formulaic narwhals fastparquet openpyxl; do
 		[[ -d $tree$site_dir/$p ]] || continue
 		find "$tree$site_dir/$p" -type d -name tests -prune -exec rm -rf {} +
 	done
+	rm -rf "${tree:?}$site_dir/joblib/test"
 	# Headers and static libraries only matter to compilers, and the tree has none.
 	find "$tree$site_dir" \( -name '*.a' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxd' \) -type f -delete
 	find "$tree$site_dir" -depth -type d -empty -delete
@@ -300,7 +302,7 @@ EOF
 
 	log "checking the stack imports"
 	in_tree "$tree" MPLCONFIGDIR="$mplconfig" /usr/bin/python3 -c \
-		'import numpy, pandas, scipy.stats, matplotlib.pyplot, seaborn' >&2
+		'import numpy, pandas, scipy.stats, matplotlib.pyplot, seaborn, openpyxl, fastparquet, sklearn.linear_model, statsmodels.formula.api' >&2
 
 	# The sandbox mounts its own /proc, /dev, /tmp (and /sys if any) over these, and a
 	# device node or set-id bit in the tree would be a way around that.

@@ -21,6 +21,7 @@ use common::{
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use nsbox::sandbox::warm::Template;
 use serde_json::{json, Value};
 
 /// How long the kernel may take to tear down PID namespaces after a run is over.
@@ -213,7 +214,7 @@ fn supervisors_of(spawner: i32) -> Vec<i32> {
         .collect()
 }
 
-/// The zygote of `template` ("base" or "scientific"): the warm interpreter whose parent is
+/// The zygote of `template` ("base", "scientific" or "ml"): the warm interpreter whose parent is
 /// the template's init, not one of its own per-run forks.
 fn zygote(uid_base: u32, template: &str) -> Option<i32> {
     processes_of_uid(uid_base).into_iter().find(|&pid| {
@@ -378,14 +379,15 @@ fn wait_clean(
     }
 }
 
-/// The warm templates of `uid_base` (two inits, two zygotes) once nothing else of the uid
+/// The warm templates of `uid_base` (an init and a zygote each) once nothing else of the uid
 /// base is left, such as the per-run fork of a zygote that is still exiting.
 fn settled_templates(uid_base: u32) -> Vec<i32> {
-    let settled = wait_until(TEARDOWN_GRACE, || processes_of_uid(uid_base).len() == 4);
+    let want = 2 * Template::ALL.len();
+    let settled = wait_until(TEARDOWN_GRACE, || processes_of_uid(uid_base).len() == want);
     let templates = processes_of_uid(uid_base);
     assert!(
         settled,
-        "expected the 4 template processes of uid {uid_base}: {}",
+        "expected the {want} template processes of uid {uid_base}: {}",
         describe(&templates)
     );
     templates
@@ -677,7 +679,11 @@ fn mixed_load(mode: &str, slot: u32) {
         );
     }
     let templates = processes_of_uid(base);
-    let expected_templates = if mode == "warm" { 4 } else { 0 };
+    let expected_templates = if mode == "warm" {
+        2 * Template::ALL.len()
+    } else {
+        0
+    };
     assert_eq!(
         templates.len(),
         expected_templates,

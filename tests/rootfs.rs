@@ -1,6 +1,7 @@
 //! Checks the read-only Python root filesystem built by `scripts/build-rootfs.sh`.
 //!
-//! The scientific stack imports and renders at the versions in `rootfs/requirements.lock`;
+//! The scientific stack (and the Excel, Parquet and model libraries beside it) imports and
+//! renders at the versions in `rootfs/requirements.lock`, without the libraries' test suites;
 //! the tree has no set-id file, device node, package manager or compiler; and what the
 //! build prepares for the runtime (font cache, Agg backend, libraries.json) is in place.
 //!
@@ -142,9 +143,9 @@ fn locked_versions() -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once("=="))
         .map(|(name, version)| (canonical(name), version.trim().to_string()))
         .collect();
-    for lib in ["numpy", "pandas", "scipy", "matplotlib", "seaborn"] {
+    for lib in CORE.iter().chain(&ADDED) {
         assert!(
-            pins.contains_key(lib),
+            pins.contains_key(*lib),
             "{lib} is not pinned in {}",
             lock.display()
         );
@@ -189,9 +190,24 @@ fn site_packages(tree: &Path) -> PathBuf {
     python.join("dist-packages")
 }
 
+/// The spec's five libraries.
+const CORE: [&str; 5] = ["numpy", "pandas", "scipy", "matplotlib", "seaborn"];
+/// Beside them (issue 18): Excel, Parquet, scikit-learn, statsmodels and what they lean on.
+const ADDED: [&str; 7] = [
+    "openpyxl",
+    "fastparquet",
+    "scikit-learn",
+    "joblib",
+    "threadpoolctl",
+    "statsmodels",
+    "patsy",
+];
+
 const STACK_SCRIPT: &str = r#"
 import importlib.metadata, io, sys
 import numpy, pandas, scipy, scipy.stats, matplotlib, matplotlib.pyplot as plt, seaborn
+import openpyxl, fastparquet, sklearn, sklearn.linear_model, joblib, threadpoolctl
+import statsmodels, statsmodels.formula.api, patsy
 
 df = pandas.DataFrame({"x": numpy.arange(50), "y": numpy.random.default_rng(0).normal(size=50)})
 assert abs(scipy.stats.norm.cdf(0.0) - 0.5) < 1e-12
@@ -201,8 +217,14 @@ buf = io.BytesIO()
 fig.savefig(buf, format="png")
 png = buf.getvalue()
 print("png", len(png), png[:24].hex())
-for mod in (numpy, pandas, scipy, matplotlib, seaborn):
-    print("module", mod.__name__, mod.__version__)
+modules = {
+    "numpy": numpy, "pandas": pandas, "scipy": scipy, "matplotlib": matplotlib,
+    "seaborn": seaborn, "openpyxl": openpyxl, "fastparquet": fastparquet,
+    "scikit-learn": sklearn, "joblib": joblib, "threadpoolctl": threadpoolctl,
+    "statsmodels": statsmodels, "patsy": patsy,
+}
+for dist, mod in modules.items():
+    print("module", dist, mod.__version__)
 for name in sys.argv[1:]:
     print("dist", name, importlib.metadata.version(name))
 "#;
@@ -253,6 +275,54 @@ fn scientific_stack_imports_renders_and_matches_lock() {
         fontlists_before,
         fontlists(rootfs()),
         "matplotlib rebuilt its font cache: the one baked into the tree is not used"
+    );
+}
+
+#[test]
+fn the_added_libraries_are_pinned_and_imported_at_their_pins() {
+    let pins = locked_versions();
+    let out = python_in_tree(STACK_SCRIPT, &[]);
+    for lib in ADDED {
+        let line = format!("module {lib} {}", pins[lib]);
+        assert!(
+            out.lines().any(|l| l == line),
+            "want {line:?} (the lock's pin) in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn the_libraries_test_suites_are_trimmed() {
+    // scripts/build-rootfs.sh drops them: a third of the tree, and they need pytest.
+    let site = site_packages(rootfs());
+    let packages = [
+        "numpy",
+        "scipy",
+        "pandas",
+        "matplotlib",
+        "sklearn",
+        "statsmodels",
+        "patsy",
+        "fastparquet",
+        "openpyxl",
+    ];
+    let left: Vec<String> = packages
+        .iter()
+        .flat_map(|p| walk(&site.join(p)))
+        .filter(|(path, meta)| meta.is_dir() && path.file_name().is_some_and(|n| n == "tests"))
+        .map(|(path, _)| path.display().to_string())
+        .chain(
+            ["joblib/test"]
+                .iter()
+                .map(|p| site.join(p))
+                .filter(|p| p.exists())
+                .map(|p| p.display().to_string()),
+        )
+        .collect();
+    assert!(
+        left.is_empty(),
+        "test suites left in the tree:\n{}",
+        left.join("\n")
     );
 }
 

@@ -149,38 +149,64 @@ pub struct RunOutcome {
 pub enum Template {
     /// The standard library only: small and quick to fork.
     Base,
-    /// numpy, pandas, scipy, matplotlib and seaborn imported and exercised.
+    /// numpy, pandas, scipy, matplotlib and seaborn imported and exercised, with pandas'
+    /// Excel and Parquet engines.
     Scientific,
+    /// The scientific template plus scikit-learn and statsmodels.
+    Ml,
 }
 
 impl Template {
-    pub const ALL: [Template; 2] = [Template::Base, Template::Scientific];
+    pub const ALL: [Template; 3] = [Template::Base, Template::Scientific, Template::Ml];
 
     pub fn name(self) -> &'static str {
         match self {
             Template::Base => "base",
             Template::Scientific => "scientific",
+            Template::Ml => "ml",
         }
     }
 }
 
-/// Top-level modules that only the scientific template has warm.
-const SCIENTIFIC: [&str; 9] = [
+/// Top-level modules that only the scientific (and ml) template has warm, and the
+/// distribution names a request's `libraries` may give for them.
+const SCIENTIFIC: [&str; 12] = [
     "numpy",
     "pandas",
     "scipy",
     "matplotlib",
     "seaborn",
     "PIL",
+    "pillow",
     "dateutil",
+    "python-dateutil",
     "pytz",
+    "openpyxl",
+    "fastparquet",
+];
+
+/// Top-level modules (and distribution names) that only the ml template has warm.
+const ML: [&str; 6] = [
+    "sklearn",
+    "scikit-learn",
     "statsmodels",
+    "patsy",
+    "joblib",
+    "threadpoolctl",
 ];
 
 /// Picks the template from the modules the code imports and the `libraries` it asked for.
 pub fn template_for(imported: &[String], libraries: &[String]) -> Template {
-    let wants = |m: &String| SCIENTIFIC.contains(&m.split('.').next().unwrap_or(""));
-    if imported.iter().chain(libraries).any(wants) {
+    // Distribution names compare as PEP 503 does: `Scikit_Learn` is `scikit-learn`.
+    let wants = |list: &[&str]| {
+        imported.iter().chain(libraries).any(|m| {
+            let top = m.split('.').next().unwrap_or("").replace('_', "-");
+            list.iter().any(|s| s.eq_ignore_ascii_case(&top))
+        })
+    };
+    if wants(&ML) {
+        Template::Ml
+    } else if wants(&SCIENTIFIC) {
         Template::Scientific
     } else {
         Template::Base
@@ -205,5 +231,17 @@ mod tests {
             Template::Scientific
         );
         assert_eq!(template_for(&s(&["numpyish"]), &[]), Template::Base);
+        assert_eq!(template_for(&s(&["openpyxl"]), &[]), Template::Scientific);
+        for module in ["sklearn.linear_model", "statsmodels.formula.api", "patsy"] {
+            assert_eq!(
+                template_for(&s(&["pandas", module]), &[]),
+                Template::Ml,
+                "{module}"
+            );
+        }
+        assert_eq!(
+            template_for(&s(&["json"]), &s(&["Scikit_Learn"])),
+            Template::Ml
+        );
     }
 }

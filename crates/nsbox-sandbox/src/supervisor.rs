@@ -107,6 +107,20 @@ impl WarmControls {
 pub fn run_env(limits: &Limits, guard_rails: bool) -> Vec<CString> {
     let max_plots = format!("NSBOX_MAX_PLOTS={}", limits.max_plots);
     let mpl = format!("MPLCONFIGDIR={MPLCONFIGDIR}");
+    // Thread pools sized to the run's CPU quota (one thread with the default 1 CPU): the
+    // cgroup gives each run that share anyway, and more threads only multiply memory,
+    // contention and pids. The libraries would otherwise size them from the host's cores,
+    // which the sandbox still sees.
+    let threads = threads_per_run(limits);
+    let pools: Vec<String> = [
+        "OPENBLAS_NUM_THREADS",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "LOKY_MAX_CPU_COUNT",
+    ]
+    .iter()
+    .map(|var| format!("{var}={threads}"))
+    .collect();
     let mut env = cstrings(&[
         "PATH=/usr/local/bin:/usr/bin:/bin",
         "HOME=/tmp",
@@ -116,16 +130,24 @@ pub fn run_env(limits: &Limits, guard_rails: bool) -> Vec<CString> {
         "MPLBACKEND=module://nsbox_backend",
         &mpl,
         &max_plots,
-        // One BLAS thread per run: the cgroup gives each run a CPU share anyway, and many
-        // threads per run only multiply memory and contention.
-        "OPENBLAS_NUM_THREADS=1",
-        "OMP_NUM_THREADS=1",
-        "MKL_NUM_THREADS=1",
+        // joblib (scikit-learn's n_jobs) runs every job in the run's own thread: its
+        // process pools need /dev/shm semaphores the sandbox does not have (joblib would
+        // warn about it in every run) and each worker would re-import the stack under the
+        // run's memory limit. Parallel work stays in BLAS and OpenMP, sized below.
+        "JOBLIB_MULTIPROCESSING=0",
     ]);
+    env.extend(pools.iter().flat_map(|s| cstrings(&[s])));
     if guard_rails {
         env.extend(cstrings(&["NSBOX_GUARD_RAILS=1"]));
     }
     env
+}
+
+/// Threads a run's libraries may start per pool: the CPU quota rounded down, at least one,
+/// and at most an eighth of the process limit (BLAS, OpenMP and joblib each have a pool).
+pub fn threads_per_run(limits: &Limits) -> u64 {
+    let cpus = limits.cpus.floor().max(1.0) as u64;
+    cpus.min((limits.max_processes / 8).max(1))
 }
 
 struct Pipes {
@@ -613,6 +635,43 @@ fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env_of(limits: &Limits) -> Vec<String> {
+        run_env(limits, false)
+            .into_iter()
+            .map(|c| c.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn thread_pools_follow_the_cpu_quota_within_the_process_limit() {
+        let one = env_of(&Limits::default());
+        for var in [
+            "OPENBLAS_NUM_THREADS=1",
+            "OMP_NUM_THREADS=1",
+            "MKL_NUM_THREADS=1",
+            "LOKY_MAX_CPU_COUNT=1",
+            "JOBLIB_MULTIPROCESSING=0",
+        ] {
+            assert!(one.iter().any(|e| e == var), "{var} missing: {one:?}");
+        }
+        let half = Limits {
+            cpus: 0.5,
+            ..Limits::default()
+        };
+        assert_eq!(threads_per_run(&half), 1);
+        let four = Limits {
+            cpus: 4.0,
+            ..Limits::default()
+        };
+        assert!(env_of(&four).iter().any(|e| e == "OMP_NUM_THREADS=4"));
+        let few_pids = Limits {
+            cpus: 8.0,
+            max_processes: 16,
+            ..Limits::default()
+        };
+        assert_eq!(threads_per_run(&few_pids), 2);
+    }
 
     #[test]
     fn limits_without_a_mark_in_the_output_are_told_in_words() {

@@ -15,7 +15,7 @@ def _nsbox_warm(template, max_forks):
         raise SystemExit("nsbox zygote: initialisation failed")
     os.close(4)
 
-    if template == "scientific":
+    if template in ("scientific", "ml"):
         # Import and exercise the stack so lazy imports, caches and the font manager are
         # done here once, not in every run.
         _nsbox_prepare_matplotlib()
@@ -42,6 +42,9 @@ def _nsbox_warm(template, max_forks):
             plt.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
             plt.close("all")
             del df, buf
+        _nsbox_warm_files()
+        if template == "ml":
+            _nsbox_warm_models()
 
     # What the harness imports in every run (traceback pulls in tokenize, re, linecache),
     # imported once here so no fork pays for it.
@@ -110,6 +113,51 @@ def _nsbox_warm(template, max_forks):
                 np_random.seed()
             _nsbox_exit(_nsbox_main())
         os.close(fds[0])
+
+
+def _nsbox_warm_files():
+    """pandas' Excel and Parquet engines. Code reaches them through pandas alone
+    (pd.read_excel, df.to_parquet), so the template choice cannot see them: every pandas
+    run forks with them loaded. Small (about 10 MiB); imported on first use they cost
+    about 300 ms a run."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    df = pd.DataFrame({"x": np.arange(20.0), "s": list("ab" * 10)})
+    buf = io.BytesIO()
+    with pd.ExcelWriter(buf, engine="openpyxl") as writer:
+        df.to_excel(writer, sheet_name="a", index=False)
+    pd.read_excel(io.BytesIO(buf.getvalue()), sheet_name=None)
+    # fastparquet writes to paths only; the template's /tmp is its own.
+    df.to_parquet("/tmp/nsbox-warm.parquet", engine="fastparquet")
+    pd.read_parquet("/tmp/nsbox-warm.parquet", engine="fastparquet")
+    os.remove("/tmp/nsbox-warm.parquet")
+
+
+def _nsbox_warm_models():
+    """scikit-learn and statsmodels, imported and each used once so the modules they load
+    on first use are loaded here too (about 60 MiB more than the scientific template)."""
+    import numpy as np
+    import pandas as pd
+    import sklearn.datasets
+    import sklearn.ensemble
+    import sklearn.linear_model
+    import sklearn.metrics
+    import sklearn.model_selection
+    import sklearn.pipeline
+    import sklearn.preprocessing
+    import statsmodels.api
+    import statsmodels.formula.api as smf
+
+    df = pd.DataFrame({"x": np.arange(20.0), "y": np.arange(20.0) * 2 + np.sin(np.arange(20.0))})
+    smf.ols("y ~ x", data=df).fit().summary().as_text()
+    X, y = sklearn.datasets.make_classification(n_samples=40, n_features=4, random_state=0)
+    model = sklearn.pipeline.make_pipeline(
+        sklearn.preprocessing.StandardScaler(), sklearn.linear_model.LogisticRegression()
+    )
+    model.fit(X, y).score(X, y)
 
 
 _nsbox_template, _nsbox_max_forks = sys.argv[1], int(sys.argv[2])
