@@ -23,7 +23,7 @@ use super::child::{self, ChildPlan, Entry, Record, RECORD_LEN};
 use super::config::SpawnerConfig;
 use super::failure::{io_step, step, Failure, Step};
 use super::namespaces::RUN_NAMESPACES;
-use super::protocol::{read_frame, write_frame};
+use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::{Cut, Limits, Report, RunOutcome, RunRequest, Template, Termination};
 use super::seccomp::SeccompProgram;
 use super::warm::{self, RunEnds};
@@ -62,7 +62,15 @@ pub fn serve(
     let request_id = request.request_id.as_deref().map(tracing::field::display);
     let _span = tracing::info_span!("run", request_id).entered();
     let outcome = execute(&request, config, seccomp, warm, &stream);
-    write_frame(&mut stream, &Report::Done { outcome }).map_err(SupervisorError::Reply)?;
+    match write_frame(&mut stream, &Report::Done { outcome }) {
+        // The server's end is gone (its client hung up, or the shutdown grace ended): the
+        // run is over and cleaned up, and nobody is left to tell.
+        Err(ProtocolError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            tracing::debug!("the outcome has no reader: the server's end is closed");
+            return Ok(());
+        }
+        written => written.map_err(SupervisorError::Reply)?,
+    }
     let _ = stream.flush();
     Ok(())
 }
