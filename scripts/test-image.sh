@@ -32,6 +32,7 @@
 set -euo pipefail
 umask 022
 cd "$(dirname "$0")/.."
+export PYTHONDONTWRITEBYTECODE=1
 
 log() { printf 'test-image [%3ds]: %s\n' "$SECONDS" "$*" >&2; }
 die() {

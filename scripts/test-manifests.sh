@@ -12,6 +12,7 @@
 #   scripts/test-manifests.sh     (NSBOX_BIN, default target/debug/nsbox; NSBOX_ROOTFS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONDONTWRITEBYTECODE=1
 
 log() { printf 'test-manifests: %s\n' "$*" >&2; }
 die() {

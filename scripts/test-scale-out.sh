@@ -81,7 +81,7 @@ trap 'exit 143' TERM HUP
 log "three nodes of $bin over $rootfs; work directory $work"
 status=0
 # shellcheck disable=SC2086 # NSBOX_SCALE_OUT_ARGS is a list of arguments
-timeout --kill-after=10 600 python3 tests/scale_out/driver.py --bin "$bin" --rootfs "$rootfs" --work "$work" \
+PYTHONDONTWRITEBYTECODE=1 timeout --kill-after=10 600 python3 tests/scale_out/driver.py --bin "$bin" --rootfs "$rootfs" --work "$work" \
 	${NSBOX_SCALE_OUT_ARGS:-} &
 driver=$!
 wait "$driver" || status=$?
