@@ -113,6 +113,16 @@ def start_time(pid: int) -> str | None:
         return None
 
 
+def describe(pid: int) -> str:
+    """What a process is: its name, state, parent and command line."""
+    try:
+        status = dict(l.split(":\t", 1) for l in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in l)
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+        return f"{pid} {status.get('Name')} state={status.get('State')} ppid={status.get('PPid')} [{cmd.strip()}]"
+    except OSError:
+        return f"{pid} (gone)"
+
+
 def server_cgroups(pid: int) -> list[Path]:
     """The cgroup directories nsbox made for server PID (srv-PID under nsbox/ of its own
     cgroup, in every hierarchy it uses)."""
@@ -543,6 +553,7 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
     # --- SIGKILL node 1 ---
     old_pid = victim.proc.pid
     old_procs = {p: start_time(p) for p in descendants(old_pid)}
+    old_what = {p: describe(p) for p in old_procs}
     old_cgroups = server_cgroups(old_pid)
     check(bool(old_procs), f"{victim.name} had no child processes before the kill (spawner, templates)")
     check(bool(old_cgroups), f"{victim.name} had no srv-{old_pid} cgroup before the kill")
@@ -567,7 +578,8 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
     watcher.join()
     alive = [p for p, s in old_procs.items() if start_time(p) == s]
     figures["old_processes_gone_after_s"] = round(gone["s"], 3)
-    check(not alive, f"processes of the killed {victim.name} still alive 10 s later: {alive}")
+    check(not alive, f"processes of the killed {victim.name} still alive 10 s later: "
+                     f"{[describe(p) + ' was ' + old_what[p] for p in alive]}")
     figures["cgroups_left_until_restart"] = [str(c) for c in old_cgroups if c.exists()]
 
     # --- it comes back ---
