@@ -300,6 +300,9 @@ class HAProxy:
 # --- the client ------------------------------------------------------------------------------
 
 
+# How long the processes of a SIGKILLed node may take to be gone before the test fails.
+GONE_WITHIN_S = 120
+
 def post(url: str, rid: str, code: str, timeout: float = 90) -> tuple[int, dict, bytes]:
     req = urllib.request.Request(
         url + "/v1/tools/code",
@@ -560,8 +563,10 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
     gone = {}
 
     def watch_old_processes() -> None:
-        # Everything under the old server goes with it (parent-death signals).
-        while time.monotonic() - t_kill < 10 and any(start_time(p) == s for p, s in old_procs.items()):
+        # Everything under the old server goes with it (parent-death signals). Exiting
+        # processes of a few hundred MiB can take a while to be torn down on a loaded
+        # host: the bound is generous, and the figure says how long it really took.
+        while time.monotonic() - t_kill < GONE_WITHIN_S and any(start_time(p) == s for p, s in old_procs.items()):
             time.sleep(0.01)
         gone["s"] = time.monotonic() - t_kill
 
@@ -578,7 +583,7 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
     watcher.join()
     alive = [p for p, s in old_procs.items() if start_time(p) == s]
     figures["old_processes_gone_after_s"] = round(gone["s"], 3)
-    check(not alive, f"processes of the killed {victim.name} still alive 10 s later: "
+    check(not alive, f"processes of the killed {victim.name} still alive {GONE_WITHIN_S} s later: "
                      f"{[describe(p) + ' was ' + old_what[p] for p in alive]}")
     figures["cgroups_left_until_restart"] = [str(c) for c in old_cgroups if c.exists()]
 
