@@ -2,8 +2,10 @@
 # Runs the whole test suite, building what is missing first (the root filesystem is cached
 # outside the checkout, keyed by its recipe): the Rust unit and integration tests over the
 # real sandbox, the official-SDK and OpenAPI conformance suite, and the cgroup v2 checks in
-# a VM. Needs root: the sandbox tests create namespaces and cgroups, and fail loudly
-# without it. NSBOX_SKIP_VM=1 leaves the VM out (for quick local runs; CI runs it).
+# a VM; the deployment checks (manifests, the OCI image under podman, several nodes behind
+# HAProxy). Needs root: the sandbox tests create namespaces and cgroups, and fail loudly
+# without it. For quick local runs (CI runs everything): NSBOX_SKIP_VM=1 leaves the VM out,
+# NSBOX_SKIP_IMAGE=1 the image test, NSBOX_SKIP_SCALE_OUT=1 the HAProxy test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
@@ -21,6 +23,13 @@ NSBOX_STATIC_BIN=$(scripts/build-static.sh | tail -n 1)
 export NSBOX_STATIC_BIN
 cargo test --locked "$@"
 NSBOX_BIN=target/debug/nsbox scripts/test-sdk.sh
+NSBOX_BIN=target/debug/nsbox scripts/test-manifests.sh
+if [ "${NSBOX_SKIP_IMAGE:-0}" != 1 ]; then
+    scripts/test-image.sh
+fi
+if [ "${NSBOX_SKIP_SCALE_OUT:-0}" != 1 ]; then
+    NSBOX_BIN=target/debug/nsbox scripts/test-scale-out.sh
+fi
 if [ "${NSBOX_SKIP_VM:-0}" != 1 ]; then
     NSBOX_BIN=target/debug/nsbox scripts/test-vm.sh
 fi
