@@ -49,7 +49,7 @@ if ! command -v catatonit >/dev/null; then
 		die "apt-get install catatonit failed"
 fi
 
-venv=$(scripts/deploy-venv.sh | tail -n 1)
+venv=$(scripts/venv.sh tests/deploy/requirements.txt deploy-venv "${NSBOX_DEPLOY_PYTHON:-python3}" | tail -n 1)
 image=$(scripts/build-image.sh | tail -n 1)
 # shellcheck source=scripts/containers.sh
 . scripts/containers.sh

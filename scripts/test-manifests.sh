@@ -7,7 +7,7 @@
 #     layout, stop timing and memory limit, against nsbox's own reading of the ConfigMap;
 #   - deploy/haproxy.cfg with `haproxy -c` (HAProxy from Debian's package, installed if
 #     missing; scripts/test-scale-out.sh then runs it for real).
-# A few seconds once the virtualenv is cached (scripts/deploy-venv.sh).
+# A few seconds once the virtualenv is cached (scripts/venv.sh).
 #
 #   scripts/test-manifests.sh     (NSBOX_BIN, default target/debug/nsbox; NSBOX_ROOTFS)
 set -euo pipefail
@@ -26,7 +26,7 @@ bin=${NSBOX_BIN:-target/debug/nsbox}
 [ -x "$bin" ] || die "no nsbox binary at $bin (run cargo build, or set NSBOX_BIN)"
 rootfs=${NSBOX_ROOTFS:-}
 [ -n "$rootfs" ] || rootfs=$(scripts/build-rootfs.sh | tail -n 1)
-venv=$(scripts/deploy-venv.sh | tail -n 1)
+venv=$(scripts/venv.sh tests/deploy/requirements.txt deploy-venv "${NSBOX_DEPLOY_PYTHON:-python3}" | tail -n 1)
 
 for v in "${kubernetes_versions[@]}"; do
 	"$venv/bin/kubernetes-validate" --strict --quiet -k "$v" deploy/kubernetes.yaml ||

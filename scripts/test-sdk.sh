@@ -36,36 +36,10 @@ bin=${NSBOX_BIN:-target/debug/nsbox}
 bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 
 # --- The virtualenv, cached by what goes into it -------------------------------------------
-python=${NSBOX_SDK_PYTHON:-python3}
-command -v "$python" >/dev/null || die "no $python on PATH"
 command -v curl >/dev/null || die "needs curl (apt-get install curl)"
-"$python" -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
-	die "$python is older than 3.9 (the pins in tests/sdk/requirements.txt are for 3.11)"
-requirements=tests/sdk/requirements.txt
-key=$(
-	{
-		cat "$requirements"
-		"$python" -c 'import sys; print(sys.executable, sys.version)'
-	} | sha256sum | cut -c1-16
-)
 cache=${NSBOX_CACHE_DIR:-/var/cache/nsbox}
-venv=$cache/sdk-venv-$key
-mkdir -p "$cache"
-# One builder at a time; the marker is written last, so a half-built venv is rebuilt.
-exec 8>"$cache/.sdk-venv.lock"
-timeout 900 flock 8 || die "waited 15 minutes for another build of $venv"
-if [[ ! -f $venv/.nsbox-ready ]]; then
-	log "building $venv with $("$python" --version)"
-	rm -rf --one-file-system -- "$venv"
-	"$python" -m venv "$venv" ||
-		die "could not create a virtualenv with $python (on Debian: apt-get install python3-venv)"
-	timeout 900 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-		-r "$requirements" || die "pip could not install $requirements"
-	touch "$venv/.nsbox-ready"
-else
-	log "reusing $venv"
-fi
-exec 8>&-
+venv=$(scripts/venv.sh tests/sdk/requirements.txt sdk-venv "${NSBOX_SDK_PYTHON:-python3}" | tail -n 1) ||
+	die "could not build the virtualenv of tests/sdk/requirements.txt"
 
 # --- The MCP Inspector (npm), cached by its lock file ----------------------------------------
 command -v npm >/dev/null || die "needs npm for the MCP Inspector check (apt-get install npm)"
