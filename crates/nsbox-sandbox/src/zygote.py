@@ -42,9 +42,16 @@ def _nsbox_warm(template, max_forks):
             plt.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
             plt.close("all")
             del df, buf
-        _nsbox_warm_files()
-        if template == "ml":
-            _nsbox_warm_models()
+        # Libraries' deprecation notices about the warm-up's own calls would go to the
+        # server's log (the zygote's stderr), not to any run; catch_warnings also puts the
+        # filters back, so runs see their warnings as a cold interpreter would.
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _nsbox_warm_files()
+            if template == "ml":
+                _nsbox_warm_models()
 
     # What the harness imports in every run (traceback pulls in tokenize, re, linecache),
     # imported once here so no fork pays for it.
