@@ -616,11 +616,12 @@ print('contained')
                 fill(
                     r#"
 import os
-fixed = {'PATH', 'HOME', 'TMPDIR', 'LANG', 'LC_ALL', 'NSBOX_MAX_PLOTS'}
+fixed = {'PATH', 'HOME', 'TMPDIR', 'LANG', 'LC_ALL', 'NSBOX_MAX_PLOTS', 'LOKY_MAX_CPU_COUNT', 'JOBLIB_MULTIPROCESSING'}
 extra = [k for k in os.environ
          if k not in fixed and not k.startswith('MPL') and not k.endswith('_NUM_THREADS')]
 assert not extra, extra
 assert os.environ['PATH'] == '/usr/local/bin:/usr/bin:/bin', os.environ['PATH']
+assert os.environ['JOBLIB_MULTIPROCESSING'] == '0', os.environ['JOBLIB_MULTIPROCESSING']
 assert os.environ['HOME'] == '/tmp' and os.environ['TMPDIR'] == '/tmp', dict(os.environ)
 assert not any('@SECRET@' in v for v in os.environ.values())
 print('contained')
