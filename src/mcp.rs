@@ -88,7 +88,8 @@ impl McpServer {
 
     async fn run_python(&self, arguments: JsonObject) -> Result<CallToolResult, McpError> {
         let request = code_request(&arguments)?;
-        let span = service::request_span(&format!("mcp-{}", uuid_like()));
+        // An MCP call has no `x-request-id`; its log lines get an id of their own.
+        let span = service::request_span(&format!("mcp-{}", uuid::Uuid::new_v4().simple()));
         match self.service.execute(request).instrument(span).await {
             Ok(result) => Ok(tool_result(result)),
             Err(ServiceError::Invalid(m) | ServiceError::TooLarge(m)) => {
@@ -103,23 +104,6 @@ impl McpServer {
             ),
         }
     }
-}
-
-/// A short random id for the log lines of one tool call (an MCP request has no
-/// `x-request-id`).
-fn uuid_like() -> String {
-    let mut bytes = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_err()
-    {
-        bytes = std::process::id()
-            .to_le_bytes()
-            .repeat(2)
-            .try_into()
-            .unwrap_or_default();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the model must know to write code that works here: the interpreter, the libraries
