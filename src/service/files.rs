@@ -9,6 +9,15 @@ use base64::Engine;
 use super::ServiceError;
 use crate::sandbox::{FileCaps, InputFile, OutputFile};
 
+/// Base64 as clients write it: padding optional, stray bits in the last character
+/// ignored (the standard alphabet only).
+const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// Longest path, and longest component of one, in bytes (Linux's NAME_MAX).
 const MAX_PATH_BYTES: usize = 1024;
 const MAX_COMPONENT_BYTES: usize = 255;
@@ -127,13 +136,14 @@ pub fn check_inputs(
             FileContent::Text(text) => (text.len() as u64, engine.encode(text)),
             FileContent::Bytes(bytes) => (bytes.len() as u64, engine.encode(bytes)),
             FileContent::Base64(b64) => {
-                let bytes = engine.decode(b64).map_err(|e| {
+                let bytes = LENIENT.decode(b64).map_err(|e| {
                     ServiceError::Invalid(format!(
                         "file {:?}: `content_base64` is not valid base64 ({e})",
                         file.path
                     ))
                 })?;
-                (bytes.len() as u64, b64.clone())
+                // Re-encoded, so the harness only ever sees canonical base64.
+                (bytes.len() as u64, engine.encode(bytes))
             }
         };
         if size > limits.max_file_bytes {
@@ -239,12 +249,17 @@ mod tests {
                     path: "b.bin".into(),
                     content: FileContent::Base64("AAEC".into()),
                 },
+                FileInput {
+                    path: "c.bin".into(),
+                    content: FileContent::Base64("AB".into()),
+                },
             ],
             &LIMITS,
         )
         .unwrap();
         assert_eq!(files[0].content_base64, "aGk=");
         assert_eq!(files[1].content_base64, "AAEC");
+        assert_eq!(files[2].content_base64, "AA==", "lenient in, canonical out");
     }
 
     #[test]
