@@ -63,6 +63,14 @@ pub struct RunArgs {
     /// Print the API's JSON response instead of the output.
     #[arg(long)]
     pub json: bool,
+    /// A file copied into the run's working directory under its own name, or under NAME
+    /// with `NAME=PATH` (repeatable).
+    #[arg(long = "file", value_name = "[NAME=]PATH")]
+    pub files: Vec<String>,
+    /// Where the files the code creates or changes in its working directory are written
+    /// (kept under their paths); without it they are not collected.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
     #[command(flatten)]
     pub options: Options,
 }
@@ -324,6 +332,8 @@ pub fn main() -> ExitCode {
                 plots_dir: args.plots_dir,
                 timeout_s: args.timeout,
                 json: args.json,
+                files: args.files,
+                out_dir: args.out_dir,
             };
             match crate::run::main(&config, &opts) {
                 Ok(status) => ExitCode::from(status),
