@@ -57,10 +57,11 @@ impl FileLimits {
     }
 
     /// The request body that can carry files up to these caps (base64 is 4/3 of the
-    /// bytes), the code, and the JSON around them.
+    /// bytes), the code, and the JSON around them: whole MiB, so proxies in front can be
+    /// given the same figure (45 MiB with the default 32 MiB of files).
     pub fn body_bytes(&self) -> usize {
-        let files = self.max_total_bytes.div_ceil(3) * 4 + self.max_count as u64 * 2048;
-        (files as usize).saturating_add(1 << 20)
+        let files_mib = (self.max_total_bytes * 4).div_ceil(3 << 20);
+        ((files_mib + 2) << 20) as usize
     }
 }
 
@@ -319,6 +320,25 @@ mod tests {
         let kept = check_outputs(vec![out("ok.csv"), out("bad\u{1b}[2J")], &mut stderr);
         assert_eq!(kept.len(), 1);
         assert!(stderr.starts_with("nsbox: an output file was not returned"));
+    }
+
+    #[test]
+    fn the_body_limit_fits_the_files_in_base64_and_the_code() {
+        let limits = FileLimits {
+            max_count: 32,
+            max_file_bytes: 16 << 20,
+            max_total_bytes: 32 << 20,
+        };
+        assert_eq!(limits.body_bytes(), 45 << 20);
+        let none = FileLimits {
+            max_total_bytes: 0,
+            ..limits
+        };
+        assert_eq!(
+            none.body_bytes(),
+            2 << 20,
+            "the spec's 50,000 characters still fit"
+        );
     }
 
     #[test]
