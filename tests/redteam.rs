@@ -2355,7 +2355,8 @@ print('contained')
 import os
 assert not os.path.exists('/tmp/nsbox-secret')
 assert not os.path.exists('/dev/shm')
-assert set(os.listdir('/tmp')) <= {'.config'}, os.listdir('/tmp')
+assert set(os.listdir('/tmp')) <= {'.config', 'work'}, os.listdir('/tmp')
+assert os.listdir('/tmp/work') == [], os.listdir('/tmp/work')
 print('contained')
 "#,
             ),

@@ -7,6 +7,9 @@ import sys
 
 # What the current run's show() does; set by _nsbox_main.
 _nsbox_state = {"show": lambda: None}
+# The working directory (on the run's private /tmp): the current directory the sandbox
+# starts the code in, read before any code runs; set by _nsbox_main.
+_nsbox_state["workdir"] = None
 
 
 class _NsboxBackendFinder:
@@ -82,8 +85,6 @@ def _nsbox_prepare_matplotlib():
                     dst.write(src.read())
 
 
-# Where runs work: the code's current directory, on the run's private /tmp.
-_NSBOX_WORKDIR = "/tmp/work"
 # Entries a walk of the working directory visits before it stops, and how deep it goes:
 # a run that plants a million files or a deep chain makes the walk end, not the server wait.
 _NSBOX_MAX_ENTRIES = 20000
@@ -106,7 +107,7 @@ def _nsbox_walk(notes):
 
     found = {}
     try:
-        root = os.open(_NSBOX_WORKDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        root = os.open(_nsbox_state["workdir"], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as e:
         notes.append(f"the working directory cannot be read ({e.strerror})")
         return found
@@ -170,7 +171,7 @@ def _nsbox_open_regular(rel):
     parts = rel.split("/")
     if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError("not a relative path inside the working directory")
-    dirfd = os.open(_NSBOX_WORKDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    dirfd = os.open(_nsbox_state["workdir"], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         device = os.fstat(dirfd).st_dev
         for part in parts[:-1]:
@@ -239,7 +240,7 @@ def _nsbox_put_files(files):
     import os
 
     for f in files:
-        path = os.path.join(_NSBOX_WORKDIR, f["path"])
+        path = os.path.join(_nsbox_state["workdir"], f["path"])
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         with open(fd, "wb", closefd=True) as out:
@@ -348,6 +349,7 @@ def _nsbox_main():
     import os
     import stat
 
+    _nsbox_state["workdir"] = os.getcwd()
     if stat.S_ISSOCK(os.fstat(3).st_mode):
         return _nsbox_session()
     with open(3, "rb", closefd=True) as f:
