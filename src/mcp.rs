@@ -1,16 +1,25 @@
 //! The MCP front end: the run service as Model Context Protocol tools, over stdio (`nsbox mcp`) and streamable HTTP (`/mcp` on `nsbox serve`).
 //!
-//! An adapter like the HTTP API: a tool call's arguments become a `CodeRequest`, the
-//! `RunResult` becomes text content (stdout, stderr, how the run ended, violations) and one
-//! `image/png` content per plot, so an agent host shows the chart. Arguments of the wrong
-//! shape are protocol errors (invalid params); code that ran and failed, or that the
-//! scanner refused, is a tool result with `isError`, so the model reads why and can fix it.
+//! An adapter like the HTTP API: a tool call's arguments become a `CodeRequest` (or a
+//! session or file request), the `RunResult` becomes text content (stdout, stderr, how the
+//! run ended, violations, the output files and the session), one `image/png` content per
+//! plot, so an agent host shows the chart, and one content per output file (an image, or
+//! an embedded resource: text when it is text, a blob otherwise). Arguments of the wrong
+//! shape, and values the service refuses, are protocol errors (invalid params); code that
+//! ran and failed, or that the scanner refused, an unknown or busy session, a missing file
+//! or a full server is a tool result with `isError`, so the model reads why and can act.
+//!
+//! Sessions belong to the caller as over the REST API: over HTTP the owner is what the
+//! server's `owner_of` makes of the request's headers (its API key's fingerprint); over
+//! stdio there is one client and no key (owner `None`).
 
 use std::sync::Arc;
 
+use base64::Engine as _;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ResourceContents, ServerCapabilities,
+    ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -19,6 +28,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::host::{LocalService, StartError};
+use crate::service::files::{self, mime_type, FileContent, FileInput, FileLimits};
 use crate::service::{self, CodeRequest, Ending, Limit, RunResult, RunService, ServiceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +72,17 @@ pub fn serve_stdio(config: &Config) -> Result<(), McpServeError> {
     result
 }
 
-/// The one tool today; sessions and files add theirs beside it.
+/// The tools' names.
 pub const RUN_PYTHON: &str = "run_python";
+pub const CREATE_SESSION: &str = "create_session";
+pub const CLOSE_SESSION: &str = "close_session";
+pub const LIST_FILES: &str = "list_files";
+pub const DOWNLOAD_FILE: &str = "download_file";
+pub const UPLOAD_FILE: &str = "upload_file";
+
+/// Who a call over HTTP is, from its request's headers: the owner of the sessions it may
+/// reach, as the REST API decides it (the API key's fingerprint, `None` without keys).
+pub type OwnerOf = dyn Fn(&axum::http::HeaderMap) -> Option<String> + Send + Sync;
 
 /// The MCP server over one run service. Cheap to clone: the streamable HTTP transport makes
 /// one per MCP session.
@@ -72,45 +91,284 @@ pub struct McpServer {
     service: Arc<RunService>,
     tools: Arc<Vec<Tool>>,
     instructions: Arc<String>,
+    owner_of: Arc<OwnerOf>,
+}
+
+/// Who called, for one tool call: the owner of the sessions it may reach, and the id its
+/// log lines carry.
+struct Caller {
+    owner: Option<String>,
+    request_id: String,
+}
+
+impl Caller {
+    fn span(&self) -> tracing::Span {
+        service::request_span(&self.request_id)
+    }
 }
 
 impl McpServer {
+    /// A server whose callers own nothing of their own (stdio: one client, no keys).
     pub fn new(service: Arc<RunService>) -> McpServer {
-        let rules = sandbox_rules(&service);
+        let rules = Rules::of(&service);
         McpServer {
-            tools: Arc::new(vec![run_python_tool(&rules)]),
+            tools: Arc::new(tools(&rules)),
             instructions: Arc::new(format!(
-                "nsbox runs Python in an isolated sandbox. Call `{RUN_PYTHON}` with the code. {rules}"
+                "nsbox runs Python in an isolated sandbox. Call `{RUN_PYTHON}` with the code; \
+                 for work in several steps (load data, then clean it, plot it, export it), \
+                 call `{CREATE_SESSION}` first and pass its id to each `{RUN_PYTHON}`. {} {} {}",
+                rules.sandbox, rules.files, rules.sessions
             )),
+            owner_of: Arc::new(|_| None),
             service,
         }
     }
 
-    async fn run_python(&self, arguments: JsonObject) -> Result<CallToolResult, McpError> {
-        let request = code_request(&arguments)?;
-        // An MCP call has no `x-request-id`; its log lines get an id of their own.
-        let span = service::request_span(&format!("mcp-{}", uuid::Uuid::new_v4().simple()));
-        match self.service.execute(request).instrument(span).await {
+    /// Over HTTP: each call's sessions are those of the owner `owner_of` reads from the
+    /// call's request headers, the same owner the REST API gives the same key.
+    pub fn with_owner(
+        mut self,
+        owner_of: impl Fn(&axum::http::HeaderMap) -> Option<String> + Send + Sync + 'static,
+    ) -> McpServer {
+        self.owner_of = Arc::new(owner_of);
+        self
+    }
+
+    /// The caller of a tool call: over streamable HTTP the transport hands the request's
+    /// parts in the context (its headers carry the key and the `x-request-id`); over stdio
+    /// there are none.
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Caller {
+        let parts = context.extensions.get::<axum::http::request::Parts>();
+        let owner = parts.and_then(|p| (self.owner_of)(&p.headers));
+        let request_id = parts
+            .and_then(|p| p.headers.get("x-request-id"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            // A call over stdio has no `x-request-id`; its log lines get an id of their own.
+            .unwrap_or_else(|| format!("mcp-{}", uuid::Uuid::new_v4().simple()));
+        Caller { owner, request_id }
+    }
+
+    async fn run_python(
+        &self,
+        arguments: JsonObject,
+        caller: Caller,
+    ) -> Result<CallToolResult, McpError> {
+        let request = CodeRequest {
+            owner: caller.owner.clone(),
+            request_id: Some(caller.request_id.clone()),
+            ..code_request(&arguments)?
+        };
+        match self
+            .service
+            .execute(request)
+            .instrument(caller.span())
+            .await
+        {
             Ok(result) => Ok(tool_result(result)),
-            Err(ServiceError::Invalid(m) | ServiceError::TooLarge(m)) => {
-                Err(McpError::invalid_params(m, None))
+            Err(e) => service_error(e),
+        }
+    }
+
+    async fn create_session(
+        &self,
+        arguments: JsonObject,
+        caller: Caller,
+    ) -> Result<CallToolResult, McpError> {
+        let args = Args::new(&arguments, &["libraries", "ttl_seconds"])?;
+        let libraries = args.strings("libraries")?;
+        let ttl = args.whole_number("ttl_seconds")?;
+        let span = caller.span();
+        let created = self
+            .service
+            .create_session(caller.owner, libraries, ttl, Some(caller.request_id))
+            .instrument(span)
+            .await;
+        match created {
+            Ok(info) => Ok(CallToolResult::success(vec![json_text(&info)])),
+            Err(e) => service_error(e),
+        }
+    }
+
+    fn close_session(
+        &self,
+        arguments: JsonObject,
+        caller: Caller,
+    ) -> Result<CallToolResult, McpError> {
+        let args = Args::new(&arguments, &["session_id"])?;
+        let id = args.required("session_id")?;
+        match self.service.close_session(id, &caller.owner) {
+            Ok(()) => Ok(CallToolResult::success(vec![ContentBlock::text(format!(
+                "Session {id} is closed: its interpreter, variables and files are gone."
+            ))])),
+            Err(e) => service_error(e),
+        }
+    }
+
+    async fn list_files(
+        &self,
+        arguments: JsonObject,
+        caller: Caller,
+    ) -> Result<CallToolResult, McpError> {
+        let args = Args::new(&arguments, &["session_id"])?;
+        let id = args.required("session_id")?;
+        let span = caller.span();
+        let listed = self
+            .service
+            .list_session_files(id, &caller.owner, Some(caller.request_id))
+            .instrument(span)
+            .await;
+        match listed {
+            Ok(files) => {
+                let files: Vec<Value> = files
+                    .into_iter()
+                    .map(|(path, size)| json!({"path": path, "size": size, "mime_type": mime_type(&path)}))
+                    .collect();
+                Ok(CallToolResult::success(vec![json_text(
+                    &json!({ "files": files }),
+                )]))
             }
-            // The model may retry these later; say so in words it reads.
-            Err(ServiceError::Overloaded(m) | ServiceError::Unavailable(m)) => Ok(
-                CallToolResult::error(vec![ContentBlock::text(format!("nsbox is busy: {m}"))]),
-            ),
-            Err(ServiceError::NotFound(m) | ServiceError::Conflict(m)) => {
-                Ok(CallToolResult::error(vec![ContentBlock::text(m)]))
+            Err(e) => service_error(e),
+        }
+    }
+
+    async fn download_file(
+        &self,
+        arguments: JsonObject,
+        caller: Caller,
+    ) -> Result<CallToolResult, McpError> {
+        let args = Args::new(&arguments, &["session_id", "path"])?;
+        let id = args.required("session_id")?;
+        let path = args.required("path")?;
+        let span = caller.span();
+        let read = self
+            .service
+            .read_session_file(id, &caller.owner, path, Some(caller.request_id))
+            .instrument(span)
+            .await;
+        match read {
+            Ok(bytes) => {
+                let mime = mime_type(path);
+                let line = format!("{path}: {} bytes, {mime}.", bytes.len());
+                let content = BASE64.encode(&bytes);
+                Ok(CallToolResult::success(vec![
+                    ContentBlock::text(line),
+                    file_block(file_uri(Some(id), path), &mime, content),
+                ]))
             }
-            Err(ServiceError::SetupFailed { .. } | ServiceError::Internal) => Err(
-                McpError::internal_error("the sandbox could not run the code", None),
-            ),
+            Err(e) => service_error(e),
+        }
+    }
+
+    async fn upload_file(
+        &self,
+        arguments: JsonObject,
+        caller: Caller,
+    ) -> Result<CallToolResult, McpError> {
+        let args = Args::new(
+            &arguments,
+            &["session_id", "path", "content", "content_base64"],
+        )?;
+        let id = args.required("session_id")?;
+        let path = args.required("path")?;
+        let content = file_content(&arguments, &format!("upload {path:?}"))?;
+        // The service's reading of the content (base64 leniently, the path's rules, the
+        // per-file cap), before the bytes go to the session.
+        let limits = FileLimits {
+            max_count: 1,
+            ..self.service.settings().files
+        };
+        let input = FileInput {
+            path: path.to_string(),
+            content,
+        };
+        let checked = files::check_inputs(&[input], &limits).map_err(service_invalid)?;
+        let bytes = BASE64
+            .decode(&checked[0].content_base64)
+            .map_err(|_| McpError::internal_error("the file could not be read", None))?;
+        let span = caller.span();
+        let written = self
+            .service
+            .write_session_file(id, &caller.owner, path, bytes, Some(caller.request_id))
+            .instrument(span)
+            .await;
+        match written {
+            Ok(size) => Ok(CallToolResult::success(vec![json_text(&json!({
+                "path": path,
+                "size": size,
+                "mime_type": mime_type(path),
+            }))])),
+            Err(e) => service_error(e),
         }
     }
 }
 
-/// What the model must know to write code that works here: the interpreter, the libraries
-/// with their versions (read from the root filesystem), and the limits.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// A value as JSON text content.
+fn json_text(value: &impl serde::Serialize) -> ContentBlock {
+    ContentBlock::text(serde_json::to_string_pretty(value).unwrap_or_default())
+}
+
+/// An error the service refused the values with: the caller's, as invalid params.
+fn service_invalid(e: ServiceError) -> McpError {
+    McpError::invalid_params(e.to_string(), None)
+}
+
+/// A `ServiceError` as MCP answers it. Values the contract refuses are the caller's error
+/// (invalid params, as for a wrong shape); what the model can act on (an unknown or busy
+/// session, a missing file, a full server) is a tool result with `isError`, in words it
+/// reads; nsbox's own failures are internal errors, without their details.
+fn service_error(e: ServiceError) -> Result<CallToolResult, McpError> {
+    let says = |text: String| Ok(CallToolResult::error(vec![ContentBlock::text(text)]));
+    match e {
+        ServiceError::Invalid(m) | ServiceError::TooLarge(m) => {
+            Err(McpError::invalid_params(m, None))
+        }
+        // The model may retry these later.
+        ServiceError::Overloaded(m) => says(format!("nsbox is busy: {m}")),
+        ServiceError::Unavailable(m) => says(format!("nsbox could not do it now: {m}")),
+        ServiceError::NotFound(m) if m.starts_with("session") => says(format!(
+            "{m}. Its variables and files are gone (or it was never yours): create a new \
+             session with `{CREATE_SESSION}` and load what you need again."
+        )),
+        ServiceError::NotFound(m) => {
+            says(format!("{m}. `{LIST_FILES}` lists the session's files."))
+        }
+        ServiceError::Conflict(m) => says(format!(
+            "{m}. Wait for the answer of the call that is running, then call again."
+        )),
+        ServiceError::SetupFailed { .. } | ServiceError::Internal => Err(McpError::internal_error(
+            "the sandbox could not run the code",
+            None,
+        )),
+    }
+}
+
+/// What the model must know to write code that works here, read from the root filesystem
+/// and the configuration.
+struct Rules {
+    /// The interpreter, the libraries with their versions, the working directory, the
+    /// limits of a call.
+    sandbox: String,
+    /// Files in and out.
+    files: String,
+    /// Sessions: what they keep, one call at a time, when they end.
+    sessions: String,
+}
+
+impl Rules {
+    fn of(service: &RunService) -> Rules {
+        Rules {
+            sandbox: sandbox_rules(service),
+            files: file_rules(service),
+            sessions: session_rules(service),
+        }
+    }
+}
+
+/// The interpreter, the libraries with their versions (read from the root filesystem), the
+/// working directory and the limits of a call.
 fn sandbox_rules(service: &RunService) -> String {
     let catalog = service.catalog();
     let settings = service.settings();
@@ -122,10 +380,12 @@ fn sandbox_rules(service: &RunService) -> String {
         .collect();
     format!(
         "Python {python} with its standard library and: {libraries}. No network access, \
-         no package installation. Each call starts a fresh interpreter (nothing is kept \
-         between calls); the working directory is a private /tmp of {tmp} MiB, discarded \
-         after the call, and the rest of the filesystem is read-only. Limits per call: \
-         timeout {default_timeout} s by default (at most {max_timeout} s, set with \
+         no package installation. The working directory is /tmp/work, on a private /tmp \
+         of {tmp} MiB; the rest of the filesystem is read-only. Without a session each \
+         call starts a fresh interpreter and its files are discarded after the call; in a \
+         session (`{CREATE_SESSION}`, then `{RUN_PYTHON}` with its `session_id`) \
+         variables, imports and the files of /tmp/work are kept between calls. Limits per \
+         call: timeout {default_timeout} s by default (at most {max_timeout} s, set with \
          `timeout`), {memory} MiB of memory, {processes} processes, {cpu} s of CPU time, \
          {output} KiB of stdout and of stderr. Print what you want to see. Matplotlib and \
          seaborn figures shown with plt.show() come back as PNG images. Code that uses \
@@ -143,70 +403,339 @@ fn sandbox_rules(service: &RunService) -> String {
     )
 }
 
-fn run_python_tool(rules: &str) -> Tool {
-    let schema = json!({
-        "type": "object",
-        "properties": {
-            "code": {
-                "type": "string",
-                "description": "The Python program to run (at most 50,000 characters)."
-            },
-            "timeout": {
-                "type": "number",
-                "exclusiveMinimum": 0,
-                "description": "Seconds the run may take before it is killed."
-            },
-            "libraries": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "Libraries the code needs (checked against those installed)."
-            }
-        },
-        "required": ["code"],
-        "additionalProperties": false
-    });
-    let Value::Object(schema) = schema else {
-        unreachable!("the schema is an object literal")
-    };
-    Tool::new(
-        RUN_PYTHON,
-        format!("Run a Python program in an isolated sandbox and return its output. {rules}"),
-        schema,
+/// Files in and out: paths and caps.
+fn file_rules(service: &RunService) -> String {
+    let files = &service.settings().files;
+    format!(
+        "File paths are relative to /tmp/work (no leading `/`, no `..`). At most {count} \
+         files, {per} MiB each and {total} MiB in all go in or come out of one call; a \
+         larger output file is listed but not returned.",
+        count = files.max_count,
+        per = files.max_file_bytes >> 20,
+        total = files.max_total_bytes >> 20,
     )
 }
 
-/// The tool's arguments as a run request; a wrong shape is the caller's error.
-fn code_request(arguments: &JsonObject) -> Result<CodeRequest, McpError> {
-    let invalid = |m: &str| McpError::invalid_params(m.to_string(), None);
-    if let Some(unknown) = arguments
-        .keys()
-        .find(|k| !["code", "timeout", "libraries"].contains(&k.as_str()))
-    {
-        return Err(invalid(&format!("unknown argument `{unknown}`")));
-    }
-    let code = match arguments.get("code") {
-        Some(Value::String(s)) => s.clone(),
-        None | Some(Value::Null) => return Err(invalid("`code` is required")),
-        Some(_) => return Err(invalid("`code` must be a string")),
+/// Sessions: what they keep, one call at a time, when they end.
+fn session_rules(service: &RunService) -> String {
+    let s = &service.settings().sessions;
+    format!(
+        "A session keeps one Python interpreter alive between calls: variables, imports, \
+         functions, DataFrames and the files of /tmp/work persist until it ends, and the \
+         {memory} MiB memory limit holds for all it keeps. Send one call at a time to a \
+         session: a call or file request while another runs in it is refused as busy, \
+         never queued. A session ends after {idle} s without a call (`ttl_seconds` sets \
+         this, at most {max_idle} s), {lifetime} s after it was created however busy, \
+         when `{CLOSE_SESSION}` is called, or when the code ends the interpreter (exit(), \
+         a crash, the memory limit, or a timeout it does not stop within 1 s of the \
+         interrupt); its state is then gone. A server restart ends every session. Close \
+         sessions you no longer need.",
+        memory = service.settings().limits.memory_bytes >> 20,
+        idle = s.idle_ttl.as_secs(),
+        max_idle = s.max_idle_ttl.as_secs(),
+        lifetime = s.max_lifetime.as_secs(),
+    )
+}
+
+fn schema(value: Value) -> JsonObject {
+    let Value::Object(schema) = value else {
+        unreachable!("the schemas are object literals")
     };
-    let timeout_s = match arguments.get("timeout") {
-        None | Some(Value::Null) => None,
+    schema
+}
+
+fn session_id_schema() -> Value {
+    json!({
+        "type": "string",
+        "description": format!("The session's id, as `{CREATE_SESSION}` returned it (`sess_...`).")
+    })
+}
+
+fn tools(rules: &Rules) -> Vec<Tool> {
+    let Rules {
+        sandbox,
+        files,
+        sessions,
+    } = rules;
+    let file_item = json!({
+        "type": "object",
+        "properties": {
+            "path": {"type": "string", "description": "Where the file goes, relative to /tmp/work (e.g. data/sales.csv)."},
+            "content": {"type": "string", "description": "The file's content as UTF-8 text."},
+            "content_base64": {"type": "string", "description": "The file's bytes in base64 (for binary files); instead of `content`."}
+        },
+        "required": ["path"],
+        "additionalProperties": false
+    });
+    vec![
+        Tool::new(
+            RUN_PYTHON,
+            format!(
+                "Run a Python program in an isolated sandbox and return its output, its \
+                 figures as PNG images, and the files it creates or changes in /tmp/work \
+                 (when `files` is given, even empty, or in a session). {sandbox} {files} \
+                 {sessions}"
+            ),
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "code": {
+                        "type": "string",
+                        "description": "The Python program to run (at most 50,000 characters)."
+                    },
+                    "timeout": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "description": "Seconds the run may take before it is stopped."
+                    },
+                    "libraries": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "Libraries the code needs (checked against those installed)."
+                    },
+                    "session_id": {
+                        "type": "string",
+                        "description": format!("Run in this session (from `{CREATE_SESSION}`), where earlier calls' variables and files are kept.")
+                    },
+                    "files": {
+                        "type": "array",
+                        "items": file_item,
+                        "description": "Files written into /tmp/work before the code runs, each with `path` and `content` or `content_base64`. Given (even empty), the files the code creates or changes come back."
+                    }
+                },
+                "required": ["code"],
+                "additionalProperties": false
+            })),
+        ),
+        Tool::new(
+            CREATE_SESSION,
+            format!(
+                "Start a session: a sandboxed Python interpreter that keeps its state \
+                 between `{RUN_PYTHON}` calls given its id. Returns the session as JSON \
+                 (`id`, `expires_at`, `ttl_seconds`, `memory_limit_bytes`, ...). {sessions} \
+                 {files}"
+            ),
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "libraries": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "Libraries the session's code will use (checked against those installed)."
+                    },
+                    "ttl_seconds": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Seconds the session may stay unused before it ends."
+                    }
+                },
+                "additionalProperties": false
+            })),
+        ),
+        Tool::new(
+            CLOSE_SESSION,
+            format!(
+                "End a session now and free its memory: its interpreter, variables and \
+                 files in /tmp/work are gone. A call running in it is stopped. {sessions}"
+            ),
+            schema(json!({
+                "type": "object",
+                "properties": {"session_id": session_id_schema()},
+                "required": ["session_id"],
+                "additionalProperties": false
+            })),
+        ),
+        Tool::new(
+            LIST_FILES,
+            format!(
+                "List the regular files of a session's working directory /tmp/work, as \
+                 JSON: `{{\"files\": [{{\"path\", \"size\", \"mime_type\"}}]}}`, paths \
+                 relative to /tmp/work. One call at a time per session, as for \
+                 `{RUN_PYTHON}`."
+            ),
+            schema(json!({
+                "type": "object",
+                "properties": {"session_id": session_id_schema()},
+                "required": ["session_id"],
+                "additionalProperties": false
+            })),
+        ),
+        Tool::new(
+            DOWNLOAD_FILE,
+            format!(
+                "Return one file of a session's working directory /tmp/work: an image as \
+                 an image, text as a text resource, anything else as a base64 blob \
+                 resource, each with its media type. One call at a time per session, as \
+                 for `{RUN_PYTHON}`. {files}"
+            ),
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "session_id": session_id_schema(),
+                    "path": {"type": "string", "description": "The file's path, relative to /tmp/work (e.g. out/summary.csv)."}
+                },
+                "required": ["session_id", "path"],
+                "additionalProperties": false
+            })),
+        ),
+        Tool::new(
+            UPLOAD_FILE,
+            format!(
+                "Write one file into a session's working directory /tmp/work (directories \
+                 are made on the way; a file of the same path is replaced), for the \
+                 session's code to read later, e.g. pd.read_csv('data/sales.csv'). Give \
+                 `content` (UTF-8 text) or `content_base64` (binary). One call at a time \
+                 per session, as for `{RUN_PYTHON}`. {files}"
+            ),
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "session_id": session_id_schema(),
+                    "path": {"type": "string", "description": "Where the file goes, relative to /tmp/work (e.g. data/sales.csv)."},
+                    "content": {"type": "string", "description": "The file's content as UTF-8 text."},
+                    "content_base64": {"type": "string", "description": "The file's bytes in base64 (for binary files); instead of `content`."}
+                },
+                "required": ["session_id", "path"],
+                "additionalProperties": false
+            })),
+        ),
+    ]
+}
+
+fn invalid(m: impl Into<String>) -> McpError {
+    McpError::invalid_params(m.into(), None)
+}
+
+/// A tool's arguments, read for their types (the values' rules are the service's). A
+/// `null` is an argument not given.
+struct Args<'a>(&'a JsonObject);
+
+impl<'a> Args<'a> {
+    /// Refuses arguments the tool does not take.
+    fn new(arguments: &'a JsonObject, known: &[&str]) -> Result<Args<'a>, McpError> {
+        if let Some(unknown) = arguments.keys().find(|k| !known.contains(&k.as_str())) {
+            let takes: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+            return Err(invalid(format!(
+                "unknown argument `{unknown}`; this tool takes {}",
+                takes.join(", ")
+            )));
+        }
+        Ok(Args(arguments))
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&'a str>, McpError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(invalid(format!("`{name}` must be a string"))),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<&'a str, McpError> {
+        self.string(name)?
+            .ok_or_else(|| invalid(format!("`{name}` is required")))
+    }
+
+    fn strings(&self, name: &str) -> Result<Vec<String>, McpError> {
+        let wrong = || invalid(format!("`{name}` must be an array of strings"));
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(wrong),
+            Some(_) => Err(wrong()),
+        }
+    }
+
+    fn whole_number(&self, name: &str) -> Result<Option<u64>, McpError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| invalid(format!("`{name}` must be a whole number of seconds"))),
+            Some(_) => Err(invalid(format!(
+                "`{name}` must be a whole number of seconds"
+            ))),
+        }
+    }
+
+    /// Input files: `[{"path", "content" | "content_base64"}]`, as the HTTP API takes them.
+    fn files(&self, name: &str) -> Result<Option<Vec<FileInput>>, McpError> {
+        let items = match self.get(name) {
+            None => return Ok(None),
+            Some(Value::Array(items)) => items,
+            Some(_) => {
+                return Err(invalid(format!(
+                    "`{name}` must be an array of {{\"path\", \"content\" or \"content_base64\"}} objects"
+                )))
+            }
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let Value::Object(o) = item else {
+                    return Err(invalid(format!("`{name}[{i}]` must be an object")));
+                };
+                let file = Args::new(o, &["path", "content", "content_base64"])
+                    .map_err(|e| invalid(format!("`{name}[{i}]`: {}", e.message)))?;
+                let path = file
+                    .required("path")
+                    .map_err(|e| invalid(format!("`{name}[{i}]`: {}", e.message)))?;
+                Ok(FileInput {
+                    path: path.to_string(),
+                    content: file_content(o, &format!("`{name}[{i}]` ({path:?})"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+/// A file's content: exactly one of `content` (UTF-8 text) or `content_base64`.
+fn file_content(o: &JsonObject, what: &str) -> Result<FileContent, McpError> {
+    let given = |k: &str| o.get(k).filter(|v| !v.is_null());
+    match (given("content"), given("content_base64")) {
+        (Some(Value::String(text)), None) => Ok(FileContent::Text(text.clone())),
+        (None, Some(Value::String(b64))) => Ok(FileContent::Base64(b64.clone())),
+        (Some(_), Some(_)) => Err(invalid(format!(
+            "{what} has both `content` and `content_base64`; send one"
+        ))),
+        (None, None) => Err(invalid(format!(
+            "{what} needs `content` (text) or `content_base64`"
+        ))),
+        _ => Err(invalid(format!(
+            "{what}: `content` and `content_base64` must be strings"
+        ))),
+    }
+}
+
+/// `run_python`'s arguments as a run request; a wrong shape is the caller's error.
+fn code_request(arguments: &JsonObject) -> Result<CodeRequest, McpError> {
+    let args = Args::new(
+        arguments,
+        &["code", "timeout", "libraries", "session_id", "files"],
+    )?;
+    let code = args.required("code")?.to_string();
+    let timeout_s = match args.get("timeout") {
+        None => None,
+        // A number too large for f64 is out of range like any other.
         Some(Value::Number(n)) => Some(n.as_f64().unwrap_or(f64::INFINITY)),
         Some(_) => return Err(invalid("`timeout` must be a number of seconds")),
-    };
-    let libraries = match arguments.get("libraries") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| invalid("`libraries` must be an array of strings"))?,
-        Some(_) => return Err(invalid("`libraries` must be an array of strings")),
     };
     Ok(CodeRequest {
         code,
         timeout_s,
-        libraries,
+        libraries: args.strings("libraries")?,
+        session_id: args.string("session_id")?.map(str::to_string),
+        files: args.files("files")?,
         ..CodeRequest::default()
     })
 }
@@ -219,11 +748,49 @@ fn ending_line(ending: Ending) -> String {
         Ending::Refused => {
             "The security scanner refused the code before it ran; nothing was executed.".into()
         }
-        Ending::Limit(Limit::Timeout) => "The run was killed: timeout exceeded.".into(),
+        Ending::Limit(Limit::Timeout) => "The run was stopped: timeout exceeded.".into(),
         Ending::Limit(Limit::Memory) => "The run was killed: memory limit exceeded.".into(),
         Ending::Limit(Limit::Cpu) => "The run was killed: CPU time limit exceeded.".into(),
         Ending::Signaled { signal } => format!("The run was killed by signal {signal}."),
     }
+}
+
+/// Where a file of the working directory is, as a resource's URI: the session's, or the
+/// one-off run's (gone after the call).
+fn file_uri(session: Option<&str>, path: &str) -> String {
+    let mut encoded = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    match session {
+        Some(id) => format!("nsbox://sessions/{id}/files/{encoded}"),
+        None => format!("nsbox://run/files/{encoded}"),
+    }
+}
+
+/// The image types agent hosts show as images.
+const IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// One file as content: an image as an image (the host shows it), UTF-8 text as a text
+/// resource (the model reads it), anything else as a base64 blob resource.
+fn file_block(uri: String, mime: &str, content_base64: String) -> ContentBlock {
+    if IMAGE_TYPES.contains(&mime) {
+        return ContentBlock::image(content_base64, mime);
+    }
+    let text = BASE64
+        .decode(&content_base64)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|t| !t.contains('\0'));
+    let resource = match text {
+        Some(text) => ResourceContents::text(text, uri),
+        None => ResourceContents::blob(content_base64, uri),
+    };
+    ContentBlock::resource(resource.with_mime_type(mime))
 }
 
 fn tool_result(result: RunResult) -> CallToolResult {
@@ -243,6 +810,35 @@ fn tool_result(result: RunResult) -> CallToolResult {
     if plots > 0 {
         text.push_str(&format!("\n{plots} figure(s) attached as PNG images."));
     }
+    let files = result.files.unwrap_or_default();
+    if !files.is_empty() {
+        text.push_str("\nFiles created or changed in /tmp/work (attached):");
+        for f in &files {
+            text.push_str(&format!(
+                "\n- {} ({} bytes, {})",
+                f.path,
+                f.size,
+                mime_type(&f.path)
+            ));
+            if f.truncated {
+                text.push_str(": too large to return, not attached");
+            }
+        }
+    }
+    let session = result.session.as_ref();
+    match session {
+        Some(s) if s.state == "active" => text.push_str(&format!(
+            "\nSession {}: active; its variables and files are kept for the next call.",
+            s.id
+        )),
+        Some(s) => text.push_str(&format!(
+            "\nSession {} has ended ({}): its variables and files are gone; create a new \
+             session to go on.",
+            s.id,
+            s.reason.as_deref().unwrap_or("no reason given")
+        )),
+        None => {}
+    }
     let mut content = vec![ContentBlock::text(text)];
     content.extend(
         result
@@ -250,12 +846,31 @@ fn tool_result(result: RunResult) -> CallToolResult {
             .into_iter()
             .map(|p| ContentBlock::image(p.content_base64, "image/png")),
     );
+    let session_id = session.map(|s| s.id.as_str());
+    content.extend(files.into_iter().filter_map(|f| {
+        let body = f.content_base64?;
+        Some(file_block(
+            file_uri(session_id, &f.path),
+            &mime_type(&f.path),
+            body,
+        ))
+    }));
     if result.ending == (Ending::Exited { code: 0 }) {
         CallToolResult::success(content)
     } else {
         CallToolResult::error(content)
     }
 }
+
+/// Every tool's name, as an unknown tool's error lists them.
+const TOOLS: [&str; 6] = [
+    RUN_PYTHON,
+    CREATE_SESSION,
+    CLOSE_SESSION,
+    LIST_FILES,
+    DOWNLOAD_FILE,
+    UPLOAD_FILE,
+];
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
@@ -279,18 +894,26 @@ impl ServerHandler for McpServer {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        match request.name.as_ref() {
-            RUN_PYTHON => self
-                .run_python(request.arguments.unwrap_or_default())
-                .await
-                .map(Into::into),
+        let caller = self.caller(&context);
+        let arguments = request.arguments.unwrap_or_default();
+        let result = match request.name.as_ref() {
+            RUN_PYTHON => self.run_python(arguments, caller).await,
+            CREATE_SESSION => self.create_session(arguments, caller).await,
+            CLOSE_SESSION => self.close_session(arguments, caller),
+            LIST_FILES => self.list_files(arguments, caller).await,
+            DOWNLOAD_FILE => self.download_file(arguments, caller).await,
+            UPLOAD_FILE => self.upload_file(arguments, caller).await,
             other => Err(McpError::invalid_params(
-                format!("unknown tool `{other}`; the tools are: {RUN_PYTHON}"),
+                format!(
+                    "unknown tool `{other}`; the tools are: {}",
+                    TOOLS.join(", ")
+                ),
                 None,
             )),
-        }
+        };
+        result.map(Into::into)
     }
 }
 
@@ -311,6 +934,12 @@ mod tests {
             json!({"code": "x", "timeout": "5"}),
             json!({"code": "x", "libraries": [1]}),
             json!({"code": "x", "lang": "python"}),
+            json!({"code": "x", "session_id": 5}),
+            json!({"code": "x", "files": {"a": "b"}}),
+            json!({"code": "x", "files": [{"path": "a"}]}),
+            json!({"code": "x", "files": [{"path": "a", "content": "x", "content_base64": "eA=="}]}),
+            json!({"code": "x", "files": [{"path": "a", "contents": "x"}]}),
+            json!({"code": "x", "files": [{"content": "x"}]}),
         ] {
             let err = code_request(&args(bad.clone())).unwrap_err();
             assert_eq!(err.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{bad}");
@@ -320,6 +949,126 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((ok.timeout_s, ok.libraries.len()), (Some(2.5), 1));
+        assert_eq!((ok.files, ok.session_id), (None, None));
+        let ok = code_request(&args(json!({
+            "code": "x",
+            "session_id": "sess_1",
+            "files": [{"path": "a.csv", "content": "x"}, {"path": "b.bin", "content_base64": "AA=="}],
+        })))
+        .unwrap();
+        assert_eq!(ok.session_id.as_deref(), Some("sess_1"));
+        assert_eq!(
+            ok.files.unwrap(),
+            [
+                FileInput {
+                    path: "a.csv".into(),
+                    content: FileContent::Text("x".into())
+                },
+                FileInput {
+                    path: "b.bin".into(),
+                    content: FileContent::Base64("AA==".into())
+                }
+            ]
+        );
+        let empty = code_request(&args(json!({"code": "x", "files": []}))).unwrap();
+        assert_eq!(
+            empty.files,
+            Some(vec![]),
+            "an empty list still asks for the output files"
+        );
+    }
+
+    #[test]
+    fn files_are_images_text_or_blobs() {
+        let b64 = |b: &[u8]| BASE64.encode(b);
+        let v = |c: ContentBlock| serde_json::to_value(c).unwrap();
+        let image = v(file_block("u".into(), "image/png", b64(b"\x89PNG")));
+        assert_eq!(
+            (image["type"].as_str(), image["mimeType"].as_str()),
+            (Some("image"), Some("image/png"))
+        );
+        let text = v(file_block("u".into(), "text/csv", b64(b"a,b\n1,2\n")));
+        assert_eq!(text["type"], "resource");
+        assert_eq!(text["resource"]["text"], "a,b\n1,2\n");
+        assert_eq!(text["resource"]["mimeType"], "text/csv");
+        let blob = v(file_block(
+            "u".into(),
+            "application/octet-stream",
+            b64(&[0, 159, 146, 150]),
+        ));
+        assert_eq!(blob["resource"]["blob"], "AJ+Slg==");
+        assert_eq!(blob["resource"]["uri"], "u");
+        assert_eq!(
+            file_uri(Some("sess_1"), "out/x y/ü.csv"),
+            "nsbox://sessions/sess_1/files/out/x%20y/%C3%BC.csv"
+        );
+        assert_eq!(file_uri(None, "a.txt"), "nsbox://run/files/a.txt");
+    }
+
+    #[test]
+    fn a_session_call_lists_its_files_and_says_the_session() {
+        let file = |path: &str, content: Option<&str>| crate::sandbox::OutputFile {
+            path: path.into(),
+            size: 3,
+            content_base64: content.map(|c| BASE64.encode(c)),
+            truncated: content.is_none(),
+        };
+        let r = tool_result(RunResult {
+            files: Some(vec![file("out/a.csv", Some("x,y")), file("big.bin", None)]),
+            session: Some(service::SessionState {
+                id: "sess_1".into(),
+                state: "active",
+                reason: None,
+            }),
+            ..RunResult::ended(Ending::Exited { code: 0 }, "", "")
+        });
+        let v = serde_json::to_value(&r.content).unwrap();
+        let text = v[0]["text"].as_str().unwrap();
+        assert!(text.contains("- out/a.csv (3 bytes, text/csv)"), "{text}");
+        assert!(
+            text.contains("- big.bin (3 bytes, application/octet-stream): too large"),
+            "{text}"
+        );
+        assert!(text.contains("Session sess_1: active"), "{text}");
+        assert_eq!(
+            v.as_array().unwrap().len(),
+            2,
+            "the truncated file has no content"
+        );
+        assert_eq!(
+            v[1]["resource"]["uri"],
+            "nsbox://sessions/sess_1/files/out/a.csv"
+        );
+    }
+
+    #[test]
+    fn service_errors_the_model_can_act_on_are_tool_errors() {
+        for e in [
+            ServiceError::NotFound("session not found".into()),
+            ServiceError::Conflict("session busy".into()),
+            ServiceError::Overloaded("session limit reached".into()),
+        ] {
+            let r = service_error(e.clone()).unwrap();
+            assert_eq!(r.is_error, Some(true), "{e:?}");
+        }
+        let e = service_error(ServiceError::Invalid("bad path".into())).unwrap_err();
+        assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn every_tool_is_listed_and_takes_objects() {
+        let rules = Rules {
+            sandbox: "S".into(),
+            files: "F".into(),
+            sessions: "X".into(),
+        };
+        let tools = tools(&rules);
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(names, TOOLS);
+        for t in &tools {
+            assert_eq!(t.input_schema["type"], "object", "{}", t.name);
+            assert_eq!(t.input_schema["additionalProperties"], false, "{}", t.name);
+        }
     }
 
     #[test]

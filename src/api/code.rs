@@ -251,9 +251,10 @@ impl Drop for AbortOnDrop {
 }
 
 /// The streamed answer: `stdout`, `stderr` and `plot` events as the run produces them,
-/// then exactly one `result` (the same JSON as the plain answer) or, if the run could not
-/// finish, one `error` (the API's error object). Bad input was refused before, as an
-/// ordinary HTTP error.
+/// a `file` event per output file once it is over (when files were asked for, or in a
+/// session), then exactly one `result` (the same JSON as the plain answer) or, if the run
+/// could not finish, one `error` (the API's error object). Bad input was refused before,
+/// as an ordinary HTTP error.
 fn stream(state: &AppState, request: CodeRequest) -> Result<Response, ApiError> {
     let request = state.service.validate(request)?;
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -273,10 +274,11 @@ fn stream(state: &AppState, request: CodeRequest) -> Result<Response, ApiError> 
     });
     let end = futures_util::stream::once(async move {
         match result_rx.await {
-            Ok(result) => final_event(result),
-            Err(_) => error_event(ApiError::internal()),
+            Ok(result) => final_events(result),
+            Err(_) => vec![error_event(ApiError::internal())],
         }
-    });
+    })
+    .flat_map(futures_util::stream::iter);
     let body = events.chain(end).map(move |event| {
         let _running = &guard;
         Ok::<_, std::convert::Infallible>(event)
@@ -301,10 +303,22 @@ fn run_event(event: RunEvent) -> Event {
     }
 }
 
-fn final_event(result: Result<RunResult, ServiceError>) -> Event {
+/// The end of a stream: one `file` event per output file (the same object as in the
+/// answer's `files`), when files were asked for, then the `result`; or one `error`.
+fn final_events(result: Result<RunResult, ServiceError>) -> Vec<Event> {
     match result {
-        Ok(result) => json_event("result", CodeResponse::from(result)),
-        Err(e) => error_event(e.into()),
+        Ok(result) => {
+            let response = CodeResponse::from(result);
+            let mut events: Vec<Event> = response
+                .files
+                .iter()
+                .flatten()
+                .map(|file| json_event("file", file))
+                .collect();
+            events.push(json_event("result", response));
+            events
+        }
+        Err(e) => vec![error_event(e.into())],
     }
 }
 

@@ -94,7 +94,9 @@ pub fn router(state: AppState) -> Router {
 /// must not be driven by a web page: the `Host` must be a loopback name (DNS rebinding) and
 /// any browser `Origin` is refused. With keys, the key is the guard and any host name works.
 fn mcp_service(state: &AppState) -> StreamableHttpService<McpServer, LocalSessionManager> {
-    let server = McpServer::new(state.service.clone());
+    // A session made over MCP belongs to the same key as over the REST API.
+    let keys = state.keys.clone();
+    let server = McpServer::new(state.service.clone()).with_owner(move |h| auth::owner(h, &keys));
     let mut config = StreamableHttpServerConfig::default();
     config.legacy_session_mode = false;
     config.json_response = true;

@@ -1,7 +1,10 @@
 """nsbox as an MCP server, driven by the official Python `mcp` SDK: `nsbox mcp` over stdio and
 `/mcp` over streamable HTTP on `nsbox serve`. The same checks run over both transports: the
 tool list and its description, the spec's basic and plot examples (the plot as an image), a
-scanner refusal, a timeout, and a bad argument getting an MCP error without ending the session.
+scanner refusal, a timeout, and a bad argument getting an MCP error without ending the session;
+then files and sessions: input files and output files of one call, a session that keeps its
+variables, a CSV uploaded and read with pandas in it, a file written, listed and downloaded, and
+the session closed. Over HTTP with API keys, a session belongs to the key that made it.
 """
 
 from __future__ import annotations
@@ -50,18 +53,44 @@ def over_http(url: str, headers: dict[str, str] | None = None):
     return connect
 
 
+TOOLS = ["run_python", "create_session", "close_session", "list_files", "download_file", "upload_file"]
+
+
 def text_of(result) -> str:
     return "\n".join(c.text for c in result.content if c.type == "text")
 
 
+def resources_of(result) -> dict[str, object]:
+    """The embedded resources of a result, by the file path at the end of their URI."""
+    return {c.resource.uri.split("/files/", 1)[1]: c.resource for c in result.content if c.type == "resource"}
+
+
 async def the_tools_work(session: ClientSession) -> None:
     tools = (await session.list_tools()).tools
-    assert [t.name for t in tools] == ["run_python"]
+    assert [t.name for t in tools] == TOOLS
     description = tools[0].description
     # What the model must know to write code that works here, read from the tree.
-    for needle in ("Python 3.", "numpy", "pandas", "No network", "timeout", "MiB of memory"):
-        assert needle in description, (needle, description)
+    for needle in (
+        "Python 3.",
+        "numpy",
+        "pandas",
+        "No network",
+        "timeout",
+        "MiB of memory",
+        "/tmp/work",
+        "session",
+        "one call at a time",
+    ):
+        assert needle.lower() in description.lower(), (needle, description)
+    assert "nothing is kept between calls" not in description
     assert tools[0].input_schema["required"] == ["code"]
+    assert set(tools[0].input_schema["properties"]) == {"code", "timeout", "libraries", "session_id", "files"}
+    for tool in tools[1:]:
+        # Each session tool says the rules it must code for.
+        assert "/tmp/work" in tool.description or "session" in tool.description, tool
+    create = tools[1].description
+    for needle in ("one call at a time", "ttl_seconds", "s without a call", "/tmp/work"):
+        assert needle.lower() in create.lower(), (needle, create)
 
     basic = await session.call_tool("run_python", {"code": "print(2**2)", "timeout": 30})
     assert not basic.is_error, text_of(basic)
@@ -107,10 +136,108 @@ async def the_tools_work(session: ClientSession) -> None:
     assert "still here" in text_of(again)
 
 
+async def files_and_sessions_work(mcp: ClientSession) -> None:
+    # Files in and out of one call, without a session.
+    once = await mcp.call_tool(
+        "run_python",
+        {
+            "code": "print(open('in/hello.txt').read())\nopen('out.txt', 'w').write('written')",
+            "files": [{"path": "in/hello.txt", "content": "hello from the host"}],
+        },
+    )
+    assert not once.is_error, text_of(once)
+    assert "hello from the host" in text_of(once)
+    assert "out.txt (7 bytes, text/plain)" in text_of(once)
+    out = resources_of(once)
+    assert list(out) == ["out.txt"], once.content
+    assert (out["out.txt"].text, out["out.txt"].mime_type) == ("written", "text/plain")
+
+    created = await mcp.call_tool("create_session", {"ttl_seconds": 300})
+    assert not created.is_error, text_of(created)
+    info = json.loads(text_of(created))
+    sid = info["id"]
+    assert sid.startswith("sess_") and info["state"] == "active" and info["ttl_seconds"] == 300
+    try:
+        # State is kept between calls.
+        first = await mcp.call_tool("run_python", {"code": "x = 41", "session_id": sid})
+        assert not first.is_error, text_of(first)
+        assert f"Session {sid}: active" in text_of(first)
+        second = await mcp.call_tool("run_python", {"code": "print(x + 1)", "session_id": sid})
+        assert not second.is_error, text_of(second)
+        assert "--- stdout ---\n42\n" in text_of(second)
+
+        # A CSV uploaded, read with pandas in the session, a CSV and a PNG written.
+        csv = "region,amount\nnorth,10\nsouth,20\neast,12\n"
+        up = await mcp.call_tool("upload_file", {"session_id": sid, "path": "data/sales.csv", "content": csv})
+        assert not up.is_error, text_of(up)
+        assert json.loads(text_of(up)) == {"path": "data/sales.csv", "size": len(csv), "mime_type": "text/csv"}
+        png = base64.b64encode(b"\x89PNG\r\n\x1a\nnot really").decode()
+        up = await mcp.call_tool("upload_file", {"session_id": sid, "path": "logo.png", "content_base64": png})
+        assert not up.is_error, text_of(up)
+        analysed = await mcp.call_tool(
+            "run_python",
+            {
+                "session_id": sid,
+                "code": (
+                    "import pandas as pd\n"
+                    "import matplotlib\n"
+                    "matplotlib.use('Agg')\n"
+                    "import matplotlib.pyplot as plt\n"
+                    "df = pd.read_csv('data/sales.csv')\n"
+                    "print('total', df['amount'].sum())\n"
+                    "df.sort_values('amount').to_csv('summary.csv', index=False)\n"
+                    "plt.bar(df['region'], df['amount'])\n"
+                    "plt.savefig('chart.png')\n"
+                    "plt.close('all')\n"
+                ),
+            },
+        )
+        assert not analysed.is_error, text_of(analysed)
+        assert "total 42" in text_of(analysed)
+        text = text_of(analysed)
+        assert "summary.csv" in text and "chart.png" in text and "data/sales.csv" not in text, text
+        out = resources_of(analysed)
+        assert out["summary.csv"].text == "region,amount\nnorth,10\neast,12\nsouth,20\n"
+        assert out["summary.csv"].uri == f"nsbox://sessions/{sid}/files/summary.csv"
+        images = [c for c in analysed.content if c.type == "image"]
+        assert len(images) == 1 and base64.b64decode(images[0].data).startswith(b"\x89PNG")
+
+        listed = await mcp.call_tool("list_files", {"session_id": sid})
+        assert not listed.is_error, text_of(listed)
+        files = {f["path"]: f for f in json.loads(text_of(listed))["files"]}
+        assert set(files) == {"data/sales.csv", "logo.png", "summary.csv", "chart.png"}, files
+        assert files["data/sales.csv"] == {"path": "data/sales.csv", "size": len(csv), "mime_type": "text/csv"}
+
+        got = await mcp.call_tool("download_file", {"session_id": sid, "path": "summary.csv"})
+        assert not got.is_error, text_of(got)
+        resource = resources_of(got)["summary.csv"]
+        assert (resource.mime_type, resource.text) == ("text/csv", out["summary.csv"].text)
+        got = await mcp.call_tool("download_file", {"session_id": sid, "path": "logo.png"})
+        images = [c for c in got.content if c.type == "image"]
+        assert [(i.mime_type, i.data) for i in images] == [("image/png", png)]
+        missing = await mcp.call_tool("download_file", {"session_id": sid, "path": "nope.txt"})
+        assert missing.is_error and "nope.txt" in text_of(missing)
+        with pytest.raises(Exception) as caught:
+            await mcp.call_tool("download_file", {"session_id": sid, "path": "../etc/passwd"})
+        assert ".." in str(caught.value)
+        with pytest.raises(Exception) as caught:
+            await mcp.call_tool("upload_file", {"session_id": sid, "path": "a.txt"})
+        assert "`content`" in str(caught.value)
+    finally:
+        closed = await mcp.call_tool("close_session", {"session_id": sid})
+    assert not closed.is_error, text_of(closed)
+    after = await mcp.call_tool("run_python", {"code": "print(x)", "session_id": sid})
+    assert after.is_error
+    assert "session ended" in text_of(after) and "create_session" in text_of(after)
+    unknown = await mcp.call_tool("list_files", {"session_id": "sess_" + "0" * 32})
+    assert unknown.is_error and "session not found" in text_of(unknown)
+
+
 def run(connect: Callable[[], contextlib.AbstractAsyncContextManager[ClientSession]]) -> None:
     async def main() -> None:
         async with connect() as session:
             await the_tools_work(session)
+            await files_and_sessions_work(session)
 
     asyncio.run(asyncio.wait_for(main(), timeout=300))
 
@@ -142,6 +269,41 @@ def test_streamable_http_needs_the_api_key() -> None:
         run(over_http(url + "/mcp", {"Authorization": "Bearer mcp-key"}))
 
 
+def test_a_session_belongs_to_the_key_that_made_it() -> None:
+    """Over /mcp as over the REST API: another key's session is an id that never existed."""
+    with nsbox("--api-keys", "key-a,key-b", "--mode", "cold") as url:
+
+        async def main() -> None:
+            async with over_http(url + "/mcp", {"Authorization": "Bearer key-a"})() as a:
+                created = await a.call_tool("create_session", {})
+                assert not created.is_error, text_of(created)
+                sid = json.loads(text_of(created))["id"]
+                ran = await a.call_tool("run_python", {"code": "secret = 7", "session_id": sid})
+                assert not ran.is_error, text_of(ran)
+                # The REST API sees it for the same key, not for another.
+                rest = httpx2.get(f"{url}/v1/sessions/{sid}", headers={"Authorization": "Bearer key-a"})
+                assert rest.status_code == 200 and rest.json()["calls"] == 1, rest.text
+                rest = httpx2.get(f"{url}/v1/sessions/{sid}", headers={"Authorization": "Bearer key-b"})
+                assert rest.status_code == 404, rest.text
+                async with over_http(url + "/mcp", {"Authorization": "Bearer key-b"})() as b:
+                    for tool, args in (
+                        ("run_python", {"code": "print(secret)", "session_id": sid}),
+                        ("list_files", {"session_id": sid}),
+                        ("download_file", {"session_id": sid, "path": "x.txt"}),
+                        ("upload_file", {"session_id": sid, "path": "x.txt", "content": "x"}),
+                        ("close_session", {"session_id": sid}),
+                    ):
+                        r = await b.call_tool(tool, args)
+                        assert r.is_error, (tool, r)
+                        assert "session not found" in text_of(r), (tool, text_of(r))
+                still = await a.call_tool("run_python", {"code": "print(secret)", "session_id": sid})
+                assert "--- stdout ---\n7\n" in text_of(still), text_of(still)
+                closed = await a.call_tool("close_session", {"session_id": sid})
+                assert not closed.is_error, text_of(closed)
+
+        asyncio.run(asyncio.wait_for(main(), timeout=300))
+
+
 def test_the_mcp_inspector_lists_the_tool() -> None:
     """The MCP Inspector's CLI mode (npm, installed by scripts/test-sdk.sh) against `nsbox mcp`."""
     inspector = os.environ["NSBOX_MCP_INSPECTOR"]
@@ -164,7 +326,7 @@ def test_the_mcp_inspector_lists_the_tool() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     tools = json.loads(out.stdout)["tools"]
-    assert [t["name"] for t in tools] == ["run_python"]
+    assert [t["name"] for t in tools] == TOOLS
     assert tools[0]["inputSchema"]["required"] == ["code"]
 
 

@@ -1,11 +1,13 @@
 """Streamed output (SSE): `POST /v1/tools/code` with `Accept: text/event-stream`, read with a real
-SSE client (httpx-sse). Events come as the run writes; the last is exactly one `result` whose
-data is the non-streamed answer; bad input is an ordinary HTTP error; a slow reader does not
-stall the run; a client that hangs up cancels it.
+SSE client (httpx-sse). Events come as the run writes; output files come as `file` events before
+the last, which is exactly one `result` whose data is the non-streamed answer; calls in a session
+stream too; bad input is an ordinary HTTP error; a slow reader does not stall the run; a client
+that hangs up cancels it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -70,6 +72,52 @@ def test_each_figure_is_a_plot_event(base_url: str) -> None:
     assert len(plots) == 1
     assert plots == result["plots"]
     assert plots[0]["filename"] == "plot_1.png"
+
+
+def test_output_files_are_file_events_before_the_result(base_url: str) -> None:
+    code = (
+        "print(open('in.txt').read(), flush=True)\n"
+        "open('b.csv', 'w').write('x,y\\n1,2\\n')\n"
+        "open('c.bin', 'wb').write(bytes(range(4)))\n"
+    )
+    events = events_of(base_url, code, files=[{"path": "in.txt", "content": "input"}])
+    kinds = [e for e, _, _ in events]
+    assert kinds == ["stdout", "file", "file", "result"], events
+    result = events[-1][1]
+    files = [d for e, d, _ in events if e == "file"]
+    assert files == result["files"], "each file event is the answer's file object"
+    by_path = {f["path"]: f for f in files}
+    assert set(by_path) == {"b.csv", "c.bin"}, "the unchanged input file is not returned"
+    assert by_path["b.csv"]["mime_type"] == "text/csv"
+    assert base64.b64decode(by_path["c.bin"]["content_base64"]) == bytes(range(4))
+    # Without `files` nothing is collected and no file event comes.
+    events = events_of(base_url, "open('d.txt', 'w').write('d')")
+    assert [e for e, _, _ in events] == ["result"]
+    assert "files" not in events[-1][1]
+
+
+@pytest.mark.pending("session-stream")
+def test_a_session_call_streams(base_url: str) -> None:
+    created = httpx.post(base_url + "/v1/sessions", json={"ttl_seconds": 120}, timeout=60)
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    try:
+        first = httpx.post(
+            base_url + "/v1/tools/code", json={"code": "x = 41", "lang": "python", "session_id": sid}, timeout=60
+        )
+        assert first.json()["session"] == {"id": sid, "state": "active"}, first.text
+        code = "import time\nprint(x, flush=True)\ntime.sleep(2)\nprint(x + 1)\nopen('s.txt', 'w').write('s')\n"
+        events = events_of(base_url, code, session_id=sid)
+        kinds = [e for e, _, _ in events]
+        result = events[-1][1]
+        assert result["stdout"] == "41\n42\n", result
+        assert result["session"] == {"id": sid, "state": "active"}
+        assert kinds == ["stdout", "stdout", "file", "result"], events
+        assert events[0][1] == {"text": "41\n"}
+        assert events[1][2] - events[0][2] > 1.0, events
+        assert events[2][1] == result["files"][0] and result["files"][0]["path"] == "s.txt"
+    finally:
+        httpx.delete(f"{base_url}/v1/sessions/{sid}", timeout=30)
 
 
 def test_refusals_and_limits_end_with_their_result(base_url: str) -> None:
