@@ -604,7 +604,9 @@ impl RunService {
             code,
             limits: limits.clone(),
             request_id: request.request_id,
-            stream: false,
+            // The spawner's runner sets it from `events` itself; a session's call is sent
+            // as is.
+            stream: events.is_some(),
             files: request.files,
             collect_files: request.collect_files.then(|| self.settings.files.caps()),
             session: false,

@@ -166,6 +166,8 @@ impl Held {
     ) -> CallResult {
         let mut ending = session.ending.subscribe();
         let session = session.clone();
+        // File requests keep a session alive but are not calls.
+        let counted = matches!(op, SessionOp::Run { .. });
         let mut guard = self.0;
         let task = tokio::spawn(async move {
             let conn = guard.as_mut().expect("checked when taken");
@@ -175,7 +177,7 @@ impl Held {
             };
             match &result {
                 Ok(Some(outcome)) if outcome.session_ended.is_none() => {
-                    session.touch(outcome.memory_bytes, true);
+                    session.touch(outcome.memory_bytes, counted);
                 }
                 // The sandbox is gone or going: let go of it now.
                 _ => drop(guard.take()),

@@ -23,8 +23,6 @@ PENDING_FEATURES = {
     "read-timeout": "a run's default time limit kept below the SDK's x-stainless-read-timeout",
     "openapi-route": "`GET /openapi.yaml` serving api/openapi.yaml",
     "queue-time": "bug: execution_time counts the time a request waited in the queue",
-    "session-stream": "bug: a streamed call in a session sends no stdout/stderr/plot events "
-    "until it ends (the run service asks the session for no stream)",
 }
 
 

@@ -96,7 +96,6 @@ def test_output_files_are_file_events_before_the_result(base_url: str) -> None:
     assert "files" not in events[-1][1]
 
 
-@pytest.mark.pending("session-stream")
 def test_a_session_call_streams(base_url: str) -> None:
     created = httpx.post(base_url + "/v1/sessions", json={"ttl_seconds": 120}, timeout=60)
     assert created.status_code == 201, created.text
