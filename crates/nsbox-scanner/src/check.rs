@@ -461,7 +461,7 @@ impl<'a> Checker<'_, 'a, '_> {
         let joins = !opens && functions.iter().any(|f| f.contains("Path"));
         let paths = if joins && c.args.len() > 1 {
             let parts: Vec<StrSet> = c.args.iter().map(|a| self.env.strs(a, 0)).collect();
-            if parts.iter().any(|p| *p == StrSet::Unknown) {
+            if parts.contains(&StrSet::Unknown) {
                 return false;
             }
             let mut with_slashes = Vec::with_capacity(parts.len() * 2);

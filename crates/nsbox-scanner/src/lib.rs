@@ -24,7 +24,9 @@
 //! is named; trees nested deeper than the policy's `max_depth` are refused, not analysed.
 
 mod check;
+mod chunks;
 mod fold;
+mod partial;
 mod policy;
 mod prefilter;
 mod resolve;
@@ -85,6 +87,13 @@ pub fn analyze(code: &str, policy: &Policy) -> Analysis {
     run(code, policy, Mode::Both)
 }
 
+/// [`analyze`] without the partial parse: every statement is parsed once a watched word or
+/// an import appears anywhere. Only for benchmarks that compare the two.
+#[doc(hidden)]
+pub fn analyze_parsing_everything(code: &str, policy: &Policy) -> Analysis {
+    run(code, policy, Mode::BothWhole)
+}
+
 /// The names the API returns: deduplicated, in first-seen order.
 pub fn violation_names(v: &[Violation]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
@@ -101,6 +110,8 @@ enum Mode {
     Violations,
     Imports,
     Both,
+    /// Both, parsing the whole source whenever a rule may apply (the reference for benches).
+    BothWhole,
     /// Violations, always parsing: lets the tests prove the prefilter changes nothing.
     #[cfg(test)]
     NoPrefilter,
@@ -124,6 +135,22 @@ fn run(code: &str, policy: &Policy, mode: Mode) -> Analysis {
     let may_import = mode != Mode::Violations && code.contains("import");
     if !may_violate && !may_import {
         return finish(code, policy, findings, Vec::new());
+    }
+    // imported_modules() alone keeps the whole parse: its answer for code with a syntax
+    // error (nothing) is part of its contract.
+    #[cfg(test)]
+    let partial_allowed = !matches!(mode, Mode::Imports | Mode::BothWhole | Mode::NoPrefilter);
+    #[cfg(not(test))]
+    let partial_allowed = !matches!(mode, Mode::Imports | Mode::BothWhole);
+    if partial_allowed {
+        if let Some(imported) = partial::scan(code, policy, may_violate) {
+            let imported = if mode == Mode::Violations {
+                Vec::new()
+            } else {
+                imported
+            };
+            return finish(code, policy, findings, imported);
+        }
     }
 
     let Ok(body) = ast::Suite::parse(code, "<string>") else {

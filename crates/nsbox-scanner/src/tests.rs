@@ -571,3 +571,95 @@ fn custom_policy_from_toml_is_used() {
     assert_eq!(violation_names(&scan("import json", &policy)), vec!["JSON"]);
     assert!(scan("import os", &policy).is_empty());
 }
+
+/// Analysis code without watched words, to put around the statements under test so the
+/// partial parse has something to leave out.
+const FILLER: &str = r#"
+def load_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"region": rng.choice(["n", "s"], size=n), "sales": rng.normal(100, 15, size=n)})
+    frame["revenue"] = frame["sales"] * 2
+    return frame
+
+
+frame = load_frame()
+monthly = frame.groupby("region")["revenue"].agg(["sum", "mean", "count"])
+ratios = {r: round(v, 3) for r, v in monthly["mean"].items()}
+if len(ratios) > 1:
+    print(sorted(ratios))
+else:
+    print("one region")
+print(f"{len(frame)} rows, {monthly.shape}")
+"#;
+
+/// The parse of reachable statements only must give what the whole parse gives, for every
+/// corpus case put among statements it leaves out, before and after them, and with the
+/// case's own top-level statements spread apart.
+#[test]
+fn partial_parse_changes_nothing() {
+    let policy = Policy::builtin();
+    let header = "import numpy as np\nimport pandas as pd\n";
+    let mut checked = 0;
+    for (label, code, _) in CORPUS {
+        let mut variants = vec![
+            format!("{header}{FILLER}\n{code}\n"),
+            format!("{code}\n{header}{FILLER}{FILLER}"),
+            format!("{LLM_ANALYSIS}\n{code}\n{FILLER}"),
+        ];
+        if !code.lines().any(|l| l.starts_with([' ', '\t'])) {
+            let spread: Vec<&str> = code.lines().collect();
+            variants.push(format!("{header}{}\n", spread.join(FILLER)));
+        }
+        for v in variants {
+            let fast = analyze(&v, &policy);
+            let full = run(&v, &policy, Mode::NoPrefilter);
+            assert_eq!(fast.violations, full.violations, "{label}:\n{v}");
+            if ast::Suite::parse(&v, "<string>").is_ok() {
+                let imports = run(&v, &policy, Mode::Imports).imported_modules;
+                assert_eq!(fast.imported_modules, imports, "{label}:\n{v}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 3 * CORPUS.len());
+}
+
+/// Values that travel through statements without a watched word still reach the checker.
+#[test]
+fn partial_parse_follows_names_through_cold_statements() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "import subprocess as sp\n{F}\nx = sp\n{F}\ny = x\n{F}\ny.run(['ls'])\n",
+            &["Subprocess management", "subprocess command execution"],
+        ),
+        (
+            "import numpy as np\nc = np.ctypeslib\n{F}\nc.load_library('x', '.')\n",
+            &["Foreign function interface"],
+        ),
+        (
+            "import timeit as t\n{F}\nt.Timer('x = 1')\n",
+            &["Dynamic code execution"],
+        ),
+        (
+            "def pick(name):\n    return name\n{F}\nname = 'mean'\nprint(getattr(np, name))\n",
+            &["Dynamic attribute access"],
+        ),
+        (
+            "a = 'sys'\n{F}\nb = 'tem'\n{F}\nimport os\ngetattr(os, a + b)('id')\n",
+            &["Operating system interface", "os.system line execution"],
+        ),
+        (
+            "g = globals\n{F}\nns = g()\n{F}\nns[key]\n",
+            &["Dynamic namespace access"],
+        ),
+        ("x = 1 +\n{F}\nprint(getattr(np, 'mean'))\n", &[]),
+        ("print(getattr(np, 'mean'))\n{F}\n", &[]),
+    ];
+    let policy = Policy::builtin();
+    for (template, expected) in cases {
+        let code = template.replace("{F}", FILLER);
+        assert_eq!(names_for(&code), *expected, "{code}");
+        let full = run(&code, &policy, Mode::NoPrefilter).violations;
+        assert_eq!(scan(&code, &policy), full, "{code}");
+    }
+}
