@@ -652,6 +652,30 @@ fn partial_parse_follows_names_through_cold_statements() {
             "g = globals\n{F}\nns = g()\n{F}\nns[key]\n",
             &["Dynamic namespace access"],
         ),
+        (
+            "def f():\n    pass\n{F}\nb = '__co' + 'de__'\n{F}\na = b\n{F}\nsetattr(f, a, None)\n",
+            &["Function internals access"],
+        ),
+        (
+            "for attr in names_list:\n    pass\n{F}\nprint(getattr(np, attr))\n",
+            &["Dynamic attribute access"],
+        ),
+        (
+            "print(f\"{(attr := input())}\")\n{F}\nattr = 'mean'\nprint(getattr(np, attr))\n",
+            &["Dynamic attribute access"],
+        ),
+        (
+            "match v:\n    case [attr]:\n        pass\n{F}\nattr = 'mean'\ngetattr(np, attr)\n",
+            &["Dynamic attribute access"],
+        ),
+        (
+            "attr = 'mean'\n{F}\nattr += 'x'\ngetattr(np, attr)\n",
+            &["Dynamic attribute access"],
+        ),
+        (
+            "@decorate\ndef run(x):\n    return x\n{F}\nimport subprocess as sp\nalias = sp\n{F}\nrun = alias.check_call\n{F}\nrun(['id'])\n",
+            &["Subprocess management", "subprocess command execution"],
+        ),
         ("x = 1 +\n{F}\nprint(getattr(np, 'mean'))\n", &[]),
         ("print(getattr(np, 'mean'))\n{F}\n", &[]),
     ];
