@@ -109,10 +109,23 @@ struct Builder<'s> {
     elifs: usize,
     line: Option<Line>,
     prev_line_decorator: bool,
-    /// The last two significant tokens, and the name waiting for its follower.
+    /// The last two significant tokens, and the name waiting for its follower (with whether
+    /// it was read as an argument or index, see `Bracket`).
     prev: Tok,
     prev2: Tok,
-    pending: Option<u32>,
+    pending: Option<(u32, bool)>,
+    brackets: Vec<Bracket>,
+    /// The logical line starts with `case`: its brackets hold capture patterns.
+    case_line: bool,
+}
+
+/// An open bracket. Inside the parentheses of a call or the brackets of a subscript, a name
+/// followed by `,`, `)`, `]`, `=` or an operator is an argument or index being read, except
+/// in a lambda's parameters or a comprehension's targets (`f(x for a, b in y)`).
+struct Bracket {
+    reads: bool,
+    lambdas: u32,
+    for_target: bool,
 }
 
 impl<'s> Builder<'s> {
@@ -162,37 +175,90 @@ impl<'s> Builder<'s> {
             self.line = Some(Line { indent, weight: 0 });
             self.prev = Tok::Other;
             self.prev2 = Tok::Other;
+            self.brackets.clear();
+            self.case_line = matches!(tok, Tok::Name(n) if self.names[n as usize] == "case");
         }
         if let Some(line) = &mut self.line {
             line.weight += weight;
         }
         // The name before this token is now classified by what follows it.
-        if let Some(id) = self.pending.take() {
-            let defines = match self.prev2 {
-                Tok::Keyword(k) => k == "def" || k == "class",
-                Tok::Name(n) => self.names[n as usize] == "type",
-                _ => false,
-            };
-            if defines {
+        let defined_before = self.defines(self.prev2);
+        if let Some((id, read_as_argument)) = self.pending.take() {
+            if defined_before {
                 self.chunk().defines.push(id);
-            } else if !matches!(tok, Tok::Punct(b'.' | b'(' | b'[')) {
+            } else if matches!(tok, Tok::Punct(b'.' | b'(' | b'[')) {
+                // x.attr, x(...), x[...]: a read whatever surrounds it.
+            } else if read_as_argument && !matches!(tok, Tok::Punct(b':') | Tok::Keyword("in")) {
+                // f(x, y=x + 1), d[x]: read; `:=` and `for x in` bind.
+            } else {
                 self.chunk().binds.push(id);
             }
         }
         match tok {
             Tok::Name(id) if self.prev != Tok::Punct(b'.') => {
                 self.chunk().uses.push(id);
-                self.pending = Some(id);
+                let read_as_argument = self
+                    .brackets
+                    .last()
+                    .is_some_and(|b| b.reads && b.lambdas == 0 && !b.for_target);
+                self.pending = Some((id, read_as_argument));
             }
             Tok::Keyword("import") => self.chunk().has_import = true,
+            Tok::Keyword("lambda") => {
+                if let Some(b) = self.brackets.last_mut() {
+                    b.lambdas += 1;
+                }
+            }
+            Tok::Keyword("for") => {
+                if let Some(b) = self.brackets.last_mut() {
+                    b.for_target = true;
+                }
+            }
+            Tok::Keyword("in") => {
+                if let Some(b) = self.brackets.last_mut() {
+                    b.for_target = false;
+                }
+            }
+            Tok::Punct(b':') => {
+                if let Some(b) = self.brackets.last_mut() {
+                    b.lambdas = b.lambdas.saturating_sub(1);
+                }
+            }
+            Tok::Punct(open @ (b'(' | b'[' | b'{')) => {
+                // A call or subscript follows what it applies to; a def's or class's
+                // parentheses and brackets hold parameters, bases or type parameters.
+                let applied = matches!(self.prev, Tok::Name(_) | Tok::Punct(b')' | b']'));
+                let reads = open != b'{'
+                    && applied
+                    && !self.case_line
+                    && !(matches!(self.prev, Tok::Name(_)) && defined_before);
+                self.brackets.push(Bracket {
+                    reads,
+                    lambdas: 0,
+                    for_target: false,
+                });
+            }
+            Tok::Punct(b')' | b']' | b'}') => {
+                self.brackets.pop();
+            }
             _ => {}
         }
         self.prev2 = self.prev;
         self.prev = tok;
     }
 
-    /// Names inside an f-string's text: read, and possibly bound (`{(x := 1)}`).
+    /// Whether a name after token `t` is the one a `def`, `class` or `type` statement defines.
+    fn defines(&self, t: Tok) -> bool {
+        match t {
+            Tok::Keyword(k) => k == "def" || k == "class",
+            Tok::Name(n) => self.names[n as usize] == "type",
+            _ => false,
+        }
+    }
+
+    /// Names inside an f-string's text: read, and bound too if it holds a walrus.
     fn fstring_words(&mut self, body: &'s str) {
+        let walrus = body.contains(":=");
         for word in words(body) {
             if word == "import" {
                 self.chunk().has_import = true;
@@ -200,12 +266,14 @@ impl<'s> Builder<'s> {
             let id = self.intern(word);
             let chunk = self.chunk();
             chunk.uses.push(id);
-            chunk.binds.push(id);
+            if walrus {
+                chunk.binds.push(id);
+            }
         }
     }
 
     fn end_line(&mut self) {
-        if let Some(id) = self.pending.take() {
+        if let Some((id, _)) = self.pending.take() {
             self.chunk().binds.push(id);
         }
         let Some(line) = self.line.take() else { return };
@@ -266,6 +334,8 @@ pub(crate) fn split(code: &str) -> Option<Split> {
         prev: Tok::Other,
         prev2: Tok::Other,
         pending: None,
+        brackets: Vec::new(),
+        case_line: false,
     };
     let mut i = if code.starts_with('\u{feff}') { 3 } else { 0 };
     let mut depth = 0usize;
@@ -446,7 +516,23 @@ mod tests {
             names(&s, &s.chunks[1].uses),
             vec!["a", "b", "dec", "f", "np"]
         );
-        assert_eq!(names(&s, &s.chunks[4].binds), vec!["w", "z"]);
+        assert_eq!(names(&s, &s.chunks[4].binds), vec!["z"]);
+    }
+
+    #[test]
+    fn arguments_are_read_and_targets_bound() {
+        let code = "f(a, k=b + c, *d)[e, g]\nh(lambda p, q: p, (r := 1), [t for t, u in v], w for x, y in z)\ndef m(n, o=len(s)): pass\nmatch v:\n    case C(cap, k=cap2):\n        pass\nprint(f\"{(fw := 1)}\")\n";
+        let s = split(code).expect("splits");
+        let all: Vec<u32> = s.chunks.iter().flat_map(|c| c.binds.clone()).collect();
+        let bound = names(&s, &all);
+        for target in [
+            "cap", "cap2", "fw", "n", "o", "p", "q", "r", "t", "u", "x", "y",
+        ] {
+            assert!(bound.iter().any(|b| b == target), "{target} in {bound:?}");
+        }
+        for read in ["a", "b", "c", "d", "e", "g", "s", "w", "z"] {
+            assert!(!bound.iter().any(|b| b == read), "{read} in {bound:?}");
+        }
     }
 
     #[test]
