@@ -38,6 +38,11 @@ use super::resolve::{norm, Collector, Env, NAMESPACE};
 use super::walk::{Ctx, Visitor, Walker};
 use super::{check, prefilter};
 
+/// Rounds of "parse more and look again" before the whole parse is cheaper: each round
+/// resolves the parsed statements again, and a chain of aliases (`a1 = sp`, `a2 = a1`...)
+/// would otherwise take one round per link.
+const MAX_ROUNDS: usize = 6;
+
 /// The imported modules when no rule fires, or None when only the whole parse can answer.
 pub(crate) fn scan(code: &str, policy: &Policy, may_violate: bool) -> Option<Vec<String>> {
     let split = chunks::split(code)?;
@@ -66,7 +71,12 @@ pub(crate) fn scan(code: &str, policy: &Policy, may_violate: bool) -> Option<Vec
         }
     }
     let mut bodies: Vec<Option<ast::Suite>> = (0..stmts.len()).map(|_| None).collect();
+    let mut rounds = 0;
     let answer = loop {
+        rounds += 1;
+        if rounds > MAX_ROUNDS {
+            break None;
+        }
         let mut failed = false;
         for (k, c) in stmts.iter().enumerate() {
             if wanted[k] && bodies[k].is_none() {

@@ -676,6 +676,10 @@ fn partial_parse_follows_names_through_cold_statements() {
             "@decorate\ndef run(x):\n    return x\n{F}\nimport subprocess as sp\nalias = sp\n{F}\nrun = alias.check_call\n{F}\nrun(['id'])\n",
             &["Subprocess management", "subprocess command execution"],
         ),
+        (
+            "import subprocess as sp\na0 = sp\n{F}\na1 = a0\n{F}\na2 = a1\n{F}\na3 = a2\n{F}\na4 = a3\n{F}\na5 = a4\n{F}\na6 = a5\n{F}\na7 = a6\n{F}\na7.run(['id'])\n",
+            &["Subprocess management", "subprocess command execution"],
+        ),
         ("x = 1 +\n{F}\nprint(getattr(np, 'mean'))\n", &[]),
         ("print(getattr(np, 'mean'))\n{F}\n", &[]),
     ];
