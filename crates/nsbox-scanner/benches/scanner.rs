@@ -3,7 +3,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use nsbox_scanner::{analyze, scan, Policy};
+use nsbox_scanner::{analyze, analyze_parsing_everything, scan, Policy};
 use rustpython_parser::{ast, Parse};
 
 /// One block of the kind of code an LLM writes for a data question; `{i}` keeps blocks apart.
@@ -76,16 +76,31 @@ import seaborn as sns
 from scipy import stats
 "#;
 
+/// Watched words an analysis script uses innocently, every few statements: a pandas query
+/// string, files opened for reading and writing, getattr over a literal list.
+const WATCHED_BLOCK: &str = r#"
+big_{i} = frame_{i}.query("revenue > 1000 and units > 5")
+with open("summary_{i}.txt", "w") as fh:
+    fh.write(monthly_{i}.to_string())
+with open("summary_{i}.txt") as fh:
+    lines_{i} = fh.read().splitlines()
+moments_{i} = {name: getattr(frame_{i}["sales"], name)() for name in ["mean", "std", "skew"]}
+"#;
+
 fn build(extra: &str) -> String {
     build_to(extra, 50_000)
 }
 
 fn build_to(extra: &str, size: usize) -> String {
+    build_with(extra, BLOCK, size)
+}
+
+fn build_with(extra: &str, block: &str, size: usize) -> String {
     let mut code = String::from(HEADER);
     code.push_str(extra);
     let mut i = 0;
     while code.len() < size {
-        code.push_str(&BLOCK.replace("{i}", &i.to_string()));
+        code.push_str(&block.replace("{i}", &i.to_string()));
         i += 1;
     }
     code
@@ -106,7 +121,7 @@ fn measure(label: &str, code: &str, policy: &Policy, runs: usize, f: fn(&str, &P
     times.sort();
     let found = f(code, policy);
     println!(
-        "{label:<58} {:>6} chars  min {:>9.3?}  p50 {:>9.3?}  p90 {:>9.3?}  ({found} violations, {runs} runs)",
+        "{label:<62} {:>6} chars  min {:>9.3?}  p50 {:>9.3?}  p90 {:>9.3?}  ({found} violations, {runs} runs)",
         code.chars().count(),
         times[0],
         times[runs / 2],
@@ -119,6 +134,8 @@ fn main() {
     let runs = 200;
     let scan_count = |c: &str, p: &Policy| scan(c, p).len();
     let analyze_count = |c: &str, p: &Policy| analyze(c, p).violations.len();
+    // The scan before the partial parse: every statement parsed once a rule may apply.
+    let whole_count = |c: &str, p: &Policy| analyze_parsing_everything(c, p).violations.len();
 
     let clean = build("");
     measure(
@@ -130,33 +147,73 @@ fn main() {
     );
 
     // re.compile is an attribute, but `compile` is a watched word, so the code is parsed.
-    let watched = build("import re\nPATTERN = re.compile(r'(\\d+)')\nMETHODS = [getattr(np, m) for m in ['mean', 'std']]\n");
+    let watched = build("import re\nPATTERN = re.compile(r'(\\d+)')\nMETHODS = [getattr(np, m) for m in ['mean', 'std']]\nwith open('/tmp/notes.txt', 'w') as out:\n    out.write('start')\n");
     measure(
-        "scan: analysis code with watched words (full parse)",
+        "analyze: watched words, whole parse (before)",
+        &watched,
+        &policy,
+        runs,
+        whole_count,
+    );
+    measure(
+        "analyze: watched words, partial parse (after)",
+        &watched,
+        &policy,
+        runs,
+        analyze_count,
+    );
+    measure(
+        "scan: watched words, partial parse",
         &watched,
         &policy,
         runs,
         scan_count,
     );
 
-    let refused = build("import os\nos.system('ls -la')\n");
+    // Watched words in every block: the partial parse has less to leave out.
+    let dense = build_with("", &format!("{BLOCK}{WATCHED_BLOCK}"), 50_000);
     measure(
-        "scan: analysis code with violations (full parse)",
-        &refused,
+        "analyze: watched words in every block, whole parse (before)",
+        &dense,
         &policy,
         runs,
-        scan_count,
+        whole_count,
+    );
+    measure(
+        "analyze: watched words in every block, partial (after)",
+        &dense,
+        &policy,
+        runs,
+        analyze_count,
     );
 
+    // Imports but no watched word: only the imported modules are wanted.
     measure(
-        "analyze (violations + imported modules, one parse)",
+        "analyze: no watched words, whole parse (before)",
+        &clean,
+        &policy,
+        runs,
+        whole_count,
+    );
+    measure(
+        "analyze: no watched words, partial (after)",
         &clean,
         &policy,
         runs,
         analyze_count,
     );
 
-    // The floor under every full scan: rustpython-parser alone (parse and drop the tree).
+    // A violation is confirmed by the whole parse, so refused code costs what it did.
+    let refused = build("import os\nos.system('ls -la')\n");
+    measure(
+        "scan: analysis code with violations (whole parse)",
+        &refused,
+        &policy,
+        runs,
+        scan_count,
+    );
+
+    // The floor under every whole scan: rustpython-parser alone (parse and drop the tree).
     let parse_only = |c: &str, _: &Policy| usize::from(ast::Suite::parse(c, "<string>").is_err());
     measure(
         "rustpython-parser alone: parse + drop (reference)",
@@ -172,7 +229,7 @@ fn main() {
         2_500,
     );
     measure(
-        "scan: typical 4 kB request with violations (full parse)",
+        "scan: typical 4 kB request with violations (whole parse)",
         &typical,
         &policy,
         runs,

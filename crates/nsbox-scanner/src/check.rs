@@ -3,7 +3,7 @@
 use rustpython_parser::ast::{self, Expr, ExprContext, Pattern, Ranged, Stmt};
 use rustpython_parser::text_size::TextRange;
 
-use super::fold::StrSet;
+use super::fold::{self, StrSet};
 use super::policy::{AttrScope, FileModes, FileRule, Policy, SinkKind};
 use super::prefilter;
 use super::resolve::{norm, pick_arg, qual_matches, ArgPick, Env, NAMESPACE};
@@ -424,13 +424,17 @@ impl<'a> Checker<'_, 'a, '_> {
         }
 
         for fr in &self.policy.file_rules {
-            let covered = fobjs.iter().any(|q| {
-                let comps: Vec<&str> = q.split('.').collect();
-                let mut hits = Vec::new();
-                fr.functions.matches(&comps, &mut hits);
-                !hits.is_empty()
-            });
-            if covered && self.file_access_hits(c, fr) {
+            let covered: Vec<&str> = fobjs
+                .iter()
+                .filter(|q| {
+                    let comps: Vec<&str> = q.split('.').collect();
+                    let mut hits = Vec::new();
+                    fr.functions.matches(&comps, &mut hits);
+                    !hits.is_empty()
+                })
+                .map(|q| q.rsplit('.').next().unwrap_or(q))
+                .collect();
+            if !covered.is_empty() && self.file_access_hits(c, fr, &covered) {
                 self.findings.push(Finding {
                     rule: fr.rule,
                     start: at.start().to_u32(),
@@ -440,25 +444,49 @@ impl<'a> Checker<'_, 'a, '_> {
         }
     }
 
-    /// open(path, mode): both must fold to constants for a file rule to judge them.
-    fn file_access_hits(&self, c: &ast::ExprCall, fr: &FileRule) -> bool {
-        let arg = |pos: usize, kw: &str| -> Option<&Expr> {
+    /// open(path, mode): both must fold to constants for a file rule to judge them. Only the
+    /// open family takes a mode; the other readers a rule may name (pathlib.Path, read_csv)
+    /// read, and pathlib joins its positional arguments into one path.
+    fn file_access_hits(&self, c: &ast::ExprCall, fr: &FileRule, functions: &[&str]) -> bool {
+        let keyword = |names: &[&str]| -> Option<&Expr> {
             c.keywords
                 .iter()
-                .find(|k| k.arg.as_deref() == Some(kw))
+                .find(|k| k.arg.as_deref().is_some_and(|a| names.contains(&a)))
                 .map(|k| &k.value)
-                .or_else(|| c.args.get(pos))
         };
         if c.args.iter().any(Expr::is_starred_expr) {
             return false;
         }
-        let Some(path_expr) = arg(0, "file") else {
+        let opens = functions.contains(&"open");
+        let joins = !opens && functions.iter().any(|f| f.contains("Path"));
+        let paths = if joins && c.args.len() > 1 {
+            let parts: Vec<StrSet> = c.args.iter().map(|a| self.env.strs(a, 0)).collect();
+            if parts.contains(&StrSet::Unknown) {
+                return false;
+            }
+            let mut with_slashes = Vec::with_capacity(parts.len() * 2);
+            for (i, p) in parts.into_iter().enumerate() {
+                if i > 0 {
+                    with_slashes.push(StrSet::one("/".to_owned()));
+                }
+                with_slashes.push(p);
+            }
+            fold::product(with_slashes)
+        } else {
+            let Some(path_expr) = keyword(PATH_KEYWORDS).or_else(|| c.args.first()) else {
+                return false;
+            };
+            self.env.strs(path_expr, 0)
+        };
+        let StrSet::Known(paths) = paths else {
             return false;
         };
-        let StrSet::Known(paths) = self.env.strs(path_expr, 0) else {
-            return false;
+        let mode_expr = if opens {
+            keyword(&["mode"]).or_else(|| c.args.get(1))
+        } else {
+            None
         };
-        let modes = match arg(1, "mode") {
+        let modes = match mode_expr {
             None => vec!["r".to_owned()],
             Some(m) => match self.env.strs(m, 0) {
                 StrSet::Known(v) => v,
@@ -468,10 +496,14 @@ impl<'a> Checker<'_, 'a, '_> {
         let mode_hits = match fr.modes {
             FileModes::Any => true,
             FileModes::Write => modes.iter().any(|m| m.contains(['w', 'a', 'x', '+'])),
+            FileModes::Read => modes.iter().any(|m| m.contains(['r', '+'])),
         };
         mode_hits && paths.iter().any(|p| path_hits(p, fr))
     }
 }
+
+/// Keyword names the readers a file rule may cover give their path argument.
+const PATH_KEYWORDS: &[&str] = &["file", "filepath_or_buffer", "fname", "filename", "path"];
 
 /// Whether a constant path falls under a file rule. Absolute paths are normalised lexically
 /// (`/tmp/../etc` is `/etc`); relative paths count only for rules that say so, except that
@@ -479,6 +511,20 @@ impl<'a> Checker<'_, 'a, '_> {
 fn path_hits(path: &str, fr: &FileRule) -> bool {
     if !fr.suffixes.is_empty() && !fr.suffixes.iter().any(|s| path.ends_with(s.as_str())) {
         return false;
+    }
+    // `~/.ssh/id_rsa` and `../.aws/credentials` are as telling as absolute paths.
+    if !fr.segments.is_empty() {
+        let comps: Vec<&str> = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        if fr
+            .segments
+            .iter()
+            .any(|seg| comps.windows(seg.len()).any(|w| w == seg.as_slice()))
+        {
+            return true;
+        }
     }
     let normalised = if path.starts_with('/') {
         let mut parts: Vec<&str> = Vec::new();

@@ -135,12 +135,16 @@ struct FileAccessSpec {
     relative: bool,
     #[serde(default)]
     suffixes: Vec<String>,
+    #[serde(default)]
+    segments: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum FileModes {
     Write,
+    /// Modes that read (r, +, or none given): a write is another rule's business.
+    Read,
     Any,
 }
 
@@ -273,6 +277,8 @@ pub(crate) struct FileRule {
     pub allowed: Vec<String>,
     pub relative: bool,
     pub suffixes: Vec<String>,
+    /// Runs of whole path components that count wherever they appear (`.ssh`).
+    pub segments: Vec<Vec<String>>,
     /// Qualified names of the functions covered (`builtins.open`, `io.open`).
     pub functions: DottedIndex,
 }
@@ -672,6 +678,17 @@ fn compile_builtin(policy: &mut Policy, spec: &RuleSpec, r: usize) -> Result<(),
                     ));
                 }
             }
+            let mut segments = Vec::new();
+            for seg in &fa.segments {
+                let comps: Vec<String> = seg.split('/').map(str::to_owned).collect();
+                if comps.iter().any(|c| c.is_empty() || c == "." || c == "..") {
+                    return Err(invalid(
+                        id,
+                        format!("file_access segment `{seg}` is not a relative run of names"),
+                    ));
+                }
+                segments.push(comps);
+            }
             if fa.paths.is_empty() {
                 return Err(invalid(
                     id,
@@ -685,6 +702,7 @@ fn compile_builtin(policy: &mut Policy, spec: &RuleSpec, r: usize) -> Result<(),
                 allowed: fa.allowed.clone(),
                 relative: fa.relative,
                 suffixes: fa.suffixes.clone(),
+                segments,
                 functions,
             });
         }

@@ -396,6 +396,49 @@ impl<'a, 'p> Env<'a, 'p> {
         *self.memo.borrow_mut() = Some(HashMap::new());
     }
 
+    /// What a `def`, `class` or `type` statement left unparsed binds the name to.
+    pub(crate) fn bind_defined(&mut self, name: &str) {
+        self.bind(name, Binding::Opaque);
+    }
+
+    /// The expressions a name is bound to (assignments, loop elements, walrus).
+    pub(crate) fn bound_exprs(&self, name: &str) -> Vec<&'a Expr> {
+        self.lookup(&norm(name))
+            .map(|v| {
+                v.bindings
+                    .iter()
+                    .filter_map(|b| match *b {
+                        Binding::Expr(e) => Some(e),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A `from m import *` was seen: then any free name may be one of m's.
+    pub(crate) fn has_star_imports(&self) -> bool {
+        !self.star_modules.is_empty()
+    }
+
+    /// Whether `name` may hold something a rule can name once more attributes are read from
+    /// it: the namespace dict, or a qualified name with a component the policy watches for
+    /// (every match of a rule contains such a component; see `prefilter`). Valid after solve.
+    pub(crate) fn may_reach_rule(&self, name: &str) -> bool {
+        let Some(var) = self.lookup(name) else {
+            return false;
+        };
+        let t = &self.policy.triggers;
+        var.objs.iter().any(|q| {
+            q == NAMESPACE
+                || q.split('.').any(|c| {
+                    t.words.contains(c)
+                        || t.bare_words.contains(c)
+                        || t.prefixes.iter().any(|p| c.starts_with(p.as_str()))
+                })
+        })
+    }
+
     fn lookup(&self, name: &str) -> Option<&Var<'a>> {
         self.index.get(name).map(|&i| &self.vars[i])
     }

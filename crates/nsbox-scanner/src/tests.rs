@@ -157,6 +157,10 @@ const CORPUS: &[(&str, &str, &[&str])] = &[
     ("utf-8 coding declaration", "# -*- coding: utf-8 -*-\nprint('ok')", &[]),
     ("relative path without climbing", "open('out/report.txt', 'w').write('x')", &[]),
     ("dev null", "import sys\nwith open('/dev/null', 'w') as devnull:\n    print('x', file=devnull)", &[]),
+    ("pandas read_csv relative", "import pandas as pd\ndf = pd.read_csv('sales.csv')\nprint(df.head())", &[]),
+    ("pathlib read tmp", "from pathlib import Path\nprint(Path('/tmp', 'report.txt').read_text())", &[]),
+    ("open files named like secrets", "open('passwd_stats.csv').read()\nopen('/tmp/ssh_report.txt', 'w').write('x')", &[]),
+    ("loadtxt computed path", "import numpy as np\nname = input()\nrows = np.loadtxt(name)", &[]),
     // ---- refused: modules ------------------------------------------------------------------
     ("import os alone", "import os", &["Operating system interface"]),
     ("import os.path", "import os.path\nprint(os.path.join('a', 'b'))", &["Operating system interface"]),
@@ -215,6 +219,25 @@ const CORPUS: &[(&str, &str, &[&str])] = &[
     ("numpy ctypeslib", "import numpy as np\nnp.ctypeslib.ctypes.CDLL(None)", &["Foreign function interface"]),
     ("pandas query injection", "import pandas as pd\ndf = pd.DataFrame({'a': [1]})\ndf.query(\"@__import__('os').system('id')\")", &["Dynamic code execution"]),
     ("open proc environ", "print(open('/proc/self/environ').read())", &["System file access"]),
+    // ---- refused: credential and account files --------------------------------------------
+    ("open etc shadow", "print(open('/etc/shadow').read())", &["Credential file access"]),
+    ("open etc sudoers read mode", "with open('/etc/sudoers', 'r') as f:\n    print(f.read())", &["Credential file access"]),
+    ("open keyword file gshadow", "with open(file='/etc/gshadow') as f:\n    lines = f.readlines()", &["Credential file access"]),
+    ("open passwd read plus", "open('/etc/passwd', 'r+')", &["File write outside /tmp", "Credential file access"]),
+    ("open shadow through tmp", "open('/tmp/../etc/./shadow').read()", &["Credential file access"]),
+    ("open shadow concatenated", "p = '/etc/' + 'sha' + 'dow'\nprint(open(p).read())", &["Credential file access"]),
+    ("pathlib passwd", "import pathlib\nprint(pathlib.Path('/etc/passwd').read_text())", &["Credential file access"]),
+    ("pathlib joined parts", "from pathlib import Path\nprint(Path('/etc', 'shadow').read_text())", &["Credential file access"]),
+    ("pathlib home ssh key", "from pathlib import Path\nkey = Path('~/.ssh/id_rsa').expanduser().read_text()", &["Credential file access"]),
+    ("pandas read_csv passwd", "import pandas as pd\nusers = pd.read_csv('/etc/passwd', sep=':', header=None)\nprint(users.head())", &["Credential file access"]),
+    ("pandas read_csv keyword path", "import pandas as pd\nusers = pd.read_csv(filepath_or_buffer='/etc/passwd', sep=':')", &["Credential file access"]),
+    ("numpy loadtxt passwd", "import numpy as np\nrows = np.loadtxt('/etc/passwd', dtype=str, delimiter=':')", &["Credential file access"]),
+    ("root ssh authorized keys", "print(open('/root/.ssh/authorized_keys').read())", &["Credential file access"]),
+    ("aws credentials in a home", "import io\ntext = io.open('/home/analyst/.aws/credentials').read()", &["Credential file access"]),
+    ("relative netrc", "print(open('.netrc').read())", &["Credential file access"]),
+    ("pgpass in home", "open('/home/u/.pgpass').read()", &["Credential file access"]),
+    ("kube config", "import yaml\ncfg = open('/home/u/.kube/config').read()", &["Credential file access"]),
+    ("service account token", "token = open('/var/run/secrets/kubernetes.io/serviceaccount/token').read()", &["Credential file access"]),
     // ---- refused: introspection escapes ---------------------------------------------------
     ("subclasses walk", "().__class__.__bases__[0].__subclasses__()", &["Class hierarchy traversal"]),
     ("mro walk", "''.__class__.__mro__[1].__subclasses__()", &["Class hierarchy traversal"]),
@@ -547,4 +570,196 @@ fn custom_policy_from_toml_is_used() {
     .expect("valid");
     assert_eq!(violation_names(&scan("import json", &policy)), vec!["JSON"]);
     assert!(scan("import os", &policy).is_empty());
+}
+
+/// Analysis code without watched words, to put around the statements under test so the
+/// partial parse has something to leave out.
+const FILLER: &str = r#"
+def load_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"region": rng.choice(["n", "s"], size=n), "sales": rng.normal(100, 15, size=n)})
+    frame["revenue"] = frame["sales"] * 2
+    return frame
+
+
+frame = load_frame()
+monthly = frame.groupby("region")["revenue"].agg(["sum", "mean", "count"])
+ratios = {r: round(v, 3) for r, v in monthly["mean"].items()}
+if len(ratios) > 1:
+    print(sorted(ratios))
+else:
+    print("one region")
+print(f"{len(frame)} rows, {monthly.shape}")
+"#;
+
+/// The parse of reachable statements only must give what the whole parse gives, for every
+/// corpus case put among statements it leaves out, before and after them, and with the
+/// case's own top-level statements spread apart.
+#[test]
+fn partial_parse_changes_nothing() {
+    let policy = Policy::builtin();
+    let header = "import numpy as np\nimport pandas as pd\n";
+    let mut checked = 0;
+    for (label, code, _) in CORPUS {
+        let mut variants = vec![
+            format!("{header}{FILLER}\n{code}\n"),
+            format!("{code}\n{header}{FILLER}{FILLER}"),
+            format!("{LLM_ANALYSIS}\n{code}\n{FILLER}"),
+        ];
+        if !code.lines().any(|l| l.starts_with([' ', '\t'])) {
+            let spread: Vec<&str> = code.lines().collect();
+            variants.push(format!("{header}{}\n", spread.join(FILLER)));
+        }
+        for v in variants {
+            let fast = analyze(&v, &policy);
+            let full = run(&v, &policy, Mode::NoPrefilter);
+            assert_eq!(fast.violations, full.violations, "{label}:\n{v}");
+            if ast::Suite::parse(&v, "<string>").is_ok() {
+                let imports = run(&v, &policy, Mode::Imports).imported_modules;
+                assert_eq!(fast.imported_modules, imports, "{label}:\n{v}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 3 * CORPUS.len());
+}
+
+/// Values that travel through statements without a watched word still reach the checker.
+#[test]
+fn partial_parse_follows_names_through_cold_statements() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "import subprocess as sp\n{F}\nx = sp\n{F}\ny = x\n{F}\ny.run(['ls'])\n",
+            &["Subprocess management", "subprocess command execution"],
+        ),
+        (
+            "import numpy as np\nc = np.ctypeslib\n{F}\nc.load_library('x', '.')\n",
+            &["Foreign function interface"],
+        ),
+        (
+            "import timeit as t\n{F}\nt.Timer('x = 1')\n",
+            &["Dynamic code execution"],
+        ),
+        (
+            "def pick(name):\n    return name\n{F}\nname = 'mean'\nprint(getattr(np, name))\n",
+            &["Dynamic attribute access"],
+        ),
+        (
+            "a = 'sys'\n{F}\nb = 'tem'\n{F}\nimport os\ngetattr(os, a + b)('id')\n",
+            &["Operating system interface", "os.system line execution"],
+        ),
+        (
+            "g = globals\n{F}\nns = g()\n{F}\nns[key]\n",
+            &["Dynamic namespace access"],
+        ),
+        (
+            "def f():\n    pass\n{F}\nb = '__co' + 'de__'\n{F}\na = b\n{F}\nsetattr(f, a, None)\n",
+            &["Function internals access"],
+        ),
+        (
+            "for attr in names_list:\n    pass\n{F}\nprint(getattr(np, attr))\n",
+            &["Dynamic attribute access"],
+        ),
+        (
+            "print(f\"{(attr := input())}\")\n{F}\nattr = 'mean'\nprint(getattr(np, attr))\n",
+            &["Dynamic attribute access"],
+        ),
+        (
+            "match v:\n    case [attr]:\n        pass\n{F}\nattr = 'mean'\ngetattr(np, attr)\n",
+            &["Dynamic attribute access"],
+        ),
+        (
+            "attr = 'mean'\n{F}\nattr += 'x'\ngetattr(np, attr)\n",
+            &["Dynamic attribute access"],
+        ),
+        (
+            "@decorate\ndef run(x):\n    return x\n{F}\nimport subprocess as sp\nalias = sp\n{F}\nrun = alias.check_call\n{F}\nrun(['id'])\n",
+            &["Subprocess management", "subprocess command execution"],
+        ),
+        (
+            "import subprocess as sp\na0 = sp\n{F}\na1 = a0\n{F}\na2 = a1\n{F}\na3 = a2\n{F}\na4 = a3\n{F}\na5 = a4\n{F}\na6 = a5\n{F}\na7 = a6\n{F}\na7.run(['id'])\n",
+            &["Subprocess management", "subprocess command execution"],
+        ),
+        ("x = 1 +\n{F}\nprint(getattr(np, 'mean'))\n", &[]),
+        ("print(getattr(np, 'mean'))\n{F}\n", &[]),
+    ];
+    let policy = Policy::builtin();
+    for (template, expected) in cases {
+        let code = template.replace("{F}", FILLER);
+        assert_eq!(names_for(&code), *expected, "{code}");
+        let full = run(&code, &policy, Mode::NoPrefilter).violations;
+        assert_eq!(scan(&code, &policy), full, "{code}");
+    }
+}
+
+/// Random mixtures of corpus cases and statements that pass values along (a fixed seed, so a
+/// failure reproduces): the partial parse must agree with the whole one on every mixture.
+/// 30,000 mixtures agreed when this was written; the test keeps a few hundred.
+#[test]
+fn partial_parse_agrees_on_random_mixtures() {
+    let policy = Policy::builtin();
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut next = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as usize) % n
+    };
+    let pieces: Vec<&str> = vec![
+        FILLER,
+        LLM_ANALYSIS,
+        "import numpy as np\n",
+        "import pandas as pd\n",
+        "x = np\n",
+        "y = x.ctypeslib\n",
+        "name = input()\n",
+        "def g(name):\n    return name\n",
+        "attr = 'mean'\n",
+        "b = '__co' + 'de__'\n",
+        "a = b\n",
+        "f = getattr\n",
+        "h = sp\n",
+        "import subprocess as sp\n",
+        "k = h.run\n",
+        "k(['x'])\n",
+        "setattr(obj, a, 1)\n",
+        "print(getattr(np, attr))\n",
+        "ns = vars\n",
+        "q = ns(obj)\n",
+        "q.get(key)\n",
+        "m = b\n",
+        "getattr(os, m)\n",
+        "for m in things:\n    pass\n",
+        "z = f\n",
+        "z(obj, m)\n",
+        "from pathlib import Path as P\n",
+        "p = '/etc/' + 'passwd'\n",
+        "P(p).read_text()\n",
+        "r = P\n",
+        "r(p)\n",
+        "def r():\n    pass\n",
+    ];
+    let mut diffs = 0;
+    for _ in 0..300 {
+        let mut code = String::new();
+        for _ in 0..(2 + next(7)) {
+            if next(2) == 0 {
+                code.push_str(CORPUS[next(CORPUS.len())].1);
+                code.push('\n');
+            } else {
+                code.push_str(pieces[next(pieces.len())]);
+            }
+        }
+        let fast = analyze(&code, &policy);
+        let full = run(&code, &policy, Mode::NoPrefilter);
+        if fast.violations != full.violations {
+            diffs += 1;
+            eprintln!(
+                "DIFF:\n{code}\nfast {:?}\nfull {:?}",
+                violation_names(&fast.violations),
+                violation_names(&full.violations)
+            );
+        }
+    }
+    assert_eq!(diffs, 0);
 }
