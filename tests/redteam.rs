@@ -2750,10 +2750,13 @@ fn allowed_by(may: &[&str], path: &str) -> bool {
     })
 }
 
+/// A returned file: its path and its content (`None` when truncated).
+type Returned = (String, Option<Vec<u8>>);
+
 /// The output files of a response: every entry has a normal path and either its content
 /// (of its `size`, free of host markers) or `truncated: true`. Returns (path, content)
 /// pairs, content `None` when truncated.
-fn returned_files(v: &Value) -> Result<Vec<(String, Option<Vec<u8>>)>, String> {
+fn returned_files(v: &Value) -> Result<Vec<Returned>, String> {
     use base64::Engine as _;
     let Some(files) = v.get("files").and_then(Value::as_array) else {
         return Err("no `files` array in the response to a request with `files`".into());
