@@ -1273,7 +1273,13 @@ fn a_timeout_interrupts_the_code_and_keeps_the_session() {
 
 /// A call that ends the session: the response says `ended` with a reason, later requests
 /// get 404 `session ended: ...`, and its processes are gone.
-fn assert_call_ends_the_session(api: &Api, base: u32, before: &Baseline, code: &str, timeout: f64) {
+fn assert_call_ends_the_session(
+    api: &Api,
+    base: u32,
+    before: &Baseline,
+    code: &str,
+    timeout: f64,
+) -> Value {
     let sid = api.open(json!({}));
     api.step(&sid, "x = 1");
     let started = Instant::now();
@@ -1281,7 +1287,6 @@ fn assert_call_ends_the_session(api: &Api, base: u32, before: &Baseline, code: &
     let took = started.elapsed();
     assert_eq!(a.status, 200, "{}", a.describe());
     let r = a.json();
-    assert_eq!(r["success"], false, "{}", brief(&r));
     assert_eq!(r["session"]["id"], sid.as_str(), "{}", brief(&r));
     assert_eq!(r["session"]["state"], "ended", "{}", brief(&r));
     let reason = text(&r["session"], "reason");
@@ -1296,6 +1301,7 @@ fn assert_call_ends_the_session(api: &Api, base: u32, before: &Baseline, code: &
     assert_ended_404(&api.get_session(&sid), "GET after the session ended");
     wait_clean(api.server, base, before, TEARDOWN_GRACE)
         .unwrap_or_else(|e| panic!("after {code:?} ended its session: {e}"));
+    r
 }
 
 #[test]
@@ -1304,7 +1310,12 @@ fn an_uninterruptible_run_ends_the_session() {
     let before = baseline(&server, base);
     let api = Api::new(&server);
     let code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass";
-    assert_call_ends_the_session(&api, base, &before, code, 1.0);
+    let r = assert_call_ends_the_session(&api, base, &before, code, 1.0);
+    assert!(
+        r["success"] == false && r["exit_code"] == -1 && text(&r, "stderr").contains("timeout"),
+        "the spec's timeout response: {}",
+        brief(&r)
+    );
     let r = api.call(&api.open(json!({})), "print('next')", 10.0).json();
     assert_eq!(r["stdout"], "next\n", "a new session works: {}", brief(&r));
 }
@@ -1316,19 +1327,25 @@ fn a_run_that_ends_the_interpreter_ends_the_session() {
     let api = Api::new(&server);
     assert_call_ends_the_session(&api, base, &before, "exit()", 10.0);
     assert_call_ends_the_session(&api, base, &before, "import os\nos._exit(3)", 10.0);
-    assert_call_ends_the_session(
+    let r = assert_call_ends_the_session(
         &api,
         base,
         &before,
         "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
         10.0,
     );
-    assert_call_ends_the_session(
+    assert_eq!(r["success"], false, "{}", brief(&r));
+    let r = assert_call_ends_the_session(
         &api,
         base,
         &before,
         "b = []\nwhile True:\n    b.append(bytearray(16 << 20))",
         20.0,
+    );
+    assert!(
+        r["success"] == false && text(&r, "stderr").contains("Memory limit exceeded (256 MiB)"),
+        "{}",
+        brief(&r)
     );
 }
 
