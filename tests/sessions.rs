@@ -1095,10 +1095,87 @@ fn state_is_kept_across_calls_and_not_shared_between_sessions() {
     );
     assert_eq!(r["stdout"], "False False []\n", "{}", brief(&r));
 
+    // Input files on a call in a session land in its working directory and stay there;
+    // unchanged, they are not returned.
+    let a_call = api.send(
+        Method::POST,
+        "/v1/tools/code",
+        Some(Body::Json(json!({
+            "code": "print(open('in/extra.csv').read(), end='')",
+            "lang": "python",
+            "session_id": a,
+            "files": [{"path": "in/extra.csv", "content": "a\n1\n"}],
+        }))),
+    );
+    assert_eq!(a_call.status, 200, "{}", a_call.describe());
+    let r = a_call.json();
+    assert_eq!(r["stdout"], "a\n1\n", "{}", brief(&r));
+    assert_eq!(r["files"], json!([]), "{}", brief(&r));
+    let r = api.step(&a, "import os\nprint(sorted(os.listdir('.')), x)");
+    assert_eq!(r["stdout"], "['in', 'notes.txt'] 41\n", "{}", brief(&r));
+
     let s = api.get_session(&a).json();
-    assert_eq!(s["calls"], 7, "{s}");
+    assert_eq!(s["calls"], 9, "{s}");
     for sid in [&a, &b] {
         assert_eq!(api.delete(sid).status, 204);
+    }
+}
+
+#[test]
+fn session_options_are_checked() {
+    let (_one, _base, server) = start(19, &[]);
+    let api = Api::new(&server);
+    // Libraries of the root filesystem are accepted and kept; others are refused by name.
+    let created = api.create(Some(json!({"libraries": ["numpy", "pandas"]})));
+    assert_eq!(created.status, 201, "{}", created.describe());
+    let s = created.json();
+    assert_eq!(s["libraries"], json!(["numpy", "pandas"]), "{s}");
+    assert_eq!(s["template"], "scientific", "{s}");
+    let sid = s["id"].as_str().unwrap().to_string();
+    let r = api.step(&sid, "import numpy, pandas\nprint(numpy.arange(4).sum())");
+    assert_eq!(r["stdout"], "6\n");
+    assert_eq!(api.delete(&sid).status, 204);
+    let bad = api.create(Some(json!({"libraries": ["numpy", "left-pad"]})));
+    assert_eq!(bad.status, 400, "{}", bad.describe());
+    assert!(bad.message().contains("left-pad"), "{}", bad.describe());
+    // A TTL past session_max_idle_ttl (3600) is refused or capped, never granted.
+    let long = api.create(Some(json!({"ttl_seconds": 999_999})));
+    match long.status {
+        400 => assert!(
+            long.message().contains("ttl_seconds"),
+            "{}",
+            long.describe()
+        ),
+        201 => {
+            let s = long.json();
+            assert!(s["ttl_seconds"].as_u64().unwrap() <= 3600, "{s}");
+            assert_eq!(api.delete(s["id"].as_str().unwrap()).status, 204);
+        }
+        _ => panic!("ttl_seconds 999999: {}", long.describe()),
+    }
+    for bad in [
+        json!({"ttl_seconds": -1}),
+        json!({"ttl_seconds": "ten"}),
+        json!([1]),
+    ] {
+        let a = api.create(Some(bad.clone()));
+        assert!(
+            a.status == 400 || a.status == 422,
+            "{bad}: {}",
+            a.describe()
+        );
+    }
+    // An unknown session id is a 404; a malformed one a 404 or a 400.
+    let a = api.call("sess_0123456789abcdef0123456789abcdef", "print(1)", 10.0);
+    assert_eq!(a.status, 404, "{}", a.describe());
+    assert!(a.message().contains("not found"), "{}", a.describe());
+    for sid in ["nope", "sess_", "sess_zzzz", "../v1/status"] {
+        let a = api.call(sid, "print(1)", 10.0);
+        assert!(
+            a.status == 404 || a.status == 400,
+            "{sid}: {}",
+            a.describe()
+        );
     }
 }
 
