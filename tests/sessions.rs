@@ -494,12 +494,17 @@ fn wait_clean(
     ))
 }
 
-fn metrics(server: &Server) -> String {
-    server.get("/metrics").text().unwrap()
+/// `/metrics` as `api`'s client sees it (behind the API keys when there are some).
+fn metrics(api: &Api) -> String {
+    let a = api.send(Method::GET, "/metrics", None);
+    assert_eq!(a.status, 200, "/metrics: {}", a.describe());
+    String::from_utf8_lossy(&a.bytes).into_owned()
 }
 
-fn status(server: &Server) -> Value {
-    server.get("/v1/status").json().unwrap()
+fn status(api: &Api) -> Value {
+    let a = api.send(Method::GET, "/v1/status", None);
+    assert_eq!(a.status, 200, "/v1/status: {}", a.describe());
+    a.json()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -935,7 +940,15 @@ fn bad_input_files_are_refused() {
             {"path": "p3.txt", "content": part},
         ]),
         413,
-        &["total", "files_max_mib", "files-max-mib", "2 MiB", "in all"],
+        &[
+            "total",
+            "files_max_mib",
+            "files-max-mib",
+            "2 MiB",
+            "2097152",
+            "in all",
+            "add up",
+        ],
     );
     expect_refused(
         &api,
@@ -1298,14 +1311,14 @@ fn ttl_expiry_frees_the_sandbox() {
     assert_ended_404(&call, "a call after the TTL");
     wait_clean(&server, base, &before, TEARDOWN_GRACE)
         .unwrap_or_else(|e| panic!("after the TTL: {e}"));
-    let m = metrics(&server);
+    let m = metrics(&api);
     assert_eq!(
         metric(&m, "nsbox_sessions_ended_total{reason=\"expired\"}"),
         Some(1.0),
         "{m}"
     );
     assert_eq!(metric(&m, "nsbox_sessions_active"), Some(0.0), "{m}");
-    assert_eq!(status(&server)["sessions"]["active"], 0);
+    assert_eq!(status(&api)["sessions"]["active"], 0);
 }
 
 #[test]
@@ -1477,10 +1490,10 @@ fn sessions_per_key_are_capped() {
     assert_eq!(k1.delete(&first).status, 204);
     k1.open(json!({}));
     assert_eq!(k2.delete(&other).status, 204);
-    let m = metrics(&server);
+    let m = metrics(&k1);
     assert_eq!(metric(&m, "nsbox_sessions_created_total"), Some(4.0), "{m}");
     assert_eq!(metric(&m, "nsbox_sessions_active"), Some(2.0), "{m}");
-    let st = status(&server);
+    let st = status(&k1);
     assert_eq!(st["sessions"]["active"], 2, "{st}");
     assert_eq!(st["sessions"]["created"], 4, "{st}");
     assert_eq!(st["sessions"]["ended"], 2, "{st}");
@@ -1628,7 +1641,7 @@ fn fifty_sessions_of_ten_calls_at_concurrency_eight_leave_nothing_behind() {
     if !added.is_empty() {
         problems.push(format!("mounts added to the host: {added:?}"));
     }
-    let m = metrics(&server);
+    let m = metrics(&api);
     for (series, want) in [
         ("nsbox_sessions_active", 0.0),
         ("nsbox_sessions_created_total", SESSIONS as f64),
@@ -1643,7 +1656,7 @@ fn fifty_sessions_of_ten_calls_at_concurrency_eight_leave_nothing_behind() {
             problems.push(format!("{series}: {got:?}, expected {want}"));
         }
     }
-    let st = status(&server);
+    let st = status(&api);
     if st["sessions"]["active"] != 0 {
         problems.push(format!("status after the load: {}", st["sessions"]));
     }
