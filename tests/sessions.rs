@@ -965,6 +965,8 @@ fn bad_input_files_are_refused() {
             "count",
             "too many",
             "3 files",
+            "4 files",
+            "maximum is 3",
         ],
     );
     let exact = b64(&vec![7u8; MIB]);
