@@ -63,6 +63,14 @@ pub struct RunArgs {
     /// Print the API's JSON response instead of the output.
     #[arg(long)]
     pub json: bool,
+    /// A file copied into the run's working directory under its own name, or under NAME
+    /// with `NAME=PATH` (repeatable).
+    #[arg(long = "file", value_name = "[NAME=]PATH")]
+    pub files: Vec<String>,
+    /// Where the files the code creates or changes in its working directory are written
+    /// (kept under their paths); without it they are not collected.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
     #[command(flatten)]
     pub options: Options,
 }
@@ -176,6 +184,35 @@ pub struct Options {
     /// is logged only at RUST_LOG=nsbox::code=debug) [default: human].
     #[arg(long, env = "NSBOX_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Files a request may send, and a run may return, each way [default: 32].
+    #[arg(long, env = "NSBOX_FILES_MAX_COUNT")]
+    pub files_max_count: Option<usize>,
+    /// Largest file a request may send or a run return, MiB [default: 16].
+    #[arg(long, env = "NSBOX_FILE_MAX_MIB")]
+    pub file_max_mib: Option<u64>,
+    /// All files a request may send, or a run return, each way, MiB [default: 32].
+    #[arg(long, env = "NSBOX_FILES_MAX_MIB")]
+    pub files_max_mib: Option<u64>,
+    /// Sessions open at once, in all [default: 32].
+    #[arg(long, env = "NSBOX_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Sessions open at once per API key [default: 8].
+    #[arg(long, env = "NSBOX_MAX_SESSIONS_PER_KEY")]
+    pub max_sessions_per_key: Option<usize>,
+    /// Memory all sessions may hold together, MiB; each reserves --memory-mib
+    /// [default: 4096].
+    #[arg(long, env = "NSBOX_SESSION_MEMORY_BUDGET_MIB")]
+    pub session_memory_budget_mib: Option<u64>,
+    /// Seconds a session may stay unused before it is ended, unless it asks for its own
+    /// `ttl_seconds` [default: 600].
+    #[arg(long, env = "NSBOX_SESSION_IDLE_TTL")]
+    pub session_idle_ttl: Option<u64>,
+    /// Largest `ttl_seconds` a session may ask for [default: 3600].
+    #[arg(long, env = "NSBOX_SESSION_MAX_IDLE_TTL")]
+    pub session_max_idle_ttl: Option<u64>,
+    /// Seconds a session may live, however busy [default: 14400].
+    #[arg(long, env = "NSBOX_SESSION_MAX_LIFETIME")]
+    pub session_max_lifetime: Option<u64>,
 }
 
 impl Options {
@@ -215,7 +252,16 @@ impl Options {
             max_forks,
             shutdown_grace,
             scanner,
-            log_format
+            log_format,
+            files_max_count,
+            file_max_mib,
+            files_max_mib,
+            max_sessions,
+            max_sessions_per_key,
+            session_memory_budget_mib,
+            session_idle_ttl,
+            session_max_idle_ttl,
+            session_max_lifetime
         );
         overlay_optional!(max_running_per_user, api_keys_file, warm_library);
         if self.no_cgroups {
@@ -286,6 +332,8 @@ pub fn main() -> ExitCode {
                 plots_dir: args.plots_dir,
                 timeout_s: args.timeout,
                 json: args.json,
+                files: args.files,
+                out_dir: args.out_dir,
             };
             match crate::run::main(&config, &opts) {
                 Ok(status) => ExitCode::from(status),

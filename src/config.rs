@@ -120,6 +120,24 @@ pub struct Config {
     pub scanner: ScannerMode,
     /// `human` or `json`.
     pub log_format: LogFormat,
+    /// Files a request may send, and a run may return (each way).
+    pub files_max_count: usize,
+    /// Largest file a request may send or a run return, MiB.
+    pub file_max_mib: u64,
+    /// All files a request may send, or a run return (each way), MiB.
+    pub files_max_mib: u64,
+    /// Sessions open at once, in all.
+    pub max_sessions: usize,
+    /// Sessions open at once per API key.
+    pub max_sessions_per_key: usize,
+    /// Memory all sessions may hold together, MiB: each reserves its `memory_mib`.
+    pub session_memory_budget_mib: u64,
+    /// Seconds a session may stay unused before it is ended, when it asks for no TTL.
+    pub session_idle_ttl: u64,
+    /// The largest `ttl_seconds` a session may ask for.
+    pub session_max_idle_ttl: u64,
+    /// Seconds a session may live, however busy.
+    pub session_max_lifetime: u64,
 }
 
 /// Where `nsbox` finds the root filesystem when nothing says otherwise.
@@ -152,6 +170,15 @@ impl Default for Config {
             shutdown_grace: 15.0,
             scanner: ScannerMode::Enforce,
             log_format: LogFormat::Human,
+            files_max_count: 32,
+            file_max_mib: 16,
+            files_max_mib: 32,
+            max_sessions: 32,
+            max_sessions_per_key: 8,
+            session_memory_budget_mib: 4096,
+            session_idle_ttl: 600,
+            session_max_idle_ttl: 3600,
+            session_max_lifetime: 14_400,
         }
     }
 }
@@ -215,11 +242,43 @@ impl Config {
         nonzero("tmp_mib", self.tmp_mib)?;
         nonzero("output_kib", self.output_kib as u64)?;
         nonzero("max_forks", self.max_forks.into())?;
+        nonzero("file_max_mib", self.file_max_mib)?;
+        nonzero("files_max_mib", self.files_max_mib)?;
+        nonzero("session_idle_ttl", self.session_idle_ttl)?;
+        if self.session_idle_ttl > self.session_max_idle_ttl {
+            return Err(invalid(
+                "session_idle_ttl",
+                format!(
+                    "({} s) must not exceed session_max_idle_ttl ({} s)",
+                    self.session_idle_ttl, self.session_max_idle_ttl
+                ),
+            ));
+        }
+        nonzero("session_max_lifetime", self.session_max_lifetime)?;
+        if self.files_max_mib > 64 {
+            // A run's outcome, files in base64 included, travels as one frame of at most
+            // 128 MiB.
+            return Err(invalid("files_max_mib", "must be at most 64 MiB"));
+        }
+        if self.file_max_mib > self.files_max_mib {
+            return Err(invalid(
+                "file_max_mib",
+                format!(
+                    "({} MiB) must not exceed files_max_mib ({} MiB)",
+                    self.file_max_mib, self.files_max_mib
+                ),
+            ));
+        }
         if self.max_running_per_user == Some(0) {
             return Err(invalid("max_running_per_user", "must be at least 1"));
         }
         // Shifting MiB into bytes must not wrap.
-        for (field, v) in [("memory_mib", self.memory_mib), ("tmp_mib", self.tmp_mib)] {
+        for (field, v) in [
+            ("memory_mib", self.memory_mib),
+            ("tmp_mib", self.tmp_mib),
+            ("files_max_mib", self.files_max_mib),
+            ("session_memory_budget_mib", self.session_memory_budget_mib),
+        ] {
             if v > 1 << 40 {
                 return Err(invalid(field, format!("{v} MiB is beyond any machine")));
             }

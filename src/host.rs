@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -14,6 +15,8 @@ use crate::sandbox::namespaces::IdMapping;
 use crate::sandbox::spawner::{Spawner, SpawnerError};
 use crate::sandbox::{seccomp, Limits, SpawnerConfig, WarmConfig, WarmLibrary};
 use crate::service::catalog::{Catalog, CatalogError};
+use crate::service::files::FileLimits;
+use crate::service::sessions::SessionSettings;
 use crate::service::{millis, RunService, Settings};
 
 /// The namespaces every run gets; reported as-is by `/v1/status` and `nsbox check`.
@@ -70,6 +73,19 @@ impl Prepared {
             max_running: config.max_running,
             max_queue: config.max_queue,
             max_running_per_user: config.per_user_limit(),
+            files: FileLimits {
+                max_count: config.files_max_count,
+                max_file_bytes: config.file_max_mib << 20,
+                max_total_bytes: config.files_max_mib << 20,
+            },
+            sessions: SessionSettings {
+                idle_ttl: Duration::from_secs(config.session_idle_ttl),
+                max_idle_ttl: Duration::from_secs(config.session_max_idle_ttl),
+                max_lifetime: Duration::from_secs(config.session_max_lifetime),
+                max_sessions: config.max_sessions,
+                max_per_owner: config.max_sessions_per_key,
+                memory_budget_bytes: config.session_memory_budget_mib << 20,
+            },
         }
     }
 

@@ -99,6 +99,9 @@ impl McpServer {
             Err(ServiceError::Overloaded(m) | ServiceError::Unavailable(m)) => Ok(
                 CallToolResult::error(vec![ContentBlock::text(format!("nsbox is busy: {m}"))]),
             ),
+            Err(ServiceError::NotFound(m) | ServiceError::Conflict(m)) => {
+                Ok(CallToolResult::error(vec![ContentBlock::text(m)]))
+            }
             Err(ServiceError::SetupFailed { .. } | ServiceError::Internal) => Err(
                 McpError::internal_error("the sandbox could not run the code", None),
             ),

@@ -9,6 +9,8 @@ use base64::Engine;
 
 use crate::config::{Config, RunMode, ScannerMode};
 use crate::host::{LocalService, StartError};
+use crate::service::files::{FileContent, FileInput};
+use crate::service::response::FileResponse;
 use crate::service::{CodeRequest, CodeResponse, Ending, Limit, RunResult, ServiceError};
 
 /// Exit statuses of `nsbox run` that are not the code's own, following `timeout(1)` and
@@ -42,6 +44,11 @@ pub enum RunError {
     #[error("starting the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("writing {path}: {source}")]
+    WriteFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
     WritePlot {
         path: PathBuf,
         source: std::io::Error,
@@ -69,6 +76,10 @@ pub struct RunOptions {
     pub timeout_s: Option<f64>,
     /// Print the API's JSON response instead of the output.
     pub json: bool,
+    /// Input files: `PATH`, or `NAME=PATH` to choose the name in the working directory.
+    pub files: Vec<String>,
+    /// Where output files go; `None` does not collect them.
+    pub out_dir: Option<PathBuf>,
 }
 
 /// A sandbox of one's own: the run service as the server has it, over a cold spawner,
@@ -109,19 +120,94 @@ fn read_code(file: &Path) -> Result<String, RunError> {
     })
 }
 
+/// The `--file` arguments as input files: `NAME=PATH` or `PATH` (named by its last
+/// component). The service checks the names like any request's.
+fn input_files(args: &[String]) -> Result<Vec<FileInput>, RunError> {
+    args.iter()
+        .map(|arg| {
+            let (name, path) = match arg.split_once('=') {
+                Some((name, path)) => (name.to_string(), PathBuf::from(path)),
+                None => {
+                    let path = PathBuf::from(arg);
+                    let name = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .ok_or_else(|| {
+                            RunError::Input(format!(
+                                "--file {arg}: no file name; use --file NAME={arg}"
+                            ))
+                        })?
+                        .to_string();
+                    (name, path)
+                }
+            };
+            let bytes = std::fs::read(&path).map_err(|source| RunError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(FileInput {
+                path: name,
+                content: FileContent::Bytes(bytes),
+            })
+        })
+        .collect()
+}
+
+/// Writes the run's output files under `dir`, never through a link that is already there.
+fn write_outputs(dir: &Path, files: &[FileResponse]) -> Result<(), RunError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut err = std::io::stderr();
+    for file in files {
+        // The service checked the path: relative, no `..`, no empty component.
+        let path = dir.join(&file.path);
+        let Some(content) = &file.content_base64 else {
+            let _ = writeln!(err, "nsbox: {} not written: past a file cap", file.path);
+            continue;
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(content)
+            .expect("the supervisor encodes files as base64");
+        let write = || -> std::io::Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?
+                .write_all(&bytes)
+        };
+        write().map_err(|source| RunError::WriteFile {
+            path: path.clone(),
+            source,
+        })?;
+        let _ = writeln!(err, "nsbox: file written to {}", path.display());
+    }
+    Ok(())
+}
+
 /// Runs the file and returns the exit status `nsbox run` should end with.
 pub fn main(config: &Config, opts: &RunOptions) -> Result<u8, RunError> {
     let code = read_code(&opts.file)?;
+    let files = input_files(&opts.files)?;
     let request = CodeRequest {
         code,
         timeout_s: opts.timeout_s,
+        // Output files are collected only when there is somewhere to put them.
+        files: (opts.out_dir.is_some() || !files.is_empty()).then_some(files),
         ..CodeRequest::default()
     };
     let sandbox = Sandbox::start(config)?;
     let result = sandbox.run(request)?;
     drop(sandbox);
     let status = exit_status(result.ending);
-    print_response(&result.into(), opts)?;
+    let response: CodeResponse = result.into();
+    print_response(&response, opts)?;
+    if let (Some(dir), Some(files)) = (&opts.out_dir, &response.files) {
+        write_outputs(dir, files)?;
+    }
     Ok(status)
 }
 

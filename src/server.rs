@@ -43,8 +43,9 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
         service: service.clone(),
         isolation: Arc::new(local.isolation().clone()),
         keys: keys.clone(),
-        // Room for 50,000 four-byte characters, JSON escaping and the other fields.
-        max_body_bytes: 1 << 20,
+        // Room for 50,000 four-byte characters, JSON escaping and the other fields, and for
+        // the input files (in base64) the configuration allows.
+        max_body_bytes: service.settings().files.body_bytes(),
     };
     if keys.is_empty() {
         tracing::warn!(
@@ -75,10 +76,13 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
         // cancelled (their clients get a 503 to retry elsewhere) and the server exits.
         let grace = std::time::Duration::from_secs_f64(config.shutdown_grace);
         tokio::spawn(notify_when_ready(service.clone()));
+        let sessions_service = service.clone();
         axum::serve(listener, router(state.clone()))
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
                 crate::systemd::notify("STOPPING=1");
+                // Sessions live in this process's memory: they end with it, cleanly.
+                sessions_service.end_sessions();
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
                     tracing::warn!(

@@ -19,9 +19,11 @@ use nsbox::config::ScannerMode;
 use nsbox::host::Isolation;
 use nsbox::sandbox::namespaces::IdMappingReport;
 use nsbox::sandbox::warm::Template;
-use nsbox::sandbox::{Limits, RunEvent, RunOutcome, RunRequest, Termination};
+use nsbox::sandbox::{Limits, OutputFile, RunEvent, RunOutcome, RunRequest, Termination};
 use nsbox::service::catalog::Catalog;
+use nsbox::service::files::FileLimits;
 use nsbox::service::runner::{Events, RunFuture, Runner};
+use nsbox::service::sessions::SessionSettings;
 use nsbox::service::{RunService, Settings};
 
 /// Answers every run with `print(2**2)`'s outcome after `delay`, counting the runs.
@@ -49,6 +51,22 @@ impl Runner for FakeRunner {
                 wall_ms: 1,
                 peak_memory_bytes: None,
                 warm: false,
+                // Input files come back as if the code had changed them all.
+                files: match request.collect_files {
+                    Some(_) => request
+                        .files
+                        .iter()
+                        .map(|f| OutputFile {
+                            path: f.path.clone(),
+                            size: 0,
+                            content_base64: Some(f.content_base64.clone()),
+                            truncated: false,
+                        })
+                        .collect(),
+                    None => vec![],
+                },
+                memory_bytes: None,
+                session_ended: None,
             })
         })
     }
@@ -115,6 +133,12 @@ fn app(o: Options) -> App {
             max_running: o.max_running,
             max_queue: o.max_queue,
             max_running_per_user: o.max_running,
+            files: FileLimits {
+                max_count: 4,
+                max_file_bytes: 1 << 10,
+                max_total_bytes: 2 << 10,
+            },
+            sessions: SessionSettings::default(),
         },
         runner.clone(),
         catalog,
@@ -315,6 +339,146 @@ async fn bad_input_is_400_with_a_clear_message() {
         assert!(message.contains(needle), "{body}: {message}");
     }
     assert_eq!(app.runner.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn files_go_in_and_come_back_only_when_asked_for() {
+    let app = app(Options::default());
+    let a = send(
+        &app.router,
+        post(
+            json!({"code": "x", "lang": "python", "files": [
+                {"path": "data/a.csv", "content": "x,y\n"},
+                {"path": "b.bin", "content_base64": "AAE="},
+            ]})
+            .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let v = a.json();
+    let files = v["files"].as_array().expect("`files` in the answer");
+    assert_eq!(files.len(), 2);
+    assert_eq!(files[0]["path"], "data/a.csv");
+    assert_eq!(files[0]["mime_type"], "text/csv");
+    assert_eq!(files[0]["content_base64"], "eCx5Cg==");
+    assert_eq!(files[1]["mime_type"], "application/octet-stream");
+    assert!(files[0].get("truncated").is_none(), "only said when true");
+    assert!(v.get("session").is_none());
+    let empty = send(
+        &app.router,
+        post(json!({"code": "x", "lang": "python", "files": []}).to_string()),
+    )
+    .await;
+    assert_eq!(empty.json()["files"], json!([]));
+}
+
+#[tokio::test]
+async fn bad_files_are_400_or_413_naming_the_file() {
+    let app = app(Options::default());
+    let file = |f: Value| json!({"code": "x", "lang": "python", "files": [f]}).to_string();
+    let bad = [
+        (
+            file(json!({"path": "../etc/passwd", "content": ""})),
+            "\"../etc/passwd\"",
+        ),
+        (file(json!({"path": "/abs", "content": ""})), "absolute"),
+        (
+            file(json!({"path": "a//b", "content": ""})),
+            "empty component",
+        ),
+        (file(json!({"path": "a\u{0}b", "content": ""})), "NUL"),
+        (file(json!({"path": "a"})), "needs `content`"),
+        (
+            file(json!({"path": "a", "content": "", "content_base64": ""})),
+            "both",
+        ),
+        (
+            file(json!({"path": "a", "contents": ""})),
+            "unknown field `contents`",
+        ),
+        (file(json!({"path": "a", "content_base64": "!!"})), "base64"),
+        (file(json!("a.csv")), "must be an object"),
+        (
+            json!({"code": "x", "lang": "python", "files": {"a": 1}}).to_string(),
+            "array",
+        ),
+        (
+            json!({"code": "x", "lang": "python", "files": [
+                {"path": "a", "content": ""}, {"path": "a", "content": ""}]})
+            .to_string(),
+            "twice",
+        ),
+        (
+            json!({"code": "x", "lang": "python", "session_id": 5}).to_string(),
+            "`session_id` must be a string",
+        ),
+    ];
+    for (body, needle) in bad {
+        let message = send(&app.router, post(body.clone()))
+            .await
+            .error(StatusCode::BAD_REQUEST);
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    let big = file(json!({"path": "big.txt", "content": "x".repeat(1025)}));
+    let message = send(&app.router, post(big))
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(message.contains("big.txt"), "{message}");
+    let many: Vec<Value> = (0..5)
+        .map(|i| json!({"path": format!("f{i}"), "content": ""}))
+        .collect();
+    let body = json!({"code": "x", "lang": "python", "files": many}).to_string();
+    let message = send(&app.router, post(body))
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(message.contains("5 files"), "{message}");
+    assert_eq!(app.runner.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn sessions_need_a_runner_that_has_them_and_unknown_ones_are_404() {
+    let app = app(Options::default());
+    let session = |method: Method, uri: &str, body: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let a = send(&app.router, session(Method::POST, "/v1/sessions", "")).await;
+    assert!(a
+        .error(StatusCode::SERVICE_UNAVAILABLE)
+        .contains("sessions"));
+    let a = send(
+        &app.router,
+        session(Method::POST, "/v1/sessions", r#"{"ttl": 5}"#),
+    )
+    .await;
+    assert!(a
+        .error(StatusCode::BAD_REQUEST)
+        .contains("unknown field `ttl`"));
+    for (method, uri) in [
+        (Method::GET, "/v1/sessions/sess_0"),
+        (Method::DELETE, "/v1/sessions/sess_0"),
+        (Method::GET, "/v1/sessions/sess_0/files"),
+        (Method::GET, "/v1/sessions/sess_0/files/a/b.csv"),
+        (Method::PUT, "/v1/sessions/sess_0/files/a.csv"),
+    ] {
+        let a = send(&app.router, session(method.clone(), uri, "")).await;
+        assert_eq!(
+            a.error(StatusCode::NOT_FOUND),
+            "session not found",
+            "{method} {uri}"
+        );
+    }
+    let a = send(
+        &app.router,
+        post(json!({"code": "x", "lang": "python", "session_id": "sess_0"}).to_string()),
+    )
+    .await;
+    assert_eq!(a.error(StatusCode::NOT_FOUND), "session not found");
 }
 
 #[tokio::test]

@@ -224,6 +224,49 @@ fn run_prints_the_output_writes_plots_and_exits_with_the_code_status() {
     assert!(text(&out.stderr).contains("empty"));
 }
 
+#[test]
+fn run_takes_input_files_and_writes_output_files() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("sales.csv");
+    std::fs::write(&input, "region,amount\nnorth,10\nsouth,32\n").unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "unchanged\n").unwrap();
+    let out_dir = dir.path().join("results");
+    let code = "import pandas as pd\n\
+                df = pd.read_csv('data/sales.csv')\n\
+                print(df.amount.sum(), open('notes.txt').read().strip())\n\
+                import pathlib\n\
+                pathlib.Path('out').mkdir()\n\
+                df.describe().to_csv('out/summary.csv')\n";
+    let rootfs = rootfs();
+    let named = format!("data/sales.csv={}", input.display());
+    let out = run_stdin(
+        code,
+        &[
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--file",
+            &named,
+            "--file",
+            notes.to_str().unwrap(),
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "42 unchanged\n");
+    let summary = std::fs::read_to_string(out_dir.join("out/summary.csv")).unwrap();
+    assert!(summary.starts_with(",amount\ncount,2.0\n"), "{summary}");
+    assert!(
+        !out_dir.join("notes.txt").exists() && !out_dir.join("data").exists(),
+        "unchanged inputs are not written back"
+    );
+    let out = run_stdin("print(1)\n", &["--file", "a=/nonexistent/nsbox-file"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("/nonexistent/nsbox-file"));
+}
+
 /// A symlinked rootfs (a link swapped at upgrade) works: nsbox resolves it at start.
 #[test]
 fn a_symlinked_root_filesystem_works() {

@@ -123,7 +123,7 @@ with open('/tmp/probe', 'w') as f:
     f.write('x' * 1000)
 assert open('/tmp/probe').read() == 'x' * 1000
 import os
-assert os.getcwd() == '/tmp'
+assert os.getcwd() == '/tmp/work', os.getcwd()
 print('ok')
 "#,
     );

@@ -42,6 +42,30 @@ impl Keys {
     }
 }
 
+/// Who a request is, for what it owns (sessions): a fingerprint of its API key (never the
+/// key itself), or `None` when no keys are configured and every client is the same.
+pub fn owner(headers: &axum::http::HeaderMap, keys: &Keys) -> Option<String> {
+    use sha2::Digest;
+    if keys.is_empty() {
+        return None;
+    }
+    let key = bearer(headers)?;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    Some(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+}
+
+/// The key of `Authorization: Bearer <key>`.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
 /// Rejects requests without a valid `Authorization: Bearer <key>` when keys are configured.
 pub async fn require_key(
     State(state): State<AppState>,
@@ -51,16 +75,7 @@ pub async fn require_key(
     if state.keys.is_empty() {
         return Ok(next.run(request).await);
     }
-    let presented = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match presented {
+    match bearer(request.headers()) {
         Some(key) if state.keys.accepts(key.as_bytes()) => Ok(next.run(request).await),
         Some(_) => Err(ApiError::unauthorized("invalid API key")),
         None => Err(ApiError::unauthorized(

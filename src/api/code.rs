@@ -14,9 +14,11 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
 
+use super::auth;
 use super::error::ApiError;
 use super::AppState;
 use crate::sandbox::RunEvent;
+use crate::service::files::{FileContent, FileInput};
 use crate::service::{self, CodeRequest, CodeResponse, RunResult, ServiceError};
 
 /// Reads the request body's JSON: the types of its fields, and `lang`. Unknown fields are
@@ -65,11 +67,77 @@ pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
             .collect(),
         Some(_) => return Err(ApiError::invalid("`libraries` must be an array of strings")),
     };
+    let files =
+        match obj.get("files") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| parse_file(i, v))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(_) => return Err(ApiError::invalid(
+                "`files` must be an array of {\"path\", \"content\" or \"content_base64\"} objects",
+            )),
+        };
+    let session_id = match obj.get("session_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(ApiError::invalid("`session_id` must be a string")),
+    };
     Ok(CodeRequest {
         code: code.clone(),
         timeout_s,
         libraries,
+        files,
+        session_id,
         ..CodeRequest::default()
+    })
+}
+
+/// One input file: `path` and exactly one of `content` (UTF-8 text) or `content_base64`.
+/// Unlike the request's own fields, unknown ones are refused: a misspelt `contents` would
+/// otherwise write an empty file.
+fn parse_file(i: usize, v: &Value) -> Result<FileInput, ApiError> {
+    let Value::Object(o) = v else {
+        return Err(ApiError::invalid(format!("`files[{i}]` must be an object")));
+    };
+    if let Some(unknown) = o
+        .keys()
+        .find(|k| !["path", "content", "content_base64"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(format!(
+            "`files[{i}]` has an unknown field `{unknown}`; a file has `path` and `content` or `content_base64`"
+        )));
+    }
+    let Some(Value::String(path)) = o.get("path") else {
+        return Err(ApiError::invalid(format!(
+            "`files[{i}].path` is required and must be a string"
+        )));
+    };
+    let content = match (o.get("content"), o.get("content_base64")) {
+        (Some(Value::String(text)), None) => FileContent::Text(text.clone()),
+        (None, Some(Value::String(b64))) => FileContent::Base64(b64.clone()),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(format!(
+                "`files[{i}]` ({path:?}) has both `content` and `content_base64`; send one"
+            )))
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(format!(
+                "`files[{i}]` ({path:?}) needs `content` (text) or `content_base64`"
+            )))
+        }
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "`files[{i}]` ({path:?}): `content` and `content_base64` must be strings"
+            )))
+        }
+    };
+    Ok(FileInput {
+        path: path.clone(),
+        content,
     })
 }
 
@@ -85,7 +153,7 @@ fn read_timeout(headers: &HeaderMap) -> Option<f64> {
         .ok()
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         // Some tool runners send none; the body must still be JSON. Form and text types
         // stay refused (even `curl -d` without `-H`): they are what a web page may post
@@ -148,6 +216,7 @@ async fn handle(
             .map(str::to_string),
         caller_patience_s: read_timeout(headers),
         request_id: Some(request_id.to_string()),
+        owner: auth::owner(headers, &state.keys),
         ..parse(&body)?
     };
     if wants_event_stream(headers) {

@@ -19,7 +19,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             kind,
@@ -102,6 +102,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::TooLarge(m) => ApiError::too_large(m),
             ServiceError::Overloaded(m) => ApiError::overloaded(m),
             ServiceError::Unavailable(m) => ApiError::unavailable(m),
+            ServiceError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            ServiceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             // The step and errno went to the log; the client learns nothing of the host.
             ServiceError::SetupFailed { .. } | ServiceError::Internal => ApiError::internal(),
         }

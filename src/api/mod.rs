@@ -3,11 +3,12 @@
 pub mod auth;
 pub mod code;
 pub mod error;
+pub mod sessions;
 
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -43,6 +44,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/tools/code/libraries",
             get(list_libraries).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/sessions",
+            post(sessions::create).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::show)
+                .delete(sessions::close)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/sessions/{id}/files",
+            get(sessions::list_files).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/sessions/{id}/files/{*path}",
+            get(sessions::read_file)
+                .merge(put(sessions::write_file))
+                .fallback(method_not_allowed),
         )
         .route("/v1/status", get(status).fallback(method_not_allowed))
         // Behind the key like the rest: Prometheus sends it as a bearer token.
@@ -154,6 +175,14 @@ struct Status {
     running: usize,
     queued: usize,
     max_running: usize,
+    sessions: SessionCounts,
+}
+
+#[derive(Serialize)]
+struct SessionCounts {
+    active: usize,
+    created: u64,
+    ended: u64,
 }
 
 async fn status(State(state): State<AppState>) -> Json<Status> {
@@ -164,6 +193,14 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         running: state.service.running(),
         queued: state.service.queued(),
         max_running: state.service.settings().max_running,
+        sessions: {
+            let (active, created, ended) = state.service.session_counts();
+            SessionCounts {
+                active,
+                created,
+                ended,
+            }
+        },
     })
 }
 

@@ -54,6 +54,27 @@ pub enum Start {
     cold,
 }
 
+/// Why a session ended, as counted by `nsbox_sessions_ended_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SessionEnd {
+    /// Its client deleted it.
+    closed,
+    /// Idle past its TTL, or past the maximum lifetime.
+    expired,
+    /// A limit ended it: a call's timeout that the code did not come back from, memory.
+    limit,
+    /// Its interpreter or sandbox went away by itself (the code exited or crashed it).
+    lost,
+    /// The server shut down.
+    shutdown,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionEndLabel {
+    reason: SessionEnd,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabel {
     verdict: Verdict,
@@ -89,6 +110,10 @@ pub struct Metrics {
     template_forks: Counter,
     template_respawns: Counter,
     spawner_restarts: Counter,
+    sessions_active: Gauge,
+    sessions_created: Counter,
+    sessions_ended: Family<SessionEndLabel, Counter>,
+    sessions_memory: Gauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +137,10 @@ impl Metrics {
             template_forks: Counter::default(),
             template_respawns: Counter::default(),
             spawner_restarts: Counter::default(),
+            sessions_active: Gauge::default(),
+            sessions_created: Counter::default(),
+            sessions_ended: Family::default(),
+            sessions_memory: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -165,7 +194,56 @@ impl Metrics {
             "Spawner processes that died and were started again",
             m.spawner_restarts.clone(),
         );
+        r.register(
+            "sessions_active",
+            "Sessions open now",
+            m.sessions_active.clone(),
+        );
+        r.register(
+            "sessions_created",
+            "Sessions created",
+            m.sessions_created.clone(),
+        );
+        r.register(
+            "sessions_ended",
+            "Sessions ended, by why: closed, expired, limit, lost, shutdown",
+            m.sessions_ended.clone(),
+        );
+        r.register(
+            "sessions_memory_bytes",
+            "Memory the open sessions hold, as measured after their last call",
+            m.sessions_memory.clone(),
+        );
         m
+    }
+
+    pub fn session_created(&self) {
+        self.sessions_created.inc();
+    }
+
+    pub fn session_ended(&self, reason: SessionEnd) {
+        self.sessions_ended
+            .get_or_create(&SessionEndLabel { reason })
+            .inc();
+    }
+
+    /// Sessions created and ended so far (of every reason).
+    pub fn session_totals(&self) -> (u64, u64) {
+        let ended = [
+            SessionEnd::closed,
+            SessionEnd::expired,
+            SessionEnd::limit,
+            SessionEnd::lost,
+            SessionEnd::shutdown,
+        ]
+        .iter()
+        .map(|&reason| {
+            self.sessions_ended
+                .get_or_create(&SessionEndLabel { reason })
+                .get()
+        })
+        .sum();
+        (self.sessions_created.get(), ended)
     }
 
     pub fn rejected(&self) {
@@ -216,7 +294,10 @@ impl Metrics {
         &self,
         (queued, running): (usize, usize),
         (respawns, restarts): (u64, u64),
+        (sessions, session_memory): (usize, u64),
     ) -> String {
+        self.sessions_active.set(sessions as i64);
+        self.sessions_memory.set(session_memory as i64);
         self.queue_depth.set(queued as i64);
         self.active_runs.set(running as i64);
         catch_up(&self.template_respawns, respawns);
@@ -276,6 +357,8 @@ mod tests {
                 peak_memory_bytes: None,
                 warm: true,
             }),
+            files: None,
+            session: None,
         }
     }
 
@@ -302,7 +385,7 @@ mod tests {
     fn finished_runs_show_in_the_exposition() {
         let m = Metrics::new();
         m.finished(&result(Ending::Limit(Ended::Memory), &[]));
-        let text = m.encode((0, 0), (0, 0));
+        let text = m.encode((0, 0), (0, 0), (0, 0));
         assert!(
             text.contains("nsbox_runs_total{verdict=\"limit\"} 1"),
             "{text}"

@@ -7,22 +7,29 @@
 
 pub mod admission;
 pub mod catalog;
+pub mod files;
 pub mod metrics;
 pub mod response;
 pub mod runner;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::ScannerMode;
 use crate::sandbox::warm::{template_for, Template};
-use crate::sandbox::{Cut, Limits, Plot, RunOutcome, RunRequest, Termination};
+use crate::sandbox::{
+    Cut, FileCaps, InputFile, Limits, OutputFile, Plot, RunOutcome, RunRequest, SessionOp,
+    Termination,
+};
 use crate::scanner::{self, Analysis};
 use admission::Admission;
 use catalog::Catalog;
-use metrics::{Metrics, Verdict};
+use files::{FileContent, FileInput, FileLimits};
+use metrics::{Metrics, SessionEnd, Verdict};
 pub use response::CodeResponse;
 use runner::Runner;
+use sessions::{SessionInfo, SessionSettings, Sessions};
 
 /// The spec's limit on `code`, in characters.
 pub const MAX_CODE_CHARS: usize = 50_000;
@@ -65,6 +72,13 @@ pub enum ServiceError {
     /// Something inside nsbox failed (a worker thread panicked).
     #[error("internal error")]
     Internal,
+    /// No such session for this caller (or it ended: the message says why), or no such
+    /// file in it.
+    #[error("{0}")]
+    NotFound(String),
+    /// The session is busy with another call.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// One request to run code, as every front end gives it.
@@ -85,6 +99,13 @@ pub struct CodeRequest {
     /// The front end's id of the request (the one in its [`request_span`]), handed to the
     /// sandbox so its log lines carry it too.
     pub request_id: Option<String>,
+    /// Files written into the working directory first; `Some` (even empty) also asks for
+    /// the files the code creates or changes.
+    pub files: Option<Vec<FileInput>>,
+    /// Runs the code in this session instead of a fresh sandbox.
+    pub session_id: Option<String>,
+    /// Who is asking, for sessions: the API key's fingerprint, `None` without keys.
+    pub owner: Option<String>,
 }
 
 /// A limit that ended a run.
@@ -152,6 +173,21 @@ pub struct RunResult {
     pub queue_time: Duration,
     /// `None` when nothing ran (refused by the scanner).
     pub run: Option<RunFacts>,
+    /// Files created or changed in the working directory, when the request asked for them
+    /// (or ran in a session).
+    pub files: Option<Vec<OutputFile>>,
+    /// The session the code ran in, and whether it is still there.
+    pub session: Option<SessionState>,
+}
+
+/// A session call's session, as its answer tells it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SessionState {
+    pub id: String,
+    /// `active`, or `ended` (then `reason` says why).
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]
@@ -169,6 +205,8 @@ impl RunResult {
             scan_time: Duration::ZERO,
             queue_time: Duration::ZERO,
             run: None,
+            files: None,
+            session: None,
         }
     }
 }
@@ -186,6 +224,9 @@ pub struct Settings {
     pub max_running: usize,
     pub max_queue: usize,
     pub max_running_per_user: usize,
+    /// Caps on files, each way.
+    pub files: FileLimits,
+    pub sessions: SessionSettings,
 }
 
 /// The run service, shared by every front end of one process.
@@ -195,7 +236,8 @@ pub struct RunService {
     catalog: Catalog,
     policy: Arc<scanner::Policy>,
     admission: Admission,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
+    sessions: Arc<Sessions>,
     /// Turns true when the shutdown grace is over: runs still in flight are cancelled.
     cancelled: tokio::sync::watch::Receiver<bool>,
 }
@@ -208,6 +250,11 @@ pub struct Validated {
     pub libraries: Vec<String>,
     pub user: Option<String>,
     pub request_id: Option<String>,
+    pub files: Vec<InputFile>,
+    /// Whether the files the code creates or changes come back.
+    pub collect_files: bool,
+    pub session_id: Option<String>,
+    pub owner: Option<String>,
 }
 
 /// The contract's rules for the code itself.
@@ -254,12 +301,24 @@ pub fn validate(
             }),
     };
     catalog.check(&request.libraries)?;
+    let files = files::check_inputs(request.files.as_deref().unwrap_or(&[]), &settings.files)?;
+    if let Some(id) = &request.session_id {
+        if id.is_empty() {
+            return Err(ServiceError::Invalid(
+                "`session_id` must not be empty".into(),
+            ));
+        }
+    }
     Ok(Validated {
         code: request.code,
         timeout_ms: millis(timeout_s),
         libraries: request.libraries,
         user: request.user.filter(|u| !u.is_empty()),
         request_id: request.request_id,
+        files,
+        collect_files: request.files.is_some() || request.session_id.is_some(),
+        session_id: request.session_id,
+        owner: request.owner,
     })
 }
 
@@ -348,6 +407,8 @@ fn refused(violations: Vec<String>, scan_time: Duration) -> RunResult {
         scan_time,
         queue_time: Duration::ZERO,
         run: None,
+        files: None,
+        session: None,
     }
 }
 
@@ -393,6 +454,7 @@ impl RunService {
         cancelled: tokio::sync::watch::Receiver<bool>,
     ) -> RunService {
         RunService {
+            sessions: Arc::new(Sessions::new(settings.sessions.clone())),
             admission: Admission::new(
                 settings.max_running,
                 settings.max_queue,
@@ -402,7 +464,7 @@ impl RunService {
             runner,
             catalog,
             policy: Arc::new(scanner::Policy::builtin()),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
             cancelled,
         }
     }
@@ -436,8 +498,11 @@ impl RunService {
 
     /// The metrics in the OpenMetrics text format.
     pub fn metrics_text(&self) -> String {
-        self.metrics
-            .encode((self.queued(), self.running()), self.runner.restarts())
+        self.metrics.encode(
+            (self.queued(), self.running()),
+            self.runner.restarts(),
+            self.sessions.stats(),
+        )
     }
 
     /// Counts the time a front end took to answer a request to run code.
@@ -481,6 +546,15 @@ impl RunService {
         request: Validated,
         events: Option<runner::Events>,
     ) -> Result<RunResult, ServiceError> {
+        // A call in a session takes its session first: 404 and 409 come before any work.
+        let session = match &request.session_id {
+            Some(id) => {
+                let session = self.sessions.find(id, &request.owner)?;
+                let held = session.acquire()?;
+                Some((session, held))
+            }
+            None => None,
+        };
         let limits = Limits {
             timeout_ms: request.timeout_ms,
             ..self.settings.limits.clone()
@@ -502,7 +576,14 @@ impl RunService {
         }
         if self.settings.scanner == ScannerMode::Enforce && !violations.is_empty() {
             tracing::info!(?violations, "run refused by the scanner");
-            let result = refused(violations, scan_time);
+            let mut result = refused(violations, scan_time);
+            if let Some((session, _)) = &session {
+                result.session = Some(SessionState {
+                    id: session.id.clone(),
+                    state: "active",
+                    reason: None,
+                });
+            }
             self.metrics.finished(&result);
             return Ok(result);
         }
@@ -517,14 +598,16 @@ impl RunService {
         self.metrics.queued_for(queue_time);
         let started = Instant::now();
         let run_request = RunRequest {
-            template: self
-                .settings
-                .warm
+            // A session's interpreter was forked when the session was made.
+            template: (self.settings.warm && session.is_none())
                 .then(|| template_for(&analysis.imported_modules, &request.libraries)),
             code,
             limits: limits.clone(),
             request_id: request.request_id,
             stream: false,
+            files: request.files,
+            collect_files: request.collect_files.then(|| self.settings.files.caps()),
+            session: false,
         };
         let mut cancelled = self.cancelled.clone();
         let mut caller_gone = CallerGone {
@@ -532,16 +615,47 @@ impl RunService {
             span: tracing::Span::current(),
             armed: true,
         };
+        let session_id = session.as_ref().map(|(s, _)| s.id.clone());
+        let in_sandbox: runner::CallFuture<'_> = match session {
+            None => {
+                let run = self.runner.run(run_request, events);
+                Box::pin(async move { run.await.map(Some) })
+            }
+            Some((session, held)) => Box::pin(async move {
+                let op = SessionOp::Run {
+                    request: run_request,
+                };
+                held.call(&session, op, events).await
+            }),
+        };
         let finished = tokio::select! {
-            outcome = self.runner.run(run_request, events) => Some(outcome),
+            outcome = in_sandbox => Some(outcome),
             _ = shutdown_grace_over(&mut cancelled) => None,
         };
         caller_gone.armed = false;
-        let outcome = match finished {
-            Some(Ok(outcome)) => outcome,
+        let mut outcome = match finished {
+            Some(Ok(Some(outcome))) => outcome,
+            Some(Ok(None)) => {
+                // The session ended (closed, expired) while the code ran.
+                self.metrics.count(Verdict::cancelled);
+                let id = session_id.as_deref().unwrap_or_default();
+                return Err(self
+                    .sessions
+                    .find(id, &request.owner)
+                    .err()
+                    .unwrap_or(ServiceError::NotFound("session ended".into())));
+            }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "run failed");
                 self.metrics.count(Verdict::setup_failed);
+                if let Some(id) = &session_id {
+                    let reason = "its sandbox stopped unexpectedly";
+                    self.sessions
+                        .end(id, SessionEnd::lost, reason, &self.metrics);
+                    return Err(ServiceError::Unavailable(format!(
+                        "the session has ended: {reason}"
+                    )));
+                }
                 return Err(ServiceError::Unavailable(
                     "the sandbox is restarting; retry the request".into(),
                 ));
@@ -554,6 +668,10 @@ impl RunService {
                 ));
             }
         };
+        let files = request
+            .collect_files
+            .then(|| files::check_outputs(std::mem::take(&mut outcome.files), &mut outcome.stderr));
+        let session = session_id.map(|id| self.session_after_call(id, &mut outcome));
         let (ending, stderr) = match classify(&outcome, &limits) {
             Ok(classified) => classified,
             Err(e) => {
@@ -583,6 +701,8 @@ impl RunService {
                 peak_memory_bytes: outcome.peak_memory_bytes,
                 warm: outcome.warm,
             }),
+            files,
+            session,
         };
         self.metrics.finished(&result);
         let run = result.run.as_ref().expect("set above");
@@ -594,9 +714,287 @@ impl RunService {
             wall_ms = run.wall_ms,
             warm = run.warm,
             peak_memory = run.peak_memory_bytes,
+            session = result.session.as_ref().map(|s| s.id.as_str()),
             "run finished"
         );
         Ok(result)
+    }
+
+    /// A session after one of its calls: ended (and said on stderr) if the call ended it.
+    fn session_after_call(&self, id: String, outcome: &mut RunOutcome) -> SessionState {
+        let Some(reason) = outcome.session_ended.clone() else {
+            return SessionState {
+                id,
+                state: "active",
+                reason: None,
+            };
+        };
+        let why = match outcome.termination {
+            Termination::TimedOut | Termination::OutOfMemory => SessionEnd::limit,
+            _ => SessionEnd::lost,
+        };
+        self.sessions.end(&id, why, &reason, &self.metrics);
+        if !outcome.stderr.is_empty() && !outcome.stderr.ends_with('\n') {
+            outcome.stderr.push('\n');
+        }
+        outcome
+            .stderr
+            .push_str(&format!("nsbox: the session has ended: {reason}\n"));
+        SessionState {
+            id,
+            state: "ended",
+            reason: Some(reason),
+        }
+    }
+
+    /// Starts a session for `owner`: a sandbox forked from the warm template its
+    /// `libraries` pick (the scientific one at least: sessions are for analysis), whose
+    /// interpreter stays until the session ends.
+    pub async fn create_session(
+        &self,
+        owner: Option<String>,
+        libraries: Vec<String>,
+        ttl_seconds: Option<u64>,
+        request_id: Option<String>,
+    ) -> Result<SessionInfo, ServiceError> {
+        self.catalog.check(&libraries)?;
+        let ttl = self.sessions.ttl(ttl_seconds)?;
+        let reservation = self
+            .sessions
+            .reserve(owner, self.settings.limits.memory_bytes)?;
+        let template = self
+            .settings
+            .warm
+            .then(|| match template_for(&[], &libraries) {
+                Template::Base => Template::Scientific,
+                t => t,
+            });
+        let lifetime = self.settings.sessions.max_lifetime.as_secs().max(1);
+        let limits = Limits {
+            // CPU time adds up over a session's calls: each call is held to its timeout and
+            // the cgroup's CPU quota, and RLIMIT_CPU only to the session's lifetime.
+            cpu_seconds: lifetime.saturating_mul(self.settings.limits.cpus.ceil().max(1.0) as u64),
+            ..self.settings.limits.clone()
+        };
+        let request = RunRequest {
+            code: String::new(),
+            limits,
+            template,
+            request_id,
+            stream: false,
+            files: Vec::new(),
+            collect_files: None,
+            session: true,
+        };
+        let started = Instant::now();
+        let (conn, outcome) = self.runner.open_session(request).await.map_err(|e| {
+            tracing::error!(error = %e, "starting a session");
+            match e {
+                runner::RunnerError::NoSessions => {
+                    ServiceError::Unavailable("sessions are not available here".into())
+                }
+                _ => {
+                    ServiceError::Unavailable("the sandbox is restarting; retry the request".into())
+                }
+            }
+        })?;
+        match outcome.termination {
+            Termination::Exited { code: 0 } => {}
+            Termination::SetupFailed { step, errno } => {
+                tracing::error!(step, errno, stderr = %outcome.stderr, "session set-up failed");
+                return Err(ServiceError::SetupFailed { step, errno });
+            }
+            other => {
+                tracing::error!(termination = ?other, "session set-up ended unexpectedly");
+                return Err(ServiceError::Internal);
+            }
+        }
+        let session = self.sessions.insert(
+            reservation,
+            conn,
+            template,
+            libraries,
+            ttl,
+            outcome.memory_bytes,
+            &self.metrics,
+        );
+        tracing::info!(
+            session = %session.id,
+            template = template.map(Template::name),
+            warm = outcome.warm,
+            ms = started.elapsed().as_millis() as u64,
+            "session created"
+        );
+        Ok(session.info(self.settings.sessions.max_lifetime))
+    }
+
+    /// The session `id` as its owner sees it.
+    pub fn session_info(
+        &self,
+        id: &str,
+        owner: &Option<String>,
+    ) -> Result<SessionInfo, ServiceError> {
+        let session = self.sessions.find(id, owner)?;
+        Ok(session.info(self.settings.sessions.max_lifetime))
+    }
+
+    /// Ends the session `id` at its owner's request; a call in flight is stopped.
+    pub fn close_session(&self, id: &str, owner: &Option<String>) -> Result<(), ServiceError> {
+        let session = self.sessions.find(id, owner)?;
+        self.sessions.end(
+            &session.id,
+            SessionEnd::closed,
+            "closed by its client",
+            &self.metrics,
+        );
+        Ok(())
+    }
+
+    /// Ends every session (the server is stopping).
+    pub fn end_sessions(&self) {
+        self.sessions.end_all(&self.metrics);
+    }
+
+    /// Sessions open now, created and ended so far.
+    pub fn session_counts(&self) -> (usize, u64, u64) {
+        let (active, _) = self.sessions.stats();
+        let (created, ended) = self.metrics.session_totals();
+        (active, created, ended)
+    }
+
+    /// One file request in a session, answered by its harness.
+    async fn session_op(
+        &self,
+        id: &str,
+        owner: &Option<String>,
+        op: SessionOp,
+    ) -> Result<RunOutcome, ServiceError> {
+        let session = self.sessions.find(id, owner)?;
+        let held = session.acquire()?;
+        match held.call(&session, op, None).await {
+            Ok(Some(mut outcome)) => {
+                if outcome.session_ended.is_some() {
+                    self.session_after_call(session.id.clone(), &mut outcome);
+                    return Err(self
+                        .sessions
+                        .find(id, owner)
+                        .err()
+                        .unwrap_or(ServiceError::Internal));
+                }
+                Ok(outcome)
+            }
+            Ok(None) => Err(self
+                .sessions
+                .find(id, owner)
+                .err()
+                .unwrap_or(ServiceError::Internal)),
+            Err(e) => {
+                tracing::error!(error = %e, "session file request failed");
+                let reason = "its sandbox stopped unexpectedly";
+                self.sessions
+                    .end(id, SessionEnd::lost, reason, &self.metrics);
+                Err(ServiceError::Unavailable(format!(
+                    "the session has ended: {reason}"
+                )))
+            }
+        }
+    }
+
+    /// The regular files of a session's working directory: (path, size).
+    pub async fn list_session_files(
+        &self,
+        id: &str,
+        owner: &Option<String>,
+        request_id: Option<String>,
+    ) -> Result<Vec<(String, u64)>, ServiceError> {
+        let outcome = self
+            .session_op(id, owner, SessionOp::ListFiles { request_id })
+            .await?;
+        Ok(outcome
+            .files
+            .into_iter()
+            .filter(|f| files::path_problem(&f.path).is_none())
+            .map(|f| (f.path, f.size))
+            .collect())
+    }
+
+    /// One file of a session's working directory, under the per-file cap.
+    pub async fn read_session_file(
+        &self,
+        id: &str,
+        owner: &Option<String>,
+        path: &str,
+        request_id: Option<String>,
+    ) -> Result<Vec<u8>, ServiceError> {
+        if let Some(problem) = files::path_problem(path) {
+            return Err(ServiceError::Invalid(format!(
+                "file path {path:?} {problem}"
+            )));
+        }
+        let max = self.settings.files.max_file_bytes;
+        let caps = FileCaps {
+            max_count: 1,
+            max_file_bytes: max,
+            max_total_bytes: max,
+        };
+        let op = SessionOp::ReadFile {
+            path: path.to_string(),
+            caps,
+            request_id,
+        };
+        let outcome = self.session_op(id, owner, op).await?;
+        if let Termination::Exited { code: 0 } = outcome.termination {
+            let content = outcome
+                .files
+                .into_iter()
+                .find(|f| f.path == path)
+                .and_then(|f| f.content_base64)
+                .ok_or(ServiceError::Internal)?;
+            use base64::Engine;
+            return base64::engine::general_purpose::STANDARD
+                .decode(content)
+                .map_err(|_| ServiceError::Internal);
+        }
+        match outcome.stderr.trim() {
+            "too_large" => Err(ServiceError::TooLarge(format!(
+                "file {path:?} is larger than {max} bytes (file_max_mib)"
+            ))),
+            _ => Err(ServiceError::NotFound(format!(
+                "no regular file {path:?} in the session's working directory"
+            ))),
+        }
+    }
+
+    /// Writes one file into a session's working directory.
+    pub async fn write_session_file(
+        &self,
+        id: &str,
+        owner: &Option<String>,
+        path: &str,
+        content: Vec<u8>,
+        request_id: Option<String>,
+    ) -> Result<u64, ServiceError> {
+        let size = content.len() as u64;
+        let file = FileInput {
+            path: path.to_string(),
+            content: FileContent::Bytes(content),
+        };
+        let limits = FileLimits {
+            max_count: 1,
+            max_file_bytes: self.settings.files.max_file_bytes,
+            max_total_bytes: self.settings.files.max_file_bytes,
+        };
+        let file = files::check_inputs(&[file], &limits)?.remove(0);
+        let outcome = self
+            .session_op(id, owner, SessionOp::WriteFile { file, request_id })
+            .await?;
+        match outcome.termination {
+            Termination::Exited { code: 0 } => Ok(size),
+            _ => Err(ServiceError::Invalid(format!(
+                "file {path:?} could not be written: {}",
+                outcome.stderr.trim()
+            ))),
+        }
     }
 }
 
@@ -614,6 +1012,9 @@ mod tests {
             wall_ms: 1,
             peak_memory_bytes: None,
             warm: false,
+            files: vec![],
+            memory_bytes: None,
+            session_ended: None,
         }
     }
 
@@ -693,6 +1094,12 @@ mod tests {
             max_running: 1,
             max_queue: 1,
             max_running_per_user: 1,
+            files: FileLimits {
+                max_count: 2,
+                max_file_bytes: 10,
+                max_total_bytes: 10,
+            },
+            sessions: SessionSettings::default(),
         }
     }
 

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::RunResult;
-use crate::sandbox::Plot;
+use super::files::mime_type;
+use super::{RunResult, SessionState};
+use crate::sandbox::{OutputFile, Plot};
 
 /// The spec's response object, field for field.
 #[derive(Debug, Serialize, PartialEq)]
@@ -18,6 +19,35 @@ pub struct CodeResponse {
     pub security_checked: bool,
     pub violations: Vec<String>,
     pub plots: Vec<Plot>,
+    /// Beyond the spec, only when asked for (a request with `files`, or in a session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<FileResponse>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionState>,
+}
+
+/// An output file as the API returns it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct FileResponse {
+    pub path: String,
+    pub size: u64,
+    pub mime_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl From<OutputFile> for FileResponse {
+    fn from(f: OutputFile) -> FileResponse {
+        FileResponse {
+            mime_type: mime_type(&f.path),
+            path: f.path,
+            size: f.size,
+            content_base64: f.content_base64,
+            truncated: f.truncated,
+        }
+    }
 }
 
 impl From<RunResult> for CodeResponse {
@@ -31,6 +61,10 @@ impl From<RunResult> for CodeResponse {
             security_checked: true,
             violations: r.violations,
             plots: r.plots,
+            files: r
+                .files
+                .map(|files| files.into_iter().map(FileResponse::from).collect()),
+            session: r.session,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::sandbox::protocol::{decode_len, encode, ProtocolError};
 use crate::sandbox::spawner::Spawner;
 use crate::sandbox::warm::Template;
-use crate::sandbox::{Report, RunEvent, RunOutcome, RunRequest};
+use crate::sandbox::{Report, RunEvent, RunOutcome, RunRequest, SessionOp};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -22,10 +22,20 @@ pub enum RunnerError {
     Send(#[source] ProtocolError),
     #[error("the run's supervisor exited without a result: {0}")]
     SupervisorLost(#[source] ProtocolError),
+    #[error("this runner has no sessions")]
+    NoSessions,
 }
 
 /// A future a runner returns: boxed, so the service can hold any runner as a trait object.
 pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<RunOutcome, RunnerError>> + Send + 'a>>;
+
+/// A run or a session call: its outcome, or `None` when the session ended meanwhile.
+pub type CallFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<RunOutcome>, RunnerError>> + Send + 'a>>;
+
+/// A session's start: the connection to its supervisor and the outcome of its set-up.
+pub type SessionFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(SessionConn, RunOutcome), RunnerError>> + Send + 'a>>;
 
 /// Where a run's output goes as it happens, for callers that stream it.
 pub type Events = tokio::sync::mpsc::UnboundedSender<RunEvent>;
@@ -41,6 +51,45 @@ pub trait Runner: Send + Sync {
     fn ready_templates(&self) -> Vec<Template>;
     /// Zygotes replaced and spawners restarted so far, for the metrics.
     fn restarts(&self) -> (u64, u64);
+    /// Starts a session (the request's `session` is set): a sandbox whose interpreter
+    /// stays for [`SessionConn::op`]s until the connection is dropped.
+    fn open_session(&self, request: RunRequest) -> SessionFuture<'_> {
+        drop(request);
+        Box::pin(async { Err(RunnerError::NoSessions) })
+    }
+}
+
+/// The server's end of a session's supervisor. Dropping it ends the session: the
+/// supervisor kills the sandbox and removes its cgroup at once.
+#[derive(Debug)]
+pub struct SessionConn {
+    stream: tokio::net::UnixStream,
+}
+
+impl SessionConn {
+    /// One call or file request; with `events`, the output is also sent there as it comes.
+    pub async fn op(
+        &mut self,
+        op: SessionOp,
+        events: Option<Events>,
+    ) -> Result<RunOutcome, RunnerError> {
+        let frame = encode(&op).map_err(RunnerError::Send)?;
+        self.stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| RunnerError::Send(ProtocolError::Write(e)))?;
+        read_reports(&mut self.stream, events.as_ref()).await
+    }
+
+    /// Whether the supervisor went away (or said something unasked) while the session was
+    /// idle: its end is then readable.
+    pub fn is_lost(&self) -> bool {
+        let mut byte = [0u8; 1];
+        !matches!(
+            self.stream.try_read(&mut byte),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
 }
 
 /// How long a run waits for a spawner being replaced.
@@ -52,29 +101,17 @@ impl Runner for Spawner {
     fn run(&self, mut request: RunRequest, events: Option<Events>) -> RunFuture<'_> {
         request.stream = events.is_some();
         Box::pin(async move {
-            let (mut ours, theirs) = tokio::net::UnixStream::pair().map_err(RunnerError::Socket)?;
-            let theirs: OwnedFd = theirs.into_std().map_err(RunnerError::Socket)?.into();
-            hand_off(self, &theirs).await?;
-            drop(theirs);
-            let frame = encode(&request).map_err(RunnerError::Send)?;
-            ours.write_all(&frame)
-                .await
-                .map_err(|e| RunnerError::Send(ProtocolError::Write(e)))?;
-            // Every event is read as it comes and queued (the caps bound them), so a slow
-            // reader downstream never stalls the supervisor and with it the run.
-            loop {
-                match read_frame(&mut ours)
-                    .await
-                    .map_err(RunnerError::SupervisorLost)?
-                {
-                    Report::Event { event } => {
-                        if let Some(events) = &events {
-                            let _ = events.send(event);
-                        }
-                    }
-                    Report::Done { outcome } => return Ok(outcome),
-                }
-            }
+            let mut ours = supervise(self, &request).await?;
+            read_reports(&mut ours, events.as_ref()).await
+        })
+    }
+
+    fn open_session(&self, mut request: RunRequest) -> SessionFuture<'_> {
+        request.session = true;
+        Box::pin(async move {
+            let mut stream = supervise(self, &request).await?;
+            let outcome = read_reports(&mut stream, None).await?;
+            Ok((SessionConn { stream }, outcome))
         })
     }
 
@@ -88,6 +125,44 @@ impl Runner for Spawner {
 
     fn restarts(&self) -> (u64, u64) {
         Spawner::restarts(self)
+    }
+}
+
+/// A supervisor of its own for `request`: its socket, with the request sent.
+async fn supervise(
+    spawner: &Spawner,
+    request: &RunRequest,
+) -> Result<tokio::net::UnixStream, RunnerError> {
+    let (mut ours, theirs) = tokio::net::UnixStream::pair().map_err(RunnerError::Socket)?;
+    let theirs: OwnedFd = theirs.into_std().map_err(RunnerError::Socket)?.into();
+    hand_off(spawner, &theirs).await?;
+    drop(theirs);
+    let frame = encode(request).map_err(RunnerError::Send)?;
+    ours.write_all(&frame)
+        .await
+        .map_err(|e| RunnerError::Send(ProtocolError::Write(e)))?;
+    Ok(ours)
+}
+
+/// Reads a supervisor's reports until the outcome. Every event is read as it comes and
+/// queued (the caps bound them), so a slow reader downstream never stalls the supervisor
+/// and with it the run.
+async fn read_reports(
+    stream: &mut tokio::net::UnixStream,
+    events: Option<&Events>,
+) -> Result<RunOutcome, RunnerError> {
+    loop {
+        match read_frame(stream)
+            .await
+            .map_err(RunnerError::SupervisorLost)?
+        {
+            Report::Event { event } => {
+                if let Some(events) = events {
+                    let _ = events.send(event);
+                }
+            }
+            Report::Done { outcome } => return Ok(outcome),
+        }
     }
 }
 

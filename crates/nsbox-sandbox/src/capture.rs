@@ -7,7 +7,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::read;
 
-use super::run::{Plot, RunEvent};
+use super::run::{OutputFile, Plot, RunEvent};
 
 /// Bytes read from one pipe, kept up to a cap; the rest is drained and counted.
 pub struct Capture {
@@ -91,11 +91,17 @@ pub fn text(capture: &Capture, stream: &str) -> String {
     s
 }
 
-/// The first complete length-prefixed PNG frame of `bytes`, and the bytes it takes.
-fn next_plot_frame(bytes: &[u8]) -> Option<(&[u8], usize)> {
-    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    let png = bytes.get(4..4 + len)?;
-    Some((png, 4 + len))
+/// Kinds of the frames on a run's plots pipe.
+const PLOT_FRAME: u8 = b'P';
+const FILE_FRAME: u8 = b'F';
+
+/// The first complete frame of `bytes` (a kind byte, a little-endian length, the
+/// payload): its kind, its payload, and the bytes it takes.
+fn next_frame(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let kind = *bytes.first()?;
+    let len = u32::from_le_bytes(bytes.get(1..5)?.try_into().ok()?) as usize;
+    let payload = bytes.get(5..5 + len)?;
+    Some((kind, payload, 5 + len))
 }
 
 fn plot(png: &[u8], number: usize) -> Plot {
@@ -106,15 +112,57 @@ fn plot(png: &[u8], number: usize) -> Plot {
     }
 }
 
-/// Splits the harness's length-prefixed PNG frames into plots; true when some were dropped.
-pub fn decode_plots(bytes: &[u8], truncated: bool) -> (Vec<Plot>, bool) {
-    let mut plots = Vec::new();
+/// A file frame's header, as the harness writes it.
+#[derive(serde::Deserialize)]
+struct FileHeader {
+    path: String,
+    size: u64,
+    truncated: bool,
+}
+
+/// A file frame: a length-prefixed JSON header, then the content (none when truncated).
+fn file(payload: &[u8]) -> Option<OutputFile> {
+    let len = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
+    let header: FileHeader = serde_json::from_slice(payload.get(4..4 + len)?).ok()?;
+    let content = &payload[4 + len..];
+    Some(OutputFile {
+        path: header.path,
+        size: header.size,
+        content_base64: (!header.truncated)
+            .then(|| base64::engine::general_purpose::STANDARD.encode(content)),
+        truncated: header.truncated,
+    })
+}
+
+/// What a run sent on its plots pipe.
+#[derive(Debug, Default)]
+pub struct Frames {
+    pub plots: Vec<Plot>,
+    pub files: Vec<OutputFile>,
+    /// Some frames were lost: the pipe's cap cut them, or one was malformed.
+    pub dropped: bool,
+}
+
+/// Splits the harness's frames into plots and files.
+pub fn decode_frames(bytes: &[u8], truncated: bool) -> Frames {
+    let mut frames = Frames {
+        dropped: truncated,
+        ..Frames::default()
+    };
     let mut rest = bytes;
-    while let Some((png, used)) = next_plot_frame(rest) {
-        plots.push(plot(png, plots.len() + 1));
+    while let Some((kind, payload, used)) = next_frame(rest) {
+        match kind {
+            PLOT_FRAME => frames.plots.push(plot(payload, frames.plots.len() + 1)),
+            FILE_FRAME => match file(payload) {
+                Some(f) => frames.files.push(f),
+                None => frames.dropped = true,
+            },
+            _ => frames.dropped = true,
+        }
         rest = &rest[used..];
     }
-    (plots, truncated || !rest.is_empty())
+    frames.dropped |= !rest.is_empty();
+    frames
 }
 
 /// The longest text `bytes` starts with, up to a character cut by the end of what was read
@@ -185,12 +233,15 @@ impl Streamed {
                 events.push(make(text));
             }
         }
-        while let Some((png, used)) = next_plot_frame(&figs.data[self.plot_bytes..]) {
-            self.plots += 1;
+        while let Some((kind, payload, used)) = next_frame(&figs.data[self.plot_bytes..]) {
             self.plot_bytes += used;
-            events.push(RunEvent::Plot {
-                plot: plot(png, self.plots),
-            });
+            // Files come with the outcome, not as events.
+            if kind == PLOT_FRAME {
+                self.plots += 1;
+                events.push(RunEvent::Plot {
+                    plot: plot(payload, self.plots),
+                });
+            }
         }
         events
     }
@@ -206,23 +257,56 @@ mod tests {
     fn plot_frames_are_split_and_named_in_order() {
         let mut bytes = Vec::new();
         for payload in [&b"\x89PNG-one"[..], &b"\x89PNG-two"[..]] {
-            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(payload);
+            bytes.extend_from_slice(&frame(PLOT_FRAME, payload));
         }
-        let (plots, dropped) = decode_plots(&bytes, false);
-        assert_eq!(plots.len(), 2);
-        assert_eq!(plots[1].filename, "plot_2.png");
-        assert_eq!(plots[0].format, "png");
-        assert!(!dropped);
+        let frames = decode_frames(&bytes, false);
+        assert_eq!(frames.plots.len(), 2);
+        assert_eq!(frames.plots[1].filename, "plot_2.png");
+        assert_eq!(frames.plots[0].format, "png");
+        assert!(!frames.dropped);
     }
 
     #[test]
     fn a_cut_plot_frame_is_dropped() {
-        let mut bytes = 100u32.to_le_bytes().to_vec();
+        let mut bytes = vec![PLOT_FRAME];
+        bytes.extend_from_slice(&100u32.to_le_bytes());
         bytes.extend_from_slice(&[0u8; 10]);
-        let (plots, dropped) = decode_plots(&bytes, true);
-        assert!(plots.is_empty());
-        assert!(dropped);
+        let frames = decode_frames(&bytes, true);
+        assert!(frames.plots.is_empty());
+        assert!(frames.dropped);
+    }
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![kind];
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    fn file_frame(header: &str, content: &[u8]) -> Vec<u8> {
+        let mut payload = (header.len() as u32).to_le_bytes().to_vec();
+        payload.extend_from_slice(header.as_bytes());
+        payload.extend_from_slice(content);
+        frame(FILE_FRAME, &payload)
+    }
+
+    #[test]
+    fn file_frames_carry_their_content_unless_truncated() {
+        let mut bytes = file_frame(r#"{"path":"out/a.csv","size":3,"truncated":false}"#, b"a,b");
+        bytes.extend(frame(PLOT_FRAME, b"\x89PNG"));
+        bytes.extend(file_frame(
+            r#"{"path":"big","size":99999,"truncated":true}"#,
+            b"",
+        ));
+        let frames = decode_frames(&bytes, false);
+        assert_eq!(frames.plots.len(), 1);
+        assert_eq!(frames.files.len(), 2);
+        assert_eq!(frames.files[0].path, "out/a.csv");
+        assert_eq!(frames.files[0].content_base64.as_deref(), Some("YSxi"));
+        assert!(frames.files[1].truncated && frames.files[1].content_base64.is_none());
+        assert!(!frames.dropped);
+        let bad = file_frame("not json", b"");
+        assert!(decode_frames(&bad, false).dropped);
     }
 
     #[test]
@@ -256,8 +340,12 @@ mod tests {
         let mut figs = Capture::new(r, 1024);
         let mut streamed = Streamed::default();
         out.data = b"one\n".to_vec();
-        figs.data = 3u32.to_le_bytes().to_vec();
-        figs.data.extend_from_slice(b"PNG");
+        figs.data = frame(PLOT_FRAME, b"PNG");
+        figs.data.extend(file_frame(
+            r#"{"path":"f","size":0,"truncated":false}"#,
+            b"",
+        ));
+        figs.data.push(PLOT_FRAME);
         figs.data.extend_from_slice(&9u32.to_le_bytes());
         let events = streamed.events(&out, &err, &figs, false);
         assert_eq!(events.len(), 2, "{events:?}");

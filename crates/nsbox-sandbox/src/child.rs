@@ -337,7 +337,18 @@ fn python_steps(plan: &ChildPlan) -> Result<(), Failure> {
         fcntl(REPORT_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop),
     )?;
     step(Step::CloseFds, sys::close_fds_from(REPORT_FD + 1))?;
-    step(Step::WorkDir, chdir("/tmp"))?;
+    // The working directory is made by the run's own user, on the run's own /tmp, so the
+    // code may write there and input files land there.
+    match nix::unistd::mkdir(super::run::WORKDIR, Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(errno) => {
+            return Err(Failure {
+                step: Step::WorkDir,
+                errno,
+            })
+        }
+    }
+    step(Step::WorkDir, chdir(super::run::WORKDIR))?;
     step(
         Step::Seccomp,
         plan.seccomp.apply().map_err(|_| Errno::EINVAL),

@@ -126,7 +126,7 @@ impl Step {
             Step::NoNewPrivs => "set no_new_privs",
             Step::Stdio => "set up stdio",
             Step::CloseFds => "close inherited descriptors",
-            Step::WorkDir => "change to /tmp",
+            Step::WorkDir => "create and enter the working directory",
             Step::Seccomp => "install the seccomp filter",
             Step::Exec => "execute python3",
             Step::CreatePipes => "create pipes",

@@ -82,81 +82,390 @@ def _nsbox_prepare_matplotlib():
                     dst.write(src.read())
 
 
-def _nsbox_main():
-    import builtins
-    import io
-    import os
+# Where runs work: the code's current directory, on the run's private /tmp.
+_NSBOX_WORKDIR = "/tmp/work"
+# Entries a walk of the working directory visits before it stops, and how deep it goes:
+# a run that plants a million files or a deep chain makes the walk end, not the server wait.
+_NSBOX_MAX_ENTRIES = 20000
+_NSBOX_MAX_DEPTH = 32
+
+
+def _nsbox_frame(out, kind, payload):
+    """Frames on the plots pipe: a kind byte (P: a PNG, F: a file), a length, the bytes."""
     import struct
-    import traceback
-    import types
 
-    with open(3, "rb", closefd=True) as f:
-        source = f.read().decode("utf-8")
-    plots_out = open(4, "wb", buffering=0, closefd=True)
-    max_plots = int(os.environ.get("NSBOX_MAX_PLOTS", "16"))
-    state = {"emitted": 0, "dropped": 0}
+    out.write(kind + struct.pack("<I", len(payload)) + payload)
 
-    # Output reaches the caller even if the run is killed at its timeout.
-    sys.stdout.reconfigure(line_buffering=True)
 
-    _nsbox_prepare_matplotlib()
+def _nsbox_walk(notes):
+    """The regular files under the working directory, as {relative path: stat signature},
+    found without following any link and without leaving the working directory's file
+    system. Everything else (links, FIFOs, sockets, devices) is named in `notes`."""
+    import os
+    import stat
 
-    def emit_open_figures():
+    found = {}
+    try:
+        root = os.open(_NSBOX_WORKDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        notes.append(f"the working directory cannot be read ({e.strerror})")
+        return found
+    device = os.fstat(root).st_dev
+    stack = [(root, "", 0)]
+    visited = 0
+    while stack:
+        dirfd, prefix, depth = stack.pop()
+        try:
+            with os.scandir(dirfd) as entries:
+                for entry in entries:
+                    visited += 1
+                    if visited > _NSBOX_MAX_ENTRIES:
+                        notes.append(f"the working directory has more than {_NSBOX_MAX_ENTRIES} entries; the rest were not looked at")
+                        _nsbox_stack_close(stack)
+                        return found
+                    rel = prefix + entry.name
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        if depth + 1 >= _NSBOX_MAX_DEPTH:
+                            notes.append(f"{rel}/: deeper than {_NSBOX_MAX_DEPTH} levels, not looked at")
+                            continue
+                        try:
+                            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
+                        except OSError:
+                            continue
+                        if os.fstat(sub).st_dev != device:
+                            os.close(sub)
+                            continue
+                        stack.append((sub, rel + "/", depth + 1))
+                    elif stat.S_ISREG(st.st_mode):
+                        found[rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                    else:
+                        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                        notes.append(f"{rel}: {kind}; only regular files are returned")
+        except OSError:
+            pass
+        finally:
+            os.close(dirfd)
+    return found
+
+
+def _nsbox_stack_close(stack):
+    import os
+
+    for dirfd, _, _ in stack:
+        os.close(dirfd)
+    stack.clear()
+
+
+def _nsbox_open_regular(rel):
+    """Opens a file of the working directory for reading: no link followed on the way
+    (each directory, then the file), never blocking (a FIFO opens at once and is refused),
+    regular files on the working directory's own file system only. Returns (fd, size)."""
+    import os
+    import stat
+
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError("not a relative path inside the working directory")
+    dirfd = os.open(_NSBOX_WORKDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        device = os.fstat(dirfd).st_dev
+        for part in parts[:-1]:
+            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
+            os.close(dirfd)
+            dirfd = sub
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dirfd)
+    finally:
+        os.close(dirfd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_dev != device:
+        os.close(fd)
+        raise IsADirectoryError("not a regular file")
+    return fd, st.st_size
+
+
+def _nsbox_send_file(out, rel, caps, sent, notes):
+    """Sends one file as an F frame: a JSON header, then the content unless a cap is
+    passed (then the header says truncated and `notes` says which cap)."""
+    import json
+    import os
+
+    try:
+        fd, size = _nsbox_open_regular(rel)
+    except (OSError, ValueError):
+        return False
+    try:
+        header = {"path": rel, "size": size, "truncated": False}
+        cap = None
+        if sent["count"] >= caps["max_count"]:
+            cap = f"file count limit ({caps['max_count']})"
+        elif size > caps["max_file_bytes"]:
+            cap = f"file size limit ({caps['max_file_bytes']} bytes)"
+        elif sent["bytes"] + size > caps["max_total_bytes"]:
+            cap = f"total file size limit ({caps['max_total_bytes']} bytes)"
+        content = b""
+        if cap is None:
+            chunks = []
+            left = size
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            content = b"".join(chunks)
+            # A file that changed size while read is sent as read.
+            header["size"] = len(content)
+            sent["bytes"] += len(content)
+        else:
+            header["truncated"] = True
+            notes.append(f"{rel}: not returned, past the {cap}")
+    finally:
+        os.close(fd)
+    sent["count"] += 1
+    head = json.dumps(header).encode()
+    import struct
+
+    _nsbox_frame(out, b"F", struct.pack("<I", len(head)) + head + content)
+    return True
+
+
+def _nsbox_put_files(files):
+    """Writes the input files into the working directory (as the run's own user)."""
+    import base64
+    import os
+
+    for f in files:
+        path = os.path.join(_NSBOX_WORKDIR, f["path"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with open(fd, "wb", closefd=True) as out:
+            out.write(base64.b64decode(f["content_base64"]))
+
+
+def _nsbox_collect(out, before, caps):
+    """Sends the files created or changed since `before`, in path order, under the caps;
+    says on stderr what was skipped or cut."""
+    notes = []
+    after = _nsbox_walk(notes)
+    sent = {"count": 0, "bytes": 0}
+    for rel in sorted(after):
+        if before.get(rel) != after[rel]:
+            _nsbox_send_file(out, rel, caps, sent, notes)
+    for note in notes:
+        print(f"nsbox: {note}", file=sys.stderr)
+
+
+class _NsboxRun:
+    """One piece of code run in a module's namespace, with its figures and files."""
+
+    def __init__(self, main, plots_out, max_plots):
+        self.main = main
+        self.plots_out = plots_out
+        self.max_plots = max_plots
+        self.emitted = 0
+        self.dropped = 0
+
+    def emit_open_figures(self):
+        import io
+
         pyplot = sys.modules.get("matplotlib.pyplot")
         if pyplot is None:
             return
         # Figure numbers grow with creation, so this is creation order.
         for num in sorted(pyplot.get_fignums()):
             fig = pyplot.figure(num)
-            if state["emitted"] >= max_plots:
-                state["dropped"] += 1
+            if self.emitted >= self.max_plots:
+                self.dropped += 1
             else:
                 buf = io.BytesIO()
                 # Level 1 encodes several times faster than the default for a few % more bytes.
                 fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
-                data = buf.getvalue()
-                plots_out.write(struct.pack("<I", len(data)) + data)
-                state["emitted"] += 1
+                _nsbox_frame(self.plots_out, b"P", buf.getvalue())
+                self.emitted += 1
             pyplot.close(fig)
 
-    _nsbox_state["show"] = emit_open_figures
+    def execute(self, source, interruptible=False):
+        """Runs `source` as `python3 -c` would; returns its exit status. An interruptible
+        run (a session call) takes SIGINT as KeyboardInterrupt while the code runs, and
+        ignores it before and after, so the harness's own work is never cut."""
+        import signal
+        import traceback
 
-    if os.environ.get("NSBOX_GUARD_RAILS") == "1":
-        sys.addaudithook(_nsbox_guard)
+        _nsbox_state["show"] = self.emit_open_figures
+        exit_code = 0
+        try:
+            if interruptible:
+                # The C handler raises without a Python frame of the harness's own.
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                exec(compile(source, "<string>", "exec"), self.main.__dict__)
+            finally:
+                if interruptible:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except SystemExit as e:
+            if e.code is None:
+                exit_code = 0
+            elif isinstance(e.code, int):
+                exit_code = e.code
+            else:
+                print(e.code, file=sys.stderr)
+                exit_code = 1
+        except BaseException as e:
+            # Show the user's frames only, as `python3 -c` would.
+            tb = e.__traceback__
+            while tb is not None and tb.tb_frame.f_code is not _NsboxRun.execute.__code__:
+                tb = tb.tb_next
+            traceback.print_exception(type(e), e, tb.tb_next if tb else None)
+            exit_code = 1
+        try:
+            self.emit_open_figures()
+        except Exception as e:
+            print(f"nsbox: a figure could not be rendered: {e}", file=sys.stderr)
+        if self.dropped:
+            print(
+                f"nsbox: plot limit ({self.max_plots}) reached; {self.dropped} more figure(s) not returned",
+                file=sys.stderr,
+            )
+        return exit_code
+
+
+def _nsbox_new_main():
+    import builtins
+    import types
 
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
-    exit_code = 0
-    try:
-        exec(compile(source, "<string>", "exec"), main.__dict__)
-    except SystemExit as e:
-        if e.code is None:
-            exit_code = 0
-        elif isinstance(e.code, int):
-            exit_code = e.code
-        else:
-            print(e.code, file=sys.stderr)
-            exit_code = 1
-    except BaseException as e:
-        # Show the user's frames only, as `python3 -c` would.
-        tb = e.__traceback__
-        while tb is not None and tb.tb_frame.f_code is not _nsbox_main.__code__:
-            tb = tb.tb_next
-        traceback.print_exception(type(e), e, tb.tb_next if tb else None)
-        exit_code = 1
+    return main
 
-    try:
-        emit_open_figures()
-    except Exception as e:
-        print(f"nsbox: a figure could not be rendered: {e}", file=sys.stderr)
-    if state["dropped"]:
-        print(
-            f"nsbox: plot limit ({max_plots}) reached; {state['dropped']} more figure(s) not returned",
-            file=sys.stderr,
-        )
+
+def _nsbox_main():
+    import json
+    import os
+    import stat
+
+    if stat.S_ISSOCK(os.fstat(3).st_mode):
+        return _nsbox_session()
+    with open(3, "rb", closefd=True) as f:
+        bundle = json.loads(f.read())
+    plots_out = open(4, "wb", buffering=0, closefd=True)
+
+    # Output reaches the caller even if the run is killed at its timeout.
+    sys.stdout.reconfigure(line_buffering=True)
+    _nsbox_prepare_matplotlib()
+    if os.environ.get("NSBOX_GUARD_RAILS") == "1":
+        sys.addaudithook(_nsbox_guard)
+
+    exit_code = _nsbox_step(bundle, plots_out, _nsbox_new_main(), False)
     plots_out.close()
     return exit_code
+
+
+def _nsbox_step(bundle, plots_out, main, interruptible):
+    """One run (or one session call): input files, the code, figures, output files."""
+    try:
+        _nsbox_put_files(bundle.get("files") or [])
+    except Exception as e:
+        print(f"nsbox: the input files could not be written: {e}", file=sys.stderr)
+        return 1
+    caps = bundle.get("collect_files")
+    before = _nsbox_walk([]) if caps is not None else None
+    run = _NsboxRun(main, plots_out, int(bundle["max_plots"]))
+    exit_code = run.execute(bundle["code"], interruptible)
+    if caps is not None:
+        try:
+            _nsbox_collect(plots_out, before, caps)
+        except Exception as e:
+            print(f"nsbox: the output files could not be collected: {e}", file=sys.stderr)
+    return exit_code
+
+
+def _nsbox_session():
+    """A session: an interpreter that keeps its namespace between calls. The supervisor
+    sends each call on fd 3 (a SOCK_SEQPACKET socket) with the call's bundle, stdout,
+    stderr and plots pipes attached, and gets {"exit_code": n} or {"error": ...} back."""
+    import json
+    import os
+    import signal
+    import socket
+
+    control = socket.socket(fileno=3)
+    if os.environ.get("NSBOX_GUARD_RAILS") == "1":
+        sys.addaudithook(_nsbox_guard)
+    _nsbox_prepare_matplotlib()
+    sys.stdout.reconfigure(line_buffering=True)
+    main = _nsbox_new_main()
+    # The supervisor interrupts at a call's timeout; between calls there is nothing to
+    # interrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    control.send(json.dumps({"ready": True}).encode())
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(control, 1 << 16, 4)
+        except InterruptedError:
+            continue
+        except OSError:
+            return 0
+        if not msg:
+            return 0
+        op = json.loads(msg)
+        bundle_fd, out, err, plots = fds
+        with open(bundle_fd, "rb", closefd=True) as f:
+            bundle = json.loads(f.read())
+        plots_out = open(plots, "wb", buffering=0, closefd=True)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)
+        reply = {"exit_code": 0}
+        try:
+            if op["op"] == "run":
+                reply["exit_code"] = _nsbox_step(bundle, plots_out, main, True)
+            else:
+                reply = _nsbox_file_op(op["op"], bundle, plots_out)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            plots_out.close()
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+        control.send(json.dumps(reply).encode())
+
+
+def _nsbox_file_op(op, bundle, plots_out):
+    """The session's file requests, answered from inside the sandbox."""
+    if op == "put":
+        try:
+            _nsbox_put_files(bundle["files"])
+        except Exception as e:
+            return {"error": f"the file could not be written: {e}"}
+        return {"exit_code": 0}
+    if op == "list":
+        import json
+        import struct
+
+        for rel, sig in sorted(_nsbox_walk([]).items()):
+            head = json.dumps({"path": rel, "size": sig[0], "truncated": True}).encode()
+            _nsbox_frame(plots_out, b"F", struct.pack("<I", len(head)) + head)
+        return {"exit_code": 0}
+    if op == "read":
+        notes = []
+        if not _nsbox_send_file(plots_out, bundle["path"], bundle["caps"], {"count": 0, "bytes": 0}, notes):
+            return {"error": "not_found"}
+        if notes:
+            return {"error": "too_large"}
+        return {"exit_code": 0}
+    return {"error": f"unknown operation {op}"}
 
 
 def _nsbox_exit(code):

@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod rootfs;
 pub mod run;
 pub mod seccomp;
+pub mod session;
 pub mod spawner;
 pub mod supervisor;
 mod sys;
@@ -31,6 +32,9 @@ pub mod warm;
 pub mod warm_library;
 
 pub use config::{SpawnerConfig, WarmConfig};
-pub use run::{Cut, Limits, Plot, Report, RunEvent, RunOutcome, RunRequest, Termination};
+pub use run::{
+    Cut, FileCaps, InputFile, Limits, OutputFile, Plot, Report, RunEvent, RunOutcome, RunRequest,
+    SessionOp, Termination, WORKDIR,
+};
 pub use supervisor::HARNESS;
 pub use warm_library::WarmLibrary;

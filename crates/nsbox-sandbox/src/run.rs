@@ -64,6 +64,69 @@ pub struct RunRequest {
     /// outcome.
     #[serde(default)]
     pub stream: bool,
+    /// Files written into the run's working directory before the code starts.
+    #[serde(default)]
+    pub files: Vec<InputFile>,
+    /// Whether (and under which caps) the files the code creates or changes come back.
+    #[serde(default)]
+    pub collect_files: Option<FileCaps>,
+    /// Starts a session (an interpreter that stays for [`SessionOp`]s) instead of a run;
+    /// `code` is then empty.
+    #[serde(default)]
+    pub session: bool,
+}
+
+/// The working directory of every run: the code's current directory, on its private /tmp.
+pub const WORKDIR: &str = "/tmp/work";
+
+/// A file written into the working directory before the code starts. The content stays
+/// base64 from the client to the harness, which decodes it inside the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InputFile {
+    /// Relative to the working directory, checked by the server (no `..`, no absolute part).
+    pub path: String,
+    pub content_base64: String,
+}
+
+/// Caps on the files a run returns; a file past them is listed without content.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct FileCaps {
+    pub max_count: usize,
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+}
+
+/// A file the code created or changed in the working directory (or one a session was asked
+/// to list or read).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputFile {
+    pub path: String,
+    pub size: u64,
+    /// `None` when listed only: past a cap (`truncated`), or in a listing.
+    pub content_base64: Option<String>,
+    /// Past a cap: listed without content.
+    pub truncated: bool,
+}
+
+/// What the server asks of a session once it is started, one at a time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SessionOp {
+    /// Runs code in the session's interpreter (its `session` and `template` are ignored).
+    Run { request: RunRequest },
+    /// Lists the regular files of the working directory.
+    ListFiles { request_id: Option<String> },
+    /// Reads one file of the working directory, under the caps.
+    ReadFile {
+        path: String,
+        caps: FileCaps,
+        request_id: Option<String>,
+    },
+    /// Writes one file into the working directory.
+    WriteFile {
+        file: InputFile,
+        request_id: Option<String>,
+    },
 }
 
 /// Output of a run as it happens, for callers that asked to stream it. Only what the caps
@@ -141,6 +204,17 @@ pub struct RunOutcome {
     pub peak_memory_bytes: Option<u64>,
     /// Whether the run was forked from a warm template.
     pub warm: bool,
+    /// Files created or changed in the working directory, when the request asked for them.
+    #[serde(default)]
+    pub files: Vec<OutputFile>,
+    /// Memory the run's cgroup holds when the outcome is written (a session's, between
+    /// calls), when cgroups are in use.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// For a session: why this call (or op) ended the session, which is gone once this
+    /// outcome is written.
+    #[serde(default)]
+    pub session_ended: Option<String>,
 }
 
 /// Which warm interpreter a run forks from.

@@ -17,14 +17,16 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{lseek, pipe2, Pid, Whence};
 
-use super::capture::{decode_plots, human_bytes, text, Capture, Streamed};
+use super::capture::{decode_frames, human_bytes, text, Capture, Streamed};
 use super::cgroup::RunCgroup;
 use super::child::{self, ChildPlan, Entry, Record, RECORD_LEN};
 use super::config::SpawnerConfig;
 use super::failure::{io_step, step, Failure, Step};
 use super::namespaces::RUN_NAMESPACES;
 use super::protocol::{read_frame, write_frame, ProtocolError};
-use super::run::{Cut, Limits, Report, RunOutcome, RunRequest, Template, Termination};
+use super::run::{
+    Cut, FileCaps, InputFile, Limits, Report, RunOutcome, RunRequest, Template, Termination,
+};
 use super::seccomp::SeccompProgram;
 use super::warm::{self, RunEnds};
 use crate::sys;
@@ -57,6 +59,11 @@ pub fn serve(
     // The server's end was non-blocking; ours is a separate file description.
     let _ = stream.set_nonblocking(false);
     let request: RunRequest = read_frame(&mut stream).map_err(SupervisorError::Request)?;
+    if request.session {
+        let request_id = request.request_id.as_deref().map(tracing::field::display);
+        let _span = tracing::info_span!("session", request_id).entered();
+        return super::session::serve(stream, request, config, seccomp, warm);
+    }
     // The server's request span, as far as the supervisor knows it: its lines carry the
     // request's id like the server's own.
     let request_id = request.request_id.as_deref().map(tracing::field::display);
@@ -88,6 +95,9 @@ fn setup_failed(failure: Failure, start: Instant) -> RunOutcome {
         wall_ms: start.elapsed().as_millis() as u64,
         peak_memory_bytes: None,
         warm: false,
+        files: Vec::new(),
+        memory_bytes: None,
+        session_ended: None,
     }
 }
 
@@ -158,46 +168,91 @@ pub fn threads_per_run(limits: &Limits) -> u64 {
     cpus.min((limits.max_processes / 8).max(1))
 }
 
-struct Pipes {
-    read: OwnedFd,
-    write: OwnedFd,
+pub(crate) struct Pipes {
+    pub read: OwnedFd,
+    pub write: OwnedFd,
 }
 
-fn pipe() -> Result<Pipes, Errno> {
+pub(crate) fn pipe() -> Result<Pipes, Errno> {
     let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
     Ok(Pipes { read, write })
 }
 
 /// The supervisor's read ends of the pipes a run writes to.
-struct Outputs {
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    plots: OwnedFd,
-    report: OwnedFd,
+pub(crate) struct Outputs {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub plots: OwnedFd,
+    pub report: OwnedFd,
 }
 
 /// The supervisor's ends of a run's pipes.
-struct Reads {
-    outputs: Outputs,
-    release: OwnedFd,
+pub(crate) struct Reads {
+    pub outputs: Outputs,
+    pub release: OwnedFd,
 }
 
-/// Fresh pipes and the code in a memfd: our ends, and the ends the run gets.
-fn prepare(code_text: &str) -> Result<(Reads, RunEnds), Failure> {
+/// What the harness reads from fd 3 for one run (or one session call): the code, the input
+/// files, and whether to collect output files.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Bundle<'a> {
+    pub code: &'a str,
+    pub files: &'a [InputFile],
+    pub collect_files: Option<FileCaps>,
+    pub max_plots: usize,
+    /// For a session's file requests: the file, and the caps it is read under.
+    pub path: Option<&'a str>,
+    pub caps: Option<FileCaps>,
+}
+
+impl<'a> Bundle<'a> {
+    pub fn of(request: &'a RunRequest) -> Bundle<'a> {
+        Bundle {
+            code: &request.code,
+            files: &request.files,
+            collect_files: request.collect_files,
+            max_plots: request.limits.max_plots,
+            path: None,
+            caps: None,
+        }
+    }
+
+    /// The bundle in a sealed-size memfd the harness reads from the start.
+    pub fn store(&self) -> Result<OwnedFd, Failure> {
+        let bytes = serde_json::to_vec(self).map_err(|_| Failure {
+            step: Step::StoreCode,
+            errno: Errno::EINVAL,
+        })?;
+        let code = step(
+            Step::StoreCode,
+            memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC),
+        )?;
+        let store = |code: &OwnedFd| -> std::io::Result<()> {
+            std::fs::File::from(code.try_clone()?).write_all(&bytes)
+        };
+        io_step(Step::StoreCode, store(&code))?;
+        step(Step::StoreCode, lseek(code.as_raw_fd(), 0, Whence::SeekSet))?;
+        Ok(code)
+    }
+}
+
+/// The cap on a run's plots pipe: the plots' bytes, and the files' when they are collected
+/// (with room for their headers).
+pub(crate) fn frames_cap(limits: &Limits, files: Option<FileCaps>) -> usize {
+    let files = files.map_or(0, |caps| {
+        caps.max_total_bytes as usize + caps.max_count.saturating_add(1) * 4096
+    });
+    limits.plot_bytes.saturating_add(files)
+}
+
+/// Fresh pipes, and `code` (what the harness reads on fd 3): our ends, and the ends the
+/// run gets.
+pub(crate) fn prepare(code: OwnedFd) -> Result<(Reads, RunEnds), Failure> {
     let stdout = step(Step::CreatePipes, pipe())?;
     let stderr = step(Step::CreatePipes, pipe())?;
     let plots = step(Step::CreatePipes, pipe())?;
     let report = step(Step::CreatePipes, pipe())?;
     let release = step(Step::CreatePipes, pipe())?;
-    let code = step(
-        Step::StoreCode,
-        memfd_create(c"nsbox-code", MemFdCreateFlag::MFD_CLOEXEC),
-    )?;
-    let store = |code: &OwnedFd| -> std::io::Result<()> {
-        std::fs::File::from(code.try_clone()?).write_all(code_text.as_bytes())
-    };
-    io_step(Step::StoreCode, store(&code))?;
-    step(Step::StoreCode, lseek(code.as_raw_fd(), 0, Whence::SeekSet))?;
     Ok((
         Reads {
             outputs: Outputs {
@@ -220,7 +275,7 @@ fn prepare(code_text: &str) -> Result<(Reads, RunEnds), Failure> {
 }
 
 /// The run's init, as the supervisor sees it.
-enum Sandbox {
+pub(crate) enum Sandbox {
     /// Cloned by this supervisor: a child we can wait for.
     Cold(Pid),
     /// Cloned by a zygote's fork: watched through a pidfd.
@@ -228,19 +283,19 @@ enum Sandbox {
 }
 
 impl Sandbox {
-    fn pid(&self) -> Pid {
+    pub fn pid(&self) -> Pid {
         match self {
             Sandbox::Cold(pid) | Sandbox::Warm { pid, .. } => *pid,
         }
     }
 
     /// Kills the run's init; the kernel then kills every process of its PID namespace.
-    fn kill(&self) {
+    pub fn kill(&self) {
         let _ = kill(self.pid(), Signal::SIGKILL);
     }
 
     /// Waits until the run's init is gone (and with it the whole PID namespace).
-    fn wait(&self) {
+    pub fn wait(&self) {
         match self {
             Sandbox::Cold(pid) => {
                 let _ = waitpid(*pid, None);
@@ -322,7 +377,8 @@ fn execute(
 ) -> RunOutcome {
     let began = Instant::now();
     let limits = &request.limits;
-    let (sandbox, reads) = match start(request, config, seccomp, warm) {
+    let code = || Bundle::of(request).store();
+    let (sandbox, reads) = match start(request, config, seccomp, warm, &code) {
         Ok(started) => started,
         Err(failure) => return setup_failed(failure, began),
     };
@@ -330,7 +386,14 @@ fn execute(
         Ok(cgroup) => cgroup,
         Err(failure) => return setup_failed(failure, began),
     };
-    let watched = watch(&sandbox, reads.outputs, limits, client, request.stream);
+    let watched = watch(
+        &sandbox,
+        reads.outputs,
+        limits,
+        frames_cap(limits, request.collect_files),
+        client,
+        request.stream,
+    );
     let counters = CgroupCounters::read_and_remove(cgroup);
     let termination = classify(&watched, counters.oom);
     assemble(
@@ -343,16 +406,18 @@ fn execute(
 }
 
 /// Starts the run's init from a warm template when one is ready, else cold; either way
-/// the init waits for [`release`].
-fn start(
+/// the init waits for [`release`]. `code` makes what the harness reads on fd 3 (asked
+/// again if a warm start fails).
+pub(crate) fn start(
     request: &RunRequest,
     config: &SpawnerConfig,
     seccomp: &SeccompProgram,
     warm: &WarmControls,
+    code: &dyn Fn() -> Result<OwnedFd, Failure>,
 ) -> Result<(Sandbox, Reads), Failure> {
     let limits = &request.limits;
     if let Some(control) = request.template.and_then(|t| warm.get(t)) {
-        let (reads, ends) = prepare(&request.code)?;
+        let (reads, ends) = prepare(code()?)?;
         match warm::start(
             control,
             &ends,
@@ -368,14 +433,14 @@ fn start(
             Err(e) => tracing::warn!(error = %e, "warm start failed; running cold"),
         }
     }
-    let (reads, ends) = prepare(&request.code)?;
+    let (reads, ends) = prepare(code()?)?;
     let sandbox = start_cold(config, seccomp, limits, ends, &reads)?;
     Ok((sandbox, reads))
 }
 
 /// Puts the run's init into its cgroup and releases it; a run that cannot be released is
 /// ended here.
-fn release(
+pub(crate) fn release(
     sandbox: &Sandbox,
     release: OwnedFd,
     config: &SpawnerConfig,
@@ -422,6 +487,7 @@ fn watch(
     sandbox: &Sandbox,
     outputs: Outputs,
     limits: &Limits,
+    frames_cap: usize,
     client: &UnixStream,
     stream: bool,
 ) -> Watched {
@@ -429,7 +495,7 @@ fn watch(
     let deadline = run_start + Duration::from_millis(limits.timeout_ms);
     let mut out = Capture::new(outputs.stdout, limits.output_bytes);
     let mut err = Capture::new(outputs.stderr, limits.output_bytes);
-    let mut figs = Capture::new(outputs.plots, limits.plot_bytes);
+    let mut figs = Capture::new(outputs.plots, frames_cap);
     let mut reports = Capture::new(outputs.report, RECORD_LEN * 4);
     let mut timed_out = false;
     let mut cancelled = false;
@@ -613,7 +679,8 @@ fn assemble(
 ) -> RunOutcome {
     let stdout = text(&watched.out, "stdout");
     let mut stderr = text(&watched.err, "stderr");
-    let (plots, plots_dropped) = decode_plots(&watched.figs.data, watched.figs.dropped > 0);
+    let frames = decode_frames(&watched.figs.data, watched.figs.dropped > 0);
+    let plots_dropped = frames.dropped;
     for note in limit_notes(counters.pids_hit, plots_dropped, limits) {
         stderr.push_str(&format!("nsbox: {note}\n"));
     }
@@ -633,10 +700,13 @@ fn assemble(
         termination,
         stdout,
         stderr,
-        plots,
+        plots: frames.plots,
         cut_short,
         wall_ms: watched.wall_ms,
         peak_memory_bytes: counters.peak,
+        files: frames.files,
+        memory_bytes: None,
+        session_ended: None,
     }
 }
 

@@ -55,10 +55,13 @@ def _nsbox_warm(template, max_forks):
 
     # What the harness imports in every run (traceback pulls in tokenize, re, linecache),
     # imported once here so no fork pays for it.
+    import base64
     import builtins
     import importlib.machinery
     import io
+    import json
     import random
+    import stat
     import struct
     import traceback
     import types

@@ -52,6 +52,9 @@ pub trait RunCgroup: std::fmt::Debug {
 
     fn peak_memory(&self) -> Option<u64>;
 
+    /// Memory the run holds now (a session's, between calls).
+    fn memory_current(&self) -> Option<u64>;
+
     /// Moves a process (still paused before running anything) into the run's cgroup.
     fn add(&self, pid: Pid) -> Result<(), CgroupError> {
         for dir in self.dirs() {

@@ -129,4 +129,8 @@ impl RunCgroup for Run {
     fn peak_memory(&self) -> Option<u64> {
         read_number(&self.memory.join("memory.max_usage_in_bytes"))
     }
+
+    fn memory_current(&self) -> Option<u64> {
+        read_number(&self.memory.join("memory.usage_in_bytes"))
+    }
 }

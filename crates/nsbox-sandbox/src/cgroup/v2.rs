@@ -173,6 +173,10 @@ impl RunCgroup for Run {
     fn peak_memory(&self) -> Option<u64> {
         read_number(&self.dir.join("memory.peak"))
     }
+
+    fn memory_current(&self) -> Option<u64> {
+        read_number(&self.dir.join("memory.current"))
+    }
 }
 
 /// Turns off the controllers the server enabled, then moves every process in its leaf

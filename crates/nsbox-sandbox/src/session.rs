@@ -1,0 +1,577 @@
+//! A session: one sandbox whose interpreter stays between calls. Its supervisor relays each call (code, or a file request) from the server to the harness and reports it as a run's outcome.
+//!
+//! ```text
+//! server --SessionOp frames--> supervisor --fd 3 (SOCK_SEQPACKET): op + bundle, stdout,
+//!                                            stderr and plots pipes--> harness (session loop)
+//!        <--Report frames----             <--{"exit_code": n} or {"error": ...}---
+//! ```
+//! The sandbox is built exactly as a run's (warm or cold, same steps, cgroup, limits); only
+//! fd 3 is a socket instead of the code, which is how the harness knows it is a session.
+//! A call's timeout interrupts the code (SIGINT to the run's process group, as Ctrl-C); an
+//! interpreter that does not come back within [`INTERRUPT_GRACE`] is killed, and with it
+//! the session. The server's end closing ends the session at once.
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use super::capture::{decode_frames, text, Capture, Streamed};
+use super::cgroup::RunCgroup;
+use super::child::{Record, RECORD_LEN};
+use super::config::SpawnerConfig;
+use super::failure::{step, Failure, Step};
+use super::fdpass;
+use super::protocol::{read_frame, write_frame, ProtocolError};
+use super::run::{FileCaps, Report, RunOutcome, RunRequest, SessionOp, Termination};
+use super::seccomp::SeccompProgram;
+use super::supervisor::{
+    frames_cap, pipe, release, start, Bundle, Sandbox, SupervisorError, WarmControls,
+};
+
+/// How long an interrupted call's interpreter has to come back before the session ends.
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a new session's interpreter has to say it is ready (a cold start included).
+const READY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a file request may take; past it the session is broken and ended.
+const FILE_OP_PATIENCE: Duration = Duration::from_secs(10);
+
+/// After the harness answered, how long its output pipes may stay open (held by a process
+/// the code left running) before the call's output is taken as complete.
+const OUTPUT_GRACE: Duration = Duration::from_millis(50);
+
+/// Largest answer the harness sends on the control socket.
+const REPLY_MAX: usize = 4096;
+
+/// The session's sandbox, as its supervisor holds it.
+struct Live {
+    sandbox: Sandbox,
+    cgroup: Option<Box<dyn RunCgroup>>,
+    /// The supervisor's end of the harness's fd 3.
+    control: OwnedFd,
+    /// Init's report pipe: set-up failures, then Python's status when it ends.
+    reports: Capture,
+    warm: bool,
+}
+
+impl Live {
+    /// Kills the session's processes and removes its cgroup.
+    fn end(self) {
+        self.sandbox.kill();
+        self.sandbox.wait();
+        if let Some(cg) = self.cgroup {
+            if let Err(e) = cg.remove() {
+                tracing::error!(error = %e, "removing a session's cgroup");
+            }
+        }
+    }
+
+    fn memory(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(|cg| cg.memory_current())
+    }
+}
+
+/// Serves one session on `stream`, from its start (the request already read) until the
+/// server closes it or the session ends.
+pub fn serve(
+    mut stream: UnixStream,
+    request: RunRequest,
+    config: &SpawnerConfig,
+    seccomp: &SeccompProgram,
+    warm: &WarmControls,
+) -> Result<(), SupervisorError> {
+    let began = Instant::now();
+    let (live, ready) = match open(&request, config, seccomp, warm) {
+        Ok(live) => {
+            let outcome = outcome(
+                Termination::Exited { code: 0 },
+                live.warm,
+                began,
+                live.memory(),
+            );
+            (Some(live), outcome)
+        }
+        Err((failure, stderr)) => {
+            let mut outcome = outcome(
+                Termination::SetupFailed {
+                    step: failure.step.name().to_string(),
+                    errno: failure.errno as i32,
+                },
+                false,
+                began,
+                None,
+            );
+            outcome.stderr = stderr;
+            (None, outcome)
+        }
+    };
+    write_frame(&mut stream, &Report::Done { outcome: ready }).map_err(SupervisorError::Reply)?;
+    let Some(mut live) = live else { return Ok(()) };
+    tracing::debug!(ms = began.elapsed().as_millis() as u64, "session ready");
+    loop {
+        let op = match next_op(&stream, &mut live) {
+            Next::Op(op) => op,
+            Next::Closed => {
+                tracing::debug!("session closed by the server");
+                live.end();
+                return Ok(());
+            }
+            Next::Lost(reason) => {
+                tracing::info!(%reason, "session lost while idle");
+                live.end();
+                return Ok(());
+            }
+        };
+        let request_id = match &op {
+            SessionOp::Run { request } => request.request_id.clone(),
+            SessionOp::ListFiles { request_id }
+            | SessionOp::ReadFile { request_id, .. }
+            | SessionOp::WriteFile { request_id, .. } => request_id.clone(),
+        };
+        let request_id = request_id.as_deref().map(tracing::field::display);
+        let span = tracing::info_span!("run", request_id).entered();
+        let mut outcome = call(&mut live, &op, &stream);
+        outcome.memory_bytes = live.memory();
+        let ended = outcome.session_ended.clone();
+        let written = write_frame(&mut stream, &Report::Done { outcome });
+        drop(span);
+        if let Some(reason) = ended {
+            tracing::info!(%reason, "session ended by a call");
+            live.end();
+            return Ok(());
+        }
+        if let Err(e) = written {
+            live.end();
+            return match e {
+                ProtocolError::Write(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                e => Err(SupervisorError::Reply(e)),
+            };
+        }
+    }
+}
+
+fn outcome(
+    termination: Termination,
+    warm: bool,
+    began: Instant,
+    memory_bytes: Option<u64>,
+) -> RunOutcome {
+    RunOutcome {
+        termination,
+        stdout: String::new(),
+        stderr: String::new(),
+        plots: Vec::new(),
+        cut_short: Vec::new(),
+        wall_ms: began.elapsed().as_millis() as u64,
+        peak_memory_bytes: None,
+        warm,
+        files: Vec::new(),
+        memory_bytes,
+        session_ended: None,
+    }
+}
+
+/// Builds the session's sandbox as a run's, with a socket on fd 3, and waits for the
+/// harness to say it is ready. On failure, returns what failed and what Python said.
+fn open(
+    request: &RunRequest,
+    config: &SpawnerConfig,
+    seccomp: &SeccompProgram,
+    warm: &WarmControls,
+) -> Result<Live, (Failure, String)> {
+    let ours: RefCell<Option<OwnedFd>> = RefCell::new(None);
+    // Asked again if a warm start fails: each attempt gets a fresh socket.
+    let code = || -> Result<OwnedFd, Failure> {
+        let (a, b) = step(
+            Step::StoreCode,
+            socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            ),
+        )?;
+        *ours.borrow_mut() = Some(a);
+        Ok(b)
+    };
+    let (sandbox, reads) =
+        start(request, config, seccomp, warm, &code).map_err(|f| (f, String::new()))?;
+    let control = ours.into_inner().expect("start made the socket");
+    let warm_run = matches!(sandbox, Sandbox::Warm { .. });
+    let cgroup = release(&sandbox, reads.release, config, &request.limits)
+        .map_err(|f| (f, String::new()))?;
+    let outputs = reads.outputs;
+    let mut live = Live {
+        sandbox,
+        cgroup,
+        control,
+        reports: Capture::new(outputs.report, RECORD_LEN * 4),
+        warm: warm_run,
+    };
+    // Until the harness is ready its stderr says why it is not; after, it is /dev/null.
+    let mut err = Capture::new(outputs.stderr, 64 * 1024);
+    drop(outputs.stdout);
+    drop(outputs.plots);
+    let deadline = Instant::now() + READY_PATIENCE;
+    let failed = |live: Live, err: &Capture, step: Step| {
+        let stderr = text(err, "stderr");
+        let reported = failure_record(&live.reports);
+        live.end();
+        Err((
+            reported.unwrap_or(Failure {
+                step,
+                errno: Errno::EIO,
+            }),
+            stderr,
+        ))
+    };
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return failed(live, &err, Step::StartPython);
+        }
+        let mut fds = vec![PollFd::new(live.control.as_fd(), PollFlags::POLLIN)];
+        if let Some(fd) = &err.fd {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        let _ = poll(&mut fds, timeout_until(deadline));
+        let ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        drop(fds);
+        err.drain();
+        live.reports.drain();
+        if ready {
+            return match reply(&live.control) {
+                Some(r) if r.get("ready").is_some() => Ok(live),
+                _ => failed(live, &err, Step::StartPython),
+            };
+        }
+    }
+}
+
+/// A set-up failure init or Python reported, if any.
+fn failure_record(reports: &Capture) -> Option<Failure> {
+    reports
+        .data
+        .chunks(RECORD_LEN)
+        .filter_map(Record::decode)
+        .find_map(|r| match r {
+            Record::Failed { step, errno } => Some(Failure {
+                step: Step::from_code(step).unwrap_or(Step::StartPython),
+                errno: Errno::from_raw(errno),
+            }),
+            _ => None,
+        })
+}
+
+/// Python's wait status, once init reported it.
+fn python_status(reports: &Capture) -> Option<i32> {
+    reports
+        .data
+        .chunks(RECORD_LEN)
+        .filter_map(Record::decode)
+        .find_map(|r| match r {
+            Record::PythonStatus(s) => Some(s),
+            _ => None,
+        })
+}
+
+fn timeout_until(deadline: Instant) -> PollTimeout {
+    let ms = deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis()
+        .clamp(1, 60_000) as u16;
+    PollTimeout::from(ms)
+}
+
+/// One answer of the harness on the control socket; `None` when it is gone or garbled.
+fn reply(control: &OwnedFd) -> Option<serde_json::Value> {
+    let mut buf = vec![0u8; REPLY_MAX];
+    let got = fdpass::recv::<1>(control.as_raw_fd(), &mut buf).ok()?;
+    if got.len == 0 {
+        return None;
+    }
+    serde_json::from_slice(&buf[..got.len]).ok()
+}
+
+enum Next {
+    Op(SessionOp),
+    /// The server closed its end: DELETE, expiry, shutdown.
+    Closed,
+    /// The interpreter went away between calls.
+    Lost(String),
+}
+
+/// Waits, idle, for the server's next request, watching the interpreter meanwhile.
+fn next_op(stream: &UnixStream, live: &mut Live) -> Next {
+    loop {
+        let mut fds = [
+            PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+            PollFd::new(live.control.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Next::Lost(format!("waiting for a call: {e}")),
+        }
+        let server = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let harness = fds[1].revents().is_some_and(|r| !r.is_empty());
+        if harness {
+            // The harness says nothing between calls: readable means it is gone.
+            return Next::Lost("the interpreter exited".into());
+        }
+        if server {
+            return match read_frame::<SessionOp>(&mut &*stream) {
+                Ok(op) => Next::Op(op),
+                Err(_) => Next::Closed,
+            };
+        }
+    }
+}
+
+/// What the harness is asked, and the bundle it reads.
+fn message(op: &SessionOp) -> (&'static str, Bundle<'_>, Duration, Option<FileCaps>) {
+    let empty = Bundle {
+        code: "",
+        files: &[],
+        collect_files: None,
+        max_plots: 0,
+        path: None,
+        caps: None,
+    };
+    match op {
+        SessionOp::Run { request } => (
+            "run",
+            Bundle::of(request),
+            Duration::from_millis(request.limits.timeout_ms),
+            request.collect_files,
+        ),
+        SessionOp::ListFiles { .. } => ("list", empty, FILE_OP_PATIENCE, None),
+        SessionOp::ReadFile { path, caps, .. } => (
+            "read",
+            Bundle {
+                path: Some(path),
+                caps: Some(*caps),
+                ..empty
+            },
+            FILE_OP_PATIENCE,
+            Some(*caps),
+        ),
+        SessionOp::WriteFile { file, .. } => (
+            "put",
+            Bundle {
+                files: std::slice::from_ref(file),
+                ..empty
+            },
+            FILE_OP_PATIENCE,
+            None,
+        ),
+    }
+}
+
+/// One call: hands the harness its bundle and fresh pipes, collects the output until it
+/// answers, interrupting it at the timeout and ending the session if it does not come back.
+fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
+    let began = Instant::now();
+    let (name, bundle, patience, caps) = message(op);
+    let (limits, stream) = match op {
+        SessionOp::Run { request } => (request.limits.clone(), request.stream),
+        _ => (Default::default(), false),
+    };
+    let broken = |reason: &str| {
+        let mut o = outcome(
+            Termination::SetupFailed {
+                step: Step::StoreCode.name().into(),
+                errno: Errno::EIO as i32,
+            },
+            live.warm,
+            began,
+            None,
+        );
+        o.session_ended = Some(reason.to_string());
+        o
+    };
+    let (Ok(code), Ok(out), Ok(err), Ok(figs)) = (bundle.store(), pipe(), pipe(), pipe()) else {
+        return broken("the call could not be prepared");
+    };
+    let head = serde_json::json!({ "op": name }).to_string();
+    let fds = [
+        code.as_raw_fd(),
+        out.write.as_raw_fd(),
+        err.write.as_raw_fd(),
+        figs.write.as_raw_fd(),
+    ];
+    if fdpass::send(live.control.as_raw_fd(), head.as_bytes(), &fds).is_err() {
+        return broken("the interpreter exited");
+    }
+    drop((code, out.write, err.write, figs.write));
+
+    let mut out = Capture::new(out.read, limits.output_bytes);
+    let mut err = Capture::new(err.read, limits.output_bytes);
+    let mut figs = Capture::new(figs.read, frames_cap(&limits, caps));
+    let deadline = began + patience;
+    let mut interrupted: Option<Instant> = None;
+    let mut answer: Option<Option<serde_json::Value>> = None;
+    let mut answered_at = began;
+    let mut ended: Option<String> = None;
+    let mut streamed = stream.then(Streamed::default);
+    loop {
+        let now = Instant::now();
+        if answer.is_some() {
+            let open = [&out.fd, &err.fd, &figs.fd].iter().any(|f| f.is_some());
+            if !open || now >= answered_at + OUTPUT_GRACE {
+                break;
+            }
+        } else if let Some(at) = interrupted {
+            if now >= at + INTERRUPT_GRACE {
+                live.sandbox.kill();
+                ended = Some(format!(
+                    "the code did not stop within {} s of the interrupt at its timeout",
+                    INTERRUPT_GRACE.as_secs()
+                ));
+                break;
+            }
+        } else if now >= deadline {
+            if name != "run" {
+                live.sandbox.kill();
+                ended = Some("a file request did not finish".into());
+                break;
+            }
+            // Init ignores SIGINT (a namespace's init without a handler); Python and
+            // whatever the code started get it, as from a terminal's Ctrl-C.
+            let _ = killpg(live.sandbox.pid(), Signal::SIGINT);
+            interrupted = Some(now);
+            continue;
+        }
+        let wake = match (answer.is_some(), interrupted) {
+            (true, _) => answered_at + OUTPUT_GRACE,
+            (false, Some(at)) => at + INTERRUPT_GRACE,
+            (false, None) => deadline,
+        };
+        let mut fds: Vec<PollFd> = [&out.fd, &err.fd, &figs.fd]
+            .into_iter()
+            .flatten()
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let fixed = fds.len();
+        fds.push(PollFd::new(server.as_fd(), PollFlags::POLLIN));
+        if answer.is_none() {
+            fds.push(PollFd::new(live.control.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout_until(wake)) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let server_gone = fds[fixed].revents().is_some_and(|r| !r.is_empty());
+        let harness = answer.is_none() && fds[fixed + 1].revents().is_some_and(|r| !r.is_empty());
+        drop(fds);
+        for capture in [&mut out, &mut err, &mut figs] {
+            capture.drain();
+        }
+        if let Some(s) = &mut streamed {
+            for event in s.events(&out, &err, &figs, false) {
+                let _ = write_frame(&mut &*server, &Report::Event { event });
+            }
+        }
+        if server_gone {
+            // The server sends nothing during a call: readable means it closed the session.
+            live.sandbox.kill();
+            ended = Some("closed".into());
+            break;
+        }
+        if harness {
+            answered_at = Instant::now();
+            let got = reply(&live.control);
+            if got.is_none() {
+                ended = Some("the interpreter exited".into());
+            }
+            answer = Some(got);
+        }
+    }
+    if let Some(s) = &mut streamed {
+        for event in s.events(&out, &err, &figs, true) {
+            let _ = write_frame(&mut &*server, &Report::Event { event });
+        }
+    }
+    let answer = answer.flatten();
+    let termination = match (&answer, interrupted, &ended) {
+        (Some(a), None, None) => match a.get("error").and_then(|e| e.as_str()) {
+            Some(error) => {
+                err.data.extend_from_slice(error.as_bytes());
+                Termination::Exited { code: 1 }
+            }
+            None => Termination::Exited {
+                code: a.get("exit_code").and_then(|c| c.as_i64()).unwrap_or(1) as i32,
+            },
+        },
+        (_, Some(_), _) => Termination::TimedOut,
+        _ => ending_of_lost(live),
+    };
+    if ended.as_deref() == Some("the interpreter exited") {
+        ended = Some(lost_reason(&termination));
+    }
+    let frames = decode_frames(&figs.data, figs.dropped > 0);
+    RunOutcome {
+        termination,
+        stdout: text(&out, "stdout"),
+        stderr: text(&err, "stderr"),
+        plots: frames.plots,
+        cut_short: Vec::new(),
+        wall_ms: began.elapsed().as_millis() as u64,
+        peak_memory_bytes: live.cgroup.as_ref().and_then(|cg| cg.peak_memory()),
+        warm: live.warm,
+        files: frames.files,
+        memory_bytes: None,
+        session_ended: ended,
+    }
+}
+
+/// How a call ended whose interpreter went away: out of memory, or Python's own status.
+fn ending_of_lost(live: &mut Live) -> Termination {
+    if live.cgroup.as_ref().is_some_and(|cg| cg.oom_killed()) {
+        return Termination::OutOfMemory;
+    }
+    // Init reports Python's status as it reaps it; give it a moment.
+    let until = Instant::now() + Duration::from_millis(500);
+    while python_status(&live.reports).is_none()
+        && Instant::now() < until
+        && live.reports.fd.is_some()
+    {
+        let mut fds = [PollFd::new(
+            live.reports.fd.as_ref().expect("checked open").as_fd(),
+            PollFlags::POLLIN,
+        )];
+        let _ = poll(&mut fds, timeout_until(until));
+        live.reports.drain();
+    }
+    match python_status(&live.reports) {
+        Some(status) if status & 0x7f == 0 => Termination::Exited {
+            code: (status >> 8) & 0xff,
+        },
+        Some(status) => Termination::Signaled {
+            signal: status & 0x7f,
+        },
+        None => Termination::Signaled {
+            signal: Signal::SIGKILL as i32,
+        },
+    }
+}
+
+/// Why the session ended, in words, when its interpreter went away during a call.
+fn lost_reason(termination: &Termination) -> String {
+    match termination {
+        Termination::OutOfMemory => "the memory limit was reached".into(),
+        Termination::Exited { code } => format!("the interpreter exited with status {code}"),
+        Termination::Signaled { signal } => format!(
+            "the interpreter was killed by {}",
+            Signal::try_from(*signal)
+                .map_or_else(|_| format!("signal {signal}"), |s| s.to_string())
+        ),
+        _ => "the interpreter exited".into(),
+    }
+}

@@ -1,0 +1,188 @@
+//! `/v1/sessions`: creating, inspecting and closing sessions, and the files of their working directory. Calls in a session go through `POST /v1/tools/code` with `session_id`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::{auth, code, AppState};
+use crate::service;
+use crate::service::files::mime_type;
+
+/// The request id of a request, as `code::execute` takes it.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
+fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "request body exceeds {} bytes",
+                state.max_body_bytes
+            ))
+        } else {
+            ApiError::invalid(format!("could not read the request body: {rejection}"))
+        }
+    })
+}
+
+/// What `POST /v1/sessions` may say: `libraries` and `ttl_seconds`, both optional; an
+/// empty body is `{}`.
+fn parse_create(body: &[u8]) -> Result<(Vec<String>, Option<u64>), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok((Vec::new(), None));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid("request body must be a JSON object"));
+    };
+    if let Some(unknown) = obj
+        .keys()
+        .find(|k| !["libraries", "ttl_seconds"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(format!(
+            "unknown field `{unknown}`; a session takes `libraries` and `ttl_seconds`"
+        )));
+    }
+    let libraries = match obj.get("libraries") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(_) => return Err(ApiError::invalid("`libraries` must be an array of strings")),
+    };
+    let ttl =
+        match obj.get("ttl_seconds") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+                ApiError::invalid("`ttl_seconds` must be a whole number of seconds")
+            })?),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "`ttl_seconds` must be a whole number of seconds",
+                ))
+            }
+        };
+    Ok((libraries, ttl))
+}
+
+/// `POST /v1/sessions`: 201 with the session object.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = request_id(&headers);
+    async {
+        code::check_content_type(&headers)?;
+        let (libraries, ttl) = parse_create(&body(&state, raw)?)?;
+        let owner = auth::owner(&headers, &state.keys);
+        let info = state
+            .service
+            .create_session(owner, libraries, ttl, Some(id.clone()))
+            .await?;
+        Ok((StatusCode::CREATED, Json(info)).into_response())
+    }
+    .instrument(service::request_span(&id))
+    .await
+}
+
+/// `GET /v1/sessions/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let owner = auth::owner(&headers, &state.keys);
+    Ok(Json(state.service.session_info(&id, &owner)?).into_response())
+}
+
+/// `DELETE /v1/sessions/{id}`: 204; the sandbox goes at once.
+pub async fn close(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let owner = auth::owner(&headers, &state.keys);
+    state.service.close_session(&id, &owner)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/sessions/{id}/files`: the working directory's regular files.
+pub async fn list_files(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let owner = auth::owner(&headers, &state.keys);
+    let rid = request_id(&headers);
+    let files = state
+        .service
+        .list_session_files(&id, &owner, Some(rid.clone()))
+        .instrument(service::request_span(&rid))
+        .await?;
+    let files: Vec<Value> = files
+        .into_iter()
+        .map(|(path, size)| json!({"mime_type": mime_type(&path), "path": path, "size": size}))
+        .collect();
+    Ok(Json(json!({ "files": files })).into_response())
+}
+
+/// `GET /v1/sessions/{id}/files/{path}`: the file's bytes.
+pub async fn read_file(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let owner = auth::owner(&headers, &state.keys);
+    let rid = request_id(&headers);
+    let bytes = state
+        .service
+        .read_session_file(&id, &owner, &path, Some(rid.clone()))
+        .instrument(service::request_span(&rid))
+        .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, mime_type(&path)),
+            // Never rendered as a page of this origin, whatever the code named it.
+            (header::CONTENT_DISPOSITION, "attachment".to_string()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// `PUT /v1/sessions/{id}/files/{path}`: the raw body becomes the file.
+pub async fn write_file(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, path)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let owner = auth::owner(&headers, &state.keys);
+    let rid = request_id(&headers);
+    let content = body(&state, raw)?.to_vec();
+    let size = state
+        .service
+        .write_session_file(&id, &owner, &path, content, Some(rid.clone()))
+        .instrument(service::request_span(&rid))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"path": path, "size": size, "mime_type": mime_type(&path)})),
+    )
+        .into_response())
+}
