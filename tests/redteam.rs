@@ -63,6 +63,9 @@ struct Run {
     code: String,
     timeout: f64,
     check: Check,
+    /// The request's `files` field (input files, or `[]` to get the output files back);
+    /// `None` leaves it out.
+    files: Option<Value>,
 }
 
 /// One attack: its runs start together (each after its delay), then every check applies.
@@ -113,6 +116,7 @@ fn run(delay_ms: u64, code: impl Into<String>, timeout: f64, check: Check) -> Ru
         code: code.into(),
         timeout,
         check,
+        files: None,
     }
 }
 
@@ -250,12 +254,38 @@ fn abbreviated(v: &Value) -> String {
             .collect();
         v["plots"] = json!(format!("{} plot(s), base64 sizes {sizes:?}", sizes.len()));
     }
+    if let Some(files) = v.get_mut("files").and_then(Value::as_array_mut) {
+        let n = files.len();
+        files.truncate(12);
+        for f in files.iter_mut() {
+            if let Some(c) = f.get("content_base64").and_then(Value::as_str) {
+                let shown: String = c.chars().take(80).collect();
+                f["content_base64"] = json!(format!("{shown}... ({} characters)", c.len()));
+            }
+        }
+        if n > 12 {
+            files.push(json!(format!("... {n} files in all")));
+        }
+    }
     serde_json::to_string_pretty(&v).unwrap()
 }
 
 /// Posts one run without panicking, so a dead server fails the case instead of the thread.
 fn post(server: &Server, code: &str, timeout: f64) -> Result<Value, String> {
-    let body = json!({"code": code, "lang": "python", "timeout": timeout});
+    post_with_files(server, code, timeout, None)
+}
+
+/// Like [`post`], with the request's `files` field when there is one.
+fn post_with_files(
+    server: &Server,
+    code: &str,
+    timeout: f64,
+    files: Option<&Value>,
+) -> Result<Value, String> {
+    let mut body = json!({"code": code, "lang": "python", "timeout": timeout});
+    if let Some(files) = files {
+        body["files"] = files.clone();
+    }
     let reply = common::post(server.client(), &server.base, &body)?;
     ensure!(reply.status == 200, "HTTP {}: {}", reply.status, reply.body);
     Ok(reply.body)
@@ -313,7 +343,7 @@ fn execute(server: &Server, uid_base: u32, case: &Case) -> Result<(), String> {
             .map(|r| {
                 s.spawn(move || {
                     std::thread::sleep(Duration::from_millis(r.delay_ms));
-                    post(server, &r.code, r.timeout)
+                    post_with_files(server, &r.code, r.timeout, r.files.as_ref())
                 })
             })
             .collect();
@@ -2681,4 +2711,723 @@ print('contained')
             ),
         ]
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Files collected from the working directory (issue 14): whatever a run plants in
+// /tmp/work, the output files are its own regular files only, the answer comes promptly and
+// the server stays well.
+
+/// Texts that only a host file, the run's environment or the server's could hold.
+const HOST_MARKERS: &[&str] = &["root:x:0:0", "root:*:", "PATH=/", SECRET, SECRET_VAR];
+
+/// The contract's rules for a path: relative and normal, no control characters, at most
+/// 255 bytes per component and 1024 in all.
+fn normal_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 1024
+        && !p.chars().any(char::is_control)
+        && p.split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && c.len() <= 255)
+}
+
+/// What the output files of a planting case must be.
+struct Planted {
+    /// Files of the run that must come back with exactly this content.
+    own: &'static [(&'static str, &'static str)],
+    /// Other paths that may come back (a trailing `*` matches any continuation), with
+    /// their content, if any, free of host markers.
+    may: &'static [&'static str],
+    /// Whether stderr must have an `nsbox: ...` line (something was skipped or cut).
+    note: bool,
+    /// The run (code and collection) must take less than this, seconds.
+    within_s: f64,
+}
+
+fn allowed_by(may: &[&str], path: &str) -> bool {
+    may.iter().any(|m| match m.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == *m,
+    })
+}
+
+/// A returned file: its path and its content (`None` when truncated).
+type Returned = (String, Option<Vec<u8>>);
+
+/// The output files of a response: every entry has a normal path and either its content
+/// (of its `size`, free of host markers) or `truncated: true`. Returns (path, content)
+/// pairs, content `None` when truncated.
+fn returned_files(v: &Value) -> Result<Vec<Returned>, String> {
+    use base64::Engine as _;
+    let Some(files) = v.get("files").and_then(Value::as_array) else {
+        return Err("no `files` array in the response to a request with `files`".into());
+    };
+    let mut out = Vec::new();
+    for f in files {
+        let path = text(f, "path");
+        ensure!(normal_path(path), "returned a file with a bad path: {f}");
+        let content = match f.get("content_base64").and_then(Value::as_str) {
+            Some(c) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(c)
+                    .map_err(|e| format!("{path}: bad base64 ({e})"))?;
+                ensure!(
+                    f["size"] == bytes.len(),
+                    "{path}: size {} but {} bytes of content",
+                    f["size"],
+                    bytes.len()
+                );
+                ensure!(
+                    f.get("truncated").is_none_or(|t| t == false),
+                    "{path}: content and truncated"
+                );
+                let lossy = String::from_utf8_lossy(&bytes);
+                for marker in HOST_MARKERS {
+                    ensure!(
+                        !lossy.contains(marker),
+                        "{path} came back with {marker:?} in it: the collection read outside the run"
+                    );
+                }
+                Some(bytes)
+            }
+            None => {
+                ensure!(
+                    f["truncated"] == true,
+                    "{path}: neither content nor truncated: {f}"
+                );
+                None
+            }
+        };
+        out.push((path.to_string(), content));
+    }
+    Ok(out)
+}
+
+fn planted(p: Planted) -> Check {
+    and_then(expect_contained(), move |v| {
+        let files = returned_files(v)?;
+        for (path, content) in p.own {
+            let got = files.iter().find(|(f, _)| f == path);
+            ensure!(
+                got.is_some_and(|(_, c)| c.as_deref() == Some(content.as_bytes())),
+                "the run's own {path} did not come back as written ({content:?}): {:?}",
+                got.map(|(_, c)| c.as_ref().map(|c| String::from_utf8_lossy(c).into_owned()))
+            );
+        }
+        for (path, _) in &files {
+            ensure!(
+                p.own.iter().any(|(o, _)| o == path) || allowed_by(p.may, path),
+                "returned {path}, which is not one of the run's own regular files"
+            );
+        }
+        if p.note {
+            ensure!(
+                text(v, "stderr").lines().any(|l| l.starts_with("nsbox:")),
+                "no `nsbox: ...` line in stderr saying what was skipped"
+            );
+        }
+        let t = v["execution_time"].as_f64().unwrap_or(f64::MAX);
+        ensure!(
+            t < p.within_s,
+            "took {t} s; expected under {} s",
+            p.within_s
+        );
+        Ok(())
+    })
+}
+
+/// A case whose request has `"files": []` (or the given input files).
+fn with_files(mut case: Case, files: Value) -> Case {
+    for r in &mut case.runs {
+        r.files = Some(files.clone());
+    }
+    case
+}
+
+const OWN: &[(&str, &str)] = &[("own.txt", "mine")];
+
+#[test]
+fn files_planted_in_the_working_directory() {
+    run_family("files_planted_in_the_working_directory", 10, |t| {
+        let server_pid = t.server.pid() as i32;
+        let rss_at_start = common::rss_kib(server_pid);
+        let memory_fine = move |v: &Value| -> Result<(), String> {
+            let now = common::rss_kib(server_pid);
+            ensure!(
+                now < rss_at_start + 100 * 1024,
+                "the server's VmRSS went from {rss_at_start} KiB to {now} KiB"
+            );
+            let _ = v;
+            Ok(())
+        };
+        vec![
+            with_files(
+                Case::single(
+                    "symlinks_to_host_files_and_root",
+                    r#"
+import os
+os.symlink('/etc/passwd', 'passwd')
+os.symlink('/etc/shadow', 'shadow')
+os.symlink('/proc/self/environ', 'environ')
+os.symlink('/proc/1/environ', 'init-environ')
+os.symlink('/', 'rootlink')
+os.symlink('/etc', 'etc')
+os.symlink('/proc/self/root', 'procroot')
+os.symlink('/nonexistent', 'dangling')
+os.makedirs('sub')
+os.symlink('/etc/passwd', 'sub/passwd')
+os.symlink('../own.txt', 'sub/own-link')
+open('own.txt', 'w').write('mine')
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    planted(Planted {
+                        own: OWN,
+                        may: &[],
+                        note: true,
+                        within_s: 10.0,
+                    }),
+                ),
+                json!([]),
+            ),
+            with_files(
+                Case::single(
+                    "symlink_replacing_an_input_file",
+                    r#"
+import os
+assert open('in.txt').read() == 'input'
+os.remove('in.txt')
+os.symlink('/etc/passwd', 'in.txt')
+os.remove('data/in2.txt')
+os.symlink('/proc/self/environ', 'data/in2.txt')
+open('own.txt', 'w').write('mine')
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    planted(Planted {
+                        own: OWN,
+                        may: &[],
+                        note: true,
+                        within_s: 10.0,
+                    }),
+                ),
+                json!([
+                    {"path": "in.txt", "content": "input"},
+                    {"path": "data/in2.txt", "content": "input 2"},
+                ]),
+            ),
+            with_files(
+                Case::single(
+                    "hardlinks_to_files_elsewhere",
+                    r#"
+import os, errno
+open('/tmp/outside.txt', 'w').write('outside')
+os.link('/tmp/outside.txt', 'hard.txt')
+for src in ['/etc/passwd', '/etc/hostname', '/usr/bin/python3', '/proc/self/environ']:
+    try:
+        os.link(src, 'hard-' + os.path.basename(src))
+    except OSError as e:
+        assert e.errno in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOENT), (src, e)
+    else:
+        raise AssertionError('hard-linked ' + src)
+# Whatever else lives in this run's /tmp (the harness's own files, if any).
+for name in os.listdir('/tmp'):
+    p = os.path.join('/tmp', name)
+    if name not in ('work', 'outside.txt') and os.path.isfile(p) and not os.path.islink(p):
+        try:
+            os.link(p, 'tmp-' + name)
+        except OSError:
+            pass
+open('own.txt', 'w').write('mine')
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    and_then(
+                        planted(Planted {
+                            own: OWN,
+                            may: &["hard.txt", "tmp-*"],
+                            note: false,
+                            within_s: 10.0,
+                        }),
+                        |v| {
+                            // A hard link in the run's own tmpfs is the run's own data.
+                            let files = returned_files(v)?;
+                            if let Some((_, Some(c))) = files.iter().find(|(p, _)| p == "hard.txt")
+                            {
+                                ensure!(c == b"outside", "hard.txt came back as {c:?}");
+                            }
+                            Ok(())
+                        },
+                    ),
+                ),
+                json!([]),
+            ),
+            with_files(
+                Case::single(
+                    "fifos_do_not_block",
+                    r#"
+import os
+os.mkfifo('fifo')
+os.makedirs('sub')
+os.mkfifo('sub/fifo.csv')
+assert open('in.txt').read() == 'input'
+os.remove('in.txt')
+os.mkfifo('in.txt')
+open('own.txt', 'w').write('mine')
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    planted(Planted {
+                        own: OWN,
+                        may: &[],
+                        note: true,
+                        within_s: 10.0,
+                    }),
+                ),
+                json!([{"path": "in.txt", "content": "input"}]),
+            ),
+            with_files(
+                Case::single(
+                    "unix_socket_and_device_nodes",
+                    r#"
+import os, stat, socket
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind('sock')
+    s.listen(1)
+except OSError:
+    # The guard rails may refuse sockets: a socket inode made directly is the same to the
+    # collection.
+    os.mknod('sock', stat.S_IFSOCK | 0o600)
+assert stat.S_ISSOCK(os.lstat('sock').st_mode)
+for name, dev in (('null', os.makedev(1, 3)), ('sda', os.makedev(8, 0))):
+    try:
+        os.mknod(name, stat.S_IFCHR | 0o600, dev)
+    except OSError:
+        pass
+open('own.txt', 'w').write('mine')
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    planted(Planted {
+                        own: OWN,
+                        may: &[],
+                        note: true,
+                        within_s: 10.0,
+                    }),
+                ),
+                json!([]),
+            ),
+            with_files(
+                Case::single(
+                    "directory_loops_and_a_deep_chain",
+                    r#"
+import os
+os.symlink('.', 'loop')
+os.symlink('..', 'up')
+os.makedirs('a/b')
+os.symlink('../..', 'a/b/back')
+os.symlink('/tmp/work', 'a/self')
+os.mkdir('deep')
+os.chdir('deep')
+for _ in range(1500):
+    os.mkdir('d')
+    os.chdir('d')
+open('bottom.txt', 'w').write('bottom')
+os.chdir('/tmp/work')
+open('own.txt', 'w').write('mine')
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    planted(Planted {
+                        own: OWN,
+                        may: &["deep/*"],
+                        note: true,
+                        within_s: 15.0,
+                    }),
+                ),
+                json!([]),
+            ),
+            with_files(
+                Case::single(
+                    "sparse_giant_files",
+                    r#"
+import os, errno
+size = 100 << 30
+with open('sparse.bin', 'wb') as f:
+    try:
+        f.truncate(size)
+    except OSError as e:
+        # RLIMIT_FSIZE stops it first: then as large as the limit lets it be.
+        assert e.errno == errno.EFBIG, e
+        size = 64 << 20
+        f.truncate(size)
+assert os.path.getsize('sparse.bin') == size
+for i in range(8):
+    with open('sparse%d.bin' % i, 'wb') as f:
+        f.truncate(size)
+open('own.txt', 'w').write('mine')
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    and_then(
+                        planted(Planted {
+                            own: OWN,
+                            may: &["sparse*"],
+                            note: true,
+                            within_s: 10.0,
+                        }),
+                        move |v| {
+                            let files = returned_files(v)?;
+                            let sparse: Vec<_> = files
+                                .iter()
+                                .filter(|(p, _)| p.starts_with("sparse"))
+                                .collect();
+                            ensure!(
+                                sparse.len() == 9,
+                                "{} sparse files listed, not 9",
+                                sparse.len()
+                            );
+                            for (p, c) in sparse {
+                                ensure!(c.is_none(), "{p} came back with content");
+                            }
+                            memory_fine(v)
+                        },
+                    ),
+                ),
+                json!([]),
+            ),
+            with_files(
+                Case::single(
+                    "ten_thousand_small_files",
+                    r#"
+import os
+os.mkdir('many')
+for i in range(10000):
+    with open('many/f%05d' % i, 'w') as f:
+        f.write(str(i))
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    and_then(
+                        planted(Planted {
+                            own: &[],
+                            may: &["many/*"],
+                            note: true,
+                            within_s: 20.0,
+                        }),
+                        move |v| {
+                            let files = returned_files(v)?;
+                            let with_content = files.iter().filter(|(_, c)| c.is_some()).count();
+                            ensure!(
+                                (1..=32).contains(&with_content),
+                                "{with_content} files came back with content; the count cap is 32"
+                            );
+                            for (p, c) in &files {
+                                if let Some(c) = c {
+                                    let n: usize =
+                                        p["many/f".len()..].parse().unwrap_or(usize::MAX);
+                                    ensure!(
+                                        *c == n.to_string().into_bytes(),
+                                        "{p} came back as {c:?}"
+                                    );
+                                }
+                            }
+                            memory_fine(v)
+                        },
+                    ),
+                ),
+                json!([]),
+            ),
+            with_files(
+                Case::single(
+                    "odd_file_names",
+                    r#"
+import os
+for name in [b'bad\xffname.txt', b'new\nline.txt', b'tab\tname', b'esc\x1b[31m', b'back\\slash', b'...', b' ', b'-', b'x' * 255]:
+    with open(name, 'wb') as f:
+        f.write(b'odd')
+os.makedirs(b'dir\xfe')
+with open(b'dir\xfe/inner.txt', 'wb') as f:
+    f.write(b'odd')
+open('own.txt', 'w').write('mine')
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    planted(Planted {
+                        own: OWN,
+                        may: &["*"],
+                        note: false,
+                        within_s: 10.0,
+                    }),
+                ),
+                json!([]),
+            ),
+            with_files(
+                Case::single(
+                    "forged_file_frames_on_the_harness_pipes",
+                    r#"
+import os, struct, json, stat
+# Frames as the harness sends files today (kind, length, header length, JSON header,
+# content); if the framing changes these are garbage, which must be as harmless.
+def frame(kind, payload):
+    return kind + struct.pack('<I', len(payload)) + payload
+def file_frame(path, content, **extra):
+    head = dict({'path': path, 'size': len(content), 'truncated': False}, **extra)
+    head = json.dumps(head).encode()
+    return frame(b'F', struct.pack('<I', len(head)) + head + content)
+forged = b''.join([
+    file_frame('../escape.txt', b'x'),
+    file_frame('/etc/escape.txt', b'x'),
+    file_frame('a/../../escape.txt', b'x'),
+    file_frame('', b'x'),
+    file_frame('nul\x00escape.txt', b'x'),
+    file_frame('big-claim.txt', b'x', size=1 << 40),
+    file_frame('truncated-claim.txt', b'y' * 100, truncated=True),
+    frame(b'F', struct.pack('<I', 1 << 30)),
+])
+open('own.txt', 'w').write('mine')
+for fd in range(3, 256):
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        continue
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        try:
+            os.set_blocking(fd, False)
+            os.write(fd, forged)
+        except OSError:
+            pass
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    check(|v| {
+                        // The run's answer may be anything sane; no forged path may come out.
+                        let files = returned_files(v)?;
+                        for (p, c) in &files {
+                            ensure!(!p.contains("escape"), "returned forged path {p}");
+                            if p == "big-claim.txt" {
+                                ensure!(c.as_deref().is_none_or(|c| c.len() < 1024), "{p}");
+                            }
+                        }
+                        Ok(())
+                    }),
+                ),
+                json!([]),
+            ),
+            with_files(
+                Case::single(
+                    "links_swapped_while_files_are_collected",
+                    r#"
+import os, time
+open('own.txt', 'w').write('mine')
+os.makedirs('realdir')
+open('realdir/f.txt', 'w').write('real')
+open('race.txt', 'w').write('own')
+if os.fork() == 0:
+    # Goes on after the code is over, while the output files are collected.
+    end = time.time() + 4
+    while time.time() < end:
+        try:
+            os.rename('realdir', 'tmpdir')
+            os.symlink('/etc', 'realdir')
+            os.unlink('realdir')
+            os.rename('tmpdir', 'realdir')
+        except OSError:
+            pass
+        try:
+            os.symlink('/etc/passwd', 'race.lnk')
+            os.replace('race.lnk', 'race.txt')
+            open('race.new', 'w').write('own')
+            os.replace('race.new', 'race.txt')
+        except OSError:
+            pass
+    os._exit(0)
+print('contained')
+"#,
+                    DEFAULT_TIMEOUT,
+                    and_then(
+                        planted(Planted {
+                            own: OWN,
+                            may: &[
+                                "realdir/f.txt",
+                                "race.txt",
+                                "race.new",
+                                "race.lnk",
+                                "tmpdir/f.txt",
+                            ],
+                            note: false,
+                            within_s: 10.0,
+                        }),
+                        |v| {
+                            for (p, c) in returned_files(v)? {
+                                if let Some(c) = c {
+                                    // Caught mid-write, a file may be any prefix of what
+                                    // the run writes into it.
+                                    ensure!(
+                                        [&b"own"[..], b"real", b"mine"]
+                                            .iter()
+                                            .any(|w| w.starts_with(&c)),
+                                        "{p} came back as {:?}",
+                                        String::from_utf8_lossy(&c)
+                                    );
+                                }
+                            }
+                            Ok(())
+                        },
+                    ),
+                ),
+                json!([]),
+            ),
+        ]
+    });
+}
+
+/// The session file endpoints on a session whose working directory has links, a FIFO and
+/// a socket in it: never the target's content, never a hang. Both modes; a server that
+/// offers no sessions in cold mode must say so with a clean error.
+#[test]
+fn session_file_endpoints_follow_no_link() {
+    let mut failures = Vec::new();
+    for (m, mode) in MODES.iter().enumerate() {
+        let base = uid_base(11, m);
+        let server = Server::start_in_uid_range(base, mode, &[(SECRET_VAR, SECRET)]);
+        let label = mode.join(" ");
+        match session_links(&server, base) {
+            Ok(()) => eprintln!("[{label}] session_file_endpoints_follow_no_link: contained"),
+            Err(e) => failures.push(format!("[{label}] {e}")),
+        }
+        if let Err(e) = healthy(&server) {
+            failures.push(format!("[{label}] server unhealthy afterwards: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn session_links(server: &Server, base: u32) -> Result<(), String> {
+    let before = processes_of_uid(base);
+    let client = server.client();
+    let url = |p: &str| format!("{}{p}", server.base);
+    let created = client
+        .post(url("/v1/sessions"))
+        .json(&json!({}))
+        .send()
+        .map_err(|e| format!("create: {e}"))?;
+    let status = created.status().as_u16();
+    let body: Value = created.json().map_err(|e| format!("create: {e}"))?;
+    if status != 201 {
+        if (400..600).contains(&status) && body["error"]["message"].is_string() {
+            eprintln!("no session on this server: {status} {body}");
+            return Ok(());
+        }
+        return Err(format!("create answered {status}: {body}"));
+    }
+    let sid = text(&body, "id").to_string();
+    let plant = json!({"lang": "python", "timeout": 20, "session_id": sid, "code": r#"
+import os, socket, stat
+os.symlink('/etc/passwd', 'passwd')
+os.symlink('/proc/self/environ', 'environ')
+os.symlink('/', 'rootlink')
+os.symlink('/etc', 'etclink')
+os.symlink('.', 'loop')
+os.mkfifo('fifo')
+os.mknod('sock', stat.S_IFSOCK | 0o600)
+open('own.txt', 'w').write('mine')
+print('planted')
+"#});
+    let r: Value = client
+        .post(url("/v1/tools/code"))
+        .json(&plant)
+        .send()
+        .and_then(|r| r.json())
+        .map_err(|e| format!("planting call: {e}"))?;
+    ensure!(
+        r["stdout"] == "planted\n",
+        "planting call: {}",
+        abbreviated(&r)
+    );
+    let files = returned_files(&r)?;
+    ensure!(
+        files.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>() == ["own.txt"],
+        "the planting call returned {:?}",
+        files.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+
+    // The listing: regular files only, nothing reached through a link.
+    let list: Value = client
+        .get(url(&format!("/v1/sessions/{sid}/files")))
+        .send()
+        .and_then(|r| r.json())
+        .map_err(|e| format!("listing: {e}"))?;
+    let listed: Vec<&str> = list["files"]
+        .as_array()
+        .map(|a| a.iter().map(|f| text(f, "path")).collect())
+        .unwrap_or_default();
+    ensure!(listed == ["own.txt"], "the listing: {list}");
+
+    for path in [
+        "passwd",
+        "environ",
+        "rootlink/etc/passwd",
+        "rootlink",
+        "etclink/passwd",
+        "loop/own.txt",
+        "loop/loop/loop/passwd",
+        "fifo",
+        "sock",
+    ] {
+        let started = Instant::now();
+        let resp = client
+            .get(url(&format!("/v1/sessions/{sid}/files/{path}")))
+            .send()
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().map_err(|e| format!("GET {path}: {e}"))?;
+        let took = started.elapsed();
+        let lossy = String::from_utf8_lossy(&bytes);
+        ensure!(
+            status == 404 || status == 400,
+            "GET files/{path} answered {status}: {}",
+            common::shorten(&lossy, 300)
+        );
+        for marker in HOST_MARKERS {
+            ensure!(!lossy.contains(marker), "GET files/{path} gave {marker:?}");
+        }
+        ensure!(
+            took < Duration::from_secs(5),
+            "GET files/{path} took {took:?}"
+        );
+    }
+    // An upload through a directory link is refused, not written where the link points.
+    let put = client
+        .put(url(&format!(
+            "/v1/sessions/{sid}/files/etclink/planted.txt"
+        )))
+        .body("x")
+        .send()
+        .map_err(|e| format!("PUT through a link: {e}"))?;
+    let put_status = put.status().as_u16();
+    ensure!(
+        put_status == 400 || put_status == 404,
+        "PUT etclink/planted.txt answered {put_status}"
+    );
+    // The session still works, and its own file is there.
+    let r: Value = client
+        .get(url(&format!("/v1/sessions/{sid}/files/own.txt")))
+        .send()
+        .and_then(|r| r.bytes())
+        .map(|b| json!(String::from_utf8_lossy(&b)))
+        .map_err(|e| format!("GET own.txt: {e}"))?;
+    ensure!(r == "mine", "own.txt: {r}");
+    let d = client
+        .delete(url(&format!("/v1/sessions/{sid}")))
+        .send()
+        .map_err(|e| format!("delete: {e}"))?;
+    ensure!(d.status().as_u16() == 204, "delete answered {}", d.status());
+    let left = survivors(base, &before);
+    ensure!(
+        left.is_empty(),
+        "the session's processes survived its deletion: {left:?}"
+    );
+    Ok(())
 }

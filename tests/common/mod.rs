@@ -407,3 +407,153 @@ print('contained')
 "#
     )
 }
+
+// ---------------------------------------------------------------------------------------
+// Host state for leftover checks: cgroups, mounts, memory (used by tests/sessions.rs and
+// the red-team file cases).
+
+/// Polls `ok` every 50 ms until it holds or `within` is over; whether it held.
+pub fn wait_until(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A field of `/proc/<pid>/status` (e.g. `"VmRSS:"`), trimmed; `None` once the process is
+/// gone.
+pub fn proc_status_field(pid: i32, key: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
+}
+
+/// Resident memory of one process, KiB (0 once it is gone).
+pub fn rss_kib(pid: i32) -> u64 {
+    proc_status_field(pid, "VmRSS:")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `pid` and all its descendants (children of every thread, recursively).
+pub fn process_tree(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        i += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                for c in list
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok())
+                {
+                    if !out.contains(&c) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Summed resident memory of a process tree, KiB (shared pages counted once per process:
+/// only for comparing the same tree at two moments).
+pub fn tree_rss_kib(pid: i32) -> u64 {
+    process_tree(pid).into_iter().map(rss_kib).sum()
+}
+
+/// The server's `srv-<pid>` cgroup directories: `<hierarchy>/<own cgroup>/nsbox/srv-<pid>`
+/// for the memory, pids and cpu controllers of cgroup v1, or the one directory of v2 (the
+/// server inherits this process's cgroups). Only the ones that exist.
+pub fn server_cgroup_dirs(server_pid: u32) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut dirs = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let path = path.trim_end_matches('/');
+        let candidates: Vec<String> = if controllers.is_empty() {
+            vec![format!("/sys/fs/cgroup{path}/nsbox/srv-{server_pid}")]
+        } else {
+            ["memory", "pids", "cpu"]
+                .iter()
+                .filter(|ctl| controllers.split(',').any(|c| c == **ctl))
+                .map(|ctl| format!("/sys/fs/cgroup/{ctl}{path}/nsbox/srv-{server_pid}"))
+                .collect()
+        };
+        for c in candidates {
+            let p = PathBuf::from(c);
+            if p.is_dir() && !dirs.contains(&p) {
+                dirs.push(p);
+            }
+        }
+    }
+    dirs
+}
+
+/// Every cgroup directory below the server's `srv-<pid>` directories (runs, sessions and
+/// whatever else the server made there), sorted.
+pub fn server_child_cgroups(server_pid: u32) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for dir in server_cgroup_dirs(server_pid) {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(e.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The host's mount table as "mount point, type, source" lines with their counts.
+pub fn host_mounts() -> std::collections::BTreeMap<String, usize> {
+    let mut table = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+    {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let after = line.split(" - ").nth(1).unwrap_or("");
+        let mut tail = after.split(' ');
+        let key = format!(
+            "{} {} {}",
+            fields.get(4).unwrap_or(&"?"),
+            tail.next().unwrap_or("?"),
+            tail.next().unwrap_or("?")
+        );
+        *table.entry(key).or_insert(0) += 1;
+    }
+    table
+}
+
+/// Mounts in `after` that `before` did not have.
+pub fn mounts_added(
+    before: &std::collections::BTreeMap<String, usize>,
+    after: &std::collections::BTreeMap<String, usize>,
+) -> Vec<String> {
+    after
+        .iter()
+        .filter(|(k, n)| before.get(*k).copied().unwrap_or(0) < **n)
+        .map(|(k, n)| format!("{k} (x{n})"))
+        .collect()
+}
