@@ -680,8 +680,7 @@ fn five_step_analysis_over_http() {
         assert_eq!(a.status, 404, "{}", a.describe());
         assert!(is_session_gone(&a.message()), "{}", a.describe());
     }
-    // `calls` counts the calls (POST /v1/tools/code), not the file requests: the contract
-    // tells the two apart ("a call (or a file request)").
+    // `calls` counts the calls (POST /v1/tools/code), not the file requests.
     assert_eq!(calls["calls"], 4, "four calls, five file requests: {calls}");
 }
 
@@ -1439,8 +1438,43 @@ fn a_run_that_ends_the_interpreter_ends_the_session() {
         "{}",
         brief(&r)
     );
-    // Last: `exit()` (SystemExit) ends the interpreter, and so the session, like the others.
-    assert_call_ends_the_session(&api, base, &before, "exit()", 10.0);
+}
+
+/// `exit()` and `sys.exit(n)` end the call with that status, as in a notebook, and keep the
+/// session and its state (docs/files-and-sessions.md).
+#[test]
+fn exit_ends_the_call_and_keeps_the_session() {
+    let (_one, _base, server) = start(20, &["--scanner", "off"]);
+    let api = Api::new(&server);
+    let sid = api.open(json!({}));
+    api.step(&sid, "x = 5");
+    for (code, status, stdout) in [
+        ("print('before')\nexit()\nprint('after')", 0, "before\n"),
+        ("import sys\nprint('three')\nsys.exit(3)", 3, "three\n"),
+        ("import sys\nsys.exit(0)", 0, ""),
+        ("raise SystemExit(7)", 7, ""),
+    ] {
+        let a = api.call(&sid, code, 10.0);
+        assert_eq!(a.status, 200, "{code:?}: {}", a.describe());
+        let r = a.json();
+        assert_eq!(r["exit_code"], status, "{code:?}: {}", brief(&r));
+        assert_eq!(r["stdout"], stdout, "{code:?}: {}", brief(&r));
+        assert_eq!(
+            r["session"],
+            json!({"id": sid, "state": "active"}),
+            "{code:?}: {}",
+            brief(&r)
+        );
+    }
+    let r = api.step(&sid, "x += 1\nprint(x)");
+    assert_eq!(
+        r["stdout"],
+        "6\n",
+        "the state outlived the exits: {}",
+        brief(&r)
+    );
+    assert_eq!(api.get_session(&sid).json()["calls"], 6);
+    assert_eq!(api.delete(&sid).status, 204);
 }
 
 // ---------------------------------------------------------------------------------------
