@@ -17,6 +17,13 @@
 #   BENCH_BWRAP_N_HEAVY bwrap runs for pandas, scipy, plot         (default 8)
 #   BENCH_MEM_SECONDS   pandas c8 load while sampling memory       (default 4)
 #   BENCH_WORKLOADS     subset, e.g. "basic pandas"                (default all four)
+#   BENCH_AGENT_WORKLOADS  the agent pattern for these             (default "basic pandas";
+#                          "" skips it): BENCH_AGENT_N requests one at a time with
+#                          BENCH_AGENT_PAUSE_MS between them, then as many back to back
+#   BENCH_AGENT_N       (default 40)   BENCH_AGENT_PAUSE_MS (default 200)
+#   BENCH_COLD          0 skips the cold server                    (default 1)
+# The servers log each run's phases (RUST_LOG=info,nsbox::phases=debug: the supervisor's
+# start, cgroup, attach, run, verdict, reply and teardown times) and the table gives their p50.
 # wrk's raw output, the server logs and results.jsonl stay in the printed work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +37,10 @@ BWRAP_N=${BENCH_BWRAP_N:-20}
 BWRAP_N_HEAVY=${BENCH_BWRAP_N_HEAVY:-8}
 MEM_S=${BENCH_MEM_SECONDS:-4}
 WORKLOADS=${BENCH_WORKLOADS:-basic pandas scipy plot}
+AGENT_WORKLOADS=${BENCH_AGENT_WORKLOADS-basic pandas}
+AGENT_N=${BENCH_AGENT_N:-40}
+AGENT_PAUSE_MS=${BENCH_AGENT_PAUSE_MS:-200}
+COLD=${BENCH_COLD:-1}
 
 say() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
@@ -78,7 +89,7 @@ trap 'exit 143' TERM
 
 echo "== nsbox benchmark $(date -u +%FT%TZ)"
 echo "kernel $(uname -r), nproc $(nproc), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "settings: warm ${WARM_S}s, cold ${COLD_S}s, cold c8 ${COLD_C8_S}s for '${COLD_C8_WORKLOADS}', bwrap n=${BWRAP_N}/${BWRAP_N_HEAVY}, memory load ${MEM_S}s"
+echo "settings: warm ${WARM_S}s, cold ${COLD_S}s (cold server: ${COLD}), cold c8 ${COLD_C8_S}s for '${COLD_C8_WORKLOADS}', bwrap n=${BWRAP_N}/${BWRAP_N_HEAVY}, memory load ${MEM_S}s, agent n=${AGENT_N} pause ${AGENT_PAUSE_MS} ms for '${AGENT_WORKLOADS}'"
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
 
 # ---- tools, root filesystem, binary
@@ -109,7 +120,7 @@ start_server() {
 	local name=$1
 	shift
 	local log=$work/server-$name.log
-	RUST_LOG=info "$nsbox" serve --listen 127.0.0.1:0 --rootfs "$rootfs" \
+	RUST_LOG=info,nsbox::phases=debug "$nsbox" serve --listen 127.0.0.1:0 --rootfs "$rootfs" \
 		--max-running 8 --max-queue 256 "$@" >"$log" 2>&1 &
 	server_pid=$!
 	server_pids+=("$server_pid")
@@ -171,29 +182,40 @@ mem_record() {
 # ---- both servers up and checked before anything is measured
 start_server warm
 warm_pid=$server_pid warm_url=$url
-start_server cold --mode cold
-cold_pid=$server_pid cold_url=$url
-for mode in warm cold; do
+modes=warm
+if [ "$COLD" = 1 ]; then
+	start_server cold --mode cold
+	cold_pid=$server_pid cold_url=$url
+	modes="warm cold"
+else
+	COLD_C8_WORKLOADS=
+fi
+for mode in $modes; do
 	[ $mode = warm ] && url=$warm_url || url=$cold_url
 	say "checking every example's full response ($mode)"
 	"${bench_py[@]}" check "$url" >&2 || die "nsbox $mode gives wrong answers; not benchmarking it"
 done
 warm_up "$warm_url" 3
-warm_up "$cold_url" 1
+[ "$COLD" = 1 ] && warm_up "$cold_url" 1
 sleep 1
 "${bench_py[@]}" pss "$warm_pid" | mem_record idle-warm
 say "idle warm memory: $(tail -1 "$results")"
-"${bench_py[@]}" pss "$cold_pid" | mem_record idle-cold
+[ "$COLD" = 1 ] && "${bench_py[@]}" pss "$cold_pid" | mem_record idle-cold
 
 # ---- sequential latency, interleaved per workload so that warm, cold and bubblewrap see the
 # same machine (it is shared and noisy: the ratios of one run are what count)
 for w in $WORKLOADS; do
 	url=$warm_url load warm seq "$w" "$WARM_S"
-	url=$cold_url load cold seq "$w" "$COLD_S"
+	[ "$COLD" = 1 ] && url=$cold_url load cold seq "$w" "$COLD_S"
 	n=$BWRAP_N_HEAVY
 	[ "$w" = basic ] && n=$BWRAP_N
 	bg_wait timeout 600 "${bench_py[@]}" bwrap "$rootfs" "$w" "$n" >>"$results" || die "bwrap baseline $w"
 	say "$(tail -1 "$results")"
+	if [[ " $AGENT_WORKLOADS " == *" $w "* ]]; then
+		bg_wait timeout 600 "${bench_py[@]}" agent "$warm_url" "$w" "$AGENT_N" "$AGENT_PAUSE_MS" "$work/server-warm.log" >>"$results" ||
+			die "agent pattern $w"
+		say "agent: $(tail -1 "$results" | head -c 400)"
+	fi
 done
 
 # ---- concurrency 8

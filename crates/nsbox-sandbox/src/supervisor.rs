@@ -61,18 +61,87 @@ pub fn serve(
     // request's id like the server's own.
     let request_id = request.request_id.as_deref().map(tracing::field::display);
     let _span = tracing::info_span!("run", request_id).entered();
-    let outcome = execute(&request, config, seccomp, warm, &stream);
-    match write_frame(&mut stream, &Report::Done { outcome }) {
+    let mut phases = Phases::new();
+    let outcome = execute(&request, config, seccomp, warm, &stream, &mut phases);
+    let warm_run = outcome.warm;
+    let written = write_frame(&mut stream, &Report::Done { outcome });
+    let _ = stream.flush();
+    phases.reply_us = phases.lap();
+    phases.log(warm_run);
+    match written {
         // The server's end is gone (its client hung up, or the shutdown grace ended): the
         // run is over and cleaned up, and nobody is left to tell.
         Err(ProtocolError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             tracing::debug!("the outcome has no reader: the server's end is closed");
-            return Ok(());
+            Ok(())
         }
-        written => written.map_err(SupervisorError::Reply)?,
+        written => written.map_err(SupervisorError::Reply),
     }
-    let _ = stream.flush();
-    Ok(())
+}
+
+/// How long each phase of one run took, in microseconds, for one debug line on the
+/// `nsbox::phases` target (the benchmark reads it; nothing decides on it).
+#[derive(Debug)]
+struct Phases {
+    began: Instant,
+    lap_at: Instant,
+    /// Pipes, the code's memfd and the warm hand-off (the zygote's fork and its clone of
+    /// the run's namespaces), or the cold clone.
+    start_us: u64,
+    /// Creating the run's cgroup and setting its limits.
+    cgroup_us: u64,
+    /// Moving the run's init into its cgroup (cgroup.procs).
+    attach_us: u64,
+    /// From the release to the run's output complete (its pipes closed, or its verdict
+    /// recorded): the interpreter's own set-up, the code, the interpreter's exit.
+    run_us: u64,
+    /// Waiting for the run's init to be gone, reading and removing its cgroup.
+    teardown_us: u64,
+    /// Classifying the run and assembling its outcome.
+    verdict_us: u64,
+    /// Writing the outcome to the server.
+    reply_us: u64,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        let now = Instant::now();
+        Phases {
+            began: now,
+            lap_at: now,
+            start_us: 0,
+            cgroup_us: 0,
+            attach_us: 0,
+            run_us: 0,
+            teardown_us: 0,
+            verdict_us: 0,
+            reply_us: 0,
+        }
+    }
+
+    /// Microseconds since the previous lap (or the start).
+    fn lap(&mut self) -> u64 {
+        let now = Instant::now();
+        let us = now.duration_since(self.lap_at).as_micros() as u64;
+        self.lap_at = now;
+        us
+    }
+
+    fn log(&self, warm: bool) {
+        tracing::debug!(
+            target: "nsbox::phases",
+            warm,
+            start_us = self.start_us,
+            cgroup_us = self.cgroup_us,
+            attach_us = self.attach_us,
+            run_us = self.run_us,
+            teardown_us = self.teardown_us,
+            verdict_us = self.verdict_us,
+            reply_us = self.reply_us,
+            total_us = self.lap_at.duration_since(self.began).as_micros() as u64,
+            "run phases"
+        );
+    }
 }
 
 fn setup_failed(failure: Failure, start: Instant) -> RunOutcome {
@@ -319,6 +388,7 @@ fn execute(
     seccomp: &SeccompProgram,
     warm: &WarmControls,
     client: &UnixStream,
+    phases: &mut Phases,
 ) -> RunOutcome {
     let began = Instant::now();
     let limits = &request.limits;
@@ -326,20 +396,35 @@ fn execute(
         Ok(started) => started,
         Err(failure) => return setup_failed(failure, began),
     };
-    let cgroup = match release(&sandbox, reads.release, config, limits) {
+    phases.start_us = phases.lap();
+    let cgroup = match release(&sandbox, reads.release, config, limits, phases) {
         Ok(cgroup) => cgroup,
         Err(failure) => return setup_failed(failure, began),
     };
-    let watched = watch(&sandbox, reads.outputs, limits, client, request.stream);
+    let mut watched = watch(&sandbox, reads.outputs, limits, client, request.stream);
+    phases.run_us = phases.lap();
+    // Init is PID 1 of the run: once it is reaped, the kernel has killed and reaped every
+    // other process of the namespace, double-forked and setsid ones included.
+    if watched.killed || watched.out.fd.is_some() || watched.err.fd.is_some() {
+        sandbox.kill();
+    }
+    sandbox.wait();
+    watched.wall_ms = watched.run_start.elapsed().as_millis() as u64;
+    if !watched.cancelled {
+        watched.finish_stream(client);
+    }
     let counters = CgroupCounters::read_and_remove(cgroup);
+    phases.teardown_us = phases.lap();
     let termination = classify(&watched, counters.oom);
-    assemble(
+    let outcome = assemble(
         watched,
         termination,
         &counters,
         matches!(sandbox, Sandbox::Warm { .. }),
         limits,
-    )
+    );
+    phases.verdict_us = phases.lap();
+    outcome
 }
 
 /// Starts the run's init from a warm template when one is ready, else cold; either way
@@ -380,14 +465,18 @@ fn release(
     release: OwnedFd,
     config: &SpawnerConfig,
     limits: &Limits,
+    phases: &mut Phases,
 ) -> Result<Option<Box<dyn RunCgroup>>, Failure> {
     let run_name = format!("run-{}", std::process::id());
     let cgroup = match &config.cgroup {
-        Some(parent) => match parent
-            .create_run(&run_name, limits)
-            .and_then(|cg| cg.add(sandbox.pid()).map(|()| cg))
-        {
-            Ok(cg) => Some(cg),
+        Some(parent) => match parent.create_run(&run_name, limits).and_then(|cg| {
+            phases.cgroup_us = phases.lap();
+            cg.add(sandbox.pid()).map(|()| cg)
+        }) {
+            Ok(cg) => {
+                phases.attach_us = phases.lap();
+                Some(cg)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "run cgroup");
                 let failure = Failure {
@@ -413,11 +502,42 @@ struct Watched {
     reports: Capture,
     timed_out: bool,
     cancelled: bool,
+    /// Whether the supervisor killed the run (deadline, client gone).
+    killed: bool,
+    /// What was sent of a streamed run so far.
+    streamed: Option<Streamed>,
+    /// When the run was released.
+    run_start: Instant,
     wall_ms: u64,
 }
 
+impl Watched {
+    /// Streams what was not sent yet, the run being over.
+    fn finish_stream(&mut self, client: &UnixStream) {
+        send_events(
+            client,
+            &mut self.streamed,
+            [&self.out, &self.err, &self.figs],
+            true,
+        );
+    }
+}
+
+/// Sends a streamed run's new output as events; false when the server's end is gone.
+fn send_events(
+    client: &UnixStream,
+    streamed: &mut Option<Streamed>,
+    c: [&Capture; 3],
+    finished: bool,
+) -> bool {
+    let Some(s) = streamed else { return true };
+    s.events(c[0], c[1], c[2], finished)
+        .into_iter()
+        .all(|event| write_frame(&mut &*client, &Report::Event { event }).is_ok())
+}
+
 /// Collects the run's output until its pipes close, killing it at the deadline or when the
-/// client hangs up, and waits for its init to be gone.
+/// client hangs up.
 fn watch(
     sandbox: &Sandbox,
     outputs: Outputs,
@@ -438,10 +558,7 @@ fn watch(
     // the captures), so these writes do not wait on a slow client.
     let mut streamed = stream.then(Streamed::default);
     let send = |streamed: &mut Option<Streamed>, c: [&Capture; 3], finished: bool| {
-        let Some(s) = streamed else { return true };
-        s.events(c[0], c[1], c[2], finished)
-            .into_iter()
-            .all(|event| write_frame(&mut &*client, &Report::Event { event }).is_ok())
+        send_events(client, streamed, c, finished)
     };
 
     loop {
@@ -497,15 +614,6 @@ fn watch(
             killed_at = Some(Instant::now());
         }
     }
-    // Init is PID 1 of the run: once it is reaped, the kernel has killed and reaped every
-    // other process of the namespace, double-forked and setsid ones included.
-    if killed_at.is_some() || out.fd.is_some() || err.fd.is_some() {
-        sandbox.kill();
-    }
-    sandbox.wait();
-    if !cancelled {
-        send(&mut streamed, [&out, &err, &figs], true);
-    }
     Watched {
         out,
         err,
@@ -513,6 +621,9 @@ fn watch(
         reports,
         timed_out,
         cancelled,
+        killed: killed_at.is_some(),
+        streamed,
+        run_start,
         wall_ms: run_start.elapsed().as_millis() as u64,
     }
 }
