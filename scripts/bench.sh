@@ -22,6 +22,10 @@
 #                          BENCH_AGENT_PAUSE_MS between them, then as many back to back
 #   BENCH_AGENT_N       (default 40)   BENCH_AGENT_PAUSE_MS (default 200)
 #   BENCH_COLD          0 skips the cold server                    (default 1)
+#   BENCH_BASELINE      a directory with another build's nsbox and libnsbox_sandbox.so:
+#                       a second warm server ("base") from it is measured beside this
+#                       build's, interleaved (seq, agent, c8), so a change is compared
+#                       with its baseline on the same machine at the same moment
 # The servers log each run's phases (RUST_LOG=info,nsbox::phases=debug: the supervisor's
 # start, cgroup, attach, run, verdict, reply and teardown times) and the table gives their p50.
 # wrk's raw output, the server logs and results.jsonl stay in the printed work directory.
@@ -41,6 +45,7 @@ AGENT_WORKLOADS=${BENCH_AGENT_WORKLOADS-basic pandas}
 AGENT_N=${BENCH_AGENT_N:-40}
 AGENT_PAUSE_MS=${BENCH_AGENT_PAUSE_MS:-200}
 COLD=${BENCH_COLD:-1}
+BASELINE=${BENCH_BASELINE:-}
 
 say() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
@@ -120,7 +125,7 @@ start_server() {
 	local name=$1
 	shift
 	local log=$work/server-$name.log
-	RUST_LOG=info,nsbox::phases=debug "$nsbox" serve --listen 127.0.0.1:0 --rootfs "$rootfs" \
+	RUST_LOG=info,nsbox::phases=debug "${server_bin:-$nsbox}" serve --listen 127.0.0.1:0 --rootfs "$rootfs" \
 		--max-running 8 --max-queue 256 "$@" >"$log" 2>&1 &
 	server_pid=$!
 	server_pids+=("$server_pid")
@@ -183,19 +188,26 @@ mem_record() {
 start_server warm
 warm_pid=$server_pid warm_url=$url
 modes=warm
+if [ -n "$BASELINE" ]; then
+	[ -x "$BASELINE/nsbox" ] && [ -f "$BASELINE/libnsbox_sandbox.so" ] || die "BENCH_BASELINE=$BASELINE: no nsbox and libnsbox_sandbox.so there"
+	server_bin=$BASELINE/nsbox start_server base
+	base_url=$url
+	modes="warm base"
+fi
 if [ "$COLD" = 1 ]; then
 	start_server cold --mode cold
 	cold_pid=$server_pid cold_url=$url
-	modes="warm cold"
+	modes="$modes cold"
 else
 	COLD_C8_WORKLOADS=
 fi
 for mode in $modes; do
-	[ $mode = warm ] && url=$warm_url || url=$cold_url
+	case $mode in warm) url=$warm_url ;; base) url=$base_url ;; cold) url=$cold_url ;; esac
 	say "checking every example's full response ($mode)"
 	"${bench_py[@]}" check "$url" >&2 || die "nsbox $mode gives wrong answers; not benchmarking it"
 done
 warm_up "$warm_url" 3
+[ -n "$BASELINE" ] && warm_up "$base_url" 3
 [ "$COLD" = 1 ] && warm_up "$cold_url" 1
 sleep 1
 "${bench_py[@]}" pss "$warm_pid" | mem_record idle-warm
@@ -206,21 +218,28 @@ say "idle warm memory: $(tail -1 "$results")"
 # same machine (it is shared and noisy: the ratios of one run are what count)
 for w in $WORKLOADS; do
 	url=$warm_url load warm seq "$w" "$WARM_S"
+	[ -n "$BASELINE" ] && url=$base_url load base seq "$w" "$WARM_S"
 	[ "$COLD" = 1 ] && url=$cold_url load cold seq "$w" "$COLD_S"
 	n=$BWRAP_N_HEAVY
 	[ "$w" = basic ] && n=$BWRAP_N
 	bg_wait timeout 600 "${bench_py[@]}" bwrap "$rootfs" "$w" "$n" >>"$results" || die "bwrap baseline $w"
 	say "$(tail -1 "$results")"
 	if [[ " $AGENT_WORKLOADS " == *" $w "* ]]; then
-		bg_wait timeout 600 "${bench_py[@]}" agent "$warm_url" "$w" "$AGENT_N" "$AGENT_PAUSE_MS" "$work/server-warm.log" >>"$results" ||
+		bg_wait timeout 600 "${bench_py[@]}" agent "$warm_url" "$w" "$AGENT_N" "$AGENT_PAUSE_MS" "$work/server-warm.log" warm >>"$results" ||
 			die "agent pattern $w"
 		say "agent: $(tail -1 "$results" | head -c 400)"
+		if [ -n "$BASELINE" ]; then
+			bg_wait timeout 600 "${bench_py[@]}" agent "$base_url" "$w" "$AGENT_N" "$AGENT_PAUSE_MS" "$work/server-base.log" base >>"$results" ||
+				die "agent pattern $w (base)"
+			say "agent (base): $(tail -1 "$results" | head -c 400)"
+		fi
 	fi
 done
 
 # ---- concurrency 8
 for w in $WORKLOADS; do
 	url=$warm_url load warm c8 "$w" "$WARM_S"
+	[ -n "$BASELINE" ] && url=$base_url load base c8 "$w" "$WARM_S"
 done
 # A cold scipy or plot run costs 1 to 2 s of CPU: 8 at once on 2 cores take longer than a
 # short wrk window, so by default only basic and pandas are loaded cold at concurrency 8.

@@ -10,7 +10,7 @@ Subcommands:
   pss PID                    total PSS of the process tree under PID, with a breakdown
   sample PID OUT STOPFILE MAX_S   samples the tree's PSS every 100 ms until STOPFILE exists
   hold URL WORKLOAD N SECS   N concurrent runs of the example followed by time.sleep(SECS)
-  agent URL WORKLOAD N PAUSE_MS LOG
+  agent URL WORKLOAD N PAUSE_MS LOG [MODE]
                              N sequential requests with PAUSE_MS between them, then N
                              back-to-back, from one keep-alive client; with the server's
                              phases of each part read from LOG; prints a JSON result
@@ -410,7 +410,7 @@ def phases_p50(chunk):
     return out
 
 
-def cmd_agent(url, w, n, pause_ms, log):
+def cmd_agent(url, w, n, pause_ms, log, mode="warm"):
     """An agent's pattern: one request, wait for it, think for PAUSE_MS, the next. Then the
     same client back to back, so the two differ only in the pause."""
     n, pause = int(n), float(pause_ms) / 1000
@@ -418,7 +418,7 @@ def cmd_agent(url, w, n, pause_ms, log):
     expect = EXPECT[w]
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-    rec = {"kind": "agent", "workload": w, "requests": n, "pause_ms": float(pause_ms)}
+    rec = {"kind": "agent", "mode": mode, "workload": w, "requests": n, "pause_ms": float(pause_ms)}
 
     def one():
         t0 = time.perf_counter()
@@ -581,24 +581,44 @@ def cmd_report(path):
             print(f"  {mode:4s} {conc:3s} {w:7s} client {r['p50_ms']:8.1f}  server wall {r['server_wall_p50_ms']:8.1f}"
                   f"  runs {r['requests']:5d} (warm {r['server_warm_runs']})")
     agents = [r for r in recs if r["kind"] == "agent"]
+    if any(m == "base" for (m, c, w) in wrk):
+        print()
+        print("This build (warm) against BENCH_BASELINE's build (base), measured interleaved in this run:")
+        ag = {(r.get("mode", "warm"), r["workload"]): r for r in agents}
+        hdr = ["workload", "seq p50 warm", "base", "warm/base", "bwrap/warm", "bwrap/base",
+               "agent p50 warm", "base", "c8 rps warm", "base"]
+        body = []
+        for w in WORKLOADS:
+            a, b = get("warm", "seq", w, "p50_ms"), get("base", "seq", w, "p50_ms")
+            bp = bw.get(w, {}).get("p50_ms")
+            aw, ab = ag.get(("warm", w)), ag.get(("base", w))
+            body.append([w, f(a), f(b), f(a / b, 2) if a and b else "-",
+                         (f(bp / a) + "x") if bp and a else "-", (f(bp / b) + "x") if bp and b else "-",
+                         f(aw["agent"]["p50_ms"]) if aw else "-", f(ab["agent"]["p50_ms"]) if ab else "-",
+                         f(get("warm", "c8", w, "rps")), f(get("base", "c8", w, "rps"))])
+        widths = [max(len(str(x)) for x in col) for col in zip(hdr, *body)]
+        line = "  ".join("{:>%d}" % wd for wd in widths)
+        print("  " + line.format(*hdr))
+        for b in body:
+            print("  " + line.format(*b))
     if agents:
         print()
-        print("Agent pattern (nsbox warm, one keep-alive Python client): requests one at a time with a pause")
+        print("Agent pattern (nsbox warm; base = BENCH_BASELINE's build; one keep-alive Python client): one at a time with a pause")
         print("between them, against the same client back to back; target: agent p50 within 20% of back to back.")
         for r in agents:
             a, b = r["agent"], r["b2b"]
             ratio = a["p50_ms"] / b["p50_ms"] if b["p50_ms"] else None
-            print(f"  {r['workload']:7s} agent ({r['pause_ms']:.0f} ms pause) p50 {a['p50_ms']:7.1f} p99 {a['p99_ms']:7.1f}"
+            print(f"  {r.get('mode', 'warm'):4s} {r['workload']:7s} agent ({r['pause_ms']:.0f} ms pause) p50 {a['p50_ms']:7.1f} p99 {a['p99_ms']:7.1f}"
                   f"   back to back p50 {b['p50_ms']:7.1f} p99 {b['p99_ms']:7.1f}   agent/b2b {f(ratio, 2)}"
                   f"   {'ok' if ratio is not None and ratio <= 1.2 else 'MISS'}   (n={r['requests']})")
     rows = []
     for (m, c, w), r in sorted(wrk.items(), key=lambda kv: (kv[0][0], kv[0][1], WORKLOADS.index(kv[0][2]))):
-        if r.get("phases") and c == "seq":
+        if r.get("phases") and c in ("seq", "c8"):
             rows.append((f"{m} {c} {w}", r["phases"], r.get("p50_ms")))
     for r in agents:
         for part in ("agent", "b2b"):
             if r[part].get("phases"):
-                rows.append((f"warm {part} {r['workload']}", r[part]["phases"], r[part]["p50_ms"]))
+                rows.append((f"{r.get('mode', 'warm')} {part} {r['workload']}", r[part]["phases"], r[part]["p50_ms"]))
     if rows:
         print()
         print("Server-side phases of a run, p50 in ms over the runs of each measurement (the supervisor's")
