@@ -62,11 +62,19 @@ pub fn serve(
     let request_id = request.request_id.as_deref().map(tracing::field::display);
     let _span = tracing::info_span!("run", request_id).entered();
     let mut phases = Phases::new();
-    let outcome = execute(&request, config, seccomp, warm, &stream, &mut phases);
+    let (outcome, rest) = execute(&request, config, seccomp, warm, &stream, &mut phases);
     let warm_run = outcome.warm;
     let written = write_frame(&mut stream, &Report::Done { outcome });
     let _ = stream.flush();
     phases.reply_us = phases.lap();
+    phases.total_us = phases.began.elapsed().as_micros() as u64;
+    // The outcome is out; what is left of the run is waited for and removed now, before
+    // this process exits (its pid names the run's cgroup, so no later run can take that
+    // name until this one is gone).
+    if let Some(rest) = rest {
+        rest.finish();
+    }
+    phases.teardown_us = phases.lap();
     phases.log(warm_run);
     match written {
         // The server's end is gone (its client hung up, or the shutdown grace ended): the
@@ -95,12 +103,14 @@ struct Phases {
     /// From the release to the run's output complete (its pipes closed, or its verdict
     /// recorded): the interpreter's own set-up, the code, the interpreter's exit.
     run_us: u64,
-    /// Waiting for the run's init to be gone, reading and removing its cgroup.
+    /// After the reply: waiting for the run's init to be gone, removing its cgroup.
     teardown_us: u64,
-    /// Classifying the run and assembling its outcome.
+    /// Reading the cgroup's counters, classifying the run and assembling its outcome.
     verdict_us: u64,
     /// Writing the outcome to the server.
     reply_us: u64,
+    /// From the request read to the outcome written (teardown comes after).
+    total_us: u64,
 }
 
 impl Phases {
@@ -116,6 +126,7 @@ impl Phases {
             teardown_us: 0,
             verdict_us: 0,
             reply_us: 0,
+            total_us: 0,
         }
     }
 
@@ -138,7 +149,7 @@ impl Phases {
             teardown_us = self.teardown_us,
             verdict_us = self.verdict_us,
             reply_us = self.reply_us,
-            total_us = self.lap_at.duration_since(self.began).as_micros() as u64,
+            total_us = self.total_us,
             "run phases"
         );
     }
@@ -308,6 +319,21 @@ impl Sandbox {
         let _ = kill(self.pid(), Signal::SIGKILL);
     }
 
+    /// Kills the run's init unless it is already gone: a cold init is our child (its pid
+    /// stays ours until we reap it); a warm one's pid is freed once its parent reaps it, so
+    /// it is signalled only while its pidfd says it is still running.
+    fn kill_if_running(&self) {
+        match self {
+            Sandbox::Cold(_) => self.kill(),
+            Sandbox::Warm { pidfd, .. } => {
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0)) {
+                    self.kill();
+                }
+            }
+        }
+    }
+
     /// Waits until the run's init is gone (and with it the whole PID namespace).
     fn wait(&self) {
         match self {
@@ -389,32 +415,29 @@ fn execute(
     warm: &WarmControls,
     client: &UnixStream,
     phases: &mut Phases,
-) -> RunOutcome {
+) -> (RunOutcome, Option<Leftover>) {
     let began = Instant::now();
     let limits = &request.limits;
     let (sandbox, reads) = match start(request, config, seccomp, warm) {
         Ok(started) => started,
-        Err(failure) => return setup_failed(failure, began),
+        Err(failure) => return (setup_failed(failure, began), None),
     };
     phases.start_us = phases.lap();
     let cgroup = match release(&sandbox, reads.release, config, limits, phases) {
         Ok(cgroup) => cgroup,
-        Err(failure) => return setup_failed(failure, began),
+        Err(failure) => return (setup_failed(failure, began), None),
     };
     let mut watched = watch(&sandbox, reads.outputs, limits, client, request.stream);
     phases.run_us = phases.lap();
-    // Init is PID 1 of the run: once it is reaped, the kernel has killed and reaped every
-    // other process of the namespace, double-forked and setsid ones included.
-    if watched.killed || watched.out.fd.is_some() || watched.err.fd.is_some() {
-        sandbox.kill();
-    }
-    sandbox.wait();
-    watched.wall_ms = watched.run_start.elapsed().as_millis() as u64;
+    // The output is complete and the verdict known: Python's status is recorded, so every
+    // counter the verdict needs (OOM kills, the pids limit, the peak) has counted all it
+    // will. The run's init is killed (it is leaving anyway; the kernel then kills whatever
+    // else is in its PID namespace), so nothing of the run acts after the reply.
+    sandbox.kill_if_running();
+    let counters = CgroupCounters::read(cgroup.as_deref());
     if !watched.cancelled {
         watched.finish_stream(client);
     }
-    let counters = CgroupCounters::read_and_remove(cgroup);
-    phases.teardown_us = phases.lap();
     let termination = classify(&watched, counters.oom);
     let outcome = assemble(
         watched,
@@ -424,7 +447,26 @@ fn execute(
         limits,
     );
     phases.verdict_us = phases.lap();
-    outcome
+    (outcome, Some(Leftover { sandbox, cgroup }))
+}
+
+/// What is left of a run once its outcome is known, cleaned up after the reply.
+struct Leftover {
+    sandbox: Sandbox,
+    cgroup: Option<Box<dyn RunCgroup>>,
+}
+
+impl Leftover {
+    /// Waits until the run's init is gone (and with it every process of its PID namespace),
+    /// then kills whatever is still in its cgroup and removes it.
+    fn finish(self) {
+        self.sandbox.wait();
+        if let Some(cg) = self.cgroup {
+            if let Err(e) = cg.remove() {
+                tracing::error!(error = %e, "removing the run cgroup");
+            }
+        }
+    }
 }
 
 /// Starts the run's init from a warm template when one is ready, else cold; either way
@@ -502,12 +544,8 @@ struct Watched {
     reports: Capture,
     timed_out: bool,
     cancelled: bool,
-    /// Whether the supervisor killed the run (deadline, client gone).
-    killed: bool,
     /// What was sent of a streamed run so far.
     streamed: Option<Streamed>,
-    /// When the run was released.
-    run_start: Instant,
     wall_ms: u64,
 }
 
@@ -562,13 +600,19 @@ fn watch(
     };
 
     loop {
+        // Done once the output pipes are closed (every process that could write to them is
+        // gone) and init has recorded Python's status (or is gone itself).
+        if out.fd.is_none()
+            && err.fd.is_none()
+            && figs.fd.is_none()
+            && (reports.fd.is_none() || has_python_status(&reports.data))
+        {
+            break;
+        }
         let open: Vec<&OwnedFd> = [&out.fd, &err.fd, &figs.fd, &reports.fd]
             .into_iter()
             .flatten()
             .collect();
-        if open.is_empty() {
-            break;
-        }
         let now = Instant::now();
         if let Some(at) = killed_at {
             if now >= at + DRAIN_GRACE {
@@ -621,11 +665,17 @@ fn watch(
         reports,
         timed_out,
         cancelled,
-        killed: killed_at.is_some(),
         streamed,
-        run_start,
         wall_ms: run_start.elapsed().as_millis() as u64,
     }
+}
+
+/// Whether init's report holds Python's wait status.
+fn has_python_status(reports: &[u8]) -> bool {
+    reports
+        .chunks(RECORD_LEN)
+        .filter_map(Record::decode)
+        .any(|r| matches!(r, Record::PythonStatus(_)))
 }
 
 /// What the run's cgroup counted, read before it is removed.
@@ -636,23 +686,19 @@ struct CgroupCounters {
 }
 
 impl CgroupCounters {
-    fn read_and_remove(cgroup: Option<Box<dyn RunCgroup>>) -> CgroupCounters {
-        let Some(cg) = cgroup else {
-            return CgroupCounters {
+    fn read(cgroup: Option<&dyn RunCgroup>) -> CgroupCounters {
+        match cgroup {
+            Some(cg) => CgroupCounters {
+                oom: cg.oom_killed(),
+                pids_hit: cg.pids_limit_hit(),
+                peak: cg.peak_memory(),
+            },
+            None => CgroupCounters {
                 oom: false,
                 pids_hit: false,
                 peak: None,
-            };
-        };
-        let counters = CgroupCounters {
-            oom: cg.oom_killed(),
-            pids_hit: cg.pids_limit_hit(),
-            peak: cg.peak_memory(),
-        };
-        if let Err(e) = cg.remove() {
-            tracing::error!(error = %e, "removing the run cgroup");
+            },
         }
-        counters
     }
 }
 
