@@ -22,6 +22,8 @@
 #                          BENCH_AGENT_PAUSE_MS between them, then as many back to back
 #   BENCH_AGENT_N       (default 40)   BENCH_AGENT_PAUSE_MS (default 200)
 #   BENCH_COLD          0 skips the cold server                    (default 1)
+#   BENCH_NSBOX         a directory with a build's nsbox and libnsbox_sandbox.so to measure
+#                       instead of building target/release (default: build)
 #   BENCH_BASELINE      a directory with another build's nsbox and libnsbox_sandbox.so:
 #                       a second warm server ("base") from it is measured beside this
 #                       build's, interleaved (seq, agent, c8), so a change is compared
@@ -110,10 +112,17 @@ fi
 rootfs=${NSBOX_ROOTFS:-$(bash scripts/build-rootfs.sh | tail -n 1)}
 [ -x "$rootfs/usr/bin/python3" ] || die "no python3 in root filesystem $rootfs"
 say "root filesystem $rootfs"
-say "cargo build --release --locked"
-cargo build --release --locked >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; die "build"; }
-nsbox=$repo/target/release/nsbox
-[ -f "$repo/target/release/libnsbox_sandbox.so" ] || die "target/release/libnsbox_sandbox.so is missing (the warm path loads it)"
+if [ -n "${BENCH_NSBOX:-}" ]; then
+	# A build made earlier (a directory with nsbox and libnsbox_sandbox.so side by side).
+	nsbox=$BENCH_NSBOX/nsbox
+	[ -x "$nsbox" ] && [ -f "$BENCH_NSBOX/libnsbox_sandbox.so" ] || die "BENCH_NSBOX=$BENCH_NSBOX: no nsbox and libnsbox_sandbox.so there"
+	say "nsbox from $BENCH_NSBOX (not built)"
+else
+	say "cargo build --release --locked"
+	cargo build --release --locked >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; die "build"; }
+	nsbox=$repo/target/release/nsbox
+	[ -f "$repo/target/release/libnsbox_sandbox.so" ] || die "target/release/libnsbox_sandbox.so is missing (the warm path loads it)"
+fi
 echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $(bwrap --version), rootfs $(basename "$rootfs")"
 
 "${bench_py[@]}" bodies "$work/bodies"
