@@ -17,6 +17,19 @@
 #   BENCH_BWRAP_N_HEAVY bwrap runs for pandas, scipy, plot         (default 8)
 #   BENCH_MEM_SECONDS   pandas c8 load while sampling memory       (default 4)
 #   BENCH_WORKLOADS     subset, e.g. "basic pandas"                (default all four)
+#   BENCH_AGENT_WORKLOADS  the agent pattern for these             (default "basic pandas";
+#                          "" skips it): BENCH_AGENT_N requests one at a time with
+#                          BENCH_AGENT_PAUSE_MS between them, then as many back to back
+#   BENCH_AGENT_N       (default 40)   BENCH_AGENT_PAUSE_MS (default 200)
+#   BENCH_COLD          0 skips the cold server                    (default 1)
+#   BENCH_NSBOX         a directory with a build's nsbox and libnsbox_sandbox.so to measure
+#                       instead of building target/release (default: build)
+#   BENCH_BASELINE      a directory with another build's nsbox and libnsbox_sandbox.so:
+#                       a second warm server ("base") from it is measured beside this
+#                       build's, interleaved (seq, agent, c8), so a change is compared
+#                       with its baseline on the same machine at the same moment
+# The servers log each run's phases (RUST_LOG=info,nsbox::phases=debug: the supervisor's
+# start, cgroup, attach, run, verdict, reply and teardown times) and the table gives their p50.
 # wrk's raw output, the server logs and results.jsonl stay in the printed work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +43,11 @@ BWRAP_N=${BENCH_BWRAP_N:-20}
 BWRAP_N_HEAVY=${BENCH_BWRAP_N_HEAVY:-8}
 MEM_S=${BENCH_MEM_SECONDS:-4}
 WORKLOADS=${BENCH_WORKLOADS:-basic pandas scipy plot}
+AGENT_WORKLOADS=${BENCH_AGENT_WORKLOADS-basic pandas}
+AGENT_N=${BENCH_AGENT_N:-40}
+AGENT_PAUSE_MS=${BENCH_AGENT_PAUSE_MS:-200}
+COLD=${BENCH_COLD:-1}
+BASELINE=${BENCH_BASELINE:-}
 
 say() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
@@ -78,7 +96,7 @@ trap 'exit 143' TERM
 
 echo "== nsbox benchmark $(date -u +%FT%TZ)"
 echo "kernel $(uname -r), nproc $(nproc), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "settings: warm ${WARM_S}s, cold ${COLD_S}s, cold c8 ${COLD_C8_S}s for '${COLD_C8_WORKLOADS}', bwrap n=${BWRAP_N}/${BWRAP_N_HEAVY}, memory load ${MEM_S}s"
+echo "settings: warm ${WARM_S}s, cold ${COLD_S}s (cold server: ${COLD}), cold c8 ${COLD_C8_S}s for '${COLD_C8_WORKLOADS}', bwrap n=${BWRAP_N}/${BWRAP_N_HEAVY}, memory load ${MEM_S}s, agent n=${AGENT_N} pause ${AGENT_PAUSE_MS} ms for '${AGENT_WORKLOADS}'"
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
 
 # ---- tools, root filesystem, binary
@@ -94,10 +112,17 @@ fi
 rootfs=${NSBOX_ROOTFS:-$(bash scripts/build-rootfs.sh | tail -n 1)}
 [ -x "$rootfs/usr/bin/python3" ] || die "no python3 in root filesystem $rootfs"
 say "root filesystem $rootfs"
-say "cargo build --release --locked"
-cargo build --release --locked >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; die "build"; }
-nsbox=$repo/target/release/nsbox
-[ -f "$repo/target/release/libnsbox_sandbox.so" ] || die "target/release/libnsbox_sandbox.so is missing (the warm path loads it)"
+if [ -n "${BENCH_NSBOX:-}" ]; then
+	# A build made earlier (a directory with nsbox and libnsbox_sandbox.so side by side).
+	nsbox=$BENCH_NSBOX/nsbox
+	[ -x "$nsbox" ] && [ -f "$BENCH_NSBOX/libnsbox_sandbox.so" ] || die "BENCH_NSBOX=$BENCH_NSBOX: no nsbox and libnsbox_sandbox.so there"
+	say "nsbox from $BENCH_NSBOX (not built)"
+else
+	say "cargo build --release --locked"
+	cargo build --release --locked >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; die "build"; }
+	nsbox=$repo/target/release/nsbox
+	[ -f "$repo/target/release/libnsbox_sandbox.so" ] || die "target/release/libnsbox_sandbox.so is missing (the warm path loads it)"
+fi
 echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $(bwrap --version), rootfs $(basename "$rootfs")"
 
 "${bench_py[@]}" bodies "$work/bodies"
@@ -109,7 +134,7 @@ start_server() {
 	local name=$1
 	shift
 	local log=$work/server-$name.log
-	RUST_LOG=info "$nsbox" serve --listen 127.0.0.1:0 --rootfs "$rootfs" \
+	RUST_LOG=info,nsbox::phases=debug "${server_bin:-$nsbox}" serve --listen 127.0.0.1:0 --rootfs "$rootfs" \
 		--max-running 8 --max-queue 256 "$@" >"$log" 2>&1 &
 	server_pid=$!
 	server_pids+=("$server_pid")
@@ -171,34 +196,59 @@ mem_record() {
 # ---- both servers up and checked before anything is measured
 start_server warm
 warm_pid=$server_pid warm_url=$url
-start_server cold --mode cold
-cold_pid=$server_pid cold_url=$url
-for mode in warm cold; do
-	[ $mode = warm ] && url=$warm_url || url=$cold_url
+modes=warm
+if [ -n "$BASELINE" ]; then
+	[ -x "$BASELINE/nsbox" ] && [ -f "$BASELINE/libnsbox_sandbox.so" ] || die "BENCH_BASELINE=$BASELINE: no nsbox and libnsbox_sandbox.so there"
+	server_bin=$BASELINE/nsbox start_server base
+	base_url=$url
+	modes="warm base"
+fi
+if [ "$COLD" = 1 ]; then
+	start_server cold --mode cold
+	cold_pid=$server_pid cold_url=$url
+	modes="$modes cold"
+else
+	COLD_C8_WORKLOADS=
+fi
+for mode in $modes; do
+	case $mode in warm) url=$warm_url ;; base) url=$base_url ;; cold) url=$cold_url ;; esac
 	say "checking every example's full response ($mode)"
 	"${bench_py[@]}" check "$url" >&2 || die "nsbox $mode gives wrong answers; not benchmarking it"
 done
 warm_up "$warm_url" 3
-warm_up "$cold_url" 1
+[ -n "$BASELINE" ] && warm_up "$base_url" 3
+[ "$COLD" = 1 ] && warm_up "$cold_url" 1
 sleep 1
 "${bench_py[@]}" pss "$warm_pid" | mem_record idle-warm
 say "idle warm memory: $(tail -1 "$results")"
-"${bench_py[@]}" pss "$cold_pid" | mem_record idle-cold
+[ "$COLD" = 1 ] && "${bench_py[@]}" pss "$cold_pid" | mem_record idle-cold
 
 # ---- sequential latency, interleaved per workload so that warm, cold and bubblewrap see the
 # same machine (it is shared and noisy: the ratios of one run are what count)
 for w in $WORKLOADS; do
 	url=$warm_url load warm seq "$w" "$WARM_S"
-	url=$cold_url load cold seq "$w" "$COLD_S"
+	[ -n "$BASELINE" ] && url=$base_url load base seq "$w" "$WARM_S"
+	[ "$COLD" = 1 ] && url=$cold_url load cold seq "$w" "$COLD_S"
 	n=$BWRAP_N_HEAVY
 	[ "$w" = basic ] && n=$BWRAP_N
 	bg_wait timeout 600 "${bench_py[@]}" bwrap "$rootfs" "$w" "$n" >>"$results" || die "bwrap baseline $w"
 	say "$(tail -1 "$results")"
+	if [[ " $AGENT_WORKLOADS " == *" $w "* ]]; then
+		bg_wait timeout 600 "${bench_py[@]}" agent "$warm_url" "$w" "$AGENT_N" "$AGENT_PAUSE_MS" "$work/server-warm.log" warm >>"$results" ||
+			die "agent pattern $w"
+		say "agent: $(tail -1 "$results" | head -c 400)"
+		if [ -n "$BASELINE" ]; then
+			bg_wait timeout 600 "${bench_py[@]}" agent "$base_url" "$w" "$AGENT_N" "$AGENT_PAUSE_MS" "$work/server-base.log" base >>"$results" ||
+				die "agent pattern $w (base)"
+			say "agent (base): $(tail -1 "$results" | head -c 400)"
+		fi
+	fi
 done
 
 # ---- concurrency 8
 for w in $WORKLOADS; do
 	url=$warm_url load warm c8 "$w" "$WARM_S"
+	[ -n "$BASELINE" ] && url=$base_url load base c8 "$w" "$WARM_S"
 done
 # A cold scipy or plot run costs 1 to 2 s of CPU: 8 at once on 2 cores take longer than a
 # short wrk window, so by default only basic and pandas are loaded cold at concurrency 8.

@@ -10,12 +10,17 @@ Subcommands:
   pss PID                    total PSS of the process tree under PID, with a breakdown
   sample PID OUT STOPFILE MAX_S   samples the tree's PSS every 100 ms until STOPFILE exists
   hold URL WORKLOAD N SECS   N concurrent runs of the example followed by time.sleep(SECS)
+  agent URL WORKLOAD N PAUSE_MS LOG [MODE]
+                             N sequential requests with PAUSE_MS between them, then N
+                             back-to-back, from one keep-alive client; with the server's
+                             phases of each part read from LOG; prints a JSON result
   record ...                 turns a wrk result line into a results.jsonl record
   report RESULTS             prints the table
 """
 
 import base64
 import concurrent.futures
+import http.client
 import json
 import os
 import re
@@ -24,6 +29,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -372,6 +378,75 @@ def cmd_hold(url, w, n, secs):
         sys.exit(1)
 
 
+# ---------------------------------------------------------------- server-side phases
+
+# The supervisor's `nsbox::phases` debug line (one per run), in microseconds; the order is
+# the order of a run (teardown comes after the reply once the supervisor replies first).
+PHASES = ["start_us", "cgroup_us", "attach_us", "run_us", "verdict_us", "reply_us", "teardown_us", "total_us"]
+PHASE_LINE = re.compile(r"run phases\b(.*)")
+PHASE_FIELD = re.compile(r"(\w+_us)[=:]\s*(\d+)")
+
+
+def log_chunk(log, start, end):
+    with open(log, "rb") as f:
+        f.seek(int(start))
+        return f.read(int(end) - int(start)).decode(errors="replace")
+
+
+def phases_p50(chunk):
+    """p50 of each phase over the runs logged in chunk, in ms (None without phase lines)."""
+    runs = []
+    for line in chunk.splitlines():
+        m = PHASE_LINE.search(line)
+        if m:
+            runs.append({k: int(v) for k, v in PHASE_FIELD.findall(m.group(1))})
+    if not runs:
+        return None
+    out = {"runs": len(runs)}
+    for k in PHASES:
+        xs = [r[k] for r in runs if k in r]
+        if xs:
+            out[k] = percentile(xs, 50) / 1000
+    return out
+
+
+def cmd_agent(url, w, n, pause_ms, log, mode="warm"):
+    """An agent's pattern: one request, wait for it, think for PAUSE_MS, the next. Then the
+    same client back to back, so the two differ only in the pause."""
+    n, pause = int(n), float(pause_ms) / 1000
+    body = json.dumps({"code": code(w), "lang": "python", "timeout": 30}).encode()
+    expect = EXPECT[w]
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    rec = {"kind": "agent", "mode": mode, "workload": w, "requests": n, "pause_ms": float(pause_ms)}
+
+    def one():
+        t0 = time.perf_counter()
+        conn.request("POST", "/v1/tools/code", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        raw = r.read().decode()
+        dt = (time.perf_counter() - t0) * 1000
+        if r.status != 200 or not all(e in raw for e in expect):
+            print(f"agent {w}: wrong response {r.status} {raw[:300]!r}", file=sys.stderr)
+            sys.exit(1)
+        return dt
+
+    one()  # the connection, and a first run not counted
+    time.sleep(pause)
+    for part, gap in (("agent", pause), ("b2b", 0.0)):
+        start = os.path.getsize(log)
+        times = []
+        for _ in range(n):
+            times.append(one())
+            if gap:
+                time.sleep(gap)
+        time.sleep(0.3)  # the last run's log lines
+        rec[part] = {"p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
+                     "phases": phases_p50(log_chunk(log, start, os.path.getsize(log)))}
+        time.sleep(pause)
+    print(json.dumps(rec))
+
+
 # ---------------------------------------------------------------- records and report
 
 
@@ -386,9 +461,8 @@ def cmd_record(mode, conc, w, wrk_out, log, start, end):
         sys.exit(1)
     rec = json.loads(line)
     rec.update({"kind": "wrk", "mode": mode, "conc": conc, "workload": w})
-    with open(log, "rb") as f:
-        f.seek(int(start))
-        chunk = f.read(int(end) - int(start)).decode(errors="replace")
+    chunk = log_chunk(log, start, end)
+    rec["phases"] = phases_p50(chunk)
     walls = [int(m) for m in re.findall(r"wall_ms=(\d+)", chunk)]
     warm = re.findall(r"warm=(true|false)", chunk)
     rec["server_runs"] = len(walls)
@@ -506,6 +580,65 @@ def cmd_report(path):
         if r.get("server_wall_p50_ms") is not None and r.get("p50_ms") is not None:
             print(f"  {mode:4s} {conc:3s} {w:7s} client {r['p50_ms']:8.1f}  server wall {r['server_wall_p50_ms']:8.1f}"
                   f"  runs {r['requests']:5d} (warm {r['server_warm_runs']})")
+    agents = [r for r in recs if r["kind"] == "agent"]
+    if any(m == "base" for (m, c, w) in wrk):
+        print()
+        print("This build (warm) against BENCH_BASELINE's build (base), measured interleaved in this run:")
+        ag = {(r.get("mode", "warm"), r["workload"]): r for r in agents}
+        hdr = ["workload", "seq p50 warm", "base", "warm/base", "bwrap/warm", "bwrap/base",
+               "agent p50 warm", "base", "c8 rps warm", "base"]
+        body = []
+        for w in WORKLOADS:
+            a, b = get("warm", "seq", w, "p50_ms"), get("base", "seq", w, "p50_ms")
+            bp = bw.get(w, {}).get("p50_ms")
+            aw, ab = ag.get(("warm", w)), ag.get(("base", w))
+            body.append([w, f(a), f(b), f(a / b, 2) if a and b else "-",
+                         (f(bp / a) + "x") if bp and a else "-", (f(bp / b) + "x") if bp and b else "-",
+                         f(aw["agent"]["p50_ms"]) if aw else "-", f(ab["agent"]["p50_ms"]) if ab else "-",
+                         f(get("warm", "c8", w, "rps")), f(get("base", "c8", w, "rps"))])
+        widths = [max(len(str(x)) for x in col) for col in zip(hdr, *body)]
+        line = "  ".join("{:>%d}" % wd for wd in widths)
+        print("  " + line.format(*hdr))
+        for b in body:
+            print("  " + line.format(*b))
+    if agents:
+        print()
+        print("Agent pattern (nsbox warm; base = BENCH_BASELINE's build; one keep-alive Python client): one at a time with a pause")
+        print("between them, against the same client back to back; target: agent p50 within 20% of back to back.")
+        for r in agents:
+            a, b = r["agent"], r["b2b"]
+            ratio = a["p50_ms"] / b["p50_ms"] if b["p50_ms"] else None
+            print(f"  {r.get('mode', 'warm'):4s} {r['workload']:7s} agent ({r['pause_ms']:.0f} ms pause) p50 {a['p50_ms']:7.1f} p99 {a['p99_ms']:7.1f}"
+                  f"   back to back p50 {b['p50_ms']:7.1f} p99 {b['p99_ms']:7.1f}   agent/b2b {f(ratio, 2)}"
+                  f"   {'ok' if ratio is not None and ratio <= 1.2 else 'MISS'}   (n={r['requests']})")
+    rows = []
+    for (m, c, w), r in sorted(wrk.items(), key=lambda kv: (kv[0][0], kv[0][1], WORKLOADS.index(kv[0][2]))):
+        if r.get("phases") and c in ("seq", "c8"):
+            rows.append((f"{m} {c} {w}", r["phases"], r.get("p50_ms")))
+    for r in agents:
+        for part in ("agent", "b2b"):
+            if r[part].get("phases"):
+                rows.append((f"{r.get('mode', 'warm')} {part} {r['workload']}", r[part]["phases"], r[part]["p50_ms"]))
+    if rows:
+        print()
+        print("Server-side phases of a run, p50 in ms over the runs of each measurement (the supervisor's")
+        print("nsbox::phases log line): start = pipes + warm hand-off (zygote fork, namespaces) or cold clone;")
+        print("cgroup = create + limits; attach = init into the cgroup; run = release to output complete;")
+        print("verdict = classify + assemble; reply = outcome written; teardown = init gone + cgroup read and")
+        print("removed (after the reply once the supervisor replies first, then not in total); total = request")
+        print("read to reply written; outside = client p50 - total p50 (HTTP, scanner, queue, hand-off to")
+        print("the spawner, client).")
+        hdr = ["measurement", "runs"] + [k[:-3] for k in PHASES] + ["client", "outside"]
+        body = []
+        for label, ph, client in rows:
+            tot = ph.get("total_us")
+            body.append([label, str(ph["runs"])] + [f(ph.get(k), 2) for k in PHASES]
+                        + [f(client), f(client - tot) if (client is not None and tot is not None) else "-"])
+        widths = [max(len(str(x)) for x in col) for col in zip(hdr, *body)]
+        line = "  ".join(["{:<%d}" % widths[0]] + ["{:>%d}" % wd for wd in widths[1:]])
+        print("  " + line.format(*hdr))
+        for b in body:
+            print("  " + line.format(*b))
     print()
     print("bwrap baseline detail:")
     for w in WORKLOADS:
@@ -520,6 +653,7 @@ def main():
     {
         "bodies": cmd_bodies, "check": cmd_check, "bwrap": lambda r, w, n: cmd_bwrap(r, w, int(n)),
         "pss": cmd_pss, "sample": cmd_sample, "hold": cmd_hold, "record": cmd_record, "summary": cmd_summary,
+        "agent": cmd_agent,
         "report": cmd_report,
     }[cmd](*args)
 

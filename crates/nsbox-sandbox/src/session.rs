@@ -31,7 +31,7 @@ use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::{FileCaps, Report, RunOutcome, RunRequest, SessionOp, Termination};
 use super::seccomp::SeccompProgram;
 use super::supervisor::{
-    frames_cap, pipe, release, start, Bundle, Sandbox, SupervisorError, WarmControls,
+    frames_cap, pipe, release, start, Bundle, Phases, Sandbox, SupervisorError, WarmControls,
 };
 
 /// How long an interrupted call's interpreter has to come back before the session ends.
@@ -205,7 +205,9 @@ fn open(
         start(request, config, seccomp, warm, &code).map_err(|f| (f, String::new()))?;
     let control = ours.into_inner().expect("start made the socket");
     let warm_run = matches!(sandbox, Sandbox::Warm { .. });
-    let cgroup = release(&sandbox, reads.release, config, &request.limits)
+    // A session's set-up is not a run's: its phases are not logged.
+    let mut phases = Phases::new();
+    let cgroup = release(&sandbox, reads.release, config, &request.limits, &mut phases)
         .map_err(|f| (f, String::new()))?;
     let outputs = reads.outputs;
     let mut live = Live {

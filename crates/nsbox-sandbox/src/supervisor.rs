@@ -68,18 +68,98 @@ pub fn serve(
     // request's id like the server's own.
     let request_id = request.request_id.as_deref().map(tracing::field::display);
     let _span = tracing::info_span!("run", request_id).entered();
-    let outcome = execute(&request, config, seccomp, warm, &stream);
-    match write_frame(&mut stream, &Report::Done { outcome }) {
+    let mut phases = Phases::new();
+    let (outcome, rest) = execute(&request, config, seccomp, warm, &stream, &mut phases);
+    let warm_run = outcome.warm;
+    let written = write_frame(&mut stream, &Report::Done { outcome });
+    let _ = stream.flush();
+    phases.reply_us = phases.lap();
+    phases.total_us = phases.began.elapsed().as_micros() as u64;
+    // The outcome is out; what is left of the run is waited for and removed now, before
+    // this process exits (its pid names the run's cgroup, so no later run can take that
+    // name until this one is gone).
+    if let Some(rest) = rest {
+        rest.finish();
+    }
+    phases.teardown_us = phases.lap();
+    phases.log(warm_run);
+    match written {
         // The server's end is gone (its client hung up, or the shutdown grace ended): the
         // run is over and cleaned up, and nobody is left to tell.
         Err(ProtocolError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             tracing::debug!("the outcome has no reader: the server's end is closed");
-            return Ok(());
+            Ok(())
         }
-        written => written.map_err(SupervisorError::Reply)?,
+        written => written.map_err(SupervisorError::Reply),
     }
-    let _ = stream.flush();
-    Ok(())
+}
+
+/// How long each phase of one run took, in microseconds, for one debug line on the
+/// `nsbox::phases` target (the benchmark reads it; nothing decides on it).
+#[derive(Debug)]
+pub(crate) struct Phases {
+    began: Instant,
+    lap_at: Instant,
+    /// Pipes, the code's memfd and the warm hand-off (the zygote's fork and its clone of
+    /// the run's namespaces), or the cold clone.
+    start_us: u64,
+    /// Creating the run's cgroup and setting its limits.
+    cgroup_us: u64,
+    /// Moving the run's init into its cgroup (cgroup.procs).
+    attach_us: u64,
+    /// From the release to the run's output complete (its pipes closed, or its verdict
+    /// recorded): the interpreter's own set-up, the code, the interpreter's exit.
+    run_us: u64,
+    /// After the reply: waiting for the run's init to be gone, removing its cgroup.
+    teardown_us: u64,
+    /// Reading the cgroup's counters, classifying the run and assembling its outcome.
+    verdict_us: u64,
+    /// Writing the outcome to the server.
+    reply_us: u64,
+    /// From the request read to the outcome written (teardown comes after).
+    total_us: u64,
+}
+
+impl Phases {
+    pub(crate) fn new() -> Phases {
+        let now = Instant::now();
+        Phases {
+            began: now,
+            lap_at: now,
+            start_us: 0,
+            cgroup_us: 0,
+            attach_us: 0,
+            run_us: 0,
+            teardown_us: 0,
+            verdict_us: 0,
+            reply_us: 0,
+            total_us: 0,
+        }
+    }
+
+    /// Microseconds since the previous lap (or the start).
+    fn lap(&mut self) -> u64 {
+        let now = Instant::now();
+        let us = now.duration_since(self.lap_at).as_micros() as u64;
+        self.lap_at = now;
+        us
+    }
+
+    fn log(&self, warm: bool) {
+        tracing::debug!(
+            target: "nsbox::phases",
+            warm,
+            start_us = self.start_us,
+            cgroup_us = self.cgroup_us,
+            attach_us = self.attach_us,
+            run_us = self.run_us,
+            teardown_us = self.teardown_us,
+            verdict_us = self.verdict_us,
+            reply_us = self.reply_us,
+            total_us = self.total_us,
+            "run phases"
+        );
+    }
 }
 
 fn setup_failed(failure: Failure, start: Instant) -> RunOutcome {
@@ -294,6 +374,21 @@ impl Sandbox {
         let _ = kill(self.pid(), Signal::SIGKILL);
     }
 
+    /// Kills the run's init unless it is already gone: a cold init is our child (its pid
+    /// stays ours until we reap it); a warm one's pid is freed once its parent reaps it, so
+    /// it is signalled only while its pidfd says it is still running.
+    fn kill_if_running(&self) {
+        match self {
+            Sandbox::Cold(_) => self.kill(),
+            Sandbox::Warm { pidfd, .. } => {
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0)) {
+                    self.kill();
+                }
+            }
+        }
+    }
+
     /// Waits until the run's init is gone (and with it the whole PID namespace).
     pub fn wait(&self) {
         match self {
@@ -374,19 +469,21 @@ fn execute(
     seccomp: &SeccompProgram,
     warm: &WarmControls,
     client: &UnixStream,
-) -> RunOutcome {
+    phases: &mut Phases,
+) -> (RunOutcome, Option<Leftover>) {
     let began = Instant::now();
     let limits = &request.limits;
     let code = || Bundle::of(request).store();
     let (sandbox, reads) = match start(request, config, seccomp, warm, &code) {
         Ok(started) => started,
-        Err(failure) => return setup_failed(failure, began),
+        Err(failure) => return (setup_failed(failure, began), None),
     };
-    let cgroup = match release(&sandbox, reads.release, config, limits) {
+    phases.start_us = phases.lap();
+    let cgroup = match release(&sandbox, reads.release, config, limits, phases) {
         Ok(cgroup) => cgroup,
-        Err(failure) => return setup_failed(failure, began),
+        Err(failure) => return (setup_failed(failure, began), None),
     };
-    let watched = watch(
+    let mut watched = watch(
         &sandbox,
         reads.outputs,
         limits,
@@ -394,15 +491,45 @@ fn execute(
         client,
         request.stream,
     );
-    let counters = CgroupCounters::read_and_remove(cgroup);
+    phases.run_us = phases.lap();
+    // The output is complete and the verdict known: Python's status is recorded, so every
+    // counter the verdict needs (OOM kills, the pids limit, the peak) has counted all it
+    // will. The run's init is killed (it is leaving anyway; the kernel then kills whatever
+    // else is in its PID namespace), so nothing of the run acts after the reply.
+    sandbox.kill_if_running();
+    let counters = CgroupCounters::read(cgroup.as_deref());
+    if !watched.cancelled {
+        watched.finish_stream(client);
+    }
     let termination = classify(&watched, counters.oom);
-    assemble(
+    let outcome = assemble(
         watched,
         termination,
         &counters,
         matches!(sandbox, Sandbox::Warm { .. }),
         limits,
-    )
+    );
+    phases.verdict_us = phases.lap();
+    (outcome, Some(Leftover { sandbox, cgroup }))
+}
+
+/// What is left of a run once its outcome is known, cleaned up after the reply.
+struct Leftover {
+    sandbox: Sandbox,
+    cgroup: Option<Box<dyn RunCgroup>>,
+}
+
+impl Leftover {
+    /// Waits until the run's init is gone (and with it every process of its PID namespace),
+    /// then kills whatever is still in its cgroup and removes it.
+    fn finish(self) {
+        self.sandbox.wait();
+        if let Some(cg) = self.cgroup {
+            if let Err(e) = cg.remove() {
+                tracing::error!(error = %e, "removing the run cgroup");
+            }
+        }
+    }
 }
 
 /// Starts the run's init from a warm template when one is ready, else cold; either way
@@ -445,14 +572,18 @@ pub(crate) fn release(
     release: OwnedFd,
     config: &SpawnerConfig,
     limits: &Limits,
+    phases: &mut Phases,
 ) -> Result<Option<Box<dyn RunCgroup>>, Failure> {
     let run_name = format!("run-{}", std::process::id());
     let cgroup = match &config.cgroup {
-        Some(parent) => match parent
-            .create_run(&run_name, limits)
-            .and_then(|cg| cg.add(sandbox.pid()).map(|()| cg))
-        {
-            Ok(cg) => Some(cg),
+        Some(parent) => match parent.create_run(&run_name, limits).and_then(|cg| {
+            phases.cgroup_us = phases.lap();
+            cg.add(sandbox.pid()).map(|()| cg)
+        }) {
+            Ok(cg) => {
+                phases.attach_us = phases.lap();
+                Some(cg)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "run cgroup");
                 let failure = Failure {
@@ -478,11 +609,38 @@ struct Watched {
     reports: Capture,
     timed_out: bool,
     cancelled: bool,
+    /// What was sent of a streamed run so far.
+    streamed: Option<Streamed>,
     wall_ms: u64,
 }
 
+impl Watched {
+    /// Streams what was not sent yet, the run being over.
+    fn finish_stream(&mut self, client: &UnixStream) {
+        send_events(
+            client,
+            &mut self.streamed,
+            [&self.out, &self.err, &self.figs],
+            true,
+        );
+    }
+}
+
+/// Sends a streamed run's new output as events; false when the server's end is gone.
+fn send_events(
+    client: &UnixStream,
+    streamed: &mut Option<Streamed>,
+    c: [&Capture; 3],
+    finished: bool,
+) -> bool {
+    let Some(s) = streamed else { return true };
+    s.events(c[0], c[1], c[2], finished)
+        .into_iter()
+        .all(|event| write_frame(&mut &*client, &Report::Event { event }).is_ok())
+}
+
 /// Collects the run's output until its pipes close, killing it at the deadline or when the
-/// client hangs up, and waits for its init to be gone.
+/// client hangs up.
 fn watch(
     sandbox: &Sandbox,
     outputs: Outputs,
@@ -504,20 +662,23 @@ fn watch(
     // the captures), so these writes do not wait on a slow client.
     let mut streamed = stream.then(Streamed::default);
     let send = |streamed: &mut Option<Streamed>, c: [&Capture; 3], finished: bool| {
-        let Some(s) = streamed else { return true };
-        s.events(c[0], c[1], c[2], finished)
-            .into_iter()
-            .all(|event| write_frame(&mut &*client, &Report::Event { event }).is_ok())
+        send_events(client, streamed, c, finished)
     };
 
     loop {
+        // Done once the output pipes are closed (every process that could write to them is
+        // gone) and init has recorded Python's status (or is gone itself).
+        if out.fd.is_none()
+            && err.fd.is_none()
+            && figs.fd.is_none()
+            && (reports.fd.is_none() || has_python_status(&reports.data))
+        {
+            break;
+        }
         let open: Vec<&OwnedFd> = [&out.fd, &err.fd, &figs.fd, &reports.fd]
             .into_iter()
             .flatten()
             .collect();
-        if open.is_empty() {
-            break;
-        }
         let now = Instant::now();
         if let Some(at) = killed_at {
             if now >= at + DRAIN_GRACE {
@@ -563,15 +724,6 @@ fn watch(
             killed_at = Some(Instant::now());
         }
     }
-    // Init is PID 1 of the run: once it is reaped, the kernel has killed and reaped every
-    // other process of the namespace, double-forked and setsid ones included.
-    if killed_at.is_some() || out.fd.is_some() || err.fd.is_some() {
-        sandbox.kill();
-    }
-    sandbox.wait();
-    if !cancelled {
-        send(&mut streamed, [&out, &err, &figs], true);
-    }
     Watched {
         out,
         err,
@@ -579,8 +731,17 @@ fn watch(
         reports,
         timed_out,
         cancelled,
+        streamed,
         wall_ms: run_start.elapsed().as_millis() as u64,
     }
+}
+
+/// Whether init's report holds Python's wait status.
+fn has_python_status(reports: &[u8]) -> bool {
+    reports
+        .chunks(RECORD_LEN)
+        .filter_map(Record::decode)
+        .any(|r| matches!(r, Record::PythonStatus(_)))
 }
 
 /// What the run's cgroup counted, read before it is removed.
@@ -591,23 +752,19 @@ struct CgroupCounters {
 }
 
 impl CgroupCounters {
-    fn read_and_remove(cgroup: Option<Box<dyn RunCgroup>>) -> CgroupCounters {
-        let Some(cg) = cgroup else {
-            return CgroupCounters {
+    fn read(cgroup: Option<&dyn RunCgroup>) -> CgroupCounters {
+        match cgroup {
+            Some(cg) => CgroupCounters {
+                oom: cg.oom_killed(),
+                pids_hit: cg.pids_limit_hit(),
+                peak: cg.peak_memory(),
+            },
+            None => CgroupCounters {
                 oom: false,
                 pids_hit: false,
                 peak: None,
-            };
-        };
-        let counters = CgroupCounters {
-            oom: cg.oom_killed(),
-            pids_hit: cg.pids_limit_hit(),
-            peak: cg.peak_memory(),
-        };
-        if let Err(e) = cg.remove() {
-            tracing::error!(error = %e, "removing the run cgroup");
+            },
         }
-        counters
     }
 }
 
