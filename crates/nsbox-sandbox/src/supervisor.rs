@@ -418,6 +418,7 @@ fn execute(
 ) -> (RunOutcome, Option<Leftover>) {
     let began = Instant::now();
     let limits = &request.limits;
+    let primer = AttachPrimer::start(config);
     let (sandbox, reads) = match start(request, config, seccomp, warm) {
         Ok(started) => started,
         Err(failure) => return (setup_failed(failure, began), None),
@@ -447,13 +448,55 @@ fn execute(
         limits,
     );
     phases.verdict_us = phases.lap();
-    (outcome, Some(Leftover { sandbox, cgroup }))
+    (
+        outcome,
+        Some(Leftover {
+            sandbox,
+            cgroup,
+            _primer: primer,
+        }),
+    )
+}
+
+/// A helper process that takes the cgroup attach lock while the run starts, so the run's
+/// own move into its cgroup does not wait for the lock (see [`super::cgroup::prime_attach`]).
+/// Reaped when dropped.
+struct AttachPrimer(Option<Pid>);
+
+impl AttachPrimer {
+    /// Forks the helper (before any of the run's pipes exist, so it holds none of them);
+    /// none without cgroups.
+    fn start(config: &SpawnerConfig) -> AttachPrimer {
+        if config.cgroup.is_none() {
+            return AttachPrimer(None);
+        }
+        match sys::fork() {
+            Ok(None) => {
+                let primed = super::cgroup::prime_attach();
+                sys::exit_now(if primed.is_ok() { 0 } else { 1 })
+            }
+            Ok(Some(pid)) => AttachPrimer(Some(pid)),
+            Err(e) => {
+                tracing::debug!(error = %e, "forking the cgroup attach primer");
+                AttachPrimer(None)
+            }
+        }
+    }
+}
+
+impl Drop for AttachPrimer {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = waitpid(pid, None);
+        }
+    }
 }
 
 /// What is left of a run once its outcome is known, cleaned up after the reply.
 struct Leftover {
     sandbox: Sandbox,
     cgroup: Option<Box<dyn RunCgroup>>,
+    _primer: AttachPrimer,
 }
 
 impl Leftover {
