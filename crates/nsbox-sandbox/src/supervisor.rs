@@ -882,6 +882,19 @@ mod tests {
     }
 
     #[test]
+    fn the_verdict_waits_for_pythons_status_not_for_other_records() {
+        assert!(!has_python_status(&[]));
+        let failed = Record::Failed { step: 3, errno: 1 }.encode();
+        assert!(!has_python_status(&failed));
+        let status = Record::PythonStatus(0).encode();
+        assert!(has_python_status(&status));
+        let both: Vec<u8> = failed.iter().chain(status.iter()).copied().collect();
+        assert!(has_python_status(&both));
+        // Half a record is not a status yet.
+        assert!(!has_python_status(&status[..RECORD_LEN / 2]));
+    }
+
+    #[test]
     fn limits_without_a_mark_in_the_output_are_told_in_words() {
         let limits = Limits::default();
         assert!(limit_notes(false, false, &limits).is_empty());
