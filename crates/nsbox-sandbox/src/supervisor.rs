@@ -435,6 +435,11 @@ fn execute(
     // will. The run's init is killed (it is leaving anyway; the kernel then kills whatever
     // else is in its PID namespace), so nothing of the run acts after the reply.
     sandbox.kill_if_running();
+    if watched.killed {
+        // A run the supervisor ended (deadline, client gone) is not the
+        // hot path: it is answered once everything of it is gone, as before.
+        sandbox.wait();
+    }
     let counters = CgroupCounters::read(cgroup.as_deref());
     if !watched.cancelled {
         watched.finish_stream(client);
@@ -587,6 +592,8 @@ struct Watched {
     reports: Capture,
     timed_out: bool,
     cancelled: bool,
+    /// Whether the supervisor killed the run (deadline, client gone).
+    killed: bool,
     /// What was sent of a streamed run so far.
     streamed: Option<Streamed>,
     wall_ms: u64,
@@ -708,6 +715,7 @@ fn watch(
         reports,
         timed_out,
         cancelled,
+        killed: killed_at.is_some(),
         streamed,
         wall_ms: run_start.elapsed().as_millis() as u64,
     }
