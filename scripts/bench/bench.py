@@ -464,7 +464,7 @@ def cmd_record(mode, conc, w, wrk_out, log, start, end):
     chunk = log_chunk(log, start, end)
     rec["phases"] = phases_p50(chunk)
     walls = [int(m) for m in re.findall(r"wall_ms=(\d+)", chunk)]
-    warm = re.findall(r"warm=(true|false)", chunk)
+    warm = re.findall(r"run finished.*?\bwarm=(true|false)", chunk)
     rec["server_runs"] = len(walls)
     rec["server_wall_p50_ms"] = percentile(walls, 50) if walls else None
     rec["server_wall_p99_ms"] = percentile(walls, 99) if walls else None

@@ -577,6 +577,8 @@ impl RunService {
         if self.settings.scanner == ScannerMode::Enforce && !violations.is_empty() {
             tracing::info!(?violations, "run refused by the scanner");
             let mut result = refused(violations, scan_time);
+            // Nothing ran, so nothing changed; the answer still has the field asked for.
+            result.files = request.collect_files.then(Vec::new);
             if let Some((session, _)) = &session {
                 result.session = Some(SessionState {
                     id: session.id.clone(),

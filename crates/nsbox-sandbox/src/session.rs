@@ -207,8 +207,14 @@ fn open(
     let warm_run = matches!(sandbox, Sandbox::Warm { .. });
     // A session's set-up is not a run's: its phases are not logged.
     let mut phases = Phases::new();
-    let cgroup = release(&sandbox, reads.release, config, &request.limits, &mut phases)
-        .map_err(|f| (f, String::new()))?;
+    let cgroup = release(
+        &sandbox,
+        reads.release,
+        config,
+        &request.limits,
+        &mut phases,
+    )
+    .map_err(|f| (f, String::new()))?;
     let outputs = reads.outputs;
     let mut live = Live {
         sandbox,

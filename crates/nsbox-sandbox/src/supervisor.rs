@@ -473,6 +473,7 @@ fn execute(
 ) -> (RunOutcome, Option<Leftover>) {
     let began = Instant::now();
     let limits = &request.limits;
+    let primer = AttachPrimer::start(config);
     let code = || Bundle::of(request).store();
     let (sandbox, reads) = match start(request, config, seccomp, warm, &code) {
         Ok(started) => started,
@@ -497,6 +498,11 @@ fn execute(
     // will. The run's init is killed (it is leaving anyway; the kernel then kills whatever
     // else is in its PID namespace), so nothing of the run acts after the reply.
     sandbox.kill_if_running();
+    if watched.killed {
+        // A run the supervisor ended (deadline, client gone) is not the
+        // hot path: it is answered once everything of it is gone, as before.
+        sandbox.wait();
+    }
     let counters = CgroupCounters::read(cgroup.as_deref());
     if !watched.cancelled {
         watched.finish_stream(client);
@@ -510,13 +516,55 @@ fn execute(
         limits,
     );
     phases.verdict_us = phases.lap();
-    (outcome, Some(Leftover { sandbox, cgroup }))
+    (
+        outcome,
+        Some(Leftover {
+            sandbox,
+            cgroup,
+            _primer: primer,
+        }),
+    )
+}
+
+/// A helper process that takes the cgroup attach lock while the run starts, so the run's
+/// own move into its cgroup does not wait for the lock (see [`super::cgroup::prime_attach`]).
+/// Reaped when dropped.
+struct AttachPrimer(Option<Pid>);
+
+impl AttachPrimer {
+    /// Forks the helper (before any of the run's pipes exist, so it holds none of them);
+    /// none without cgroups.
+    fn start(config: &SpawnerConfig) -> AttachPrimer {
+        if config.cgroup.is_none() {
+            return AttachPrimer(None);
+        }
+        match sys::fork() {
+            Ok(None) => {
+                let primed = super::cgroup::prime_attach();
+                sys::exit_now(if primed.is_ok() { 0 } else { 1 })
+            }
+            Ok(Some(pid)) => AttachPrimer(Some(pid)),
+            Err(e) => {
+                tracing::debug!(error = %e, "forking the cgroup attach primer");
+                AttachPrimer(None)
+            }
+        }
+    }
+}
+
+impl Drop for AttachPrimer {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = waitpid(pid, None);
+        }
+    }
 }
 
 /// What is left of a run once its outcome is known, cleaned up after the reply.
 struct Leftover {
     sandbox: Sandbox,
     cgroup: Option<Box<dyn RunCgroup>>,
+    _primer: AttachPrimer,
 }
 
 impl Leftover {
@@ -609,6 +657,8 @@ struct Watched {
     reports: Capture,
     timed_out: bool,
     cancelled: bool,
+    /// Whether the supervisor killed the run (deadline, client gone).
+    killed: bool,
     /// What was sent of a streamed run so far.
     streamed: Option<Streamed>,
     wall_ms: u64,
@@ -731,6 +781,7 @@ fn watch(
         reports,
         timed_out,
         cancelled,
+        killed: killed_at.is_some(),
         streamed,
         wall_ms: run_start.elapsed().as_millis() as u64,
     }
@@ -906,6 +957,19 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(threads_per_run(&few_pids), 2);
+    }
+
+    #[test]
+    fn the_verdict_waits_for_pythons_status_not_for_other_records() {
+        assert!(!has_python_status(&[]));
+        let failed = Record::Failed { step: 3, errno: 1 }.encode();
+        assert!(!has_python_status(&failed));
+        let status = Record::PythonStatus(0).encode();
+        assert!(has_python_status(&status));
+        let both: Vec<u8> = failed.iter().chain(status.iter()).copied().collect();
+        assert!(has_python_status(&both));
+        // Half a record is not a status yet.
+        assert!(!has_python_status(&status[..RECORD_LEN / 2]));
     }
 
     #[test]
