@@ -59,14 +59,7 @@ pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
         Some(Value::Number(n)) => Some(n.as_f64().unwrap_or(f64::INFINITY)),
         Some(_) => return Err(ApiError::invalid("`timeout` must be a number of seconds")),
     };
-    let libraries = match obj.get("libraries") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        Some(_) => return Err(ApiError::invalid("`libraries` must be an array of strings")),
-    };
+    let libraries = libraries(&obj)?;
     let files =
         match obj.get("files") {
             None | Some(Value::Null) => None,
@@ -93,6 +86,41 @@ pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
         files,
         session_id,
         ..CodeRequest::default()
+    })
+}
+
+/// A request's `libraries`: an array of strings, or nothing.
+pub fn libraries(obj: &serde_json::Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    match obj.get("libraries") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()),
+        Some(_) => Err(ApiError::invalid("`libraries` must be an array of strings")),
+    }
+}
+
+/// A request's id, as its log lines carry it: the `x-request-id` the router kept or made.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
+/// The body axum read, or the client error for why it could not: 413 past the limit.
+pub fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "request body exceeds {} bytes",
+                state.max_body_bytes
+            ))
+        } else {
+            ApiError::invalid(format!("could not read the request body: {rejection}"))
+        }
     })
 }
 
@@ -179,11 +207,7 @@ pub async fn execute(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+    let request_id = request_id(&headers);
     let arrived = Instant::now();
     let result = handle(&state, &headers, body, &request_id)
         .instrument(service::request_span(&request_id))
@@ -199,16 +223,7 @@ async fn handle(
     request_id: &str,
 ) -> Result<Response, ApiError> {
     check_content_type(headers)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!(
-                "request body exceeds {} bytes",
-                state.max_body_bytes
-            ))
-        } else {
-            ApiError::invalid(format!("could not read the request body: {rejection}"))
-        }
-    })?;
+    let body = read_body(state, body)?;
     let request = CodeRequest {
         user: headers
             .get("x-relaxai-userid")

@@ -14,28 +14,6 @@ use super::{auth, code, AppState};
 use crate::service;
 use crate::service::files::mime_type;
 
-/// The request id of a request, as `code::execute` takes it.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string()
-}
-
-fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!(
-                "request body exceeds {} bytes",
-                state.max_body_bytes
-            ))
-        } else {
-            ApiError::invalid(format!("could not read the request body: {rejection}"))
-        }
-    })
-}
-
 /// What `POST /v1/sessions` may say: `libraries` and `ttl_seconds`, both optional; an
 /// empty body is `{}`.
 fn parse_create(body: &[u8]) -> Result<(Vec<String>, Option<u64>), ApiError> {
@@ -55,14 +33,7 @@ fn parse_create(body: &[u8]) -> Result<(Vec<String>, Option<u64>), ApiError> {
             "unknown field `{unknown}`; a session takes `libraries` and `ttl_seconds`"
         )));
     }
-    let libraries = match obj.get("libraries") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        Some(_) => return Err(ApiError::invalid("`libraries` must be an array of strings")),
-    };
+    let libraries = code::libraries(&obj)?;
     let ttl =
         match obj.get("ttl_seconds") {
             None | Some(Value::Null) => None,
@@ -84,10 +55,10 @@ pub async fn create(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let id = request_id(&headers);
+    let id = code::request_id(&headers);
     async {
         code::check_content_type(&headers)?;
-        let (libraries, ttl) = parse_create(&body(&state, raw)?)?;
+        let (libraries, ttl) = parse_create(&code::read_body(&state, raw)?)?;
         let owner = auth::owner(&headers, &state.keys);
         let info = state
             .service
@@ -127,7 +98,7 @@ pub async fn list_files(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let owner = auth::owner(&headers, &state.keys);
-    let rid = request_id(&headers);
+    let rid = code::request_id(&headers);
     let files = state
         .service
         .list_session_files(&id, &owner, Some(rid.clone()))
@@ -147,7 +118,7 @@ pub async fn read_file(
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let owner = auth::owner(&headers, &state.keys);
-    let rid = request_id(&headers);
+    let rid = code::request_id(&headers);
     let bytes = state
         .service
         .read_session_file(&id, &owner, &path, Some(rid.clone()))
@@ -173,8 +144,8 @@ pub async fn write_file(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let owner = auth::owner(&headers, &state.keys);
-    let rid = request_id(&headers);
-    let content = body(&state, raw)?.to_vec();
+    let rid = code::request_id(&headers);
+    let content = code::read_body(&state, raw)?.to_vec();
     let size = state
         .service
         .write_session_file(&id, &owner, &path, content, Some(rid.clone()))
