@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::host::{LocalService, StartError};
-use crate::service::files::{self, mime_type, FileContent, FileInput, FileLimits};
+use crate::service::files::{mime_type, FileContent, FileInput};
 use crate::service::{self, CodeRequest, Ending, Limit, RunResult, RunService, ServiceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -219,15 +219,9 @@ impl McpServer {
             .instrument(span)
             .await;
         match listed {
-            Ok(files) => {
-                let files: Vec<Value> = files
-                    .into_iter()
-                    .map(|(path, size)| json!({"path": path, "size": size, "mime_type": mime_type(&path)}))
-                    .collect();
-                Ok(CallToolResult::success(vec![json_text(
-                    &json!({ "files": files }),
-                )]))
-            }
+            Ok(files) => Ok(CallToolResult::success(vec![json_text(
+                &json!({ "files": files }),
+            )])),
             Err(e) => service_error(e),
         }
     }
@@ -272,32 +266,14 @@ impl McpServer {
         let id = args.required("session_id")?;
         let path = args.required("path")?;
         let content = file_content(&arguments, &format!("upload {path:?}"))?;
-        // The service's reading of the content (base64 leniently, the path's rules, the
-        // per-file cap), before the bytes go to the session.
-        let limits = FileLimits {
-            max_count: 1,
-            ..self.service.settings().files
-        };
-        let input = FileInput {
-            path: path.to_string(),
-            content,
-        };
-        let checked = files::check_inputs(&[input], &limits).map_err(service_invalid)?;
-        let bytes = BASE64
-            .decode(&checked[0].content_base64)
-            .map_err(|_| McpError::internal_error("the file could not be read", None))?;
         let span = caller.span();
         let written = self
             .service
-            .write_session_file(id, &caller.owner, path, bytes, Some(caller.request_id))
+            .write_session_file(id, &caller.owner, path, content, Some(caller.request_id))
             .instrument(span)
             .await;
         match written {
-            Ok(size) => Ok(CallToolResult::success(vec![json_text(&json!({
-                "path": path,
-                "size": size,
-                "mime_type": mime_type(path),
-            }))])),
+            Ok(written) => Ok(CallToolResult::success(vec![json_text(&written)])),
             Err(e) => service_error(e),
         }
     }
@@ -308,11 +284,6 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::
 /// A value as JSON text content.
 fn json_text(value: &impl serde::Serialize) -> ContentBlock {
     ContentBlock::text(serde_json::to_string_pretty(value).unwrap_or_default())
-}
-
-/// An error the service refused the values with: the caller's, as invalid params.
-fn service_invalid(e: ServiceError) -> McpError {
-    McpError::invalid_params(e.to_string(), None)
 }
 
 /// A `ServiceError` as MCP answers it. Values the contract refuses are the caller's error

@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::{auth, code, AppState};
 use crate::service;
-use crate::service::files::mime_type;
+use crate::service::files::{mime_type, FileContent};
 
 /// What `POST /v1/sessions` may say: `libraries` and `ttl_seconds`, both optional; an
 /// empty body is `{}`.
@@ -104,10 +104,6 @@ pub async fn list_files(
         .list_session_files(&id, &owner, Some(rid.clone()))
         .instrument(service::request_span(&rid))
         .await?;
-    let files: Vec<Value> = files
-        .into_iter()
-        .map(|(path, size)| json!({"mime_type": mime_type(&path), "path": path, "size": size}))
-        .collect();
     Ok(Json(json!({ "files": files })).into_response())
 }
 
@@ -145,15 +141,11 @@ pub async fn write_file(
 ) -> Result<Response, ApiError> {
     let owner = auth::owner(&headers, &state.keys);
     let rid = code::request_id(&headers);
-    let content = code::read_body(&state, raw)?.to_vec();
-    let size = state
+    let content = FileContent::Bytes(code::read_body(&state, raw)?.to_vec());
+    let written = state
         .service
         .write_session_file(&id, &owner, &path, content, Some(rid.clone()))
         .instrument(service::request_span(&rid))
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"path": path, "size": size, "mime_type": mime_type(&path)})),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(written)).into_response())
 }

@@ -186,6 +186,30 @@ pub fn check_outputs(files: Vec<OutputFile>, stderr: &mut String) -> Vec<OutputF
         .collect()
 }
 
+/// A file of a session's working directory as a listing shows it (the REST API and MCP).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FileInfo {
+    pub path: String,
+    pub size: u64,
+    pub mime_type: String,
+}
+
+impl FileInfo {
+    pub fn new(path: String, size: u64) -> FileInfo {
+        FileInfo {
+            mime_type: mime_type(&path),
+            path,
+            size,
+        }
+    }
+}
+
+/// The number of bytes canonical (padded) base64 stands for.
+pub fn decoded_len(b64: &str) -> u64 {
+    let padding = b64.bytes().rev().take_while(|&b| b == b'=').count();
+    (b64.len() / 4 * 3 - padding) as u64
+}
+
 /// The media type a file's name suggests, `application/octet-stream` when it says none.
 pub fn mime_type(path: &str) -> String {
     mime_guess::from_path(path)
@@ -339,6 +363,14 @@ mod tests {
             2 << 20,
             "the spec's 50,000 characters still fit"
         );
+    }
+
+    #[test]
+    fn decoded_lengths_follow_the_padding() {
+        let engine = &base64::engine::general_purpose::STANDARD;
+        for n in 0..10 {
+            assert_eq!(decoded_len(&engine.encode(vec![7u8; n])), n as u64);
+        }
     }
 
     #[test]

@@ -904,13 +904,13 @@ impl RunService {
         }
     }
 
-    /// The regular files of a session's working directory: (path, size).
+    /// The regular files of a session's working directory.
     pub async fn list_session_files(
         &self,
         id: &str,
         owner: &Option<String>,
         request_id: Option<String>,
-    ) -> Result<Vec<(String, u64)>, ServiceError> {
+    ) -> Result<Vec<files::FileInfo>, ServiceError> {
         let outcome = self
             .session_op(id, owner, SessionOp::ListFiles { request_id })
             .await?;
@@ -918,7 +918,7 @@ impl RunService {
             .files
             .into_iter()
             .filter(|f| files::path_problem(&f.path).is_none())
-            .map(|f| (f.path, f.size))
+            .map(|f| files::FileInfo::new(f.path, f.size))
             .collect())
     }
 
@@ -969,19 +969,19 @@ impl RunService {
         }
     }
 
-    /// Writes one file into a session's working directory.
+    /// Writes one file into a session's working directory, checked as a request's input
+    /// files are.
     pub async fn write_session_file(
         &self,
         id: &str,
         owner: &Option<String>,
         path: &str,
-        content: Vec<u8>,
+        content: FileContent,
         request_id: Option<String>,
-    ) -> Result<u64, ServiceError> {
-        let size = content.len() as u64;
+    ) -> Result<files::FileInfo, ServiceError> {
         let file = FileInput {
             path: path.to_string(),
-            content: FileContent::Bytes(content),
+            content,
         };
         let limits = FileLimits {
             max_count: 1,
@@ -989,11 +989,12 @@ impl RunService {
             max_total_bytes: self.settings.files.max_file_bytes,
         };
         let file = files::check_inputs(&[file], &limits)?.remove(0);
+        let size = files::decoded_len(&file.content_base64);
         let outcome = self
             .session_op(id, owner, SessionOp::WriteFile { file, request_id })
             .await?;
         match outcome.termination {
-            Termination::Exited { code: 0 } => Ok(size),
+            Termination::Exited { code: 0 } => Ok(files::FileInfo::new(path.to_string(), size)),
             _ => Err(ServiceError::Invalid(format!(
                 "file {path:?} could not be written: {}",
                 outcome.stderr.trim()
