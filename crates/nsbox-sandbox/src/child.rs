@@ -64,6 +64,27 @@ impl Record {
     }
 }
 
+/// The records in what was read of a report pipe (a record cut by the end is left out).
+fn records(data: &[u8]) -> impl Iterator<Item = Record> + '_ {
+    data.chunks(RECORD_LEN).filter_map(Record::decode)
+}
+
+/// The first set-up failure reported, as (step, errno).
+pub fn reported_failure(data: &[u8]) -> Option<(u32, i32)> {
+    records(data).find_map(|r| match r {
+        Record::Failed { step, errno } => Some((step, errno)),
+        _ => None,
+    })
+}
+
+/// Python's wait status, once init reported it.
+pub fn reported_python_status(data: &[u8]) -> Option<i32> {
+    records(data).find_map(|r| match r {
+        Record::PythonStatus(status) => Some(status),
+        _ => None,
+    })
+}
+
 /// How the run's Python process starts once the sandbox is built.
 pub enum Entry {
     /// Cold path: execute a fresh interpreter with the harness.

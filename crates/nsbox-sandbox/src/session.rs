@@ -23,7 +23,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use super::capture::{decode_frames, text, Capture, Streamed};
 use super::cgroup::RunCgroup;
-use super::child::{Record, RECORD_LEN};
+use super::child::{reported_failure, reported_python_status, RECORD_LEN};
 use super::config::SpawnerConfig;
 use super::failure::{step, Failure, Step};
 use super::fdpass;
@@ -265,29 +265,10 @@ fn open(
 
 /// A set-up failure init or Python reported, if any.
 fn failure_record(reports: &Capture) -> Option<Failure> {
-    reports
-        .data
-        .chunks(RECORD_LEN)
-        .filter_map(Record::decode)
-        .find_map(|r| match r {
-            Record::Failed { step, errno } => Some(Failure {
-                step: Step::from_code(step).unwrap_or(Step::StartPython),
-                errno: Errno::from_raw(errno),
-            }),
-            _ => None,
-        })
-}
-
-/// Python's wait status, once init reported it.
-fn python_status(reports: &Capture) -> Option<i32> {
-    reports
-        .data
-        .chunks(RECORD_LEN)
-        .filter_map(Record::decode)
-        .find_map(|r| match r {
-            Record::PythonStatus(s) => Some(s),
-            _ => None,
-        })
+    reported_failure(&reports.data).map(|(step, errno)| Failure {
+        step: Step::from_code(step).unwrap_or(Step::StartPython),
+        errno: Errno::from_raw(errno),
+    })
 }
 
 fn timeout_until(deadline: Instant) -> PollTimeout {
@@ -546,7 +527,7 @@ fn ending_of_lost(live: &mut Live) -> Termination {
     }
     // Init reports Python's status as it reaps it; give it a moment.
     let until = Instant::now() + Duration::from_millis(500);
-    while python_status(&live.reports).is_none()
+    while reported_python_status(&live.reports.data).is_none()
         && Instant::now() < until
         && live.reports.fd.is_some()
     {
@@ -557,7 +538,7 @@ fn ending_of_lost(live: &mut Live) -> Termination {
         let _ = poll(&mut fds, timeout_until(until));
         live.reports.drain();
     }
-    match python_status(&live.reports) {
+    match reported_python_status(&live.reports.data) {
         Some(status) if status & 0x7f == 0 => Termination::Exited {
             code: (status >> 8) & 0xff,
         },

@@ -19,7 +19,7 @@ use nix::unistd::{lseek, pipe2, Pid, Whence};
 
 use super::capture::{decode_frames, human_bytes, text, Capture, Streamed};
 use super::cgroup::RunCgroup;
-use super::child::{self, ChildPlan, Entry, Record, RECORD_LEN};
+use super::child::{self, ChildPlan, Entry, RECORD_LEN};
 use super::config::SpawnerConfig;
 use super::failure::{io_step, step, Failure, Step};
 use super::namespaces::RUN_NAMESPACES;
@@ -721,7 +721,7 @@ fn watch(
         if out.fd.is_none()
             && err.fd.is_none()
             && figs.fd.is_none()
-            && (reports.fd.is_none() || has_python_status(&reports.data))
+            && (reports.fd.is_none() || child::reported_python_status(&reports.data).is_some())
         {
             break;
         }
@@ -787,14 +787,6 @@ fn watch(
     }
 }
 
-/// Whether init's report holds Python's wait status.
-fn has_python_status(reports: &[u8]) -> bool {
-    reports
-        .chunks(RECORD_LEN)
-        .filter_map(Record::decode)
-        .any(|r| matches!(r, Record::PythonStatus(_)))
-}
-
 /// What the run's cgroup counted, read before it is removed.
 struct CgroupCounters {
     oom: bool,
@@ -821,18 +813,10 @@ impl CgroupCounters {
 
 /// How the run ended, from what its init reported and what the supervisor saw.
 fn classify(watched: &Watched, oom: bool) -> Termination {
-    let records: Vec<Record> = watched
-        .reports
-        .data
-        .chunks(RECORD_LEN)
-        .filter_map(Record::decode)
-        .collect();
+    let reports = &watched.reports.data;
     if watched.cancelled {
         Termination::Cancelled
-    } else if let Some((step, errno)) = records.iter().find_map(|r| match r {
-        Record::Failed { step, errno } => Some((*step, *errno)),
-        _ => None,
-    }) {
+    } else if let Some((step, errno)) = child::reported_failure(reports) {
         Termination::SetupFailed {
             step: Step::from_code(step)
                 .map(Step::name)
@@ -843,10 +827,7 @@ fn classify(watched: &Watched, oom: bool) -> Termination {
     } else if watched.timed_out {
         Termination::TimedOut
     } else {
-        match records.iter().find_map(|r| match r {
-            Record::PythonStatus(s) => Some(*s),
-            _ => None,
-        }) {
+        match child::reported_python_status(reports) {
             Some(status) if status & 0x7f == 0 => Termination::Exited {
                 code: (status >> 8) & 0xff,
             },
@@ -961,15 +942,17 @@ mod tests {
 
     #[test]
     fn the_verdict_waits_for_pythons_status_not_for_other_records() {
-        assert!(!has_python_status(&[]));
+        use child::Record;
+        assert!(child::reported_python_status(&[]).is_none());
         let failed = Record::Failed { step: 3, errno: 1 }.encode();
-        assert!(!has_python_status(&failed));
+        assert!(child::reported_python_status(&failed).is_none());
+        assert_eq!(child::reported_failure(&failed), Some((3, 1)));
         let status = Record::PythonStatus(0).encode();
-        assert!(has_python_status(&status));
+        assert_eq!(child::reported_python_status(&status), Some(0));
         let both: Vec<u8> = failed.iter().chain(status.iter()).copied().collect();
-        assert!(has_python_status(&both));
+        assert_eq!(child::reported_python_status(&both), Some(0));
         // Half a record is not a status yet.
-        assert!(!has_python_status(&status[..RECORD_LEN / 2]));
+        assert!(child::reported_python_status(&status[..RECORD_LEN / 2]).is_none());
     }
 
     #[test]
