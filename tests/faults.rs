@@ -16,8 +16,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    client, cmdline, expect_clean_exit, expect_stopped, post, processes_of_uid, shorten, text,
-    Reply, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY, OUTPUT_BYTES,
+    client, cmdline, expect_clean_exit, expect_stopped, host_mounts, mounts_added, post,
+    processes_of_uid, shorten, text, wait_until, Reply, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY,
+    OUTPUT_BYTES,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -270,36 +271,6 @@ fn run_cgroups(server_pid: i32) -> Vec<PathBuf> {
     runs
 }
 
-/// The host's mount table as "mount point, type, source" lines (mount ids left out).
-fn mounts() -> BTreeMap<String, usize> {
-    let mut table = BTreeMap::new();
-    for line in std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-    {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let after = line.split(" - ").nth(1).unwrap_or("");
-        let mut tail = after.split(' ');
-        let key = format!(
-            "{} {} {}",
-            fields.get(4).unwrap_or(&"?"),
-            tail.next().unwrap_or("?"),
-            tail.next().unwrap_or("?")
-        );
-        *table.entry(key).or_insert(0) += 1;
-    }
-    table
-}
-
-/// Mounts in `after` that `before` did not have.
-fn added_mounts(before: &BTreeMap<String, usize>, after: &BTreeMap<String, usize>) -> Vec<String> {
-    after
-        .iter()
-        .filter(|(k, n)| before.get(*k).copied().unwrap_or(0) < **n)
-        .map(|(k, n)| format!("{k} (x{n})"))
-        .collect()
-}
-
 fn vm_rss_kib(pid: i32) -> u64 {
     status_field(pid, "VmRSS:")
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
@@ -391,19 +362,6 @@ fn settled_templates(uid_base: u32) -> Vec<i32> {
         describe(&templates)
     );
     templates
-}
-
-fn wait_until(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if ok() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn status_json(server: &Server) -> Value {
@@ -690,7 +648,7 @@ fn mixed_load(mode: &str, slot: u32) {
         "[{mode}] processes of the uid base before the load: {}",
         describe(&templates)
     );
-    let mounts_before = mounts();
+    let mounts_before = host_mounts();
     let rss_before = vm_rss_kib(pid);
     let fds_before = open_fds(pid);
 
@@ -781,7 +739,7 @@ fn mixed_load(mode: &str, slot: u32) {
         ),
         Err(e) => failures.push(e),
     }
-    let added = added_mounts(&mounts_before, &mounts());
+    let added = mounts_added(&mounts_before, &host_mounts());
     if !added.is_empty() {
         failures.push(format!("mounts added to the host: {added:?}"));
     }
@@ -956,7 +914,7 @@ fn killing_the_spawner_under_mixed_load() {
     const CONCURRENCY: usize = 8;
     let (_one, base, server, pid) = start_alone(13, &["--max-running", "4", "--max-queue", "64"]);
     let spawner = spawner_of(pid);
-    let mounts_before = mounts();
+    let mounts_before = host_mounts();
     let next = AtomicUsize::new(0);
     let answered = AtomicUsize::new(0);
     let results: Mutex<Vec<Answer>> = Mutex::new(Vec::new());
@@ -1008,7 +966,7 @@ fn killing_the_spawner_under_mixed_load() {
     if let Err(e) = wait_clean(pid, base, &templates, TEARDOWN_GRACE) {
         failures.push(e);
     }
-    let added = added_mounts(&mounts_before, &mounts());
+    let added = mounts_added(&mounts_before, &host_mounts());
     if !added.is_empty() {
         failures.push(format!("mounts added to the host: {added:?}"));
     }
