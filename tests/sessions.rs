@@ -442,8 +442,8 @@ struct Baseline {
 }
 
 fn baseline(server: &Server, base: u32) -> Baseline {
-    // The templates are up once the server is ready; a zygote's fork of an earlier run may
-    // still be exiting, so let the count settle first.
+    // The templates are up once the server is ready; an earlier run's processes may still
+    // be exiting, so let the count settle first.
     let mut last = processes_of_uid(base);
     wait_until(Duration::from_secs(2), || {
         std::thread::sleep(Duration::from_millis(200));

@@ -622,7 +622,7 @@ def cmd_report(path):
     if rows:
         print()
         print("Server-side phases of a run, p50 in ms over the runs of each measurement (the supervisor's")
-        print("nsbox::phases log line): start = pipes + warm hand-off (zygote fork, namespaces) or cold clone;")
+        print("nsbox::phases log line): start = pipes + warm hand-off (the zygote clones the run's init) or cold clone;")
         print("cgroup = create + limits; attach = init into the cgroup; run = release to output complete;")
         print("verdict = classify + assemble; reply = outcome written; teardown = init gone + cgroup read and")
         print("removed (after the reply once the supervisor replies first, then not in total); total = request")

@@ -92,14 +92,14 @@ pub enum Entry {
         argv: Vec<CString>,
         envp: Vec<CString>,
     },
-    /// Warm path: return into the already-warm interpreter (a zygote's fork) that called us.
+    /// Warm path: return into the already-warm interpreter (a clone of the zygote) that called us.
     ReturnToCaller,
 }
 
 /// Everything the child side needs, prepared before `clone`.
 pub struct ChildPlan {
     /// The root filesystem to pivot into, or `None` when the caller already runs inside it
-    /// (a zygote's fork).
+    /// (a clone of a zygote).
     pub rootfs: Option<PathBuf>,
     pub limits: Limits,
     /// Without cgroups, memory falls back to RLIMIT_DATA.
@@ -108,6 +108,10 @@ pub struct ChildPlan {
     pub maps_root: bool,
     pub seccomp: SeccompProgram,
     pub entry: Entry,
+    /// Whether init dies with its parent: a cold run's parent is its supervisor; a warm
+    /// run's is the zygote, whose retirement or death must spare the runs it started
+    /// (their supervisors still end them).
+    pub die_with_parent: bool,
     pub release_read: OwnedFd,
     /// The supervisor's end of the release pipe, if this process inherited it (cold path).
     pub release_write: Option<RawFd>,
@@ -116,6 +120,22 @@ pub struct ChildPlan {
     pub stderr_write: OwnedFd,
     pub plots_write: OwnedFd,
     pub code: OwnedFd,
+}
+
+impl ChildPlan {
+    /// The descriptors the plan holds, which a process cloned for it must keep open.
+    pub fn descriptors(&self) -> Vec<RawFd> {
+        let mut fds = vec![
+            self.release_read.as_raw_fd(),
+            self.report_write.as_raw_fd(),
+            self.stdout_write.as_raw_fd(),
+            self.stderr_write.as_raw_fd(),
+            self.plots_write.as_raw_fd(),
+            self.code.as_raw_fd(),
+        ];
+        fds.extend(self.release_write);
+        fds
+    }
 }
 
 /// Descriptor numbers the harness expects.
@@ -179,11 +199,13 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
     // A session and process group of the run's own: kill(0, ...) or setpriority on the
     // process group must not reach other runs (they share a host uid).
     step(Step::BecomeRoot, nix::unistd::setsid().map(drop))?;
-    // Set after the uid change, which clears it.
-    step(
-        Step::ParentDeathSignal,
-        prctl::set_pdeathsig(Signal::SIGKILL),
-    )?;
+    if plan.die_with_parent {
+        // Set after the uid change, which clears it.
+        step(
+            Step::ParentDeathSignal,
+            prctl::set_pdeathsig(Signal::SIGKILL),
+        )?;
+    }
     step(Step::CgroupNamespace, namespaces::enter_cgroup_namespace())?;
     match &plan.rootfs {
         Some(root) => rootfs::enter(root, plan.limits.tmp_bytes, false)?,

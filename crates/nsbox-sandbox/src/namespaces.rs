@@ -305,7 +305,7 @@ impl IdMapping {
     }
 
     /// Writes the maps of a warm run's namespace, nested in its template's: from the
-    /// zygote's fork, whose ids are the template's. The run gets the same ids as a cold one.
+    /// zygote, whose ids are the template's. The run gets the same ids as a cold one.
     pub fn write_nested(maps_root: bool, pid: Pid) -> Result<(), IdMapError> {
         if maps_root {
             // The zygote is root of the template with CAP_SETUID, CAP_SETGID, CAP_SETFCAP.

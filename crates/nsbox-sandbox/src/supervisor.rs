@@ -100,8 +100,8 @@ pub fn serve(
 pub(crate) struct Phases {
     began: Instant,
     lap_at: Instant,
-    /// Pipes, the code's memfd and the warm hand-off (the zygote's fork and its clone of
-    /// the run's namespaces), or the cold clone.
+    /// Pipes, the code's memfd and the warm hand-off (the zygote's clone of the run's
+    /// init into its namespaces), or the cold clone.
     start_us: u64,
     /// Creating the run's cgroup and setting its limits.
     cgroup_us: u64,
@@ -358,7 +358,7 @@ pub(crate) fn prepare(code: OwnedFd) -> Result<(Reads, RunEnds), Failure> {
 pub(crate) enum Sandbox {
     /// Cloned by this supervisor: a child we can wait for.
     Cold(Pid),
-    /// Cloned by a zygote's fork: watched through a pidfd.
+    /// Cloned by a zygote: watched through a pidfd.
     Warm { pid: Pid, pidfd: OwnedFd },
 }
 
@@ -424,6 +424,7 @@ fn start_cold(
             argv: cstrings(&["/usr/bin/python3", "-I", "-B", "-c", HARNESS]),
             envp: run_env(limits, config.guard_rails),
         },
+        die_with_parent: true,
         release_read: ends.release,
         release_write: Some(reads.release.as_raw_fd()),
         report_write: ends.report,

@@ -76,6 +76,44 @@ pub fn close_fds_from(first: RawFd) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Closes every descriptor except 0, 1, 2 and those in `keep`: a process cloned from a
+/// zygote inherits the zygote's control socket and whatever else it holds at that moment.
+pub fn close_fds_except(keep: &[RawFd]) -> Result<(), Errno> {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd > 2).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first: RawFd = 3;
+    for fd in keep.into_iter().chain([RawFd::MAX]) {
+        if fd > first {
+            // SAFETY: close_range only takes integers; every descriptor in the range is one
+            // this process inherited and no longer uses (the ones it uses are in `keep`).
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    first as libc::c_uint,
+                    (fd - 1) as libc::c_uint,
+                    0,
+                )
+            };
+            if ret == -1 {
+                return Err(Errno::last());
+            }
+        }
+        first = fd.saturating_add(1);
+    }
+    Ok(())
+}
+
+/// Puts SIGCHLD back to its default disposition. A zygote ignores it (the kernel then
+/// reaps its forks), which a process cloned from it inherits; a process that waits for its
+/// children needs it back.
+pub fn default_sigchld() -> Result<(), Errno> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installing SIG_DFL runs no code of ours in a signal context, so no handler
+    // can observe a half-updated state.
+    unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }.map(drop)
+}
+
 /// Brings the loopback interface of the current network namespace up.
 pub fn loopback_up() -> Result<(), Errno> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -151,4 +189,21 @@ pub fn pidfd_open(pid: nix::unistd::Pid) -> Result<std::os::fd::OwnedFd, Errno> 
         return Err(Errno::last());
     }
     Ok(take_fd(ret as RawFd))
+}
+
+/// The pid, in this process's PID namespace, of the process a pidfd refers to (the `Pid:`
+/// line of its fdinfo; -1 once it has exited, 0 when it is not visible from here).
+pub fn pidfd_pid(pidfd: &std::os::fd::OwnedFd) -> Result<nix::unistd::Pid, Errno> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let pid: libc::pid_t = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(Errno::EINVAL)?;
+    if pid <= 0 {
+        return Err(Errno::ESRCH);
+    }
+    Ok(nix::unistd::Pid::from_raw(pid))
 }

@@ -1,24 +1,21 @@
-//! The warm path: handing a run to a zygote (a long-lived interpreter that has imported the libraries) and, inside the zygote's fork, entering the run's sandbox through the same steps as the cold path.
+//! The warm path: handing a run to a zygote (a long-lived interpreter that has imported the libraries) and, inside the zygote, entering the run's sandbox through the same steps as the cold path.
 //!
 //! ```text
-//! supervisor --(run socket, over the template's control socket)--> zygote --os.fork--> outer
-//! outer: nsbox_enter_run(): clone(NEWUSER|NEWNS|NEWPID|...) -> init (same code as cold) -> python
+//! supervisor --(run socket, over the template's control socket)--> zygote
+//! zygote: nsbox_enter_run(): clone(NEWUSER|NEWNS|NEWPID|...) -> init (same code as cold) -> python
 //! ```
-//! The zygote's fork ("outer") calls [`nsbox_enter_run`] from this crate built as a shared
-//! library, so the isolation steps exist once, in Rust, for both paths. The run's Python
-//! process returns from that call into the warm interpreter with every step done.
+//! The zygote calls [`nsbox_enter_run`] from this crate built as a shared library, so the
+//! isolation steps exist once, in Rust, for both paths. The run's init is cloned straight
+//! from the zygote: the image is copied twice per run (init, then Python), not three times,
+//! and no process of the zygote's waits for the run. The run's Python process returns from
+//! that call into the warm interpreter with every step done.
 
 use std::ffi::c_int;
-use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    UnixCredentials,
-};
-use nix::sys::wait::waitpid;
+use nix::sys::socket::{setsockopt, sockopt};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +48,7 @@ pub enum WarmError {
     Seccomp(#[from] seccomp::SeccompError),
 }
 
-/// What a zygote's fork needs besides the descriptors.
+/// What a zygote needs to start a run, besides the descriptors.
 #[derive(Debug, Serialize, Deserialize)]
 struct WarmPlan {
     limits: Limits,
@@ -90,7 +87,6 @@ pub fn start(
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(WarmError::Socket)?;
-    setsockopt(&ours, sockopt::PassCred, &true).map_err(WarmError::Socket)?;
     // A zygote that took the run answers within milliseconds; never wait forever on one.
     let patience = nix::sys::time::TimeVal::new(10, 0);
     setsockopt(&ours, sockopt::ReceiveTimeout, &patience).map_err(WarmError::Socket)?;
@@ -112,37 +108,16 @@ pub fn start(
     ];
     fdpass::send(ours.as_raw_fd(), &plan, &fds).map_err(WarmError::Handoff)?;
 
-    // The zygote's fork answers with its own pid as credentials (the kernel translates it
-    // into our PID namespace); the run's init is its only child.
+    // The zygote answers with a pidfd of the run's init (its child): a handle that names
+    // that process whatever happens to its pid, translated here into our PID namespace.
     let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!(UnixCredentials);
-    let msg = recvmsg::<()>(
-        ours.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(WarmError::Handoff)?;
-    let outer = msg
-        .cmsgs()
-        .map_err(WarmError::Handoff)?
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
-            _ => None,
-        })
-        .filter(|_| msg.bytes == 1)
-        .ok_or(WarmError::NotTaken)?;
-    let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-        .map_err(|e| WarmError::FindInit(e.to_string()))?;
-    let init: i32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| WarmError::FindInit("the zygote's fork has no child".into()))?;
-    let init = Pid::from_raw(init);
-    // The init is blocked until we release it, so this pid cannot have been reused yet.
-    let pidfd = sys::pidfd_open(init).map_err(|e| WarmError::FindInit(e.to_string()))?;
+    let fdpass::Received { len, mut fds } =
+        fdpass::recv::<1>(ours.as_raw_fd(), &mut byte).map_err(WarmError::Handoff)?;
+    if len != 1 || byte[0] != 1 || fds.len() != 1 {
+        return Err(WarmError::NotTaken);
+    }
+    let pidfd = fds.remove(0);
+    let init = sys::pidfd_pid(&pidfd).map_err(|e| WarmError::FindInit(e.to_string()))?;
     Ok((init, pidfd))
 }
 
@@ -169,14 +144,15 @@ pub extern "C" fn nsbox_zygote_init() -> c_int {
     }
 }
 
-/// Called by a zygote's fork with the run socket it was handed. Returns 0 in the run's
-/// Python process (sandboxed, as `nobody`, seccomp on: run the code, then exit), 1 in the
-/// fork itself once the run is over (exit), -1 on failure (exit).
+/// Called by a zygote with a run socket it was handed. Returns 2 in the run's init, just
+/// cloned (the interpreter's after-fork work comes next, then [`nsbox_continue_run`]), 1 in
+/// the zygote once that init is started and handed to the supervisor, -1 on failure. The
+/// socket is the callee's in every case: the caller must not close it.
 #[no_mangle]
 pub extern "C" fn nsbox_enter_run(run_fd: c_int) -> c_int {
     match enter_run(run_fd) {
-        Ok(true) => 0,
-        Ok(false) => 1,
+        Ok(Cloned::Init) => 2,
+        Ok(Cloned::Zygote) => 1,
         Err(e) => {
             eprintln!("nsbox zygote: {e}");
             -1
@@ -184,8 +160,36 @@ pub extern "C" fn nsbox_enter_run(run_fd: c_int) -> c_int {
     }
 }
 
-/// Returns true in the run's Python process, false in the zygote's fork.
-fn enter_run(run_fd: RawFd) -> Result<bool, WarmError> {
+/// Called by the run's init once the interpreter has done its after-fork work (while the
+/// zygote's descriptors still have their numbers, so objects that close theirs close the
+/// right ones). Builds the sandbox: returns 0 in the run's Python process (as `nobody`,
+/// seccomp on: run the code, then exit) and never returns in init; -1 if there is no run.
+#[no_mangle]
+pub extern "C" fn nsbox_continue_run() -> c_int {
+    let Some(plan) = PENDING.lock().ok().and_then(|mut p| p.take()) else {
+        return -1;
+    };
+    // The zygote's control socket, the runs it is handing over and its ignored SIGCHLD
+    // must not reach the run: init waits for Python.
+    if sys::close_fds_except(&plan.descriptors()).is_err() || sys::default_sigchld().is_err() {
+        sys::exit_now(127);
+    }
+    // Returns only in the run's Python process; init and failures end inside.
+    child::init_main(plan);
+    0
+}
+
+/// Which process came back from [`enter_run`].
+enum Cloned {
+    Init,
+    Zygote,
+}
+
+/// The plan of the run whose init this process is, between [`nsbox_enter_run`] and
+/// [`nsbox_continue_run`].
+static PENDING: Mutex<Option<ChildPlan>> = Mutex::new(None);
+
+fn enter_run(run_fd: RawFd) -> Result<Cloned, WarmError> {
     let sock = sys::take_fd(run_fd);
     let mut buf = vec![0u8; 64 * 1024];
     let fdpass::Received { len, mut fds } =
@@ -211,6 +215,8 @@ fn enter_run(run_fd: RawFd) -> Result<bool, WarmError> {
         limits: plan.limits,
         seccomp,
         entry: Entry::ReturnToCaller,
+        // The parent is the zygote, which may retire (or die) while its runs go on.
+        die_with_parent: false,
         stdout_write: take(),
         stderr_write: take(),
         plots_write: take(),
@@ -221,36 +227,32 @@ fn enter_run(run_fd: RawFd) -> Result<bool, WarmError> {
     };
     let init = match sys::clone_fork(RUN_NAMESPACES).map_err(WarmError::Clone)? {
         None => {
-            // Returns only in the run's Python process; init and failures end inside.
-            child::init_main(plan);
-            // Its number was closed with every other inherited descriptor.
+            // The socket is the zygote's to answer on; ours goes with the other inherited
+            // descriptors in nsbox_continue_run.
             std::mem::forget(sock);
-            return Ok(true);
+            match PENDING.lock() {
+                Ok(mut pending) => *pending = Some(plan),
+                Err(_) => sys::exit_now(127),
+            }
+            return Ok(Cloned::Init);
         }
         Some(pid) => pid,
     };
+    // Only the run keeps the write ends, so EOF still means every run process is gone.
     drop(plan);
     // The run's ids are the template's own, which the template maps to the same host ids a
     // cold run gets: 0..65535, or only `nobody` in a single-id template.
-    let mapped =
-        namespaces::IdMapping::write_nested(plan_maps_root, init).map_err(WarmError::IdMaps);
-    if mapped.is_err() {
-        // The init waits for a release that will never come.
+    let handed = namespaces::IdMapping::write_nested(plan_maps_root, init)
+        .map_err(WarmError::IdMaps)
+        .and_then(|()| sys::pidfd_open(init).map_err(WarmError::Handoff))
+        .and_then(|pidfd| {
+            fdpass::send(sock.as_raw_fd(), &[1], &[pidfd.as_raw_fd()])
+                .map_err(WarmError::Handoff)
+        });
+    if handed.is_err() {
+        // The init waits for a release that will never come. The zygote ignores SIGCHLD,
+        // so the kernel reaps it.
         let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
-    } else {
-        let creds = UnixCredentials::new();
-        sendmsg::<()>(
-            sock.as_raw_fd(),
-            &[IoSlice::new(&[1])],
-            &[ControlMessage::ScmCredentials(&creds)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(WarmError::Handoff)?;
     }
-    drop(sock);
-    // The run's init has this process as parent (its parent-death signal is tied to it),
-    // so stay until it is gone.
-    let _ = waitpid(init, None);
-    mapped.map(|()| false)
+    handed.map(|()| Cloned::Zygote)
 }

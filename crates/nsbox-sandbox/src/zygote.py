@@ -1,4 +1,4 @@
-# nsbox zygote: a warm interpreter that forks one child per run and never runs user code.
+# nsbox zygote: a warm interpreter that starts one sandbox per run and never runs user code.
 #
 # Appended to the harness and passed to `python3 -I -B -c`. fd 3 is the control socket
 # (SOCK_SEQPACKET) to the spawner, on which supervisors send run sockets; fd 4 is nsbox
@@ -76,7 +76,8 @@ def _nsbox_warm(template, max_forks):
 
     import signal
 
-    # Forks are never waited for: the kernel reaps them, so none lingers as a zombie.
+    # Runs' inits are never waited for (each reports its own run's status): the kernel
+    # reaps them, so none lingers as a zombie.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     control = socket.socket(fileno=3)
     control.send(b"ready")
@@ -104,25 +105,30 @@ def _nsbox_warm(template, max_forks):
                 control.send(b"replace-soon")
             except OSError:
                 break
-        pid = os.fork()
-        if pid == 0:
-            # The fork waits for the run's init, which waits for Python: both need SIGCHLD.
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            # The fork must not keep the control socket open: when a retiring zygote exits,
-            # runs still queued on it must see it closed at once (and go cold).
-            control.close()
-            rc = lib.nsbox_enter_run(fds[0])
-            if rc != 0:
-                os._exit(0 if rc == 1 else 1)
-            # The run's Python process: its own namespaces, nobody, seccomp.
-            import random
+        # Clones the run's init into fresh namespaces (2 comes back in it). Around it, what
+        # os.fork does around fork(): the interpreter's own at-fork work and every
+        # library's at-fork hooks (matplotlib drops its open fonts, random reseeds), run
+        # while the zygote's descriptors still have their numbers.
+        ctypes.pythonapi.PyOS_BeforeFork()
+        rc = lib.nsbox_enter_run(fds[0])
+        if rc != 2:
+            ctypes.pythonapi.PyOS_AfterFork_Parent()
+            continue
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        # The run must see the control socket closed once a retiring zygote exits.
+        control.close()
+        # Builds the sandbox; init forks the run's Python process, which comes back here.
+        if lib.nsbox_continue_run() != 0:
+            os._exit(127)
+        # The run's Python process: its own namespaces, nobody, seccomp.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        import random
 
-            random.seed()
-            np_random = sys.modules.get("numpy.random")
-            if np_random is not None:
-                np_random.seed()
-            _nsbox_exit(_nsbox_main())
-        os.close(fds[0])
+        random.seed()
+        np_random = sys.modules.get("numpy.random")
+        if np_random is not None:
+            np_random.seed()
+        _nsbox_exit(_nsbox_main())
 
 
 def _nsbox_warm_files():
