@@ -94,6 +94,12 @@ pub fn text(capture: &Capture, stream: &str) -> String {
 /// Kinds of the frames on a run's plots pipe.
 const PLOT_FRAME: u8 = b'P';
 const FILE_FRAME: u8 = b'F';
+/// The harness's last frame in a one-shot run: the code it is about to exit with, sent
+/// once the output is complete, so the supervisor can answer before the interpreter's
+/// address space is torn down. The run's own code could forge one; it would only end its
+/// own run early with a code of its choosing, as `os._exit` does, and a status reported by
+/// init (a signal, the kernel's word) still wins over it.
+const EXIT_FRAME: u8 = b'X';
 
 /// The first complete frame of `bytes` (a kind byte, a little-endian length, the
 /// payload): its kind, its payload, and the bytes it takes.
@@ -163,12 +169,27 @@ pub fn decode_frames(bytes: &[u8], truncated: bool) -> Frames {
                 Some(f) => frames.files.push(f),
                 None => frames.dropped = true,
             },
+            EXIT_FRAME => {}
             _ => frames.dropped = true,
         }
         rest = &rest[used..];
     }
     frames.dropped |= !rest.is_empty();
     frames
+}
+
+/// The exit code the harness announced, when its exit frame is the last of the frames.
+pub fn harness_exit(bytes: &[u8]) -> Option<i32> {
+    let mut rest = bytes;
+    let mut code = None;
+    while let Some((kind, payload, used)) = next_frame(rest) {
+        rest = &rest[used..];
+        code = match (kind, <[u8; 4]>::try_from(payload)) {
+            (EXIT_FRAME, Ok(word)) if rest.is_empty() => Some(i32::from_le_bytes(word)),
+            _ => None,
+        };
+    }
+    code
 }
 
 /// The longest text `bytes` starts with, up to a character cut by the end of what was read
@@ -294,6 +315,23 @@ mod tests {
         payload.extend_from_slice(header.as_bytes());
         payload.extend_from_slice(content);
         frame(FILE_FRAME, &payload)
+    }
+
+    #[test]
+    fn the_exit_frame_counts_only_as_the_last_frame() {
+        let exit = frame(EXIT_FRAME, &3i32.to_le_bytes());
+        let mut bytes = frame(PLOT_FRAME, b"\x89PNG");
+        bytes.extend(&exit);
+        assert_eq!(harness_exit(&bytes), Some(3));
+        let frames = decode_frames(&bytes, false);
+        assert_eq!(frames.plots.len(), 1);
+        assert!(!frames.dropped, "the exit frame is not a lost frame");
+        // Anything after it, or a cut frame, means the harness had not finished.
+        bytes.extend(frame(PLOT_FRAME, b"\x89PNG"));
+        assert_eq!(harness_exit(&bytes), None);
+        assert_eq!(harness_exit(&exit[..exit.len() - 1]), None);
+        assert_eq!(harness_exit(&frame(EXIT_FRAME, b"12345")), None);
+        assert_eq!(harness_exit(&[]), None);
     }
 
     #[test]

@@ -92,7 +92,8 @@ _NSBOX_MAX_DEPTH = 32
 
 
 def _nsbox_frame(out, kind, payload):
-    """Frames on the plots pipe: a kind byte (P: a PNG, F: a file), a length, the bytes."""
+    """Frames on the plots pipe: a kind byte (P: a PNG, F: a file, X: the exit code, last),
+    a length, the bytes."""
     import struct
 
     out.write(kind + struct.pack("<I", len(payload)) + payload)
@@ -363,7 +364,8 @@ def _nsbox_main():
         sys.addaudithook(_nsbox_guard)
 
     exit_code = _nsbox_step(bundle, plots_out, _nsbox_new_main(), False)
-    plots_out.close()
+    # Kept open for the exit frame (_nsbox_exit).
+    _nsbox_state["exit_to"] = plots_out
     return exit_code
 
 
@@ -485,6 +487,20 @@ def _nsbox_exit(code):
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
+        except Exception:
+            pass
+    plots_out = _nsbox_state.get("exit_to")
+    if plots_out is not None:
+        # The output is complete: say how the run ends and close every output pipe, so
+        # the supervisor answers now rather than after the interpreter's address space
+        # is torn down (which is what closes them otherwise).
+        try:
+            import struct
+
+            _nsbox_frame(plots_out, b"X", struct.pack("<i", code & 0xFF))
+            plots_out.close()
+            os.close(1)
+            os.close(2)
         except Exception:
             pass
     os._exit(code & 0xFF)

@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{lseek, pipe2, Pid, Whence};
 
-use super::capture::{decode_frames, human_bytes, text, Capture, Streamed};
+use super::capture::{decode_frames, harness_exit, human_bytes, text, Capture, Streamed};
 use super::cgroup::RunCgroup;
 use super::child::{self, ChildPlan, Entry, RECORD_LEN};
 use super::config::SpawnerConfig;
@@ -718,11 +718,14 @@ fn watch(
 
     loop {
         // Done once the output pipes are closed (every process that could write to them is
-        // gone) and init has recorded Python's status (or is gone itself).
+        // gone, or the harness closed them after its exit frame) and Python's status is
+        // known: recorded by init (or init is gone itself), or announced by the harness.
         if out.fd.is_none()
             && err.fd.is_none()
             && figs.fd.is_none()
-            && (reports.fd.is_none() || child::reported_python_status(&reports.data).is_some())
+            && (reports.fd.is_none()
+                || child::reported_python_status(&reports.data).is_some()
+                || harness_exit(&figs.data).is_some())
         {
             break;
         }
@@ -828,7 +831,10 @@ fn classify(watched: &Watched, oom: bool) -> Termination {
     } else if watched.timed_out {
         Termination::TimedOut
     } else {
-        match child::reported_python_status(reports) {
+        // What init saw (the kernel's word) first; else the code the harness announced as
+        // it closed its output, when the reply did not wait for Python's teardown.
+        let announced = harness_exit(&watched.figs.data).map(|code| (code & 0xff) << 8);
+        match child::reported_python_status(reports).or(announced) {
             Some(status) if status & 0x7f == 0 => Termination::Exited {
                 code: (status >> 8) & 0xff,
             },
