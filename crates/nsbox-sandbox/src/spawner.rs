@@ -25,7 +25,7 @@ use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::Template;
 use super::supervisor::WarmControls;
 use super::template::{self, TemplateProcess};
-use super::{logging, seccomp, supervisor};
+use super::{cgroup, logging, seccomp, supervisor};
 use crate::sys;
 
 /// The hidden subcommand that turns the nsbox binary into a spawner.
@@ -263,6 +263,7 @@ pub fn main() -> i32 {
     }
     let mut templates = Templates::start(&config);
     let mut reported: Option<SpawnerStatus> = None;
+    let mut keeper = cgroup::AttachKeeper::open(config.cgroup.is_some());
     loop {
         let mut fds = vec![PollFd::new(control.as_fd(), PollFlags::POLLIN)];
         fds.extend(
@@ -271,9 +272,16 @@ pub fn main() -> i32 {
                 .iter()
                 .map(|t| PollFd::new(t.control.as_fd(), PollFlags::POLLIN)),
         );
-        match poll(&mut fds, PollTimeout::from(1000u16)) {
+        let wait_ms = keeper
+            .as_ref()
+            .and_then(|k| k.due_in())
+            .map_or(1000, |due| due.as_millis().min(1000) as u16);
+        match poll(&mut fds, PollTimeout::from(wait_ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => return 1,
+        }
+        if let Some(k) = keeper.as_mut() {
+            k.tick();
         }
         let ready: Vec<bool> = fds
             .iter()
@@ -309,6 +317,9 @@ pub fn main() -> i32 {
             // The server closed the control socket once its runs were over: shut down.
             templates.stop();
             return 0;
+        }
+        if let Some(k) = keeper.as_mut() {
+            k.run_started();
         }
         for run in msg.fds {
             match sys::fork() {

@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -221,11 +222,84 @@ impl CgroupParent {
 /// run starts, so the move of the run's init into its cgroup finds the lock ready instead
 /// of waiting on the hot path.
 pub fn prime_attach() -> Result<(), CgroupError> {
+    files::write(&own_procs()?, &std::process::id().to_string())
+}
+
+/// The `cgroup.procs` of the cgroup the calling process sits in (v1: its memory cgroup).
+fn own_procs() -> Result<PathBuf, CgroupError> {
     let own = match detect()? {
         Layout::V1 { memory, .. } => memory,
         Layout::V2 { own, .. } => own,
     };
-    files::write(&own.join("cgroup.procs"), &std::process::id().to_string())
+    Ok(own.join("cgroup.procs"))
+}
+
+/// How long the spawner keeps the attach lock switched after a run starts: an agent's
+/// next call usually comes within seconds (a model's turn), and each keeping move costs
+/// a few microseconds.
+const KEEP_ATTACH_FOR: Duration = Duration::from_secs(60);
+
+/// How often it moves itself while keeping the lock switched: the lock switches back after
+/// about one idle RCU grace period, and moves 10 ms apart were measured to find it still
+/// switched (20 ms apart, not).
+const KEEP_ATTACH_EVERY: Duration = Duration::from_millis(5);
+
+/// Keeps the cgroup attach lock in its writer mode while runs are coming, so a run that
+/// follows an idle gap (an agent's next call) does not wait for the grace period the
+/// [`prime_attach`] helper can only partly hide. The spawner moves itself to where it is
+/// every few milliseconds until a minute after the last run started; an idle server does
+/// nothing.
+pub struct AttachKeeper {
+    procs: fs::File,
+    pid: String,
+    until: Option<Instant>,
+    next: Instant,
+}
+
+impl AttachKeeper {
+    /// None without cgroups (nothing to keep) or when the file cannot be opened.
+    pub fn open(cgroups: bool) -> Option<AttachKeeper> {
+        if !cgroups {
+            return None;
+        }
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(own_procs().ok()?)
+            .ok()?;
+        Some(AttachKeeper {
+            procs,
+            pid: std::process::id().to_string(),
+            until: None,
+            next: Instant::now(),
+        })
+    }
+
+    /// A run started: keep the lock switched for a while.
+    pub fn run_started(&mut self) {
+        self.until = Some(Instant::now() + KEEP_ATTACH_FOR);
+    }
+
+    /// How long the caller may sleep before the next [`AttachKeeper::tick`]; None when
+    /// there is nothing to keep.
+    pub fn due_in(&self) -> Option<Duration> {
+        self.until?;
+        Some(self.next.saturating_duration_since(Instant::now()))
+    }
+
+    /// Moves this process to its own cgroup when that is due.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        match self.until {
+            Some(until) if now >= until => self.until = None,
+            Some(_) if now >= self.next => {
+                use std::io::Write;
+                // A failed move only loses the head start; the runs still attach.
+                let _ = (&self.procs).write_all(self.pid.as_bytes());
+                self.next = now + KEEP_ATTACH_EVERY;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Makes a run (or template) the host OOM killer's first choice, over the server and every
