@@ -333,3 +333,86 @@ fn concurrent_runs_do_not_see_each_other() {
         assert_eq!(writer.join().unwrap()["stdout"], "ok\n");
     });
 }
+
+/// One run after another through the same zygote (or the same cold path) with nothing
+/// else running: the second sees nothing the first left, neither files in `/tmp`, nor
+/// processes, nor interpreter state, nor the first run's memory or process count held
+/// against its own limits.
+fn the_next_run_sees_nothing_of_the_last(mode: &str) {
+    let server = Server::start(&[
+        "--scanner",
+        "off",
+        "--mode",
+        mode,
+        "--max-running",
+        "1",
+        "--memory-mib",
+        "256",
+        "--max-processes",
+        "32",
+    ]);
+    let dirty = r#"
+import json, os, subprocess, sys, time
+open('/tmp/mark', 'w').write('x')
+os.makedirs('/tmp/work/left', exist_ok=True)
+json.nsbox_mark = 1
+sys.modules['nsbox_mark'] = json
+os.environ['NSBOX_MARK'] = '1'
+subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True,
+                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+held = bytearray(150 << 20)
+for i in range(0, len(held), 4096):
+    held[i] = 1
+children = []
+try:
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        children.append(pid)
+except BlockingIOError:
+    pass
+print('dirty', len(children) > 10)
+"#;
+    let clean = r#"
+import json, os, sys
+assert not os.path.exists('/tmp/mark'), 'the last run left /tmp/mark'
+assert os.listdir('/tmp/work') == [], os.listdir('/tmp/work')
+assert not hasattr(json, 'nsbox_mark') and 'nsbox_mark' not in sys.modules, 'interpreter state'
+assert 'NSBOX_MARK' not in os.environ, 'environment'
+pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+assert pids == [1, os.getpid()], pids
+# The last run's 150 MiB and its process count are not held against this one.
+held = bytearray(150 << 20)
+for i in range(0, len(held), 4096):
+    held[i] = 1
+children = []
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+print('ok')
+"#;
+    for round in 0..3 {
+        let r = server.run(dirty);
+        assert_eq!(r["stdout"], "dirty True\n", "[{mode}] round {round}: {r:#}");
+        let r = server.run(clean);
+        assert_eq!(r["stdout"], "ok\n", "[{mode}] round {round}: {r:#}");
+        assert_eq!(r["stderr"], "", "[{mode}] round {round}: {r:#}");
+        assert_eq!(r["exit_code"], 0, "[{mode}] round {round}: {r:#}");
+    }
+}
+
+#[test]
+fn the_next_warm_run_sees_nothing_of_the_last() {
+    the_next_run_sees_nothing_of_the_last("warm");
+}
+
+#[test]
+fn the_next_cold_run_sees_nothing_of_the_last() {
+    the_next_run_sees_nothing_of_the_last("cold");
+}
