@@ -78,20 +78,20 @@ pub fn close_fds_from(first: RawFd) -> Result<(), Errno> {
 
 /// Closes every descriptor except 0, 1, 2 and those in `keep`: a process cloned from a
 /// zygote inherits the zygote's control socket and whatever else it holds at that moment.
+/// Allocates nothing, so a freshly forked child may call it.
 pub fn close_fds_except(keep: &[RawFd]) -> Result<(), Errno> {
-    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd > 2).collect();
-    keep.sort_unstable();
-    keep.dedup();
     let mut first: RawFd = 3;
-    for fd in keep.into_iter().chain([RawFd::MAX]) {
-        if fd > first {
+    loop {
+        let next = keep.iter().copied().filter(|&fd| fd >= first).min();
+        let end = next.unwrap_or(RawFd::MAX);
+        if end > first {
             // SAFETY: close_range only takes integers; every descriptor in the range is one
             // this process inherited and no longer uses (the ones it uses are in `keep`).
             let ret = unsafe {
                 libc::syscall(
                     libc::SYS_close_range,
                     first as libc::c_uint,
-                    (fd - 1) as libc::c_uint,
+                    (end - 1) as libc::c_uint,
                     0,
                 )
             };
@@ -99,9 +99,17 @@ pub fn close_fds_except(keep: &[RawFd]) -> Result<(), Errno> {
                 return Err(Errno::last());
             }
         }
-        first = fd.saturating_add(1);
+        match next {
+            Some(fd) => first = fd + 1,
+            None => return Ok(()),
+        }
     }
-    Ok(())
+}
+
+/// Whether the calling process has a single thread: `clone_fork` from any other would
+/// leave the child with locks (malloc's among them) held by threads it does not have.
+pub fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }
 
 /// Puts SIGCHLD back to its default disposition. A zygote ignores it (the kernel then
@@ -206,4 +214,38 @@ pub fn pidfd_pid(pidfd: &std::os::fd::OwnedFd) -> Result<nix::unistd::Pid, Errno
         return Err(Errno::ESRCH);
     }
     Ok(nix::unistd::Pid::from_raw(pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_pidfd_names_its_process_here() {
+        let pidfd = pidfd_open(nix::unistd::getpid()).unwrap();
+        assert_eq!(pidfd_pid(&pidfd).unwrap(), nix::unistd::getpid());
+    }
+
+    #[test]
+    fn a_second_thread_is_seen() {
+        let _other = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(1)));
+        assert!(!single_threaded());
+    }
+
+    #[test]
+    fn close_fds_except_keeps_only_what_it_is_told() {
+        let (keep, _keep_w) = nix::unistd::pipe().unwrap();
+        let (gone, _gone_w) = nix::unistd::pipe().unwrap();
+        let (keep, gone) = (keep.as_raw_fd(), gone.as_raw_fd());
+        // In a child: closing descriptors in the test process would close the harness's.
+        let Some(child) = fork().unwrap() else {
+            let open = |fd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok();
+            let ok = close_fds_except(&[keep, 1]).is_ok() && open(keep) && !open(gone);
+            exit_now(if ok { 0 } else { 1 })
+        };
+        let status = nix::sys::wait::waitpid(child, None).unwrap();
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+    }
 }

@@ -42,6 +42,8 @@ pub enum WarmError {
     Plan(String),
     #[error("creating the run's namespaces: {0}")]
     Clone(#[source] Errno),
+    #[error("the zygote has more than one thread, so it cannot clone a run safely")]
+    Threaded,
     #[error("writing the run's id maps: {0}")]
     IdMaps(#[source] namespaces::IdMapError),
     #[error("compiling the seccomp policy: {0}")]
@@ -225,6 +227,11 @@ fn enter_run(run_fd: RawFd) -> Result<Cloned, WarmError> {
         release_read: take(),
         release_write: None,
     };
+    if !sys::single_threaded() {
+        // A library started a thread in the zygote: cloning now could leave the init
+        // with a lock that thread holds. The run goes cold instead.
+        return Err(WarmError::Threaded);
+    }
     let init = match sys::clone_fork(RUN_NAMESPACES).map_err(WarmError::Clone)? {
         None => {
             // The socket is the zygote's to answer on; ours goes with the other inherited
