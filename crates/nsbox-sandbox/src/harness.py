@@ -71,13 +71,39 @@ def _nsbox_guard(event, args):
 
 
 def _nsbox_prepare_matplotlib():
+    """matplotlib wants a writable cache directory; a copy of the font cache built into the
+    root filesystem saves a run that imports it from rebuilding that cache (seconds). A
+    warm interpreter has read it already, so only the directory is made; otherwise the copy
+    waits for the first import of matplotlib, which most runs never make."""
     import os
 
-    # matplotlib wants a writable cache directory; copying the font cache built into the
-    # root filesystem saves every run from rebuilding it.
-    cache_src = "/usr/local/share/nsbox/mplconfig"
     cache_dst = os.environ.get("MPLCONFIGDIR")
-    if cache_dst and os.path.isdir(cache_src):
+    if not cache_dst:
+        return
+    if "matplotlib" in sys.modules:
+        os.makedirs(cache_dst, exist_ok=True)
+        return
+
+    class _NsboxMatplotlibCache:
+        # Inert once it has copied (removing itself would shift the list the import
+        # system is walking).
+        copied = False
+
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            if not cls.copied and (name == "matplotlib" or name.startswith("matplotlib.")):
+                cls.copied = True
+                _nsbox_copy_matplotlib_cache(cache_dst)
+            return None
+
+    sys.meta_path.insert(0, _NsboxMatplotlibCache)
+
+
+def _nsbox_copy_matplotlib_cache(cache_dst):
+    import os
+
+    cache_src = "/usr/local/share/nsbox/mplconfig"
+    if os.path.isdir(cache_src):
         os.makedirs(cache_dst, exist_ok=True)
         for name in os.listdir(cache_src):
             with open(os.path.join(cache_src, name), "rb") as src:
