@@ -253,8 +253,7 @@ fn enter_run(run_fd: RawFd) -> Result<Cloned, WarmError> {
         .map_err(WarmError::IdMaps)
         .and_then(|()| sys::pidfd_open(init).map_err(WarmError::Handoff))
         .and_then(|pidfd| {
-            fdpass::send(sock.as_raw_fd(), &[1], &[pidfd.as_raw_fd()])
-                .map_err(WarmError::Handoff)
+            fdpass::send(sock.as_raw_fd(), &[1], &[pidfd.as_raw_fd()]).map_err(WarmError::Handoff)
         });
     if handed.is_err() {
         // The init waits for a release that will never come. The zygote ignores SIGCHLD,
