@@ -27,7 +27,10 @@
 #   BENCH_BASELINE      a directory with another build's nsbox and libnsbox_sandbox.so:
 #                       a second warm server ("base") from it is measured beside this
 #                       build's, interleaved (seq, agent, c8), so a change is compared
-#                       with its baseline on the same machine at the same moment
+#                       with its baseline on the same machine at the same moment. The cgroup
+#                       attach lock is the kernel's, shared by both servers: a change to how it
+#                       is kept (AttachKeeper) helps the baseline too, so compare such a change
+#                       with two runs, one build alone in each.
 # The servers log each run's phases (RUST_LOG=info,nsbox::phases=debug: the supervisor's
 # start, cgroup, attach, run, verdict, reply and teardown times) and the table gives their p50.
 # wrk's raw output, the server logs and results.jsonl stay in the printed work directory.
