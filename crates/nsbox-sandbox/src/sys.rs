@@ -60,17 +60,15 @@ pub fn exit_now(code: i32) -> ! {
 
 /// Closes every file descriptor from `first` upwards.
 pub fn close_fds_from(first: RawFd) -> Result<(), Errno> {
+    close_range(first as libc::c_uint, libc::c_uint::MAX)
+}
+
+/// Closes the descriptors `first..=last`.
+fn close_range(first: libc::c_uint, last: libc::c_uint) -> Result<(), Errno> {
     // SAFETY: close_range only takes integers; closing descriptors this process does not
-    // use any more cannot break memory safety. Callers are about to execve.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        )
-    };
-    if ret == -1 {
+    // use any more cannot break memory safety. Callers pass ranges they no longer use
+    // (about to execve, or keeping only what a run was handed).
+    if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } == -1 {
         return Err(Errno::last());
     }
     Ok(())
@@ -83,25 +81,14 @@ pub fn close_fds_except(keep: &[RawFd]) -> Result<(), Errno> {
     let mut first: RawFd = 3;
     loop {
         let next = keep.iter().copied().filter(|&fd| fd >= first).min();
-        let end = next.unwrap_or(RawFd::MAX);
-        if end > first {
-            // SAFETY: close_range only takes integers; every descriptor in the range is one
-            // this process inherited and no longer uses (the ones it uses are in `keep`).
-            let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_close_range,
-                    first as libc::c_uint,
-                    (end - 1) as libc::c_uint,
-                    0,
-                )
-            };
-            if ret == -1 {
-                return Err(Errno::last());
-            }
-        }
         match next {
-            Some(fd) => first = fd + 1,
-            None => return Ok(()),
+            Some(fd) => {
+                if fd > first {
+                    close_range(first as libc::c_uint, (fd - 1) as libc::c_uint)?;
+                }
+                first = fd + 1;
+            }
+            None => return close_fds_from(first),
         }
     }
 }
