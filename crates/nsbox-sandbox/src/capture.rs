@@ -7,7 +7,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::read;
 
-use super::run::{OutputFile, Plot, RunEvent};
+use super::run::{FileCaps, Limits, OutputFile, Plot, RunEvent};
 
 /// Bytes read from one pipe, kept up to a cap; the rest is drained and counted.
 pub struct Capture {
@@ -73,14 +73,17 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// The captured text of one stream, with a line saying so when it was cut.
+/// The captured text of one stream, with a line saying so when it was cut. The cap counts
+/// the text as it is sent (in a JSON string, where a control byte takes six bytes and an
+/// invalid one three), not the bytes the run wrote, so the answer is bounded by the cap.
 pub fn text(capture: &Capture, stream: &str) -> String {
-    let mut s = String::from_utf8_lossy(&capture.data).into_owned();
-    if capture.dropped > 0 {
+    let mut budget = capture.cap;
+    let (mut s, used) = take_text(&capture.data, true, &mut budget);
+    let dropped = capture.dropped + (capture.data.len() - used);
+    if dropped > 0 {
         let note = format!(
-            "[nsbox: {stream} truncated at {} ({} more bytes dropped)]",
+            "[nsbox: {stream} truncated at {} ({dropped} more bytes dropped)]",
             human_bytes(capture.cap as u64),
-            capture.dropped
         );
         if !s.ends_with('\n') && !s.is_empty() {
             s.push('\n');
@@ -89,6 +92,30 @@ pub fn text(capture: &Capture, stream: &str) -> String {
         s.push('\n');
     }
     s
+}
+
+/// The longest prefix of `s` whose JSON string form (as serde_json writes it) fits in
+/// `budget` bytes: its length in `s`, and the bytes it takes in JSON.
+fn fit_json(s: &str, budget: usize) -> (usize, usize) {
+    let mut cost = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let c = match b {
+            b'"' | b'\\' | 8 | 9 | 10 | 12 | 13 => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        };
+        if cost + c > budget {
+            // Back to a character boundary: the bytes given back are continuation bytes,
+            // one JSON byte each.
+            let mut end = i;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            return (end, cost - (i - end));
+        }
+        cost += c;
+    }
+    (s.len(), cost)
 }
 
 /// Kinds of the frames on a run's plots pipe.
@@ -126,12 +153,16 @@ struct FileHeader {
     truncated: bool,
 }
 
-/// A file frame: a length-prefixed JSON header, then the content (none when truncated).
-fn file(payload: &[u8]) -> Option<OutputFile> {
+/// A file frame's parts: its length-prefixed JSON header, then the content (none when
+/// truncated).
+fn file_parts(payload: &[u8]) -> Option<(FileHeader, &[u8])> {
     let len = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
     let header: FileHeader = serde_json::from_slice(payload.get(4..4 + len)?).ok()?;
-    let content = &payload[4 + len..];
-    Some(OutputFile {
+    Some((header, &payload[4 + len..]))
+}
+
+fn file(header: FileHeader, content: &[u8]) -> OutputFile {
+    OutputFile {
         path: header.path,
         // The code shares the harness's process and could forge a header: a returned
         // file's size is what arrived, only a listed one's is the header's word.
@@ -143,7 +174,137 @@ fn file(payload: &[u8]) -> Option<OutputFile> {
         content_base64: (!header.truncated)
             .then(|| base64::engine::general_purpose::STANDARD.encode(content)),
         truncated: header.truncated,
-    })
+    }
+}
+
+/// What a run's frames may carry, enforced while they are decoded. The harness is told its
+/// caps, but the run's code shares its process and can write any frames it likes; the
+/// supervisor decodes them outside the run's cgroup, so the caps hold here, frame by frame:
+/// an empty plot frame is five bytes on the pipe and a whole `Plot` once decoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameCaps {
+    pub max_plots: usize,
+    /// PNG bytes of the plots, in all.
+    pub plot_bytes: usize,
+    /// The files that may come back with their content; `None` when no file frames are
+    /// expected at all.
+    pub files: Option<FileCaps>,
+}
+
+/// The most file frames a run may send (listed or with content): the harness looks at no
+/// more entries of the working directory than this (`_NSBOX_MAX_ENTRIES`).
+pub const MAX_FILE_FRAMES: usize = 20_000;
+
+impl FrameCaps {
+    /// A run's (or a session call's) caps: its plot limits, and the file caps it asked for.
+    pub fn of(limits: &Limits, files: Option<FileCaps>) -> FrameCaps {
+        FrameCaps {
+            max_plots: limits.max_plots,
+            plot_bytes: limits.plot_bytes,
+            files,
+        }
+    }
+
+    /// A session's file listing: names and sizes, no plots and no content.
+    pub fn listing() -> FrameCaps {
+        FrameCaps {
+            max_plots: 0,
+            plot_bytes: 0,
+            files: Some(FileCaps {
+                max_count: 0,
+                max_file_bytes: 0,
+                max_total_bytes: 0,
+            }),
+        }
+    }
+}
+
+/// One frame that passed the caps.
+#[derive(Debug)]
+enum Decoded {
+    Plot(Plot),
+    File(OutputFile),
+}
+
+/// Reads a plots pipe's frames in order under [`FrameCaps`]: what passes is decoded once,
+/// what does not is skipped and marks the frames as cut.
+#[derive(Debug)]
+struct FrameDecoder {
+    caps: FrameCaps,
+    /// Bytes of the pipe taken so far (whole frames only).
+    offset: usize,
+    plots: usize,
+    plot_bytes: usize,
+    file_frames: usize,
+    returned_files: usize,
+    returned_bytes: u64,
+    /// A frame was refused: past a cap, malformed, or of an unknown kind.
+    dropped: bool,
+}
+
+impl FrameDecoder {
+    fn new(caps: FrameCaps) -> FrameDecoder {
+        FrameDecoder {
+            caps,
+            offset: 0,
+            plots: 0,
+            plot_bytes: 0,
+            file_frames: 0,
+            returned_files: 0,
+            returned_bytes: 0,
+            dropped: false,
+        }
+    }
+
+    /// The next frame of `bytes` (everything the pipe gave so far) that passes the caps.
+    fn next(&mut self, bytes: &[u8]) -> Option<Decoded> {
+        loop {
+            let (kind, payload, used) = next_frame(&bytes[self.offset..])?;
+            self.offset += used;
+            let decoded = match kind {
+                PLOT_FRAME => self.plot(payload),
+                FILE_FRAME => self.file(payload),
+                EXIT_FRAME => continue,
+                _ => None,
+            };
+            match decoded {
+                Some(d) => return Some(d),
+                None => self.dropped = true,
+            }
+        }
+    }
+
+    fn plot(&mut self, png: &[u8]) -> Option<Decoded> {
+        if self.plots >= self.caps.max_plots
+            || self.plot_bytes.saturating_add(png.len()) > self.caps.plot_bytes
+        {
+            return None;
+        }
+        self.plots += 1;
+        self.plot_bytes += png.len();
+        Some(Decoded::Plot(plot(png, self.plots)))
+    }
+
+    fn file(&mut self, payload: &[u8]) -> Option<Decoded> {
+        let caps = self.caps.files?;
+        if self.file_frames >= MAX_FILE_FRAMES {
+            return None;
+        }
+        let (header, content) = file_parts(payload)?;
+        if !header.truncated {
+            let size = content.len() as u64;
+            if self.returned_files >= caps.max_count
+                || size > caps.max_file_bytes
+                || self.returned_bytes.saturating_add(size) > caps.max_total_bytes
+            {
+                return None;
+            }
+            self.returned_files += 1;
+            self.returned_bytes += size;
+        }
+        self.file_frames += 1;
+        Some(Decoded::File(file(header, content)))
+    }
 }
 
 /// What a run sent on its plots pipe.
@@ -151,30 +312,22 @@ fn file(payload: &[u8]) -> Option<OutputFile> {
 pub struct Frames {
     pub plots: Vec<Plot>,
     pub files: Vec<OutputFile>,
-    /// Some frames were lost: the pipe's cap cut them, or one was malformed.
+    /// Some frames were lost: the pipe's cap cut them, one was past the caps, or one was
+    /// malformed.
     pub dropped: bool,
 }
 
-/// Splits the harness's frames into plots and files.
-pub fn decode_frames(bytes: &[u8], truncated: bool) -> Frames {
-    let mut frames = Frames {
-        dropped: truncated,
-        ..Frames::default()
-    };
-    let mut rest = bytes;
-    while let Some((kind, payload, used)) = next_frame(rest) {
-        match kind {
-            PLOT_FRAME => frames.plots.push(plot(payload, frames.plots.len() + 1)),
-            FILE_FRAME => match file(payload) {
-                Some(f) => frames.files.push(f),
-                None => frames.dropped = true,
-            },
-            EXIT_FRAME => {}
-            _ => frames.dropped = true,
+/// Splits the harness's frames into plots and files, under `caps`.
+pub fn decode_frames(bytes: &[u8], truncated: bool, caps: FrameCaps) -> Frames {
+    let mut decoder = FrameDecoder::new(caps);
+    let mut frames = Frames::default();
+    while let Some(decoded) = decoder.next(bytes) {
+        match decoded {
+            Decoded::Plot(p) => frames.plots.push(p),
+            Decoded::File(f) => frames.files.push(f),
         }
-        rest = &rest[used..];
     }
-    frames.dropped |= !rest.is_empty();
+    frames.dropped = truncated || decoder.dropped || decoder.offset < bytes.len();
     frames
 }
 
@@ -193,49 +346,82 @@ pub fn harness_exit(bytes: &[u8]) -> Option<i32> {
 }
 
 /// The longest text `bytes` starts with, up to a character cut by the end of what was read
-/// (kept for later unless `finished`), and how many bytes it used. Invalid sequences become
-/// U+FFFD, as in `String::from_utf8_lossy`, so the streamed text adds up to the outcome's.
-fn take_text(bytes: &[u8], finished: bool) -> (String, usize) {
+/// (kept for later unless `finished`) or the first character past `budget` (the bytes left
+/// in JSON form, spent here), and how many bytes it used. Invalid sequences become U+FFFD,
+/// as in `String::from_utf8_lossy`, so the streamed text adds up to the outcome's.
+fn take_text(bytes: &[u8], finished: bool, budget: &mut usize) -> (String, usize) {
+    const REPLACEMENT_LEN: usize = 3;
     let mut text = String::new();
     let mut used = 0;
     loop {
-        match std::str::from_utf8(&bytes[used..]) {
-            Ok(rest) => {
-                text.push_str(rest);
-                return (text, bytes.len());
-            }
-            Err(e) => {
-                let valid = e.valid_up_to();
-                text.push_str(
-                    std::str::from_utf8(&bytes[used..used + valid]).expect("checked valid"),
-                );
-                used += valid;
-                match e.error_len() {
-                    Some(bad) => {
-                        text.push(char::REPLACEMENT_CHARACTER);
-                        used += bad;
-                    }
-                    None if finished => {
-                        text.push(char::REPLACEMENT_CHARACTER);
-                        return (text, bytes.len());
-                    }
-                    None => return (text, used),
-                }
-            }
+        let (valid, bad) = match std::str::from_utf8(&bytes[used..]) {
+            Ok(rest) => (rest, None),
+            Err(e) => (
+                std::str::from_utf8(&bytes[used..used + e.valid_up_to()]).expect("checked valid"),
+                Some(e.error_len()),
+            ),
+        };
+        let (fits, cost) = fit_json(valid, *budget);
+        text.push_str(&valid[..fits]);
+        *budget -= cost;
+        used += fits;
+        if fits < valid.len() {
+            return (text, used);
         }
+        let bad_len = match bad {
+            None => return (text, used),
+            Some(Some(n)) => n,
+            // A character cut by the end of what was read: the rest may come later.
+            Some(None) if !finished => return (text, used),
+            Some(None) => bytes.len() - used,
+        };
+        if *budget < REPLACEMENT_LEN {
+            return (text, used);
+        }
+        text.push(char::REPLACEMENT_CHARACTER);
+        *budget -= REPLACEMENT_LEN;
+        used += bad_len;
     }
 }
 
-/// How much of a run's captured output has gone out as events.
+/// How much of one stream's capture has gone out as events.
 #[derive(Debug, Default)]
+struct SentText {
+    /// Bytes of the capture sent.
+    bytes: usize,
+    /// JSON bytes they took, against the capture's cap.
+    spent: usize,
+}
+
+impl SentText {
+    fn next(&mut self, capture: &Capture, finished: bool) -> String {
+        let mut budget = capture.cap.saturating_sub(self.spent);
+        let before = budget;
+        let (text, used) = take_text(&capture.data[self.bytes..], finished, &mut budget);
+        self.bytes += used;
+        self.spent += before - budget;
+        text
+    }
+}
+
+/// How much of a run's captured output has gone out as events: the same text and plots,
+/// under the same caps, as the outcome will hold.
+#[derive(Debug)]
 pub struct Streamed {
-    stdout: usize,
-    stderr: usize,
-    plot_bytes: usize,
-    plots: usize,
+    stdout: SentText,
+    stderr: SentText,
+    frames: FrameDecoder,
 }
 
 impl Streamed {
+    pub fn new(caps: FrameCaps) -> Streamed {
+        Streamed {
+            stdout: SentText::default(),
+            stderr: SentText::default(),
+            frames: FrameDecoder::new(caps),
+        }
+    }
+
     /// Events for what was captured since the last call; `finished` once the pipes are
     /// closed, so a character cut by the cap is sent (as U+FFFD) rather than held.
     pub fn events(
@@ -246,28 +432,18 @@ impl Streamed {
         finished: bool,
     ) -> Vec<RunEvent> {
         let mut events = Vec::new();
-        for (sent, capture, make) in [
-            (
-                &mut self.stdout,
-                out,
-                (|text| RunEvent::Stdout { text }) as fn(String) -> RunEvent,
-            ),
-            (&mut self.stderr, err, |text| RunEvent::Stderr { text }),
-        ] {
-            let (text, used) = take_text(&capture.data[*sent..], finished);
-            *sent += used;
-            if !text.is_empty() {
-                events.push(make(text));
-            }
+        let text = self.stdout.next(out, finished);
+        if !text.is_empty() {
+            events.push(RunEvent::Stdout { text });
         }
-        while let Some((kind, payload, used)) = next_frame(&figs.data[self.plot_bytes..]) {
-            self.plot_bytes += used;
-            // Files come with the outcome, not as events.
-            if kind == PLOT_FRAME {
-                self.plots += 1;
-                events.push(RunEvent::Plot {
-                    plot: plot(payload, self.plots),
-                });
+        let text = self.stderr.next(err, finished);
+        if !text.is_empty() {
+            events.push(RunEvent::Stderr { text });
+        }
+        // Files come with the outcome, not as events.
+        while let Some(decoded) = self.frames.next(&figs.data) {
+            if let Decoded::Plot(plot) = decoded {
+                events.push(RunEvent::Plot { plot });
             }
         }
         events
@@ -280,13 +456,33 @@ mod tests {
 
     use nix::unistd::pipe2;
 
+    /// Caps wide enough for the frames of a test that is not about them.
+    fn roomy() -> FrameCaps {
+        FrameCaps {
+            max_plots: 16,
+            plot_bytes: 1 << 20,
+            files: Some(FileCaps {
+                max_count: 8,
+                max_file_bytes: 1 << 20,
+                max_total_bytes: 1 << 20,
+            }),
+        }
+    }
+
+    fn capture_of(data: &[u8], cap: usize) -> Capture {
+        let (r, _w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+        let mut capture = Capture::new(r, cap);
+        capture.data = data.to_vec();
+        capture
+    }
+
     #[test]
     fn plot_frames_are_split_and_named_in_order() {
         let mut bytes = Vec::new();
         for payload in [&b"\x89PNG-one"[..], &b"\x89PNG-two"[..]] {
             bytes.extend_from_slice(&frame(PLOT_FRAME, payload));
         }
-        let frames = decode_frames(&bytes, false);
+        let frames = decode_frames(&bytes, false, roomy());
         assert_eq!(frames.plots.len(), 2);
         assert_eq!(frames.plots[1].filename, "plot_2.png");
         assert_eq!(frames.plots[0].format, "png");
@@ -298,7 +494,7 @@ mod tests {
         let mut bytes = vec![PLOT_FRAME];
         bytes.extend_from_slice(&100u32.to_le_bytes());
         bytes.extend_from_slice(&[0u8; 10]);
-        let frames = decode_frames(&bytes, true);
+        let frames = decode_frames(&bytes, true, roomy());
         assert!(frames.plots.is_empty());
         assert!(frames.dropped);
     }
@@ -323,7 +519,7 @@ mod tests {
         let mut bytes = frame(PLOT_FRAME, b"\x89PNG");
         bytes.extend(&exit);
         assert_eq!(harness_exit(&bytes), Some(3));
-        let frames = decode_frames(&bytes, false);
+        let frames = decode_frames(&bytes, false, roomy());
         assert_eq!(frames.plots.len(), 1);
         assert!(!frames.dropped, "the exit frame is not a lost frame");
         // Anything after it, or a cut frame, means the harness had not finished.
@@ -342,7 +538,7 @@ mod tests {
             r#"{"path":"big","size":99999,"truncated":true}"#,
             b"",
         ));
-        let frames = decode_frames(&bytes, false);
+        let frames = decode_frames(&bytes, false, roomy());
         assert_eq!(frames.plots.len(), 1);
         assert_eq!(frames.files.len(), 2);
         assert_eq!(frames.files[0].path, "out/a.csv");
@@ -350,7 +546,7 @@ mod tests {
         assert!(frames.files[1].truncated && frames.files[1].content_base64.is_none());
         assert!(!frames.dropped);
         let bad = file_frame("not json", b"");
-        assert!(decode_frames(&bad, false).dropped);
+        assert!(decode_frames(&bad, false, roomy()).dropped);
     }
 
     #[test]
@@ -366,14 +562,18 @@ mod tests {
     #[test]
     fn streamed_text_is_cut_at_characters_and_adds_up_to_the_lossy_whole() {
         let whole = "héllo wörld ✓".as_bytes();
+        let roomy = || usize::MAX;
         for cut in 0..whole.len() {
-            let (a, used) = take_text(&whole[..cut], false);
-            let (b, _) = take_text(&whole[used..], true);
+            let (a, used) = take_text(&whole[..cut], false, &mut roomy());
+            let (b, _) = take_text(&whole[used..], true, &mut roomy());
             assert_eq!(a + &b, "héllo wörld ✓", "cut at {cut}");
         }
         let bad = b"ok\xffok\xe2\x9c";
-        assert_eq!(take_text(bad, false).0, "ok\u{fffd}ok");
-        assert_eq!(take_text(bad, true).0, String::from_utf8_lossy(bad));
+        assert_eq!(take_text(bad, false, &mut roomy()).0, "ok\u{fffd}ok");
+        assert_eq!(
+            take_text(bad, true, &mut roomy()).0,
+            String::from_utf8_lossy(bad)
+        );
     }
 
     #[test]
@@ -382,7 +582,7 @@ mod tests {
         let mut out = Capture::new(r.try_clone().unwrap(), 1024);
         let err = Capture::new(r.try_clone().unwrap(), 1024);
         let mut figs = Capture::new(r, 1024);
-        let mut streamed = Streamed::default();
+        let mut streamed = Streamed::new(roomy());
         out.data = b"one\n".to_vec();
         figs.data = frame(PLOT_FRAME, b"PNG");
         figs.data.extend(file_frame(
@@ -419,5 +619,131 @@ mod tests {
         assert_eq!(human_bytes(512 << 20), "512 MiB");
         assert_eq!(human_bytes(2048), "2 KiB");
         assert_eq!(human_bytes(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn empty_plot_frames_decode_to_no_more_than_the_plot_limit() {
+        // The attack: five-byte frames, each a whole Plot once decoded.
+        let flood: Vec<u8> = (0..100_000).flat_map(|_| frame(PLOT_FRAME, b"")).collect();
+        let caps = FrameCaps {
+            max_plots: 16,
+            ..roomy()
+        };
+        let frames = decode_frames(&flood, false, caps);
+        assert_eq!(frames.plots.len(), 16);
+        assert!(
+            frames.dropped,
+            "the frames past the limit are said to be dropped"
+        );
+        let mut streamed = Streamed::new(caps);
+        let figs = capture_of(&flood, flood.len());
+        let none = capture_of(b"", 1);
+        let events = streamed.events(&none, &none, &figs, true);
+        assert_eq!(events.len(), 16, "events are held to the same caps");
+    }
+
+    #[test]
+    fn plot_bytes_are_capped_as_decoded() {
+        let mut bytes = frame(PLOT_FRAME, &[1u8; 600]);
+        bytes.extend(frame(PLOT_FRAME, &[2u8; 600]));
+        bytes.extend(frame(PLOT_FRAME, &[3u8; 400]));
+        let caps = FrameCaps {
+            plot_bytes: 1000,
+            ..roomy()
+        };
+        let frames = decode_frames(&bytes, false, caps);
+        // The second is past the bytes left; the third still fits.
+        assert_eq!(frames.plots.len(), 2);
+        assert_eq!(frames.plots[1].filename, "plot_2.png");
+        assert!(frames.dropped);
+    }
+
+    #[test]
+    fn file_frames_are_held_to_the_file_caps() {
+        let returned = |path: &str, content: &[u8]| {
+            file_frame(
+                &format!(r#"{{"path":"{path}","size":0,"truncated":false}}"#),
+                content,
+            )
+        };
+        let listed = |path: &str| {
+            file_frame(
+                &format!(r#"{{"path":"{path}","size":99,"truncated":true}}"#),
+                b"",
+            )
+        };
+        let caps = FrameCaps {
+            files: Some(FileCaps {
+                max_count: 2,
+                max_file_bytes: 10,
+                max_total_bytes: 15,
+            }),
+            ..roomy()
+        };
+        let mut bytes = returned("a", &[b'a'; 8]);
+        bytes.extend(returned("big", &[b'b'; 11])); // past the per-file cap
+        bytes.extend(returned("b", &[b'c'; 8])); // past the total
+        bytes.extend(returned("c", &[b'c'; 7]));
+        bytes.extend(returned("d", b"")); // past the count
+        bytes.extend(listed("e"));
+        let frames = decode_frames(&bytes, false, caps);
+        let paths: Vec<&str> = frames.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["a", "c", "e"]);
+        assert!(frames.dropped);
+        // No file caps: no file frame is taken at all.
+        let none = FrameCaps {
+            files: None,
+            ..roomy()
+        };
+        assert!(decode_frames(&listed("x"), false, none).files.is_empty());
+        // A listing takes names only, up to the harness's own bound.
+        let flood: Vec<u8> = (0..MAX_FILE_FRAMES + 5).flat_map(|_| listed("f")).collect();
+        let frames = decode_frames(&flood, false, FrameCaps::listing());
+        assert_eq!(frames.files.len(), MAX_FILE_FRAMES);
+        assert!(frames.dropped);
+        let content = decode_frames(&returned("a", b"x"), false, FrameCaps::listing());
+        assert!(content.files.is_empty() && content.dropped);
+    }
+
+    #[test]
+    fn the_output_cap_counts_the_text_as_sent() {
+        let sent_len = |s: &str| serde_json::to_string(s).unwrap().len() - 2;
+        for raw in [
+            vec![1u8; 5000],
+            vec![0xffu8; 5000],
+            b"\"\\\n".repeat(2000),
+            "ü✓".repeat(1000).into_bytes(),
+            b"plain".repeat(1000),
+        ] {
+            let cap = 1024;
+            let capture = capture_of(&raw[..raw.len().min(cap)], cap);
+            let s = text(&capture, "stdout");
+            let body = s.split("[nsbox:").next().unwrap();
+            // The streamed text is the same text, under the same budget.
+            let mut streamed = Streamed::new(roomy());
+            let none = capture_of(b"", 1);
+            let streamed_text: String = streamed
+                .events(&capture, &none, &none, true)
+                .into_iter()
+                .map(|e| match e {
+                    RunEvent::Stdout { text } => text,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert!(
+                sent_len(&streamed_text) <= cap,
+                "{} > {cap}",
+                sent_len(&streamed_text)
+            );
+            // text() puts the truncation note on a line of its own.
+            assert!(
+                body == streamed_text || body == streamed_text.clone() + "\n",
+                "streamed {} bytes, outcome {}",
+                streamed_text.len(),
+                body.len()
+            );
+        }
+        // Text within the cap is untouched.
+        assert_eq!(text(&capture_of(b"a\x01b", 64), "stdout"), "a\u{1}b");
     }
 }

@@ -11,11 +11,26 @@ use crate::sys;
 /// Sends `data` with `fds` attached as one message. A peer that is gone is an error
 /// (EPIPE), never a SIGPIPE.
 pub fn send(sock: RawFd, data: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+    send_with(sock, data, fds, MsgFlags::MSG_NOSIGNAL)
+}
+
+/// Like [`send`], but EAGAIN instead of waiting when the peer's buffer is full: for a peer
+/// that may never read.
+pub fn try_send(sock: RawFd, data: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+    send_with(
+        sock,
+        data,
+        fds,
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    )
+}
+
+fn send_with(sock: RawFd, data: &[u8], fds: &[RawFd], flags: MsgFlags) -> Result<(), Errno> {
     sendmsg::<()>(
         sock,
         &[IoSlice::new(data)],
         &[ControlMessage::ScmRights(fds)],
-        MsgFlags::MSG_NOSIGNAL,
+        flags,
         None,
     )
     .map(drop)
@@ -80,5 +95,22 @@ mod tests {
         write(&got.fds[0], b"x").unwrap();
         let mut byte = [0u8; 1];
         assert_eq!(read(r.as_raw_fd(), &mut byte), Ok(1));
+    }
+
+    #[test]
+    fn a_peer_that_never_reads_makes_try_send_say_so_instead_of_waiting() {
+        let (a, _b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let (_r, w) = pipe().unwrap();
+        let message = [0u8; 4096];
+        let full = (0..100_000)
+            .map(|_| try_send(a.as_raw_fd(), &message, &[w.as_raw_fd()]))
+            .find(|r| r.is_err());
+        assert_eq!(full, Some(Err(Errno::EAGAIN)));
     }
 }

@@ -417,7 +417,8 @@ def _nsbox_step(bundle, plots_out, main, interruptible):
 def _nsbox_session():
     """A session: an interpreter that keeps its namespace between calls. The supervisor
     sends each call on fd 3 (a SOCK_SEQPACKET socket) with the call's bundle, stdout,
-    stderr and plots pipes attached, and gets {"exit_code": n} or {"error": ...} back."""
+    stderr and plots pipes attached, and gets {"exit_code": n} or {"error": ...} back,
+    with the call's token."""
     import json
     import os
     import signal
@@ -469,6 +470,9 @@ def _nsbox_session():
             plots_out.close()
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
+        # The call's token: the supervisor takes no answer without it, so nothing the code
+        # sent on fd 3 before this call arrived can pass for its answer.
+        reply["call"] = op.get("call")
         control.send(json.dumps(reply).encode())
 
 

@@ -10,9 +10,16 @@
 //! A call's timeout interrupts the code (SIGINT to the run's process group, as Ctrl-C); an
 //! interpreter that does not come back within [`INTERRUPT_GRACE`] is killed, and with it
 //! the session. The server's end closing ends the session at once.
+//!
+//! Everything the harness sends is the code's to forge (they share one process), so the
+//! supervisor trusts none of it beyond the call it answers: each call carries a fresh random
+//! token that its answer must echo, sends to the harness wait no longer than the call's
+//! deadline, frames are decoded under the call's caps, and the server holds a pidfd of the
+//! sandbox's init ([`SandboxHandle`]) so that ending a session kills the sandbox whatever
+//! its supervisor is doing.
 
 use std::cell::RefCell;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -21,18 +28,19 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
-use super::capture::{decode_frames, text, Capture, Streamed};
+use super::capture::{decode_frames, text, Capture, FrameCaps, Streamed};
 use super::cgroup::RunCgroup;
 use super::child::{reported_failure, reported_python_status, RECORD_LEN};
 use super::config::SpawnerConfig;
 use super::failure::{step, Failure, Step};
 use super::fdpass;
 use super::protocol::{read_frame, write_frame, ProtocolError};
-use super::run::{FileCaps, Report, RunOutcome, RunRequest, SessionOp, Termination};
+use super::run::{FileCaps, Limits, Report, RunOutcome, RunRequest, SessionOp, Termination};
 use super::seccomp::SeccompProgram;
 use super::supervisor::{
     frames_cap, pipe, release, start, Bundle, Phases, Sandbox, SupervisorError, WarmControls,
 };
+use crate::sys;
 
 /// How long an interrupted call's interpreter has to come back before the session ends.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
@@ -50,6 +58,33 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(50);
 /// Largest answer the harness sends on the control socket.
 const REPLY_MAX: usize = 4096;
 
+/// The one byte that carries the init's pidfd to the server, ahead of the ready report.
+const HANDLE_MESSAGE: &[u8] = b"k";
+
+/// The server's hold on a session's sandbox: a pidfd of its init, which stays valid (and
+/// names that process only) until dropped. Killing the init ends every process of the
+/// sandbox's PID namespace, whatever the session's supervisor is doing meanwhile.
+#[derive(Debug)]
+pub struct SandboxHandle(OwnedFd);
+
+impl SandboxHandle {
+    /// Reads the handle a session's supervisor sends ahead of its ready report from `sock`
+    /// (non-blocking: EAGAIN until it has arrived); `None` when the set-up failed.
+    pub fn receive(sock: RawFd) -> Result<Option<SandboxHandle>, Errno> {
+        let mut byte = [0u8; 1];
+        let got = fdpass::recv::<1>(sock, &mut byte)?;
+        if got.len == 0 {
+            return Err(Errno::ECONNRESET);
+        }
+        Ok(got.fds.into_iter().next().map(SandboxHandle))
+    }
+
+    /// Kills the sandbox's init (and with it its PID namespace); a no-op once it is gone.
+    pub fn kill(&self) {
+        let _ = sys::pidfd_kill(&self.0);
+    }
+}
+
 /// The session's sandbox, as its supervisor holds it.
 struct Live {
     sandbox: Sandbox,
@@ -59,6 +94,8 @@ struct Live {
     /// Init's report pipe: set-up failures, then Python's status when it ends.
     reports: Capture,
     warm: bool,
+    /// The session's limits, which its file requests are held to as its calls are.
+    limits: Limits,
 }
 
 impl Live {
@@ -112,6 +149,21 @@ pub fn serve(
             (None, outcome)
         }
     };
+    // The server's way to end the sandbox whatever this process is doing: a pidfd of the
+    // init, sent ahead of the ready report (none when the set-up failed).
+    let handle = live.as_ref().and_then(|l| l.sandbox.pidfd().ok());
+    let handed = fdpass::send(
+        stream.as_raw_fd(),
+        HANDLE_MESSAGE,
+        &handle.iter().map(|fd| fd.as_raw_fd()).collect::<Vec<_>>(),
+    );
+    drop(handle);
+    if let Err(errno) = handed {
+        if let Some(live) = live {
+            live.end();
+        }
+        return Err(SupervisorError::Reply(ProtocolError::Write(errno.into())));
+    }
     write_frame(&mut stream, &Report::Done { outcome: ready }).map_err(SupervisorError::Reply)?;
     let Some(mut live) = live else { return Ok(()) };
     tracing::debug!(ms = began.elapsed().as_millis() as u64, "session ready");
@@ -222,6 +274,7 @@ fn open(
         control,
         reports: Capture::new(outputs.report, RECORD_LEN * 4),
         warm: warm_run,
+        limits: request.limits.clone(),
     };
     // Until the harness is ready its stderr says why it is not; after, it is /dev/null.
     let mut err = Capture::new(outputs.stderr, 64 * 1024);
@@ -279,7 +332,7 @@ fn timeout_until(deadline: Instant) -> PollTimeout {
     PollTimeout::from(ms)
 }
 
-/// One answer of the harness on the control socket; `None` when it is gone or garbled.
+/// One message of the harness on the control socket; `None` when it is gone or garbled.
 fn reply(control: &OwnedFd) -> Option<serde_json::Value> {
     let mut buf = vec![0u8; REPLY_MAX];
     let got = fdpass::recv::<1>(control.as_raw_fd(), &mut buf).ok()?;
@@ -287,6 +340,69 @@ fn reply(control: &OwnedFd) -> Option<serde_json::Value> {
         return None;
     }
     serde_json::from_slice(&buf[..got.len]).ok()
+}
+
+/// What the harness said during a call.
+enum Answer {
+    /// The answer to this call.
+    Ours(serde_json::Value),
+    /// Something else: an answer to another call, or a message the code forged; dropped.
+    Stray,
+    /// The harness is gone.
+    Gone,
+}
+
+/// Reads one message of the harness and keeps it only if it answers the call `token`.
+fn answer_to(control: &OwnedFd, token: &str) -> Answer {
+    let mut buf = vec![0u8; REPLY_MAX];
+    match fdpass::recv::<1>(control.as_raw_fd(), &mut buf) {
+        Ok(got) if got.len == 0 => Answer::Gone,
+        Ok(got) => match serde_json::from_slice::<serde_json::Value>(&buf[..got.len]) {
+            Ok(v) if v.get("call").and_then(|c| c.as_str()) == Some(token) => Answer::Ours(v),
+            _ => Answer::Stray,
+        },
+        Err(Errno::EAGAIN | Errno::EINTR) => Answer::Stray,
+        Err(_) => Answer::Gone,
+    }
+}
+
+/// A fresh call token: 128 bits from the kernel's random source, in hex. The code learns a
+/// call's token only once that call has reached the harness, so nothing it sends earlier
+/// can pass for a later call's answer.
+fn call_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Hands the harness a call, waiting for room on its socket until `deadline` at most: code
+/// that keeps fd 3 and never reads it would otherwise block this process for good. Gives
+/// up at once when the server closes the session.
+fn send_call(
+    control: &OwnedFd,
+    server: &UnixStream,
+    head: &[u8],
+    fds: &[RawFd],
+    deadline: Instant,
+) -> Result<(), &'static str> {
+    loop {
+        match fdpass::try_send(control.as_raw_fd(), head, fds) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(_) => return Err("the interpreter exited"),
+        }
+        if Instant::now() >= deadline {
+            return Err("the interpreter did not take the call in time");
+        }
+        let mut fds = [
+            PollFd::new(control.as_fd(), PollFlags::POLLOUT),
+            PollFd::new(server.as_fd(), PollFlags::POLLIN),
+        ];
+        let _ = poll(&mut fds, timeout_until(deadline));
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return Err("closed");
+        }
+    }
 }
 
 enum Next {
@@ -323,8 +439,21 @@ fn next_op(stream: &UnixStream, live: &mut Live) -> Next {
     }
 }
 
-/// What the harness is asked, and the bundle it reads.
-fn message(op: &SessionOp) -> (&'static str, Bundle<'_>, Duration, Option<FileCaps>) {
+/// What the harness is asked for one op.
+struct Message<'a> {
+    name: &'static str,
+    bundle: Bundle<'a>,
+    /// How long the op may take.
+    patience: Duration,
+    /// The file caps the op's frames are sized for (the plots pipe's byte cap).
+    files: Option<FileCaps>,
+    /// What the op's frames may carry.
+    frames: FrameCaps,
+    /// The limits the op's output is captured under.
+    limits: &'a Limits,
+}
+
+fn message<'a>(op: &'a SessionOp, session: &'a Limits) -> Message<'a> {
     let empty = Bundle {
         code: "",
         files: &[],
@@ -333,32 +462,50 @@ fn message(op: &SessionOp) -> (&'static str, Bundle<'_>, Duration, Option<FileCa
         path: None,
         caps: None,
     };
+    let no_frames = FrameCaps {
+        max_plots: 0,
+        plot_bytes: 0,
+        files: None,
+    };
+    let file_op = |name, bundle, files, frames| Message {
+        name,
+        bundle,
+        patience: FILE_OP_PATIENCE,
+        files,
+        frames,
+        limits: session,
+    };
     match op {
-        SessionOp::Run { request } => (
-            "run",
-            Bundle::of(request),
-            Duration::from_millis(request.limits.timeout_ms),
-            request.collect_files,
-        ),
-        SessionOp::ListFiles { .. } => ("list", empty, FILE_OP_PATIENCE, None),
-        SessionOp::ReadFile { path, caps, .. } => (
+        SessionOp::Run { request } => Message {
+            name: "run",
+            bundle: Bundle::of(request),
+            patience: Duration::from_millis(request.limits.timeout_ms),
+            files: request.collect_files,
+            frames: FrameCaps::of(&request.limits, request.collect_files),
+            limits: &request.limits,
+        },
+        SessionOp::ListFiles { .. } => file_op("list", empty, None, FrameCaps::listing()),
+        SessionOp::ReadFile { path, caps, .. } => file_op(
             "read",
             Bundle {
                 path: Some(path),
                 caps: Some(*caps),
                 ..empty
             },
-            FILE_OP_PATIENCE,
             Some(*caps),
+            FrameCaps {
+                files: Some(*caps),
+                ..no_frames
+            },
         ),
-        SessionOp::WriteFile { file, .. } => (
+        SessionOp::WriteFile { file, .. } => file_op(
             "put",
             Bundle {
                 files: std::slice::from_ref(file),
                 ..empty
             },
-            FILE_OP_PATIENCE,
             None,
+            no_frames,
         ),
     }
 }
@@ -367,12 +514,19 @@ fn message(op: &SessionOp) -> (&'static str, Bundle<'_>, Duration, Option<FileCa
 /// answers, interrupting it at the timeout and ending the session if it does not come back.
 fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
     let began = Instant::now();
-    let (name, bundle, patience, caps) = message(op);
-    let (limits, stream) = match op {
-        SessionOp::Run { request } => (request.limits.clone(), request.stream),
-        _ => (Default::default(), false),
-    };
-    let broken = |reason: &str| {
+    let session_limits = live.limits.clone();
+    let Message {
+        name,
+        bundle,
+        patience,
+        files: caps,
+        frames: frame_caps,
+        limits,
+    } = message(op, &session_limits);
+    let stream = matches!(op, SessionOp::Run { request } if request.stream);
+    // The deadline starts before the call is handed over: handing it over is part of it.
+    let deadline = began + patience;
+    let broken = |live: &Live, reason: &str| {
         let mut o = outcome(
             Termination::SetupFailed {
                 step: Step::StoreCode.name().into(),
@@ -385,30 +539,32 @@ fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
         o.session_ended = Some(reason.to_string());
         o
     };
-    let (Ok(code), Ok(out), Ok(err), Ok(figs)) = (bundle.store(), pipe(), pipe(), pipe()) else {
-        return broken("the call could not be prepared");
+    let (Ok(code), Ok(out), Ok(err), Ok(figs), Ok(token)) =
+        (bundle.store(), pipe(), pipe(), pipe(), call_token())
+    else {
+        return broken(live, "the call could not be prepared");
     };
-    let head = serde_json::json!({ "op": name }).to_string();
+    let head = serde_json::json!({ "op": name, "call": token }).to_string();
     let fds = [
         code.as_raw_fd(),
         out.write.as_raw_fd(),
         err.write.as_raw_fd(),
         figs.write.as_raw_fd(),
     ];
-    if fdpass::send(live.control.as_raw_fd(), head.as_bytes(), &fds).is_err() {
-        return broken("the interpreter exited");
+    if let Err(reason) = send_call(&live.control, server, head.as_bytes(), &fds, deadline) {
+        live.sandbox.kill();
+        return broken(live, reason);
     }
     drop((code, out.write, err.write, figs.write));
 
     let mut out = Capture::new(out.read, limits.output_bytes);
     let mut err = Capture::new(err.read, limits.output_bytes);
-    let mut figs = Capture::new(figs.read, frames_cap(&limits, caps));
-    let deadline = began + patience;
+    let mut figs = Capture::new(figs.read, frames_cap(limits, caps));
     let mut interrupted: Option<Instant> = None;
     let mut answer: Option<Option<serde_json::Value>> = None;
     let mut answered_at = began;
     let mut ended: Option<String> = None;
-    let mut streamed = stream.then(Streamed::default);
+    let mut streamed = stream.then(|| Streamed::new(frame_caps));
     loop {
         let now = Instant::now();
         if answer.is_some() {
@@ -474,12 +630,18 @@ fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
             break;
         }
         if harness {
-            answered_at = Instant::now();
-            let got = reply(&live.control);
-            if got.is_none() {
-                ended = Some("the interpreter exited".into());
+            match answer_to(&live.control, &token) {
+                Answer::Ours(got) => {
+                    answered_at = Instant::now();
+                    answer = Some(Some(got));
+                }
+                Answer::Stray => {}
+                Answer::Gone => {
+                    answered_at = Instant::now();
+                    ended = Some("the interpreter exited".into());
+                    answer = Some(None);
+                }
             }
-            answer = Some(got);
         }
     }
     if let Some(s) = &mut streamed {
@@ -504,7 +666,7 @@ fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
     if ended.as_deref() == Some("the interpreter exited") {
         ended = Some(lost_reason(&termination));
     }
-    let frames = decode_frames(&figs.data, figs.dropped > 0);
+    let frames = decode_frames(&figs.data, figs.dropped > 0, frame_caps);
     RunOutcome {
         termination,
         stdout: text(&out, "stdout"),

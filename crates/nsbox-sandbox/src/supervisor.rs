@@ -17,7 +17,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{lseek, pipe2, Pid, Whence};
 
-use super::capture::{decode_frames, harness_exit, human_bytes, text, Capture, Streamed};
+use super::capture::{
+    decode_frames, harness_exit, human_bytes, text, Capture, FrameCaps, Streamed,
+};
 use super::cgroup::RunCgroup;
 use super::child::{self, ChildPlan, Entry, RECORD_LEN};
 use super::config::SpawnerConfig;
@@ -369,6 +371,16 @@ impl Sandbox {
         }
     }
 
+    /// A pidfd of the run's init, for a holder outside this process.
+    pub fn pidfd(&self) -> Result<OwnedFd, Errno> {
+        match self {
+            Sandbox::Cold(pid) => sys::pidfd_open(*pid),
+            Sandbox::Warm { pidfd, .. } => pidfd
+                .try_clone()
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+        }
+    }
+
     /// Kills the run's init; the kernel then kills every process of its PID namespace.
     pub fn kill(&self) {
         let _ = kill(self.pid(), Signal::SIGKILL);
@@ -489,6 +501,7 @@ fn execute(
         &sandbox,
         reads.outputs,
         limits,
+        FrameCaps::of(limits, request.collect_files),
         frames_cap(limits, request.collect_files),
         client,
         request.stream,
@@ -662,6 +675,8 @@ struct Watched {
     killed: bool,
     /// What was sent of a streamed run so far.
     streamed: Option<Streamed>,
+    /// What the plots pipe's frames may carry.
+    frame_caps: FrameCaps,
     wall_ms: u64,
 }
 
@@ -696,6 +711,7 @@ fn watch(
     sandbox: &Sandbox,
     outputs: Outputs,
     limits: &Limits,
+    frame_caps: FrameCaps,
     frames_cap: usize,
     client: &UnixStream,
     stream: bool,
@@ -711,7 +727,7 @@ fn watch(
     let mut killed_at: Option<Instant> = None;
     // The server reads every event as it comes and keeps it (bounded by the caps, like
     // the captures), so these writes do not wait on a slow client.
-    let mut streamed = stream.then(Streamed::default);
+    let mut streamed = stream.then(|| Streamed::new(frame_caps));
     let send = |streamed: &mut Option<Streamed>, c: [&Capture; 3], finished: bool| {
         send_events(client, streamed, c, finished)
     };
@@ -787,6 +803,7 @@ fn watch(
         cancelled,
         killed: killed_at.is_some(),
         streamed,
+        frame_caps,
         wall_ms: run_start.elapsed().as_millis() as u64,
     }
 }
@@ -875,7 +892,11 @@ fn assemble(
 ) -> RunOutcome {
     let stdout = text(&watched.out, "stdout");
     let mut stderr = text(&watched.err, "stderr");
-    let frames = decode_frames(&watched.figs.data, watched.figs.dropped > 0);
+    let frames = decode_frames(
+        &watched.figs.data,
+        watched.figs.dropped > 0,
+        watched.frame_caps,
+    );
     let plots_dropped = frames.dropped;
     for note in limit_notes(counters.pids_hit, plots_dropped, limits) {
         stderr.push_str(&format!("nsbox: {note}\n"));
