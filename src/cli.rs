@@ -148,6 +148,10 @@ pub struct Options {
     /// Captured stdout and stderr per run, KiB each [default: 1024].
     #[arg(long, env = "NSBOX_OUTPUT_KIB")]
     pub output_kib: Option<usize>,
+    /// Events a streamed run may have waiting for a client that reads slowly (text merged);
+    /// past this the stream and its run end [default: 4096].
+    #[arg(long, env = "NSBOX_STREAM_BACKLOG_EVENTS")]
+    pub stream_backlog_events: Option<usize>,
     /// First host uid/gid of the range mapped into runs (65536 ids) [default: 1000000000].
     #[arg(long, env = "NSBOX_UID_BASE")]
     pub uid_base: Option<u32>,
@@ -261,7 +265,8 @@ impl Options {
             session_memory_budget_mib,
             session_idle_ttl,
             session_max_idle_ttl,
-            session_max_lifetime
+            session_max_lifetime,
+            stream_backlog_events
         );
         overlay_optional!(max_running_per_user, api_keys_file, warm_library);
         if self.no_cgroups {

@@ -138,6 +138,9 @@ pub struct Config {
     pub session_max_idle_ttl: u64,
     /// Seconds a session may live, however busy.
     pub session_max_lifetime: u64,
+    /// Events a streamed run may have waiting for a slow client (after text is merged);
+    /// past this the stream and the run end.
+    pub stream_backlog_events: usize,
 }
 
 /// Where `nsbox` finds the root filesystem when nothing says otherwise.
@@ -179,6 +182,7 @@ impl Default for Config {
             session_idle_ttl: 600,
             session_max_idle_ttl: 3600,
             session_max_lifetime: 14_400,
+            stream_backlog_events: crate::service::events::DEFAULT_MAX_EVENTS,
         }
     }
 }
@@ -241,6 +245,7 @@ impl Config {
         nonzero("cpu_seconds", self.cpu_seconds)?;
         nonzero("tmp_mib", self.tmp_mib)?;
         nonzero("output_kib", self.output_kib as u64)?;
+        nonzero("stream_backlog_events", self.stream_backlog_events as u64)?;
         nonzero("max_forks", self.max_forks.into())?;
         nonzero("file_max_mib", self.file_max_mib)?;
         nonzero("files_max_mib", self.files_max_mib)?;

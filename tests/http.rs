@@ -133,6 +133,7 @@ fn app(o: Options) -> App {
             max_running: o.max_running,
             max_queue: o.max_queue,
             max_running_per_user: o.max_running,
+            stream_backlog_events: nsbox::service::events::DEFAULT_MAX_EVENTS,
             files: FileLimits {
                 max_count: 4,
                 max_file_bytes: 1 << 10,

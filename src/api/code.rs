@@ -269,10 +269,11 @@ impl Drop for AbortOnDrop {
 /// a `file` event per output file once it is over (when files were asked for, or in a
 /// session), then exactly one `result` (the same JSON as the plain answer) or, if the run
 /// could not finish, one `error` (the API's error object). Bad input was refused before,
-/// as an ordinary HTTP error.
+/// as an ordinary HTTP error. A client that falls behind the event queue's bounds gets the
+/// `error` at once, and its run is stopped.
 fn stream(state: &AppState, request: CodeRequest) -> Result<Response, ApiError> {
     let request = state.service.validate(request)?;
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events_tx, events_rx) = state.service.event_queue();
     let (result_tx, result_rx) = tokio::sync::oneshot::channel();
     let service = state.service.clone();
     let run = tokio::spawn(
@@ -283,11 +284,27 @@ fn stream(state: &AppState, request: CodeRequest) -> Result<Response, ApiError> 
         .instrument(tracing::Span::current()),
     );
     let guard = AbortOnDrop(run);
-    // The run's sender is gone once the run is over, so every event comes before the end.
-    let events = futures_util::stream::unfold(events_rx, |mut rx| async move {
-        rx.recv().await.map(|event| (run_event(event), rx))
+    // The run's sender is gone once the run is over, so every event comes before the end;
+    // an overflow ends the stream there, without waiting for the result.
+    let overflowed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = overflowed.clone();
+    let events = futures_util::stream::unfold(events_rx, move |mut rx| {
+        let seen = seen.clone();
+        async move {
+            match rx.recv().await? {
+                Ok(event) => Some((run_event(event), rx)),
+                Err(overflow) => {
+                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let e = ServiceError::Unavailable(overflow.to_string());
+                    Some((error_event(e.into()), rx))
+                }
+            }
+        }
     });
     let end = futures_util::stream::once(async move {
+        if overflowed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Vec::new();
+        }
         match result_rx.await {
             Ok(result) => final_events(result),
             Err(_) => vec![error_event(ApiError::internal())],

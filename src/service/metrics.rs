@@ -105,6 +105,7 @@ pub struct Metrics {
     request_seconds: Histogram,
     queue_seconds: Histogram,
     rejected: Counter,
+    stream_overflows: Counter,
     queue_depth: Gauge,
     active_runs: Gauge,
     template_forks: Counter,
@@ -132,6 +133,7 @@ impl Metrics {
             request_seconds: latency_histogram(),
             queue_seconds: latency_histogram(),
             rejected: Counter::default(),
+            stream_overflows: Counter::default(),
             queue_depth: Gauge::default(),
             active_runs: Gauge::default(),
             template_forks: Counter::default(),
@@ -172,6 +174,11 @@ impl Metrics {
             "admission_rejected",
             "Run requests turned away because the queue or the user's share was full",
             m.rejected.clone(),
+        );
+        r.register(
+            "stream_overflows",
+            "Streamed runs ended because their client fell behind the queue's bounds",
+            m.stream_overflows.clone(),
         );
         r.register(
             "queue_depth",
@@ -248,6 +255,10 @@ impl Metrics {
 
     pub fn rejected(&self) {
         self.rejected.inc();
+    }
+
+    pub fn stream_overflowed(&self) {
+        self.stream_overflows.inc();
     }
 
     pub fn queued_for(&self, wait: std::time::Duration) {

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod catalog;
+pub mod events;
 pub mod files;
 pub mod metrics;
 pub mod response;
@@ -224,6 +225,8 @@ pub struct Settings {
     pub max_running: usize,
     pub max_queue: usize,
     pub max_running_per_user: usize,
+    /// Events a streamed run may have waiting (see [`events::Bounds`]).
+    pub stream_backlog_events: usize,
     /// Caps on files, each way.
     pub files: FileLimits,
     pub sessions: SessionSettings,
@@ -524,6 +527,15 @@ impl RunService {
         self.execute_valid(request, None).await
     }
 
+    /// A queue for a streamed run's events, bounded for this server's limits: its sender
+    /// goes to [`RunService::execute_valid`], its receiver to the front end.
+    pub fn event_queue(&self) -> (events::EventSender, events::EventReceiver) {
+        events::channel(events::Bounds::for_limits(
+            &self.settings.limits,
+            self.settings.stream_backlog_events,
+        ))
+    }
+
     /// Runs a request that passed [`RunService::validate`]; with `events`, the output is
     /// also sent there as it comes (everything before the result). Front ends that must
     /// answer bad input before they start streaming validate first, then call this.
@@ -648,6 +660,18 @@ impl RunService {
                     .find(id, &request.owner)
                     .err()
                     .unwrap_or(ServiceError::NotFound("session ended".into())));
+            }
+            Some(Err(runner::RunnerError::Overflow(overflow))) => {
+                // The client is not reading; the run was stopped when the runner let go.
+                tracing::warn!(%overflow, "streamed run ended: its client fell behind");
+                self.metrics.stream_overflowed();
+                self.metrics.count(Verdict::cancelled);
+                if let Some(id) = &session_id {
+                    let reason = "its client did not read the streamed output";
+                    self.sessions
+                        .end(id, SessionEnd::lost, reason, &self.metrics);
+                }
+                return Err(ServiceError::Unavailable(overflow.to_string()));
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "run failed");
@@ -1099,6 +1123,7 @@ mod tests {
             max_running: 1,
             max_queue: 1,
             max_running_per_user: 1,
+            stream_backlog_events: events::DEFAULT_MAX_EVENTS,
             files: FileLimits {
                 max_count: 2,
                 max_file_bytes: 10,

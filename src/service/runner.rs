@@ -1,14 +1,16 @@
 //! What runs a [`RunRequest`]: the sandbox's spawner in the server, a fake in tests of the layers above.
 
 use std::future::Future;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::time::Duration;
 
+use super::events::{EventSender, Overflow};
 use crate::sandbox::protocol::{decode_len, encode, ProtocolError};
+use crate::sandbox::session::SandboxHandle;
 use crate::sandbox::spawner::Spawner;
 use crate::sandbox::warm::Template;
-use crate::sandbox::{Report, RunEvent, RunOutcome, RunRequest, SessionOp};
+use crate::sandbox::{Report, RunOutcome, RunRequest, SessionOp};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,6 +26,8 @@ pub enum RunnerError {
     SupervisorLost(#[source] ProtocolError),
     #[error("this runner has no sessions")]
     NoSessions,
+    #[error("{0}")]
+    Overflow(#[source] Overflow),
 }
 
 /// A future a runner returns: boxed, so the service can hold any runner as a trait object.
@@ -38,7 +42,7 @@ pub type SessionFuture<'a> =
     Pin<Box<dyn Future<Output = Result<(SessionConn, RunOutcome), RunnerError>> + Send + 'a>>;
 
 /// Where a run's output goes as it happens, for callers that stream it.
-pub type Events = tokio::sync::mpsc::UnboundedSender<RunEvent>;
+pub type Events = EventSender;
 
 /// Runs requests in sandboxes. Dropping a run's future kills the run.
 pub trait Runner: Send + Sync {
@@ -59,11 +63,21 @@ pub trait Runner: Send + Sync {
     }
 }
 
-/// The server's end of a session's supervisor. Dropping it ends the session: the
-/// supervisor kills the sandbox and removes its cgroup at once.
+/// The server's end of a session's supervisor. Dropping it ends the session: the sandbox
+/// is killed through its init's pidfd, whatever the supervisor is doing, and the
+/// supervisor, finding our end closed, removes its cgroup.
 #[derive(Debug)]
 pub struct SessionConn {
     stream: tokio::net::UnixStream,
+    sandbox: Option<SandboxHandle>,
+}
+
+impl Drop for SessionConn {
+    fn drop(&mut self) {
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.kill();
+        }
+    }
 }
 
 impl SessionConn {
@@ -110,8 +124,9 @@ impl Runner for Spawner {
         request.session = true;
         Box::pin(async move {
             let mut stream = supervise(self, &request).await?;
+            let sandbox = receive_handle(&stream).await?;
             let outcome = read_reports(&mut stream, None).await?;
-            Ok((SessionConn { stream }, outcome))
+            Ok((SessionConn { stream, sandbox }, outcome))
         })
     }
 
@@ -158,10 +173,29 @@ async fn read_reports(
         {
             Report::Event { event } => {
                 if let Some(events) = events {
-                    let _ = events.send(event);
+                    // A reader past the queue's bounds: dropping the stream (our caller's
+                    // future ends with this error) stops the run.
+                    events.send(event).map_err(RunnerError::Overflow)?;
                 }
             }
             Report::Done { outcome } => return Ok(outcome),
+        }
+    }
+}
+
+/// The session's sandbox handle, which its supervisor sends ahead of the ready report.
+async fn receive_handle(
+    stream: &tokio::net::UnixStream,
+) -> Result<Option<SandboxHandle>, RunnerError> {
+    let lost = |e: std::io::Error| RunnerError::SupervisorLost(ProtocolError::Read(e));
+    loop {
+        stream.readable().await.map_err(lost)?;
+        match stream.try_io(tokio::io::Interest::READABLE, || {
+            SandboxHandle::receive(stream.as_raw_fd()).map_err(std::io::Error::from)
+        }) {
+            Ok(handle) => return Ok(handle),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(lost(e)),
         }
     }
 }
