@@ -1,5 +1,7 @@
 //! Frames and answers from the sandbox are hostile: the harness shares its interpreter with the code, so everything it sends the supervisor (plot and file frames, session answers) is the code's to forge. These red-team cases, each seen to work against nsbox before it was fixed, forge them through the real server and sandbox and check that the host pays a bounded price and that ending a session ends its sandbox.
 //!
+//! The last case is the HTTP edge's: the output cap counts what is sent, not what was written.
+//!
 //! Each test starts its own server on a uid range of its own and measures the host (the
 //! supervisors' memory, processes, cgroups), so they run one at a time ([`exclusive`]).
 
@@ -493,4 +495,35 @@ g['_nsbox_file_op'] = noisy
         "the answer carried {} bytes of the sandbox's stderr",
         body.len()
     );
+}
+
+#[test]
+fn control_bytes_do_not_multiply_the_answer() {
+    let t = start(9, &[]);
+    let server = &t.server;
+    // Each control byte is six bytes in a JSON string, each invalid byte three (U+FFFD).
+    let resp = server
+        .client()
+        .post(format!("{}/v1/tools/code", server.base))
+        .json(&json!({"lang": "python", "code":
+            "import os\nos.write(1, b'\\x01' * (2 << 20))\nos.write(2, b'\\xff' * (2 << 20))"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = resp.bytes().unwrap();
+    // stdout and stderr at 1 MiB each as sent, the notes and the other fields.
+    assert!(
+        body.len() < (2 << 20) + 4096,
+        "the answer is {} bytes",
+        body.len()
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["stdout"]
+        .as_str()
+        .unwrap()
+        .contains("stdout truncated at 1 MiB"));
+    assert!(v["stderr"]
+        .as_str()
+        .unwrap()
+        .contains("stderr truncated at 1 MiB"));
 }
