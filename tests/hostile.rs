@@ -131,11 +131,20 @@ fn kib_field(pid: i32, key: &str) -> u64 {
 /// Samples the largest peak memory (VmHWM) any supervisor of `server` reaches while `f`
 /// runs, in MiB.
 fn peak_supervisor_mib<T>(server: &Server, f: impl FnOnce() -> T) -> (T, u64) {
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Stops the sampler however `f` ends: a failing request must fail the test, not
+    /// leave the scope waiting for the sampler.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let sampler = scope.spawn(|| {
             let mut peak = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 for pid in supervisors(server) {
                     peak = peak.max(kib_field(pid, "VmHWM:"));
                 }
@@ -143,10 +152,13 @@ fn peak_supervisor_mib<T>(server: &Server, f: impl FnOnce() -> T) -> (T, u64) {
             }
             peak >> 10
         });
-        let out = f();
-        // The last supervisor may still be writing its outcome.
-        std::thread::sleep(Duration::from_millis(200));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let out = {
+            let _stop = StopOnDrop(&stop);
+            let out = f();
+            // The last supervisor may still be writing its outcome.
+            std::thread::sleep(Duration::from_millis(200));
+            out
+        };
         (out, sampler.join().unwrap())
     })
 }
@@ -368,29 +380,24 @@ fn a_session_that_never_reads_its_socket_is_ended_not_stalled() {
     let server = &t.server;
     let sid = create_session(server);
     // The call answers for itself (with its own token, read from the harness's frame), then
-    // keeps the interpreter busy for good; a thread answers whenever the socket's queue
-    // grows, without ever reading it, so the supervisor's sends pile up.
+    // keeps the interpreter busy for good. A thread answers every call that arrives, token
+    // included, by peeking at the socket without ever reading it (SO_PEEK_OFF makes each
+    // peek the next message), so the supervisor's sends pile up in its queue.
     let r = call(
         server,
         &sid,
         r#"
-import json, os, socket, struct, sys, threading, time
+import json, os, socket, sys, threading, time
 s = socket.socket(fileno=os.dup(3))
+s.setsockopt(socket.SOL_SOCKET, 42, 0)  # SO_PEEK_OFF
 f = sys._getframe()
 while f is not None and f.f_code.co_name != '_nsbox_session':
     f = f.f_back
 token = f.f_locals['op'].get('call') if f is not None else None
-def queued():
-    return struct.unpack('9I', s.getsockopt(socket.SOL_SOCKET, 55, 36))[0]
 def forge():
-    seen = queued()
     while True:
-        now = queued()
-        if now > seen:
-            head = json.loads(s.recv(65536, socket.MSG_PEEK))
-            s.send(json.dumps({'exit_code': 0, 'call': head.get('call')}).encode())
-        seen = now
-        time.sleep(0.001)
+        head = json.loads(s.recv(65536, socket.MSG_PEEK))
+        s.send(json.dumps({'exit_code': 0, 'call': head.get('call')}).encode())
 threading.Thread(target=forge, daemon=True).start()
 s.send(json.dumps({'exit_code': 0, 'call': token}).encode())
 while True:
