@@ -73,6 +73,7 @@ impl Prepared {
             max_running: config.max_running,
             max_queue: config.max_queue,
             max_running_per_user: config.per_user_limit(),
+            results: crate::sandbox::ResultCaps::default(),
             stream_backlog_events: config.stream_backlog_events,
             files: FileLimits {
                 max_count: config.files_max_count,

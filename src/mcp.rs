@@ -181,7 +181,7 @@ impl McpServer {
         let span = caller.span();
         let created = self
             .service
-            .create_session(caller.owner, libraries, ttl, Some(caller.request_id))
+            .create_session(caller.owner, libraries, ttl, Some(caller.request_id), None)
             .instrument(span)
             .await;
         match created {

@@ -67,6 +67,8 @@ impl Runner for FakeRunner {
                 },
                 memory_bytes: None,
                 session_ended: None,
+                results: Vec::new(),
+                error: None,
             })
         })
     }
@@ -134,6 +136,7 @@ fn app(o: Options) -> App {
             max_queue: o.max_queue,
             max_running_per_user: o.max_running,
             stream_backlog_events: nsbox::service::events::DEFAULT_MAX_EVENTS,
+            results: Default::default(),
             files: FileLimits {
                 max_count: 4,
                 max_file_bytes: 1 << 10,

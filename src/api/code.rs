@@ -74,6 +74,7 @@ pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
                 "`files` must be an array of {\"path\", \"content\" or \"content_base64\"} objects",
             )),
         };
+    let results = results(&obj)?;
     let session_id = match obj.get("session_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -85,8 +86,18 @@ pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
         libraries,
         files,
         session_id,
+        results,
         ..CodeRequest::default()
     })
+}
+
+/// A request's `results`: true or false, or nothing (a session's default; off for a run).
+pub fn results(obj: &serde_json::Map<String, Value>) -> Result<Option<bool>, ApiError> {
+    match obj.get("results") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid("`results` must be true or false")),
+    }
 }
 
 /// A request's `libraries`: an array of strings, or nothing.
@@ -332,6 +343,9 @@ fn run_event(event: RunEvent) -> Event {
         RunEvent::Stdout { text } => json_event("stdout", serde_json::json!({ "text": text })),
         RunEvent::Stderr { text } => json_event("stderr", serde_json::json!({ "text": text })),
         RunEvent::Plot { plot } => json_event("plot", plot),
+        RunEvent::Display { output } => {
+            json_event("display", crate::service::response::NotebookResult(output))
+        }
     }
 }
 

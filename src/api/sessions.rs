@@ -14,11 +14,13 @@ use super::{auth, code, AppState};
 use crate::service;
 use crate::service::files::{mime_type, FileContent};
 
-/// What `POST /v1/sessions` may say: `libraries` and `ttl_seconds`, both optional; an
-/// empty body is `{}`.
-fn parse_create(body: &[u8]) -> Result<(Vec<String>, Option<u64>), ApiError> {
+/// What `POST /v1/sessions` may say: `libraries`, `ttl_seconds` and `results` (whether its
+/// calls return notebook results unless they say), all optional; an empty body is `{}`.
+type CreateRequest = (Vec<String>, Option<u64>, Option<bool>);
+
+fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok((Vec::new(), None));
+        return Ok((Vec::new(), None, None));
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
@@ -27,10 +29,10 @@ fn parse_create(body: &[u8]) -> Result<(Vec<String>, Option<u64>), ApiError> {
     };
     if let Some(unknown) = obj
         .keys()
-        .find(|k| !["libraries", "ttl_seconds"].contains(&k.as_str()))
+        .find(|k| !["libraries", "ttl_seconds", "results"].contains(&k.as_str()))
     {
         return Err(ApiError::invalid(format!(
-            "unknown field `{unknown}`; a session takes `libraries` and `ttl_seconds`"
+            "unknown field `{unknown}`; a session takes `libraries`, `ttl_seconds` and `results`"
         )));
     }
     let libraries = code::libraries(&obj)?;
@@ -46,7 +48,7 @@ fn parse_create(body: &[u8]) -> Result<(Vec<String>, Option<u64>), ApiError> {
                 ))
             }
         };
-    Ok((libraries, ttl))
+    Ok((libraries, ttl, code::results(&obj)?))
 }
 
 /// `POST /v1/sessions`: 201 with the session object.
@@ -58,11 +60,11 @@ pub async fn create(
     let id = code::request_id(&headers);
     async {
         code::check_content_type(&headers)?;
-        let (libraries, ttl) = parse_create(&code::read_body(&state, raw)?)?;
+        let (libraries, ttl, results) = parse_create(&code::read_body(&state, raw)?)?;
         let owner = auth::owner(&headers, &state.keys);
         let info = state
             .service
-            .create_session(owner, libraries, ttl, Some(id.clone()))
+            .create_session(owner, libraries, ttl, Some(id.clone()), results)
             .await?;
         Ok((StatusCode::CREATED, Json(info)).into_response())
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::sandbox::{Limits, RunEvent};
+use crate::sandbox::{Limits, ResultCaps, RunEvent};
 
 /// What one stream's queue may hold before its reader is judged gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,9 +28,10 @@ pub const DEFAULT_MAX_EVENTS: usize = 4096;
 
 impl Bounds {
     /// The bounds for a run under `limits`: the bytes are all a run can stream (both
-    /// output caps and every plot in base64, plus room for the events' own fields), so
-    /// only the count can end a run whose output the caps already bound.
-    pub fn for_limits(limits: &Limits, max_events: usize) -> Bounds {
+    /// output caps, every plot in base64 and every notebook result, plus room for the
+    /// events' own fields), so only the count can end a run whose output the caps already
+    /// bound.
+    pub fn for_limits(limits: &Limits, results: &ResultCaps, max_events: usize) -> Bounds {
         let plots_base64 = limits.plot_bytes.div_ceil(3) * 4;
         Bounds {
             max_events: max_events.max(1),
@@ -39,6 +40,8 @@ impl Bounds {
                 .saturating_mul(2)
                 .saturating_add(plots_base64)
                 .saturating_add(limits.max_plots.saturating_mul(EVENT_OVERHEAD))
+                .saturating_add(results.max_total_bytes)
+                .saturating_add(results.max_count.saturating_mul(EVENT_OVERHEAD))
                 .saturating_add(1 << 20),
         }
     }
@@ -53,6 +56,14 @@ fn size_of(event: &RunEvent) -> usize {
             RunEvent::Stdout { text } | RunEvent::Stderr { text } => text.len(),
             RunEvent::Plot { plot } => {
                 plot.content_base64.len() + plot.filename.len() + plot.format.len()
+            }
+            RunEvent::Display { output } => {
+                output.metadata.as_str().len()
+                    + output
+                        .data
+                        .iter()
+                        .map(|(mime, value)| mime.len() + value.as_str().len())
+                        .sum::<usize>()
             }
         }
 }
@@ -273,8 +284,9 @@ mod tests {
     #[test]
     fn the_bytes_bound_is_all_a_run_can_stream() {
         let limits = Limits::default();
-        let bounds = Bounds::for_limits(&limits, DEFAULT_MAX_EVENTS);
+        let bounds = Bounds::for_limits(&limits, &ResultCaps::default(), DEFAULT_MAX_EVENTS);
         assert!(bounds.max_bytes >= 2 * limits.output_bytes + limits.plot_bytes * 4 / 3);
-        assert!(bounds.max_bytes < 4 * (2 * limits.output_bytes + limits.plot_bytes));
+        assert!(bounds.max_bytes > ResultCaps::default().max_total_bytes);
+        assert!(bounds.max_bytes < 4 * (2 * limits.output_bytes + limits.plot_bytes) + (32 << 20));
     }
 }

@@ -370,6 +370,8 @@ mod tests {
             }),
             files: None,
             session: None,
+            results: None,
+            error: None,
         }
     }
 

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use crate::config::ScannerMode;
 use crate::sandbox::warm::{template_for, Template};
 use crate::sandbox::{
-    Cut, FileCaps, InputFile, Limits, OutputFile, Plot, RunOutcome, RunRequest, SessionOp,
-    Termination,
+    Cut, FileCaps, InputFile, Limits, NotebookError, NotebookOutput, OutputFile, Plot, ResultCaps,
+    RunOutcome, RunRequest, SessionOp, Termination,
 };
 use crate::scanner::{self, Analysis};
 use admission::Admission;
@@ -107,6 +107,9 @@ pub struct CodeRequest {
     pub session_id: Option<String>,
     /// Who is asking, for sessions: the API key's fingerprint, `None` without keys.
     pub owner: Option<String>,
+    /// Whether to return notebook results (docs/results.md); `None`: off for a run, the
+    /// session's default for a session call.
+    pub results: Option<bool>,
 }
 
 /// A limit that ended a run.
@@ -179,6 +182,11 @@ pub struct RunResult {
     pub files: Option<Vec<OutputFile>>,
     /// The session the code ran in, and whether it is still there.
     pub session: Option<SessionState>,
+    /// Notebook results, when asked for: what the code's last expression, display() and
+    /// figures produced, in order.
+    pub results: Option<Vec<NotebookOutput>>,
+    /// The exception the code raised, when results were asked for.
+    pub error: Option<NotebookError>,
 }
 
 /// A session call's session, as its answer tells it.
@@ -208,6 +216,8 @@ impl RunResult {
             run: None,
             files: None,
             session: None,
+            results: None,
+            error: None,
         }
     }
 }
@@ -229,6 +239,8 @@ pub struct Settings {
     pub stream_backlog_events: usize,
     /// Caps on files, each way.
     pub files: FileLimits,
+    /// Caps on notebook results.
+    pub results: ResultCaps,
     pub sessions: SessionSettings,
 }
 
@@ -256,6 +268,8 @@ pub struct Validated {
     pub files: Vec<InputFile>,
     /// Whether the files the code creates or changes come back.
     pub collect_files: bool,
+    /// Notebook results asked for (or not); `None` leaves it to the session, or off.
+    pub results: Option<bool>,
     pub session_id: Option<String>,
     pub owner: Option<String>,
 }
@@ -320,6 +334,7 @@ pub fn validate(
         request_id: request.request_id,
         files,
         collect_files: request.files.is_some() || request.session_id.is_some(),
+        results: request.results,
         session_id: request.session_id,
         owner: request.owner,
     })
@@ -412,6 +427,8 @@ fn refused(violations: Vec<String>, scan_time: Duration) -> RunResult {
         run: None,
         files: None,
         session: None,
+        results: None,
+        error: None,
     }
 }
 
@@ -532,6 +549,7 @@ impl RunService {
     pub fn event_queue(&self) -> (events::EventSender, events::EventReceiver) {
         events::channel(events::Bounds::for_limits(
             &self.settings.limits,
+            &self.settings.results,
             self.settings.stream_backlog_events,
         ))
     }
@@ -567,6 +585,10 @@ impl RunService {
             }
             None => None,
         };
+        // A call says; else its session does (on unless it was made without); a run is off.
+        let results = request
+            .results
+            .unwrap_or_else(|| session.as_ref().is_some_and(|(s, _)| s.results));
         let limits = Limits {
             timeout_ms: request.timeout_ms,
             ..self.settings.limits.clone()
@@ -589,8 +611,9 @@ impl RunService {
         if self.settings.scanner == ScannerMode::Enforce && !violations.is_empty() {
             tracing::info!(?violations, "run refused by the scanner");
             let mut result = refused(violations, scan_time);
-            // Nothing ran, so nothing changed; the answer still has the field asked for.
+            // Nothing ran, so nothing changed; the answer still has the fields asked for.
             result.files = request.collect_files.then(Vec::new);
+            result.results = results.then(Vec::new);
             if let Some((session, _)) = &session {
                 result.session = Some(SessionState {
                     id: session.id.clone(),
@@ -624,6 +647,7 @@ impl RunService {
             files: request.files,
             collect_files: request.collect_files.then(|| self.settings.files.caps()),
             session: false,
+            results: results.then_some(self.settings.results),
         };
         let mut cancelled = self.cancelled.clone();
         let mut caller_gone = CallerGone {
@@ -731,6 +755,8 @@ impl RunService {
             }),
             files,
             session,
+            results: results.then_some(outcome.results),
+            error: outcome.error.filter(|_| results),
         };
         self.metrics.finished(&result);
         let run = result.run.as_ref().expect("set above");
@@ -784,6 +810,7 @@ impl RunService {
         libraries: Vec<String>,
         ttl_seconds: Option<u64>,
         request_id: Option<String>,
+        results: Option<bool>,
     ) -> Result<SessionInfo, ServiceError> {
         self.catalog.check(&libraries)?;
         let ttl = self.sessions.ttl(ttl_seconds)?;
@@ -813,6 +840,7 @@ impl RunService {
             files: Vec::new(),
             collect_files: None,
             session: true,
+            results: None,
         };
         let started = Instant::now();
         let (conn, outcome) = self.runner.open_session(request).await.map_err(|e| {
@@ -842,6 +870,8 @@ impl RunService {
             conn,
             template,
             libraries,
+            // Sessions are for notebook work: results are on unless asked off.
+            results.unwrap_or(true),
             ttl,
             outcome.memory_bytes,
             &self.metrics,
@@ -1044,6 +1074,8 @@ mod tests {
             files: vec![],
             memory_bytes: None,
             session_ended: None,
+            results: vec![],
+            error: None,
         }
     }
 
@@ -1123,6 +1155,7 @@ mod tests {
             max_running: 1,
             max_queue: 1,
             max_running_per_user: 1,
+            results: ResultCaps::default(),
             stream_backlog_events: events::DEFAULT_MAX_EVENTS,
             files: FileLimits {
                 max_count: 2,

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::files::mime_type;
 use super::{RunResult, SessionState};
-use crate::sandbox::{OutputFile, Plot};
+use crate::sandbox::{NotebookError, NotebookOutput, OutputFile, OutputType, Plot};
 
 /// The spec's response object, field for field.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, serde::Serialize, PartialEq)]
 pub struct CodeResponse {
     pub success: bool,
     pub stdout: String,
@@ -24,10 +24,47 @@ pub struct CodeResponse {
     pub files: Option<Vec<FileResponse>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionState>,
+    /// Beyond the spec, only when asked for (`"results": true`, or in a session): Jupyter
+    /// output objects, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<NotebookResult>>,
+    /// With `results`: the exception the code raised, or null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Option<NotebookError>>,
+}
+
+/// One notebook result as the API writes it: an nbformat v4 output object, its MIME values
+/// the JSON the run produced, written as they are.
+#[derive(Debug, PartialEq)]
+pub struct NotebookResult(pub NotebookOutput);
+
+impl Serialize for NotebookResult {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let raw = |text: &str| -> Result<Box<serde_json::value::RawValue>, S::Error> {
+            serde_json::value::RawValue::from_string(text.to_string()).map_err(S::Error::custom)
+        };
+        let output = &self.0;
+        let execute = output.output_type == OutputType::ExecuteResult;
+        let mut map = serializer.serialize_map(Some(if execute { 4 } else { 3 }))?;
+        map.serialize_entry("output_type", &output.output_type)?;
+        let data = output
+            .data
+            .iter()
+            .map(|(mime, value)| Ok((mime.as_str(), raw(value.as_str())?)))
+            .collect::<Result<std::collections::BTreeMap<_, _>, S::Error>>()?;
+        map.serialize_entry("data", &data)?;
+        map.serialize_entry("metadata", &raw(output.metadata.as_str())?)?;
+        if execute {
+            // nbformat requires it on an execute_result; nsbox has no cell count.
+            map.serialize_entry("execution_count", &None::<u64>)?;
+        }
+        map.end()
+    }
 }
 
 /// An output file as the API returns it.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, serde::Serialize, PartialEq)]
 pub struct FileResponse {
     pub path: String,
     pub size: u64,
@@ -65,6 +102,10 @@ impl From<RunResult> for CodeResponse {
                 .files
                 .map(|files| files.into_iter().map(FileResponse::from).collect()),
             session: r.session,
+            error: r.results.is_some().then_some(r.error),
+            results: r
+                .results
+                .map(|results| results.into_iter().map(NotebookResult).collect()),
         }
     }
 }

@@ -178,7 +178,7 @@ async fn read_reports(
                     events.send(event).map_err(RunnerError::Overflow)?;
                 }
             }
-            Report::Done { outcome } => return Ok(outcome),
+            Report::Done { outcome } => return Ok(*outcome),
         }
     }
 }

@@ -7,7 +7,10 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::read;
 
-use super::run::{FileCaps, Limits, OutputFile, Plot, RunEvent};
+use super::run::{
+    FileCaps, JsonText, Limits, NotebookError, NotebookOutput, OutputFile, OutputType, Plot,
+    ResultCaps, RunEvent,
+};
 
 /// Bytes read from one pipe, kept up to a cap; the rest is drained and counted.
 pub struct Capture {
@@ -127,6 +130,12 @@ const FILE_FRAME: u8 = b'F';
 /// own run early with a code of its choosing, as `os._exit` does, and a status reported by
 /// init (a signal, the kernel's word) still wins over it.
 const EXIT_FRAME: u8 = b'X';
+/// A notebook result (JSON: output_type, data, metadata), when the run asked for them.
+const RESULT_FRAME: u8 = b'R';
+/// The exception the code raised, in nbformat's error shape (JSON), at most one.
+const ERROR_FRAME: u8 = b'E';
+/// The largest error frame taken: a traceback of a deep recursion is long, not this long.
+pub const ERROR_FRAME_MAX: usize = 1 << 20;
 
 /// The first complete frame of `bytes` (a kind byte, a little-endian length, the
 /// payload): its kind, its payload, and the bytes it takes.
@@ -189,6 +198,8 @@ pub struct FrameCaps {
     /// The files that may come back with their content; `None` when no file frames are
     /// expected at all.
     pub files: Option<FileCaps>,
+    /// Notebook results; `None` when the run did not ask for them.
+    pub results: Option<ResultCaps>,
 }
 
 /// The most file frames a run may send (listed or with content): the harness looks at no
@@ -196,12 +207,14 @@ pub struct FrameCaps {
 pub const MAX_FILE_FRAMES: usize = 20_000;
 
 impl FrameCaps {
-    /// A run's (or a session call's) caps: its plot limits, and the file caps it asked for.
-    pub fn of(limits: &Limits, files: Option<FileCaps>) -> FrameCaps {
+    /// A run's (or a session call's) caps: its plot limits, and the file and result caps
+    /// it asked for.
+    pub fn of(limits: &Limits, files: Option<FileCaps>, results: Option<ResultCaps>) -> FrameCaps {
         FrameCaps {
             max_plots: limits.max_plots,
             plot_bytes: limits.plot_bytes,
             files,
+            results,
         }
     }
 
@@ -215,6 +228,7 @@ impl FrameCaps {
                 max_file_bytes: 0,
                 max_total_bytes: 0,
             }),
+            results: None,
         }
     }
 }
@@ -224,6 +238,8 @@ impl FrameCaps {
 enum Decoded {
     Plot(Plot),
     File(OutputFile),
+    Result(NotebookOutput),
+    Error(NotebookError),
 }
 
 /// Reads a plots pipe's frames in order under [`FrameCaps`]: what passes is decoded once,
@@ -238,6 +254,9 @@ struct FrameDecoder {
     file_frames: usize,
     returned_files: usize,
     returned_bytes: u64,
+    results: usize,
+    result_bytes: usize,
+    errors: usize,
     /// A frame was refused: past a cap, malformed, or of an unknown kind.
     dropped: bool,
 }
@@ -252,6 +271,9 @@ impl FrameDecoder {
             file_frames: 0,
             returned_files: 0,
             returned_bytes: 0,
+            results: 0,
+            result_bytes: 0,
+            errors: 0,
             dropped: false,
         }
     }
@@ -264,6 +286,8 @@ impl FrameDecoder {
             let decoded = match kind {
                 PLOT_FRAME => self.plot(payload),
                 FILE_FRAME => self.file(payload),
+                RESULT_FRAME => self.result(payload),
+                ERROR_FRAME => self.error(payload),
                 EXIT_FRAME => continue,
                 _ => None,
             };
@@ -305,6 +329,57 @@ impl FrameDecoder {
         self.file_frames += 1;
         Some(Decoded::File(file(header, content)))
     }
+
+    fn result(&mut self, payload: &[u8]) -> Option<Decoded> {
+        let caps = self.caps.results?;
+        if self.results >= caps.max_count
+            || payload.len() > caps.max_bytes
+            || self.result_bytes.saturating_add(payload.len()) > caps.max_total_bytes
+        {
+            return None;
+        }
+        let output = notebook_output(payload)?;
+        self.results += 1;
+        self.result_bytes += payload.len();
+        Some(Decoded::Result(output))
+    }
+
+    fn error(&mut self, payload: &[u8]) -> Option<Decoded> {
+        self.caps.results?;
+        if self.errors >= 1 || payload.len() > ERROR_FRAME_MAX {
+            return None;
+        }
+        let error: NotebookError = serde_json::from_slice(payload).ok()?;
+        self.errors += 1;
+        Some(Decoded::Error(error))
+    }
+}
+
+/// A result frame as the harness writes it: MIME values and metadata are taken as the
+/// JSON text they are, checked, never built into values.
+#[derive(serde::Deserialize)]
+struct ResultFrame<'a> {
+    output_type: OutputType,
+    #[serde(borrow)]
+    data: std::collections::BTreeMap<String, &'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    metadata: &'a serde_json::value::RawValue,
+}
+
+fn notebook_output(payload: &[u8]) -> Option<NotebookOutput> {
+    let frame: ResultFrame = serde_json::from_slice(payload).ok()?;
+    if !frame.metadata.get().trim_start().starts_with('{') {
+        return None;
+    }
+    Some(NotebookOutput {
+        output_type: frame.output_type,
+        data: frame
+            .data
+            .into_iter()
+            .map(|(mime, value)| Some((mime, JsonText::new(value.get())?)))
+            .collect::<Option<_>>()?,
+        metadata: JsonText::new(frame.metadata.get())?,
+    })
 }
 
 /// What a run sent on its plots pipe.
@@ -312,6 +387,8 @@ impl FrameDecoder {
 pub struct Frames {
     pub plots: Vec<Plot>,
     pub files: Vec<OutputFile>,
+    pub results: Vec<NotebookOutput>,
+    pub error: Option<NotebookError>,
     /// Some frames were lost: the pipe's cap cut them, one was past the caps, or one was
     /// malformed.
     pub dropped: bool,
@@ -325,6 +402,8 @@ pub fn decode_frames(bytes: &[u8], truncated: bool, caps: FrameCaps) -> Frames {
         match decoded {
             Decoded::Plot(p) => frames.plots.push(p),
             Decoded::File(f) => frames.files.push(f),
+            Decoded::Result(r) => frames.results.push(r),
+            Decoded::Error(e) => frames.error = Some(e),
         }
     }
     frames.dropped = truncated || decoder.dropped || decoder.offset < bytes.len();
@@ -440,10 +519,12 @@ impl Streamed {
         if !text.is_empty() {
             events.push(RunEvent::Stderr { text });
         }
-        // Files come with the outcome, not as events.
+        // Files and the error come with the outcome, not as events.
         while let Some(decoded) = self.frames.next(&figs.data) {
-            if let Decoded::Plot(plot) = decoded {
-                events.push(RunEvent::Plot { plot });
+            match decoded {
+                Decoded::Plot(plot) => events.push(RunEvent::Plot { plot }),
+                Decoded::Result(output) => events.push(RunEvent::Display { output }),
+                Decoded::File(_) | Decoded::Error(_) => {}
             }
         }
         events
@@ -466,6 +547,7 @@ mod tests {
                 max_file_bytes: 1 << 20,
                 max_total_bytes: 1 << 20,
             }),
+            results: Some(ResultCaps::default()),
         }
     }
 
@@ -703,6 +785,62 @@ mod tests {
         assert!(frames.dropped);
         let content = decode_frames(&returned("a", b"x"), false, FrameCaps::listing());
         assert!(content.files.is_empty() && content.dropped);
+    }
+
+    #[test]
+    fn result_frames_are_checked_and_held_to_their_caps() {
+        let result = |n: usize| {
+            frame(
+                RESULT_FRAME,
+                format!(
+                    r#"{{"output_type":"display_data","data":{{"text/plain":"{n}","application/json":{{"a":[1,2]}}}},"metadata":{{}}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        let mut bytes = result(1);
+        bytes.extend(frame(
+            RESULT_FRAME,
+            br#"{"output_type":"evil","data":{},"metadata":{}}"#,
+        ));
+        bytes.extend(frame(
+            RESULT_FRAME,
+            br#"{"output_type":"display_data","data":{},"metadata":[]}"#,
+        ));
+        bytes.extend(result(2));
+        bytes.extend(result(3)); // past the count
+        bytes.extend(frame(
+            ERROR_FRAME,
+            br#"{"ename":"E","evalue":"v","traceback":["l"],"lineno":3}"#,
+        ));
+        bytes.extend(frame(
+            ERROR_FRAME,
+            br#"{"ename":"F","evalue":"v","traceback":[],"lineno":null}"#,
+        ));
+        let caps = FrameCaps {
+            results: Some(ResultCaps {
+                max_count: 2,
+                ..ResultCaps::default()
+            }),
+            ..roomy()
+        };
+        let frames = decode_frames(&bytes, false, caps);
+        assert_eq!(frames.results.len(), 2);
+        assert_eq!(frames.results[1].data["text/plain"].as_str(), "\"2\"");
+        assert_eq!(
+            frames.results[0].data["application/json"].as_str(),
+            r#"{"a":[1,2]}"#,
+            "JSON values pass as the text they were"
+        );
+        assert_eq!(frames.error.as_ref().map(|e| e.ename.as_str()), Some("E"));
+        assert!(frames.dropped);
+        // A run that did not ask takes none.
+        let none = FrameCaps {
+            results: None,
+            ..roomy()
+        };
+        let frames = decode_frames(&bytes, false, none);
+        assert!(frames.results.is_empty() && frames.error.is_none());
     }
 
     #[test]

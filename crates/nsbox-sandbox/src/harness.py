@@ -287,15 +287,545 @@ def _nsbox_collect(out, before, caps):
         print(f"nsbox: {note}", file=sys.stderr)
 
 
+# ---- Notebook results (asked for with "results": true; docs/results.md) ------------------
+# The value of the code's last expression, what it passes to display(), and the figures it
+# shows become Jupyter output objects (nbformat v4), sent as R frames on the plots pipe; an
+# exception becomes one E frame. Nothing here runs, or is imported, for a run that did not
+# ask, so its answer stays the spec's to the byte.
+
+_NSBOX_RESULT_MIMES = (
+    ("_repr_html_", "text/html"),
+    ("_repr_markdown_", "text/markdown"),
+    ("_repr_svg_", "image/svg+xml"),
+    ("_repr_png_", "image/png"),
+    ("_repr_jpeg_", "image/jpeg"),
+    ("_repr_json_", "application/json"),
+    ("_repr_latex_", "text/latex"),
+)
+_NSBOX_CHART_MIME = "application/vnd.nsbox.chart+json"
+# Points a chart series lists one by one; past this it is summarised.
+_NSBOX_CHART_POINTS = 200
+
+
+class _NsboxResults:
+    """Formats objects into MIME bundles under the run's caps and sends them as frames."""
+
+    def __init__(self, out, caps):
+        self.out = out
+        self.max_count = int(caps["max_count"])
+        self.max_bytes = int(caps["max_bytes"])
+        self.max_total = int(caps["max_total_bytes"])
+        self.markdown_rows = int(caps["markdown_rows"])
+        self.sent = 0
+        self.sent_bytes = 0
+        self.shown_figures = set()
+
+    def publish(self, output_type, obj, raw=None, metadata=None):
+        import json
+
+        if self.sent >= self.max_count:
+            return
+        data, md = raw if raw is not None else _nsbox_format(obj, self)
+        md = dict(md or {})
+        md.update(metadata or {})
+        output = {"output_type": output_type, "data": data, "metadata": md}
+        if output_type == "execute_result":
+            output["execution_count"] = None
+        payload = json.dumps(output, default=str).encode()
+        room = min(self.max_bytes, self.max_total - self.sent_bytes)
+        if len(payload) > room:
+            # Past a bound: the plain text alone, itself cut to fit, and said so.
+            text = data.get("text/plain", "")
+            output["data"] = {"text/plain": text[: max(0, room // 2 - 256)]}
+            output["metadata"] = {"truncated": True}
+            payload = json.dumps(output, default=str).encode()
+            if len(payload) > room:
+                return
+        _nsbox_frame(self.out, b"R", payload)
+        self.sent += 1
+        self.sent_bytes += len(payload)
+
+    def display(self, *objs, include=None, exclude=None, metadata=None, raw=False, **_):
+        for obj in objs:
+            if raw:
+                self.publish("display_data", None, raw=(dict(obj), metadata))
+            else:
+                self.publish("display_data", obj, metadata=metadata)
+
+    def figure(self, fig, png):
+        """A figure shown (or open at the end) as a display result, once."""
+        import base64
+
+        if id(fig) in self.shown_figures:
+            return
+        self.shown_figures.add(id(fig))
+        data = {
+            "text/plain": _nsbox_safe_repr(fig),
+            "image/png": base64.b64encode(png).decode(),
+        }
+        chart = _nsbox_attempt(lambda: _nsbox_chart(fig))
+        if isinstance(chart, dict):
+            data[_NSBOX_CHART_MIME] = chart
+        self.publish("display_data", fig, raw=(data, {}))
+
+
+def _nsbox_attempt(f):
+    try:
+        return f()
+    except Exception as e:
+        return e
+
+
+def _nsbox_safe_repr(obj):
+    try:
+        return repr(obj)
+    except Exception as e:
+        return f"<{type(obj).__name__} object: repr raised {type(e).__name__}: {e}>"
+
+
+def _nsbox_real_method(obj, name):
+    """obj's display method `name`, as IPython takes it: not on classes themselves, and not
+    from objects that answer every attribute (proxies, mocks)."""
+    if isinstance(obj, type):
+        return None
+    try:
+        if getattr(obj, "_nsbox_no_such_attribute_", None) is not None:
+            return None
+        method = getattr(obj, name, None)
+    except Exception:
+        return None
+    return method if callable(method) else None
+
+
+def _nsbox_mime_value(mime, value):
+    import base64
+
+    if isinstance(value, (bytes, bytearray)):
+        if mime.startswith("image/") and mime != "image/svg+xml":
+            return base64.b64encode(bytes(value)).decode()
+        return bytes(value).decode("utf-8", "replace")
+    return value
+
+
+def _nsbox_format(obj, results):
+    """The MIME bundle of obj, from its own display protocol as IPython's formatter reads
+    it, plus what nsbox adds: markdown tables for pandas, Plotly and Altair's JSON, and the
+    chart summary of matplotlib figures. A repr that raises becomes a line saying so."""
+    data, metadata = {}, {}
+    special = _nsbox_attempt(lambda: _nsbox_special(obj, results))
+    if isinstance(special, tuple):
+        data.update(special[0])
+        metadata.update(special[1])
+    elif isinstance(special, Exception):
+        data["text/plain"] = f"[nsbox: the display of {type(obj).__name__} raised {type(special).__name__}: {special}]"
+    if not data:
+        method = _nsbox_real_method(obj, "_repr_mimebundle_")
+        if method is not None:
+            got = _nsbox_attempt(lambda: method(include=None, exclude=None))
+            if isinstance(got, tuple) and len(got) == 2:
+                got, md = got
+                if isinstance(md, dict):
+                    metadata.update(md)
+            if isinstance(got, dict):
+                data.update({k: _nsbox_mime_value(k, v) for k, v in got.items()})
+            elif isinstance(got, Exception):
+                data["text/plain"] = f"[nsbox: _repr_mimebundle_ raised {type(got).__name__}: {got}]"
+        for name, mime in _NSBOX_RESULT_MIMES:
+            if mime in data:
+                continue
+            method = _nsbox_real_method(obj, name)
+            if method is None:
+                continue
+            got = _nsbox_attempt(method)
+            if isinstance(got, tuple) and len(got) == 2:
+                got, md = got
+                if isinstance(md, dict):
+                    metadata[mime] = md
+            if isinstance(got, Exception):
+                data.setdefault(
+                    "text/plain",
+                    f"[nsbox: {name} raised {type(got).__name__}: {got}]",
+                )
+            elif got is not None:
+                data[mime] = _nsbox_mime_value(mime, got)
+    if "text/plain" not in data:
+        data["text/plain"] = _nsbox_safe_repr(obj)
+    return data, metadata
+
+
+def _nsbox_special(obj, results):
+    """Bundles for the objects nsbox knows better than their own protocol does, found only
+    among modules the code already imported."""
+    modules = sys.modules
+    pandas = modules.get("pandas")
+    if pandas is not None and isinstance(obj, (pandas.DataFrame, pandas.Series)):
+        frame = obj.to_frame() if isinstance(obj, pandas.Series) else obj
+        data = {
+            "text/plain": repr(obj),
+            "text/html": obj.to_frame().to_html() if isinstance(obj, pandas.Series) else obj._repr_html_(),
+            "text/markdown": _nsbox_markdown_table(frame, results.markdown_rows),
+        }
+        return {k: v for k, v in data.items() if v is not None}, {}
+    basedatatypes = modules.get("plotly.basedatatypes")
+    if basedatatypes is not None and isinstance(obj, basedatatypes.BaseFigure):
+        import json
+
+        # Not the figure's own _repr_mimebundle_: outside a notebook plotly's default
+        # renderer is a web browser.
+        return {
+            "application/vnd.plotly.v1+json": json.loads(obj.to_json()),
+            "text/html": obj.to_html(full_html=False, include_plotlyjs="cdn"),
+            "text/plain": f"<plotly figure: {len(obj.data)} trace(s)>",
+        }, {}
+    altair = modules.get("altair")
+    if altair is not None and isinstance(obj, getattr(altair, "TopLevelMixin", ())):
+        # The Vega-Lite spec itself, under its own MIME type: altair's default renderer
+        # gives only HTML outside a notebook.
+        major = str(getattr(altair, "SCHEMA_VERSION", "v5")).split(".")[0]
+        return {
+            f"application/vnd.vegalite.{major}+json": obj.to_dict(),
+            "text/plain": f"<altair {type(obj).__name__}>",
+        }, {}
+    figure = modules.get("matplotlib.figure")
+    if figure is not None and isinstance(obj, figure.Figure):
+        import base64
+        import io
+
+        buf = io.BytesIO()
+        obj.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
+        results.shown_figures.add(id(obj))
+        data = {"text/plain": repr(obj), "image/png": base64.b64encode(buf.getvalue()).decode()}
+        chart = _nsbox_attempt(lambda: _nsbox_chart(obj))
+        if isinstance(chart, dict):
+            data[_NSBOX_CHART_MIME] = chart
+        return data, {}
+    return None
+
+
+def _nsbox_markdown_table(frame, rows):
+    """A bounded markdown table of a DataFrame, for a model to read: head and tail rows, at
+    most 20 columns, each cell cut at 60 characters, then the shape and the dtypes."""
+    total_rows, total_cols = frame.shape
+    cols = list(frame.columns[:20])
+    part = frame[cols] if total_cols > 20 else frame
+    head = rows // 2 if total_rows > rows else total_rows
+    tail = rows - head if total_rows > rows else 0
+
+    def cell(v):
+        s = str(v).replace("|", "\\|").replace("\n", " ")
+        return s if len(s) <= 60 else s[:57] + "..."
+
+    index_name = cell(frame.index.name) if frame.index.name is not None else ""
+    lines = ["| " + " | ".join([index_name] + [cell(c) for c in cols]) + " |"]
+    lines.append("|" + "---|" * (len(cols) + 1))
+
+    def add(chunk):
+        for idx, values in zip(chunk.index, chunk.itertuples(index=False, name=None)):
+            lines.append("| " + " | ".join([cell(idx)] + [cell(v) for v in values]) + " |")
+
+    add(part.iloc[:head])
+    if tail:
+        lines.append("| ... |" + " ... |" * len(cols))
+        add(part.iloc[total_rows - tail :])
+    more = f", first {len(cols)} shown" if total_cols > 20 else ""
+    lines.append("")
+    lines.append(f"{total_rows} rows × {total_cols} columns{more}")
+    dtypes = ", ".join(f"{cell(c)}: {t}" for c, t in list(frame.dtypes.items())[:20])
+    lines.append(f"dtypes: {dtypes}")
+    return "\n".join(lines)
+
+
+def _nsbox_number(v):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if f != f or f in (float("inf"), float("-inf")):
+        return None
+    return int(f) if f.is_integer() and abs(f) < 2**53 else f
+
+
+def _nsbox_points(xs, ys):
+    """A series' points, or their aggregates when there are too many to list."""
+    xs = [_nsbox_number(x) for x in xs]
+    ys = [_nsbox_number(y) for y in ys]
+    if len(xs) <= _NSBOX_CHART_POINTS:
+        return {"points": [[x, y] for x, y in zip(xs, ys)]}
+    numbers = [y for y in ys if isinstance(y, (int, float))]
+    xnums = [x for x in xs if isinstance(x, (int, float))]
+    summary = {"count": len(xs)}
+    if xnums:
+        summary.update(x_min=min(xnums), x_max=max(xnums))
+    if numbers:
+        summary.update(y_min=min(numbers), y_max=max(numbers), y_mean=sum(numbers) / len(numbers))
+    return {"aggregate": summary, "first_points": [[x, y] for x, y in zip(xs[:10], ys[:10])]}
+
+
+def _nsbox_label(artist):
+    """An artist's legend label; matplotlib's own placeholders (`_child0`) are no label."""
+    label = artist.get_label()
+    return "" if not isinstance(label, str) or label.startswith("_") else label
+
+
+def _nsbox_tick_name(axis, value):
+    """The category a bar stands for, when the axis is labelled by category."""
+    try:
+        for tick, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels()):
+            if abs(float(tick) - float(value)) < 1e-9 and label.get_text():
+                return label.get_text()
+    except Exception:
+        pass
+    return _nsbox_number(value)
+
+
+def _nsbox_axes_summary(ax):
+    from matplotlib.container import BarContainer
+    from matplotlib.collections import PathCollection
+    from matplotlib.patches import Wedge
+
+    summary = {
+        "type": "other",
+        "title": ax.get_title(),
+        "x_label": ax.get_xlabel(),
+        "y_label": ax.get_ylabel(),
+        "x_scale": ax.get_xscale(),
+        "y_scale": ax.get_yscale(),
+        "series": [],
+    }
+    series = summary["series"]
+    tagged = getattr(ax, "_nsbox_chart", None)
+    if tagged is not None:
+        kind, items = tagged
+        summary["type"] = kind
+        series.extend(items)
+        return summary
+    wedges = [p for p in ax.patches if isinstance(p, Wedge)]
+    if wedges:
+        summary["type"] = "pie"
+        labels = [t.get_text() for t in ax.texts]
+        for i, w in enumerate(wedges):
+            label = _nsbox_label(w)
+            if not label and i < len(labels):
+                label = labels[i]
+            series.append({"label": label, "value": round((w.theta2 - w.theta1) / 360.0, 6)})
+        return summary
+    if ax.images:
+        summary["type"] = "image"
+        for im in ax.images:
+            arr = im.get_array()
+            shape = list(getattr(arr, "shape", []))
+            clim = im.get_clim()
+            series.append({"label": _nsbox_label(im), "shape": shape, "vmin": _nsbox_number(clim[0]), "vmax": _nsbox_number(clim[1])})
+        return summary
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    if bars:
+        summary["type"] = "bar"
+        for c in bars:
+            horizontal = getattr(c, "orientation", "vertical") == "horizontal"
+            xs, ys = [], []
+            for r in c.patches:
+                if horizontal:
+                    xs.append(_nsbox_tick_name(ax.yaxis, r.get_y() + r.get_height() / 2))
+                    ys.append(r.get_width())
+                else:
+                    xs.append(_nsbox_tick_name(ax.xaxis, r.get_x() + r.get_width() / 2))
+                    ys.append(r.get_height())
+            entry = {"label": _nsbox_label(c)}
+            entry.update(_nsbox_points(xs, ys))
+            series.append(entry)
+        return summary
+    scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
+    if scatters:
+        summary["type"] = "scatter"
+        for c in scatters:
+            offsets = c.get_offsets()
+            entry = {"label": _nsbox_label(c)}
+            entry.update(_nsbox_points([p[0] for p in offsets], [p[1] for p in offsets]))
+            series.append(entry)
+        return summary
+    if ax.lines:
+        summary["type"] = "line"
+        for ln in ax.lines:
+            entry = {"label": _nsbox_label(ln)}
+            entry.update(_nsbox_points(ln.get_xdata(), ln.get_ydata()))
+            series.append(entry)
+    return summary
+
+
+def _nsbox_chart(fig):
+    """A machine-readable summary of a matplotlib figure, for a model that cannot see it."""
+    suptitle = getattr(fig, "_suptitle", None)
+    return {
+        "version": 1,
+        "title": suptitle.get_text() if suptitle is not None else "",
+        "axes": [_nsbox_axes_summary(ax) for ax in fig.axes if ax.get_visible()],
+    }
+
+
+def _nsbox_tag_matplotlib_charts():
+    """Histograms and box plots look like bars and lines once drawn: the calls that make
+    them leave their data on the axes for the chart summary."""
+    from matplotlib.axes import Axes
+
+    if getattr(Axes, "_nsbox_tagged", False):
+        return
+    hist, bxp = Axes.hist, Axes.bxp
+
+    def tagged_hist(self, x, *args, **kwargs):
+        got = hist(self, x, *args, **kwargs)
+        counts, edges = got[0], got[1]
+        labels = kwargs.get("label")
+        many = getattr(counts, "ndim", 1) > 1 or (len(counts) and hasattr(counts[0], "__len__"))
+        sets = list(counts) if many else [counts]
+        if not isinstance(labels, (list, tuple)):
+            labels = [labels] * len(sets)
+        items = [
+            {
+                "label": str(label) if label is not None else "",
+                "bins": [_nsbox_number(e) for e in edges],
+                "counts": [_nsbox_number(c) for c in cs],
+            }
+            for label, cs in zip(labels, sets)
+        ]
+        self._nsbox_chart = ("histogram", items)
+        return got
+
+    def tagged_bxp(self, bxpstats, *args, **kwargs):
+        got = bxp(self, bxpstats, *args, **kwargs)
+        keys = ("med", "q1", "q3", "whislo", "whishi", "mean")
+        items = []
+        for i, s in enumerate(bxpstats):
+            item = {"label": str(s.get("label", i + 1))}
+            item.update({k: _nsbox_number(s[k]) for k in keys if k in s})
+            item["outliers"] = len(s.get("fliers", []))
+            items.append(item)
+        self._nsbox_chart = ("box", items)
+        return got
+
+    Axes.hist, Axes.bxp = tagged_hist, tagged_bxp
+    Axes._nsbox_tagged = True
+
+
+def _nsbox_display(*objs, **kwargs):
+    """display(), for the code: publishes to the current run's results, or prints as
+    IPython's does when no shell (here: no results asked for) takes it."""
+    results = _nsbox_state.get("results")
+    if results is None:
+        print(*objs)
+        return
+    results.display(*objs, **kwargs)
+
+
+def _nsbox_after_import(name, then):
+    """Calls then(module) once `name` is imported (at once if it already is): a hook on
+    modules the code may import, that nsbox itself never imports."""
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        then(loaded)
+        return
+
+    class _NsboxAfterImport:
+        done = False
+
+        @classmethod
+        def find_spec(cls, fullname, path=None, target=None):
+            if cls.done or fullname != name:
+                return None
+            for finder in sys.meta_path:
+                if finder is cls or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+            cls.done = True
+            original = spec.loader.exec_module
+
+            def exec_module(module):
+                original(module)
+                then(module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _NsboxAfterImport)
+
+
+def _nsbox_start_results(plots_out, caps):
+    """Results for one run (or session call): display() publishes to them."""
+    import builtins
+
+    results = _NsboxResults(plots_out, caps)
+    _nsbox_state["results"] = results
+    builtins.display = _nsbox_display
+    if not _nsbox_state.get("results_hooked"):
+        _nsbox_state["results_hooked"] = True
+
+        def patch_ipython(module):
+            module.display = _nsbox_display
+            shown = sys.modules.get("IPython.display")
+            if shown is not None:
+                shown.display = _nsbox_display
+
+        _nsbox_after_import("IPython.core.display_functions", patch_ipython)
+        _nsbox_after_import("matplotlib.axes", lambda _: _nsbox_tag_matplotlib_charts())
+    return results
+
+
+def _nsbox_split_last_expression(source):
+    """The code's statements and its last one when that is an expression not followed by
+    `;` (IPython's rule), compiled as `<string>` so tracebacks read as before."""
+    import ast
+
+    tree = ast.parse(source, "<string>")
+    last = tree.body[-1] if tree.body else None
+    if not isinstance(last, ast.Expr):
+        return compile(tree, "<string>", "exec"), None
+    lines = source.splitlines()
+    after = lines[last.end_lineno - 1][last.end_col_offset :] if last.end_lineno <= len(lines) else ""
+    rest = "\n".join([after] + lines[last.end_lineno :])
+    stripped = "\n".join(l.split("#", 1)[0] for l in rest.splitlines()).strip()
+    if stripped.startswith(";"):
+        return compile(tree, "<string>", "exec"), None
+    body = ast.Module(body=tree.body[:-1], type_ignores=[])
+    return compile(body, "<string>", "exec"), compile(ast.Expression(body=last.value), "<string>", "eval")
+
+
+def _nsbox_error(e, tb, user_globals):
+    """nbformat's error object for an exception, with the user's frames only (as stderr),
+    and the line of the code it was raised at: the innermost frame of the code's own
+    (its globals are the run's module; the harness's code is `<string>` too)."""
+    import traceback
+
+    lineno = None
+    if isinstance(e, SyntaxError) and e.filename == "<string>":
+        lineno = e.lineno
+    walk = tb
+    while walk is not None:
+        if walk.tb_frame.f_globals is user_globals:
+            lineno = walk.tb_lineno
+        walk = walk.tb_next
+    evalue = _nsbox_attempt(lambda: str(e))
+    return {
+        "ename": type(e).__name__,
+        "evalue": evalue if isinstance(evalue, str) else "",
+        "traceback": "".join(traceback.format_exception(type(e), e, tb)).rstrip("\n").split("\n"),
+        "lineno": lineno,
+    }
+
+
 class _NsboxRun:
     """One piece of code run in a module's namespace, with its figures and files."""
 
-    def __init__(self, main, plots_out, max_plots):
+    def __init__(self, main, plots_out, max_plots, results=None):
         self.main = main
         self.plots_out = plots_out
         self.max_plots = max_plots
         self.emitted = 0
         self.dropped = 0
+        # Notebook results, when the run asked for them.
+        self.results = results
 
     def emit_open_figures(self):
         import io
@@ -312,8 +842,11 @@ class _NsboxRun:
                 buf = io.BytesIO()
                 # Level 1 encodes several times faster than the default for a few % more bytes.
                 fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
-                _nsbox_frame(self.plots_out, b"P", buf.getvalue())
+                png = buf.getvalue()
+                _nsbox_frame(self.plots_out, b"P", png)
                 self.emitted += 1
+                if self.results is not None:
+                    self.results.figure(fig, png)
             pyplot.close(fig)
 
     def execute(self, source, interruptible=False):
@@ -330,7 +863,20 @@ class _NsboxRun:
                 # The C handler raises without a Python frame of the harness's own.
                 signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
-                exec(compile(source, "<string>", "exec"), self.main.__dict__)
+                if self.results is None:
+                    exec(compile(source, "<string>", "exec"), self.main.__dict__)
+                else:
+                    try:
+                        body, last = _nsbox_split_last_expression(source)
+                    except SyntaxError as e:
+                        # Raised afresh here, as compile() would: no harness frame in it.
+                        raise e.with_traceback(None) from None
+                    exec(body, self.main.__dict__)
+                    if last is not None:
+                        value = eval(last, self.main.__dict__)
+                        if value is not None:
+                            self.main.__dict__["_"] = value
+                            self.results.publish("execute_result", value)
             finally:
                 if interruptible:
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -349,6 +895,11 @@ class _NsboxRun:
                 tb = tb.tb_next
             traceback.print_exception(type(e), e, tb.tb_next if tb else None)
             exit_code = 1
+            if self.results is not None:
+                import json
+
+                error = _nsbox_error(e, tb.tb_next if tb else None, self.main.__dict__)
+                _nsbox_frame(self.plots_out, b"E", json.dumps(error, default=str).encode())
         try:
             self.emit_open_figures()
         except Exception as e:
@@ -404,7 +955,12 @@ def _nsbox_step(bundle, plots_out, main, interruptible):
         return 1
     caps = bundle.get("collect_files")
     before = _nsbox_walk([]) if caps is not None else None
-    run = _NsboxRun(main, plots_out, int(bundle["max_plots"]))
+    result_caps = bundle.get("results")
+    results = _nsbox_start_results(plots_out, result_caps) if result_caps is not None else None
+    if results is None:
+        # A session call that did not ask: display() prints, as outside a notebook.
+        _nsbox_state["results"] = None
+    run = _NsboxRun(main, plots_out, int(bundle["max_plots"]), results)
     exit_code = run.execute(bundle["code"], interruptible)
     if caps is not None:
         try:

@@ -33,8 +33,9 @@ pub mod warm_library;
 
 pub use config::{SpawnerConfig, WarmConfig};
 pub use run::{
-    Cut, FileCaps, InputFile, Limits, OutputFile, Plot, Report, RunEvent, RunOutcome, RunRequest,
-    SessionOp, Termination, WORKDIR,
+    Cut, FileCaps, InputFile, JsonText, Limits, NotebookError, NotebookOutput, OutputFile,
+    OutputType, Plot, Report, ResultCaps, RunEvent, RunOutcome, RunRequest, SessionOp, Termination,
+    WORKDIR,
 };
 pub use supervisor::HARNESS;
 pub use warm_library::WarmLibrary;

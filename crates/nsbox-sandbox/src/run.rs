@@ -3,6 +3,8 @@
 //! Plain data, serialized between the server and a supervisor; nothing here imports the
 //! modules that act on it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Per-run resource limits. Every field is enforced by the kernel (cgroup or rlimit).
@@ -74,6 +76,84 @@ pub struct RunRequest {
     /// `code` is then empty.
     #[serde(default)]
     pub session: bool,
+    /// Whether (and under which caps) the run returns notebook results: its last
+    /// expression's value, what it displays, its figures, and its exception as data.
+    #[serde(default)]
+    pub results: Option<ResultCaps>,
+}
+
+/// Caps on a run's notebook results. The harness keeps to them (a result past a cap keeps
+/// its plain text, marked truncated); the supervisor holds frames to them again, since the
+/// code can write frames itself.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ResultCaps {
+    /// Results per run.
+    pub max_count: usize,
+    /// One result, as JSON.
+    pub max_bytes: usize,
+    /// All of a run's results, as JSON.
+    pub max_total_bytes: usize,
+    /// Rows of a DataFrame's markdown table (head and tail).
+    pub markdown_rows: usize,
+}
+
+impl Default for ResultCaps {
+    fn default() -> Self {
+        ResultCaps {
+            max_count: 256,
+            max_bytes: 2 << 20,
+            max_total_bytes: 24 << 20,
+            markdown_rows: 20,
+        }
+    }
+}
+
+/// Text that is one JSON value, checked when it was taken from a run. A run's results stay
+/// text all the way to the client: built into a value tree, hostile JSON takes many times
+/// its size.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct JsonText(String);
+
+impl JsonText {
+    /// `text` if it is one JSON value.
+    pub fn new(text: &str) -> Option<JsonText> {
+        serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+        Some(JsonText(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which Jupyter output a result is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputType {
+    /// The value of the code's last expression.
+    ExecuteResult,
+    /// What the code displayed, and the figures it showed.
+    DisplayData,
+}
+
+/// One Jupyter output object (nbformat v4), its MIME values as checked JSON text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NotebookOutput {
+    pub output_type: OutputType,
+    pub data: BTreeMap<String, JsonText>,
+    /// A JSON object.
+    pub metadata: JsonText,
+}
+
+/// The exception a run's code raised, in nbformat's error shape, with the line of the code
+/// it was raised at.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NotebookError {
+    pub ename: String,
+    pub evalue: String,
+    pub traceback: Vec<String>,
+    pub lineno: Option<u64>,
 }
 
 /// The working directory of every run: the code's current directory, on its private /tmp.
@@ -140,6 +220,8 @@ pub enum RunEvent {
     Stderr { text: String },
     /// A figure, complete, as it will appear in the outcome.
     Plot { plot: Plot },
+    /// A notebook result, as it will appear in the outcome.
+    Display { output: NotebookOutput },
 }
 
 /// What a supervisor writes on a run's socket: events while the run goes on (when the
@@ -148,7 +230,7 @@ pub enum RunEvent {
 #[serde(tag = "report", rename_all = "snake_case")]
 pub enum Report {
     Event { event: RunEvent },
-    Done { outcome: RunOutcome },
+    Done { outcome: Box<RunOutcome> },
 }
 
 /// How a run ended.
@@ -215,6 +297,12 @@ pub struct RunOutcome {
     /// outcome is written.
     #[serde(default)]
     pub session_ended: Option<String>,
+    /// Notebook results, in the order the code produced them, when the request asked.
+    #[serde(default)]
+    pub results: Vec<NotebookOutput>,
+    /// The exception the code raised, when the request asked for results.
+    #[serde(default)]
+    pub error: Option<NotebookError>,
 }
 
 /// Which warm interpreter a run forks from.

@@ -164,12 +164,18 @@ pub fn serve(
         }
         return Err(SupervisorError::Reply(ProtocolError::Write(errno.into())));
     }
-    write_frame(&mut stream, &Report::Done { outcome: ready }).map_err(SupervisorError::Reply)?;
+    write_frame(
+        &mut stream,
+        &Report::Done {
+            outcome: Box::new(ready),
+        },
+    )
+    .map_err(SupervisorError::Reply)?;
     let Some(mut live) = live else { return Ok(()) };
     tracing::debug!(ms = began.elapsed().as_millis() as u64, "session ready");
     loop {
         let op = match next_op(&stream, &mut live) {
-            Next::Op(op) => op,
+            Next::Op(op) => *op,
             Next::Closed => {
                 tracing::debug!("session closed by the server");
                 live.end();
@@ -192,7 +198,12 @@ pub fn serve(
         let mut outcome = call(&mut live, &op, &stream);
         outcome.memory_bytes = live.memory();
         let ended = outcome.session_ended.clone();
-        let written = write_frame(&mut stream, &Report::Done { outcome });
+        let written = write_frame(
+            &mut stream,
+            &Report::Done {
+                outcome: Box::new(outcome),
+            },
+        );
         drop(span);
         if let Some(reason) = ended {
             tracing::info!(%reason, "session ended by a call");
@@ -227,6 +238,8 @@ fn outcome(
         files: Vec::new(),
         memory_bytes,
         session_ended: None,
+        results: Vec::new(),
+        error: None,
     }
 }
 
@@ -406,7 +419,7 @@ fn send_call(
 }
 
 enum Next {
-    Op(SessionOp),
+    Op(Box<SessionOp>),
     /// The server closed its end: DELETE, expiry, shutdown.
     Closed,
     /// The interpreter went away between calls.
@@ -432,7 +445,7 @@ fn next_op(stream: &UnixStream, live: &mut Live) -> Next {
         }
         if server {
             return match read_frame::<SessionOp>(&mut &*stream) {
-                Ok(op) => Next::Op(op),
+                Ok(op) => Next::Op(Box::new(op)),
                 Err(_) => Next::Closed,
             };
         }
@@ -461,11 +474,13 @@ fn message<'a>(op: &'a SessionOp, session: &'a Limits) -> Message<'a> {
         max_plots: 0,
         path: None,
         caps: None,
+        results: None,
     };
     let no_frames = FrameCaps {
         max_plots: 0,
         plot_bytes: 0,
         files: None,
+        results: None,
     };
     let file_op = |name, bundle, files, frames| Message {
         name,
@@ -481,7 +496,7 @@ fn message<'a>(op: &'a SessionOp, session: &'a Limits) -> Message<'a> {
             bundle: Bundle::of(request),
             patience: Duration::from_millis(request.limits.timeout_ms),
             files: request.collect_files,
-            frames: FrameCaps::of(&request.limits, request.collect_files),
+            frames: FrameCaps::of(&request.limits, request.collect_files, request.results),
             limits: &request.limits,
         },
         SessionOp::ListFiles { .. } => file_op("list", empty, None, FrameCaps::listing()),
@@ -559,7 +574,7 @@ fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
 
     let mut out = Capture::new(out.read, limits.output_bytes);
     let mut err = Capture::new(err.read, limits.output_bytes);
-    let mut figs = Capture::new(figs.read, frames_cap(limits, caps));
+    let mut figs = Capture::new(figs.read, frames_cap(limits, caps, frame_caps.results));
     let mut interrupted: Option<Instant> = None;
     let mut answer: Option<Option<serde_json::Value>> = None;
     let mut answered_at = began;
@@ -679,6 +694,8 @@ fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
         files: frames.files,
         memory_bytes: None,
         session_ended: ended,
+        results: frames.results,
+        error: frames.error,
     }
 }
 

@@ -27,7 +27,8 @@ use super::failure::{io_step, step, Failure, Step};
 use super::namespaces::RUN_NAMESPACES;
 use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::{
-    Cut, FileCaps, InputFile, Limits, Report, RunOutcome, RunRequest, Template, Termination,
+    Cut, FileCaps, InputFile, Limits, Report, ResultCaps, RunOutcome, RunRequest, Template,
+    Termination,
 };
 use super::seccomp::SeccompProgram;
 use super::warm::{self, RunEnds};
@@ -73,7 +74,12 @@ pub fn serve(
     let mut phases = Phases::new();
     let (outcome, rest) = execute(&request, config, seccomp, warm, &stream, &mut phases);
     let warm_run = outcome.warm;
-    let written = write_frame(&mut stream, &Report::Done { outcome });
+    let written = write_frame(
+        &mut stream,
+        &Report::Done {
+            outcome: Box::new(outcome),
+        },
+    );
     let _ = stream.flush();
     phases.reply_us = phases.lap();
     phases.total_us = phases.began.elapsed().as_micros() as u64;
@@ -180,6 +186,8 @@ fn setup_failed(failure: Failure, start: Instant) -> RunOutcome {
         files: Vec::new(),
         memory_bytes: None,
         session_ended: None,
+        results: Vec::new(),
+        error: None,
     }
 }
 
@@ -285,6 +293,8 @@ pub(crate) struct Bundle<'a> {
     /// For a session's file requests: the file, and the caps it is read under.
     pub path: Option<&'a str>,
     pub caps: Option<FileCaps>,
+    /// Notebook results, when asked for, and their caps.
+    pub results: Option<ResultCaps>,
 }
 
 impl<'a> Bundle<'a> {
@@ -296,6 +306,7 @@ impl<'a> Bundle<'a> {
             max_plots: request.limits.max_plots,
             path: None,
             caps: None,
+            results: request.results,
         }
     }
 
@@ -318,13 +329,25 @@ impl<'a> Bundle<'a> {
     }
 }
 
-/// The cap on a run's plots pipe: the plots' bytes, and the files' when they are collected
-/// (with room for their headers).
-pub(crate) fn frames_cap(limits: &Limits, files: Option<FileCaps>) -> usize {
+/// The cap on a run's plots pipe: the plots' bytes, the files' when they are collected
+/// (with room for their headers), and the results' and the error's when asked for.
+pub(crate) fn frames_cap(
+    limits: &Limits,
+    files: Option<FileCaps>,
+    results: Option<ResultCaps>,
+) -> usize {
     let files = files.map_or(0, |caps| {
         caps.max_total_bytes as usize + caps.max_count.saturating_add(1) * 4096
     });
-    limits.plot_bytes.saturating_add(files)
+    let results = results.map_or(0, |caps| {
+        caps.max_total_bytes
+            .saturating_add(caps.max_count.saturating_mul(5))
+            .saturating_add(super::capture::ERROR_FRAME_MAX)
+    });
+    limits
+        .plot_bytes
+        .saturating_add(files)
+        .saturating_add(results)
 }
 
 /// Fresh pipes, and `code` (what the harness reads on fd 3): our ends, and the ends the
@@ -501,8 +524,8 @@ fn execute(
         &sandbox,
         reads.outputs,
         limits,
-        FrameCaps::of(limits, request.collect_files),
-        frames_cap(limits, request.collect_files),
+        FrameCaps::of(limits, request.collect_files, request.results),
+        frames_cap(limits, request.collect_files, request.results),
         client,
         request.stream,
     );
@@ -924,6 +947,8 @@ fn assemble(
         files: frames.files,
         memory_bytes: None,
         session_ended: None,
+        results: frames.results,
+        error: frames.error,
     }
 }
 
