@@ -331,8 +331,12 @@ impl Template {
 }
 
 /// Top-level modules that only the scientific (and ml) template has warm, and the
-/// distribution names a request's `libraries` may give for them.
-const SCIENTIFIC: [&str; 12] = [
+/// distribution names a request's `libraries` may give for them. Plotly Express and Altair
+/// are not warm themselves, but they import pandas: forked from this template they find it
+/// loaded.
+const SCIENTIFIC: [&str; 14] = [
+    "plotly",
+    "altair",
     "numpy",
     "pandas",
     "scipy",
@@ -393,6 +397,11 @@ mod tests {
             Template::Scientific
         );
         assert_eq!(template_for(&s(&["numpyish"]), &[]), Template::Base);
+        assert_eq!(
+            template_for(&s(&["plotly.express"]), &[]),
+            Template::Scientific
+        );
+        assert_eq!(template_for(&s(&["altair"]), &[]), Template::Scientific);
         assert_eq!(template_for(&s(&["openpyxl"]), &[]), Template::Scientific);
         for module in ["sklearn.linear_model", "statsmodels.formula.api", "patsy"] {
             assert_eq!(
