@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// (kept under their paths); without it they are not collected.
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+    /// Where the run's notebook results (and its error) are written as JSON
+    /// (docs/results.md); their plain text is printed either way.
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
     #[command(flatten)]
     pub options: Options,
 }
@@ -339,6 +343,7 @@ pub fn main() -> ExitCode {
                 json: args.json,
                 files: args.files,
                 out_dir: args.out_dir,
+                results_file: args.results,
             };
             match crate::run::main(&config, &opts) {
                 Ok(status) => ExitCode::from(status),

@@ -9,6 +9,7 @@ use base64::Engine;
 
 use crate::config::{Config, RunMode, ScannerMode};
 use crate::host::{LocalService, StartError};
+use crate::sandbox::CHART_MIME;
 use crate::service::files::{FileContent, FileInput};
 use crate::service::response::FileResponse;
 use crate::service::{CodeRequest, CodeResponse, Ending, Limit, RunResult, ServiceError};
@@ -53,6 +54,11 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("writing the results to {path}: {source}")]
+    WriteResults {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl RunError {
@@ -80,6 +86,8 @@ pub struct RunOptions {
     pub files: Vec<String>,
     /// Where output files go; `None` does not collect them.
     pub out_dir: Option<PathBuf>,
+    /// Where the results go as JSON (their plain text is printed anyway).
+    pub results_file: Option<PathBuf>,
 }
 
 /// A sandbox of one's own: the run service as the server has it, over a cold spawner,
@@ -197,6 +205,8 @@ pub fn main(config: &Config, opts: &RunOptions) -> Result<u8, RunError> {
         timeout_s: opts.timeout_s,
         // Output files are collected only when there is somewhere to put them.
         files: (opts.out_dir.is_some() || !files.is_empty()).then_some(files),
+        // As a REPL: the last expression's value is shown.
+        results: Some(true),
         ..CodeRequest::default()
     };
     let sandbox = Sandbox::start(config)?;
@@ -207,6 +217,13 @@ pub fn main(config: &Config, opts: &RunOptions) -> Result<u8, RunError> {
     print_response(&response, opts)?;
     if let (Some(dir), Some(files)) = (&opts.out_dir, &response.files) {
         write_outputs(dir, files)?;
+    }
+    if let Some(path) = &opts.results_file {
+        let written = serde_json::json!({"results": &response.results, "error": &response.error});
+        std::fs::write(path, written.to_string()).map_err(|source| RunError::WriteResults {
+            path: path.clone(),
+            source,
+        })?;
     }
     Ok(status)
 }
@@ -233,6 +250,19 @@ fn print_response(response: &CodeResponse, opts: &RunOptions) -> Result<(), RunE
     }
     // Broken pipes (`nsbox run x.py | head`) are not worth an error.
     let _ = std::io::stdout().write_all(response.stdout.as_bytes());
+    // Each result's plain text, as a REPL prints a value; figures are written as files below.
+    for result in response.results.iter().flatten() {
+        let data = &result.0.data;
+        if data.contains_key(CHART_MIME) {
+            continue;
+        }
+        if let Some(text) = data
+            .get("text/plain")
+            .and_then(|t| serde_json::from_str::<String>(t.as_str()).ok())
+        {
+            let _ = writeln!(std::io::stdout(), "{text}");
+        }
+    }
     let _ = std::io::stdout().flush();
     let mut err = std::io::stderr();
     let _ = err.write_all(response.stderr.as_bytes());

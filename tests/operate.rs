@@ -222,6 +222,22 @@ fn run_prints_the_output_writes_plots_and_exits_with_the_code_status() {
     let out = run_stdin("   \n", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("empty"));
+    // As a REPL: what the code displays and its last expression's value are printed.
+    let results = dir.path().join("results.json");
+    let out = run_stdin(
+        "print('out')\ndisplay('shown')\nx = 6\nx * 7\n",
+        &["--results", results.to_str().unwrap()],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "out\n'shown'\n42\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let written: Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    assert_eq!(written["results"][1]["output_type"], "execute_result");
+    assert_eq!(written["results"][1]["data"]["text/plain"], "42");
+    assert!(written["error"].is_null());
 }
 
 #[test]

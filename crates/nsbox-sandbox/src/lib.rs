@@ -35,7 +35,7 @@ pub use config::{SpawnerConfig, WarmConfig};
 pub use run::{
     Cut, FileCaps, InputFile, JsonText, Limits, NotebookError, NotebookOutput, OutputFile,
     OutputType, Plot, Report, ResultCaps, RunEvent, RunOutcome, RunRequest, SessionOp, Termination,
-    WORKDIR,
+    CHART_MIME, WORKDIR,
 };
 pub use supervisor::HARNESS;
 pub use warm_library::WarmLibrary;

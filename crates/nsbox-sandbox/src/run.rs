@@ -127,6 +127,9 @@ impl JsonText {
     }
 }
 
+/// The MIME type of nsbox's summary of a matplotlib figure (docs/results.md).
+pub const CHART_MIME: &str = "application/vnd.nsbox.chart+json";
+
 /// Which Jupyter output a result is.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
