@@ -44,6 +44,14 @@ pub fn main(config: &Config, json: bool, end_to_end: bool) -> u8 {
     if json {
         let mut shown = config.clone();
         shown.api_keys = shown.api_keys.iter().map(|_| "<redacted>".into()).collect();
+        shown.operator_keys = shown
+            .operator_keys
+            .iter()
+            .map(|_| "<redacted>".into())
+            .collect();
+        for entry in &mut shown.keys {
+            entry.key = "<redacted>".into();
+        }
         let report = Report {
             isolation_complete: complete,
             probes: &probes,

@@ -105,6 +105,7 @@ pub struct Metrics {
     request_seconds: Histogram,
     queue_seconds: Histogram,
     rejected: Counter,
+    log_suppressed: Counter,
     queue_depth: Gauge,
     active_runs: Gauge,
     template_forks: Counter,
@@ -132,6 +133,7 @@ impl Metrics {
             request_seconds: latency_histogram(),
             queue_seconds: latency_histogram(),
             rejected: Counter::default(),
+            log_suppressed: Counter::default(),
             queue_depth: Gauge::default(),
             active_runs: Gauge::default(),
             template_forks: Counter::default(),
@@ -170,8 +172,14 @@ impl Metrics {
         );
         r.register(
             "admission_rejected",
-            "Run requests turned away because the queue or the user's share was full",
+            "Run requests turned away (429) because the queue, the API key's share or the \
+             user's share was full",
             m.rejected.clone(),
+        );
+        r.register(
+            "log_lines_suppressed",
+            "Log lines about refused requests left out past the rate limit",
+            m.log_suppressed.clone(),
         );
         r.register(
             "queue_depth",
@@ -248,6 +256,10 @@ impl Metrics {
 
     pub fn rejected(&self) {
         self.rejected.inc();
+    }
+
+    pub fn log_line_suppressed(&self) {
+        self.log_suppressed.inc();
     }
 
     pub fn queued_for(&self, wait: std::time::Duration) {
