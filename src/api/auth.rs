@@ -92,14 +92,9 @@ impl Keys {
         KeyWeights::new(
             self.0
                 .iter()
-                .map(|k| (owner_of_digest(&k.digest), k.weight)),
+                .map(|k| (crate::service::owner_of_digest(&k.digest), k.weight)),
         )
     }
-}
-
-/// The owner of a key's digest: [`crate::service::key_owner`] of the key.
-fn owner_of_digest(digest: &[u8; 32]) -> String {
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Who a request is, for what it owns (sessions, its share of the run slots): a

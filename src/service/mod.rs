@@ -70,7 +70,11 @@ pub const MAX_ID_BYTES: usize = 128;
 /// fingerprint of the key, never the key itself.
 pub fn key_owner(key: &[u8]) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(key);
+    owner_of_digest(&sha2::Sha256::digest(key).into())
+}
+
+/// [`key_owner`] from the key's SHA-256 digest, for callers that keep only the digest.
+pub fn owner_of_digest(digest: &[u8; 32]) -> String {
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
