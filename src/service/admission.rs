@@ -313,10 +313,14 @@ impl Admission {
         key.users.entry(user.clone()).or_default();
         let user_in_flight = key.users[&user].in_flight;
         let refusal = if key.in_flight >= per_key {
-            Some(format!(
-                "this API key already has {per_key} runs in progress or queued (its share of \
-                 the server); retry shortly"
-            ))
+            // Without keys the one anonymous owner's share is every slot and queue place.
+            Some(match owner {
+                Some(_) => format!(
+                    "this API key already has {per_key} runs in progress or queued (its share \
+                     of the server); retry shortly"
+                ),
+                None => "too many runs in progress and queued; retry shortly".to_string(),
+            })
         } else if user_in_flight >= per_user {
             Some(format!(
                 "this user already has {per_user} runs in progress or queued; retry shortly"
@@ -444,7 +448,11 @@ mod tests {
         drop(held);
         assert_eq!(a.load_of(&Some("a".into())), (0, 0));
         // A keyless server's one anonymous owner has every place.
+        let keyless = admission(1, 0, &[]);
         assert_eq!(admission(4, 4, &[]).shares().per_key(&None), 8);
+        let _only = keyless.enter(None, Some("u1")).unwrap();
+        let refused = keyless.enter(None, Some("u2")).err().unwrap();
+        assert!(matches!(refused, ServiceError::Overloaded(m) if !m.contains("API key")));
     }
 
     /// Issue 28: key A floods (every slot, then its share of the queue); key B's request
