@@ -42,12 +42,10 @@ pub fn main(config: &Config, json: bool, end_to_end: bool) -> u8 {
     }
     let complete = probes.iter().all(|p| p.ok || !p.required);
     if json {
-        let mut shown = config.clone();
-        shown.api_keys = shown.api_keys.iter().map(|_| "<redacted>".into()).collect();
         let report = Report {
             isolation_complete: complete,
             probes: &probes,
-            config: shown,
+            config: redacted(config),
         };
         println!(
             "{}",
@@ -78,5 +76,34 @@ pub fn main(config: &Config, json: bool, end_to_end: bool) -> u8 {
         0
     } else {
         1
+    }
+}
+
+/// The configuration as the report shows it: every key replaced, wherever it was given.
+fn redacted(config: &Config) -> Config {
+    let hide = |keys: &[String]| keys.iter().map(|_| "<redacted>".to_string()).collect();
+    let mut shown = config.clone();
+    shown.api_keys = hide(&config.api_keys);
+    shown.operator_keys = hide(&config.operator_keys);
+    for entry in &mut shown.keys {
+        entry.key = "<redacted>".into();
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_shows_no_key() {
+        let config = Config::parse(
+            "api_keys = [\"k-one\"]\noperator_keys = [\"k-two\"]\n\
+             [[keys]]\nkey = \"k-three\"\nweight = 2\n",
+        )
+        .unwrap();
+        let text = serde_json::to_string(&redacted(&config)).unwrap();
+        assert!(!text.contains("k-"), "{text}");
+        assert_eq!(redacted(&config).keys[0].weight, 2);
     }
 }

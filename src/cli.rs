@@ -107,8 +107,8 @@ pub struct Options {
     /// Runs executing at once; further requests queue [default: 8].
     #[arg(long, env = "NSBOX_MAX_RUNNING")]
     pub max_running: Option<usize>,
-    /// Runs (running or queued) one `x-relaxai-userid` may have at once [default: half of
-    /// max_running, at least 1].
+    /// Requests (scanning, queued or running) one `x-relaxai-userid` of an API key may have
+    /// at once [default: half of the key's share, at least 1].
     #[arg(long, env = "NSBOX_MAX_RUNNING_PER_USER")]
     pub max_running_per_user: Option<usize>,
     /// Requests waiting for a slot; past this, 429 with Retry-After [default: 64].
@@ -128,6 +128,17 @@ pub struct Options {
     /// A file of API keys, one per line (`#` comments allowed); added to --api-key.
     #[arg(long, env = "NSBOX_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// Keys accepted like --api-key that also see the whole server: every key's runs and
+    /// sessions in /v1/status, and /metrics (repeat the flag, or separate with commas in
+    /// the variable).
+    #[arg(
+        long = "operator-keys",
+        visible_alias = "operator-key",
+        env = "NSBOX_OPERATOR_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub operator_keys: Option<Vec<String>>,
     /// Timeout when a request gives none, seconds [default: 30].
     #[arg(long, env = "NSBOX_DEFAULT_TIMEOUT")]
     pub default_timeout: Option<f64>,
@@ -247,6 +258,7 @@ impl Options {
             max_running,
             max_queue,
             api_keys,
+            operator_keys,
             default_timeout,
             max_timeout,
             memory_mib,

@@ -36,6 +36,33 @@ pub enum LogFormat {
     Json,
 }
 
+/// One API key with its options: a `[[keys]]` table of the configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    pub key: String,
+    /// The key's weight in the shares of the run slots and the queue (default 1).
+    #[serde(default = "weight_one")]
+    pub weight: u32,
+    /// Whether the key sees the whole server in `/v1/status` and may read `/metrics`.
+    #[serde(default)]
+    pub operator: bool,
+}
+
+fn weight_one() -> u32 {
+    1
+}
+
+impl KeyEntry {
+    fn plain(key: String) -> KeyEntry {
+        KeyEntry {
+            key,
+            weight: 1,
+            operator: false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading the configuration file {path}: {source}")]
@@ -75,8 +102,8 @@ pub struct Config {
     pub rootfs: PathBuf,
     /// Runs executing at once; further requests queue.
     pub max_running: usize,
-    /// Runs (running or queued) one `x-relaxai-userid` may have; `None` = half of
-    /// `max_running`, at least 1.
+    /// Requests (scanning, queued or running) one `x-relaxai-userid` of an API key may
+    /// have; `None` = half of the key's share, at least 1.
     pub max_running_per_user: Option<usize>,
     /// Requests waiting for a slot; past this, 429 with Retry-After.
     pub max_queue: usize,
@@ -85,6 +112,11 @@ pub struct Config {
     pub api_keys: Vec<String>,
     /// A file with one API key per line (blank lines and `#` comments ignored).
     pub api_keys_file: Option<PathBuf>,
+    /// Keys accepted like `api_keys` that also see the whole server: every key's runs and
+    /// sessions in `/v1/status`, and `/metrics`.
+    pub operator_keys: Vec<String>,
+    /// Keys with options (`[[keys]]` tables: `key`, `weight`, `operator`).
+    pub keys: Vec<KeyEntry>,
     /// Timeout of a request that gives none, seconds.
     pub default_timeout: f64,
     /// Largest timeout a request may ask for, seconds.
@@ -156,6 +188,8 @@ impl Default for Config {
             max_queue: 64,
             api_keys: Vec::new(),
             api_keys_file: None,
+            operator_keys: Vec::new(),
+            keys: Vec::new(),
             default_timeout: 30.0,
             max_timeout: 300.0,
             memory_mib: 512,
@@ -297,12 +331,23 @@ impl Config {
         if self.api_keys.iter().any(|k| k.trim().is_empty()) {
             return Err(invalid("api_keys", "must not contain empty keys"));
         }
+        if self.operator_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(invalid("operator_keys", "must not contain empty keys"));
+        }
+        if self.keys.iter().any(|k| k.key.trim().is_empty()) {
+            return Err(invalid("keys", "must not contain empty keys"));
+        }
+        if self.keys.iter().any(|k| k.weight == 0) {
+            return Err(invalid("keys", "`weight` must be at least 1"));
+        }
         Ok(())
     }
 
-    /// Every accepted key: `api_keys` plus the lines of `api_keys_file`.
-    pub fn all_api_keys(&self) -> Result<Vec<String>, ConfigError> {
-        let mut keys = self.api_keys.clone();
+    /// Every accepted key with its options: `api_keys`, the lines of `api_keys_file`,
+    /// `operator_keys` and `keys`. A key given more than once is one key, with the largest
+    /// weight given and operator if any entry says so.
+    pub fn all_api_keys(&self) -> Result<Vec<KeyEntry>, ConfigError> {
+        let mut keys: Vec<KeyEntry> = self.api_keys.iter().cloned().map(KeyEntry::plain).collect();
         if let Some(path) = &self.api_keys_file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeysFile {
                 path: path.clone(),
@@ -312,16 +357,25 @@ impl Config {
                 text.lines()
                     .map(str::trim)
                     .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string),
+                    .map(|l| KeyEntry::plain(l.to_string())),
             );
         }
-        Ok(keys)
-    }
-
-    pub fn per_user_limit(&self) -> usize {
-        self.max_running_per_user
-            .unwrap_or(self.max_running.div_ceil(2))
-            .max(1)
+        keys.extend(self.operator_keys.iter().map(|k| KeyEntry {
+            operator: true,
+            ..KeyEntry::plain(k.clone())
+        }));
+        keys.extend(self.keys.iter().cloned());
+        let mut merged: Vec<KeyEntry> = Vec::new();
+        for entry in keys {
+            match merged.iter_mut().find(|m| m.key == entry.key) {
+                Some(m) => {
+                    m.weight = m.weight.max(entry.weight);
+                    m.operator |= entry.operator;
+                }
+                None => merged.push(entry),
+            }
+        }
+        Ok(merged)
     }
 }
 
@@ -392,6 +446,44 @@ mod tests {
             api_keys_file: Some(path),
             ..Config::default()
         };
-        assert_eq!(c.all_api_keys().unwrap(), ["inline", "alpha", "beta"]);
+        let keys: Vec<String> = c
+            .all_api_keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.key)
+            .collect();
+        assert_eq!(keys, ["inline", "alpha", "beta"]);
+    }
+
+    #[test]
+    fn keys_carry_weights_and_operators() {
+        let c = Config::parse(
+            "api_keys = [\"a\", \"b\"]\noperator_keys = [\"ops\"]\n\
+             [[keys]]\nkey = \"b\"\nweight = 3\n\
+             [[keys]]\nkey = \"c\"\noperator = true\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let keys = c.all_api_keys().unwrap();
+        let got: Vec<(&str, u32, bool)> = keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.weight, k.operator))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", 1, false),
+                ("b", 3, false),
+                ("ops", 1, true),
+                ("c", 1, true)
+            ]
+        );
+        let e = Config::parse("[[keys]]\nkey = \"x\"\nweight = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("`keys`"), "{e}");
+        let e = Config::parse("[[keys]]\nkey = \"x\"\nwieght = 2\n").unwrap_err();
+        assert!(e.contains("wieght"), "{e}");
     }
 }

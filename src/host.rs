@@ -14,6 +14,7 @@ use crate::sandbox::cgroup::{self, CgroupParent};
 use crate::sandbox::namespaces::IdMapping;
 use crate::sandbox::spawner::{Spawner, SpawnerError};
 use crate::sandbox::{seccomp, Limits, SpawnerConfig, WarmConfig, WarmLibrary};
+use crate::service::admission::KeyWeights;
 use crate::service::catalog::{Catalog, CatalogError};
 use crate::service::files::FileLimits;
 use crate::service::sessions::SessionSettings;
@@ -72,9 +73,10 @@ impl Prepared {
             warm: self.isolation.warm,
             max_running: config.max_running,
             max_queue: config.max_queue,
-            max_running_per_user: config.per_user_limit(),
             results: crate::sandbox::ResultCaps::default(),
             stream_backlog_events: config.stream_backlog_events,
+            max_running_per_user: config.max_running_per_user,
+            key_weights: KeyWeights::default(),
             files: FileLimits {
                 max_count: config.files_max_count,
                 max_file_bytes: config.file_max_mib << 20,
@@ -119,16 +121,21 @@ pub struct LocalService {
 impl LocalService {
     /// Prepares the host and starts the spawner. Call it before any async runtime exists:
     /// the spawner must not inherit the runtime's threads. `cancelled` turning true ends
-    /// the runs still in flight (the server's shutdown grace).
+    /// the runs still in flight (the server's shutdown grace). `key_weights` are the API
+    /// keys' weights in admission (none for a front end without keys).
     pub fn start(
         config: &Config,
         mode: RunMode,
         cancelled: tokio::sync::watch::Receiver<bool>,
+        key_weights: KeyWeights,
     ) -> Result<LocalService, StartError> {
         let prepared = prepare(config, mode)?;
         let spawner = Spawner::start(prepared.spawner.clone())?;
         let service = RunService::new(
-            prepared.settings(config),
+            Settings {
+                key_weights,
+                ..prepared.settings(config)
+            },
             Arc::new(spawner),
             prepared.catalog.clone(),
             cancelled,

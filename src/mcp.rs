@@ -9,9 +9,10 @@
 //! ran and failed, or that the scanner refused, an unknown or busy session, a missing file
 //! or a full server is a tool result with `isError`, so the model reads why and can act.
 //!
-//! Sessions belong to the caller as over the REST API: over HTTP the owner is what the
-//! server's `owner_of` makes of the request's headers (its API key's fingerprint); over
-//! stdio there is one client and no key (owner `None`).
+//! Sessions and shares of the run slots belong to the caller as over the REST API: over
+//! HTTP the owner is what the server's `owner_of` makes of the request's headers (its API
+//! key's fingerprint) and the user its `x-relaxai-userid`; over stdio there is one client
+//! and no key (owner `None`, no user).
 
 use std::sync::Arc;
 
@@ -48,7 +49,7 @@ pub fn serve_stdio(config: &Config) -> Result<(), McpServeError> {
     use rmcp::ServiceExt;
     // Nothing cancels runs but the client, which cancels its requests or hangs up.
     let never = tokio::sync::watch::channel(false).1;
-    let local = LocalService::start(config, config.mode, never)?;
+    let local = LocalService::start(config, config.mode, never, Default::default())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,10 +95,12 @@ pub struct McpServer {
     owner_of: Arc<OwnerOf>,
 }
 
-/// Who called, for one tool call: the owner of the sessions it may reach, and the id its
-/// log lines carry.
+/// Who called, for one tool call: the owner of the sessions it may reach and of its share
+/// of the runs, its user, and the id its log lines carry.
 struct Caller {
     owner: Option<String>,
+    /// The request's `x-relaxai-userid` (over HTTP), for its share of its key's runs.
+    user: Option<String>,
     request_id: String,
 }
 
@@ -146,7 +149,12 @@ impl McpServer {
             .map(str::to_string)
             // A call over stdio has no `x-request-id`; its log lines get an id of their own.
             .unwrap_or_else(|| format!("mcp-{}", uuid::Uuid::new_v4().simple()));
-        Caller { owner, request_id }
+        let user = parts.and_then(|p| crate::api::auth::user(&p.headers));
+        Caller {
+            owner,
+            user,
+            request_id,
+        }
     }
 
     async fn run_python(
@@ -156,6 +164,7 @@ impl McpServer {
     ) -> Result<CallToolResult, McpError> {
         let request = CodeRequest {
             owner: caller.owner.clone(),
+            user: caller.user.clone(),
             request_id: Some(caller.request_id.clone()),
             ..code_request(&arguments)?
         };

@@ -101,7 +101,7 @@ impl Sandbox {
     pub fn start(config: &Config) -> Result<Sandbox, RunError> {
         // Nothing cancels a local run but the user's ^C.
         let never = tokio::sync::watch::channel(false).1;
-        let local = LocalService::start(config, RunMode::Cold, never)?;
+        let local = LocalService::start(config, RunMode::Cold, never, Default::default())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -31,12 +31,12 @@ pub enum ServeError {
 }
 
 pub fn serve(config: &Config) -> Result<(), ServeError> {
-    let keys = Keys::new(&config.all_api_keys()?);
+    let keys = Keys::with_options(&config.all_api_keys()?);
     if keys.is_empty() && !config.listen.ip().is_loopback() {
         return Err(ServeError::OpenWithoutKeys(config.listen));
     }
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
-    let local = LocalService::start(config, config.mode, cancelled)?;
+    let local = LocalService::start(config, config.mode, cancelled, keys.weights())?;
     let service = local.service().clone();
     let warm = local.isolation().warm;
     let state = AppState {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use nsbox::api::{auth::Keys, router, AppState};
-use nsbox::config::ScannerMode;
+use nsbox::config::{KeyEntry, ScannerMode};
 use nsbox::host::Isolation;
 use nsbox::sandbox::namespaces::IdMappingReport;
 use nsbox::sandbox::warm::Template;
@@ -89,12 +89,14 @@ impl Runner for FakeRunner {
 struct App {
     router: Router,
     runner: Arc<FakeRunner>,
+    service: Arc<RunService>,
     /// Kept so that nothing cancels the runs.
     _cancel: tokio::sync::watch::Sender<bool>,
 }
 
 struct Options {
     keys: Vec<String>,
+    operator_keys: Vec<String>,
     ready: bool,
     delay: Duration,
     max_running: usize,
@@ -105,6 +107,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             keys: Vec::new(),
+            operator_keys: Vec::new(),
             ready: true,
             delay: Duration::ZERO,
             max_running: 4,
@@ -114,6 +117,18 @@ impl Default for Options {
 }
 
 fn app(o: Options) -> App {
+    let entry = |key: &String, operator| KeyEntry {
+        key: key.clone(),
+        weight: 1,
+        operator,
+    };
+    let keys = Keys::with_options(
+        &o.keys
+            .iter()
+            .map(|k| entry(k, false))
+            .chain(o.operator_keys.iter().map(|k| entry(k, true)))
+            .collect::<Vec<_>>(),
+    );
     let runner = Arc::new(FakeRunner {
         ready: o.ready,
         delay: o.delay,
@@ -134,9 +149,10 @@ fn app(o: Options) -> App {
             warm: false,
             max_running: o.max_running,
             max_queue: o.max_queue,
-            max_running_per_user: o.max_running,
             stream_backlog_events: nsbox::service::events::DEFAULT_MAX_EVENTS,
             results: Default::default(),
+            max_running_per_user: Some(o.max_running),
+            key_weights: keys.weights(),
             files: FileLimits {
                 max_count: 4,
                 max_file_bytes: 1 << 10,
@@ -148,8 +164,9 @@ fn app(o: Options) -> App {
         catalog,
         cancelled,
     );
+    let service = Arc::new(service);
     let state = AppState {
-        service: Arc::new(service),
+        service: service.clone(),
         isolation: Arc::new(Isolation {
             namespaces: vec!["user"],
             cgroup: None,
@@ -163,12 +180,13 @@ fn app(o: Options) -> App {
             },
             warnings: Vec::new(),
         }),
-        keys: Keys::new(&o.keys),
+        keys,
         max_body_bytes: 1 << 20,
     };
     App {
         router: router(state),
         runner,
+        service,
         _cancel: cancel,
     }
 }
@@ -584,6 +602,58 @@ async fn send_owned(router: Router, request: Request<Body>) -> Answer {
     send(&router, request).await
 }
 
+fn with_key(key: &str, mut request: Request<Body>) -> Request<Body> {
+    let value = format!("Bearer {key}").parse().unwrap();
+    request.headers_mut().insert(header::AUTHORIZATION, value);
+    request
+}
+
+/// Issue 28: key A sending more slow runs than the server has slots and queue leaves key
+/// B's request room: B is served (after one of A's runs at worst), never told 429.
+#[tokio::test]
+async fn a_key_flooding_the_server_leaves_room_for_another_key() {
+    let app = app(Options {
+        keys: vec!["key-a".into(), "key-b".into()],
+        delay: Duration::from_millis(300),
+        max_running: 4,
+        max_queue: 4,
+        ..Options::default()
+    });
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(send_owned(
+                app.router.clone(),
+                with_key("key-a", spec_request()),
+            ))
+        })
+        .collect();
+    // Every one of A's requests is running, queued or answered before B asks.
+    loop {
+        let answered = flood.iter().filter(|t| t.is_finished()).count();
+        if app.runner.runs.load(Ordering::SeqCst) == 4 && app.service.queued() + answered == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let b = send(&app.router, with_key("key-b", spec_request())).await;
+    assert_eq!(
+        b.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&b.body)
+    );
+    let mut refused = 0;
+    for task in flood {
+        let a = task.await.unwrap();
+        if a.status == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+        } else {
+            assert_eq!(a.status, StatusCode::OK);
+        }
+    }
+    assert!(refused > 0, "A alone may not take every slot and the queue");
+}
+
 #[tokio::test]
 async fn not_ready_is_503_on_health() {
     let app = app(Options {
@@ -731,4 +801,196 @@ proptest! {
     ]) {
         never_500(v.to_string().into_bytes(), ct)?;
     }
+}
+
+/// Issue 28: MCP goes through the same admission as the REST API, with its key's share:
+/// key B's tool call is served while key A floods, and A's own call is told its share is
+/// full.
+#[tokio::test]
+async fn mcp_calls_take_their_keys_share() {
+    let app = app(Options {
+        keys: vec!["key-a".into(), "key-b".into()],
+        delay: Duration::from_millis(300),
+        max_running: 2,
+        max_queue: 2,
+        ..Options::default()
+    });
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(send_owned(
+                app.router.clone(),
+                with_key("key-a", spec_request()),
+            ))
+        })
+        .collect();
+    loop {
+        let answered = flood.iter().filter(|t| t.is_finished()).count();
+        if app.runner.runs.load(Ordering::SeqCst) == 2 && app.service.queued() + answered == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let a = send(&app.router, mcp_run_python("key-a", "print(1)")).await;
+    let v = a.json();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("API key"));
+    let b = send(&app.router, mcp_run_python("key-b", "print(1)")).await;
+    let v = b.json();
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    for task in flood {
+        task.await.unwrap();
+    }
+    // The user header counts over MCP too, and is checked like over REST.
+    let mut bad_user = mcp_run_python("key-b", "print(1)");
+    bad_user
+        .headers_mut()
+        .insert("x-relaxai-userid", "a\tb".parse().unwrap());
+    let v = send(&app.router, bad_user).await.json();
+    assert!(v.to_string().contains("x-relaxai-userid"), "{v}");
+}
+
+/// A `tools/call` of `run_python` over streamable HTTP (stateless: no session needed).
+fn mcp_run_python(key: &str, code: &str) -> Request<Body> {
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "run_python", "arguments": {"code": code}},
+    });
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/mcp")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::HOST, "localhost")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    with_key(key, request)
+}
+
+/// Issue 28: `x-relaxai-userid` goes into every log line of its request, so it is held to
+/// the rules of `x-request-id`; one that breaks them is refused, naming the header.
+#[tokio::test]
+async fn an_unusable_user_id_is_400_naming_the_header() {
+    let app = app(Options::default());
+    let with_user = |user: axum::http::HeaderValue| {
+        let mut request = spec_request();
+        request.headers_mut().insert("x-relaxai-userid", user);
+        request
+    };
+    let bad = [
+        axum::http::HeaderValue::from_str(&"u".repeat(400_000)).unwrap(),
+        axum::http::HeaderValue::from_str(&"u".repeat(129)).unwrap(),
+        "alice bob".parse().unwrap(),
+        "forged\tline".parse().unwrap(),
+        axum::http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+    ];
+    for user in bad {
+        let message = send(&app.router, with_user(user))
+            .await
+            .error(StatusCode::BAD_REQUEST);
+        assert!(message.contains("x-relaxai-userid"), "{message}");
+    }
+    assert_eq!(app.runner.runs.load(Ordering::SeqCst), 0);
+    for user in ["alice", &"u".repeat(128), "team-7.agent:3/step_2"] {
+        let a = send(&app.router, with_user(user.parse().unwrap())).await;
+        assert_eq!(a.status, StatusCode::OK, "{user}");
+    }
+}
+
+/// Issue 28: code is scanned only once its request has a place in its key's share, so a
+/// flood of code the scanner would refuse is turned away without scanning it.
+#[tokio::test]
+async fn code_is_scanned_only_within_the_callers_share() {
+    let app = app(Options {
+        delay: Duration::from_secs(30),
+        max_running: 1,
+        max_queue: 0,
+        ..Options::default()
+    });
+    let holder = tokio::spawn(send_owned(app.router.clone(), spec_request()));
+    while app.runner.runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused_code = json!({"code": "import os\nos.system('ls')", "lang": "python"});
+    let a = send(&app.router, post(refused_code.to_string())).await;
+    let message = a.error(StatusCode::TOO_MANY_REQUESTS);
+    assert!(message.contains("retry"), "{message}");
+    holder.abort();
+}
+
+/// Log lines about refused code are rate limited; what is left out is counted.
+#[tokio::test]
+async fn refusal_log_lines_past_the_rate_are_counted() {
+    let app = app(Options::default());
+    let refused_code = json!({"code": "import os\nos.system('ls')", "lang": "python"});
+    for _ in 0..100 {
+        let a = send(&app.router, post(refused_code.to_string())).await;
+        assert_eq!(a.json()["stderr"], "Security violations detected");
+    }
+    let m = send(
+        &app.router,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let text = String::from_utf8(m.body).unwrap();
+    assert!(
+        text.contains("nsbox_runs_total{verdict=\"refused\"} 100"),
+        "{text}"
+    );
+    let suppressed: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("nsbox_log_lines_suppressed_total "))
+        .expect("the counter is exposed")
+        .parse()
+        .unwrap();
+    // At most 10 lines a second are written: 100 refusals in under 9 seconds leave some out.
+    assert!(suppressed >= 1.0, "{text}");
+}
+
+/// Issue 28: a key sees its own runs, queue and sessions in `/v1/status`; an operator key
+/// sees the whole server and may read `/metrics`, which other keys may not.
+#[tokio::test]
+async fn a_key_sees_its_own_load_and_an_operator_key_the_servers() {
+    let app = app(Options {
+        keys: vec!["k1".into(), "k2".into()],
+        operator_keys: vec!["ops".into()],
+        delay: Duration::from_secs(30),
+        ..Options::default()
+    });
+    let holder = tokio::spawn(send_owned(
+        app.router.clone(),
+        with_key("k1", spec_request()),
+    ));
+    while app.runner.runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = |key: &str| {
+        let request = Request::get("/v1/status").body(Body::empty()).unwrap();
+        send(&app.router, with_key(key, request))
+    };
+    let own = status("k1").await.json();
+    assert_eq!(
+        (own["scope"].as_str(), own["running"].as_u64()),
+        (Some("key"), Some(1))
+    );
+    assert!(own["key_share"].as_u64().is_some(), "{own}");
+    let other = status("k2").await.json();
+    assert_eq!(other["running"], 0, "{other}");
+    assert!(other["sessions"].get("created").is_none(), "{other}");
+    let all = status("ops").await.json();
+    assert_eq!(
+        (all["scope"].as_str(), all["running"].as_u64()),
+        (Some("server"), Some(1))
+    );
+    assert!(all["sessions"]["created"].is_u64(), "{all}");
+    let metrics = |key: &str| {
+        let request = Request::get("/metrics").body(Body::empty()).unwrap();
+        send(&app.router, with_key(key, request))
+    };
+    let message = metrics("k1").await.error(StatusCode::FORBIDDEN);
+    assert!(message.contains("operator"), "{message}");
+    assert_eq!(metrics("ops").await.status, StatusCode::OK);
+    holder.abort();
 }

@@ -407,7 +407,14 @@ fn sample(exposition: &str, series: &str) -> f64 {
 
 #[test]
 fn metrics_count_runs_by_verdict_limits_and_latency() {
-    let server = Server::start(&["--api-key", "k", "--log-format", "json"]);
+    let server = Server::start(&[
+        "--operator-key",
+        "k",
+        "--api-key",
+        "plain",
+        "--log-format",
+        "json",
+    ]);
     let next_id = std::sync::atomic::AtomicUsize::new(0);
     let post = |code: &str, timeout: f64| {
         let id = format!(
@@ -445,6 +452,13 @@ fn metrics_count_runs_by_verdict_limits_and_latency() {
     assert_eq!(fresh.len(), 36, "a UUID: {fresh}");
 
     assert_eq!(server.get("/metrics").status(), 401, "metrics need the key");
+    let resp = server
+        .client()
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth("plain")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 403, "metrics need an operator key");
     let resp = server
         .client()
         .get(format!("{}/metrics", server.base))

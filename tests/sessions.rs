@@ -1499,7 +1499,7 @@ fn sessions_per_key_are_capped() {
         &[
             "--max-sessions-per-key",
             "2",
-            "--api-key",
+            "--operator-key",
             "k1",
             "--api-key",
             "k2",
@@ -1531,10 +1531,20 @@ fn sessions_per_key_are_capped() {
     let m = metrics(&k1);
     assert_eq!(metric(&m, "nsbox_sessions_created_total"), Some(4.0), "{m}");
     assert_eq!(metric(&m, "nsbox_sessions_active"), Some(2.0), "{m}");
+    // k1, an operator key, sees the server; k2 only its own sessions (none left).
     let st = status(&k1);
     assert_eq!(st["sessions"]["active"], 2, "{st}");
     assert_eq!(st["sessions"]["created"], 4, "{st}");
     assert_eq!(st["sessions"]["ended"], 2, "{st}");
+    let st = status(&k2);
+    assert_eq!(
+        (st["scope"].as_str(), st["sessions"]["active"].as_u64()),
+        (Some("key"), Some(0)),
+        "{st}"
+    );
+    let other = k2.open(json!({}));
+    assert_eq!(status(&k2)["sessions"]["active"], 1);
+    assert_eq!(k2.delete(&other).status, 204);
 }
 
 #[test]

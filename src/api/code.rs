@@ -236,10 +236,7 @@ async fn handle(
     check_content_type(headers)?;
     let body = read_body(state, body)?;
     let request = CodeRequest {
-        user: headers
-            .get("x-relaxai-userid")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+        user: auth::user(headers),
         caller_patience_s: read_timeout(headers),
         request_id: Some(request_id.to_string()),
         owner: auth::owner(headers, &state.keys),

@@ -119,15 +119,8 @@ async fn drop_unusable_request_id(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let usable = |v: &axum::http::HeaderValue| {
-        let b = v.as_bytes();
-        !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:/".contains(c))
-    };
     if let Some(v) = request.headers().get("x-request-id") {
-        if !usable(v) {
+        if !crate::service::is_usable_id(v.as_bytes()) {
             request.headers_mut().remove("x-request-id");
         }
     }
@@ -145,16 +138,24 @@ async fn list_libraries(State(state): State<AppState>) -> Json<Catalog> {
     Json(state.service.catalog().clone())
 }
 
+/// The whole server's metrics: for an operator key only when keys are configured, as they
+/// tell every key's load.
 async fn metrics(
     State(state): State<AppState>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    (
+    headers: axum::http::HeaderMap,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
+    if !auth::is_operator(&headers, &state.keys) {
+        return Err(ApiError::forbidden(
+            "`/metrics` shows every key's runs: it needs an operator key (operator_keys)",
+        ));
+    }
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.service.metrics_text(),
-    )
+    ))
 }
 
 /// The official SDK's `client.health()` reads this as a string. Not ready (503) until the
@@ -174,35 +175,68 @@ struct Status {
     isolation: Isolation,
     ready: bool,
     warm_templates: Vec<crate::sandbox::warm::Template>,
+    /// `server` (the counts are the whole server's) or `key` (the caller's key's own).
+    scope: &'static str,
     running: usize,
     queued: usize,
     max_running: usize,
+    /// Requests the caller's key may have in flight (scanning, queued or running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_share: Option<usize>,
     sessions: SessionCounts,
 }
 
 #[derive(Serialize)]
 struct SessionCounts {
     active: usize,
-    created: u64,
-    ended: u64,
+    /// Only in the server's scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended: Option<u64>,
 }
 
-async fn status(State(state): State<AppState>) -> Json<Status> {
+/// The server's state. An operator key (or any request to a keyless server) sees the
+/// whole server; any other key sees its own runs, queue and sessions, so one tenant learns
+/// nothing of another's load.
+async fn status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Json<Status> {
+    let service = &state.service;
+    let (scope, running, queued, key_share, sessions) = if auth::is_operator(&headers, &state.keys)
+    {
+        let (active, created, ended) = service.session_counts();
+        let sessions = SessionCounts {
+            active,
+            created: Some(created),
+            ended: Some(ended),
+        };
+        (
+            "server",
+            service.running(),
+            service.queued(),
+            None,
+            sessions,
+        )
+    } else {
+        let owner = auth::owner(&headers, &state.keys);
+        let (running, queued) = service.load_of(&owner);
+        let sessions = SessionCounts {
+            active: service.sessions_of(&owner),
+            created: None,
+            ended: None,
+        };
+        let share = Some(service.share_of(&owner));
+        ("key", running, queued, share, sessions)
+    };
     Json(Status {
         isolation: (*state.isolation).clone(),
-        ready: state.service.is_ready(),
-        warm_templates: state.service.ready_templates(),
-        running: state.service.running(),
-        queued: state.service.queued(),
-        max_running: state.service.settings().max_running,
-        sessions: {
-            let (active, created, ended) = state.service.session_counts();
-            SessionCounts {
-                active,
-                created,
-                ended,
-            }
-        },
+        ready: service.is_ready(),
+        warm_templates: service.ready_templates(),
+        scope,
+        running,
+        queued,
+        max_running: service.settings().max_running,
+        key_share,
+        sessions,
     })
 }
 

@@ -106,6 +106,7 @@ pub struct Metrics {
     queue_seconds: Histogram,
     rejected: Counter,
     stream_overflows: Counter,
+    log_suppressed: Counter,
     queue_depth: Gauge,
     active_runs: Gauge,
     template_forks: Counter,
@@ -134,6 +135,7 @@ impl Metrics {
             queue_seconds: latency_histogram(),
             rejected: Counter::default(),
             stream_overflows: Counter::default(),
+            log_suppressed: Counter::default(),
             queue_depth: Gauge::default(),
             active_runs: Gauge::default(),
             template_forks: Counter::default(),
@@ -172,13 +174,19 @@ impl Metrics {
         );
         r.register(
             "admission_rejected",
-            "Run requests turned away because the queue or the user's share was full",
+            "Run requests turned away (429) because the queue, the API key's share or the \
+             user's share was full",
             m.rejected.clone(),
         );
         r.register(
             "stream_overflows",
             "Streamed runs ended because their client fell behind the queue's bounds",
             m.stream_overflows.clone(),
+        );
+        r.register(
+            "log_lines_suppressed",
+            "Log lines about refused requests left out past the rate limit",
+            m.log_suppressed.clone(),
         );
         r.register(
             "queue_depth",
@@ -259,6 +267,10 @@ impl Metrics {
 
     pub fn stream_overflowed(&self) {
         self.stream_overflows.inc();
+    }
+
+    pub fn log_line_suppressed(&self) {
+        self.log_suppressed.inc();
     }
 
     pub fn queued_for(&self, wait: std::time::Duration) {

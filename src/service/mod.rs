@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod response;
 pub mod runner;
 pub mod sessions;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,13 +25,14 @@ use crate::sandbox::{
     RunOutcome, RunRequest, SessionOp, Termination,
 };
 use crate::scanner::{self, Analysis};
-use admission::Admission;
+use admission::{Admission, KeyWeights, Shares};
 use catalog::Catalog;
 use files::{FileContent, FileInput, FileLimits};
 use metrics::{Metrics, SessionEnd, Verdict};
 pub use response::CodeResponse;
 use runner::Runner;
 use sessions::{SessionInfo, SessionSettings, Sessions};
+use throttle::LogThrottle;
 
 /// The spec's limit on `code`, in characters.
 pub const MAX_CODE_CHARS: usize = 50_000;
@@ -51,6 +53,34 @@ pub fn request_span(request_id: &str) -> tracing::Span {
         code_sha256 = tracing::field::Empty,
     )
 }
+
+/// Whether a client's id (`x-request-id`, `x-relaxai-userid`) may go into log lines as
+/// it is: 1 to 128 letters, digits and `-_.:/`, so it cannot bloat or forge a line.
+pub fn is_usable_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && id
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:/".contains(c))
+}
+
+/// The longest usable client id, bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// The owner of what an API key does (its sessions, its share of the run slots): a
+/// fingerprint of the key, never the key itself.
+pub fn key_owner(key: &[u8]) -> String {
+    use sha2::Digest;
+    owner_of_digest(&sha2::Sha256::digest(key).into())
+}
+
+/// [`key_owner`] from the key's SHA-256 digest, for callers that keep only the digest.
+pub fn owner_of_digest(digest: &[u8; 32]) -> String {
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Log lines per second about requests the scanner refused; past it they are counted.
+const REFUSAL_LINES_PER_SECOND: u32 = 10;
 
 /// Why a request got no result. Messages are for the client: no host paths, no internals.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -91,7 +121,8 @@ pub struct CodeRequest {
     /// Libraries the caller expects (checked against the root filesystem; they also pick
     /// the warm template).
     pub libraries: Vec<String>,
-    /// Who asked (`x-relaxai-userid`): logged, and limited to a share of the run slots.
+    /// Who asked (`x-relaxai-userid`): logged, and limited to a share of its key's
+    /// share of the run slots. Must be [usable](is_usable_id) as it goes into log lines.
     pub user: Option<String>,
     /// How long the caller waits for an answer, seconds, when it says so (the official
     /// SDK's read timeout). A request without its own timeout is kept under it, so the
@@ -105,7 +136,8 @@ pub struct CodeRequest {
     pub files: Option<Vec<FileInput>>,
     /// Runs the code in this session instead of a fresh sandbox.
     pub session_id: Option<String>,
-    /// Who is asking, for sessions: the API key's fingerprint, `None` without keys.
+    /// Who is asking, for sessions and admission: the API key's fingerprint
+    /// ([`key_owner`]), `None` without keys.
     pub owner: Option<String>,
     /// Whether to return notebook results (docs/results.md); `None`: off for a run, the
     /// session's default for a session call.
@@ -234,9 +266,12 @@ pub struct Settings {
     pub warm: bool,
     pub max_running: usize,
     pub max_queue: usize,
-    pub max_running_per_user: usize,
     /// Events a streamed run may have waiting (see [`events::Bounds`]).
     pub stream_backlog_events: usize,
+    /// Requests in flight one user of a key may have; `None` = half of the key's share.
+    pub max_running_per_user: Option<usize>,
+    /// The API keys' weights for their shares of the run slots and the queue.
+    pub key_weights: KeyWeights,
     /// Caps on files, each way.
     pub files: FileLimits,
     /// Caps on notebook results.
@@ -251,6 +286,10 @@ pub struct RunService {
     catalog: Catalog,
     policy: Arc<scanner::Policy>,
     admission: Admission,
+    /// Scans at once: a scan is CPU work on the blocking pool, so more than one per CPU
+    /// only waits, and a flood of code to scan must not take every blocking thread.
+    scans: Arc<tokio::sync::Semaphore>,
+    refusal_log: LogThrottle,
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
     /// Turns true when the shutdown grace is over: runs still in flight are cancelled.
@@ -318,6 +357,14 @@ pub fn validate(
             }),
     };
     catalog.check(&request.libraries)?;
+    let user = request.user.filter(|u| !u.is_empty());
+    if let Some(user) = &user {
+        if !is_usable_id(user.as_bytes()) {
+            return Err(ServiceError::Invalid(format!(
+                "`x-relaxai-userid` must be 1 to {MAX_ID_BYTES} letters, digits and `-_.:/`"
+            )));
+        }
+    }
     let files = files::check_inputs(request.files.as_deref().unwrap_or(&[]), &settings.files)?;
     if let Some(id) = &request.session_id {
         if id.is_empty() {
@@ -330,7 +377,7 @@ pub fn validate(
         code: request.code,
         timeout_ms: millis(timeout_s),
         libraries: request.libraries,
-        user: request.user.filter(|u| !u.is_empty()),
+        user,
         request_id: request.request_id,
         files,
         collect_files: request.files.is_some() || request.session_id.is_some(),
@@ -475,11 +522,16 @@ impl RunService {
     ) -> RunService {
         RunService {
             sessions: Arc::new(Sessions::new(settings.sessions.clone())),
-            admission: Admission::new(
-                settings.max_running,
-                settings.max_queue,
-                settings.max_running_per_user,
-            ),
+            admission: Admission::new(Shares {
+                max_running: settings.max_running,
+                max_queue: settings.max_queue,
+                max_per_user: settings.max_running_per_user,
+                weights: settings.key_weights.clone(),
+            }),
+            scans: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, usize::from),
+            )),
+            refusal_log: LogThrottle::new(REFUSAL_LINES_PER_SECOND),
             settings,
             runner,
             catalog,
@@ -508,12 +560,27 @@ impl RunService {
 
     /// Runs executing now.
     pub fn running(&self) -> usize {
-        self.admission.running(self.settings.max_running)
+        self.admission.running()
     }
 
     /// Requests waiting for a run slot.
     pub fn queued(&self) -> usize {
         self.admission.waiting()
+    }
+
+    /// `owner`'s runs executing now and requests waiting for a slot.
+    pub fn load_of(&self, owner: &Option<String>) -> (usize, usize) {
+        self.admission.load_of(owner)
+    }
+
+    /// Requests in flight (scanning, queued or running) `owner` may have.
+    pub fn share_of(&self, owner: &Option<String>) -> usize {
+        self.admission.shares().per_key(owner)
+    }
+
+    /// `owner`'s open sessions.
+    pub fn sessions_of(&self, owner: &Option<String>) -> usize {
+        self.sessions.owned_by(owner)
     }
 
     /// The metrics in the OpenMetrics text format.
@@ -593,15 +660,33 @@ impl RunService {
             timeout_ms: request.timeout_ms,
             ..self.settings.limits.clone()
         };
+        // The caller's key and user take a place in their shares before any work, so a
+        // flood of requests (of code the scanner refuses, too) is turned away for nothing.
+        let mut ticket = self
+            .admission
+            .enter(request.owner.as_deref(), request.user.as_deref())
+            .inspect_err(|_| self.metrics.rejected())?;
         // The scan runs off the async threads: a large file takes milliseconds to parse.
         let scan_started = Instant::now();
         let (analysis, code) = {
+            // The permit goes with the scan, not the request: a client that hangs up does
+            // not stop a scan under way, and its scan still counts until it ends.
+            let scanning = self
+                .scans
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ServiceError::Internal)?;
             let mode = self.settings.scanner;
             let policy = self.policy.clone();
             let code = request.code;
-            tokio::task::spawn_blocking(move || (scan(mode, &policy, &code), code))
-                .await
-                .map_err(|_| ServiceError::Internal)?
+            tokio::task::spawn_blocking(move || {
+                let analysis = scan(mode, &policy, &code);
+                drop(scanning);
+                (analysis, code)
+            })
+            .await
+            .map_err(|_| ServiceError::Internal)?
         };
         let scan_time = scan_started.elapsed();
         let violations = scanner::violation_names(&analysis.violations);
@@ -609,7 +694,15 @@ impl RunService {
             tracing::debug!(rule = %v.rule_id, line = v.line, name = %v.name, "scanner violation");
         }
         if self.settings.scanner == ScannerMode::Enforce && !violations.is_empty() {
-            tracing::info!(?violations, "run refused by the scanner");
+            match self.refusal_log.admit() {
+                Some(0) => tracing::info!(?violations, "run refused by the scanner"),
+                Some(suppressed) => tracing::info!(
+                    ?violations,
+                    suppressed,
+                    "run refused by the scanner ({suppressed} such lines left out before it)"
+                ),
+                None => self.metrics.log_line_suppressed(),
+            }
             let mut result = refused(violations, scan_time);
             // Nothing ran, so nothing changed; the answer still has the fields asked for.
             result.files = request.collect_files.then(Vec::new);
@@ -626,9 +719,8 @@ impl RunService {
         }
 
         let queued = Instant::now();
-        let _permit = self
-            .admission
-            .admit(request.user.as_deref())
+        ticket
+            .run_slot()
             .await
             .inspect_err(|_| self.metrics.rejected())?;
         let queue_time = queued.elapsed();
@@ -1154,9 +1246,10 @@ mod tests {
             warm: false,
             max_running: 1,
             max_queue: 1,
-            max_running_per_user: 1,
             results: ResultCaps::default(),
             stream_backlog_events: events::DEFAULT_MAX_EVENTS,
+            max_running_per_user: Some(1),
+            key_weights: KeyWeights::default(),
             files: FileLimits {
                 max_count: 2,
                 max_file_bytes: 10,

@@ -433,6 +433,11 @@ impl Sessions {
         }
     }
 
+    /// Sessions `owner` has open (or being made).
+    pub fn owned_by(&self, owner: &Option<String>) -> usize {
+        self.books.lock().expect("books lock").owned_by(owner)
+    }
+
     /// Sessions open, and the memory they hold (as last measured).
     pub fn stats(&self) -> (usize, u64) {
         let books = self.books.lock().expect("books lock");
