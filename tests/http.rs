@@ -65,6 +65,7 @@ impl Runner for FakeRunner {
                         .collect(),
                     None => vec![],
                 },
+                skipped_files: vec![],
                 memory_bytes: None,
                 session_ended: None,
             })

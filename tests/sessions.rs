@@ -1880,3 +1880,71 @@ fn session_file_endpoints_check_paths_and_sizes() {
     assert_eq!(api.get_file(&sid, "made.txt").bytes, b"m");
     assert_eq!(api.delete(&sid).status, 204);
 }
+
+/// What the code plants in a session's working directory (a link to `/`, a link to a
+/// directory, a FIFO) stops a file request at once: an upload is written beneath the
+/// working directory with no link followed at any component, into regular files only, and
+/// refused (400) otherwise without waiting on a FIFO; the session lives. What a call
+/// skipped is said once, in `skipped_files`, never in stderr.
+#[test]
+fn planted_links_and_fifos_stop_uploads_at_once() {
+    let (_one, _base, server) = start(21, &["--scanner", "off"]);
+    let api = Api::new(&server);
+    let sid = api.open(json!({}));
+    let planted = api.step(
+        &sid,
+        "import os\nos.symlink('/', 'rootdir')\nos.symlink('/tmp', 'tmplink')\n\
+         os.mkfifo('fifo')\nos.makedirs('real/sub')\nos.symlink('/etc', 'real/etc')\n\
+         open('own.txt', 'w').write('mine')",
+    );
+    assert_eq!(paths(&planted["files"]), ["own.txt"], "{}", brief(&planted));
+    assert_eq!(
+        planted["skipped_files"],
+        json!([
+            {"path": "fifo", "reason": "not_regular_file"},
+            {"path": "real/etc", "reason": "symlink"},
+            {"path": "rootdir", "reason": "symlink"},
+            {"path": "tmplink", "reason": "symlink"},
+        ]),
+        "{}",
+        brief(&planted)
+    );
+    // A later call reports nothing it did not create or change (`step` checks stderr).
+    let later = api.step(&sid, "print('again')");
+    assert!(later.get("skipped_files").is_none(), "{}", brief(&later));
+
+    for path in [
+        "rootdir/tmp/outside.txt",
+        "rootdir/tmp/work/own.txt",
+        "tmplink/outside.txt",
+        "real/etc/planted.txt",
+        "rootdir",
+        "fifo",
+    ] {
+        let a = api.put_file(&sid, path, b"x");
+        assert_eq!(a.status, 400, "PUT {path}: {}", a.describe());
+        assert!(
+            a.elapsed < Duration::from_secs(5),
+            "PUT {path} took {:?}",
+            a.elapsed
+        );
+        let s = api.get_session(&sid);
+        assert_eq!(s.status, 200, "after PUT {path}: {}", s.describe());
+        assert_eq!(s.json()["state"], "active", "after PUT {path}");
+    }
+    // Nothing was written where the links point, and the planted entries are as they were.
+    let r = api.step(
+        &sid,
+        "import os, stat\nprint(os.path.exists('/tmp/outside.txt'), os.path.exists('/tmp/planted.txt'), \
+         open('own.txt').read(), stat.S_ISFIFO(os.lstat('fifo').st_mode), os.path.islink('rootdir'))",
+    );
+    assert_eq!(r["stdout"], "False False mine True True\n", "{}", brief(&r));
+    // Uploads into real directories, new ones included, still work.
+    let a = api.put_file(&sid, "real/sub/new/deeper/f.txt", b"made");
+    assert_eq!(a.status, 201, "{}", a.describe());
+    assert_eq!(
+        api.get_file(&sid, "real/sub/new/deeper/f.txt").bytes,
+        b"made"
+    );
+    assert_eq!(api.delete(&sid).status, 204);
+}

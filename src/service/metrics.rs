@@ -369,6 +369,7 @@ mod tests {
                 warm: true,
             }),
             files: None,
+            skipped_files: Vec::new(),
             session: None,
         }
     }

@@ -21,7 +21,7 @@ use crate::config::ScannerMode;
 use crate::sandbox::warm::{template_for, Template};
 use crate::sandbox::{
     Cut, FileCaps, InputFile, Limits, OutputFile, Plot, RunOutcome, RunRequest, SessionOp,
-    Termination,
+    SkippedFile, Termination,
 };
 use crate::scanner::{self, Analysis};
 use admission::Admission;
@@ -177,6 +177,8 @@ pub struct RunResult {
     /// Files created or changed in the working directory, when the request asked for them
     /// (or ran in a session).
     pub files: Option<Vec<OutputFile>>,
+    /// Files created or changed that are not returned (links, FIFOs...), and why.
+    pub skipped_files: Vec<SkippedFile>,
     /// The session the code ran in, and whether it is still there.
     pub session: Option<SessionState>,
 }
@@ -207,6 +209,7 @@ impl RunResult {
             queue_time: Duration::ZERO,
             run: None,
             files: None,
+            skipped_files: Vec::new(),
             session: None,
         }
     }
@@ -411,6 +414,7 @@ fn refused(violations: Vec<String>, scan_time: Duration) -> RunResult {
         queue_time: Duration::ZERO,
         run: None,
         files: None,
+        skipped_files: Vec::new(),
         session: None,
     }
 }
@@ -699,6 +703,10 @@ impl RunService {
         let files = request
             .collect_files
             .then(|| files::check_outputs(std::mem::take(&mut outcome.files), &mut outcome.stderr));
+        let skipped_files = match request.collect_files {
+            true => files::check_skipped(std::mem::take(&mut outcome.skipped_files)),
+            false => Vec::new(),
+        };
         let session = session_id.map(|id| self.session_after_call(id, &mut outcome));
         let (ending, stderr) = match classify(&outcome, &limits) {
             Ok(classified) => classified,
@@ -730,6 +738,7 @@ impl RunService {
                 warm: outcome.warm,
             }),
             files,
+            skipped_files,
             session,
         };
         self.metrics.finished(&result);
@@ -1042,6 +1051,7 @@ mod tests {
             peak_memory_bytes: None,
             warm: false,
             files: vec![],
+            skipped_files: vec![],
             memory_bytes: None,
             session_ended: None,
         }

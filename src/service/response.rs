@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::files::mime_type;
 use super::{RunResult, SessionState};
-use crate::sandbox::{OutputFile, Plot};
+use crate::sandbox::{OutputFile, Plot, SkippedFile};
 
 /// The spec's response object, field for field.
 #[derive(Debug, Serialize, PartialEq)]
@@ -22,6 +22,10 @@ pub struct CodeResponse {
     /// Beyond the spec, only when asked for (a request with `files`, or in a session).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<FileResponse>>,
+    /// Beyond the spec: files the code created or changed that are not returned (links,
+    /// FIFOs...), and why; only when there are some.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<SkippedFile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionState>,
 }
@@ -64,6 +68,7 @@ impl From<RunResult> for CodeResponse {
             files: r
                 .files
                 .map(|files| files.into_iter().map(FileResponse::from).collect()),
+            skipped_files: r.skipped_files,
             session: r.session,
         }
     }

@@ -7,7 +7,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::read;
 
-use super::run::{FileCaps, Limits, OutputFile, Plot, RunEvent};
+use super::run::{FileCaps, Limits, OutputFile, Plot, RunEvent, SkippedFile};
 
 /// Bytes read from one pipe, kept up to a cap; the rest is drained and counted.
 pub struct Capture {
@@ -121,6 +121,8 @@ fn fit_json(s: &str, budget: usize) -> (usize, usize) {
 /// Kinds of the frames on a run's plots pipe.
 const PLOT_FRAME: u8 = b'P';
 const FILE_FRAME: u8 = b'F';
+/// A file the code created or changed that is not returned: `{"path", "reason"}`.
+const SKIP_FRAME: u8 = b'S';
 /// The harness's last frame in a one-shot run: the code it is about to exit with, sent
 /// once the output is complete, so the supervisor can answer before the interpreter's
 /// address space is torn down. The run's own code could forge one; it would only end its
@@ -224,6 +226,7 @@ impl FrameCaps {
 enum Decoded {
     Plot(Plot),
     File(OutputFile),
+    Skipped(SkippedFile),
 }
 
 /// Reads a plots pipe's frames in order under [`FrameCaps`]: what passes is decoded once,
@@ -264,6 +267,7 @@ impl FrameDecoder {
             let decoded = match kind {
                 PLOT_FRAME => self.plot(payload),
                 FILE_FRAME => self.file(payload),
+                SKIP_FRAME => self.skipped(payload),
                 EXIT_FRAME => continue,
                 _ => None,
             };
@@ -305,6 +309,18 @@ impl FrameDecoder {
         self.file_frames += 1;
         Some(Decoded::File(file(header, content)))
     }
+
+    /// A skipped file counts as a listed one: the harness names at most one per entry it
+    /// looked at, and its reason is one of a few words, so a forged frame carries no text.
+    fn skipped(&mut self, payload: &[u8]) -> Option<Decoded> {
+        self.caps.files?;
+        if self.file_frames >= MAX_FILE_FRAMES {
+            return None;
+        }
+        let skipped: SkippedFile = serde_json::from_slice(payload).ok()?;
+        self.file_frames += 1;
+        Some(Decoded::Skipped(skipped))
+    }
 }
 
 /// What a run sent on its plots pipe.
@@ -312,6 +328,7 @@ impl FrameDecoder {
 pub struct Frames {
     pub plots: Vec<Plot>,
     pub files: Vec<OutputFile>,
+    pub skipped: Vec<SkippedFile>,
     /// Some frames were lost: the pipe's cap cut them, one was past the caps, or one was
     /// malformed.
     pub dropped: bool,
@@ -325,6 +342,7 @@ pub fn decode_frames(bytes: &[u8], truncated: bool, caps: FrameCaps) -> Frames {
         match decoded {
             Decoded::Plot(p) => frames.plots.push(p),
             Decoded::File(f) => frames.files.push(f),
+            Decoded::Skipped(s) => frames.skipped.push(s),
         }
     }
     frames.dropped = truncated || decoder.dropped || decoder.offset < bytes.len();
@@ -703,6 +721,55 @@ mod tests {
         assert!(frames.dropped);
         let content = decode_frames(&returned("a", b"x"), false, FrameCaps::listing());
         assert!(content.files.is_empty() && content.dropped);
+    }
+
+    #[test]
+    fn skipped_files_are_names_and_known_reasons_within_the_file_frames() {
+        let skip = |path: &str, reason: &str| {
+            frame(
+                SKIP_FRAME,
+                format!(r#"{{"path":"{path}","reason":"{reason}"}}"#).as_bytes(),
+            )
+        };
+        let mut bytes = skip("rootdir", "symlink");
+        bytes.extend(skip("fifo", "not_regular_file"));
+        bytes.extend(file_frame(
+            r#"{"path":"a","size":1,"truncated":false}"#,
+            b"a",
+        ));
+        let frames = decode_frames(&bytes, false, roomy());
+        assert_eq!(
+            frames.skipped,
+            [
+                SkippedFile {
+                    path: "rootdir".into(),
+                    reason: crate::run::SkipReason::Symlink
+                },
+                SkippedFile {
+                    path: "fifo".into(),
+                    reason: crate::run::SkipReason::NotRegularFile
+                },
+            ]
+        );
+        assert_eq!(frames.files.len(), 1);
+        assert!(!frames.dropped);
+        // A reason of the code's own words is not taken.
+        let forged = decode_frames(&skip("x", "rm -rf / said so"), false, roomy());
+        assert!(forged.skipped.is_empty() && forged.dropped);
+        // Not asked for files: none taken; and they count in the file frames' bound.
+        let none = FrameCaps {
+            files: None,
+            ..roomy()
+        };
+        assert!(decode_frames(&skip("x", "symlink"), false, none)
+            .skipped
+            .is_empty());
+        let flood: Vec<u8> = (0..MAX_FILE_FRAMES + 5)
+            .flat_map(|_| skip("f", "symlink"))
+            .collect();
+        let frames = decode_frames(&flood, false, roomy());
+        assert_eq!(frames.skipped.len(), MAX_FILE_FRAMES);
+        assert!(frames.dropped);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub mod warm_library;
 pub use config::{SpawnerConfig, WarmConfig};
 pub use run::{
     Cut, FileCaps, InputFile, Limits, OutputFile, Plot, Report, RunEvent, RunOutcome, RunRequest,
-    SessionOp, Termination, WORKDIR,
+    SessionOp, SkipReason, SkippedFile, Termination, WORKDIR,
 };
 pub use supervisor::HARNESS;
 pub use warm_library::WarmLibrary;

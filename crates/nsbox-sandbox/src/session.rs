@@ -225,6 +225,7 @@ fn outcome(
         peak_memory_bytes: None,
         warm,
         files: Vec::new(),
+        skipped_files: Vec::new(),
         memory_bytes,
         session_ended: None,
     }
@@ -677,6 +678,7 @@ fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
         peak_memory_bytes: live.cgroup.as_ref().and_then(|cg| cg.peak_memory()),
         warm: live.warm,
         files: frames.files,
+        skipped_files: frames.skipped,
         memory_bytes: None,
         session_ended: ended,
     }

@@ -178,6 +178,7 @@ fn setup_failed(failure: Failure, start: Instant) -> RunOutcome {
         peak_memory_bytes: None,
         warm: false,
         files: Vec::new(),
+        skipped_files: Vec::new(),
         memory_bytes: None,
         session_ended: None,
     }
@@ -922,6 +923,7 @@ fn assemble(
         wall_ms: watched.wall_ms,
         peak_memory_bytes: counters.peak,
         files: frames.files,
+        skipped_files: frames.skipped,
         memory_bytes: None,
         session_ended: None,
     }
