@@ -481,6 +481,14 @@ async fn sessions_need_a_runner_that_has_them_and_unknown_ones_are_404() {
     )
     .await;
     assert_eq!(a.error(StatusCode::NOT_FOUND), "session not found");
+    // Streamed, too: a status before the stream, not a 200 with an `error` event.
+    let mut streamed =
+        post(json!({"code": "x", "lang": "python", "session_id": "sess_0"}).to_string());
+    streamed
+        .headers_mut()
+        .insert(header::ACCEPT, "text/event-stream".parse().unwrap());
+    let a = send(&app.router, streamed).await;
+    assert_eq!(a.error(StatusCode::NOT_FOUND), "session not found");
 }
 
 #[tokio::test]

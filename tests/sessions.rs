@@ -277,6 +277,34 @@ impl<'a> Api<'a> {
         v
     }
 
+    /// A call in a session that asks for the output as a stream (`Accept:
+    /// text/event-stream`): status and body as they come.
+    fn call_streamed(&self, sid: &str, code: &str) -> Answer {
+        let started = Instant::now();
+        let resp = self
+            .server
+            .client()
+            .post(format!("{}/v1/tools/code", self.server.base))
+            .header("accept", "text/event-stream")
+            .json(&json!({"code": code, "lang": "python", "timeout": 10, "session_id": sid}))
+            .send()
+            .unwrap_or_else(|e| panic!("streamed call: {e}"));
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = resp.bytes().map(|b| b.to_vec()).unwrap_or_default();
+        Answer {
+            status,
+            content_type,
+            bytes,
+            elapsed: started.elapsed(),
+        }
+    }
+
     fn get_session(&self, sid: &str) -> Answer {
         self.send(Method::GET, &format!("/v1/sessions/{sid}"), None)
     }
@@ -1609,6 +1637,8 @@ fn a_busy_session_answers_409_at_once() {
             ("list files", api.list_files(&sid)),
             ("get a file", api.get_file(&sid, "x.txt")),
             ("put a file", api.put_file(&sid, "x.txt", b"x")),
+            // A status, before any stream starts, not a 200 with an `error` event.
+            ("a streamed call", api.call_streamed(&sid, "print('third')")),
         ] {
             assert_eq!(a.status, 409, "{what}: {}", a.describe());
             assert!(
@@ -1623,6 +1653,24 @@ fn a_busy_session_answers_409_at_once() {
     });
     let r = api.step(&sid, "print('after', x)");
     assert_eq!(r["stdout"], "after 1\n");
+    // A streamed call in a free session streams; in an unknown or ended one, 404.
+    let a = api.call_streamed(&sid, "print('streamed')");
+    assert_eq!(a.status, 200, "{}", a.describe());
+    assert!(
+        a.content_type.starts_with("text/event-stream"),
+        "{}",
+        a.describe()
+    );
+    assert_eq!(api.delete(&sid).status, 204);
+    for id in [sid.as_str(), "sess_00000000000000000000000000000000"] {
+        let a = api.call_streamed(id, "print('gone')");
+        assert_eq!(a.status, 404, "{id}: {}", a.describe());
+        assert!(
+            a.content_type.starts_with("application/json"),
+            "{}",
+            a.describe()
+        );
+    }
     let _ = base;
 }
 

@@ -263,6 +263,12 @@ pub struct Validated {
     pub owner: Option<String>,
 }
 
+/// A validated request with its session taken (when it names one): ready to run.
+pub struct Prepared {
+    request: Validated,
+    session: Option<(Arc<sessions::Session>, sessions::Held)>,
+}
+
 /// The contract's rules for the code itself.
 pub fn check_code(code: &str) -> Result<(), ServiceError> {
     if code.trim().is_empty() {
@@ -541,27 +547,22 @@ impl RunService {
     }
 
     /// Runs a request that passed [`RunService::validate`]; with `events`, the output is
-    /// also sent there as it comes (everything before the result). Front ends that must
-    /// answer bad input before they start streaming validate first, then call this.
+    /// also sent there as it comes (everything before the result).
     pub async fn execute_valid(
         &self,
         request: Validated,
         events: Option<runner::Events>,
     ) -> Result<RunResult, ServiceError> {
-        let span = tracing::Span::current();
-        span.record("code_sha256", code_sha256(&request.code).as_str());
-        if let Some(user) = &request.user {
-            span.record("user", user.as_str());
-        }
-        tracing::debug!(target: "nsbox::code", code = %request.code, "code received");
-        self.run(request, events).await
+        let prepared = self.prepare(request)?;
+        self.execute_prepared(prepared, events).await
     }
 
-    async fn run(
-        &self,
-        request: Validated,
-        events: Option<runner::Events>,
-    ) -> Result<RunResult, ServiceError> {
+    /// Takes the session of a validated request, if it names one: an unknown, ended or
+    /// busy session is refused here (404, 409), before anything starts. Front ends that
+    /// must answer bad input before they start streaming validate, prepare, then call
+    /// [`RunService::execute_prepared`]; the session stays theirs until then (dropping the
+    /// `Prepared` lets go of it).
+    pub fn prepare(&self, request: Validated) -> Result<Prepared, ServiceError> {
         // A call in a session takes its session first: 404 and 409 come before any work.
         let session = match &request.session_id {
             Some(id) => {
@@ -571,6 +572,32 @@ impl RunService {
             }
             None => None,
         };
+        Ok(Prepared { request, session })
+    }
+
+    /// Runs a request that [`RunService::prepare`] made ready; with `events`, as
+    /// [`RunService::execute_valid`].
+    pub async fn execute_prepared(
+        &self,
+        prepared: Prepared,
+        events: Option<runner::Events>,
+    ) -> Result<RunResult, ServiceError> {
+        let Prepared { request, session } = prepared;
+        let span = tracing::Span::current();
+        span.record("code_sha256", code_sha256(&request.code).as_str());
+        if let Some(user) = &request.user {
+            span.record("user", user.as_str());
+        }
+        tracing::debug!(target: "nsbox::code", code = %request.code, "code received");
+        self.run(request, session, events).await
+    }
+
+    async fn run(
+        &self,
+        request: Validated,
+        session: Option<(Arc<sessions::Session>, sessions::Held)>,
+        events: Option<runner::Events>,
+    ) -> Result<RunResult, ServiceError> {
         let limits = Limits {
             timeout_ms: request.timeout_ms,
             ..self.settings.limits.clone()
