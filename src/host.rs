@@ -74,6 +74,7 @@ impl Prepared {
             max_queue: config.max_queue,
             max_running_per_user: config.per_user_limit(),
             stream_backlog_events: config.stream_backlog_events,
+            mcp_attach_bytes: config.mcp_attach_kib << 10,
             files: FileLimits {
                 max_count: config.files_max_count,
                 max_file_bytes: config.file_max_mib << 20,

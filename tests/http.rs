@@ -135,6 +135,7 @@ fn app(o: Options) -> App {
             max_queue: o.max_queue,
             max_running_per_user: o.max_running,
             stream_backlog_events: nsbox::service::events::DEFAULT_MAX_EVENTS,
+            mcp_attach_bytes: 256 << 10,
             files: FileLimits {
                 max_count: 4,
                 max_file_bytes: 1 << 10,

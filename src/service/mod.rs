@@ -233,6 +233,9 @@ pub struct Settings {
     /// Caps on files, each way.
     pub files: FileLimits,
     pub sessions: SessionSettings,
+    /// Output file content an MCP tool result attaches, in all (a model's context is
+    /// smaller than what a run may return).
+    pub mcp_attach_bytes: u64,
 }
 
 /// The run service, shared by every front end of one process.
@@ -1167,6 +1170,7 @@ mod tests {
                 max_total_bytes: 10,
             },
             sessions: SessionSettings::default(),
+            mcp_attach_bytes: 256 << 10,
         }
     }
 
