@@ -1980,6 +1980,24 @@ fn planted_links_and_fifos_stop_uploads_at_once() {
         assert_eq!(s.status, 200, "after PUT {path}: {}", s.describe());
         assert_eq!(s.json()["state"], "active", "after PUT {path}");
     }
+    // A call's input files are written the same way.
+    let a = api.send(
+        Method::POST,
+        "/v1/tools/code",
+        Some(Body::Json(json!({
+            "code": "print('ran')", "lang": "python", "session_id": sid,
+            "files": [{"path": "rootdir/tmp/planted.txt", "content": "x"}],
+        }))),
+    );
+    assert_eq!(a.status, 200, "{}", a.describe());
+    let v = a.json();
+    assert!(
+        v["exit_code"] == 1
+            && text(&v, "stderr").contains("the input files could not be written")
+            && v["session"]["state"] == "active",
+        "{}",
+        brief(&v)
+    );
     // Nothing was written where the links point, and the planted entries are as they were.
     let r = api.step(
         &sid,
