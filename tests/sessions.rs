@@ -1943,9 +1943,15 @@ fn planted_links_and_fifos_stop_uploads_at_once() {
         &sid,
         "import os\nos.symlink('/', 'rootdir')\nos.symlink('/tmp', 'tmplink')\n\
          os.mkfifo('fifo')\nos.makedirs('real/sub')\nos.symlink('/etc', 'real/etc')\n\
+         open('/tmp/elsewhere.txt', 'w').write('keep')\nos.link('/tmp/elsewhere.txt', 'hard.txt')\n\
          open('own.txt', 'w').write('mine')",
     );
-    assert_eq!(paths(&planted["files"]), ["own.txt"], "{}", brief(&planted));
+    assert_eq!(
+        paths(&planted["files"]),
+        ["hard.txt", "own.txt"],
+        "{}",
+        brief(&planted)
+    );
     assert_eq!(
         planted["skipped_files"],
         json!([
@@ -2005,6 +2011,14 @@ fn planted_links_and_fifos_stop_uploads_at_once() {
          open('own.txt').read(), stat.S_ISFIFO(os.lstat('fifo').st_mode), os.path.islink('rootdir'))",
     );
     assert_eq!(r["stdout"], "False False mine True True\n", "{}", brief(&r));
+    // An upload onto a hard link replaces the file at its path, not the one elsewhere.
+    let a = api.put_file(&sid, "hard.txt", b"new");
+    assert_eq!(a.status, 201, "{}", a.describe());
+    let r = api.step(
+        &sid,
+        "print(open('/tmp/elsewhere.txt').read(), open('hard.txt').read())",
+    );
+    assert_eq!(r["stdout"], "keep new\n", "{}", brief(&r));
     // Uploads into real directories, new ones included, still work.
     let a = api.put_file(&sid, "real/sub/new/deeper/f.txt", b"made");
     assert_eq!(a.status, 201, "{}", a.describe());

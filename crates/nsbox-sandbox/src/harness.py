@@ -323,6 +323,10 @@ def _nsbox_put_files(files):
             if st is not None and not stat.S_ISREG(st.st_mode):
                 kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
                 raise IsADirectoryError(f"{f['path']} is {kind}")
+            if st is not None and st.st_nlink > 1:
+                # A hard link the code made to a file elsewhere in /tmp: the path gets the
+                # new content, the other name keeps its own.
+                os.unlink(parts[-1], dir_fd=dirfd)
             # Non-blocking, so a FIFO swapped in after the check fails (ENXIO) or opens
             # at once, then is refused below: nothing here waits for a reader.
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
