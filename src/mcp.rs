@@ -1106,6 +1106,23 @@ mod tests {
                 "nsbox://sessions/sess_1/files/c.txt"
             ]
         );
+        // What the call skipped is named in the text too.
+        let r = tool_result(
+            RunResult {
+                skipped_files: vec![crate::sandbox::SkippedFile {
+                    path: "rootdir".into(),
+                    reason: crate::sandbox::SkipReason::Symlink,
+                }],
+                ..result(None)
+            },
+            1 << 10,
+        );
+        let v = serde_json::to_value(&r.content).unwrap();
+        let text = v[0]["text"].as_str().unwrap();
+        assert!(
+            text.contains("Not returned (only regular files are): rootdir (a symbolic link)"),
+            "{text}"
+        );
         // No cap at all: every file is listed, none attached.
         let r = tool_result(result(None), 0);
         let v = serde_json::to_value(&r.content).unwrap();
