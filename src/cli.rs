@@ -167,6 +167,10 @@ pub struct Options {
     /// past this the stream and its run end [default: 4096].
     #[arg(long, env = "NSBOX_STREAM_BACKLOG_EVENTS")]
     pub stream_backlog_events: Option<usize>,
+    /// Output file content attached to one MCP tool result, KiB in all; the rest is listed
+    /// by path and size [default: 256].
+    #[arg(long, env = "NSBOX_MCP_ATTACH_KIB")]
+    pub mcp_attach_kib: Option<u64>,
     /// First host uid/gid of the range mapped into runs (65536 ids) [default: 1000000000].
     #[arg(long, env = "NSBOX_UID_BASE")]
     pub uid_base: Option<u32>,
@@ -282,7 +286,8 @@ impl Options {
             session_idle_ttl,
             session_max_idle_ttl,
             session_max_lifetime,
-            stream_backlog_events
+            stream_backlog_events,
+            mcp_attach_kib
         );
         overlay_optional!(max_running_per_user, api_keys_file, warm_library);
         if self.no_cgroups {

@@ -173,6 +173,9 @@ pub struct Config {
     /// Events a streamed run may have waiting for a slow client (after text is merged);
     /// past this the stream and the run end.
     pub stream_backlog_events: usize,
+    /// File content attached to one MCP tool result, KiB in all; the rest is listed by
+    /// path and size (fetched with `download_file` in a session).
+    pub mcp_attach_kib: u64,
 }
 
 /// Where `nsbox` finds the root filesystem when nothing says otherwise.
@@ -217,6 +220,7 @@ impl Default for Config {
             session_max_idle_ttl: 3600,
             session_max_lifetime: 14_400,
             stream_backlog_events: crate::service::events::DEFAULT_MAX_EVENTS,
+            mcp_attach_kib: 256,
         }
     }
 }

@@ -174,7 +174,10 @@ impl McpServer {
             .instrument(caller.span())
             .await
         {
-            Ok(result) => Ok(tool_result(result)),
+            Ok(result) => Ok(tool_result(
+                result,
+                self.service.settings().mcp_attach_bytes,
+            )),
             Err(e) => service_error(e),
         }
     }
@@ -389,10 +392,13 @@ fn file_rules(service: &RunService) -> String {
     format!(
         "File paths are relative to /tmp/work (no leading `/`, no `..`). At most {count} \
          files, {per} MiB each and {total} MiB in all go in or come out of one call; a \
-         larger output file is listed but not returned.",
+         larger output file is listed but not returned. Output files are attached to a \
+         call's result up to {attach} KiB in all; the others are listed by path and size \
+         (in a session, fetch one with `{DOWNLOAD_FILE}`).",
         count = files.max_count,
         per = files.max_file_bytes >> 20,
         total = files.max_total_bytes >> 20,
+        attach = service.settings().mcp_attach_bytes >> 10,
     )
 }
 
@@ -773,7 +779,10 @@ fn file_block(uri: String, mime: &str, content_base64: String) -> ContentBlock {
     ContentBlock::resource(resource.with_mime_type(mime))
 }
 
-fn tool_result(result: RunResult) -> CallToolResult {
+/// A run's result as tool content. Output files are attached in path order while their
+/// bytes stay within `attach_bytes` (what a run may return is far more than a model's
+/// context should take); the others are listed by path and size.
+fn tool_result(result: RunResult, attach_bytes: u64) -> CallToolResult {
     let mut text = ending_line(result.ending);
     if !result.violations.is_empty() {
         text.push_str(&format!("\nViolations: {}", result.violations.join("; ")));
@@ -790,10 +799,12 @@ fn tool_result(result: RunResult) -> CallToolResult {
     if plots > 0 {
         text.push_str(&format!("\n{plots} figure(s) attached as PNG images."));
     }
-    let files = result.files.unwrap_or_default();
+    let session = result.session.as_ref();
+    let mut files = result.files.unwrap_or_default();
     if !files.is_empty() {
-        text.push_str("\nFiles created or changed in /tmp/work (attached):");
-        for f in &files {
+        text.push_str("\nFiles created or changed in /tmp/work:");
+        let mut attached = 0u64;
+        for f in &mut files {
             text.push_str(&format!(
                 "\n- {} ({} bytes, {})",
                 f.path,
@@ -802,10 +813,33 @@ fn tool_result(result: RunResult) -> CallToolResult {
             ));
             if f.truncated {
                 text.push_str(": too large to return, not attached");
+            } else if attached.saturating_add(f.size) > attach_bytes {
+                f.content_base64 = None;
+                text.push_str(&format!(
+                    ": not attached (past {} KiB of files attached per call); ",
+                    attach_bytes >> 10
+                ));
+                text.push_str(match session {
+                    Some(s) if s.state == "active" => "fetch it with `download_file`",
+                    _ => "in a session, it could be fetched with `download_file`",
+                });
+            } else {
+                attached += f.size;
+                text.push_str(": attached");
             }
         }
     }
-    let session = result.session.as_ref();
+    if !result.skipped_files.is_empty() {
+        let skipped: Vec<String> = result
+            .skipped_files
+            .iter()
+            .map(|s| format!("{} ({})", s.path, skip_reason(s.reason)))
+            .collect();
+        text.push_str(&format!(
+            "\nNot returned (only regular files are): {}",
+            skipped.join(", ")
+        ));
+    }
     match session {
         Some(s) if s.state == "active" => text.push_str(&format!(
             "\nSession {}: active; its variables and files are kept for the next call.",
@@ -839,6 +873,16 @@ fn tool_result(result: RunResult) -> CallToolResult {
         CallToolResult::success(content)
     } else {
         CallToolResult::error(content)
+    }
+}
+
+fn skip_reason(reason: crate::sandbox::SkipReason) -> &'static str {
+    use crate::sandbox::SkipReason;
+    match reason {
+        SkipReason::Symlink => "a symbolic link",
+        SkipReason::NotRegularFile => "not a regular file",
+        SkipReason::TooDeep => "deeper than 32 levels",
+        SkipReason::EntryLimit => "past 20,000 entries",
     }
 }
 
@@ -993,15 +1037,18 @@ mod tests {
             content_base64: content.map(|c| BASE64.encode(c)),
             truncated: content.is_none(),
         };
-        let r = tool_result(RunResult {
-            files: Some(vec![file("out/a.csv", Some("x,y")), file("big.bin", None)]),
-            session: Some(service::SessionState {
-                id: "sess_1".into(),
-                state: "active",
-                reason: None,
-            }),
-            ..RunResult::ended(Ending::Exited { code: 0 }, "", "")
-        });
+        let r = tool_result(
+            RunResult {
+                files: Some(vec![file("out/a.csv", Some("x,y")), file("big.bin", None)]),
+                session: Some(service::SessionState {
+                    id: "sess_1".into(),
+                    state: "active",
+                    reason: None,
+                }),
+                ..RunResult::ended(Ending::Exited { code: 0 }, "", "")
+            },
+            1 << 20,
+        );
         let v = serde_json::to_value(&r.content).unwrap();
         let text = v[0]["text"].as_str().unwrap();
         assert!(text.contains("- out/a.csv (3 bytes, text/csv)"), "{text}");
@@ -1018,6 +1065,84 @@ mod tests {
         assert_eq!(
             v[1]["resource"]["uri"],
             "nsbox://sessions/sess_1/files/out/a.csv"
+        );
+    }
+
+    #[test]
+    fn files_past_the_attach_cap_are_listed_for_download_file() {
+        let file = |path: &str, size: usize| crate::sandbox::OutputFile {
+            path: path.into(),
+            size: size as u64,
+            content_base64: Some(BASE64.encode(vec![b'x'; size])),
+            truncated: false,
+        };
+        let files = vec![file("a.txt", 600), file("b.csv", 600), file("c.txt", 300)];
+        let result = |session| RunResult {
+            files: Some(files.clone()),
+            session,
+            ..RunResult::ended(Ending::Exited { code: 0 }, "", "")
+        };
+        let active = service::SessionState {
+            id: "sess_1".into(),
+            state: "active",
+            reason: None,
+        };
+        // 1 KiB: a.txt fits, b.csv would pass it, c.txt still fits.
+        let r = tool_result(result(Some(active)), 1 << 10);
+        let v = serde_json::to_value(&r.content).unwrap();
+        let text = v[0]["text"].as_str().unwrap();
+        assert!(
+            text.contains("- a.txt (600 bytes, text/plain): attached"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- b.csv (600 bytes, text/csv): not attached (past 1 KiB")
+                && text.contains("fetch it with `download_file`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- c.txt (300 bytes, text/plain): attached"),
+            "{text}"
+        );
+        let uris: Vec<&str> = v.as_array().unwrap()[1..]
+            .iter()
+            .map(|c| c["resource"]["uri"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            uris,
+            [
+                "nsbox://sessions/sess_1/files/a.txt",
+                "nsbox://sessions/sess_1/files/c.txt"
+            ]
+        );
+        // What the call skipped is named in the text too.
+        let r = tool_result(
+            RunResult {
+                skipped_files: vec![crate::sandbox::SkippedFile {
+                    path: "rootdir".into(),
+                    reason: crate::sandbox::SkipReason::Symlink,
+                }],
+                ..result(None)
+            },
+            1 << 10,
+        );
+        let v = serde_json::to_value(&r.content).unwrap();
+        let text = v[0]["text"].as_str().unwrap();
+        assert!(
+            text.contains("Not returned (only regular files are): rootdir (a symbolic link)"),
+            "{text}"
+        );
+        // No cap at all: every file is listed, none attached.
+        let r = tool_result(result(None), 0);
+        let v = serde_json::to_value(&r.content).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(
+            v[0]["text"]
+                .as_str()
+                .unwrap()
+                .matches("not attached")
+                .count(),
+            3
         );
     }
 
@@ -1058,10 +1183,13 @@ mod tests {
             format: "png".into(),
             filename: "plot_1.png".into(),
         };
-        let r = tool_result(RunResult {
-            plots: vec![plot],
-            ..RunResult::ended(Ending::Exited { code: 0 }, "4\n", "")
-        });
+        let r = tool_result(
+            RunResult {
+                plots: vec![plot],
+                ..RunResult::ended(Ending::Exited { code: 0 }, "4\n", "")
+            },
+            1 << 20,
+        );
         assert_eq!(r.is_error, Some(false));
         let v = serde_json::to_value(&r.content).unwrap();
         assert_eq!(v[0]["type"], "text");
@@ -1071,11 +1199,14 @@ mod tests {
             .contains("--- stdout ---\n4\n"));
         assert_eq!(v[1]["type"], "image");
         assert_eq!(v[1]["mimeType"], "image/png");
-        let r = tool_result(RunResult::ended(
-            Ending::Limit(Limit::Timeout),
-            "",
-            "Execution failed: Execution timeout exceeded",
-        ));
+        let r = tool_result(
+            RunResult::ended(
+                Ending::Limit(Limit::Timeout),
+                "",
+                "Execution failed: Execution timeout exceeded",
+            ),
+            1 << 20,
+        );
         assert_eq!(r.is_error, Some(true));
         let v = serde_json::to_value(&r.content).unwrap();
         assert!(v[0]["text"].as_str().unwrap().contains("timeout exceeded"));

@@ -217,6 +217,17 @@ pub fn main(config: &Config, opts: &RunOptions) -> Result<u8, RunError> {
     print_response(&response, opts)?;
     if let (Some(dir), Some(files)) = (&opts.out_dir, &response.files) {
         write_outputs(dir, files)?;
+        // What the API names in `skipped_files`, a terminal reads here.
+        let mut err = std::io::stderr();
+        for skipped in &response.skipped_files {
+            let reason = serde_json::to_value(skipped.reason).unwrap_or_default();
+            let _ = writeln!(
+                err,
+                "nsbox: {} not written: {}",
+                skipped.path,
+                reason.as_str().unwrap_or("not a regular file")
+            );
+        }
     }
     if let Some(path) = &opts.results_file {
         let written = serde_json::json!({"results": &response.results, "error": &response.error});

@@ -65,6 +65,7 @@ impl Runner for FakeRunner {
                         .collect(),
                     None => vec![],
                 },
+                skipped_files: vec![],
                 memory_bytes: None,
                 session_ended: None,
                 results: Vec::new(),
@@ -153,6 +154,7 @@ fn app(o: Options) -> App {
             results: Default::default(),
             max_running_per_user: Some(o.max_running),
             key_weights: keys.weights(),
+            mcp_attach_bytes: 256 << 10,
             files: FileLimits {
                 max_count: 4,
                 max_file_bytes: 1 << 10,
@@ -500,6 +502,14 @@ async fn sessions_need_a_runner_that_has_them_and_unknown_ones_are_404() {
         post(json!({"code": "x", "lang": "python", "session_id": "sess_0"}).to_string()),
     )
     .await;
+    assert_eq!(a.error(StatusCode::NOT_FOUND), "session not found");
+    // Streamed, too: a status before the stream, not a 200 with an `error` event.
+    let mut streamed =
+        post(json!({"code": "x", "lang": "python", "session_id": "sess_0"}).to_string());
+    streamed
+        .headers_mut()
+        .insert(header::ACCEPT, "text/event-stream".parse().unwrap());
+    let a = send(&app.router, streamed).await;
     assert_eq!(a.error(StatusCode::NOT_FOUND), "session not found");
 }
 

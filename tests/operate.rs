@@ -278,6 +278,35 @@ fn run_takes_input_files_and_writes_output_files() {
         !out_dir.join("notes.txt").exists() && !out_dir.join("data").exists(),
         "unchanged inputs are not written back"
     );
+    // What is not returned (a link) is said on the terminal, once, and not written.
+    let skipped_dir = dir.path().join("skipped");
+    let out = run_stdin(
+        "import os\nos.symlink('/', 'rootdir')\nopen('a.txt', 'w').write('a')\n",
+        &[
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--scanner",
+            "off",
+            "--out-dir",
+            skipped_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.matches("rootdir").count(),
+        1,
+        "the link is named once: {stderr}"
+    );
+    assert!(
+        stderr.contains("nsbox: rootdir not written: symlink"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(skipped_dir.join("a.txt")).unwrap(),
+        "a"
+    );
+    assert!(std::fs::symlink_metadata(skipped_dir.join("rootdir")).is_err());
     let out = run_stdin("print(1)\n", &["--file", "a=/nonexistent/nsbox-file"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("/nonexistent/nsbox-file"));

@@ -2820,12 +2820,18 @@ fn planted(p: Planted) -> Check {
                 "returned {path}, which is not one of the run's own regular files"
             );
         }
+        let skipped = skipped_files(v)?;
         if p.note {
             ensure!(
-                text(v, "stderr").lines().any(|l| l.starts_with("nsbox:")),
-                "no `nsbox: ...` line in stderr saying what was skipped"
+                !skipped.is_empty() || text(v, "stderr").lines().any(|l| l.starts_with("nsbox:")),
+                "neither `skipped_files` nor an `nsbox: ...` line in stderr says what was skipped"
             );
         }
+        ensure!(
+            !text(v, "stderr").contains("only regular files"),
+            "stderr names skipped files (they belong in `skipped_files`): {}",
+            common::shorten(text(v, "stderr"), 300)
+        );
         let t = v["execution_time"].as_f64().unwrap_or(f64::MAX);
         ensure!(
             t < p.within_s,
@@ -2834,6 +2840,29 @@ fn planted(p: Planted) -> Check {
         );
         Ok(())
     })
+}
+
+/// The `skipped_files` of a response (none when absent): each a normal path and one of
+/// the documented reasons.
+fn skipped_files(v: &Value) -> Result<Vec<(String, String)>, String> {
+    let Some(skipped) = v.get("skipped_files") else {
+        return Ok(Vec::new());
+    };
+    let entries = skipped
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| format!("`skipped_files` is not a non-empty array: {skipped}"))?;
+    let mut out = Vec::new();
+    for s in entries {
+        let (path, reason) = (text(s, "path"), text(s, "reason"));
+        ensure!(normal_path(path), "skipped a file with a bad path: {s}");
+        ensure!(
+            ["symlink", "not_regular_file", "too_deep", "entry_limit"].contains(&reason),
+            "skipped a file for an unknown reason: {s}"
+        );
+        out.push((path.to_string(), reason.to_string()));
+    }
+    Ok(out)
 }
 
 /// A case whose request has `"files": []` (or the given input files).
@@ -3353,6 +3382,19 @@ print('planted')
         files.iter().map(|(p, _)| p).collect::<Vec<_>>()
     );
 
+    let skipped = skipped_files(&r)?;
+    let mut names: Vec<&str> = skipped.iter().map(|(p, _)| p.as_str()).collect();
+    names.sort();
+    ensure!(
+        names == ["environ", "etclink", "fifo", "loop", "passwd", "rootlink", "sock"],
+        "the planting call skipped {skipped:?}"
+    );
+    ensure!(
+        !text(&r, "stderr").contains("nsbox:"),
+        "the planting call's stderr: {}",
+        text(&r, "stderr")
+    );
+
     // The listing: regular files only, nothing reached through a link.
     let list: Value = client
         .get(url(&format!("/v1/sessions/{sid}/files")))
@@ -3398,18 +3440,44 @@ print('planted')
             "GET files/{path} took {took:?}"
         );
     }
-    // An upload through a directory link is refused, not written where the link points.
-    let put = client
-        .put(url(&format!(
-            "/v1/sessions/{sid}/files/etclink/planted.txt"
-        )))
-        .body("x")
+    // An upload through a directory link, or onto a FIFO, is refused at once, not written
+    // where the link points (`rootlink/tmp` is writable in the sandbox) nor waited on.
+    for path in [
+        "etclink/planted.txt",
+        "rootlink/tmp/outside.txt",
+        "loop/own.txt",
+        "fifo",
+        "sock",
+    ] {
+        let started = Instant::now();
+        let put = client
+            .put(url(&format!("/v1/sessions/{sid}/files/{path}")))
+            .body("x")
+            .send()
+            .map_err(|e| format!("PUT {path}: {e}"))?;
+        let put_status = put.status().as_u16();
+        ensure!(
+            put_status == 400 || put_status == 404,
+            "PUT {path} answered {put_status}"
+        );
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "PUT {path} took {:?}",
+            started.elapsed()
+        );
+    }
+    let check = json!({"lang": "python", "timeout": 20, "session_id": sid,
+        "code": "import os\nprint(os.path.exists('/tmp/outside.txt'))"});
+    let r: Value = client
+        .post(url("/v1/tools/code"))
+        .json(&check)
         .send()
-        .map_err(|e| format!("PUT through a link: {e}"))?;
-    let put_status = put.status().as_u16();
+        .and_then(|r| r.json())
+        .map_err(|e| format!("checking call: {e}"))?;
     ensure!(
-        put_status == 400 || put_status == 404,
-        "PUT etclink/planted.txt answered {put_status}"
+        r["stdout"] == "False\n" && r["session"]["state"] == "active",
+        "after the uploads: {}",
+        abbreviated(&r)
     );
     // The session still works, and its own file is there.
     let r: Value = client

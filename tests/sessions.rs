@@ -277,6 +277,34 @@ impl<'a> Api<'a> {
         v
     }
 
+    /// A call in a session that asks for the output as a stream (`Accept:
+    /// text/event-stream`): status and body as they come.
+    fn call_streamed(&self, sid: &str, code: &str) -> Answer {
+        let started = Instant::now();
+        let resp = self
+            .server
+            .client()
+            .post(format!("{}/v1/tools/code", self.server.base))
+            .header("accept", "text/event-stream")
+            .json(&json!({"code": code, "lang": "python", "timeout": 10, "session_id": sid}))
+            .send()
+            .unwrap_or_else(|e| panic!("streamed call: {e}"));
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = resp.bytes().map(|b| b.to_vec()).unwrap_or_default();
+        Answer {
+            status,
+            content_type,
+            bytes,
+            elapsed: started.elapsed(),
+        }
+    }
+
     fn get_session(&self, sid: &str) -> Answer {
         self.send(Method::GET, &format!("/v1/sessions/{sid}"), None)
     }
@@ -1619,6 +1647,8 @@ fn a_busy_session_answers_409_at_once() {
             ("list files", api.list_files(&sid)),
             ("get a file", api.get_file(&sid, "x.txt")),
             ("put a file", api.put_file(&sid, "x.txt", b"x")),
+            // A status, before any stream starts, not a 200 with an `error` event.
+            ("a streamed call", api.call_streamed(&sid, "print('third')")),
         ] {
             assert_eq!(a.status, 409, "{what}: {}", a.describe());
             assert!(
@@ -1633,6 +1663,24 @@ fn a_busy_session_answers_409_at_once() {
     });
     let r = api.step(&sid, "print('after', x)");
     assert_eq!(r["stdout"], "after 1\n");
+    // A streamed call in a free session streams; in an unknown or ended one, 404.
+    let a = api.call_streamed(&sid, "print('streamed')");
+    assert_eq!(a.status, 200, "{}", a.describe());
+    assert!(
+        a.content_type.starts_with("text/event-stream"),
+        "{}",
+        a.describe()
+    );
+    assert_eq!(api.delete(&sid).status, 204);
+    for id in [sid.as_str(), "sess_00000000000000000000000000000000"] {
+        let a = api.call_streamed(id, "print('gone')");
+        assert_eq!(a.status, 404, "{id}: {}", a.describe());
+        assert!(
+            a.content_type.starts_with("application/json"),
+            "{}",
+            a.describe()
+        );
+    }
     let _ = base;
 }
 
@@ -1888,5 +1936,105 @@ fn session_file_endpoints_check_paths_and_sizes() {
     assert_eq!(paths(&r["files"]), ["d/n.txt", "made.txt"], "{}", brief(&r));
     assert_file(&r["files"], "d/n.txt", b"two!+", "text/plain");
     assert_eq!(api.get_file(&sid, "made.txt").bytes, b"m");
+    assert_eq!(api.delete(&sid).status, 204);
+}
+
+/// What the code plants in a session's working directory (a link to `/`, a link to a
+/// directory, a FIFO) stops a file request at once: an upload is written beneath the
+/// working directory with no link followed at any component, into regular files only, and
+/// refused (400) otherwise without waiting on a FIFO; the session lives. What a call
+/// skipped is said once, in `skipped_files`, never in stderr.
+#[test]
+fn planted_links_and_fifos_stop_uploads_at_once() {
+    let (_one, _base, server) = start(21, &["--scanner", "off"]);
+    let api = Api::new(&server);
+    let sid = api.open(json!({}));
+    let planted = api.step(
+        &sid,
+        "import os\nos.symlink('/', 'rootdir')\nos.symlink('/tmp', 'tmplink')\n\
+         os.mkfifo('fifo')\nos.makedirs('real/sub')\nos.symlink('/etc', 'real/etc')\n\
+         open('/tmp/elsewhere.txt', 'w').write('keep')\nos.link('/tmp/elsewhere.txt', 'hard.txt')\n\
+         open('own.txt', 'w').write('mine')",
+    );
+    assert_eq!(
+        paths(&planted["files"]),
+        ["hard.txt", "own.txt"],
+        "{}",
+        brief(&planted)
+    );
+    assert_eq!(
+        planted["skipped_files"],
+        json!([
+            {"path": "fifo", "reason": "not_regular_file"},
+            {"path": "real/etc", "reason": "symlink"},
+            {"path": "rootdir", "reason": "symlink"},
+            {"path": "tmplink", "reason": "symlink"},
+        ]),
+        "{}",
+        brief(&planted)
+    );
+    // A later call reports nothing it did not create or change (`step` checks stderr).
+    let later = api.step(&sid, "print('again')");
+    assert!(later.get("skipped_files").is_none(), "{}", brief(&later));
+
+    for path in [
+        "rootdir/tmp/outside.txt",
+        "rootdir/tmp/work/own.txt",
+        "tmplink/outside.txt",
+        "real/etc/planted.txt",
+        "rootdir",
+        "fifo",
+    ] {
+        let a = api.put_file(&sid, path, b"x");
+        assert_eq!(a.status, 400, "PUT {path}: {}", a.describe());
+        assert!(
+            a.elapsed < Duration::from_secs(5),
+            "PUT {path} took {:?}",
+            a.elapsed
+        );
+        let s = api.get_session(&sid);
+        assert_eq!(s.status, 200, "after PUT {path}: {}", s.describe());
+        assert_eq!(s.json()["state"], "active", "after PUT {path}");
+    }
+    // A call's input files are written the same way.
+    let a = api.send(
+        Method::POST,
+        "/v1/tools/code",
+        Some(Body::Json(json!({
+            "code": "print('ran')", "lang": "python", "session_id": sid,
+            "files": [{"path": "rootdir/tmp/planted.txt", "content": "x"}],
+        }))),
+    );
+    assert_eq!(a.status, 200, "{}", a.describe());
+    let v = a.json();
+    assert!(
+        v["exit_code"] == 1
+            && text(&v, "stderr").contains("the input files could not be written")
+            && v["session"]["state"] == "active",
+        "{}",
+        brief(&v)
+    );
+    // Nothing was written where the links point, and the planted entries are as they were.
+    let r = api.step(
+        &sid,
+        "import os, stat\nprint(os.path.exists('/tmp/outside.txt'), os.path.exists('/tmp/planted.txt'), \
+         open('own.txt').read(), stat.S_ISFIFO(os.lstat('fifo').st_mode), os.path.islink('rootdir'))",
+    );
+    assert_eq!(r["stdout"], "False False mine True True\n", "{}", brief(&r));
+    // An upload onto a hard link replaces the file at its path, not the one elsewhere.
+    let a = api.put_file(&sid, "hard.txt", b"new");
+    assert_eq!(a.status, 201, "{}", a.describe());
+    let r = api.step(
+        &sid,
+        "print(open('/tmp/elsewhere.txt').read(), open('hard.txt').read())",
+    );
+    assert_eq!(r["stdout"], "keep new\n", "{}", brief(&r));
+    // Uploads into real directories, new ones included, still work.
+    let a = api.put_file(&sid, "real/sub/new/deeper/f.txt", b"made");
+    assert_eq!(a.status, 201, "{}", a.describe());
+    assert_eq!(
+        api.get_file(&sid, "real/sub/new/deeper/f.txt").bytes,
+        b"made"
+    );
     assert_eq!(api.delete(&sid).status, 204);
 }

@@ -276,17 +276,19 @@ impl Drop for AbortOnDrop {
 /// The streamed answer: `stdout`, `stderr` and `plot` events as the run produces them,
 /// a `file` event per output file once it is over (when files were asked for, or in a
 /// session), then exactly one `result` (the same JSON as the plain answer) or, if the run
-/// could not finish, one `error` (the API's error object). Bad input was refused before,
-/// as an ordinary HTTP error. A client that falls behind the event queue's bounds gets the
+/// could not finish, one `error` (the API's error object). Bad input, and an unknown or
+/// busy session, were refused before, as ordinary HTTP errors. A client that falls behind the event queue's bounds gets the
 /// `error` at once, and its run is stopped.
 fn stream(state: &AppState, request: CodeRequest) -> Result<Response, ApiError> {
     let request = state.service.validate(request)?;
+    // An unknown, ended or busy session is an HTTP status too, not an `error` event.
+    let request = state.service.prepare(request)?;
     let (events_tx, events_rx) = state.service.event_queue();
     let (result_tx, result_rx) = tokio::sync::oneshot::channel();
     let service = state.service.clone();
     let run = tokio::spawn(
         async move {
-            let result = service.execute_valid(request, Some(events_tx)).await;
+            let result = service.execute_prepared(request, Some(events_tx)).await;
             let _ = result_tx.send(result);
         }
         .instrument(tracing::Span::current()),

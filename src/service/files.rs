@@ -7,7 +7,7 @@
 use base64::Engine;
 
 use super::ServiceError;
-use crate::sandbox::{FileCaps, InputFile, OutputFile};
+use crate::sandbox::{FileCaps, InputFile, OutputFile, SkippedFile};
 
 /// Base64 as clients write it: padding optional, stray bits in the last character
 /// ignored (the standard alphabet only).
@@ -183,6 +183,15 @@ pub fn check_outputs(files: Vec<OutputFile>, stderr: &mut String) -> Vec<OutputF
                 false
             }
         })
+        .collect()
+}
+
+/// The files a run skipped whose names keep the rules (a bad name is dropped silently:
+/// the file was not returned either way).
+pub fn check_skipped(skipped: Vec<SkippedFile>) -> Vec<SkippedFile> {
+    skipped
+        .into_iter()
+        .filter(|f| path_problem(&f.path).is_none())
         .collect()
 }
 

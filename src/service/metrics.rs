@@ -381,6 +381,7 @@ mod tests {
                 warm: true,
             }),
             files: None,
+            skipped_files: Vec::new(),
             session: None,
             results: None,
             error: None,

@@ -22,7 +22,7 @@ use crate::config::ScannerMode;
 use crate::sandbox::warm::{template_for, Template};
 use crate::sandbox::{
     Cut, FileCaps, InputFile, Limits, NotebookError, NotebookOutput, OutputFile, Plot, ResultCaps,
-    RunOutcome, RunRequest, SessionOp, Termination,
+    RunOutcome, RunRequest, SessionOp, SkippedFile, Termination,
 };
 use crate::scanner::{self, Analysis};
 use admission::{Admission, KeyWeights, Shares};
@@ -212,6 +212,8 @@ pub struct RunResult {
     /// Files created or changed in the working directory, when the request asked for them
     /// (or ran in a session).
     pub files: Option<Vec<OutputFile>>,
+    /// Files created or changed that are not returned (links, FIFOs...), and why.
+    pub skipped_files: Vec<SkippedFile>,
     /// The session the code ran in, and whether it is still there.
     pub session: Option<SessionState>,
     /// Notebook results, when asked for: what the code's last expression, display() and
@@ -247,6 +249,7 @@ impl RunResult {
             queue_time: Duration::ZERO,
             run: None,
             files: None,
+            skipped_files: Vec::new(),
             session: None,
             results: None,
             error: None,
@@ -277,6 +280,9 @@ pub struct Settings {
     /// Caps on notebook results.
     pub results: ResultCaps,
     pub sessions: SessionSettings,
+    /// Output file content an MCP tool result attaches, in all (a model's context is
+    /// smaller than what a run may return).
+    pub mcp_attach_bytes: u64,
 }
 
 /// The run service, shared by every front end of one process.
@@ -311,6 +317,12 @@ pub struct Validated {
     pub results: Option<bool>,
     pub session_id: Option<String>,
     pub owner: Option<String>,
+}
+
+/// A validated request with its session taken (when it names one): ready to run.
+pub struct Prepared {
+    request: Validated,
+    session: Option<(Arc<sessions::Session>, sessions::Held)>,
 }
 
 /// The contract's rules for the code itself.
@@ -473,6 +485,7 @@ fn refused(violations: Vec<String>, scan_time: Duration) -> RunResult {
         queue_time: Duration::ZERO,
         run: None,
         files: None,
+        skipped_files: Vec::new(),
         session: None,
         results: None,
         error: None,
@@ -622,27 +635,22 @@ impl RunService {
     }
 
     /// Runs a request that passed [`RunService::validate`]; with `events`, the output is
-    /// also sent there as it comes (everything before the result). Front ends that must
-    /// answer bad input before they start streaming validate first, then call this.
+    /// also sent there as it comes (everything before the result).
     pub async fn execute_valid(
         &self,
         request: Validated,
         events: Option<runner::Events>,
     ) -> Result<RunResult, ServiceError> {
-        let span = tracing::Span::current();
-        span.record("code_sha256", code_sha256(&request.code).as_str());
-        if let Some(user) = &request.user {
-            span.record("user", user.as_str());
-        }
-        tracing::debug!(target: "nsbox::code", code = %request.code, "code received");
-        self.run(request, events).await
+        let prepared = self.prepare(request)?;
+        self.execute_prepared(prepared, events).await
     }
 
-    async fn run(
-        &self,
-        request: Validated,
-        events: Option<runner::Events>,
-    ) -> Result<RunResult, ServiceError> {
+    /// Takes the session of a validated request, if it names one: an unknown, ended or
+    /// busy session is refused here (404, 409), before anything starts. Front ends that
+    /// must answer bad input before they start streaming validate, prepare, then call
+    /// [`RunService::execute_prepared`]; the session stays theirs until then (dropping the
+    /// `Prepared` lets go of it).
+    pub fn prepare(&self, request: Validated) -> Result<Prepared, ServiceError> {
         // A call in a session takes its session first: 404 and 409 come before any work.
         let session = match &request.session_id {
             Some(id) => {
@@ -652,6 +660,32 @@ impl RunService {
             }
             None => None,
         };
+        Ok(Prepared { request, session })
+    }
+
+    /// Runs a request that [`RunService::prepare`] made ready; with `events`, as
+    /// [`RunService::execute_valid`].
+    pub async fn execute_prepared(
+        &self,
+        prepared: Prepared,
+        events: Option<runner::Events>,
+    ) -> Result<RunResult, ServiceError> {
+        let Prepared { request, session } = prepared;
+        let span = tracing::Span::current();
+        span.record("code_sha256", code_sha256(&request.code).as_str());
+        if let Some(user) = &request.user {
+            span.record("user", user.as_str());
+        }
+        tracing::debug!(target: "nsbox::code", code = %request.code, "code received");
+        self.run(request, session, events).await
+    }
+
+    async fn run(
+        &self,
+        request: Validated,
+        session: Option<(Arc<sessions::Session>, sessions::Held)>,
+        events: Option<runner::Events>,
+    ) -> Result<RunResult, ServiceError> {
         // A call says; else its session does (on unless it was made without); a run is off.
         let results = request
             .results
@@ -815,6 +849,10 @@ impl RunService {
         let files = request
             .collect_files
             .then(|| files::check_outputs(std::mem::take(&mut outcome.files), &mut outcome.stderr));
+        let skipped_files = match request.collect_files {
+            true => files::check_skipped(std::mem::take(&mut outcome.skipped_files)),
+            false => Vec::new(),
+        };
         let session = session_id.map(|id| self.session_after_call(id, &mut outcome));
         let (ending, stderr) = match classify(&outcome, &limits) {
             Ok(classified) => classified,
@@ -846,6 +884,7 @@ impl RunService {
                 warm: outcome.warm,
             }),
             files,
+            skipped_files,
             session,
             results: results.then_some(outcome.results),
             error: outcome.error.filter(|_| results),
@@ -1164,6 +1203,7 @@ mod tests {
             peak_memory_bytes: None,
             warm: false,
             files: vec![],
+            skipped_files: vec![],
             memory_bytes: None,
             session_ended: None,
             results: vec![],
@@ -1256,6 +1296,7 @@ mod tests {
                 max_total_bytes: 10,
             },
             sessions: SessionSettings::default(),
+            mcp_attach_bytes: 256 << 10,
         }
     }
 

@@ -6,7 +6,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::files::mime_type;
 use super::{RunResult, SessionState};
-use crate::sandbox::{NotebookError, NotebookOutput, OutputFile, OutputType, Plot};
+use crate::sandbox::{NotebookError, NotebookOutput, OutputFile, OutputType, Plot, SkippedFile};
 
 /// The spec's response object, field for field.
 #[derive(Debug, serde::Serialize, PartialEq)]
@@ -22,6 +22,10 @@ pub struct CodeResponse {
     /// Beyond the spec, only when asked for (a request with `files`, or in a session).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<FileResponse>>,
+    /// Beyond the spec: files the code created or changed that are not returned (links,
+    /// FIFOs...), and why; only when there are some.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<SkippedFile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionState>,
     /// Beyond the spec, only when asked for (`"results": true`, or in a session): Jupyter
@@ -101,6 +105,7 @@ impl From<RunResult> for CodeResponse {
             files: r
                 .files
                 .map(|files| files.into_iter().map(FileResponse::from).collect()),
+            skipped_files: r.skipped_files,
             session: r.session,
             error: r.results.is_some().then_some(r.error),
             results: r

@@ -9,7 +9,7 @@ use nix::unistd::read;
 
 use super::run::{
     FileCaps, JsonText, Limits, NotebookError, NotebookOutput, OutputFile, OutputType, Plot,
-    ResultCaps, RunEvent,
+    ResultCaps, RunEvent, SkippedFile,
 };
 
 /// Bytes read from one pipe, kept up to a cap; the rest is drained and counted.
@@ -124,6 +124,8 @@ fn fit_json(s: &str, budget: usize) -> (usize, usize) {
 /// Kinds of the frames on a run's plots pipe.
 const PLOT_FRAME: u8 = b'P';
 const FILE_FRAME: u8 = b'F';
+/// A file the code created or changed that is not returned: `{"path", "reason"}`.
+const SKIP_FRAME: u8 = b'S';
 /// The harness's last frame in a one-shot run: the code it is about to exit with, sent
 /// once the output is complete, so the supervisor can answer before the interpreter's
 /// address space is torn down. The run's own code could forge one; it would only end its
@@ -240,6 +242,7 @@ enum Decoded {
     File(OutputFile),
     Result(NotebookOutput),
     Error(NotebookError),
+    Skipped(SkippedFile),
 }
 
 /// Reads a plots pipe's frames in order under [`FrameCaps`]: what passes is decoded once,
@@ -288,6 +291,7 @@ impl FrameDecoder {
                 FILE_FRAME => self.file(payload),
                 RESULT_FRAME => self.result(payload),
                 ERROR_FRAME => self.error(payload),
+                SKIP_FRAME => self.skipped(payload),
                 EXIT_FRAME => continue,
                 _ => None,
             };
@@ -353,6 +357,18 @@ impl FrameDecoder {
         self.errors += 1;
         Some(Decoded::Error(error))
     }
+
+    /// A skipped file counts as a listed one: the harness names at most one per entry it
+    /// looked at, and its reason is one of a few words, so a forged frame carries no text.
+    fn skipped(&mut self, payload: &[u8]) -> Option<Decoded> {
+        self.caps.files?;
+        if self.file_frames >= MAX_FILE_FRAMES {
+            return None;
+        }
+        let skipped: SkippedFile = serde_json::from_slice(payload).ok()?;
+        self.file_frames += 1;
+        Some(Decoded::Skipped(skipped))
+    }
 }
 
 /// A result frame as the harness writes it: MIME values and metadata are taken as the
@@ -389,6 +405,7 @@ pub struct Frames {
     pub files: Vec<OutputFile>,
     pub results: Vec<NotebookOutput>,
     pub error: Option<NotebookError>,
+    pub skipped: Vec<SkippedFile>,
     /// Some frames were lost: the pipe's cap cut them, one was past the caps, or one was
     /// malformed.
     pub dropped: bool,
@@ -404,6 +421,7 @@ pub fn decode_frames(bytes: &[u8], truncated: bool, caps: FrameCaps) -> Frames {
             Decoded::File(f) => frames.files.push(f),
             Decoded::Result(r) => frames.results.push(r),
             Decoded::Error(e) => frames.error = Some(e),
+            Decoded::Skipped(s) => frames.skipped.push(s),
         }
     }
     frames.dropped = truncated || decoder.dropped || decoder.offset < bytes.len();
@@ -524,7 +542,7 @@ impl Streamed {
             match decoded {
                 Decoded::Plot(plot) => events.push(RunEvent::Plot { plot }),
                 Decoded::Result(output) => events.push(RunEvent::Display { output }),
-                Decoded::File(_) | Decoded::Error(_) => {}
+                Decoded::File(_) | Decoded::Error(_) | Decoded::Skipped(_) => {}
             }
         }
         events
@@ -841,6 +859,55 @@ mod tests {
         };
         let frames = decode_frames(&bytes, false, none);
         assert!(frames.results.is_empty() && frames.error.is_none());
+    }
+
+    #[test]
+    fn skipped_files_are_names_and_known_reasons_within_the_file_frames() {
+        let skip = |path: &str, reason: &str| {
+            frame(
+                SKIP_FRAME,
+                format!(r#"{{"path":"{path}","reason":"{reason}"}}"#).as_bytes(),
+            )
+        };
+        let mut bytes = skip("rootdir", "symlink");
+        bytes.extend(skip("fifo", "not_regular_file"));
+        bytes.extend(file_frame(
+            r#"{"path":"a","size":1,"truncated":false}"#,
+            b"a",
+        ));
+        let frames = decode_frames(&bytes, false, roomy());
+        assert_eq!(
+            frames.skipped,
+            [
+                SkippedFile {
+                    path: "rootdir".into(),
+                    reason: crate::run::SkipReason::Symlink
+                },
+                SkippedFile {
+                    path: "fifo".into(),
+                    reason: crate::run::SkipReason::NotRegularFile
+                },
+            ]
+        );
+        assert_eq!(frames.files.len(), 1);
+        assert!(!frames.dropped);
+        // A reason of the code's own words is not taken.
+        let forged = decode_frames(&skip("x", "rm -rf / said so"), false, roomy());
+        assert!(forged.skipped.is_empty() && forged.dropped);
+        // Not asked for files: none taken; and they count in the file frames' bound.
+        let none = FrameCaps {
+            files: None,
+            ..roomy()
+        };
+        assert!(decode_frames(&skip("x", "symlink"), false, none)
+            .skipped
+            .is_empty());
+        let flood: Vec<u8> = (0..MAX_FILE_FRAMES + 5)
+            .flat_map(|_| skip("f", "symlink"))
+            .collect();
+        let frames = decode_frames(&flood, false, roomy());
+        assert_eq!(frames.skipped.len(), MAX_FILE_FRAMES);
+        assert!(frames.dropped);
     }
 
     #[test]

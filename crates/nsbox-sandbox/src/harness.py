@@ -118,20 +118,24 @@ _NSBOX_MAX_DEPTH = 32
 
 
 def _nsbox_frame(out, kind, payload):
-    """Frames on the plots pipe: a kind byte (P: a PNG, F: a file, X: the exit code, last),
-    a length, the bytes."""
+    """Frames on the plots pipe: a kind byte (P: a PNG, F: a file, S: a file skipped, X: the
+    exit code, last), a length, the bytes."""
     import struct
 
     out.write(kind + struct.pack("<I", len(payload)) + payload)
 
 
-def _nsbox_walk(notes):
+def _nsbox_walk(notes, skipped=None):
     """The regular files under the working directory, as {relative path: stat signature},
     found without following any link and without leaving the working directory's file
-    system. Everything else (links, FIFOs, sockets, devices) is named in `notes`."""
+    system. What is not returned (links, FIFOs, sockets, devices, directories past the
+    depth, entries past the count) goes in `skipped` as {path: (reason, signature)}, so a
+    call reports only what it created or changed; `notes` says when the walk failed."""
     import os
     import stat
 
+    if skipped is None:
+        skipped = {}
     found = {}
     try:
         root = os.open(_nsbox_state["workdir"], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -147,18 +151,19 @@ def _nsbox_walk(notes):
             with os.scandir(dirfd) as entries:
                 for entry in entries:
                     visited += 1
+                    rel = prefix + entry.name
                     if visited > _NSBOX_MAX_ENTRIES:
-                        notes.append(f"the working directory has more than {_NSBOX_MAX_ENTRIES} entries; the rest were not looked at")
+                        skipped[rel] = ("entry_limit", None)
                         _nsbox_stack_close(stack)
                         return found
-                    rel = prefix + entry.name
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
+                    signature = (st.st_mode, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
                     if stat.S_ISDIR(st.st_mode):
                         if depth + 1 >= _NSBOX_MAX_DEPTH:
-                            notes.append(f"{rel}/: deeper than {_NSBOX_MAX_DEPTH} levels, not looked at")
+                            skipped[rel] = ("too_deep", signature)
                             continue
                         try:
                             sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
@@ -171,8 +176,8 @@ def _nsbox_walk(notes):
                     elif stat.S_ISREG(st.st_mode):
                         found[rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
                     else:
-                        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-                        notes.append(f"{rel}: {kind}; only regular files are returned")
+                        reason = "symlink" if stat.S_ISLNK(st.st_mode) else "not_regular_file"
+                        skipped[rel] = (reason, signature)
         except OSError:
             pass
         finally:
@@ -188,6 +193,50 @@ def _nsbox_stack_close(stack):
     stack.clear()
 
 
+def _nsbox_parts(rel):
+    """The components of a relative path inside the working directory (the server checked
+    it; the code could not have, but a session's file op comes from the server)."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError("not a relative path inside the working directory")
+    return parts
+
+
+def _nsbox_parent(parts, create):
+    """The directory that holds the last of `parts`, opened one component at a time from
+    the working directory with no link followed and without leaving its file system (the
+    code can plant `dir -> /` as well as a file link). With `create`, missing directories
+    are made on the way, each opened as it is made. Returns (dirfd, device)."""
+    import errno
+    import os
+
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dirfd = os.open(_nsbox_state["workdir"], flags)
+    try:
+        device = os.fstat(dirfd).st_dev
+        for part in parts[:-1]:
+            try:
+                sub = os.open(part, flags, dir_fd=dirfd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(part, 0o755, dir_fd=dirfd)
+                except FileExistsError:
+                    pass
+                sub = os.open(part, flags, dir_fd=dirfd)
+            os.close(dirfd)
+            dirfd = sub
+            if os.fstat(dirfd).st_dev != device:
+                raise NotADirectoryError(f"{part}: another file system")
+    except OSError as e:
+        os.close(dirfd)
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise NotADirectoryError("a component of the path is a symbolic link or not a directory") from None
+        raise
+    return dirfd, device
+
+
 def _nsbox_open_regular(rel):
     """Opens a file of the working directory for reading: no link followed on the way
     (each directory, then the file), never blocking (a FIFO opens at once and is refused),
@@ -195,17 +244,10 @@ def _nsbox_open_regular(rel):
     import os
     import stat
 
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError("not a relative path inside the working directory")
-    dirfd = os.open(_nsbox_state["workdir"], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    parts = _nsbox_parts(rel)
+    dirfd, device = _nsbox_parent(parts, False)
     try:
-        device = os.fstat(dirfd).st_dev
-        for part in parts[:-1]:
-            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
-            os.close(dirfd)
-            dirfd = sub
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dirfd)
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dirfd)
     finally:
         os.close(dirfd)
     st = os.fstat(fd)
@@ -262,27 +304,63 @@ def _nsbox_send_file(out, rel, caps, sent, notes):
 
 
 def _nsbox_put_files(files):
-    """Writes the input files into the working directory (as the run's own user)."""
+    """Writes the input files into the working directory (as the run's own user), each
+    beneath it with no link followed at any component, into regular files only: what the
+    code planted (a link to `/`, a FIFO, a socket) is refused at once, never written
+    through or waited on."""
     import base64
     import os
+    import stat
 
     for f in files:
-        path = os.path.join(_nsbox_state["workdir"], f["path"])
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        parts = _nsbox_parts(f["path"])
+        dirfd, device = _nsbox_parent(parts, True)
+        try:
+            try:
+                st = os.lstat(parts[-1], dir_fd=dirfd)
+            except FileNotFoundError:
+                st = None
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                raise IsADirectoryError(f"{f['path']} is {kind}")
+            if st is not None and st.st_nlink > 1:
+                # A hard link the code made to a file elsewhere in /tmp: the path gets the
+                # new content, the other name keeps its own.
+                os.unlink(parts[-1], dir_fd=dirfd)
+            # Non-blocking, so a FIFO swapped in after the check fails (ENXIO) or opens
+            # at once, then is refused below: nothing here waits for a reader.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            try:
+                fd = os.open(parts[-1], flags, 0o644, dir_fd=dirfd)
+            except OSError as e:
+                raise IsADirectoryError(f"{f['path']} is not a regular file ({e.strerror})") from None
+        finally:
+            os.close(dirfd)
         with open(fd, "wb", closefd=True) as out:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_dev != device:
+                raise IsADirectoryError(f"{f['path']} is not a regular file")
+            os.ftruncate(fd, 0)
             out.write(base64.b64decode(f["content_base64"]))
 
 
-def _nsbox_collect(out, before, caps):
-    """Sends the files created or changed since `before`, in path order, under the caps;
-    says on stderr what was skipped or cut."""
+def _nsbox_collect(out, before, skipped_before, caps):
+    """Sends the files created or changed since `before`, in path order, under the caps,
+    then what was created or changed but is not returned (S frames: path and reason); says
+    on stderr what was cut."""
+    import json
+    import struct
+
     notes = []
-    after = _nsbox_walk(notes)
+    skipped = {}
+    after = _nsbox_walk(notes, skipped)
     sent = {"count": 0, "bytes": 0}
     for rel in sorted(after):
         if before.get(rel) != after[rel]:
             _nsbox_send_file(out, rel, caps, sent, notes)
+    for rel in sorted(skipped):
+        if skipped_before.get(rel) != skipped[rel]:
+            _nsbox_frame(out, b"S", json.dumps({"path": rel, "reason": skipped[rel][0]}).encode())
     for note in notes:
         print(f"nsbox: {note}", file=sys.stderr)
 
@@ -954,7 +1032,8 @@ def _nsbox_step(bundle, plots_out, main, interruptible):
         print(f"nsbox: the input files could not be written: {e}", file=sys.stderr)
         return 1
     caps = bundle.get("collect_files")
-    before = _nsbox_walk([]) if caps is not None else None
+    skipped_before = {}
+    before = _nsbox_walk([], skipped_before) if caps is not None else None
     result_caps = bundle.get("results")
     results = _nsbox_start_results(plots_out, result_caps) if result_caps is not None else None
     if results is None:
@@ -964,7 +1043,7 @@ def _nsbox_step(bundle, plots_out, main, interruptible):
     exit_code = run.execute(bundle["code"], interruptible)
     if caps is not None:
         try:
-            _nsbox_collect(plots_out, before, caps)
+            _nsbox_collect(plots_out, before, skipped_before, caps)
         except Exception as e:
             print(f"nsbox: the output files could not be collected: {e}", file=sys.stderr)
     return exit_code

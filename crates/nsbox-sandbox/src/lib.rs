@@ -34,8 +34,8 @@ pub mod warm_library;
 pub use config::{SpawnerConfig, WarmConfig};
 pub use run::{
     Cut, FileCaps, InputFile, JsonText, Limits, NotebookError, NotebookOutput, OutputFile,
-    OutputType, Plot, Report, ResultCaps, RunEvent, RunOutcome, RunRequest, SessionOp, Termination,
-    CHART_MIME, WORKDIR,
+    OutputType, Plot, Report, ResultCaps, RunEvent, RunOutcome, RunRequest, SessionOp, SkipReason,
+    SkippedFile, Termination, CHART_MIME, WORKDIR,
 };
 pub use supervisor::HARNESS;
 pub use warm_library::WarmLibrary;

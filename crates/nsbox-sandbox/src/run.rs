@@ -191,6 +191,28 @@ pub struct OutputFile {
     pub truncated: bool,
 }
 
+/// A file the code created or changed in the working directory that is not returned, and
+/// why: the response says so in its metadata, not in the code's stderr.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SkippedFile {
+    pub path: String,
+    pub reason: SkipReason,
+}
+
+/// Why a file of the working directory is not returned.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// A symbolic link: never followed.
+    Symlink,
+    /// A FIFO, a socket or a device node.
+    NotRegularFile,
+    /// A directory deeper than the walk goes (32 levels).
+    TooDeep,
+    /// The walk stopped here: the working directory has more entries than it looks at.
+    EntryLimit,
+}
+
 /// What the server asks of a session once it is started, one at a time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -292,6 +314,9 @@ pub struct RunOutcome {
     /// Files created or changed in the working directory, when the request asked for them.
     #[serde(default)]
     pub files: Vec<OutputFile>,
+    /// Files created or changed that are not returned (links, FIFOs...), with the reason.
+    #[serde(default)]
+    pub skipped_files: Vec<SkippedFile>,
     /// Memory the run's cgroup holds when the outcome is written (a session's, between
     /// calls), when cgroups are in use.
     #[serde(default)]

@@ -75,7 +75,13 @@ impl<'a> Visitor<'a> for Checker<'_, 'a, '_> {
             Expr::Name(n) => self.name(n, ctx),
             Expr::Attribute(a) => self.attribute(e, a, ctx),
             Expr::Subscript(s) => self.subscript(e, s),
-            Expr::Call(c) => self.call(c, ctx),
+            Expr::Call(c) => {
+                if matches!(&*c.func, Expr::Attribute(a) if a.attr.as_str() == "joinpath") {
+                    self.path_object(e);
+                }
+                self.call(c, ctx)
+            }
+            Expr::BinOp(b) if b.op == ast::Operator::Div => self.path_object(e),
             _ => {}
         }
     }
@@ -439,6 +445,30 @@ impl<'a> Checker<'_, 'a, '_> {
                     rule: fr.rule,
                     start: at.start().to_u32(),
                     end: at.end().to_u32(),
+                });
+            }
+        }
+    }
+
+    /// A pathlib path built from constants after its constructor (`Path('/etc') /
+    /// 'shadow'`, `.joinpath('shadow')`): judged as the constructor is, by the rules that
+    /// name pathlib's `Path` among the readers.
+    fn path_object(&mut self, e: &Expr) {
+        let StrSet::Known(paths) = self.env.strs(e, 0) else {
+            return;
+        };
+        let mut hits = Vec::new();
+        for fr in &self.policy.file_rules {
+            hits.clear();
+            fr.functions.matches(&["pathlib", "Path"], &mut hits);
+            if !hits.is_empty()
+                && fr.modes != FileModes::Write
+                && paths.iter().any(|p| path_hits(p, fr))
+            {
+                self.findings.push(Finding {
+                    rule: fr.rule,
+                    start: e.range().start().to_u32(),
+                    end: e.range().end().to_u32(),
                 });
             }
         }

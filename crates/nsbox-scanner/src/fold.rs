@@ -1,7 +1,8 @@
 //! Python string operations re-implemented on constants, for folding computed names.
 //!
 //! Only what obfuscated attribute and module names are built with: slicing, %-formatting,
-//! str.format, base64 and rot13. Anything unusual returns None, and the caller then treats the
+//! str.format, base64 and rot13; and what paths are built with: os.path.join and pathlib's
+//! `/`. Anything unusual returns None, and the caller then treats the
 //! value as unknown, which the sinks report as dynamic: folding can only make the scanner more
 //! precise, never blinder.
 
@@ -105,6 +106,35 @@ pub(crate) fn product(parts: Vec<StrSet>) -> StrSet {
         out.union(StrSet::one(s));
     }
     out
+}
+
+/// `os.path.join(*parts)` (and pathlib's `/`, which joins the same way) over every choice
+/// of each part: an absolute part starts the path again.
+pub(crate) fn join_paths(parts: Vec<StrSet>) -> StrSet {
+    let mut acc = StrSet::one(String::new());
+    for part in parts {
+        let (StrSet::Known(heads), StrSet::Known(tails)) = (&acc, &part) else {
+            return StrSet::Unknown;
+        };
+        if heads.len() * tails.len() > MAX_STRS {
+            return StrSet::Unknown;
+        }
+        let mut next = StrSet::empty();
+        for head in heads {
+            for tail in tails {
+                let joined = if tail.starts_with('/') || head.is_empty() {
+                    tail.clone()
+                } else if head.ends_with('/') {
+                    format!("{head}{tail}")
+                } else {
+                    format!("{head}/{tail}")
+                };
+                next.union(StrSet::one(joined));
+            }
+        }
+        acc = next;
+    }
+    acc
 }
 
 /// Python's `s[lower:upper:step]` on characters.

@@ -653,6 +653,10 @@ impl<'a, 'p> Env<'a, 'p> {
                     };
                     StrSet::Known(fmts).map(|f| fold::percent(f, &args))
                 }
+                // `str / str` raises: strings on both sides mean a PurePath on the left.
+                Operator::Div => {
+                    fold::join_paths(vec![self.strs(&b.left, d), self.strs(&b.right, d)])
+                }
                 Operator::Mult => match (self.strs(&b.left, d), ints(&b.right)) {
                     (s @ StrSet::Known(_), Some(n)) if (0..=64).contains(&n) => {
                         s.map(|x| Some(x.repeat(n as usize)))
@@ -730,6 +734,9 @@ impl<'a, 'p> Env<'a, 'p> {
 
     fn call_strs(&self, c: &ast::ExprCall, d: u32) -> StrSet {
         let args = &c.args;
+        if let Some(path) = self.path_call_strs(c, d) {
+            return path;
+        }
         match &*c.func {
             Expr::Name(n) => match (norm(n.id.as_str()).as_ref(), args.as_slice()) {
                 ("str", [a]) => self.strs(a, d),
@@ -789,6 +796,13 @@ impl<'a, 'p> Env<'a, 'p> {
                             _ => StrSet::Unknown,
                         }
                     }
+                    // Methods of a pathlib path that keep it constant.
+                    ("expanduser" | "resolve" | "absolute", []) => base(),
+                    ("joinpath", parts) if !parts.iter().any(Expr::is_starred_expr) => {
+                        let mut all = vec![base()];
+                        all.extend(parts.iter().map(|p| self.strs(p, d)));
+                        fold::join_paths(all)
+                    }
                     ("decode" | "encode", []) => base(),
                     ("decode" | "encode", [_]) if !is_name(&a.value, "codecs") => base(),
                     ("decode" | "encode", [x, codec]) if is_name(&a.value, "codecs") => {
@@ -814,6 +828,67 @@ impl<'a, 'p> Env<'a, 'p> {
             }
             _ => StrSet::Unknown,
         }
+    }
+
+    /// The functions that build a path from constant parts: os.path's join (and posixpath's),
+    /// pathlib's constructors and `Path.home()`, and the helpers that leave a constant path
+    /// as telling as it was (expanduser, normpath, abspath, realpath, fspath). `None` when the
+    /// callee is none of them.
+    fn path_call_strs(&self, c: &ast::ExprCall, d: u32) -> Option<StrSet> {
+        let last = match &*c.func {
+            Expr::Name(n) => n.id.as_str(),
+            Expr::Attribute(a) => a.attr.as_str(),
+            _ => return None,
+        };
+        const WORDS: &[&str] = &[
+            "join",
+            "Path",
+            "PurePath",
+            "PosixPath",
+            "PurePosixPath",
+            "home",
+            "expanduser",
+            "normpath",
+            "abspath",
+            "realpath",
+            "fspath",
+        ];
+        if !WORDS.contains(&norm(last).as_ref()) {
+            return None;
+        }
+        if c.args.iter().any(Expr::is_starred_expr) || !c.keywords.is_empty() {
+            return None;
+        }
+        let parts = || c.args.iter().map(|a| self.strs(a, d)).collect::<Vec<_>>();
+        for q in self.objs(&c.func, d) {
+            let q = q.strip_prefix("os.path.").map_or(q.as_str(), |f| f);
+            let q = q.strip_prefix("posixpath.").unwrap_or(q);
+            match (q, c.args.as_slice()) {
+                ("join", [_, ..]) => return Some(fold::join_paths(parts())),
+                (
+                    "pathlib.Path"
+                    | "pathlib.PurePath"
+                    | "pathlib.PosixPath"
+                    | "pathlib.PurePosixPath",
+                    [],
+                ) => return Some(StrSet::one(".".into())),
+                (
+                    "pathlib.Path"
+                    | "pathlib.PurePath"
+                    | "pathlib.PosixPath"
+                    | "pathlib.PurePosixPath",
+                    _,
+                ) => return Some(fold::join_paths(parts())),
+                ("pathlib.Path.home" | "pathlib.PosixPath.home", []) => {
+                    return Some(StrSet::one("~".into()))
+                }
+                ("expanduser" | "normpath" | "abspath" | "realpath" | "os.fspath", [a]) => {
+                    return Some(self.strs(a, d))
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     /// Folded elements of an iterable given to join() or bytes(): literals, strings (as their
