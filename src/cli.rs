@@ -171,6 +171,10 @@ pub struct Options {
     /// by path and size [default: 256].
     #[arg(long, env = "NSBOX_MCP_ATTACH_KIB")]
     pub mcp_attach_kib: Option<u64>,
+    /// Characters of text one MCP tool result gives a model; past it the head and the
+    /// tail are kept [default: 20000].
+    #[arg(long, env = "NSBOX_MCP_TEXT_CHARS")]
+    pub mcp_text_chars: Option<usize>,
     /// First host uid/gid of the range mapped into runs (65536 ids) [default: 1000000000].
     #[arg(long, env = "NSBOX_UID_BASE")]
     pub uid_base: Option<u32>,
@@ -287,7 +291,8 @@ impl Options {
             session_max_idle_ttl,
             session_max_lifetime,
             stream_backlog_events,
-            mcp_attach_kib
+            mcp_attach_kib,
+            mcp_text_chars
         );
         overlay_optional!(max_running_per_user, api_keys_file, warm_library);
         if self.no_cgroups {

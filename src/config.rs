@@ -176,6 +176,9 @@ pub struct Config {
     /// File content attached to one MCP tool result, KiB in all; the rest is listed by
     /// path and size (fetched with `download_file` in a session).
     pub mcp_attach_kib: u64,
+    /// Characters of text one MCP tool result gives a model (output, results, notes);
+    /// past it the head and the tail are kept.
+    pub mcp_text_chars: usize,
 }
 
 /// Where `nsbox` finds the root filesystem when nothing says otherwise.
@@ -221,6 +224,7 @@ impl Default for Config {
             session_max_lifetime: 14_400,
             stream_backlog_events: crate::service::events::DEFAULT_MAX_EVENTS,
             mcp_attach_kib: 256,
+            mcp_text_chars: 20_000,
         }
     }
 }
@@ -284,6 +288,7 @@ impl Config {
         nonzero("tmp_mib", self.tmp_mib)?;
         nonzero("output_kib", self.output_kib as u64)?;
         nonzero("stream_backlog_events", self.stream_backlog_events as u64)?;
+        nonzero("mcp_text_chars", self.mcp_text_chars as u64)?;
         nonzero("max_forks", self.max_forks.into())?;
         nonzero("file_max_mib", self.file_max_mib)?;
         nonzero("files_max_mib", self.files_max_mib)?;

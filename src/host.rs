@@ -78,6 +78,7 @@ impl Prepared {
             max_running_per_user: config.max_running_per_user,
             key_weights: KeyWeights::default(),
             mcp_attach_bytes: config.mcp_attach_kib << 10,
+            mcp_text_chars: config.mcp_text_chars,
             files: FileLimits {
                 max_count: config.files_max_count,
                 max_file_bytes: config.file_max_mib << 20,

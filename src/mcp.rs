@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::host::{LocalService, StartError};
+use crate::sandbox::{NotebookOutput, OutputType, CHART_MIME};
 use crate::service::files::{mime_type, FileContent, FileInput};
 use crate::service::{self, CodeRequest, Ending, Limit, RunResult, RunService, ServiceError};
 
@@ -174,10 +175,14 @@ impl McpServer {
             .instrument(caller.span())
             .await
         {
-            Ok(result) => Ok(tool_result(
-                result,
-                self.service.settings().mcp_attach_bytes,
-            )),
+            Ok(result) => {
+                let settings = self.service.settings();
+                Ok(tool_result(
+                    result,
+                    settings.mcp_attach_bytes,
+                    settings.mcp_text_chars,
+                ))
+            }
             Err(e) => service_error(e),
         }
     }
@@ -487,6 +492,10 @@ fn tools(rules: &Rules) -> Vec<Tool> {
                         "type": "array",
                         "items": file_item,
                         "description": "Files written into /tmp/work before the code runs, each with `path` and `content` or `content_base64`. Given (even empty), the files the code creates or changes come back."
+                    },
+                    "results": {
+                        "type": "boolean",
+                        "description": "Show the value of the last line (as a notebook does), what display() shows, tables as markdown and a summary of each chart's data (default true)."
                     }
                 },
                 "required": ["code"],
@@ -707,7 +716,14 @@ fn file_content(o: &JsonObject, what: &str) -> Result<FileContent, McpError> {
 fn code_request(arguments: &JsonObject) -> Result<CodeRequest, McpError> {
     let args = Args::new(
         arguments,
-        &["code", "timeout", "libraries", "session_id", "files"],
+        &[
+            "code",
+            "timeout",
+            "libraries",
+            "session_id",
+            "files",
+            "results",
+        ],
     )?;
     let code = args.required("code")?.to_string();
     let timeout_s = match args.get("timeout") {
@@ -722,6 +738,12 @@ fn code_request(arguments: &JsonObject) -> Result<CodeRequest, McpError> {
         libraries: args.strings("libraries")?,
         session_id: args.string("session_id")?.map(str::to_string),
         files: args.files("files")?,
+        // A model reads a value it did not print: results are on unless asked off.
+        results: Some(match args.get("results") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(invalid("`results` must be true or false")),
+        }),
         ..CodeRequest::default()
     })
 }
@@ -782,7 +804,7 @@ fn file_block(uri: String, mime: &str, content_base64: String) -> ContentBlock {
 /// A run's result as tool content. Output files are attached in path order while their
 /// bytes stay within `attach_bytes` (what a run may return is far more than a model's
 /// context should take); the others are listed by path and size.
-fn tool_result(result: RunResult, attach_bytes: u64) -> CallToolResult {
+fn tool_result(result: RunResult, attach_bytes: u64, max_text: usize) -> CallToolResult {
     let mut text = ending_line(result.ending);
     if !result.violations.is_empty() {
         text.push_str(&format!("\nViolations: {}", result.violations.join("; ")));
@@ -794,6 +816,21 @@ fn tool_result(result: RunResult, attach_bytes: u64) -> CallToolResult {
                 text.push('\n');
             }
         }
+    }
+    let mut result_blocks = Vec::new();
+    for (i, output) in result.results.iter().flatten().enumerate() {
+        render_result(i + 1, output, &mut text, &mut result_blocks);
+    }
+    if let Some(error) = result.error.as_ref() {
+        text.push_str(&format!(
+            "\n--- error ---\n{}: {}{}\n",
+            error.ename,
+            error.evalue,
+            error
+                .lineno
+                .map(|l| format!(" (line {l} of the code)"))
+                .unwrap_or_default()
+        ));
     }
     let plots = result.plots.len();
     if plots > 0 {
@@ -853,13 +890,14 @@ fn tool_result(result: RunResult, attach_bytes: u64) -> CallToolResult {
         )),
         None => {}
     }
-    let mut content = vec![ContentBlock::text(text)];
+    let mut content = vec![ContentBlock::text(bounded_text(text, max_text))];
     content.extend(
         result
             .plots
             .into_iter()
             .map(|p| ContentBlock::image(p.content_base64, "image/png")),
     );
+    content.extend(result_blocks);
     let session_id = session.map(|s| s.id.as_str());
     content.extend(files.into_iter().filter_map(|f| {
         let body = f.content_base64?;
@@ -874,6 +912,80 @@ fn tool_result(result: RunResult, attach_bytes: u64) -> CallToolResult {
     } else {
         CallToolResult::error(content)
     }
+}
+
+/// The largest HTML result attached as a resource: a table's markdown or a chart's summary
+/// is what a model reads; the HTML is for a host that renders it.
+const HTML_RESOURCE_MAX: usize = 64 << 10;
+
+/// A JSON string value of a result's bundle, as text.
+fn bundle_text(output: &NotebookOutput, mime: &str) -> Option<String> {
+    serde_json::from_str(output.data.get(mime)?.as_str()).ok()
+}
+
+/// One notebook result for a model: its markdown (a table it reads best) or plain text, and
+/// a figure's chart summary, as text; an image that is not a figure (those are attached as
+/// plots) as an image; HTML with no markdown beside it as a resource.
+fn render_result(
+    n: usize,
+    output: &NotebookOutput,
+    text: &mut String,
+    blocks: &mut Vec<ContentBlock>,
+) {
+    let what = match output.output_type {
+        OutputType::ExecuteResult => "value of the last line",
+        OutputType::DisplayData => "displayed",
+    };
+    text.push_str(&format!("\n--- result {n} ({what}) ---\n"));
+    let markdown = bundle_text(output, "text/markdown");
+    let body = markdown
+        .clone()
+        .or_else(|| bundle_text(output, "text/plain"))
+        .unwrap_or_default();
+    text.push_str(&body);
+    if !body.ends_with('\n') {
+        text.push('\n');
+    }
+    let figure = output.data.get(CHART_MIME);
+    if let Some(chart) = figure {
+        text.push_str(&format!("chart data: {}\n", chart.as_str()));
+    } else {
+        for mime in ["image/png", "image/jpeg"] {
+            if let Some(image) = bundle_text(output, mime) {
+                blocks.push(ContentBlock::image(image, mime));
+            }
+        }
+    }
+    if markdown.is_none() {
+        if let Some(html) = bundle_text(output, "text/html") {
+            if html.len() <= HTML_RESOURCE_MAX {
+                let resource = ResourceContents::text(html, format!("nsbox://run/results/{n}"));
+                blocks.push(ContentBlock::resource(resource.with_mime_type("text/html")));
+            } else {
+                text.push_str(&format!(
+                    "(its HTML, {} bytes, is not attached)\n",
+                    html.len()
+                ));
+            }
+        }
+    }
+}
+
+/// The text a model is given, within `max` characters: the head and the tail, with a line
+/// saying how much of the middle was left out.
+fn bounded_text(text: String, max: usize) -> String {
+    let total = text.chars().count();
+    if total <= max {
+        return text;
+    }
+    let head = max * 2 / 3;
+    let tail = max - head;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(total - tail).collect();
+    format!(
+        "{start}\n[nsbox: {} characters left out here; at most {max} are returned]\n{end}",
+        total - head - tail
+    )
 }
 
 fn skip_reason(reason: crate::sandbox::SkipReason) -> &'static str {
@@ -1048,6 +1160,7 @@ mod tests {
                 ..RunResult::ended(Ending::Exited { code: 0 }, "", "")
             },
             1 << 20,
+            20_000,
         );
         let v = serde_json::to_value(&r.content).unwrap();
         let text = v[0]["text"].as_str().unwrap();
@@ -1088,7 +1201,7 @@ mod tests {
             reason: None,
         };
         // 1 KiB: a.txt fits, b.csv would pass it, c.txt still fits.
-        let r = tool_result(result(Some(active)), 1 << 10);
+        let r = tool_result(result(Some(active)), 1 << 10, 20_000);
         let v = serde_json::to_value(&r.content).unwrap();
         let text = v[0]["text"].as_str().unwrap();
         assert!(
@@ -1125,6 +1238,7 @@ mod tests {
                 ..result(None)
             },
             1 << 10,
+            20_000,
         );
         let v = serde_json::to_value(&r.content).unwrap();
         let text = v[0]["text"].as_str().unwrap();
@@ -1133,7 +1247,7 @@ mod tests {
             "{text}"
         );
         // No cap at all: every file is listed, none attached.
-        let r = tool_result(result(None), 0);
+        let r = tool_result(result(None), 0, 20_000);
         let v = serde_json::to_value(&r.content).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
         assert_eq!(
@@ -1189,6 +1303,7 @@ mod tests {
                 ..RunResult::ended(Ending::Exited { code: 0 }, "4\n", "")
             },
             1 << 20,
+            20_000,
         );
         assert_eq!(r.is_error, Some(false));
         let v = serde_json::to_value(&r.content).unwrap();
@@ -1206,9 +1321,113 @@ mod tests {
                 "Execution failed: Execution timeout exceeded",
             ),
             1 << 20,
+            20_000,
         );
         assert_eq!(r.is_error, Some(true));
         let v = serde_json::to_value(&r.content).unwrap();
         assert!(v[0]["text"].as_str().unwrap().contains("timeout exceeded"));
+    }
+
+    fn output(kind: OutputType, data: &[(&str, &str)]) -> NotebookOutput {
+        NotebookOutput {
+            output_type: kind,
+            data: data
+                .iter()
+                .map(|(mime, json)| {
+                    (
+                        mime.to_string(),
+                        crate::sandbox::JsonText::new(json).unwrap(),
+                    )
+                })
+                .collect(),
+            metadata: crate::sandbox::JsonText::new("{}").unwrap(),
+        }
+    }
+
+    #[test]
+    fn results_reach_the_model_as_markdown_text_chart_data_images_and_html() {
+        let results = vec![
+            output(
+                OutputType::ExecuteResult,
+                &[
+                    ("text/plain", r#""   a\n0  1""#),
+                    ("text/markdown", r#""|  | a |\n|---|---|\n| 0 | 1 |""#),
+                    ("text/html", r#""<table></table>""#),
+                ],
+            ),
+            output(
+                OutputType::DisplayData,
+                &[
+                    ("text/plain", r#""<Figure>""#),
+                    ("image/png", r#""iVBORw0KGgo=""#),
+                    (CHART_MIME, r#"{"version":1,"axes":[{"type":"bar"}]}"#),
+                ],
+            ),
+            output(
+                OutputType::DisplayData,
+                &[("text/plain", r#""<PIL>""#), ("image/png", r#""AAAA""#)],
+            ),
+            output(
+                OutputType::DisplayData,
+                &[
+                    ("text/plain", r#""<HTML>""#),
+                    ("text/html", r#""<b>x</b>""#),
+                ],
+            ),
+        ];
+        let r = tool_result(
+            RunResult {
+                results: Some(results),
+                error: Some(crate::sandbox::NotebookError {
+                    ename: "ZeroDivisionError".into(),
+                    evalue: "division by zero".into(),
+                    traceback: vec![],
+                    lineno: Some(2),
+                }),
+                ..RunResult::ended(Ending::Exited { code: 1 }, "", "Traceback ...\n")
+            },
+            1 << 20,
+            20_000,
+        );
+        let v = serde_json::to_value(&r.content).unwrap();
+        let text = v[0]["text"].as_str().unwrap();
+        assert!(
+            text.contains("--- result 1 (value of the last line) ---\n|  | a |"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("<table>"),
+            "markdown stands for the table: {text}"
+        );
+        assert!(text.contains(r#"chart data: {"version":1,"axes":[{"type":"bar"}]}"#));
+        assert!(text
+            .contains("--- error ---\nZeroDivisionError: division by zero (line 2 of the code)"));
+        // The figure comes as a plot; the PIL image as an image; HTML alone as a resource.
+        assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+        assert_eq!(
+            (&v[1]["type"], &v[1]["data"]),
+            (&json!("image"), &json!("AAAA"))
+        );
+        assert_eq!(v[2]["resource"]["mimeType"], "text/html");
+        assert_eq!(v[2]["resource"]["text"], "<b>x</b>");
+        assert_eq!(r.is_error, Some(true));
+    }
+
+    #[test]
+    fn the_text_a_model_gets_is_bounded_head_and_tail() {
+        let long: String = (0..50_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let r = tool_result(
+            RunResult::ended(Ending::Exited { code: 0 }, &format!("START{long}END\n"), ""),
+            0,
+            1_000,
+        );
+        let v = serde_json::to_value(&r.content).unwrap();
+        let text = v[0]["text"].as_str().unwrap();
+        assert!(text.chars().count() < 1_100, "{}", text.len());
+        assert!(text.contains("START") && text.contains("END"));
+        assert!(text.contains("characters left out here; at most 1000 are returned"));
+        assert_eq!(bounded_text("short".into(), 10), "short");
     }
 }

@@ -155,6 +155,7 @@ fn app(o: Options) -> App {
             max_running_per_user: Some(o.max_running),
             key_weights: keys.weights(),
             mcp_attach_bytes: 256 << 10,
+            mcp_text_chars: 20_000,
             files: FileLimits {
                 max_count: 4,
                 max_file_bytes: 1 << 10,

@@ -283,6 +283,8 @@ pub struct Settings {
     /// Output file content an MCP tool result attaches, in all (a model's context is
     /// smaller than what a run may return).
     pub mcp_attach_bytes: u64,
+    /// Characters of text one MCP tool result gives a model.
+    pub mcp_text_chars: usize,
 }
 
 /// The run service, shared by every front end of one process.
@@ -1297,6 +1299,7 @@ mod tests {
             },
             sessions: SessionSettings::default(),
             mcp_attach_bytes: 256 << 10,
+            mcp_text_chars: 20_000,
         }
     }
 

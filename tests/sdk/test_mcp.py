@@ -62,7 +62,11 @@ def text_of(result) -> str:
 
 def resources_of(result) -> dict[str, object]:
     """The embedded resources of a result, by the file path at the end of their URI."""
-    return {c.resource.uri.split("/files/", 1)[1]: c.resource for c in result.content if c.type == "resource"}
+    return {
+        c.resource.uri.split("/files/", 1)[1]: c.resource
+        for c in result.content
+        if c.type == "resource" and "/files/" in c.resource.uri
+    }
 
 
 async def the_tools_work(session: ClientSession) -> None:
@@ -84,7 +88,14 @@ async def the_tools_work(session: ClientSession) -> None:
         assert needle.lower() in description.lower(), (needle, description)
     assert "nothing is kept between calls" not in description
     assert tools[0].input_schema["required"] == ["code"]
-    assert set(tools[0].input_schema["properties"]) == {"code", "timeout", "libraries", "session_id", "files"}
+    assert set(tools[0].input_schema["properties"]) == {
+        "code",
+        "timeout",
+        "libraries",
+        "session_id",
+        "files",
+        "results",
+    }
     for tool in tools[1:]:
         # Each session tool says the rules it must code for.
         assert "/tmp/work" in tool.description or "session" in tool.description, tool
@@ -121,6 +132,21 @@ async def the_tools_work(session: ClientSession) -> None:
     raised = await session.call_tool("run_python", {"code": "result = 10 / 0"})
     assert raised.is_error
     assert "ZeroDivisionError: division by zero" in text_of(raised)
+    assert "--- error ---\nZeroDivisionError: division by zero (line 1 of the code)" in text_of(raised)
+
+    # Notebook results: the last line's value, a table as markdown, a chart's data as text.
+    table = await session.call_tool(
+        "run_python",
+        {"code": "import pandas as pd\nimport matplotlib.pyplot as plt\nplt.bar(['x', 'y'], [3, 4])\npd.DataFrame({'a': [1, 2]})"},
+    )
+    assert not table.is_error, text_of(table)
+    text = text_of(table)
+    assert "--- result 1 (value of the last line) ---\n|  | a |" in text, text
+    assert "2 rows × 1 columns" in text
+    assert 'chart data: {"version": 1' in text and '"type": "bar"' in text, text
+    assert [c.type for c in table.content].count("image") == 1, "the figure once, as its plot"
+    quiet = await session.call_tool("run_python", {"code": "1 + 1", "results": False})
+    assert "--- result" not in text_of(quiet)
 
     for bad, why in (
         ({"code": 5}, "must be a string"),
