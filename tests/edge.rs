@@ -244,6 +244,77 @@ fn sigterm_exits_after_the_grace_whatever_clients_do() {
     assert!(server.log.lock().unwrap().contains("nsbox stopped"));
 }
 
+/// Past `max_connections`, a request other than `/v1/health` is told to retry (503) and
+/// the connection is closed; past the per-peer cap, connections are closed at once.
+#[test]
+fn past_the_caps_connections_are_refused_but_health_answers() {
+    let server = Server::start(&["--max-connections", "4", "--max-connections-per-peer", "6"]);
+    let held: Vec<TcpStream> = (0..4).map(|_| connect(&server)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut reserve = connect(&server);
+    reserve
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    reserve
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = reserve.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too many connections"), "{answer}");
+    assert_eq!(health_status(&server), 200);
+    // Six from this address are open (four held, the reserve's and this one): the
+    // seventh is closed without an answer.
+    let _sixth = connect(&server);
+    let mut seventh = connect(&server);
+    seventh
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = seventh.write_all(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let n = seventh.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    drop(held);
+}
+
+/// A client that sends requests and never reads the answers is cut off once its
+/// responses have waited `idle_timeout` for it.
+#[test]
+fn a_client_that_does_not_read_is_cut_off() {
+    let server = Server::start(&["--idle-timeout", "2"]);
+    let mut s = connect(&server);
+    // Pipelined requests for the OpenAPI document: megabytes of answers nobody reads.
+    let one = b"GET /openapi.yaml HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let many: Vec<u8> = one.iter().copied().cycle().take(one.len() * 2000).collect();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(&many);
+    // Three times the idle timeout without reading.
+    std::thread::sleep(Duration::from_secs(6));
+    // Closed: reading what was sent ends before the 2000th answer.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answers = Vec::new();
+    // EOF, or a reset (the server closed with requests unread).
+    let ended = match s.read_to_end(&mut answers) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    let count = answers
+        .windows(b"HTTP/1.1 200".len())
+        .filter(|w| w == b"HTTP/1.1 200")
+        .count();
+    assert!(
+        ended && count < 2000,
+        "the connection of a client that did not read for 6 s was kept ({count} answers \
+         read, ended: {ended})"
+    );
+    drop(s);
+}
+
 fn hwm_kib(pid: u32) -> u64 {
     proc_status_field(pid as i32, "VmHWM:")
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
@@ -376,16 +447,17 @@ Promise.allSettled(calls).then(r => {{
 </script></body></html>"#
     );
     let port = serve_page(page);
+    let profile = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(&browser)
         .args([
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
             "--no-first-run",
-            "--user-data-dir=/tmp/nsbox-edge-chromium",
             "--virtual-time-budget=10000",
             "--dump-dom",
         ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .expect("running chromium");
