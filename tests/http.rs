@@ -532,6 +532,25 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
     )
     .await;
     a.error(StatusCode::METHOD_NOT_ALLOWED);
+    // A keyless server's Content-Type rule is for the methods that take a body: another
+    // method is still 405, whatever its type.
+    for (method, uri) in [
+        (Method::POST, "/v1/status"),
+        (Method::POST, "/v1/tools/code/libraries"),
+        (Method::PUT, "/v1/tools/code"),
+        (Method::POST, "/v1/sessions/sess_0"),
+    ] {
+        let a = send(
+            &app.router,
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        a.error(StatusCode::METHOD_NOT_ALLOWED);
+    }
 }
 
 #[tokio::test]

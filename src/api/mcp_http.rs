@@ -53,6 +53,11 @@ pub fn service(state: &AppState) -> axum::Router {
             state.clone(),
             screen_body,
         ))
+        // Before the screen: a keyless server wants a JSON type first.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::origin::json_bodies,
+        ))
         .with_state(state.clone())
 }
 

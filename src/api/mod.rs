@@ -35,10 +35,14 @@ pub struct AppState {
 pub const OPENAPI: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.yaml"));
 
 pub fn router(state: AppState) -> Router {
+    // On the methods that take a body only, so another method is still 405.
+    let json = axum::middleware::from_fn_with_state(state.clone(), origin::json_bodies);
     let keyed = Router::new()
         .route(
             "/v1/tools/code",
-            post(code::execute).fallback(method_not_allowed),
+            post(code::execute)
+                .route_layer(json.clone())
+                .fallback(method_not_allowed),
         )
         .route(
             "/v1/tools/code/libraries",
@@ -46,7 +50,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/sessions",
-            post(sessions::create).fallback(method_not_allowed),
+            post(sessions::create)
+                .route_layer(json.clone())
+                .fallback(method_not_allowed),
         )
         .route(
             "/v1/sessions/{id}",
@@ -61,7 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/sessions/{id}/files/{*path}",
             get(sessions::read_file)
-                .merge(put(sessions::write_file))
+                .merge(put(sessions::write_file).route_layer(json))
                 .fallback(method_not_allowed),
         )
         .route("/v1/status", get(status).fallback(method_not_allowed))
@@ -69,10 +75,6 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         // MCP over streamable HTTP: the same keys, admission and limits as the REST API.
         .nest_service("/mcp", mcp_http::service(&state))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            origin::json_bodies,
-        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,

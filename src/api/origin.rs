@@ -21,8 +21,8 @@ pub async fn same_origin(
     Ok(next.run(request).await)
 }
 
-/// The routes that take a body (`route_layer`, so unknown paths stay 404): on a keyless
-/// server, a POST must say it sends JSON, and a PUT (a file's raw bytes) must not be of
+/// The methods that take a body (a `route_layer` on them, so unknown paths stay 404 and
+/// other methods 405): on a keyless server, a POST must say it sends JSON, and a PUT (a file's raw bytes) must not be of
 /// the three types a page may send cross-origin without a preflight.
 pub async fn json_bodies(
     State(state): State<AppState>,
