@@ -11,7 +11,7 @@
 //!   deadline in `api::body`), but a response the client does not read (writes blocked)
 //!   for `idle_timeout` ends the connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -35,11 +35,11 @@ use tower::ServiceExt;
 
 use crate::api::error::ApiError;
 
-/// Connections served past `max_connections`, for `/v1/health` only: a probe or a load
-/// balancer still learns the server is alive while clients hold every ordinary slot. When
-/// the reserve is full too, a new connection takes the place of its oldest one that is not
-/// being answered, so clients that open connections and send nothing cannot hold it: a
-/// probe sends its request at once and is answered before 16 newer connections arrive.
+/// Connections served past `max_connections` (when no idle connection could make room),
+/// for `/v1/health` only: a probe or a load balancer still learns the server is alive
+/// while clients hold every ordinary slot with requests. When the reserve is full too, a
+/// new connection takes the place of its oldest one that is not being answered: a probe
+/// sends its request at once and is answered before 16 newer connections arrive.
 pub const RESERVE: usize = 16;
 
 /// How long a reserve connection may take to send its one request.
@@ -106,7 +106,7 @@ pub async fn serve(
     force: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let reserve = Arc::new(Reserve::default());
+    let places = Arc::new(Places::default());
     let peers = Arc::new(Peers::default());
     // `true` once draining: connections finish their request and close.
     let (drain_tx, drain) = watch::channel(false);
@@ -134,19 +134,21 @@ pub async fn serve(
                     continue;
                 };
                 let activity = Arc::new(Activity::new());
-                let mode = match slots.clone().try_acquire_owned() {
-                    Ok(permit) => Mode::Full(permit),
-                    Err(_) => Mode::Reserve(reserve.enter(&activity)),
-                };
-                let conn = Connection {
-                    activity,
-                    app: app.clone(),
-                    limits: limits.clone(),
-                    peer,
-                    mode,
-                    _peer_slot: peer_slot,
-                };
-                tasks.spawn(conn.serve(stream, drain.clone(), close.clone()));
+                let (app, limits, drain, close) = (app.clone(), limits.clone(), drain.clone(), close.clone());
+                let (slots, places) = (slots.clone(), places.clone());
+                tasks.spawn(async move {
+                    let (mode, kick) = places.take(&slots, &activity).await;
+                    let conn = Connection {
+                        activity,
+                        app,
+                        limits,
+                        peer,
+                        mode,
+                        kick,
+                        _peer_slot: peer_slot,
+                    };
+                    conn.serve(stream, drain, close).await
+                });
             }
         }
     }
@@ -209,25 +211,81 @@ impl Drop for PeerSlot {
     }
 }
 
-/// The reserve's connections, oldest first: each one's activity, and what closes it.
+/// The connections of the pool and of the reserve, oldest first: each one's activity,
+/// and what closes it.
 #[derive(Default)]
-struct Reserve(Mutex<std::collections::VecDeque<(Arc<Activity>, Arc<Notify>)>>);
+struct Places {
+    pool: Mutex<VecDeque<(Arc<Activity>, Arc<Notify>)>>,
+    reserve: Mutex<VecDeque<(Arc<Activity>, Arc<Notify>)>>,
+}
 
-impl Reserve {
-    /// A place in the reserve for a new connection, closing the oldest one that is not
-    /// being answered if the reserve is full. The returned `Notify` closes this one.
-    fn enter(&self, activity: &Arc<Activity>) -> Arc<Notify> {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // A connection that has ended holds only our clone of its activity's Arc.
-        held.retain(|(a, _)| Arc::strong_count(a) > 1);
-        if held.len() >= RESERVE {
-            let waiting = held.iter().position(|(a, _)| a.is_waiting());
-            if let Some((_, kick)) = waiting.and_then(|i| held.remove(i)) {
-                kick.notify_one();
+/// How long a new connection waits for the slot of an idle one it closed.
+const TAKE_OVER: Duration = Duration::from_secs(1);
+
+impl Places {
+    /// A place for a new connection, and what closes it. A free slot of the pool; or, the
+    /// pool being full, the slot of its oldest idle connection (no request on it, not a
+    /// byte of the next one): clients that open connections and send nothing cannot keep
+    /// others out. Else a place in the reserve, taking that of its oldest connection not
+    /// being answered if the reserve is full.
+    async fn take(&self, slots: &Arc<Semaphore>, activity: &Arc<Activity>) -> (Mode, Arc<Notify>) {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if Self::close_oldest(&self.pool, Activity::is_idle) => {
+                tokio::time::timeout(TAKE_OVER, slots.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        match permit {
+            Some(permit) => (Mode::Full(permit), Self::enter(&self.pool, activity)),
+            None => {
+                if Self::count(&self.reserve) >= RESERVE {
+                    Self::close_oldest(&self.reserve, Activity::is_waiting);
+                }
+                (Mode::Reserve, Self::enter(&self.reserve, activity))
             }
         }
+    }
+
+    fn lock(
+        held: &Mutex<VecDeque<(Arc<Activity>, Arc<Notify>)>>,
+    ) -> std::sync::MutexGuard<'_, VecDeque<(Arc<Activity>, Arc<Notify>)>> {
+        let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+        // A connection that has ended holds only our clone of its activity's Arc.
+        held.retain(|(a, _)| Arc::strong_count(a) > 1);
+        held
+    }
+
+    fn count(held: &Mutex<VecDeque<(Arc<Activity>, Arc<Notify>)>>) -> usize {
+        Self::lock(held).len()
+    }
+
+    /// Closes the oldest connection of `held` that `closable` says may go; whether there
+    /// was one.
+    fn close_oldest(
+        held: &Mutex<VecDeque<(Arc<Activity>, Arc<Notify>)>>,
+        closable: fn(&Activity) -> bool,
+    ) -> bool {
+        let mut held = Self::lock(held);
+        let oldest = held.iter().position(|(a, _)| closable(a));
+        match oldest.and_then(|i| held.remove(i)) {
+            Some((_, kick)) => {
+                kick.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn enter(
+        held: &Mutex<VecDeque<(Arc<Activity>, Arc<Notify>)>>,
+        activity: &Arc<Activity>,
+    ) -> Arc<Notify> {
         let kick = Arc::new(Notify::new());
-        held.push_back((activity.clone(), kick.clone()));
+        Self::lock(held).push_back((activity.clone(), kick.clone()));
         kick
     }
 }
@@ -235,9 +293,8 @@ impl Reserve {
 enum Mode {
     /// An ordinary slot: every route, keep-alive.
     Full(#[allow(dead_code)] OwnedSemaphorePermit),
-    /// Past `max_connections`: one request, `/v1/health` answered, anything else 503;
-    /// closed when notified (a newer connection took its place).
-    Reserve(Arc<Notify>),
+    /// Past `max_connections`: one request, `/v1/health` answered, anything else 503.
+    Reserve,
 }
 
 struct Connection {
@@ -246,6 +303,8 @@ struct Connection {
     limits: Limits,
     peer: SocketAddr,
     mode: Mode,
+    /// Closes the connection: a newer one took its place.
+    kick: Arc<Notify>,
     _peer_slot: PeerSlot,
 }
 
@@ -256,11 +315,7 @@ impl Connection {
         mut drain: watch::Receiver<bool>,
         mut close: watch::Receiver<bool>,
     ) {
-        let reserve = matches!(self.mode, Mode::Reserve(_));
-        let kicked = match &self.mode {
-            Mode::Reserve(kick) => Some(kick.clone()),
-            Mode::Full(_) => None,
-        };
+        let reserve = matches!(self.mode, Mode::Reserve);
         let (header_timeout, idle_timeout) = if reserve {
             (RESERVE_TIMEOUT, RESERVE_TIMEOUT)
         } else {
@@ -306,8 +361,8 @@ impl Connection {
                     draining = true;
                 }
                 Ok(()) = close.changed() => return,
-                () = async { kicked.as_ref().unwrap().notified().await }, if kicked.is_some() => {
-                    tracing::debug!(peer = %self.peer, "reserve connection closed for a newer one");
+                () = self.kick.notified() => {
+                    tracing::debug!(peer = %self.peer, "connection closed for a newer one");
                     return;
                 }
             }
@@ -343,6 +398,12 @@ impl Activity {
             }),
             changed: Notify::new(),
         }
+    }
+
+    /// Nothing on it: no request being handled, not a byte of the next one.
+    fn is_idle(&self) -> bool {
+        let p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        p.in_flight == 0 && p.head_started.is_none()
     }
 
     /// No request is being handled on it.

@@ -244,12 +244,33 @@ fn sigterm_exits_after_the_grace_whatever_clients_do() {
     assert!(server.log.lock().unwrap().contains("nsbox stopped"));
 }
 
-/// Past `max_connections`, a request other than `/v1/health` is told to retry (503) and
-/// the connection is closed; past the per-peer cap, connections are closed at once.
+/// Connections that send nothing cannot keep a client out: with every slot held by
+/// silent connections, a new one takes the place of the oldest, and a run is served.
+#[test]
+fn silent_connections_make_room_for_a_client_that_sends() {
+    let server = Server::start(&["--max-connections", "8"]);
+    let mut silent: Vec<TcpStream> = (0..8).map(|_| connect(&server)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let v = server.run("print('served')");
+    assert_eq!(v["stdout"], "served\n", "{v}");
+    let closed = silent
+        .iter_mut()
+        .map(closed_by_server)
+        .filter(|c| *c)
+        .count();
+    assert!(closed >= 1, "no silent connection made room");
+}
+
+/// Past `max_connections`, with every slot busy (heads started, so none idle), a request
+/// other than `/v1/health` is told to retry (503) and the connection is closed; past the
+/// per-peer cap, connections are closed at once.
 #[test]
 fn past_the_caps_connections_are_refused_but_health_answers() {
     let server = Server::start(&["--max-connections", "4", "--max-connections-per-peer", "6"]);
-    let held: Vec<TcpStream> = (0..4).map(|_| connect(&server)).collect();
+    let mut held: Vec<TcpStream> = (0..4).map(|_| connect(&server)).collect();
+    for s in &mut held {
+        s.write_all(b"GET /v1/health HTTP/1.1\r\n").unwrap();
+    }
     std::thread::sleep(Duration::from_millis(200));
     let mut reserve = connect(&server);
     reserve
@@ -264,8 +285,9 @@ fn past_the_caps_connections_are_refused_but_health_answers() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too many connections"), "{answer}");
     assert_eq!(health_status(&server), 200);
-    // Six from this address are open (four held, the reserve's and this one): the
-    // seventh is closed without an answer.
+    // Six from this address open (the four held and two on the reserve, within its 2 s):
+    // the seventh is closed without an answer.
+    let _fifth = connect(&server);
     let _sixth = connect(&server);
     let mut seventh = connect(&server);
     seventh
