@@ -500,6 +500,15 @@ Promise.allSettled(calls).then(r => {{
     assert_eq!(runs, 0.0, "a web page ran code:\n{metrics}");
     let status: Value = server.get("/v1/status").json().unwrap();
     assert_eq!(status["sessions"]["created"], 0, "{status}");
+    // A page whose name rebinds to 127.0.0.1 sends its own name as the Host.
+    let rebound = server
+        .client()
+        .post(format!("{}/v1/tools/code", server.base))
+        .header("host", format!("evil.example:{}", server.port))
+        .json(&json!({"code": "print(1)", "lang": "python"}))
+        .send()
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
     // The same requests from a plain client do run: the counters above can move.
     server.run("print(1)");
     let metrics = server.get("/metrics").text().unwrap();
