@@ -240,6 +240,32 @@ pub struct Options {
     /// Seconds a session may live, however busy [default: 14400].
     #[arg(long, env = "NSBOX_SESSION_MAX_LIFETIME")]
     pub session_max_lifetime: Option<u64>,
+    /// Seconds a request's head may take to arrive, from its first byte; a client that
+    /// trickles it is cut off [default: 10].
+    #[arg(long, env = "NSBOX_HEADER_TIMEOUT")]
+    pub header_timeout: Option<f64>,
+    /// Seconds a request's body may take to arrive, from the end of its head [default: 60].
+    #[arg(long, env = "NSBOX_BODY_TIMEOUT")]
+    pub body_timeout: Option<f64>,
+    /// Seconds a connection may stay open with no request on it: silent since it opened,
+    /// or idle between keep-alive requests [default: 60].
+    #[arg(long, env = "NSBOX_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<f64>,
+    /// Client connections open at once; past this only /v1/health is answered, on a few
+    /// reserved connections [default: 1024].
+    #[arg(long, env = "NSBOX_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Client connections open at once from one peer address (leave unset behind a load
+    /// balancer, whose connections all come from one address) [default: no cap].
+    #[arg(long, env = "NSBOX_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
+    /// Largest request body on /mcp, MiB; larger files go to a session with upload_file
+    /// [default: 4].
+    #[arg(long, env = "NSBOX_MCP_MAX_BODY_MIB")]
+    pub mcp_max_body_mib: Option<u64>,
+    /// Request bodies over 1 MiB read and parsed at once; more wait [default: 4].
+    #[arg(long, env = "NSBOX_MAX_LARGE_BODIES")]
+    pub max_large_bodies: Option<usize>,
 }
 
 impl Options {
@@ -292,9 +318,20 @@ impl Options {
             session_max_lifetime,
             stream_backlog_events,
             mcp_attach_kib,
-            mcp_text_chars
+            mcp_text_chars,
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            max_connections,
+            mcp_max_body_mib,
+            max_large_bodies
         );
-        overlay_optional!(max_running_per_user, api_keys_file, warm_library);
+        overlay_optional!(
+            max_running_per_user,
+            api_keys_file,
+            warm_library,
+            max_connections_per_peer
+        );
         if self.no_cgroups {
             c.cgroups = false;
         }

@@ -179,6 +179,22 @@ pub struct Config {
     /// Characters of text one MCP tool result gives a model (output, results, notes);
     /// past it the head and the tail are kept.
     pub mcp_text_chars: usize,
+    /// Seconds a request's head may take to arrive, from its first byte.
+    pub header_timeout: f64,
+    /// Seconds a request's body may take to arrive, from the end of its head.
+    pub body_timeout: f64,
+    /// Seconds a connection may stay open with no request on it (silent since it opened,
+    /// or idle between keep-alive requests).
+    pub idle_timeout: f64,
+    /// Client connections open at once; past this only `/v1/health` is answered, on a
+    /// few reserved connections.
+    pub max_connections: usize,
+    /// Client connections open at once from one peer address; `None` = no cap of its own.
+    pub max_connections_per_peer: Option<usize>,
+    /// Largest request body on `/mcp`, MiB.
+    pub mcp_max_body_mib: u64,
+    /// Request bodies over 1 MiB read and parsed at once; more wait for their turn.
+    pub max_large_bodies: usize,
 }
 
 /// Where `nsbox` finds the root filesystem when nothing says otherwise.
@@ -225,6 +241,13 @@ impl Default for Config {
             stream_backlog_events: crate::service::events::DEFAULT_MAX_EVENTS,
             mcp_attach_kib: 256,
             mcp_text_chars: 20_000,
+            header_timeout: 10.0,
+            body_timeout: 60.0,
+            idle_timeout: 60.0,
+            max_connections: 1024,
+            max_connections_per_peer: None,
+            mcp_max_body_mib: 4,
+            max_large_bodies: 4,
         }
     }
 }
@@ -269,6 +292,9 @@ impl Config {
         positive("default_timeout", self.default_timeout)?;
         positive("max_timeout", self.max_timeout)?;
         positive("cpus", self.cpus)?;
+        positive("header_timeout", self.header_timeout)?;
+        positive("body_timeout", self.body_timeout)?;
+        positive("idle_timeout", self.idle_timeout)?;
         if self.default_timeout > self.max_timeout {
             return Err(invalid(
                 "default_timeout",
@@ -303,6 +329,12 @@ impl Config {
             ));
         }
         nonzero("session_max_lifetime", self.session_max_lifetime)?;
+        nonzero("max_connections", self.max_connections as u64)?;
+        nonzero("mcp_max_body_mib", self.mcp_max_body_mib)?;
+        nonzero("max_large_bodies", self.max_large_bodies as u64)?;
+        if self.max_connections_per_peer == Some(0) {
+            return Err(invalid("max_connections_per_peer", "must be at least 1"));
+        }
         if self.files_max_mib > 64 {
             // A run's outcome, files in base64 included, travels as one frame of at most
             // 128 MiB.
@@ -325,6 +357,7 @@ impl Config {
             ("memory_mib", self.memory_mib),
             ("tmp_mib", self.tmp_mib),
             ("files_max_mib", self.files_max_mib),
+            ("mcp_max_body_mib", self.mcp_max_body_mib),
             ("session_memory_budget_mib", self.session_memory_budget_mib),
         ] {
             if v > 1 << 40 {

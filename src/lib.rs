@@ -9,6 +9,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod host;
 pub mod mcp;
 pub mod run;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::api::auth::Keys;
 use crate::api::{router, AppState};
 use crate::config::Config;
+use crate::connections;
 use crate::host::{LocalService, StartError};
 use crate::service::RunService;
 
@@ -43,10 +44,22 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
         service: service.clone(),
         isolation: Arc::new(local.isolation().clone()),
         keys: keys.clone(),
-        // Room for 50,000 four-byte characters, JSON escaping and the other fields, and for
-        // the input files (in base64) the configuration allows.
-        max_body_bytes: service.settings().files.body_bytes(),
+        // REST: room for 50,000 four-byte characters, JSON escaping and the other fields,
+        // and for the input files (in base64) the configuration allows.
+        bodies: crate::api::body::Bodies::new(
+            service.settings().files.body_bytes(),
+            (config.mcp_max_body_mib << 20) as usize,
+            std::time::Duration::from_secs_f64(config.body_timeout),
+            config.max_large_bodies,
+        ),
     };
+    let limits = connections::Limits {
+        header_timeout: std::time::Duration::from_secs_f64(config.header_timeout),
+        idle_timeout: std::time::Duration::from_secs_f64(config.idle_timeout),
+        max_connections: config.max_connections,
+        max_per_peer: config.max_connections_per_peer,
+    }
+    .fitted_to_descriptors();
     if keys.is_empty() {
         tracing::warn!(
             "no API keys configured: every request is accepted; listening on loopback only"
@@ -73,27 +86,28 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
             "nsbox listening on http://{addr}"
         );
         // Runs in flight get `shutdown_grace` to finish after SIGTERM; then they are
-        // cancelled (their clients get a 503 to retry elsewhere) and the server exits.
+        // cancelled (their clients get a 503 to retry elsewhere), every connection still
+        // open is closed whatever its client is doing, and the server exits.
         let grace = std::time::Duration::from_secs_f64(config.shutdown_grace);
         tokio::spawn(notify_when_ready(service.clone()));
         let sessions_service = service.clone();
-        axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                crate::systemd::notify("STOPPING=1");
-                // Sessions live in this process's memory: they end with it, cleanly.
-                sessions_service.end_sessions();
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    tracing::warn!(
-                        ?grace,
-                        "shutdown grace over: cancelling the runs still in flight"
-                    );
-                    let _ = cancel.send(true);
-                });
-            })
-            .await
-            .map_err(ServeError::Serve)
+        let shutdown = async move {
+            shutdown_signal().await;
+            crate::systemd::notify("STOPPING=1");
+            // Sessions live in this process's memory: they end with it, cleanly.
+            sessions_service.end_sessions();
+        };
+        let force = async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!(
+                ?grace,
+                "shutdown grace over: cancelling the runs still in flight"
+            );
+            let _ = cancel.send(true);
+            tokio::time::sleep(connections::LAST_WORDS).await;
+        };
+        connections::serve(listener, router(state.clone()), limits, shutdown, force).await;
+        Ok(())
     });
     drop(state);
     drop(service);

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use nsbox::api::{auth::Keys, router, AppState};
+use nsbox::api::{auth::Keys, body::Bodies, router, AppState};
 use nsbox::config::{KeyEntry, ScannerMode};
 use nsbox::host::Isolation;
 use nsbox::sandbox::namespaces::IdMappingReport;
@@ -102,6 +102,7 @@ struct Options {
     delay: Duration,
     max_running: usize,
     max_queue: usize,
+    body_timeout: Duration,
 }
 
 impl Default for Options {
@@ -113,6 +114,7 @@ impl Default for Options {
             delay: Duration::ZERO,
             max_running: 4,
             max_queue: 4,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -184,7 +186,7 @@ fn app(o: Options) -> App {
             warnings: Vec::new(),
         }),
         keys,
-        max_body_bytes: 1 << 20,
+        bodies: Bodies::new(1 << 20, 64 << 10, o.body_timeout, 2),
     };
     App {
         router: router(state),
@@ -563,6 +565,25 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
     )
     .await;
     a.error(StatusCode::METHOD_NOT_ALLOWED);
+    // A keyless server's Content-Type rule is for the methods that take a body: another
+    // method is still 405, whatever its type.
+    for (method, uri) in [
+        (Method::POST, "/v1/status"),
+        (Method::POST, "/v1/tools/code/libraries"),
+        (Method::PUT, "/v1/tools/code"),
+        (Method::POST, "/v1/sessions/sess_0"),
+    ] {
+        let a = send(
+            &app.router,
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        a.error(StatusCode::METHOD_NOT_ALLOWED);
+    }
 }
 
 #[tokio::test]
@@ -706,6 +727,241 @@ async fn request_ids_are_kept_when_usable_and_made_otherwise() {
     )
     .await;
     assert!(a.headers.contains_key("x-request-id"));
+}
+
+/// Every route, with a request that would pass its Host and Origin rule.
+fn every_route() -> Vec<(Method, &'static str)> {
+    vec![
+        (Method::POST, "/v1/tools/code"),
+        (Method::GET, "/v1/tools/code/libraries"),
+        (Method::POST, "/v1/sessions"),
+        (Method::GET, "/v1/sessions/sess_0"),
+        (Method::DELETE, "/v1/sessions/sess_0"),
+        (Method::GET, "/v1/sessions/sess_0/files"),
+        (Method::GET, "/v1/sessions/sess_0/files/a.csv"),
+        (Method::PUT, "/v1/sessions/sess_0/files/a.csv"),
+        (Method::GET, "/v1/status"),
+        (Method::GET, "/metrics"),
+        (Method::POST, "/mcp"),
+        (Method::GET, "/mcp"),
+        (Method::GET, "/v1/health"),
+        (Method::GET, "/openapi.yaml"),
+        (Method::GET, "/nowhere"),
+    ]
+}
+
+fn to_route(method: &Method, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut r = Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream");
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let body = if *method == Method::POST && uri == "/mcp" {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string()
+    } else if *method == Method::POST && uri == "/v1/tools/code" {
+        json!({"code": "print(1)", "lang": "python"}).to_string()
+    } else {
+        String::new()
+    };
+    r.body(Body::from(body)).unwrap()
+}
+
+/// DNS rebinding and cross-origin pages: a keyless server answers only loopback names and
+/// its own origin, on every route; with keys, the key is the guard.
+#[tokio::test]
+async fn a_keyless_server_answers_only_its_own_host_and_origin_on_every_route() {
+    let app = self::app(Options::default());
+    for (method, uri) in every_route() {
+        for headers in [
+            vec![("host", "evil.example:8080")],
+            vec![("host", "127.0.0.1.evil.example")],
+            vec![
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://evil.example"),
+            ],
+            vec![
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:9999"),
+            ],
+            vec![("host", "localhost:8080"), ("origin", "null")],
+        ] {
+            let a = send(&app.router, to_route(&method, uri, &headers)).await;
+            let message = a.error(StatusCode::FORBIDDEN);
+            assert!(
+                message.contains("Host") || message.contains("Origin"),
+                "{method} {uri} {headers:?}: {message}"
+            );
+        }
+        // The server's own pages (the playground) and plain clients pass.
+        for headers in [
+            vec![
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080"),
+            ],
+            vec![("host", "localhost:8080")],
+            vec![("host", "[::1]:8080"), ("origin", "http://[::1]:8080")],
+        ] {
+            let a = send(&app.router, to_route(&method, uri, &headers)).await;
+            assert_ne!(
+                a.status,
+                StatusCode::FORBIDDEN,
+                "{method} {uri} {headers:?}"
+            );
+        }
+    }
+    assert_eq!(
+        app.runner.runs.load(Ordering::SeqCst),
+        3,
+        "the three same-origin runs"
+    );
+    // With keys the key is the guard, not the Host or the Origin (an operator key: a plain
+    // key's 403 on /metrics is about what the key may see, not where it comes from).
+    let keyed = self::app(Options {
+        operator_keys: vec!["s3cret".into()],
+        ..Options::default()
+    });
+    for (method, uri) in every_route() {
+        let headers = [
+            ("host", "nsbox.example.com"),
+            ("origin", "https://playground.example.com"),
+            ("authorization", "Bearer s3cret"),
+        ];
+        let a = send(&keyed.router, to_route(&method, uri, &headers)).await;
+        assert_ne!(a.status, StatusCode::FORBIDDEN, "{method} {uri}");
+    }
+}
+
+/// What a page may post cross-origin without a preflight (no type, text, a form) is
+/// refused by a keyless server before anything runs or a session is made.
+#[tokio::test]
+async fn a_keyless_server_wants_json_bodies() {
+    let app = self::app(Options::default());
+    let code = json!({"code": "print(1)", "lang": "python"}).to_string();
+    for uri in ["/v1/tools/code", "/v1/sessions", "/mcp"] {
+        for ct in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let mut r =
+                Request::post(uri).header(header::ACCEPT, "application/json, text/event-stream");
+            if let Some(ct) = ct {
+                r = r.header(header::CONTENT_TYPE, ct);
+            }
+            let a = send(&app.router, r.body(Body::from(code.clone())).unwrap()).await;
+            let message = a.error(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            assert!(
+                message.contains("application/json"),
+                "{uri} {ct:?}: {message}"
+            );
+        }
+    }
+    for ct in ["text/plain", "multipart/form-data; boundary=x"] {
+        let r = Request::put("/v1/sessions/sess_0/files/a.txt")
+            .header(header::CONTENT_TYPE, ct)
+            .body(Body::from("x"))
+            .unwrap();
+        send(&app.router, r)
+            .await
+            .error(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+    assert_eq!(app.runner.runs.load(Ordering::SeqCst), 0);
+    // With keys, a client that sends no type is still served.
+    let keyed = self::app(Options {
+        keys: vec!["k".into()],
+        ..Options::default()
+    });
+    let r = Request::post("/v1/tools/code")
+        .header(header::AUTHORIZATION, "Bearer k")
+        .body(Body::from(code))
+        .unwrap();
+    assert_eq!(send(&keyed.router, r).await.status, StatusCode::OK);
+}
+
+fn mcp_post(body: impl Into<Body>) -> Request<Body> {
+    Request::post("/mcp")
+        .header(header::HOST, "127.0.0.1:8080")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .body(body.into())
+        .unwrap()
+}
+
+/// A body `/mcp` cannot read is a JSON-RPC error (no id), as REST answers its own 400.
+#[tokio::test]
+async fn mcp_bodies_it_cannot_read_are_json_rpc_errors() {
+    let app = app(Options::default());
+    let many = format!("[{}]", vec!["0"; 20_000].join(","));
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "x".repeat(65 << 10)});
+    for (body, status, code) in [
+        ("{not json".to_string(), StatusCode::BAD_REQUEST, -32700),
+        (
+            r#"{"jsonrpc": "2.0"} trailing"#.to_string(),
+            StatusCode::BAD_REQUEST,
+            -32700,
+        ),
+        ("[1, 2]".to_string(), StatusCode::BAD_REQUEST, -32600),
+        (
+            r#"{"hello": "world"}"#.to_string(),
+            StatusCode::BAD_REQUEST,
+            -32600,
+        ),
+        (many, StatusCode::BAD_REQUEST, -32600),
+        (big.to_string(), StatusCode::PAYLOAD_TOO_LARGE, -32600),
+    ] {
+        let a = send(&app.router, mcp_post(body.clone())).await;
+        assert_eq!(a.status, status, "{}", String::from_utf8_lossy(&a.body));
+        let v = a.json();
+        assert_eq!(v["jsonrpc"], "2.0", "{v}");
+        assert_eq!(v["id"], Value::Null, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+    // A message it can read is answered as before.
+    let a = send(
+        &app.router,
+        mcp_post(json!({"jsonrpc": "2.0", "id": 7, "method": "ping"}).to_string()),
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(a.json()["id"], 7);
+}
+
+/// A body that stops arriving is answered 408 at the body deadline (a generous bound
+/// here: the point is that the handler does not wait forever).
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_408() {
+    let app = app(Options {
+        body_timeout: Duration::from_millis(300),
+        ..Options::default()
+    });
+    for uri in ["/v1/tools/code", "/mcp"] {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(1);
+        tx.send(Ok(axum::body::Bytes::from_static(b"{\"code\": \"")))
+            .await
+            .unwrap();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let request = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .body(Body::from_stream(stream))
+            .unwrap();
+        let a = tokio::time::timeout(Duration::from_secs(30), send(&app.router, request))
+            .await
+            .expect("the handler gave up on the body");
+        assert_eq!(a.status, StatusCode::REQUEST_TIMEOUT, "{uri}");
+        drop(tx);
+    }
 }
 
 /// Any JSON value, nested a few levels, with strings that may hold NUL and control bytes.

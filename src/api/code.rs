@@ -2,86 +2,139 @@
 
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::auth;
+use super::body;
 use super::error::ApiError;
+use super::fields::{self, Flag, Item, Number, Objects, Strings, Text, Unknown};
 use super::AppState;
 use crate::sandbox::RunEvent;
 use crate::service::files::{FileContent, FileInput};
 use crate::service::{self, CodeRequest, CodeResponse, RunResult, ServiceError};
 
+/// The request body as nsbox reads it: the fields it knows, each only as far as it is
+/// used; unknown fields are skipped without being built.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawRequest {
+    code: Text,
+    lang: Text,
+    timeout: Number,
+    libraries: Strings,
+    files: Objects<RawFile>,
+    session_id: Text,
+    results: Flag,
+}
+
+/// One input file as sent: its known fields, and the first unknown one.
+#[derive(Default)]
+struct RawFile {
+    path: Option<Text>,
+    content: Option<Text>,
+    content_base64: Option<Text>,
+    unknown: Unknown,
+}
+
+impl<'de> Deserialize<'de> for RawFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawFile, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a file object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawFile, A::Error> {
+                let mut file = RawFile::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*key {
+                        "path" => file.path = Some(map.next_value()?),
+                        "content" => file.content = Some(map.next_value()?),
+                        "content_base64" => file.content_base64 = Some(map.next_value()?),
+                        other => {
+                            file.unknown.note(other);
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(file)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// Reads the request body's JSON: the types of its fields, and `lang`. Unknown fields are
 /// ignored, so clients (and the official SDK's `extra_body`) that send more than nsbox
 /// knows keep working. The rules for the values are the run service's.
 pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body)
+    let raw: fields::Body<RawRequest> = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
+    let fields::Body::Object(raw) = raw else {
         return Err(ApiError::invalid("request body must be a JSON object"));
     };
-    let code = match obj.get("code") {
-        None | Some(Value::Null) => return Err(ApiError::invalid("`code` is required")),
-        Some(Value::String(s)) => s,
-        Some(_) => return Err(ApiError::invalid("`code` must be a string")),
+    let code = match raw.code {
+        Text::Null => return Err(ApiError::invalid("`code` is required")),
+        Text::Str(s) => s,
+        Text::Other => return Err(ApiError::invalid("`code` must be a string")),
     };
-    match obj.get("lang") {
-        None | Some(Value::Null) => {
+    match raw.lang {
+        Text::Null => {
             return Err(ApiError::invalid(
                 "`lang` is required; only \"python\" is supported",
             ))
         }
-        Some(Value::String(s)) if s == "python" => {}
-        Some(Value::String(s)) => {
+        Text::Str(s) if s == "python" => {}
+        Text::Str(s) => {
             return Err(ApiError::invalid(format!(
                 "unsupported `lang` {s:?}; only \"python\" is supported"
             )))
         }
-        Some(_) => {
+        Text::Other => {
             return Err(ApiError::invalid(
                 "`lang` must be a string; only \"python\" is supported",
             ))
         }
     }
-    let timeout_s = match obj.get("timeout") {
-        None | Some(Value::Null) => None,
-        // A number too large for f64 is out of range like any other.
-        Some(Value::Number(n)) => Some(n.as_f64().unwrap_or(f64::INFINITY)),
-        Some(_) => return Err(ApiError::invalid("`timeout` must be a number of seconds")),
+    let timeout_s = match raw.timeout {
+        Number::Null => None,
+        Number::Whole(_) | Number::Num(_) => raw.timeout.as_f64(),
+        Number::Other => return Err(ApiError::invalid("`timeout` must be a number of seconds")),
     };
-    let libraries = libraries(&obj)?;
+    let libraries = libraries(raw.libraries)?;
     let files =
-        match obj.get("files") {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(items)) => Some(
+        match raw.files {
+            Objects::Null => None,
+            Objects::List(items) => Some(
                 items
-                    .iter()
+                    .into_iter()
                     .enumerate()
                     .map(|(i, v)| parse_file(i, v))
                     .collect::<Result<Vec<_>, _>>()?,
             ),
-            Some(_) => return Err(ApiError::invalid(
+            Objects::Other => return Err(ApiError::invalid(
                 "`files` must be an array of {\"path\", \"content\" or \"content_base64\"} objects",
             )),
         };
-    let results = results(&obj)?;
-    let session_id = match obj.get("session_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(ApiError::invalid("`session_id` must be a string")),
+    let results = results(raw.results)?;
+    let session_id = match raw.session_id {
+        Text::Null => None,
+        Text::Str(s) => Some(s),
+        Text::Other => return Err(ApiError::invalid("`session_id` must be a string")),
     };
     Ok(CodeRequest {
-        code: code.clone(),
+        code,
         timeout_s,
         libraries,
         files,
@@ -92,23 +145,20 @@ pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
 }
 
 /// A request's `results`: true or false, or nothing (a session's default; off for a run).
-pub fn results(obj: &serde_json::Map<String, Value>) -> Result<Option<bool>, ApiError> {
-    match obj.get("results") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ApiError::invalid("`results` must be true or false")),
+pub fn results(flag: Flag) -> Result<Option<bool>, ApiError> {
+    match flag {
+        Flag::Null => Ok(None),
+        Flag::Bool(b) => Ok(Some(b)),
+        Flag::Other => Err(ApiError::invalid("`results` must be true or false")),
     }
 }
 
 /// A request's `libraries`: an array of strings, or nothing.
-pub fn libraries(obj: &serde_json::Map<String, Value>) -> Result<Vec<String>, ApiError> {
-    match obj.get("libraries") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect()),
-        Some(_) => Err(ApiError::invalid("`libraries` must be an array of strings")),
+pub fn libraries(field: Strings) -> Result<Vec<String>, ApiError> {
+    match field {
+        Strings::Null => Ok(Vec::new()),
+        Strings::List(names) => Ok(names),
+        Strings::Other => Err(ApiError::invalid("`libraries` must be an array of strings")),
     }
 }
 
@@ -121,43 +171,38 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .to_string()
 }
 
-/// The body axum read, or the client error for why it could not: 413 past the limit.
-pub fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!(
-                "request body exceeds {} bytes",
-                state.max_body_bytes
-            ))
-        } else {
-            ApiError::invalid(format!("could not read the request body: {rejection}"))
-        }
-    })
+/// The request's body read in full, under the REST limit and the body deadline.
+pub async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<body::Read, ApiError> {
+    Ok(state
+        .bodies
+        .read(headers, body, state.bodies.max_bytes)
+        .await?)
 }
 
 /// One input file: `path` and exactly one of `content` (UTF-8 text) or `content_base64`.
 /// Unlike the request's own fields, unknown ones are refused: a misspelt `contents` would
 /// otherwise write an empty file.
-fn parse_file(i: usize, v: &Value) -> Result<FileInput, ApiError> {
-    let Value::Object(o) = v else {
+fn parse_file(i: usize, v: Item<RawFile>) -> Result<FileInput, ApiError> {
+    let Item::Object(o) = v else {
         return Err(ApiError::invalid(format!("`files[{i}]` must be an object")));
     };
-    if let Some(unknown) = o
-        .keys()
-        .find(|k| !["path", "content", "content_base64"].contains(&k.as_str()))
-    {
+    if let Some(unknown) = o.unknown.0 {
         return Err(ApiError::invalid(format!(
             "`files[{i}]` has an unknown field `{unknown}`; a file has `path` and `content` or `content_base64`"
         )));
     }
-    let Some(Value::String(path)) = o.get("path") else {
+    let Some(Text::Str(path)) = o.path else {
         return Err(ApiError::invalid(format!(
             "`files[{i}].path` is required and must be a string"
         )));
     };
-    let content = match (o.get("content"), o.get("content_base64")) {
-        (Some(Value::String(text)), None) => FileContent::Text(text.clone()),
-        (None, Some(Value::String(b64))) => FileContent::Base64(b64.clone()),
+    let content = match (o.content, o.content_base64) {
+        (Some(Text::Str(text)), None) => FileContent::Text(text),
+        (None, Some(Text::Str(b64))) => FileContent::Base64(b64),
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(format!(
                 "`files[{i}]` ({path:?}) has both `content` and `content_base64`; send one"
@@ -174,10 +219,7 @@ fn parse_file(i: usize, v: &Value) -> Result<FileInput, ApiError> {
             )))
         }
     };
-    Ok(FileInput {
-        path: path.clone(),
-        content,
-    })
+    Ok(FileInput { path, content })
 }
 
 /// The official SDK has no `timeout` parameter: its `timeout=` is the HTTP read timeout,
@@ -194,10 +236,10 @@ fn read_timeout(headers: &HeaderMap) -> Option<f64> {
 
 pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        // Some tool runners send none; the body must still be JSON. Form and text types
-        // stay refused (even `curl -d` without `-H`): they are what a web page may post
-        // cross-origin without a CORS preflight, and a keyless nsbox on loopback must not
-        // run code a browser tab sent it.
+        // Some tool runners send none; the body must still be JSON. A server without keys
+        // refuses a missing type before this (`origin::json_bodies`): a web page can post
+        // without one. Form and text types stay refused everywhere (even `curl -d`
+        // without `-H`).
         return Ok(());
     };
     let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
@@ -216,7 +258,7 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 pub async fn execute(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let request_id = request_id(&headers);
     let arrived = Instant::now();
@@ -230,17 +272,17 @@ pub async fn execute(
 async fn handle(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     request_id: &str,
 ) -> Result<Response, ApiError> {
     check_content_type(headers)?;
-    let body = read_body(state, body)?;
+    let body = read_body(state, headers, body).await?;
     let request = CodeRequest {
         user: auth::user(headers),
         caller_patience_s: read_timeout(headers),
         request_id: Some(request_id.to_string()),
         owner: auth::owner(headers, &state.keys),
-        ..parse(&body)?
+        ..body::parse_with(body, parse).await?
     };
     if wants_event_stream(headers) {
         return stream(state, request);

@@ -1,23 +1,23 @@
 //! The HTTP API, a front end over the run service: routes, shared state and the JSON error shape.
 
 pub mod auth;
+pub mod body;
 pub mod code;
 pub mod error;
+pub mod fields;
+pub mod mcp_http;
+pub mod origin;
 pub mod sessions;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-
 use crate::host::Isolation;
-use crate::mcp::McpServer;
 use crate::service::catalog::Catalog;
 use crate::service::RunService;
 use error::ApiError;
@@ -27,19 +27,22 @@ pub struct AppState {
     pub service: Arc<RunService>,
     pub isolation: Arc<Isolation>,
     pub keys: auth::Keys,
-    /// Largest request body, bytes.
-    pub max_body_bytes: usize,
+    /// How request bodies are read: their limits and deadline.
+    pub bodies: body::Bodies,
 }
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.yaml"));
 
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.max_body_bytes;
+    // On the methods that take a body only, so another method is still 405.
+    let json = axum::middleware::from_fn_with_state(state.clone(), origin::json_bodies);
     let keyed = Router::new()
         .route(
             "/v1/tools/code",
-            post(code::execute).fallback(method_not_allowed),
+            post(code::execute)
+                .route_layer(json.clone())
+                .fallback(method_not_allowed),
         )
         .route(
             "/v1/tools/code/libraries",
@@ -47,7 +50,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/sessions",
-            post(sessions::create).fallback(method_not_allowed),
+            post(sessions::create)
+                .route_layer(json.clone())
+                .fallback(method_not_allowed),
         )
         .route(
             "/v1/sessions/{id}",
@@ -62,14 +67,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/sessions/{id}/files/{*path}",
             get(sessions::read_file)
-                .merge(put(sessions::write_file))
+                .merge(put(sessions::write_file).route_layer(json))
                 .fallback(method_not_allowed),
         )
         .route("/v1/status", get(status).fallback(method_not_allowed))
         // Behind the key like the rest: Prometheus sends it as a bearer token.
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         // MCP over streamable HTTP: the same keys, admission and limits as the REST API.
-        .nest_service("/mcp", mcp_service(&state))
+        .nest_service("/mcp", mcp_http::service(&state))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -80,37 +85,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(health).fallback(method_not_allowed))
         .route("/openapi.yaml", get(openapi).fallback(method_not_allowed))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::same_origin,
+        ))
         // Every response carries the request's id (the client's `x-request-id`, or a new
         // UUID), the same id the request's log lines carry.
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(axum::middleware::from_fn(drop_unusable_request_id))
         .with_state(state)
-}
-
-/// The MCP endpoint. Stateless (each POST is complete, answered with JSON), so any node
-/// behind a load balancer can take any call. A keyless server listens on loopback only and
-/// must not be driven by a web page: the `Host` must be a loopback name (DNS rebinding) and
-/// any browser `Origin` is refused. With keys, the key is the guard and any host name works.
-fn mcp_service(state: &AppState) -> StreamableHttpService<McpServer, LocalSessionManager> {
-    // A session made over MCP belongs to the same key as over the REST API.
-    let keys = state.keys.clone();
-    let server = McpServer::new(state.service.clone()).with_owner(move |h| auth::owner(h, &keys));
-    let mut config = StreamableHttpServerConfig::default();
-    config.legacy_session_mode = false;
-    config.json_response = true;
-    config.max_request_body_bytes = state.max_body_bytes;
-    let config = if state.keys.is_empty() {
-        config.enforce_origin_validation()
-    } else {
-        config.disable_allowed_hosts()
-    };
-    StreamableHttpService::new(
-        move || Ok(server.clone()),
-        LocalSessionManager::default().into(),
-        config,
-    )
 }
 
 /// A client's `x-request-id` is kept only if it is a short token; anything else (huge,

@@ -1,18 +1,59 @@
 //! `/v1/sessions`: creating, inspecting and closing sessions, and the files of their working directory. Calls in a session go through `POST /v1/tools/code` with `session_id`.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::{auth, code, AppState};
+use super::fields::{self, Flag, Number, Strings, Unknown};
+use super::{auth, body, code, AppState};
 use crate::service;
 use crate::service::files::{mime_type, FileContent};
+
+/// `POST /v1/sessions`'s body as sent: its two fields, and the first unknown one.
+#[derive(Default)]
+struct RawCreate {
+    libraries: Strings,
+    ttl_seconds: Number,
+    results: Flag,
+    unknown: Unknown,
+}
+
+impl<'de> Deserialize<'de> for RawCreate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawCreate, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawCreate;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a session object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawCreate, A::Error> {
+                let mut raw = RawCreate::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*key {
+                        "libraries" => raw.libraries = map.next_value()?,
+                        "ttl_seconds" => raw.ttl_seconds = map.next_value()?,
+                        "results" => raw.results = map.next_value()?,
+                        other => {
+                            raw.unknown.note(other);
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
 
 /// What `POST /v1/sessions` may say: `libraries`, `ttl_seconds` and `results` (whether its
 /// calls return notebook results unless they say), all optional; an empty body is `{}`.
@@ -22,45 +63,37 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((Vec::new(), None, None));
     }
-    let value: Value = serde_json::from_slice(body)
+    let raw: fields::Body<RawCreate> = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
+    let fields::Body::Object(raw) = raw else {
         return Err(ApiError::invalid("request body must be a JSON object"));
     };
-    if let Some(unknown) = obj
-        .keys()
-        .find(|k| !["libraries", "ttl_seconds", "results"].contains(&k.as_str()))
-    {
+    if let Some(unknown) = raw.unknown.0 {
         return Err(ApiError::invalid(format!(
             "unknown field `{unknown}`; a session takes `libraries`, `ttl_seconds` and `results`"
         )));
     }
-    let libraries = code::libraries(&obj)?;
-    let ttl =
-        match obj.get("ttl_seconds") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
-                ApiError::invalid("`ttl_seconds` must be a whole number of seconds")
-            })?),
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "`ttl_seconds` must be a whole number of seconds",
-                ))
-            }
-        };
-    Ok((libraries, ttl, code::results(&obj)?))
+    let libraries = code::libraries(raw.libraries)?;
+    let whole = || ApiError::invalid("`ttl_seconds` must be a whole number of seconds");
+    let ttl = match raw.ttl_seconds {
+        Number::Null => None,
+        Number::Whole(n) => Some(n),
+        Number::Num(_) | Number::Other => return Err(whole()),
+    };
+    Ok((libraries, ttl, code::results(raw.results)?))
 }
 
 /// `POST /v1/sessions`: 201 with the session object.
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    raw: Body,
 ) -> Result<Response, ApiError> {
     let id = code::request_id(&headers);
     async {
         code::check_content_type(&headers)?;
-        let (libraries, ttl, results) = parse_create(&code::read_body(&state, raw)?)?;
+        let body = code::read_body(&state, &headers, raw).await?;
+        let (libraries, ttl, results) = body::parse_with(body, parse_create).await?;
         let owner = auth::owner(&headers, &state.keys);
         let info = state
             .service
@@ -139,11 +172,11 @@ pub async fn write_file(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((id, path)): Path<(String, String)>,
-    raw: Result<Bytes, BytesRejection>,
+    raw: Body,
 ) -> Result<Response, ApiError> {
     let owner = auth::owner(&headers, &state.keys);
     let rid = code::request_id(&headers);
-    let content = FileContent::Bytes(code::read_body(&state, raw)?.to_vec());
+    let content = FileContent::Bytes(code::read_body(&state, &headers, raw).await?.to_vec());
     let written = state
         .service
         .write_session_file(&id, &owner, &path, content, Some(rid.clone()))

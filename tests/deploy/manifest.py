@@ -146,12 +146,13 @@ def cmd_check(bin_: str, rootfs: str) -> None:
     (vol,) = [v for v in pod["volumes"] if v["name"] == "state"]
     need("emptyDir" in vol and vol["emptyDir"].get("medium") != "Memory", "the state volume is not an emptyDir on disk")
 
-    # Stopping: the grace period covers the preStop pause, nsbox's shutdown_grace and the
-    # runtime's own 5 s shutdown.
+    # Stopping: the grace period covers the preStop pause, nsbox's shutdown_grace, the 2 s
+    # it gives cancelled runs' answers before closing every connection, the 1 s it waits
+    # for them to close and the runtime's own 5 s shutdown.
     pre_stop = main.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    need(grace > cfg["shutdown_grace"] + 5 + pre_stop,
-         f"terminationGracePeriodSeconds {grace} <= shutdown_grace {cfg['shutdown_grace']} + 5 + preStop {pre_stop}")
+    need(grace > cfg["shutdown_grace"] + 8 + pre_stop,
+         f"terminationGracePeriodSeconds {grace} <= shutdown_grace {cfg['shutdown_grace']} + 8 + preStop {pre_stop}")
 
     # Memory: every run of the pod is in the container's cgroup.
     limit = memory_bytes(main["resources"]["limits"]["memory"])
@@ -164,7 +165,7 @@ def cmd_check(bin_: str, rootfs: str) -> None:
 
     report()
     print(f"{MANIFEST.name}: consistent (port {port}, probes on /v1/health, rootfs {raw['rootfs']}, "
-          f"grace {grace} s > {cfg['shutdown_grace']} + 5 + {pre_stop}, memory {limit >> 20} MiB >= {want >> 20} MiB)")
+          f"grace {grace} s > {cfg['shutdown_grace']} + 8 + {pre_stop}, memory {limit >> 20} MiB >= {want >> 20} MiB)")
 
 
 def podman_security(pod: dict, sc: dict) -> list[str]:
