@@ -278,15 +278,27 @@ impl McpServer {
     ) -> Result<CallToolResult, McpError> {
         let args = Args::new(
             &arguments,
-            &["session_id", "path", "content", "content_base64"],
+            &["session_id", "path", "content", "content_base64", "append"],
         )?;
         let id = args.required("session_id")?;
         let path = args.required("path")?;
+        let append = match args.get("append") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(invalid("`append` must be true or false")),
+        };
         let content = file_content(&arguments, &format!("upload {path:?}"))?;
         let span = caller.span();
         let written = self
             .service
-            .write_session_file(id, &caller.owner, path, content, Some(caller.request_id))
+            .write_session_file(
+                id,
+                &caller.owner,
+                path,
+                content,
+                append,
+                Some(caller.request_id),
+            )
             .instrument(span)
             .await;
         match written {
@@ -579,7 +591,9 @@ fn tools(rules: &Rules) -> Vec<Tool> {
                 "Write one file into a session's working directory /tmp/work (directories \
                  are made on the way; a file of the same path is replaced), for the \
                  session's code to read later, e.g. pd.read_csv('data/sales.csv'). Give \
-                 `content` (UTF-8 text) or `content_base64` (binary). One call at a time \
+                 `content` (UTF-8 text) or `content_base64` (binary). A file larger than \
+                 one call may carry (a few MiB) goes in pieces: the first call \
+                 without `append`, the next ones with `append: true`. One call at a time \
                  per session, as for `{RUN_PYTHON}`. {files}"
             ),
             schema(json!({
@@ -588,7 +602,8 @@ fn tools(rules: &Rules) -> Vec<Tool> {
                     "session_id": session_id_schema(),
                     "path": {"type": "string", "description": "Where the file goes, relative to /tmp/work (e.g. data/sales.csv)."},
                     "content": {"type": "string", "description": "The file's content as UTF-8 text."},
-                    "content_base64": {"type": "string", "description": "The file's bytes in base64 (for binary files); instead of `content`."}
+                    "content_base64": {"type": "string", "description": "The file's bytes in base64 (for binary files); instead of `content`."},
+                    "append": {"type": "boolean", "description": "Add this piece at the end of the file instead of replacing it (default false). The answer's size is the whole file's."}
                 },
                 "required": ["session_id", "path"],
                 "additionalProperties": false

@@ -179,7 +179,7 @@ pub async fn write_file(
     let content = FileContent::Bytes(code::read_body(&state, &headers, raw).await?.to_vec());
     let written = state
         .service
-        .write_session_file(&id, &owner, &path, content, Some(rid.clone()))
+        .write_session_file(&id, &owner, &path, content, false, Some(rid.clone()))
         .instrument(service::request_span(&rid))
         .await?;
     Ok((StatusCode::CREATED, Json(written)).into_response())

@@ -163,6 +163,7 @@ pub fn check_inputs(
         checked.push(InputFile {
             path: file.path.clone(),
             content_base64,
+            append: false,
         });
     }
     Ok(checked)

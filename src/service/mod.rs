@@ -1158,12 +1158,16 @@ impl RunService {
 
     /// Writes one file into a session's working directory, checked as a request's input
     /// files are.
+    /// With `append`, the content goes at the end of the file (made if missing): a client
+    /// whose messages are bounded (MCP) sends a large file in pieces. The answer's size is
+    /// the file's after the write.
     pub async fn write_session_file(
         &self,
         id: &str,
         owner: &Option<String>,
         path: &str,
         content: FileContent,
+        append: bool,
         request_id: Option<String>,
     ) -> Result<files::FileInfo, ServiceError> {
         let file = FileInput {
@@ -1175,11 +1179,19 @@ impl RunService {
             max_file_bytes: self.settings.files.max_file_bytes,
             max_total_bytes: self.settings.files.max_file_bytes,
         };
-        let file = files::check_inputs(&[file], &limits)?.remove(0);
-        let size = files::decoded_len(&file.content_base64);
+        let mut file = files::check_inputs(&[file], &limits)?.remove(0);
+        file.append = append;
+        let sent = files::decoded_len(&file.content_base64);
         let outcome = self
             .session_op(id, owner, SessionOp::WriteFile { file, request_id })
             .await?;
+        // The harness names the file with its size once written; without that, the size of
+        // what was sent (a replaced file's).
+        let size = outcome
+            .files
+            .iter()
+            .find(|f| f.path == path)
+            .map_or(sent, |f| f.size);
         match outcome.termination {
             Termination::Exited { code: 0 } => Ok(files::FileInfo::new(path.to_string(), size)),
             _ => Err(ServiceError::Invalid(format!(

@@ -197,6 +197,20 @@ async def files_and_sessions_work(mcp: ClientSession) -> None:
         up = await mcp.call_tool("upload_file", {"session_id": sid, "path": "data/sales.csv", "content": csv})
         assert not up.is_error, text_of(up)
         assert json.loads(text_of(up)) == {"path": "data/sales.csv", "size": len(csv), "mime_type": "text/csv"}
+        # A file larger than one message goes in pieces.
+        pieces = [b"a" * 1000, b"b" * 1000, b"c" * 500]
+        for i, piece in enumerate(pieces):
+            piece_args = {"session_id": sid, "path": "big.bin", "content_base64": base64.b64encode(piece).decode()}
+            if i:
+                piece_args["append"] = True
+            up = await mcp.call_tool("upload_file", piece_args)
+            assert not up.is_error, text_of(up)
+        assert json.loads(text_of(up))["size"] == 2500, text_of(up)
+        check = await mcp.call_tool(
+            "run_python",
+            {"session_id": sid, "code": "d = open('big.bin', 'rb').read()\nprint(len(d), d[:1], d[1000:1001], d[-1:])"},
+        )
+        assert "2500 b'a' b'b' b'c'" in text_of(check), text_of(check)
         png = base64.b64encode(b"\x89PNG\r\n\x1a\nnot really").decode()
         up = await mcp.call_tool("upload_file", {"session_id": sid, "path": "logo.png", "content_base64": png})
         assert not up.is_error, text_of(up)
@@ -231,7 +245,7 @@ async def files_and_sessions_work(mcp: ClientSession) -> None:
         listed = await mcp.call_tool("list_files", {"session_id": sid})
         assert not listed.is_error, text_of(listed)
         files = {f["path"]: f for f in json.loads(text_of(listed))["files"]}
-        assert set(files) == {"data/sales.csv", "logo.png", "summary.csv", "chart.png"}, files
+        assert set(files) == {"data/sales.csv", "big.bin", "logo.png", "summary.csv", "chart.png"}, files
         assert files["data/sales.csv"] == {"path": "data/sales.csv", "size": len(csv), "mime_type": "text/csv"}
 
         got = await mcp.call_tool("download_file", {"session_id": sid, "path": "summary.csv"})

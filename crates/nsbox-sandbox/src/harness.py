@@ -323,13 +323,19 @@ def _nsbox_put_files(files):
             if st is not None and not stat.S_ISREG(st.st_mode):
                 kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
                 raise IsADirectoryError(f"{f['path']} is {kind}")
+            append = bool(f.get("append"))
             if st is not None and st.st_nlink > 1:
+                if append:
+                    # Appending would change the other names too.
+                    raise IsADirectoryError(f"{f['path']} has other names (hard links); send it whole")
                 # A hard link the code made to a file elsewhere in /tmp: the path gets the
                 # new content, the other name keeps its own.
                 os.unlink(parts[-1], dir_fd=dirfd)
             # Non-blocking, so a FIFO swapped in after the check fails (ENXIO) or opens
             # at once, then is refused below: nothing here waits for a reader.
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            if append:
+                flags |= os.O_APPEND
             try:
                 fd = os.open(parts[-1], flags, 0o644, dir_fd=dirfd)
             except OSError as e:
@@ -340,7 +346,8 @@ def _nsbox_put_files(files):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_dev != device:
                 raise IsADirectoryError(f"{f['path']} is not a regular file")
-            os.ftruncate(fd, 0)
+            if not append:
+                os.ftruncate(fd, 0)
             out.write(base64.b64decode(f["content_base64"]))
 
 
@@ -1118,6 +1125,19 @@ def _nsbox_file_op(op, bundle, plots_out):
             _nsbox_put_files(bundle["files"])
         except Exception as e:
             return {"error": f"the file could not be written: {e}"}
+        # Its size once written (an appended piece's file is more than the piece).
+        import json
+        import os
+        import struct
+
+        for f in bundle["files"]:
+            try:
+                fd, size = _nsbox_open_regular(f["path"])
+                os.close(fd)
+            except (OSError, ValueError):
+                continue
+            head = json.dumps({"path": f["path"], "size": size, "truncated": True}).encode()
+            _nsbox_frame(plots_out, b"F", struct.pack("<I", len(head)) + head)
         return {"exit_code": 0}
     if op == "list":
         import json

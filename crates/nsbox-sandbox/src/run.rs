@@ -169,6 +169,9 @@ pub struct InputFile {
     /// Relative to the working directory, checked by the server (no `..`, no absolute part).
     pub path: String,
     pub content_base64: String,
+    /// Added at the end of the file instead of replacing it: a session's upload in pieces.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub append: bool,
 }
 
 /// Caps on the files a run returns; a file past them is listed without content.

@@ -514,6 +514,7 @@ fn message<'a>(op: &'a SessionOp, session: &'a Limits) -> Message<'a> {
                 ..no_frames
             },
         ),
+        // The harness names the written file with its size, as a listing does.
         SessionOp::WriteFile { file, .. } => file_op(
             "put",
             Bundle {
@@ -521,7 +522,7 @@ fn message<'a>(op: &'a SessionOp, session: &'a Limits) -> Message<'a> {
                 ..empty
             },
             None,
-            no_frames,
+            FrameCaps::listing(),
         ),
     }
 }
