@@ -175,6 +175,16 @@ pub struct Options {
     /// tail are kept [default: 20000].
     #[arg(long, env = "NSBOX_MCP_TEXT_CHARS")]
     pub mcp_text_chars: Option<usize>,
+    /// One notebook result, KiB as JSON; past it the result keeps its plain text, marked
+    /// truncated [default: 2048].
+    #[arg(long, env = "NSBOX_RESULT_MAX_KIB")]
+    pub result_max_kib: Option<usize>,
+    /// All of a run's notebook results, MiB as JSON [default: 24].
+    #[arg(long, env = "NSBOX_RESULTS_MAX_MIB")]
+    pub results_max_mib: Option<usize>,
+    /// Rows of a DataFrame's markdown table in a result, head and tail [default: 20].
+    #[arg(long, env = "NSBOX_RESULT_MARKDOWN_ROWS")]
+    pub result_markdown_rows: Option<usize>,
     /// First host uid/gid of the range mapped into runs (65536 ids) [default: 1000000000].
     #[arg(long, env = "NSBOX_UID_BASE")]
     pub uid_base: Option<u32>,
@@ -319,6 +329,9 @@ impl Options {
             stream_backlog_events,
             mcp_attach_kib,
             mcp_text_chars,
+            result_max_kib,
+            results_max_mib,
+            result_markdown_rows,
             header_timeout,
             body_timeout,
             idle_timeout,

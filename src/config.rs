@@ -179,6 +179,12 @@ pub struct Config {
     /// Characters of text one MCP tool result gives a model (output, results, notes);
     /// past it the head and the tail are kept.
     pub mcp_text_chars: usize,
+    /// One notebook result, KiB as JSON; past it the result keeps its plain text.
+    pub result_max_kib: usize,
+    /// All of a run's notebook results, MiB as JSON.
+    pub results_max_mib: usize,
+    /// Rows of a DataFrame's markdown table in a result (head and tail).
+    pub result_markdown_rows: usize,
     /// Seconds a request's head may take to arrive, from its first byte.
     pub header_timeout: f64,
     /// Seconds a request's body may take to arrive, from the end of its head.
@@ -241,6 +247,9 @@ impl Default for Config {
             stream_backlog_events: crate::service::events::DEFAULT_MAX_EVENTS,
             mcp_attach_kib: 256,
             mcp_text_chars: 20_000,
+            result_max_kib: 2048,
+            results_max_mib: 24,
+            result_markdown_rows: 20,
             header_timeout: 10.0,
             body_timeout: 60.0,
             idle_timeout: 60.0,
@@ -315,6 +324,9 @@ impl Config {
         nonzero("output_kib", self.output_kib as u64)?;
         nonzero("stream_backlog_events", self.stream_backlog_events as u64)?;
         nonzero("mcp_text_chars", self.mcp_text_chars as u64)?;
+        nonzero("result_max_kib", self.result_max_kib as u64)?;
+        nonzero("results_max_mib", self.results_max_mib as u64)?;
+        nonzero("result_markdown_rows", self.result_markdown_rows as u64)?;
         nonzero("max_forks", self.max_forks.into())?;
         nonzero("file_max_mib", self.file_max_mib)?;
         nonzero("files_max_mib", self.files_max_mib)?;

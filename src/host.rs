@@ -73,7 +73,12 @@ impl Prepared {
             warm: self.isolation.warm,
             max_running: config.max_running,
             max_queue: config.max_queue,
-            results: crate::sandbox::ResultCaps::default(),
+            results: crate::sandbox::ResultCaps {
+                max_bytes: config.result_max_kib << 10,
+                max_total_bytes: config.results_max_mib << 20,
+                markdown_rows: config.result_markdown_rows,
+                ..crate::sandbox::ResultCaps::default()
+            },
             stream_backlog_events: config.stream_backlog_events,
             max_running_per_user: config.max_running_per_user,
             key_weights: KeyWeights::default(),

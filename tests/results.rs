@@ -348,3 +348,23 @@ fn a_session_returns_results_by_default_and_keeps_the_last_one_in_underscore() {
     assert_eq!(bad.status().as_u16(), 400);
     assert!(bad.text().unwrap().contains("`results`"));
 }
+
+#[test]
+fn the_bounds_are_the_operators() {
+    let server = Server::start(&["--result-markdown-rows", "4", "--result-max-kib", "64"]);
+    let v = ask(
+        &server,
+        "import pandas as pd\npd.DataFrame({'a': range(100)})",
+    );
+    let md = results(&v)[0]["data"]["text/markdown"].as_str().unwrap();
+    let rows: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| ..."))
+        .collect();
+    assert_eq!(rows.len(), 5, "a header and 4 rows: {md}");
+    let v = ask(
+        &server,
+        "class H:\n    def _repr_html_(self):\n        return 'x' * (100 << 10)\nH()",
+    );
+    assert_eq!(results(&v)[0]["metadata"]["truncated"], true, "{v}");
+}
