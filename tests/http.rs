@@ -640,6 +640,32 @@ fn with_key(key: &str, mut request: Request<Body>) -> Request<Body> {
     request
 }
 
+/// Key A sends `requests` slow runs at once; returns when `running` of them run and every
+/// other one is queued or answered, so another key's request comes after all of them.
+async fn flood_from_key_a(
+    app: &App,
+    requests: usize,
+    running: usize,
+) -> Vec<tokio::task::JoinHandle<Answer>> {
+    let flood: Vec<_> = (0..requests)
+        .map(|_| {
+            tokio::spawn(send_owned(
+                app.router.clone(),
+                with_key("key-a", spec_request()),
+            ))
+        })
+        .collect();
+    loop {
+        let answered = flood.iter().filter(|t| t.is_finished()).count();
+        if app.runner.runs.load(Ordering::SeqCst) == running
+            && app.service.queued() + answered == requests - running
+        {
+            return flood;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Issue 28: key A sending more slow runs than the server has slots and queue leaves key
 /// B's request room: B is served (after one of A's runs at worst), never told 429.
 #[tokio::test]
@@ -651,22 +677,7 @@ async fn a_key_flooding_the_server_leaves_room_for_another_key() {
         max_queue: 4,
         ..Options::default()
     });
-    let flood: Vec<_> = (0..8)
-        .map(|_| {
-            tokio::spawn(send_owned(
-                app.router.clone(),
-                with_key("key-a", spec_request()),
-            ))
-        })
-        .collect();
-    // Every one of A's requests is running, queued or answered before B asks.
-    loop {
-        let answered = flood.iter().filter(|t| t.is_finished()).count();
-        if app.runner.runs.load(Ordering::SeqCst) == 4 && app.service.queued() + answered == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let flood = flood_from_key_a(&app, 8, 4).await;
     let b = send(&app.router, with_key("key-b", spec_request())).await;
     assert_eq!(
         b.status,
@@ -1082,21 +1093,7 @@ async fn mcp_calls_take_their_keys_share() {
         max_queue: 2,
         ..Options::default()
     });
-    let flood: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(send_owned(
-                app.router.clone(),
-                with_key("key-a", spec_request()),
-            ))
-        })
-        .collect();
-    loop {
-        let answered = flood.iter().filter(|t| t.is_finished()).count();
-        if app.runner.runs.load(Ordering::SeqCst) == 2 && app.service.queued() + answered == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let flood = flood_from_key_a(&app, 4, 2).await;
     let a = send(&app.router, mcp_run_python("key-a", "print(1)")).await;
     let v = a.json();
     assert_eq!(v["result"]["isError"], true, "{v}");
