@@ -32,6 +32,9 @@ def _nsbox_warm(template, max_forks):
         with matplotlib.rc_context():
             df = pd.DataFrame({"a": np.arange(20), "b": np.random.normal(size=20), "c": list("ab" * 10)})
             str(df.describe())
+            # A DataFrame's HTML, as a run that asks for notebook results shows it: its
+            # formatter's modules are imported on first use.
+            df.describe()._repr_html_()
             repr(df.groupby("c").mean())
             f"{df['a'].mean()}"
             scipy.stats.ttest_1samp(df["b"], 0.0)
@@ -53,8 +56,10 @@ def _nsbox_warm(template, max_forks):
             if template == "ml":
                 _nsbox_warm_models()
 
-    # What the harness imports in every run (traceback pulls in tokenize, re, linecache),
-    # imported once here so no fork pays for it.
+    # What the harness imports in every run (traceback pulls in tokenize, re, linecache;
+    # ast finds the last expression of a run that asks for results), imported once here so
+    # no fork pays for it.
+    import ast
     import base64
     import builtins
     import importlib.machinery
