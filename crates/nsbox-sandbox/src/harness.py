@@ -439,19 +439,24 @@ class _NsboxResults:
 
     def figure(self, fig, png):
         """A figure shown (or open at the end) as a display result, once."""
-        import base64
-
         if id(fig) in self.shown_figures:
             return
         self.shown_figures.add(id(fig))
-        data = {
-            "text/plain": _nsbox_safe_repr(fig),
-            "image/png": base64.b64encode(png).decode(),
-        }
-        chart = _nsbox_attempt(lambda: _nsbox_chart(fig))
-        if isinstance(chart, dict):
-            data[_NSBOX_CHART_MIME] = chart
-        self.publish("display_data", fig, raw=(data, {}))
+        self.publish("display_data", fig, raw=(_nsbox_figure_bundle(fig, png), {}))
+
+
+def _nsbox_figure_bundle(fig, png):
+    """A matplotlib figure's MIME bundle: its text, its PNG and the summary of its chart."""
+    import base64
+
+    data = {
+        "text/plain": _nsbox_safe_repr(fig),
+        "image/png": base64.b64encode(png).decode(),
+    }
+    chart = _nsbox_attempt(lambda: _nsbox_chart(fig))
+    if isinstance(chart, dict):
+        data[_NSBOX_CHART_MIME] = chart
+    return data
 
 
 def _nsbox_attempt(f):
@@ -573,17 +578,12 @@ def _nsbox_special(obj, results):
         }, {}
     figure = modules.get("matplotlib.figure")
     if figure is not None and isinstance(obj, figure.Figure):
-        import base64
         import io
 
         buf = io.BytesIO()
         obj.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
         results.shown_figures.add(id(obj))
-        data = {"text/plain": repr(obj), "image/png": base64.b64encode(buf.getvalue()).decode()}
-        chart = _nsbox_attempt(lambda: _nsbox_chart(obj))
-        if isinstance(chart, dict):
-            data[_NSBOX_CHART_MIME] = chart
-        return data, {}
+        return _nsbox_figure_bundle(obj, buf.getvalue()), {}
     return None
 
 
