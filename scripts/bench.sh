@@ -22,6 +22,9 @@
 #                          BENCH_AGENT_PAUSE_MS between them, then as many back to back
 #   BENCH_AGENT_N       (default 40)   BENCH_AGENT_PAUSE_MS (default 200)
 #   BENCH_COLD          0 skips the cold server                    (default 1)
+#   BENCH_RESULTS_N     notebook results (issue 23): pairs of the same work with and
+#                       without `"results": true`, interleaved on the warm server, this many
+#                       of each (default 100; 0 skips): scripts/bench/results.py
 #   BENCH_NSBOX         a directory with a build's nsbox and libnsbox_sandbox.so to measure
 #                       instead of building target/release (default: build)
 #   BENCH_BASELINE      a directory with another build's nsbox and libnsbox_sandbox.so:
@@ -259,6 +262,15 @@ for w in $COLD_C8_WORKLOADS; do
 	url=$cold_url load cold c8 "$w" "$COLD_C8_S"
 done
 
+# ---- notebook results: what asking for them costs, pairs interleaved one at a time on the
+# warm server (and basic on the baseline's, when there is one)
+RESULTS_N=${BENCH_RESULTS_N:-100}
+if [ "$RESULTS_N" -gt 0 ]; then
+	say "notebook results: $RESULTS_N of each pair"
+	bg_wait timeout 900 python3 "$repo/scripts/bench/results.py" "$warm_url" "${base_url:-}" "$RESULTS_N" \
+		"$repo/tests/fixtures/spec/plot.py" >"$work/results-pairs.md" || die "notebook results pairs"
+fi
+
 # ---- memory under load (its own pass: sampling costs CPU that the measurements above must not pay)
 if [[ " $WORKLOADS " == *" pandas "* ]]; then
 	say "memory under pandas c8 load (sampling every 100 ms)"
@@ -290,5 +302,10 @@ echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 "${bench_py[@]}" report "$results"
+if [ -s "$work/results-pairs.md" ]; then
+	echo
+	echo "notebook results (sequential, one keep-alive connection, client side):"
+	cat "$work/results-pairs.md"
+fi
 echo
 echo "raw results, wrk output and server logs: $work"
