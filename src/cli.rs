@@ -192,6 +192,10 @@ pub struct Options {
     /// --allow-incomplete-isolation) (config: cgroups = false).
     #[arg(long, env = "NSBOX_NO_CGROUPS")]
     pub no_cgroups: bool,
+    /// Leave the host's cgroup2 mount as it is: no `favordynmods` remount; the spawner then
+    /// keeps the cgroup attach lock switched while runs come (config: favordynmods = false).
+    #[arg(long, env = "NSBOX_NO_FAVORDYNMODS")]
+    pub no_favordynmods: bool,
     /// Start even when cgroups cannot be had, enforcing memory, process and CPU limits with
     /// rlimits only. Weaker isolation: meant for rootless hosts, and said loudly at start.
     #[arg(long, env = "NSBOX_ALLOW_INCOMPLETE_ISOLATION")]
@@ -347,6 +351,9 @@ impl Options {
         );
         if self.no_cgroups {
             c.cgroups = false;
+        }
+        if self.no_favordynmods {
+            c.favordynmods = false;
         }
         if self.allow_incomplete_isolation {
             c.allow_incomplete_isolation = true;

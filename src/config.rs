@@ -137,6 +137,10 @@ pub struct Config {
     pub uid_base: u32,
     /// Use cgroups for memory, process and CPU limits.
     pub cgroups: bool,
+    /// Remount the host's cgroup2 with `favordynmods` (machine-wide) so runs join their
+    /// cgroups without the attach lock's wait; false keeps the host's mount as it is and
+    /// uses the keeper instead.
+    pub favordynmods: bool,
     /// Start even when part of the isolation (cgroups) cannot be had, with rlimits only.
     pub allow_incomplete_isolation: bool,
     /// `warm` forks runs from warm interpreters; `cold` starts a fresh one per run.
@@ -228,6 +232,7 @@ impl Default for Config {
             output_kib: 1024,
             uid_base: 1_000_000_000,
             cgroups: true,
+            favordynmods: true,
             allow_incomplete_isolation: false,
             mode: RunMode::Warm,
             warm_library: None,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{Config, RunMode, ScannerMode};
-use crate::sandbox::cgroup::{self, CgroupParent};
+use crate::sandbox::cgroup::{self, AttachMode, CgroupParent};
 use crate::sandbox::namespaces::IdMapping;
 use crate::sandbox::spawner::{Spawner, SpawnerError};
 use crate::sandbox::{seccomp, Limits, SpawnerConfig, WarmConfig, WarmLibrary};
@@ -44,6 +44,9 @@ pub enum HostError {
 pub struct Isolation {
     pub namespaces: Vec<&'static str>,
     pub cgroup: Option<String>,
+    /// How runs join their cgroups without the attach lock's wait (`favordynmods`, or the
+    /// `keeper` fallback); none without cgroups.
+    pub cgroup_attach: Option<AttachMode>,
     pub seccomp: bool,
     pub rlimits: bool,
     pub warm: bool,
@@ -213,6 +216,14 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
         }
         Err(missing) => return Err(HostError::IncompleteIsolation(missing)),
     };
+    let attach = cgroup_parent.as_ref().map(|_| {
+        let decision = cgroup::favor_dynmods(config.favordynmods);
+        match decision.mode {
+            AttachMode::FavorDynMods => tracing::info!("cgroup attach: {}", decision.detail),
+            AttachMode::Keeper => tracing::warn!("cgroup attach: {}", decision.detail),
+        }
+        decision.mode
+    });
     let warm = match (mode, on_overlayfs(&rootfs)) {
         (RunMode::Warm, Some(on)) => {
             // Warm runs stack an overlay on the template's overlay; on an overlayfs that is
@@ -236,6 +247,7 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
             rootfs: rootfs.clone(),
             ids: ids.clone(),
             cgroup: cgroup_parent.clone(),
+            attach: attach.unwrap_or(AttachMode::Keeper),
             warm: warm.clone(),
             limits: limits(config),
             guard_rails: config.scanner != ScannerMode::Off,
@@ -243,6 +255,7 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
         isolation: Isolation {
             namespaces: NAMESPACES.to_vec(),
             cgroup: cgroup_description,
+            cgroup_attach: attach,
             seccomp: true,
             rlimits: true,
             warm: warm.is_some(),
@@ -368,6 +381,7 @@ pub fn probe_features(config: &Config) -> Vec<Probe> {
             !config.allow_incomplete_isolation,
             probe_cgroups(config),
         ),
+        probe("cgroup attach", false, probe_attach(config)),
         probe("root filesystem", true, probe_rootfs(&config.rootfs)),
         probe(
             "warm path",
@@ -449,6 +463,19 @@ fn probe_cgroups(config: &Config) -> Result<String, String> {
     );
     parent.remove();
     Ok(detail)
+}
+
+/// What `serve` does about the cgroup attach lock, done here too (the remount is
+/// idempotent), so the line says what is really in force rather than a guess.
+fn probe_attach(config: &Config) -> Result<String, String> {
+    if !config.cgroups {
+        return Err("no cgroups (cgroups = false)".into());
+    }
+    let decision = cgroup::favor_dynmods(config.favordynmods);
+    match decision.mode {
+        AttachMode::FavorDynMods => Ok(format!("favordynmods: {}", decision.detail)),
+        AttachMode::Keeper => Err(format!("keeper: {}", decision.detail)),
+    }
 }
 
 fn probe_rootfs(path: &Path) -> Result<String, String> {

@@ -175,6 +175,7 @@ fn app(o: Options) -> App {
         isolation: Arc::new(Isolation {
             namespaces: vec!["user"],
             cgroup: None,
+            cgroup_attach: None,
             seccomp: true,
             rlimits: true,
             warm: false,

@@ -300,6 +300,17 @@ def check_status_v2(mode, srv, xf=False):
     record(mode, "status-says-cgroup-v2", ok, {"isolation": st.get("isolation", st)}, xf)
 
 
+def check_attach_v2(mode, srv):
+    """Root in the VM's initial namespaces: the server put favordynmods on cgroup2 and says so."""
+    st = srv.status()
+    opts = [l.split(" - ", 1)[1].split(" ")[2] for l in read("/proc/self/mountinfo", "").splitlines()
+            if " - cgroup2 " in l]
+    ok = (st.get("isolation") or {}).get("cgroup_attach") == "favordynmods" and any(
+        "favordynmods" in o.split(",") for o in opts)
+    record(mode, "favordynmods-in-force", ok, {"cgroup_attach": (st.get("isolation") or {}).get("cgroup_attach"),
+                                               "cgroup2_options": opts})
+
+
 def check_basic(mode, srv, xf=False):
     r = srv.run(BASIC)
     ok = r.get("success") is True and r.get("stdout") == "4\n" and r.get("exit_code") == 0
@@ -528,6 +539,7 @@ def root_defaults():
     if not started(mode, srv):
         return
     check_status_v2(mode, srv)
+    check_attach_v2(mode, srv)
     check_pandas(mode, srv)
     # Informational: what one CPU of quota gives here; a starved host shows up as a low value.
     r = srv.run(BUSY_2S, timeout=30)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::cgroup::CgroupParent;
+use super::cgroup::{AttachMode, CgroupParent};
 use super::namespaces::IdMapping;
 use super::run::Limits;
 use super::warm_library::WarmLibrary;
@@ -20,6 +20,8 @@ pub struct SpawnerConfig {
     pub ids: IdMapping,
     /// Where per-run cgroups are created, or `None` for rlimits only.
     pub cgroup: Option<CgroupParent>,
+    /// How runs' moves into their cgroups avoid the attach lock's wait.
+    pub attach: AttachMode,
     /// Warm templates, or `None` for cold runs only.
     pub warm: Option<WarmConfig>,
     /// Limits whose values templates bake into their environment.

@@ -263,7 +263,10 @@ pub fn main() -> i32 {
     }
     let mut templates = Templates::start(&config);
     let mut reported: Option<SpawnerStatus> = None;
-    let mut keeper = cgroup::AttachKeeper::open(config.cgroup.is_some());
+    // With favordynmods the lock never leaves the fast mode: nothing to keep.
+    let mut keeper = cgroup::AttachKeeper::open(
+        config.cgroup.is_some() && config.attach == cgroup::AttachMode::Keeper,
+    );
     loop {
         let mut fds = vec![PollFd::new(control.as_fd(), PollFlags::POLLIN)];
         fds.extend(

@@ -571,9 +571,9 @@ struct AttachPrimer(Option<Pid>);
 
 impl AttachPrimer {
     /// Forks the helper (before any of the run's pipes exist, so it holds none of them);
-    /// none without cgroups.
+    /// none without cgroups, or with favordynmods (the lock is never slow to take).
     fn start(config: &SpawnerConfig) -> AttachPrimer {
-        if config.cgroup.is_none() {
+        if config.cgroup.is_none() || config.attach == super::cgroup::AttachMode::FavorDynMods {
             return AttachPrimer(None);
         }
         match sys::fork() {

@@ -1,0 +1,106 @@
+//! The cgroup attach lock (issue 25): a server puts `favordynmods` on the host's cgroup2, says so, and then does no periodic work to keep the lock fast while idle.
+//!
+//! The remount is the machine's, so these tests leave it set (as every server on the host
+//! would): they never clear it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{process_tree, Server};
+
+/// Context switches of every thread of `pids` so far.
+fn context_switches(pids: &[i32]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            total += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    total
+}
+
+fn cgroup2_has_favordynmods() -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split_once(" - "))
+        .filter(|(_, fs)| fs.starts_with("cgroup2 "))
+        .any(|(_, fs)| {
+            fs.split(' ')
+                .nth(2)
+                .unwrap_or("")
+                .split(',')
+                .any(|o| o == "favordynmods")
+        })
+}
+
+#[test]
+fn the_server_sets_favordynmods_and_is_quiet_when_idle() {
+    common::require_root();
+    let server = Server::start(&[]);
+    let status: serde_json::Value = server.get("/v1/status").json().unwrap();
+    assert_eq!(
+        status["isolation"]["cgroup_attach"], "favordynmods",
+        "/v1/status: {status}"
+    );
+    assert!(
+        cgroup2_has_favordynmods(),
+        "the host's cgroup2 mount has no favordynmods after the server started"
+    );
+    // A run, as an agent's call would be; then the idle gap before its next call.
+    let v = server.run("print(2 + 2)");
+    assert_eq!(v["stdout"], "4\n", "{v}");
+    std::thread::sleep(Duration::from_secs(1));
+    let tree = process_tree(server.pid() as i32);
+    let before = context_switches(&tree);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = context_switches(&tree);
+    // The keeper moved the spawner every 5 ms for a minute after each run: about 600
+    // switches in these 3 s. Idle threads wake only for their own timers.
+    assert!(
+        after - before < 100,
+        "the server's {} processes switched context {} times in 3 idle seconds",
+        tree.len(),
+        after - before
+    );
+}
+
+#[test]
+fn nsbox_check_reports_how_runs_attach() {
+    common::require_root();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nsbox"))
+        .args(["check", "--json", "--no-run", "--rootfs"])
+        .arg(common::rootfs())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "nsbox check --json: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let probe = report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["feature"] == "cgroup attach")
+        .unwrap_or_else(|| panic!("no cgroup attach probe: {report}"))
+        .clone();
+    assert_eq!(probe["ok"], true, "{probe}");
+    assert!(
+        probe["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("favordynmods"),
+        "{probe}"
+    );
+}
