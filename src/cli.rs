@@ -192,6 +192,10 @@ pub struct Options {
     /// --allow-incomplete-isolation) (config: cgroups = false).
     #[arg(long, env = "NSBOX_NO_CGROUPS")]
     pub no_cgroups: bool,
+    /// Warm interpreters keep their memory in 4 KiB pages: no huge-page collapse after warm-up
+    /// (config: huge_pages = false).
+    #[arg(long, env = "NSBOX_NO_HUGE_PAGES")]
+    pub no_huge_pages: bool,
     /// Leave the host's cgroup2 mount as it is: no `favordynmods` remount; the spawner then
     /// keeps the cgroup attach lock switched while runs come (config: favordynmods = false).
     #[arg(long, env = "NSBOX_NO_FAVORDYNMODS")]
@@ -351,6 +355,9 @@ impl Options {
         );
         if self.no_cgroups {
             c.cgroups = false;
+        }
+        if self.no_huge_pages {
+            c.huge_pages = false;
         }
         if self.no_favordynmods {
             c.favordynmods = false;

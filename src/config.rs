@@ -150,6 +150,9 @@ pub struct Config {
     pub warm_library: Option<PathBuf>,
     /// Runs a warm interpreter forks before it is replaced.
     pub max_forks: u32,
+    /// Warm interpreters put their memory in transparent huge pages after warming up, so
+    /// each run's copies of it are cheap.
+    pub huge_pages: bool,
     /// Seconds runs in flight may take to finish after SIGTERM.
     pub shutdown_grace: f64,
     /// `enforce`, `report` or `off`.
@@ -237,6 +240,7 @@ impl Default for Config {
             mode: RunMode::Warm,
             warm_library: None,
             max_forks: 500,
+            huge_pages: true,
             shutdown_grace: 15.0,
             scanner: ScannerMode::Enforce,
             log_format: LogFormat::Human,

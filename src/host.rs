@@ -298,6 +298,7 @@ fn warm_config(config: &Config, warnings: &mut Vec<String>) -> Option<WarmConfig
         Ok(library) => Some(WarmConfig {
             library,
             max_forks: config.max_forks,
+            huge_pages: config.huge_pages,
         }),
         Err(e) => {
             warnings.push(format!(
@@ -382,6 +383,15 @@ pub fn probe_features(config: &Config) -> Vec<Probe> {
             probe_cgroups(config),
         ),
         probe("cgroup attach", false, probe_attach(config)),
+        probe(
+            "huge pages",
+            false,
+            if config.huge_pages {
+                crate::sandbox::hugepages::probe()
+            } else {
+                Err("off (huge_pages = false)".into())
+            },
+        ),
         probe("root filesystem", true, probe_rootfs(&config.rootfs)),
         probe(
             "warm path",

@@ -39,4 +39,6 @@ pub struct WarmConfig {
     pub library: WarmLibrary,
     /// Runs a zygote forks before it is replaced.
     pub max_forks: u32,
+    /// Whether a zygote puts its warm memory in huge pages before its first run.
+    pub huge_pages: bool,
 }

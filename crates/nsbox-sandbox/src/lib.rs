@@ -17,6 +17,7 @@ pub mod child;
 pub mod config;
 pub mod failure;
 mod fdpass;
+pub mod hugepages;
 pub mod logging;
 pub mod namespaces;
 pub mod protocol;

@@ -225,6 +225,26 @@ pub fn pidfd_pid(pidfd: &std::os::fd::OwnedFd) -> Result<nix::unistd::Pid, Errno
     Ok(nix::unistd::Pid::from_raw(pid))
 }
 
+/// Asks the kernel to back `[addr, addr + len)` of this process with transparent huge
+/// pages from now on (`MADV_HUGEPAGE`) and to collapse what is there into them at once
+/// (`MADV_COLLAPSE`, Linux 6.1+). The range must lie inside this process's own private
+/// anonymous mappings, 2 MiB aligned. Contents are unchanged either way.
+pub fn collapse_to_huge_pages(addr: usize, len: usize) -> Result<(), Errno> {
+    // SAFETY: madvise with these two advices changes how pages are backed, never their
+    // contents or the mapping's protection, so no Rust reference into the range can observe
+    // a difference. An address outside this process's mappings fails with ENOMEM and
+    // touches nothing.
+    let hint = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    if hint != 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: as above.
+    match unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_COLLAPSE) } {
+        0 => Ok(()),
+        _ => Err(Errno::last()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,7 @@ pub fn launch(
         // run's, and /proc/1/environ would keep showing the zygote's.
         cstring(template.name().into()),
         cstring(max_forks.to_string()),
+        cstring(u8::from(config.warm.as_ref().is_some_and(|w| w.huge_pages)).to_string()),
     ];
     let envp = supervisor::run_env(&config.limits, config.guard_rails);
     let plan = TemplatePlan {

@@ -9,7 +9,7 @@ import os
 import socket
 
 
-def _nsbox_warm(template, max_forks):
+def _nsbox_warm(template, max_forks, huge_pages):
     lib = ctypes.PyDLL("/proc/self/fd/4")
     if lib.nsbox_zygote_init() != 0:
         raise SystemExit("nsbox zygote: initialisation failed")
@@ -83,6 +83,9 @@ def _nsbox_warm(template, max_forks):
     # Objects that exist now are shared with every fork; freezing them keeps the cyclic
     # collector from touching (and so copying) their pages in each run.
     gc.freeze()
+    if huge_pages:
+        # The memory every run copies twice, in 2 MiB pages from here on (hugepages.rs).
+        lib.nsbox_zygote_huge_pages()
 
     import signal
 
@@ -194,7 +197,7 @@ def _nsbox_warm_models():
     model.fit(X, y).score(X, y)
 
 
-_nsbox_template, _nsbox_max_forks = sys.argv[1], int(sys.argv[2])
+_nsbox_template, _nsbox_max_forks, _nsbox_huge_pages = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 # Runs see the argv of `python3 -c`, as on the cold path.
 sys.argv = ["-c"]
-_nsbox_warm(_nsbox_template, _nsbox_max_forks)
+_nsbox_warm(_nsbox_template, _nsbox_max_forks, _nsbox_huge_pages)

@@ -1,4 +1,4 @@
-//! The cgroup attach lock (issue 25): a server puts `favordynmods` on the host's cgroup2, says so, and then does no periodic work to keep the lock fast while idle.
+//! The floor of a run's cost (issue 25): the cgroup attach lock kept fast by `favordynmods` with no periodic work, and warm interpreters in huge pages.
 //!
 //! The remount is the machine's, so these tests leave it set (as every server on the host
 //! would): they never clear it.
@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{process_tree, Server};
+use common::{cmdline, process_tree, Server};
 
 /// Context switches of every thread of `pids` so far.
 fn context_switches(pids: &[i32]) -> u64 {
@@ -103,4 +103,48 @@ fn nsbox_check_reports_how_runs_attach() {
             .starts_with("favordynmods"),
         "{probe}"
     );
+}
+
+/// Kibibytes of anonymous memory in transparent huge pages in process `pid`.
+fn anon_huge_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("AnonHugePages:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The template a zygote warms: the argument after its program (`python3 -I -B -c
+/// PROGRAM TEMPLATE MAX_FORKS HUGE_PAGES`).
+fn template_of(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    Some(String::from_utf8_lossy(args.get(5)?).into_owned())
+}
+
+#[test]
+fn warm_interpreters_keep_their_memory_in_huge_pages_and_runs_are_unchanged() {
+    common::require_root();
+    let server = Server::start(&[]);
+    let zygotes: Vec<i32> = process_tree(server.pid() as i32)
+        .into_iter()
+        .filter(|p| cmdline(*p).contains("_NSBOX_ZYGOTE"))
+        .filter(|p| template_of(*p).as_deref() == Some("scientific"))
+        .collect();
+    assert!(!zygotes.is_empty(), "no scientific zygote under the server");
+    // Without the collapse a zygote has none: the host's THP mode is madvise, and
+    // nothing else asks.
+    let huge = zygotes.iter().map(|z| anon_huge_kib(*z)).max().unwrap();
+    eprintln!("scientific zygote(s) {zygotes:?}: {huge} KiB in huge pages");
+    assert!(
+        huge >= 16 << 10,
+        "the scientific zygote has {huge} KiB in huge pages"
+    );
+    // Runs forked from it compute as before, and each sees fresh memory of its own.
+    let code = "import pandas as pd\nimport numpy as np\nx = np.arange(1_000_000)\nprint(int(x.sum()), pd.DataFrame({'a': [1, 2]}).a.sum())";
+    for _ in 0..3 {
+        let v = server.run(code);
+        assert_eq!(v["stdout"], "499999500000 3\n", "{v}");
+    }
 }
