@@ -192,6 +192,10 @@ pub struct Options {
     /// --allow-incomplete-isolation) (config: cgroups = false).
     #[arg(long, env = "NSBOX_NO_CGROUPS")]
     pub no_cgroups: bool,
+    /// The warm templates to keep, comma-separated (base, scientific, ml); a run whose
+    /// template is not kept forks from the next larger one [default: base,scientific,ml].
+    #[arg(long, env = "NSBOX_WARM_TEMPLATES", value_delimiter = ',', value_parser = parse_template)]
+    pub warm_templates: Option<Vec<crate::sandbox::warm::Template>>,
     /// Warm interpreters keep their memory in 4 KiB pages: no huge-page collapse after warm-up
     /// (config: huge_pages = false).
     #[arg(long, env = "NSBOX_NO_HUGE_PAGES")]
@@ -345,7 +349,8 @@ impl Options {
             idle_timeout,
             max_connections,
             mcp_max_body_mib,
-            max_large_bodies
+            max_large_bodies,
+            warm_templates
         );
         overlay_optional!(
             max_running_per_user,
@@ -368,6 +373,14 @@ impl Options {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// A template's name, as `--warm-templates` lists them.
+fn parse_template(name: &str) -> Result<crate::sandbox::warm::Template, String> {
+    crate::sandbox::warm::Template::ALL
+        .into_iter()
+        .find(|t| t.name() == name.trim())
+        .ok_or_else(|| format!("{name:?} is not a template (base, scientific, ml)"))
 }
 
 /// The sandbox crate's logging set-up, which the spawner repeats with the same format

@@ -153,6 +153,9 @@ pub struct Config {
     /// Warm interpreters put their memory in transparent huge pages after warming up, so
     /// each run's copies of it are cheap.
     pub huge_pages: bool,
+    /// The templates kept warm. Each has everything the one before it has (base ⊂
+    /// scientific ⊂ ml): a run whose template is not kept forks from the next larger one.
+    pub warm_templates: Vec<crate::sandbox::warm::Template>,
     /// Seconds runs in flight may take to finish after SIGTERM.
     pub shutdown_grace: f64,
     /// `enforce`, `report` or `off`.
@@ -241,6 +244,7 @@ impl Default for Config {
             warm_library: None,
             max_forks: 500,
             huge_pages: true,
+            warm_templates: crate::sandbox::warm::Template::ALL.to_vec(),
             shutdown_grace: 15.0,
             scanner: ScannerMode::Enforce,
             log_format: LogFormat::Human,
@@ -308,6 +312,15 @@ impl Config {
             }
         };
         positive("default_timeout", self.default_timeout)?;
+        let templates = &self.warm_templates;
+        if templates.is_empty()
+            || (1..templates.len()).any(|i| templates[..i].contains(&templates[i]))
+        {
+            return Err(invalid(
+                "warm_templates",
+                "must name each of base, scientific and ml at most once, and at least one",
+            ));
+        }
         positive("max_timeout", self.max_timeout)?;
         positive("cpus", self.cpus)?;
         positive("header_timeout", self.header_timeout)?;

@@ -299,6 +299,7 @@ fn warm_config(config: &Config, warnings: &mut Vec<String>) -> Option<WarmConfig
             library,
             max_forks: config.max_forks,
             huge_pages: config.huge_pages,
+            templates: config.warm_templates.clone(),
         }),
         Err(e) => {
             warnings.push(format!(

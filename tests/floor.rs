@@ -148,3 +148,33 @@ fn warm_interpreters_keep_their_memory_in_huge_pages_and_runs_are_unchanged() {
         assert_eq!(v["stdout"], "499999500000 3\n", "{v}");
     }
 }
+
+#[test]
+fn runs_of_a_template_not_kept_fork_from_the_next_larger_one() {
+    common::require_root();
+    let server = Server::start(&["--warm-templates", "base,ml"]);
+    let status: serde_json::Value = server.get("/v1/status").json().unwrap();
+    assert_eq!(
+        status["warm_templates"],
+        serde_json::json!(["base", "ml"]),
+        "{status}"
+    );
+    let zygotes: Vec<Option<String>> = process_tree(server.pid() as i32)
+        .into_iter()
+        .filter(|p| cmdline(*p).contains("_NSBOX_ZYGOTE"))
+        .map(template_of)
+        .collect();
+    assert!(
+        !zygotes.contains(&Some("scientific".into())) && zygotes.contains(&Some("ml".into())),
+        "zygotes: {zygotes:?}"
+    );
+    // The spec's pandas example: a scientific run, forked warm from ml.
+    let v = server.run("import pandas as pd\nprint(pd.DataFrame({'a': [1, 2, 3]}).a.sum())");
+    assert_eq!(v["stdout"], "6\n", "{v}");
+    let metrics = server.get("/metrics").text().unwrap();
+    assert_eq!(
+        common::metric(&metrics, "nsbox_template_forks_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}

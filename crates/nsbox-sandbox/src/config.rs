@@ -41,4 +41,7 @@ pub struct WarmConfig {
     pub max_forks: u32,
     /// Whether a zygote puts its warm memory in huge pages before its first run.
     pub huge_pages: bool,
+    /// The templates kept warm; a run whose template is not among them is forked from the
+    /// next larger one kept.
+    pub templates: Vec<super::run::Template>,
 }

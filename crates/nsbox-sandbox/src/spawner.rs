@@ -119,7 +119,12 @@ impl Spawner {
         let ready = self.shared.ready.lock().unwrap();
         self.shared.process.lock().unwrap().is_some()
             && (self.shared.config.warm.is_none()
-                || Template::ALL.iter().all(|t| ready.contains(t)))
+                || self
+                    .shared
+                    .config
+                    .warm
+                    .as_ref()
+                    .is_some_and(|w| w.templates.iter().all(|t| ready.contains(t))))
     }
 
     pub fn ready_templates(&self) -> Vec<Template> {
@@ -482,10 +487,10 @@ impl<'a> Templates<'a> {
     }
 
     fn restart_missing(&mut self) {
-        if self.config.warm.is_none() || self.library.is_none() {
+        let (Some(warm), Some(_)) = (&self.config.warm, &self.library) else {
             return;
-        }
-        for kind in Template::ALL {
+        };
+        for &kind in &warm.templates {
             if self.live.iter().any(|t| t.template == kind) {
                 continue;
             }

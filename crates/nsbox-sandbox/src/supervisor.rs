@@ -204,10 +204,14 @@ fn cstrings(items: &[&str]) -> Vec<CString> {
 pub struct WarmControls(pub Vec<(Template, RawFd)>);
 
 impl WarmControls {
+    /// The zygote a run of `template` is forked from: that template's, or else the
+    /// smallest warm one that has everything it has (each template is the one before it
+    /// plus more), when the operator keeps fewer templates or one is being replaced.
     fn get(&self, template: Template) -> Option<RawFd> {
-        self.0
+        Template::ALL
             .iter()
-            .find(|(t, _)| *t == template)
+            .skip_while(|t| **t != template)
+            .find_map(|wanted| self.0.iter().find(|(t, _)| t == wanted))
             .map(|(_, fd)| *fd)
     }
 }
