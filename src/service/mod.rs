@@ -12,6 +12,7 @@ pub mod files;
 pub mod metrics;
 pub mod response;
 pub mod runner;
+pub mod session_ids;
 pub mod sessions;
 pub mod throttle;
 
@@ -110,6 +111,9 @@ pub enum ServiceError {
     /// The session is busy with another call.
     #[error("{0}")]
     Conflict(String),
+    /// The session id names another node: the request reached the wrong one.
+    #[error("{0}")]
+    Misdirected(String),
 }
 
 /// One request to run code, as every front end gives it.
