@@ -9,11 +9,21 @@ x-request-id for the log are the only changes):
    and then hangs up or answers 503, and a real nsbox. Requests that met a refused connection
    must be retried on another node (and succeed or meet the fake); requests that reached the
    fake must come back as 502/503 and never reach another node: code is not idempotent.
-2. Failover. Three nsbox nodes under a bounded load of the spec's examples: node 1 is SIGKILLed
-   (and comes back: nothing of the old one may be left), then node 2 is restarted with SIGTERM
-   (a rolling restart). Every answer must be a correct result or a clear 502/503, no request
-   may have run on two nodes, and the figures (failed requests, time until HAProxy marks the
-   dead node down) are printed and written to WORK/summary.json.
+2. Sessions and failover. Three nsbox nodes, each with its node tag (nsbox1..3, the server
+   names of deploy/haproxy.cfg). 30 sessions are created through HAProxy and must be spread
+   over the nodes, each id naming the node that made it; every kind of request of each (calls,
+   file PUT/list/GET, GET of the session, MCP run_python and list_files) must reach its node
+   (HAProxy's log) and find its state (a variable set by a call, a file put). An id naming an
+   unknown node is answered 421 by whichever node gets it. Then, under a bounded load of the
+   spec's examples: node 1 is SIGKILLed: its sessions' requests get HAProxy's 503
+   `session_node_down` naming it, the other sessions keep their state; it comes back (nothing of
+   the old one may be left) and its old ids answer its own 404 naming it. Node 2 is restarted
+   with SIGTERM (a rolling restart): a call in flight in one of its sessions is answered
+   `session ended: the server shut down`, its log ends every session with that reason, and
+   after the restart its old ids answer 404 naming it. Node 3's sessions keep their state
+   through both. Every load answer must be a correct result or a clear 502/503, no request may
+   have run on two nodes, and the figures (failed requests, time until HAProxy marks the dead
+   node down) are printed and written to WORK/summary.json.
 
 Every process it starts is written to WORK/pids (scripts/test-scale-out.sh's trap stops them
 too, should this script die).
@@ -46,8 +56,14 @@ T0 = time.monotonic()
 FAILURES: list[str] = []
 
 
+LOG_LOCK = threading.Lock()
+
+
 def log(msg: str) -> None:
-    print(f"scale-out [{time.monotonic() - T0:6.1f}s]: {msg}", file=sys.stderr, flush=True)
+    # One write per line under a lock: the session checks log from several threads.
+    with LOG_LOCK:
+        sys.stderr.write(f"scale-out [{time.monotonic() - T0:6.1f}s]: {msg}\n")
+        sys.stderr.flush()
 
 
 def check(cond: bool, what: str) -> None:
