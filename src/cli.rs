@@ -288,6 +288,10 @@ pub struct Options {
     /// Request bodies over 1 MiB read and parsed at once; more wait [default: 4].
     #[arg(long, env = "NSBOX_MAX_LARGE_BODIES")]
     pub max_large_bodies: Option<usize>,
+    /// This node's name in its session ids, which a load balancer routes by: 1 to 32 of
+    /// a-z, 0-9 and - [default: the hostname's first label, made to fit].
+    #[arg(long, env = "NSBOX_NODE")]
+    pub node: Option<String>,
 }
 
 impl Options {
@@ -356,7 +360,8 @@ impl Options {
             max_running_per_user,
             api_keys_file,
             warm_library,
-            max_connections_per_peer
+            max_connections_per_peer,
+            node
         );
         if self.no_cgroups {
             c.cgroups = false;

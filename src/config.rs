@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::service::session_ids::NodeTag;
+
 /// What the pre-execution scanner does with flagged code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -211,6 +213,9 @@ pub struct Config {
     pub mcp_max_body_mib: u64,
     /// Request bodies over 1 MiB read and parsed at once; more wait for their turn.
     pub max_large_bodies: usize,
+    /// This node's name in its session ids (`sess_<node>_<hex>`), which a load balancer
+    /// routes by: 1 to 32 of `a-z`, `0-9`, `-`; `None` = from the hostname.
+    pub node: Option<String>,
 }
 
 /// Where `nsbox` finds the root filesystem when nothing says otherwise.
@@ -270,6 +275,7 @@ impl Default for Config {
             max_connections_per_peer: None,
             mcp_max_body_mib: 4,
             max_large_bodies: 4,
+            node: None,
         }
     }
 }
@@ -383,6 +389,9 @@ impl Config {
                 ),
             ));
         }
+        if let Some(node) = &self.node {
+            NodeTag::new(node).map_err(|e| invalid("node", e.to_string()))?;
+        }
         if self.max_running_per_user == Some(0) {
             return Err(invalid("max_running_per_user", "must be at least 1"));
         }
@@ -417,6 +426,14 @@ impl Config {
             return Err(invalid("keys", "`weight` must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The node tag of this server's session ids: `node`, or one from the hostname.
+    pub fn node_tag(&self) -> NodeTag {
+        self.node
+            .as_deref()
+            .and_then(|n| NodeTag::new(n).ok())
+            .unwrap_or_else(NodeTag::of_this_host)
     }
 
     /// Every accepted key with its options: `api_keys`, the lines of `api_keys_file`,
@@ -496,7 +513,7 @@ mod tests {
 
     #[test]
     fn impossible_values_name_the_field() {
-        let cases: [(&str, &str); 8] = [
+        let cases: [(&str, &str); 10] = [
             ("default_timeout = 0", "default_timeout"),
             ("default_timeout = 400", "default_timeout"),
             ("cpus = -1", "cpus"),
@@ -505,6 +522,8 @@ mod tests {
             ("uid_base = 0", "uid_base"),
             ("max_running_per_user = 0", "max_running_per_user"),
             ("api_keys = [\"\"]", "api_keys"),
+            ("node = \"\"", "node"),
+            ("node = \"Node_1\"", "node"),
         ];
         for (text, field) in cases {
             let e = Config::parse(text).unwrap().validate().unwrap_err();

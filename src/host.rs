@@ -99,6 +99,7 @@ impl Prepared {
                 max_sessions: config.max_sessions,
                 max_per_owner: config.max_sessions_per_key,
                 memory_budget_bytes: config.session_memory_budget_mib << 20,
+                node: config.node_tag(),
             },
         }
     }

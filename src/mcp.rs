@@ -335,6 +335,10 @@ fn service_error(e: ServiceError) -> Result<CallToolResult, McpError> {
         ServiceError::NotFound(m) => {
             says(format!("{m}. `{LIST_FILES}` lists the session's files."))
         }
+        ServiceError::Misdirected(m) => says(format!(
+            "{m}. Its variables and files are on that node; if it is gone, create a new \
+             session with `{CREATE_SESSION}`."
+        )),
         ServiceError::Conflict(m) => says(format!(
             "{m}. Wait for the answer of the call that is running, then call again."
         )),

@@ -83,6 +83,7 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
             cgroup = ?state.isolation.cgroup,
             warm,
             max_running = config.max_running,
+            node = %config.node_tag(),
             "nsbox listening on http://{addr}"
         );
         // Runs in flight get `shutdown_grace` to finish after SIGTERM; then they are

@@ -23,6 +23,7 @@ use nsbox::sandbox::{Limits, OutputFile, RunEvent, RunOutcome, RunRequest, Termi
 use nsbox::service::catalog::Catalog;
 use nsbox::service::files::FileLimits;
 use nsbox::service::runner::{Events, RunFuture, Runner};
+use nsbox::service::session_ids::NodeTag;
 use nsbox::service::sessions::SessionSettings;
 use nsbox::service::{RunService, Settings};
 
@@ -119,6 +120,12 @@ impl Default for Options {
     }
 }
 
+/// The node tag of the app's session ids.
+const NODE: &str = "node-a";
+
+/// What an id this node does not know answers.
+const NOT_FOUND: &str = "session not found on node node-a, up since ";
+
 fn app(o: Options) -> App {
     let entry = |key: &String, operator| KeyEntry {
         key: key.clone(),
@@ -163,7 +170,10 @@ fn app(o: Options) -> App {
                 max_file_bytes: 1 << 10,
                 max_total_bytes: 2 << 10,
             },
-            sessions: SessionSettings::default(),
+            sessions: SessionSettings {
+                node: NodeTag::new(NODE).unwrap(),
+                ..SessionSettings::default()
+            },
         },
         runner.clone(),
         catalog,
@@ -495,18 +505,16 @@ async fn sessions_need_a_runner_that_has_them_and_unknown_ones_are_404() {
         (Method::PUT, "/v1/sessions/sess_0/files/a.csv"),
     ] {
         let a = send(&app.router, session(method.clone(), uri, "")).await;
-        assert_eq!(
-            a.error(StatusCode::NOT_FOUND),
-            "session not found",
-            "{method} {uri}"
-        );
+        let m = a.error(StatusCode::NOT_FOUND);
+        assert!(m.starts_with(NOT_FOUND), "{method} {uri}: {m}");
     }
     let a = send(
         &app.router,
         post(json!({"code": "x", "lang": "python", "session_id": "sess_0"}).to_string()),
     )
     .await;
-    assert_eq!(a.error(StatusCode::NOT_FOUND), "session not found");
+    let m = a.error(StatusCode::NOT_FOUND);
+    assert!(m.starts_with(NOT_FOUND), "{m}");
     // Streamed, too: a status before the stream, not a 200 with an `error` event.
     let mut streamed =
         post(json!({"code": "x", "lang": "python", "session_id": "sess_0"}).to_string());
@@ -514,7 +522,70 @@ async fn sessions_need_a_runner_that_has_them_and_unknown_ones_are_404() {
         .headers_mut()
         .insert(header::ACCEPT, "text/event-stream".parse().unwrap());
     let a = send(&app.router, streamed).await;
-    assert_eq!(a.error(StatusCode::NOT_FOUND), "session not found");
+    let m = a.error(StatusCode::NOT_FOUND);
+    assert!(m.starts_with(NOT_FOUND), "{m}");
+}
+
+/// Issue 26: a session lives on the node its id names. Behind a load balancer that did not
+/// route a request there (its node is gone, or the balancer does not read ids), another
+/// node must say so, on every route that takes a session id, rather than answer as for an
+/// id that never existed.
+#[tokio::test]
+async fn ids_of_another_node_are_misdirected_on_every_route() {
+    let app = app(Options::default());
+    let theirs = "sess_node-b_0123456789abcdef0123456789abcdef";
+    let check = |what: &str, a: Answer| {
+        let m = a.error(StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(a.json()["error"]["type"], "misdirected_request", "{what}");
+        assert!(
+            m.starts_with("session belongs to node node-b, and this is node node-a"),
+            "{what}: {m}"
+        );
+    };
+    for (method, uri) in [
+        (Method::GET, format!("/v1/sessions/{theirs}")),
+        (Method::DELETE, format!("/v1/sessions/{theirs}")),
+        (Method::GET, format!("/v1/sessions/{theirs}/files")),
+        (Method::GET, format!("/v1/sessions/{theirs}/files/a.csv")),
+        (Method::PUT, format!("/v1/sessions/{theirs}/files/a.csv")),
+    ] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(&uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        check(&format!("{method} {uri}"), send(&app.router, request).await);
+    }
+    let call = json!({"code": "x", "lang": "python", "session_id": theirs}).to_string();
+    check("a call", send(&app.router, post(call.clone())).await);
+    let mut streamed = post(call);
+    streamed
+        .headers_mut()
+        .insert(header::ACCEPT, "text/event-stream".parse().unwrap());
+    check("a streamed call", send(&app.router, streamed).await);
+    assert_eq!(app.runner.runs.load(Ordering::SeqCst), 0, "nothing ran");
+
+    // Over MCP, a tool result the model can read, naming both nodes.
+    for (tool, arguments) in [
+        (
+            "run_python",
+            json!({"code": "print(1)", "session_id": theirs}),
+        ),
+        ("list_files", json!({"session_id": theirs})),
+    ] {
+        let body = json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+        });
+        let v = send(&app.router, mcp_post(body.to_string())).await.json();
+        assert_eq!(v["result"]["isError"], true, "{tool}: {v}");
+        let text = v["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("session belongs to node node-b, and this is node node-a"),
+            "{tool}: {text}"
+        );
+    }
 }
 
 #[tokio::test]

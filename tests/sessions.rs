@@ -357,15 +357,20 @@ enum Body {
     Raw(Vec<u8>),
 }
 
-/// The session object of the contract: id `sess_` + 32 lowercase hex digits, a state,
-/// timestamps, counters.
+/// The session object of the contract: id `sess_<node>_` + 32 lowercase hex digits (the
+/// node tag: 1 to 32 of a-z, 0-9 and -), a state, timestamps, counters.
 fn check_session_object(s: &Value) -> Result<(), String> {
     let id = s["id"].as_str().ok_or("no string id")?;
-    let hex = id
+    let (node, hex) = id
         .strip_prefix("sess_")
-        .ok_or("id does not start with sess_")?;
-    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("id {id:?} is not sess_ and 32 hex digits"));
+        .and_then(|rest| rest.rsplit_once('_'))
+        .ok_or("id is not sess_<node>_<hex>")?;
+    let node_ok = (1..=32).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !node_ok || hex.len() != 32 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(format!("id {id:?} is not sess_<node>_ and 32 hex digits"));
     }
     for key in [
         "state",
@@ -1104,11 +1109,15 @@ fn output_files_past_the_caps_are_listed_truncated() {
 
 #[test]
 fn state_is_kept_across_calls_and_not_shared_between_sessions() {
-    let (_one, _base, server) = start(6, &["--scanner", "off"]);
+    let (_one, _base, server) = start(6, &["--scanner", "off", "--node", "test-6"]);
     let api = Api::new(&server);
     let a = api.open(json!({}));
     let b = api.open(json!({}));
     assert_ne!(a, b);
+    // The configured node tag names the node in its ids (what a load balancer routes by).
+    for id in [&a, &b] {
+        assert!(id.starts_with("sess_test-6_"), "{id}");
+    }
 
     api.step(&a, "x = 41");
     api.step(&a, "import json\nimport pandas as pd");

@@ -108,6 +108,10 @@ impl From<ServiceError> for ApiError {
             ServiceError::Unavailable(m) => ApiError::unavailable(m),
             ServiceError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             ServiceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            // 421: this server cannot answer for that session; another node can (or could).
+            ServiceError::Misdirected(m) => {
+                ApiError::new(StatusCode::MISDIRECTED_REQUEST, "misdirected_request", m)
+            }
             // The step and errno went to the log; the client learns nothing of the host.
             ServiceError::SetupFailed { .. } | ServiceError::Internal => ApiError::internal(),
         }

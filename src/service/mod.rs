@@ -17,6 +17,7 @@ mod request;
 pub mod response;
 pub mod runner;
 mod session_calls;
+pub mod session_ids;
 pub mod sessions;
 pub mod throttle;
 
@@ -95,6 +96,9 @@ pub enum ServiceError {
     /// The session is busy with another call.
     #[error("{0}")]
     Conflict(String),
+    /// The session id names another node: the request reached the wrong one.
+    #[error("{0}")]
+    Misdirected(String),
 }
 
 /// What the service needs from the configuration.

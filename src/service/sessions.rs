@@ -14,6 +14,7 @@ use tokio::sync::{watch, OwnedMutexGuard};
 
 use super::metrics::{Metrics, SessionEnd};
 use super::runner::{Events, RunnerError, SessionConn};
+use super::session_ids::{self, NodeTag};
 use super::ServiceError;
 use crate::sandbox::warm::Template;
 use crate::sandbox::{RunOutcome, SessionOp};
@@ -34,6 +35,8 @@ pub struct SessionSettings {
     pub max_sessions: usize,
     pub max_per_owner: usize,
     pub memory_budget_bytes: u64,
+    /// This node's name in the ids of its sessions.
+    pub node: NodeTag,
 }
 
 impl Default for SessionSettings {
@@ -45,6 +48,7 @@ impl Default for SessionSettings {
             max_sessions: 32,
             max_per_owner: 8,
             memory_budget_bytes: 4 << 30,
+            node: NodeTag::of_this_host(),
         }
     }
 }
@@ -225,6 +229,8 @@ impl Books {
 /// Every session of this server.
 pub struct Sessions {
     settings: SessionSettings,
+    /// When this server started, for the answer to an id it does not know.
+    started_at: SystemTime,
     books: Mutex<Books>,
     sweeper: std::sync::Once,
 }
@@ -244,18 +250,11 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// A fresh session id: `sess_` and 128 bits from the kernel's random source, in hex.
-fn new_id() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).expect("the kernel's random source");
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sess_{hex}")
-}
-
 impl Sessions {
     pub fn new(settings: SessionSettings) -> Sessions {
         Sessions {
             settings,
+            started_at: SystemTime::now(),
             books: Mutex::new(Books::default()),
             sweeper: std::sync::Once::new(),
         }
@@ -338,7 +337,7 @@ impl Sessions {
         let now = Instant::now();
         let (ending, _) = watch::channel(false);
         let session = Arc::new(Session {
-            id: new_id(),
+            id: session_ids::new_id(&self.settings.node),
             owner: reservation.owner.clone(),
             template,
             libraries,
@@ -367,8 +366,18 @@ impl Sessions {
     }
 
     /// The session `id` if `owner` may reach it. Another owner's session answers exactly
-    /// as an id that never existed.
+    /// as an id that never existed. An id naming another node is refused as misdirected:
+    /// its session, if any, is on that node, and a plain "not found" would hide that the
+    /// request went to the wrong place (or that its node is gone).
     pub fn find(&self, id: &str, owner: &Option<String>) -> Result<Arc<Session>, ServiceError> {
+        let here = self.settings.node.as_str();
+        if let Some(node) = session_ids::node_of(id).filter(|n| *n != here) {
+            return Err(ServiceError::Misdirected(format!(
+                "session belongs to node {node}, and this is node {here}: a session lives on \
+                 the node named in its id, and this request reached another one (node {node} \
+                 is gone, or the load balancer does not route by the session id)"
+            )));
+        }
         let books = self.books.lock().expect("books lock");
         if let Some(s) = books.live.get(id).filter(|s| &s.owner == owner) {
             return Ok(s.clone());
@@ -379,7 +388,11 @@ impl Sessions {
                 e.reason
             )));
         }
-        Err(ServiceError::NotFound("session not found".into()))
+        Err(ServiceError::NotFound(format!(
+            "session not found on node {here}, up since {} (a session ends when its node \
+             restarts)",
+            rfc3339(self.started_at)
+        )))
     }
 
     /// Ends a session: its sandbox goes at once (its connection is dropped, or the call
@@ -527,15 +540,6 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_128_random_bits_in_hex() {
-        let a = new_id();
-        assert_eq!(a.len(), "sess_".len() + 32);
-        assert!(a.starts_with("sess_"));
-        assert!(a[5..].chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, new_id());
-    }
-
-    #[test]
     fn reservations_count_against_every_limit_and_are_given_back() {
         let s = sessions(3, 2, 300);
         let alice = Some("alice".to_string());
@@ -564,10 +568,15 @@ mod tests {
     #[test]
     fn unknown_and_foreign_ids_answer_alike() {
         let s = sessions(1, 1, 1);
+        let not_found = |e: ServiceError| match e {
+            ServiceError::NotFound(m) => m.starts_with("session not found on node "),
+            _ => false,
+        };
         let e = s.find("sess_nope", &None).err().unwrap();
-        assert_eq!(e, ServiceError::NotFound("session not found".into()));
+        assert!(not_found(e.clone()), "{e:?}");
+        let id = session_ids::new_id(&s.settings.node);
         s.books.lock().unwrap().ended.insert(
-            "sess_x".into(),
+            id.clone(),
             Ended {
                 owner: Some("alice".into()),
                 reason: "closed".into(),
@@ -575,12 +584,41 @@ mod tests {
             },
         );
         assert_eq!(
-            s.find("sess_x", &Some("bob".into())).err().unwrap(),
-            ServiceError::NotFound("session not found".into())
+            s.find(&id, &Some("bob".into())).err().unwrap(),
+            s.find("sess_nope", &Some("bob".into())).err().unwrap()
         );
         assert_eq!(
-            s.find("sess_x", &Some("alice".into())).err().unwrap(),
+            s.find(&id, &Some("alice".into())).err().unwrap(),
             ServiceError::NotFound("session ended: closed".into())
         );
+    }
+
+    #[test]
+    fn ids_of_another_node_are_misdirected_and_say_which() {
+        let s = Sessions::new(SessionSettings {
+            node: NodeTag::new("here").unwrap(),
+            ..SessionSettings::default()
+        });
+        let theirs = session_ids::new_id(&NodeTag::new("there").unwrap());
+        let e = s.find(&theirs, &None).err().unwrap();
+        let ServiceError::Misdirected(m) = &e else {
+            panic!("{e:?}");
+        };
+        assert!(
+            m.starts_with("session belongs to node there, and this is node here"),
+            "{m}"
+        );
+        // Its own ids, and ids of no node, are looked up: not found, naming this node.
+        let ours = session_ids::new_id(&NodeTag::new("here").unwrap());
+        for id in [ours.as_str(), "sess_0123456789abcdef0123456789abcdef"] {
+            let e = s.find(id, &None).err().unwrap();
+            let ServiceError::NotFound(m) = &e else {
+                panic!("{id}: {e:?}");
+            };
+            assert!(
+                m.starts_with("session not found on node here, up since "),
+                "{m}"
+            );
+        }
     }
 }

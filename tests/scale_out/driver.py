@@ -9,11 +9,21 @@ x-request-id for the log are the only changes):
    and then hangs up or answers 503, and a real nsbox. Requests that met a refused connection
    must be retried on another node (and succeed or meet the fake); requests that reached the
    fake must come back as 502/503 and never reach another node: code is not idempotent.
-2. Failover. Three nsbox nodes under a bounded load of the spec's examples: node 1 is SIGKILLed
-   (and comes back: nothing of the old one may be left), then node 2 is restarted with SIGTERM
-   (a rolling restart). Every answer must be a correct result or a clear 502/503, no request
-   may have run on two nodes, and the figures (failed requests, time until HAProxy marks the
-   dead node down) are printed and written to WORK/summary.json.
+2. Sessions and failover. Three nsbox nodes, each with its node tag (nsbox1..3, the server
+   names of deploy/haproxy.cfg). 30 sessions are created through HAProxy and must be spread
+   over the nodes, each id naming the node that made it; every kind of request of each (calls,
+   file PUT/list/GET, GET of the session, MCP run_python and list_files) must reach its node
+   (HAProxy's log) and find its state (a variable set by a call, a file put). An id naming an
+   unknown node is answered 421 by whichever node gets it. Then, under a bounded load of the
+   spec's examples: node 1 is SIGKILLed: its sessions' requests get HAProxy's 503
+   `session_node_down` naming it, the other sessions keep their state; it comes back (nothing of
+   the old one may be left) and its old ids answer its own 404 naming it. Node 2 is restarted
+   with SIGTERM (a rolling restart): a call in flight in one of its sessions is answered
+   `session ended: the server shut down`, its log ends every session with that reason, and
+   after the restart its old ids answer 404 naming it. Node 3's sessions keep their state
+   through both. Every load answer must be a correct result or a clear 502/503, no request may
+   have run on two nodes, and the figures (failed requests, time until HAProxy marks the dead
+   node down) are printed and written to WORK/summary.json.
 
 Every process it starts is written to WORK/pids (scripts/test-scale-out.sh's trap stops them
 too, should this script die).
@@ -46,8 +56,14 @@ T0 = time.monotonic()
 FAILURES: list[str] = []
 
 
+LOG_LOCK = threading.Lock()
+
+
 def log(msg: str) -> None:
-    print(f"scale-out [{time.monotonic() - T0:6.1f}s]: {msg}", file=sys.stderr, flush=True)
+    # One write per line under a lock: the session checks log from several threads.
+    with LOG_LOCK:
+        sys.stderr.write(f"scale-out [{time.monotonic() - T0:6.1f}s]: {msg}\n")
+        sys.stderr.flush()
 
 
 def check(cond: bool, what: str) -> None:
@@ -156,10 +172,16 @@ class Node:
         path = self.work.path / f"{self.name}.{self.incarnation}.log"
         self.logs.append(path)
         out = open(path, "w")
+        # The node tag is the server's name in deploy/haproxy.cfg, which routes sessions by
+        # it. It goes in the environment (NSBOX_NODE): a binary that predates it starts
+        # anyway, and the session checks then show what is missing. Ten sessions per node
+        # fit the per-key count and the memory budget (a reservation of memory_mib each).
         self.proc = subprocess.Popen(
             [self.args.bin, "serve", "--listen", f"127.0.0.1:{self.port}", "--rootfs", self.args.rootfs,
-             "--log-format", "json", "--max-running", str(self.args.max_running)],
+             "--log-format", "json", "--max-running", str(self.args.max_running),
+             "--max-sessions-per-key", "16", "--session-memory-budget-mib", "8192"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "NSBOX_NODE": self.name},
         )
         out.close()
         self.work.started(self.proc.pid)
@@ -223,7 +245,7 @@ class HAProxy:
         if backend is not None:
             head, sep, _ = text.partition("\nbackend nsbox\n")
             assert sep, "deploy/haproxy.cfg has no `backend nsbox`"
-            head = "\n".join(l for l in head.splitlines() if "use_backend nsbox_sessions" not in l)
+            head = "\n".join(l for l in head.splitlines() if "use_backend node_" not in l)
             text = head + sep + backend
         else:
             for server, port_ in addresses.items():
@@ -511,33 +533,169 @@ def run_finished_ids(node: Node) -> collections.Counter:
     return ids
 
 
-def session_affinity(lb: HAProxy) -> dict:
-    """Requests naming a session (x-nsbox-session) stick to one host per session; nsbox has no
-    sessions yet, so this checks only the routing that deploy/haproxy.cfg has ready."""
-    url = f"http://127.0.0.1:{lb.port}"
-    sent = {}
-    for session in ("s-alpha", "s-beta", "s-gamma", "s-delta"):
-        for i in range(3):
-            rid = f"session-{session}-{i}"
-            req = urllib.request.Request(
-                url + "/v1/tools/code", method="POST",
-                data=json.dumps({"code": "print(2**2)", "lang": "python"}).encode(),
-                headers={"Content-Type": "application/json", "x-request-id": rid, "x-nsbox-session": session})
-            with urllib.request.urlopen(req, timeout=60) as r:
-                check(r.status == 200, f"{rid}: HTTP {r.status}")
-            sent[rid] = session
-    time.sleep(0.3)
+# --- sessions --------------------------------------------------------------------------------
+
+SESSION_ID = re.compile(r"sess_([a-z0-9-]{1,32})_[0-9a-f]{32}")
+
+
+def request(url: str, method: str, path: str, rid: str, body: bytes | dict | None = None,
+            headers: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+    """One request; the answer's status and JSON body ({"raw": text} if it is not JSON)."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    h = {"x-request-id": rid, **(headers or {})}
+    if data is not None:
+        h.setdefault("Content-Type", "application/json")
+    req = urllib.request.Request(url + path, data=data, headers=h, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    except (OSError, urllib.error.URLError) as e:
+        return 0, {"raw": repr(e)}
+    try:
+        return status, json.loads(raw) if raw else {}
+    except ValueError:
+        return status, {"raw": raw.decode(errors="replace")[:300]}
+
+
+def mcp_call(url: str, rid: str, tool: str, arguments: dict) -> tuple[int, dict]:
+    """A tools/call on /mcp (stateless streamable HTTP: no initialize needed)."""
+    return request(url, "POST", "/mcp", rid,
+                   {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"name": tool, "arguments": arguments}},
+                   headers={"Accept": "application/json, text/event-stream"})
+
+
+def mcp_text(v: dict) -> str:
+    return "\n".join(c.get("text", "") for c in v.get("result", {}).get("content", []) if isinstance(c, dict))
+
+
+def error_of(v: dict) -> tuple[str, str]:
+    e = v.get("error") if isinstance(v.get("error"), dict) else {}
+    return str(e.get("type")), str(e.get("message"))
+
+
+class Session:
+    def __init__(self, index: int, sid: str, node: str | None):
+        self.index = index
+        self.id = sid
+        self.node = node  # the node its id names
+        self.token = f"token-{index:02d}-{os.urandom(4).hex()}"
+        self.file = f"notes/n{index:02d}.txt"
+        self.content = f"file of session {index}\n"
+        # request id -> the node the request had to reach
+        self.sent: dict[str, str | None] = {}
+
+    def rid(self, what: str) -> str:
+        r = f"sess{self.index:02d}-{what}"
+        self.sent[r] = self.node
+        return r
+
+
+def create_sessions(url: str, count: int) -> list[Session]:
+    out = []
+    for i in range(count):
+        status, v = request(url, "POST", "/v1/sessions", f"create-{i:02d}", {})
+        check(status == 201, f"creating session {i} through HAProxy: {status} {v}")
+        sid = str(v.get("id", ""))
+        m = SESSION_ID.fullmatch(sid)
+        check(m is not None, f"session {i}: id {sid!r} does not name a node (sess_<node>_<32 hex>)")
+        out.append(Session(i, sid, m and m[1]))
+    return [s for s in out if s.id]
+
+
+def exercise(url: str, s: Session, round_: str) -> None:
+    """Every kind of request for session S, through HAProxy, with its state checked: a variable
+    set by one call is read by the next (REST and MCP), a file put is listed and read back
+    (REST and MCP). Only the session's own node has that state."""
+    sid = s.id
+    if round_ == "first":
+        st, v = request(url, "POST", "/v1/tools/code", s.rid(f"{round_}-set"),
+                        {"code": f"token = {s.token!r}", "lang": "python", "session_id": sid})
+        check(st == 200 and v.get("success") is True, f"{sid} set: {st} {v}")
+        st, v = request(url, "PUT", f"/v1/sessions/{sid}/files/{s.file}", s.rid(f"{round_}-put"),
+                        s.content.encode(), headers={"Content-Type": "application/octet-stream"})
+        check(st == 201, f"{sid} PUT {s.file}: {st} {v}")
+    st, v = request(url, "POST", "/v1/tools/code", s.rid(f"{round_}-get"),
+                    {"code": "print(token)", "lang": "python", "session_id": sid})
+    check(st == 200 and v.get("stdout") == s.token + "\n", f"{sid} ({round_}) print(token): {st} {v}")
+    st, v = request(url, "GET", f"/v1/sessions/{sid}", s.rid(f"{round_}-show"))
+    check(st == 200 and v.get("id") == sid and v.get("state") == "active", f"{sid} ({round_}) GET: {st} {v}")
+    st, v = request(url, "GET", f"/v1/sessions/{sid}/files", s.rid(f"{round_}-list"))
+    paths = [f.get("path") for f in v.get("files", [])] if st == 200 else []
+    check(s.file in paths, f"{sid} ({round_}) file list: {st} {v}")
+    st, v = request(url, "GET", f"/v1/sessions/{sid}/files/{s.file}", s.rid(f"{round_}-read"))
+    check(st == 200 and v.get("raw", json.dumps(v)) == s.content, f"{sid} ({round_}) GET {s.file}: {st} {v}")
+    st, v = mcp_call(url, s.rid(f"{round_}-mcp-run"), "run_python", {"code": "print(token)", "session_id": sid})
+    check(st == 200 and v.get("result", {}).get("isError") is False and s.token in mcp_text(v),
+          f"{sid} ({round_}) MCP run_python: {st} {v}")
+    st, v = mcp_call(url, s.rid(f"{round_}-mcp-list"), "list_files", {"session_id": sid})
+    check(st == 200 and s.file in mcp_text(v), f"{sid} ({round_}) MCP list_files: {st} {v}")
+
+
+def exercise_all(url: str, sessions: list[Session], round_: str) -> None:
+    threads = []
+    for chunk in range(6):
+        part = sessions[chunk::6]
+        t = threading.Thread(target=lambda p=part: [exercise(url, s, round_) for s in p])
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(300)
+
+
+def routed_as_named(lb: HAProxy, sessions: list[Session], prefix: str) -> int:
+    """Each request of the sessions whose id starts with PREFIX reached the node its session
+    id names, through that node's backend, per HAProxy's log. Returns how many were checked."""
+    time.sleep(0.3)  # the last log lines
     entries = lb.log_entries()
-    hosts: dict[str, set] = collections.defaultdict(set)
-    for rid, session in sent.items():
-        e = entries.get(rid)
-        check(e is not None and e["backend"] == "nsbox_sessions", f"{rid}: not routed by session ({e})")
-        if e:
-            hosts[session].add(e["server"])
-    check(all(len(h) == 1 for h in hosts.values()), f"a session went to several hosts: {dict(hosts)}")
-    out = {s: sorted(h)[0] for s, h in hosts.items() if h}
-    log(f"session affinity: {out}")
-    return out
+    n = 0
+    for s in sessions:
+        for rid, node in s.sent.items():
+            if not rid.startswith(f"sess{s.index:02d}-{prefix}"):
+                continue
+            n += 1
+            e = entries.get(rid)
+            check(e is not None and e["server"] == node and e["backend"] == f"node_{node}",
+                  f"{rid} ({s.id}): HAProxy sent it to {e and e['backend']}/{e and e['server']}, not node_{node}/{node}")
+    return n
+
+
+def dead_node_answers(url: str, s: Session, what: str, node: str) -> None:
+    """A request for a session of NODE, which is down: HAProxy's 503 naming the node."""
+    for label, (st, v) in {
+        "call": request(url, "POST", "/v1/tools/code", s.rid(f"{what}-call"),
+                        {"code": "print(token)", "lang": "python", "session_id": s.id}),
+        "file list": request(url, "GET", f"/v1/sessions/{s.id}/files", s.rid(f"{what}-list")),
+        "MCP call": mcp_call(url, s.rid(f"{what}-mcp"), "run_python", {"code": "print(1)", "session_id": s.id}),
+    }.items():
+        kind, message = error_of(v)
+        check(st == 503 and kind == "session_node_down" and f"node {node}" in message,
+              f"{s.id} ({what}, {label}) while {node} is down: {st} {v}")
+
+
+def gone_after_restart(url: str, s: Session, what: str, node: str) -> None:
+    """A session of a node that has restarted: the node says it does not know it, naming
+    itself and since when (not another node's plain 404)."""
+    st, v = request(url, "POST", "/v1/tools/code", s.rid(f"{what}-call"),
+                    {"code": "print(token)", "lang": "python", "session_id": s.id})
+    kind, message = error_of(v)
+    check(st == 404 and message.startswith(f"session not found on node {node}, up since"),
+          f"{s.id} ({what}) after {node} restarted: {st} {v}")
+
+
+def sessions_ended_in_log(path: Path) -> collections.Counter:
+    """Reasons of the `session ended` lines of one node's log."""
+    reasons: collections.Counter = collections.Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            fields = json.loads(line).get("fields", {})
+        except ValueError:
+            continue
+        if fields.get("message") == "session ended":
+            reasons[fields.get("reason")] += 1
+    return reasons
 
 
 def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
@@ -546,11 +704,49 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
     lb.start()
     for n in nodes:
         check(lb.wait_status(n.name, "UP", 10) is not None, f"{n.name} never UP in HAProxy")
-    figures: dict = {"session_affinity": session_affinity(lb)}
+    url = f"http://127.0.0.1:{lb.port}"
+    victim, rolled, spared = nodes
+    figures: dict = {}
     deadline = time.monotonic() + args.max_seconds
-    load = Load(f"http://127.0.0.1:{lb.port}", args.workers, args.max_requests)
+
+    # --- sessions, created through HAProxy, each reached on its node by every request ---
+    t = time.monotonic()
+    sessions = create_sessions(url, args.sessions)
+    spread = collections.Counter(s.node for s in sessions)
+    figures["sessions_per_node"] = dict(sorted(spread.items(), key=lambda kv: str(kv[0])))
+    log(f"{len(sessions)} sessions created through HAProxy: {figures['sessions_per_node']}")
+    check(all(spread.get(n.name, 0) >= args.sessions // 6 for n in nodes),
+          f"{args.sessions} sessions not spread over the three nodes: {dict(spread)}")
+    time.sleep(0.3)
+    entries = lb.log_entries()
+    for i, s in enumerate(sessions):
+        e = entries.get(f"create-{i:02d}")
+        check(e is not None and e["server"] == s.node,
+              f"session {s.id} was made on {e and e['server']} per HAProxy, but its id names {s.node}")
+    exercise_all(url, sessions, "first")
+    figures["session_requests_routed"] = routed_as_named(lb, sessions, "first")
+    figures["sessions_exercised_s"] = round(time.monotonic() - t, 1)
+    log(f"every session's calls, file requests and MCP calls reached its node: "
+        f"{figures['session_requests_routed']} requests in {figures['sessions_exercised_s']} s")
+    # An id naming a node HAProxy does not know is balanced, and the node that gets it says
+    # whose session it is.
+    st, v = request(url, "POST", "/v1/tools/code", "unknown-node",
+                    {"code": "print(1)", "lang": "python", "session_id": "sess_nsbox9_" + "0" * 32})
+    kind, message = error_of(v)
+    check(st == 421 and kind == "misdirected_request" and message.startswith("session belongs to node nsbox9"),
+          f"a session id of an unknown node through HAProxy: {st} {v}")
+    # A body longer than HAProxy's buffer, with `session_id` last: HAProxy does not see the
+    # id, so the header names the session (docs/operating.md).
+    s = sessions[0]
+    st, v = request(url, "POST", "/v1/tools/code", s.rid("first-large-body"),
+                    {"code": "#" + "x" * 40_000 + "\nprint(token)", "lang": "python", "session_id": s.id},
+                    headers={"x-nsbox-session": s.id})
+    check(st == 200 and v.get("stdout") == s.token + "\n", f"{s.id}: a 40 kB call with x-nsbox-session: {st} {v}")
+
+    load = Load(url, args.workers, args.max_requests)
     load.start()
-    victim, rolled = nodes[0], nodes[1]
+    victims = [s for s in sessions if s.node == victim.name]
+    others = [s for s in sessions if s.node != victim.name]
 
     time.sleep(args.warmup_seconds)
     # --- SIGKILL node 1 ---
@@ -576,10 +772,23 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
     watcher.start()
     victim.proc.wait()
     log(f"SIGKILL {victim.name} (pid {old_pid}; {len(old_procs)} processes under it, cgroups {[str(c) for c in old_cgroups]})")
+    # Its sessions at once, before HAProxy has marked it down (refused connections).
+    if victims:
+        dead_node_answers(url, victims[0], "killed", victim.name)
+    # From the kill (the session requests above met the refused port too, and count
+    # towards `observe layer4`), so the figure is comparable with or without them.
     down = lb.wait_status(victim.name, "DOWN", 20)
+    down = None if down is None else time.monotonic() - t_kill
     check(down is not None, f"HAProxy did not mark {victim.name} DOWN within 20 s of SIGKILL")
     figures["sigkill_to_marked_down_s"] = None if down is None else round(down, 3)
     log(f"HAProxy marked {victim.name} DOWN {down if down is None else f'{down:.3f}'} s after SIGKILL")
+    # Only its sessions ended: each answers HAProxy's 503 naming the node; the others keep
+    # their state.
+    for s in victims:
+        dead_node_answers(url, s, "down", victim.name)
+    exercise_all(url, others, "after-kill")
+    routed_as_named(lb, others, "after-kill")
+    log(f"{len(victims)} sessions of {victim.name} answered session_node_down; the other {len(others)} kept their state")
     watcher.join()
     alive = [p for p, s in old_procs.items() if start_time(p) == s]
     figures["old_processes_gone_after_s"] = round(gone["s"], 3)
@@ -599,10 +808,31 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
     alive = [p for p, s in old_procs.items() if start_time(p) == s]
     check(not alive, f"processes of the killed {victim.name} alive after its restart: {alive}")
     log(f"{victim.name} back: healthy after {took:.1f} s, UP {up if up is None else f'{up:.1f}'} s later; old cgroups left: {left}, old processes alive: {alive}")
+    for s in victims:
+        gone_after_restart(url, s, "killed-restarted", victim.name)
 
     # --- rolling restart of node 2 with SIGTERM ---
+    # A call in flight in one of its sessions is answered with the reason the session ended.
+    rolled_sessions = [s for s in sessions if s.node == rolled.name]
+    in_flight: dict = {}
+    if rolled_sessions:
+        s = rolled_sessions[0]
+
+        def slow_call() -> None:
+            in_flight["answer"] = request(url, "POST", "/v1/tools/code", s.rid("term-in-flight"),
+                                          {"code": "import time\ntime.sleep(20)", "lang": "python",
+                                           "timeout": 30, "session_id": s.id})
+
+        caller = threading.Thread(target=slow_call)
+        caller.start()
+        time.sleep(2)
     t_term = time.monotonic()
     rolled.proc.send_signal(signal.SIGTERM)
+    if rolled_sessions:
+        caller.join(60)
+        st, v = in_flight.get("answer", (0, {}))
+        check(st == 404 and error_of(v)[1] == "session ended: the server shut down",
+              f"a call in flight in {rolled_sessions[0].id} at SIGTERM: {st} {v}")
     down2 = lb.wait_status(rolled.name, "DOWN", 20)
     figures["sigterm_to_marked_down_s"] = None if down2 is None else round(down2, 3)
     try:
@@ -612,11 +842,30 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
     figures["sigterm_exit_s"] = round(time.monotonic() - t_term, 2)
     check(rc == 0, f"{rolled.name} exit status after SIGTERM: {rc}")
     log(f"SIGTERM {rolled.name}: exited {rc} after {figures['sigterm_exit_s']} s, marked DOWN after {down2 if down2 is None else f'{down2:.2f}'} s")
+    # Every session of the node was ended cleanly, with the documented reason.
+    reasons = sessions_ended_in_log(rolled.logs[-1])
+    figures["sigterm_sessions_ended"] = dict(reasons)
+    check(reasons == collections.Counter({"the server shut down": len(rolled_sessions)}),
+          f"{rolled.name} at SIGTERM ended {dict(reasons)}, not its {len(rolled_sessions)} sessions "
+          f"with 'the server shut down'")
+    for s in rolled_sessions[1:3]:
+        dead_node_answers(url, s, "restarting", rolled.name)
     rolled.start()
     took2 = rolled.wait_healthy(180)
     up2 = lb.wait_status(rolled.name, "UP", 30)
     check(up2 is not None, f"HAProxy did not take {rolled.name} back")
     figures["rolled_restart_to_healthy_s"] = round(took2, 1)
+    for s in rolled_sessions:
+        gone_after_restart(url, s, "term-restarted", rolled.name)
+    # The node that was neither killed nor restarted kept every session, with its state.
+    kept = [s for s in sessions if s.node == spared.name]
+    exercise_all(url, kept, "end")
+    routed_as_named(lb, kept, "end")
+    for s in kept:
+        st, v = request(url, "DELETE", f"/v1/sessions/{s.id}", s.rid("end-close"))
+        check(st == 204, f"closing {s.id}: {st} {v}")
+    figures["session_requests"] = sum(len(s.sent) for s in sessions)
+    log(f"{spared.name}'s {len(kept)} sessions kept their state through both; closed")
 
     # A little traffic over all three again, then stop.
     time.sleep(min(args.tail_seconds, max(0.0, deadline - time.monotonic())))
@@ -682,6 +931,7 @@ def main() -> int:
     p.add_argument("--warmup-seconds", type=float, default=5)
     p.add_argument("--tail-seconds", type=float, default=3)
     p.add_argument("--retry-requests", type=int, default=12)
+    p.add_argument("--sessions", type=int, default=30)
     args = p.parse_args()
     work = Work(args.work)
     nodes = [Node(i, args, work) for i in (1, 2, 3)]

@@ -7,7 +7,8 @@ copy of the schema it gets says 3 s is the largest timeout (otherwise the negati
 would rightly complain that 4 s is accepted).
 
 `POST /v1/tools/code` is fuzzed with `files` and `session_id` too (a random `session_id`
-gets 404, which both positive and negative checks accept). The `/v1/sessions` operations
+gets 404, and the schema's example, which names node nsbox1, 421: both positive and
+negative checks accept those, see schemathesis.toml). The `/v1/sessions` operations
 are not fuzzed: they are stateful (each creation forks a sandbox that lives for minutes,
 and the session limits answer 429 once a few are open), and random ids only ever reach
 their 404. tests/sessions.rs covers them against the real server.

@@ -9,6 +9,7 @@ methods: sessions are created, listed and deleted with plain httpx.
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any, Iterator
 
 import httpx
@@ -88,7 +89,7 @@ def test_five_step_analysis_with_the_sdk(client: relaxai.Relaxai, http: httpx.Cl
     assert created.status_code == 201, created.text
     session = created.json()
     sid = session["id"]
-    assert sid.startswith("sess_") and len(sid) == 5 + 32, sid
+    assert re.fullmatch(r"sess_[a-z0-9-]{1,32}_[0-9a-f]{32}", sid), sid
     assert session["state"] == "active" and session["calls"] == 0
     try:
         # 1 and 2. The CSV goes in with the first call, which loads it into `df`.
