@@ -192,6 +192,9 @@ pub struct Options {
     /// --allow-incomplete-isolation) (config: cgroups = false).
     #[arg(long, env = "NSBOX_NO_CGROUPS")]
     pub no_cgroups: bool,
+    /// Do not serve the web playground and status page at `/` (config: ui = false).
+    #[arg(long, env = "NSBOX_NO_UI")]
+    pub no_ui: bool,
     /// Start even when cgroups cannot be had, enforcing memory, process and CPU limits with
     /// rlimits only. Weaker isolation: meant for rootless hosts, and said loudly at start.
     #[arg(long, env = "NSBOX_ALLOW_INCOMPLETE_ISOLATION")]
@@ -350,6 +353,9 @@ impl Options {
         }
         if self.allow_incomplete_isolation {
             c.allow_incomplete_isolation = true;
+        }
+        if self.no_ui {
+            c.ui = false;
         }
         c.validate()?;
         Ok(c)

@@ -137,6 +137,8 @@ pub struct Config {
     pub uid_base: u32,
     /// Use cgroups for memory, process and CPU limits.
     pub cgroups: bool,
+    /// Serve the web playground and status page at `/`.
+    pub ui: bool,
     /// Start even when part of the isolation (cgroups) cannot be had, with rlimits only.
     pub allow_incomplete_isolation: bool,
     /// `warm` forks runs from warm interpreters; `cold` starts a fresh one per run.
@@ -228,6 +230,7 @@ impl Default for Config {
             output_kib: 1024,
             uid_base: 1_000_000_000,
             cgroups: true,
+            ui: true,
             allow_incomplete_isolation: false,
             mode: RunMode::Warm,
             warm_library: None,

@@ -203,6 +203,8 @@ pub struct RunResult {
     pub plots: Vec<Plot>,
     /// What the scanner flagged (in report mode the code ran anyway).
     pub violations: Vec<String>,
+    /// The same, rule by rule with the line each fired at, in source order.
+    pub violation_lines: Vec<scanner::Violation>,
     /// The spec's `execution_time`: the scan and the run, not time spent queued.
     pub execution_time: Duration,
     pub scan_time: Duration,
@@ -244,6 +246,7 @@ impl RunResult {
             stderr: stderr.into(),
             plots: Vec::new(),
             violations: Vec::new(),
+            violation_lines: Vec::new(),
             execution_time: Duration::ZERO,
             scan_time: Duration::ZERO,
             queue_time: Duration::ZERO,
@@ -475,13 +478,14 @@ pub fn classify(outcome: &RunOutcome, limits: &Limits) -> Result<(Ending, String
 }
 
 /// The result of code the scanner refused: the spec's security-violation example.
-fn refused(violations: Vec<String>, scan_time: Duration) -> RunResult {
+fn refused(analysis: &Analysis, scan_time: Duration) -> RunResult {
     RunResult {
         ending: Ending::Refused,
         stdout: String::new(),
         stderr: "Security violations detected".into(),
         plots: Vec::new(),
-        violations,
+        violations: scanner::violation_names(&analysis.violations),
+        violation_lines: analysis.violations.clone(),
         execution_time: scan_time,
         scan_time,
         queue_time: Duration::ZERO,
@@ -739,7 +743,7 @@ impl RunService {
                 ),
                 None => self.metrics.log_line_suppressed(),
             }
-            let mut result = refused(violations, scan_time);
+            let mut result = refused(&analysis, scan_time);
             // Nothing ran, so nothing changed; the answer still has the fields asked for.
             result.files = request.collect_files.then(Vec::new);
             result.results = results.then(Vec::new);
@@ -875,6 +879,7 @@ impl RunService {
             stderr,
             plots: outcome.plots,
             violations,
+            violation_lines: analysis.violations,
             // The spec's execution_time covers checks and execution, not time spent queued.
             execution_time: scan_time + started.elapsed(),
             scan_time,
