@@ -114,5 +114,14 @@ def page(browser: Browser) -> Iterator[Page]:
 def shoot(page: Page, name: str) -> pathlib.Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    # The viewport grown to the page rather than full_page=True, whose resizing leaves the
+    # result frames (out of process: their origin is opaque) blank in the picture.
+    size = page.viewport_size
+    height = page.evaluate("document.documentElement.scrollHeight")
+    if size and height > size["height"]:
+        page.set_viewport_size({"width": size["width"], "height": height})
+        page.wait_for_timeout(500)
+    page.screenshot(path=str(path))
+    if size:
+        page.set_viewport_size(size)
     return path

@@ -73,6 +73,31 @@ def test_a_plot_image_appears(page: Page, keyless: str) -> None:
     shoot(page, "plot")
 
 
+SHOWCASE = """import matplotlib.pyplot as plt
+import pandas as pd
+df = pd.DataFrame({"month": ["Jan", "Feb", "Mar", "Apr"], "runs": [120, 340, 290, 410]})
+print("total runs:", df["runs"].sum())
+df.plot.bar(x="month", y="runs", title="Runs per month", legend=False, figsize=(5, 2.6))
+plt.tight_layout()
+plt.show()
+df.describe()
+"""
+
+
+def test_one_run_shows_text_a_figure_and_a_table(page: Page, keyless: str) -> None:
+    """The README's picture: output, a figure and a DataFrame from one run."""
+    page.goto(keyless + "/")
+    run(page, SHOWCASE)
+    cell = wait_done(page)
+    expect(cell.locator(".stream")).to_have_text("total runs: 1160\n")
+    expect(cell.locator("img.plot")).to_have_count(1)
+    frame = frame_of(page)
+    frame.wait_for_selector("table")
+    assert frame.locator("tbody tr th").first.inner_text() == "count"
+    page.wait_for_timeout(300)
+    shoot(page, "playground")
+
+
 def test_a_dataframe_renders_as_a_table_in_its_frame(page: Page, keyless: str) -> None:
     page.goto(keyless + "/")
     run(page, "import pandas as pd\npd.DataFrame({'city': ['Oslo', 'Lima'], 'temp': [3.5, 19.25]})\n")
