@@ -517,6 +517,16 @@ mod tests {
     }
 
     #[test]
+    fn the_page_is_on_unless_the_file_or_the_flag_says_off() {
+        assert!(resolve(&[]).unwrap().ui);
+        assert!(!resolve(&["--no-ui"]).unwrap().ui);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nsbox.toml");
+        std::fs::write(&file, "ui = false\n").unwrap();
+        assert!(!resolve(&["--config", file.to_str().unwrap()]).unwrap().ui);
+    }
+
+    #[test]
     fn invalid_values_fail_naming_the_field() {
         let e = resolve(&["--default-timeout", "500"]).unwrap_err();
         assert!(e.to_string().contains("`default_timeout`"), "{e}");
