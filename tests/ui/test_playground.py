@@ -319,3 +319,28 @@ def test_ui_off_serves_404(no_ui: str) -> None:
             assert e.code == 404, (path, e.code)
     # The API itself is still there.
     assert urllib.request.urlopen(no_ui + "/v1/health").status == 200
+
+
+def test_an_exception_is_shown_with_its_line_marked(page: Page, keyless: str) -> None:
+    page.goto(keyless + "/")
+    run(page, "x = 1\ny = x / 0\nprint(y)\n")
+    cell = wait_done(page)
+    expect(cell.locator(".error-head")).to_have_text("ZeroDivisionError: division by zero (line 2)")
+    lines = cell.locator(".cell-code .error-line").evaluate_all("rows => rows.map(r => r.dataset.line)")
+    assert lines == ["2"], lines
+    shoot(page, "exception")
+
+
+def test_a_vega_lite_chart_is_summarised_with_its_data(page: Page, keyless: str) -> None:
+    page.goto(keyless + "/")
+    run(
+        page,
+        "import altair as alt\nimport pandas as pd\n"
+        "df = pd.DataFrame({'fruit': ['apple', 'pear'], 'count': [3, 5]})\n"
+        "alt.Chart(df, title='fruit').mark_bar().encode(x='fruit', y='count')\n",
+    )
+    cell = wait_done(page)
+    summary = cell.locator(".vega")
+    expect(summary).to_contain_text("Vega-Lite chart: fruit — bar mark; x: fruit (nominal), y: count (quantitative)")
+    rows = summary.locator("tbody tr").evaluate_all("rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    assert rows == [["apple", "3"], ["pear", "5"]], rows
