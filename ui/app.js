@@ -387,6 +387,12 @@ function finish(cell, response) {
     box.textContent = "Stopped by a limit: " + ended.slice("Execution failed: ".length);
   }
   if (response.error) {
+    // The traceback is shown once, in the error box, not again in the streamed stderr.
+    for (const span of cell.stream.querySelectorAll(".stderr")) {
+      const at = span.textContent.lastIndexOf("Traceback (most recent call last):");
+      if (at >= 0) span.textContent = span.textContent.slice(0, at);
+    }
+    cell.stream.hidden = !cell.stream.textContent.trim();
     const box = node.querySelector(".error");
     box.hidden = false;
     const head = document.createElement("p");
@@ -398,7 +404,7 @@ function finish(cell, response) {
     box.append(head, tb);
     if (response.error.lineno) markLine(cell, response.error.lineno, "error-line", response.error.ename);
   }
-  const ok = response.success;
+  const ok = response.success && response.exit_code === 0;
   setCellState(cell, (ok ? "done" : "failed") + " · exit " + response.exit_code + " · " + response.execution_time + " s");
   node.classList.add(ok ? "ok" : "failed");
   if (response.session && response.session.state === "ended") {

@@ -328,6 +328,9 @@ def test_an_exception_is_shown_with_its_line_marked(page: Page, keyless: str) ->
     expect(cell.locator(".error-head")).to_have_text("ZeroDivisionError: division by zero (line 2)")
     lines = cell.locator(".cell-code .error-line").evaluate_all("rows => rows.map(r => r.dataset.line)")
     assert lines == ["2"], lines
+    expect(cell).to_have_class(re.compile(r"\bfailed\b"))
+    # Once, in the error box: not again in the streamed stderr.
+    assert "Traceback" not in cell.locator(".stream").inner_text()
     shoot(page, "exception")
 
 
