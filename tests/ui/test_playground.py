@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 
@@ -347,3 +346,13 @@ def test_a_vega_lite_chart_is_summarised_with_its_data(page: Page, keyless: str)
     expect(summary).to_contain_text("Vega-Lite chart: fruit — bar mark; x: fruit (nominal), y: count (quantitative)")
     rows = summary.locator("tbody tr").evaluate_all("rows => rows.map(r => [...r.cells].map(c => c.textContent))")
     assert rows == [["apple", "3"], ["pear", "5"]], rows
+
+
+def test_an_operator_key_sees_the_whole_server_and_the_chart(page: Page, keyed: str) -> None:
+    page.goto(keyed + "/")
+    page.fill("#key-input", OPERATOR_KEY)
+    page.click("#key-form button")
+    page.click("#tab-status")
+    expect(page.locator("#status-load")).to_contain_text("the whole server")
+    expect(page.locator("#chart svg")).to_be_visible()
+    expect(page.locator("#chart-note")).to_contain_text("from /metrics")
