@@ -127,11 +127,6 @@ function updateGutter() {
 let escaped = false;
 function editorKeys(event) {
   const area = event.target;
-  if ((event.ctrlKey || event.metaKey) && event.key === "Enter") {
-    event.preventDefault();
-    run();
-    return;
-  }
   if (event.key === "Escape") {
     // The next Tab leaves the editor, so keyboard users are never trapped in it.
     escaped = true;
@@ -787,6 +782,13 @@ function wire() {
     e.preventDefault();
     drop.classList.remove("over");
     upload(e.dataTransfer.files);
+  });
+  // Ctrl/Cmd+Enter runs the editor's code from anywhere on the playground.
+  document.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key === "Enter" && state.view === "play" && !$("play").hidden) {
+      event.preventDefault();
+      run();
+    }
   });
   setInterval(showSession, 1000);
   updateGutter();

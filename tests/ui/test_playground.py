@@ -44,6 +44,10 @@ def test_basic_code_shows_4(page: Page, keyless: str) -> None:
     expect(cell.locator(".stream")).to_have_text("4\n")
     expect(cell).to_have_class(re.compile(r"\bok\b"))
     shoot(page, "basic")
+    # Ctrl+Enter runs from outside the editor too (here: "New session" focused).
+    page.focus("#new-session")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator(".cell-title")).to_have_text("Run 2")
 
 
 def test_a_sleeping_loop_streams_its_first_line_before_the_end(page: Page, keyless: str) -> None:
