@@ -2,7 +2,7 @@
 # Runs the whole test suite, building what is missing first (the root filesystem is cached
 # outside the checkout, keyed by its recipe): the Rust unit and integration tests over the
 # real sandbox (tests/edge.rs with a headless chromium), the official-SDK and OpenAPI
-# conformance suite, and the cgroup v2 checks in a VM; the deployment checks (manifests, the OCI image under podman, several nodes behind
+# conformance suite, the web playground in chromium (tests/ui), and the cgroup v2 checks in a VM; the deployment checks (manifests, the OCI image under podman, several nodes behind
 # HAProxy). Needs root: the sandbox tests create namespaces and cgroups, and fail loudly
 # without it. For quick local runs (CI runs everything): NSBOX_SKIP_VM=1 leaves the VM out,
 # NSBOX_SKIP_IMAGE=1 the image test, NSBOX_SKIP_SCALE_OUT=1 the HAProxy test.
@@ -21,14 +21,17 @@ cargo build --locked
 # checks and serves from.
 NSBOX_STATIC_BIN=$(scripts/build-static.sh | tail -n 1)
 export NSBOX_STATIC_BIN
-# tests/edge.rs drives a real browser (Debian's chromium, headless) against a keyless server.
+# tests/edge.rs and tests/ui drive a real browser (Debian's chromium, headless).
 if ! command -v chromium >/dev/null; then
-    echo "scripts/test.sh: installing chromium for tests/edge.rs" >&2
+    echo "scripts/test.sh: installing chromium for tests/edge.rs and tests/ui" >&2
     apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2
 fi
 cargo test --locked "$@"
 NSBOX_BIN=target/debug/nsbox scripts/test-sdk.sh
+# The web playground in a real browser (chromium, installed above), screenshots in
+# target/ui-screenshots.
+NSBOX_BIN=target/debug/nsbox scripts/test-ui.sh
 NSBOX_BIN=target/debug/nsbox scripts/test-manifests.sh
 if [ "${NSBOX_SKIP_IMAGE:-0}" != 1 ]; then
     scripts/test-image.sh

@@ -204,6 +204,9 @@ pub struct Options {
     /// keeps the cgroup attach lock switched while runs come (config: favordynmods = false).
     #[arg(long, env = "NSBOX_NO_FAVORDYNMODS")]
     pub no_favordynmods: bool,
+    /// Do not serve the web playground and status page at `/` (config: ui = false).
+    #[arg(long, env = "NSBOX_NO_UI")]
+    pub no_ui: bool,
     /// Start even when cgroups cannot be had, enforcing memory, process and CPU limits with
     /// rlimits only. Weaker isolation: meant for rootless hosts, and said loudly at start.
     #[arg(long, env = "NSBOX_ALLOW_INCOMPLETE_ISOLATION")]
@@ -375,6 +378,9 @@ impl Options {
         if self.allow_incomplete_isolation {
             c.allow_incomplete_isolation = true;
         }
+        if self.no_ui {
+            c.ui = false;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -540,6 +546,16 @@ mod tests {
             "the file's value stays where no flag is given"
         );
         assert!(!c.cgroups);
+    }
+
+    #[test]
+    fn the_page_is_on_unless_the_file_or_the_flag_says_off() {
+        assert!(resolve(&[]).unwrap().ui);
+        assert!(!resolve(&["--no-ui"]).unwrap().ui);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nsbox.toml");
+        std::fs::write(&file, "ui = false\n").unwrap();
+        assert!(!resolve(&["--config", file.to_str().unwrap()]).unwrap().ui);
     }
 
     #[test]

@@ -143,6 +143,8 @@ pub struct Config {
     /// cgroups without the attach lock's wait; false keeps the host's mount as it is and
     /// uses the keeper instead.
     pub favordynmods: bool,
+    /// Serve the web playground and status page at `/`.
+    pub ui: bool,
     /// Start even when part of the isolation (cgroups) cannot be had, with rlimits only.
     pub allow_incomplete_isolation: bool,
     /// `warm` forks runs from warm interpreters; `cold` starts a fresh one per run.
@@ -244,6 +246,7 @@ impl Default for Config {
             uid_base: 1_000_000_000,
             cgroups: true,
             favordynmods: true,
+            ui: true,
             allow_incomplete_isolation: false,
             mode: RunMode::Warm,
             warm_library: None,

@@ -52,6 +52,11 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
             std::time::Duration::from_secs_f64(config.body_timeout),
             config.max_large_bodies,
         ),
+        ui: if config.ui {
+            crate::api::ui::Ui::new(&config.rootfs)
+        } else {
+            crate::api::ui::Ui::off()
+        },
     };
     let limits = connections::Limits {
         header_timeout: std::time::Duration::from_secs_f64(config.header_timeout),

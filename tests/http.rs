@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use nsbox::api::{auth::Keys, body::Bodies, router, AppState};
+use nsbox::api::{auth::Keys, body::Bodies, router, ui::Ui, AppState};
 use nsbox::config::{KeyEntry, ScannerMode};
 use nsbox::host::Isolation;
 use nsbox::sandbox::namespaces::IdMappingReport;
@@ -104,6 +104,8 @@ struct Options {
     max_running: usize,
     max_queue: usize,
     body_timeout: Duration,
+    /// The web page at `/`, with Plotly's script from this root filesystem.
+    ui: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -116,6 +118,7 @@ impl Default for Options {
             max_running: 4,
             max_queue: 4,
             body_timeout: Duration::from_secs(30),
+            ui: None,
         }
     }
 }
@@ -198,6 +201,10 @@ fn app(o: Options) -> App {
         }),
         keys,
         bodies: Bodies::new(1 << 20, 64 << 10, o.body_timeout, 2),
+        ui: match &o.ui {
+            Some(rootfs) => Ui::new(rootfs),
+            None => Ui::off(),
+        },
     };
     App {
         router: router(state),
@@ -1329,4 +1336,127 @@ async fn a_key_sees_its_own_load_and_an_operator_key_the_servers() {
     assert!(message.contains("operator"), "{message}");
     assert_eq!(metrics("ops").await.status, StatusCode::OK);
     holder.abort();
+}
+
+fn get_with(path: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut builder = Request::builder().method(Method::GET).uri(path);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder.body(Body::empty()).unwrap()
+}
+
+/// A root filesystem with nothing but the plotly package's script in it.
+fn rootfs_with_plotly() -> tempfile::TempDir {
+    let rootfs = tempfile::tempdir().unwrap();
+    let dir = rootfs
+        .path()
+        .join("usr/local/lib/python3.11/dist-packages/plotly/package_data");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("plotly.min.js"), "/* plotly */").unwrap();
+    rootfs
+}
+
+#[tokio::test]
+async fn the_page_and_its_result_frame_are_confined_by_their_headers() {
+    let rootfs = rootfs_with_plotly();
+    let app = app(Options {
+        ui: Some(rootfs.path().to_path_buf()),
+        ..Options::default()
+    });
+    let page = send(&app.router, get_with("/", &[("host", "127.0.0.1:8080")])).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&page.body).contains("/ui/app.js"));
+    let csp = page.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self';",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} not in {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(page.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(page.headers[header::REFERRER_POLICY], "no-referrer");
+    let frame = send(&app.router, get_with("/ui/frame.html", &[])).await;
+    let csp = frame.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(csp.starts_with("sandbox allow-scripts;"), "{csp}");
+    assert!(csp.contains("connect-src 'none'"), "{csp}");
+    assert!(!csp.contains("allow-same-origin"), "{csp}");
+    let plotly = send(&app.router, get_with("/ui/plotly.min.js", &[])).await;
+    assert_eq!(plotly.status, StatusCode::OK);
+    assert_eq!(plotly.body, b"/* plotly */");
+}
+
+/// The result frame's origin is opaque, so its scripts are fetched with `Origin: null`:
+/// on a keyless server the page's files answer it (Host rule only), the API does not.
+#[tokio::test]
+async fn a_keyless_server_gives_its_page_files_to_the_sandboxed_frame_only() {
+    let rootfs = rootfs_with_plotly();
+    let app = app(Options {
+        ui: Some(rootfs.path().to_path_buf()),
+        ..Options::default()
+    });
+    let null = [("host", "127.0.0.1:8080"), ("origin", "null")];
+    for path in ["/ui/frame.js", "/ui/plotly.min.js"] {
+        let a = send(&app.router, get_with(path, &null)).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+    }
+    send(&app.router, get_with("/v1/status", &null))
+        .await
+        .error(StatusCode::FORBIDDEN);
+    let rebound = [("host", "evil.example:8080")];
+    send(&app.router, get_with("/ui/app.js", &rebound))
+        .await
+        .error(StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn with_the_page_off_its_paths_are_404() {
+    let app = app(Options::default());
+    for path in ["/", "/ui/app.js", "/ui/frame.html", "/ui/plotly.min.js"] {
+        send(&app.router, get_with(path, &[]))
+            .await
+            .error(StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn violations_come_with_their_lines_when_results_are_asked() {
+    let app = app(Options::default());
+    let code = "x = 1\nimport subprocess\nsubprocess.run(['ls'])\n";
+    let with = send(
+        &app.router,
+        post(json!({"code": code, "lang": "python", "results": true}).to_string()),
+    )
+    .await
+    .json();
+    let lines: Vec<(u64, &str)> = with["violation_lines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no violation_lines: {with}"))
+        .iter()
+        .map(|v| (v["line"].as_u64().unwrap(), v["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (2, "Subprocess management"),
+            (3, "subprocess command execution")
+        ],
+        "{with}"
+    );
+    // The spec's answer stays the spec's.
+    let without = send(
+        &app.router,
+        post(json!({"code": code, "lang": "python"}).to_string()),
+    )
+    .await
+    .json();
+    assert!(without.get("violation_lines").is_none(), "{without}");
+    assert_eq!(without["violations"].as_array().unwrap().len(), 2);
 }

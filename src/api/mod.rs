@@ -8,6 +8,7 @@ pub mod fields;
 pub mod mcp_http;
 pub mod origin;
 pub mod sessions;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub keys: auth::Keys,
     /// How request bodies are read: their limits and deadline.
     pub bodies: body::Bodies,
+    /// The web page at `/`, or none (`ui = false`).
+    pub ui: ui::Ui,
 }
 
 /// The OpenAPI document of this API.
@@ -89,6 +92,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             origin::same_origin,
         ))
+        // The page's files: open (the page asks for a key itself and calls the API with
+        // it), under the Host rule only (see `origin::loopback_host`).
+        .merge(ui::routes(&state))
         // Every response carries the request's id (the client's `x-request-id`, or a new
         // UUID), the same id the request's log lines carry.
         .layer(PropagateRequestIdLayer::x_request_id())

@@ -21,6 +21,20 @@ pub async fn same_origin(
     Ok(next.run(request).await)
 }
 
+/// The web page's own files (`api::ui`): on a keyless server the `Host` rule only. They
+/// are the same bytes for every client and do nothing, and the page's sandboxed result
+/// frame, whose origin is opaque, fetches its scripts with `Origin: null`.
+pub async fn loopback_host(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.keys.is_empty() {
+        check_host(request.uri(), request.headers())?;
+    }
+    Ok(next.run(request).await)
+}
+
 /// The methods that take a body (a `route_layer` on them, so unknown paths stay 404 and
 /// other methods 405): on a keyless server, a POST must say it sends JSON, and a PUT (a file's raw bytes) must not be of
 /// the three types a page may send cross-origin without a preflight.
@@ -56,22 +70,33 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn check(uri: &axum::http::Uri, headers: &HeaderMap) -> Result<(), ApiError> {
-    // A request without a Host (HTTP/1.0) does not come from a browser.
+/// The request's `Host` as (name, port) when it names loopback; `None` when it has none
+/// (HTTP/1.0: not a browser).
+fn check_host(
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+) -> Result<Option<(String, Option<u16>)>, ApiError> {
     let host = match headers.get(header::HOST) {
         Some(v) => Some(v.to_str().unwrap_or("").to_string()),
         None => uri.authority().map(|a| a.as_str().to_string()),
     };
     let Some(host) = host else {
-        return Ok(());
+        return Ok(None);
     };
-    let named = split_authority(&host);
-    let Some((name, port)) = named.filter(|(name, _)| is_loopback(name)) else {
-        return Err(forbidden(format!(
+    match split_authority(&host).filter(|(name, _)| is_loopback(name)) {
+        Some(named) => Ok(Some(named)),
+        None => Err(forbidden(format!(
             "Host {host:?} is not a loopback address; a server without API keys answers \
              only requests to localhost, 127.0.0.1 or [::1] (configure api_keys to serve \
              other names)"
-        )));
+        ))),
+    }
+}
+
+fn check(uri: &axum::http::Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+    // A request without a Host (HTTP/1.0) does not come from a browser.
+    let Some((name, port)) = check_host(uri, headers)? else {
+        return Ok(());
     };
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());

@@ -371,6 +371,7 @@ mod tests {
             stderr: String::new(),
             plots: vec![],
             violations: vec![],
+            violation_lines: vec![],
             execution_time: std::time::Duration::from_millis(12),
             scan_time: std::time::Duration::ZERO,
             queue_time: std::time::Duration::ZERO,

@@ -67,6 +67,8 @@ pub struct RunResult {
     pub plots: Vec<Plot>,
     /// What the scanner flagged (in report mode the code ran anyway).
     pub violations: Vec<String>,
+    /// The same, rule by rule with the line each fired at, in source order.
+    pub violation_lines: Vec<crate::scanner::Violation>,
     /// The spec's `execution_time`: the scan and the run, not time spent queued.
     pub execution_time: Duration,
     pub scan_time: Duration,
@@ -108,6 +110,7 @@ impl RunResult {
             stderr: stderr.into(),
             plots: Vec::new(),
             violations: Vec::new(),
+            violation_lines: Vec::new(),
             execution_time: Duration::ZERO,
             scan_time: Duration::ZERO,
             queue_time: Duration::ZERO,
@@ -177,13 +180,14 @@ pub fn classify(outcome: &RunOutcome, limits: &Limits) -> Result<(Ending, String
 }
 
 /// The result of code the scanner refused: the spec's security-violation example.
-pub(super) fn refused(violations: Vec<String>, scan_time: Duration) -> RunResult {
+pub(super) fn refused(analysis: &crate::scanner::Analysis, scan_time: Duration) -> RunResult {
     RunResult {
         ending: Ending::Refused,
         stdout: String::new(),
         stderr: "Security violations detected".into(),
         plots: Vec::new(),
-        violations,
+        violations: crate::scanner::violation_names(&analysis.violations),
+        violation_lines: analysis.violations.clone(),
         execution_time: scan_time,
         scan_time,
         queue_time: Duration::ZERO,

@@ -18,6 +18,10 @@ pub struct CodeResponse {
     pub execution_time: f64,
     pub security_checked: bool,
     pub violations: Vec<String>,
+    /// Beyond the spec, with `results` and violations only: each rule that fired and the
+    /// line of the code it fired at, so a client can show them against the code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violation_lines: Option<Vec<crate::scanner::Violation>>,
     pub plots: Vec<Plot>,
     /// Beyond the spec, only when asked for (a request with `files`, or in a session).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,6 +105,8 @@ impl From<RunResult> for CodeResponse {
             execution_time: seconds(r.execution_time),
             security_checked: true,
             violations: r.violations,
+            violation_lines: (r.results.is_some() && !r.violation_lines.is_empty())
+                .then_some(r.violation_lines),
             plots: r.plots,
             files: r
                 .files
