@@ -24,7 +24,8 @@
 #   BENCH_COLD          0 skips the cold server                    (default 1)
 #   BENCH_RESULTS_N     notebook results (issue 23): pairs of the same work with and
 #                       without `"results": true`, interleaved on the warm server, this many
-#                       of each (default 100; 0 skips): scripts/bench/results.py
+#                       of each (default 150, as scripts/bench-results.sh; 0 skips):
+#                       scripts/bench/results.py
 #   BENCH_NSBOX         a directory with a build's nsbox and libnsbox_sandbox.so to measure
 #                       instead of building target/release (default: build)
 #   BENCH_BASELINE      a directory with another build's nsbox and libnsbox_sandbox.so:
@@ -264,7 +265,7 @@ done
 
 # ---- notebook results: what asking for them costs, pairs interleaved one at a time on the
 # warm server (and basic on the baseline's, when there is one)
-RESULTS_N=${BENCH_RESULTS_N:-100}
+RESULTS_N=${BENCH_RESULTS_N:-150}
 if [ "$RESULTS_N" -gt 0 ]; then
 	say "notebook results: $RESULTS_N of each pair"
 	bg_wait timeout 900 python3 "$repo/scripts/bench/results.py" "$warm_url" "${base_url:-}" "$RESULTS_N" \

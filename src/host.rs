@@ -218,7 +218,7 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
         Err(missing) => return Err(HostError::IncompleteIsolation(missing)),
     };
     let attach = cgroup_parent.as_ref().map(|_| {
-        let decision = cgroup::favor_dynmods(config.favordynmods);
+        let decision = cgroup::favor_dynmods(config.favordynmods, true);
         match decision.mode {
             AttachMode::FavorDynMods => tracing::info!("cgroup attach: {}", decision.detail),
             AttachMode::Keeper => tracing::warn!("cgroup attach: {}", decision.detail),
@@ -477,13 +477,12 @@ fn probe_cgroups(config: &Config) -> Result<String, String> {
     Ok(detail)
 }
 
-/// What `serve` does about the cgroup attach lock, done here too (the remount is
-/// idempotent), so the line says what is really in force rather than a guess.
+/// What `serve` would do about the cgroup attach lock, without changing the host.
 fn probe_attach(config: &Config) -> Result<String, String> {
     if !config.cgroups {
         return Err("no cgroups (cgroups = false)".into());
     }
-    let decision = cgroup::favor_dynmods(config.favordynmods);
+    let decision = cgroup::favor_dynmods(config.favordynmods, false);
     match decision.mode {
         AttachMode::FavorDynMods => Ok(format!("favordynmods: {}", decision.detail)),
         AttachMode::Keeper => Err(format!("keeper: {}", decision.detail)),

@@ -1,13 +1,21 @@
 //! The floor of a run's cost (issue 25): the cgroup attach lock kept fast by `favordynmods` with no periodic work, and warm interpreters in huge pages.
 //!
-//! The remount is the machine's, so these tests leave it set (as every server on the host
-//! would): they never clear it.
+//! The remount is the machine's. One test clears it (to see the keeper, then the remount
+//! itself) and leaves it set, as every server on the host would; the others only read it.
 
 mod common;
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::{cmdline, process_tree, Server};
+
+/// Every server a test here starts may remount cgroup2, and one test clears the option to
+/// see the fallback: they run one at a time.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Context switches of every thread of `pids` so far.
 fn context_switches(pids: &[i32]) -> u64 {
@@ -28,55 +36,109 @@ fn context_switches(pids: &[i32]) -> u64 {
     total
 }
 
-fn cgroup2_has_favordynmods() -> bool {
+/// The host's cgroup2 mount line of `/proc/self/mountinfo`: (mount point, the mount's own
+/// options, the superblock's options).
+fn cgroup2_mount() -> (String, String, String) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     mountinfo
         .lines()
         .filter_map(|l| l.split_once(" - "))
-        .filter(|(_, fs)| fs.starts_with("cgroup2 "))
-        .any(|(_, fs)| {
-            fs.split(' ')
-                .nth(2)
-                .unwrap_or("")
-                .split(',')
-                .any(|o| o == "favordynmods")
+        .find(|(_, fs)| fs.starts_with("cgroup2 "))
+        .map(|(mount, fs)| {
+            let mount: Vec<&str> = mount.split(' ').collect();
+            let sb = fs.split(' ').nth(2).unwrap_or("");
+            (mount[4].to_string(), mount[5].to_string(), sb.to_string())
         })
+        .expect("no cgroup2 mount on this host")
 }
 
-#[test]
-fn the_server_sets_favordynmods_and_is_quiet_when_idle() {
-    common::require_root();
-    let server = Server::start(&[]);
-    let status: serde_json::Value = server.get("/v1/status").json().unwrap();
+fn cgroup2_has_favordynmods() -> bool {
+    cgroup2_mount().2.split(',').any(|o| o == "favordynmods")
+}
+
+/// Takes `favordynmods` off the host's cgroup2 again: a remount with the superblock's
+/// other options and this host's mount flags (`rw,relatime` on the machines this suite
+/// runs on; anything else is refused rather than changed).
+fn clear_favordynmods() {
+    let (point, mount_opts, sb) = cgroup2_mount();
     assert_eq!(
-        status["isolation"]["cgroup_attach"], "favordynmods",
-        "/v1/status: {status}"
+        mount_opts, "rw,relatime",
+        "this test only clears favordynmods on a cgroup2 mounted rw,relatime"
     );
-    assert!(
-        cgroup2_has_favordynmods(),
-        "the host's cgroup2 mount has no favordynmods after the server started"
-    );
-    // A run, as an agent's call would be; then the idle gap before its next call.
+    let rest: Vec<&str> = sb
+        .split(',')
+        .filter(|o| !matches!(*o, "rw" | "favordynmods"))
+        .collect();
+    nix::mount::mount(
+        None::<&str>,
+        point.as_str(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RELATIME,
+        Some(rest.join(",").as_str()),
+    )
+    .expect("remounting cgroup2 without favordynmods");
+    assert!(!cgroup2_has_favordynmods());
+}
+
+/// Context switches of a server's tree in 3 idle seconds, one second after a run.
+fn idle_switches(server: &Server) -> u64 {
     let v = server.run("print(2 + 2)");
     assert_eq!(v["stdout"], "4\n", "{v}");
     std::thread::sleep(Duration::from_secs(1));
     let tree = process_tree(server.pid() as i32);
     let before = context_switches(&tree);
     std::thread::sleep(Duration::from_secs(3));
-    let after = context_switches(&tree);
-    // The keeper moved the spawner every 5 ms for a minute after each run: about 600
-    // switches in these 3 s. Idle threads wake only for their own timers.
+    context_switches(&tree) - before
+}
+
+fn attach_mode(server: &Server) -> serde_json::Value {
+    let status: serde_json::Value = server.get("/v1/status").json().unwrap();
+    status["isolation"]["cgroup_attach"].clone()
+}
+
+/// Without favordynmods the keeper works (and wakes about 200 times a second for a minute
+/// after a run); a server allowed to remount sets it, keeps the mount's own options, and
+/// then does no periodic work at all.
+#[test]
+fn the_server_sets_favordynmods_or_falls_back_to_the_keeper() {
+    common::require_root();
+    let _serial = one_at_a_time();
+    clear_favordynmods();
+    let mount_before = cgroup2_mount().1;
+
+    let keeping = Server::start(&["--no-favordynmods"]);
+    assert_eq!(attach_mode(&keeping), "keeper");
+    assert!(!cgroup2_has_favordynmods(), "--no-favordynmods remounted");
+    let switches = idle_switches(&keeping);
     assert!(
-        after - before < 100,
-        "the server's {} processes switched context {} times in 3 idle seconds",
-        tree.len(),
-        after - before
+        switches > 200,
+        "the keeper should move the spawner every 5 ms: {switches} switches in 3 s"
+    );
+    drop(keeping);
+
+    let server = Server::start(&[]);
+    assert_eq!(attach_mode(&server), "favordynmods");
+    assert!(
+        cgroup2_has_favordynmods(),
+        "the host's cgroup2 mount has no favordynmods after the server started"
+    );
+    assert_eq!(
+        cgroup2_mount().1,
+        mount_before,
+        "the remount changed the mount's flags"
+    );
+    let switches = idle_switches(&server);
+    // Idle threads wake only for their own timers.
+    assert!(
+        switches < 100,
+        "the server switched context {switches} times in 3 idle seconds"
     );
 }
 
 #[test]
 fn nsbox_check_reports_how_runs_attach() {
     common::require_root();
+    let _serial = one_at_a_time();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nsbox"))
         .args(["check", "--json", "--no-run", "--rootfs"])
         .arg(common::rootfs())
@@ -123,23 +185,32 @@ fn template_of(pid: i32) -> Option<String> {
     Some(String::from_utf8_lossy(args.get(5)?).into_owned())
 }
 
-#[test]
-fn warm_interpreters_keep_their_memory_in_huge_pages_and_runs_are_unchanged() {
-    common::require_root();
-    let server = Server::start(&[]);
+/// Kibibytes in huge pages of a server's scientific zygote.
+fn scientific_zygote_huge_kib(server: &Server) -> u64 {
     let zygotes: Vec<i32> = process_tree(server.pid() as i32)
         .into_iter()
         .filter(|p| cmdline(*p).contains("_NSBOX_ZYGOTE"))
         .filter(|p| template_of(*p).as_deref() == Some("scientific"))
         .collect();
     assert!(!zygotes.is_empty(), "no scientific zygote under the server");
-    // Without the collapse a zygote has none: the host's THP mode is madvise, and
-    // nothing else asks.
-    let huge = zygotes.iter().map(|z| anon_huge_kib(*z)).max().unwrap();
-    eprintln!("scientific zygote(s) {zygotes:?}: {huge} KiB in huge pages");
+    zygotes.iter().map(|z| anon_huge_kib(*z)).max().unwrap()
+}
+
+#[test]
+fn warm_interpreters_keep_their_memory_in_huge_pages_and_runs_are_unchanged() {
+    common::require_root();
+    let _serial = one_at_a_time();
+    let server = Server::start(&[]);
+    let plain = Server::start(&["--no-huge-pages"]);
+    // Against a zygote that did not ask: on a host whose THP mode is `always` that one has
+    // huge pages too.
+    let (huge, without) = (
+        scientific_zygote_huge_kib(&server),
+        scientific_zygote_huge_kib(&plain),
+    );
     assert!(
-        huge >= 16 << 10,
-        "the scientific zygote has {huge} KiB in huge pages"
+        huge >= without + (16 << 10),
+        "the scientific zygote has {huge} KiB in huge pages, {without} KiB without the collapse"
     );
     // Runs forked from it compute as before, and each sees fresh memory of its own.
     let code = "import pandas as pd\nimport numpy as np\nx = np.arange(1_000_000)\nprint(int(x.sum()), pd.DataFrame({'a': [1, 2]}).a.sum())";
@@ -152,6 +223,7 @@ fn warm_interpreters_keep_their_memory_in_huge_pages_and_runs_are_unchanged() {
 #[test]
 fn runs_of_a_template_not_kept_fork_from_the_next_larger_one() {
     common::require_root();
+    let _serial = one_at_a_time();
     let server = Server::start(&["--warm-templates", "base,ml"]);
     let status: serde_json::Value = server.get("/v1/status").json().unwrap();
     assert_eq!(

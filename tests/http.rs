@@ -106,6 +106,7 @@ struct Options {
     body_timeout: Duration,
     /// The web page at `/`, with Plotly's script from this root filesystem.
     ui: Option<std::path::PathBuf>,
+    scanner: ScannerMode,
 }
 
 impl Default for Options {
@@ -119,6 +120,7 @@ impl Default for Options {
             max_queue: 4,
             body_timeout: Duration::from_secs(30),
             ui: None,
+            scanner: ScannerMode::Enforce,
         }
     }
 }
@@ -158,7 +160,7 @@ fn app(o: Options) -> App {
             limits: Limits::default(),
             default_timeout_s: 30.0,
             max_timeout_s: 300.0,
-            scanner: ScannerMode::Enforce,
+            scanner: o.scanner,
             warm: false,
             max_running: o.max_running,
             max_queue: o.max_queue,
@@ -1459,4 +1461,29 @@ async fn violations_come_with_their_lines_when_results_are_asked() {
     .json();
     assert!(without.get("violation_lines").is_none(), "{without}");
     assert_eq!(without["violations"].as_array().unwrap().len(), 2);
+}
+
+/// In report mode the code runs anyway, and its answer still names the lines the scanner
+/// flagged.
+#[tokio::test]
+async fn violations_of_code_that_ran_come_with_their_lines_too() {
+    let app = app(Options {
+        scanner: ScannerMode::Report,
+        ..Options::default()
+    });
+    let code = "import subprocess\nprint(1)\n";
+    let v = send(
+        &app.router,
+        post(json!({"code": code, "lang": "python", "results": true}).to_string()),
+    )
+    .await
+    .json();
+    assert_eq!(v["exit_code"], 0, "the code did not run: {v}");
+    let lines: Vec<u64> = v["violation_lines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no violation_lines: {v}"))
+        .iter()
+        .map(|l| l["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [1], "{v}");
 }

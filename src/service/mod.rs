@@ -384,7 +384,8 @@ impl RunService {
         if self.settings.scanner == ScannerMode::Enforce && !violations.is_empty() {
             let session_id = session.as_ref().map(|(s, _)| s.id.clone());
             return Ok(self.refuse(
-                &analysis,
+                violations,
+                analysis.violations,
                 scan_time,
                 request.collect_files,
                 results,
@@ -498,13 +499,13 @@ impl RunService {
     /// Nothing ran, so nothing changed; the answer still has the fields asked for.
     fn refuse(
         &self,
-        analysis: &Analysis,
+        violations: Vec<String>,
+        violation_lines: Vec<scanner::Violation>,
         scan_time: Duration,
         collect_files: bool,
         results: bool,
         session_id: Option<String>,
     ) -> RunResult {
-        let violations = scanner::violation_names(&analysis.violations);
         match self.refusal_log.admit() {
             Some(0) => tracing::info!(?violations, "run refused by the scanner"),
             Some(suppressed) => tracing::info!(
@@ -514,7 +515,7 @@ impl RunService {
             ),
             None => self.metrics.log_line_suppressed(),
         }
-        let mut result = outcome::refused(analysis, scan_time);
+        let mut result = outcome::refused(violations, violation_lines, scan_time);
         result.files = collect_files.then(Vec::new);
         result.results = results.then(Vec::new);
         result.session = session_id.map(|id| SessionState {

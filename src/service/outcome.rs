@@ -180,14 +180,18 @@ pub fn classify(outcome: &RunOutcome, limits: &Limits) -> Result<(Ending, String
 }
 
 /// The result of code the scanner refused: the spec's security-violation example.
-pub(super) fn refused(analysis: &crate::scanner::Analysis, scan_time: Duration) -> RunResult {
+pub(super) fn refused(
+    violations: Vec<String>,
+    violation_lines: Vec<crate::scanner::Violation>,
+    scan_time: Duration,
+) -> RunResult {
     RunResult {
         ending: Ending::Refused,
         stdout: String::new(),
         stderr: "Security violations detected".into(),
         plots: Vec::new(),
-        violations: crate::scanner::violation_names(&analysis.violations),
-        violation_lines: analysis.violations.clone(),
+        violations,
+        violation_lines,
         execution_time: scan_time,
         scan_time,
         queue_time: Duration::ZERO,

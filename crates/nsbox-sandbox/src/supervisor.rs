@@ -206,7 +206,8 @@ pub struct WarmControls(pub Vec<(Template, RawFd)>);
 impl WarmControls {
     /// The zygote a run of `template` is forked from: that template's, or else the
     /// smallest warm one that has everything it has (each template is the one before it
-    /// plus more), when the operator keeps fewer templates or one is being replaced.
+    /// plus more), when the operator keeps fewer templates or one died and is starting
+    /// again (a retiring zygote keeps taking runs until its successor is warm).
     fn get(&self, template: Template) -> Option<RawFd> {
         Template::ALL
             .iter()

@@ -225,20 +225,16 @@ pub fn pidfd_pid(pidfd: &std::os::fd::OwnedFd) -> Result<nix::unistd::Pid, Errno
     Ok(nix::unistd::Pid::from_raw(pid))
 }
 
-/// Asks the kernel to back `[addr, addr + len)` of this process with transparent huge
-/// pages from now on (`MADV_HUGEPAGE`) and to collapse what is there into them at once
-/// (`MADV_COLLAPSE`, Linux 6.1+). The range must lie inside this process's own private
-/// anonymous mappings, 2 MiB aligned. Contents are unchanged either way.
+/// Asks the kernel to collapse what is mapped in `[addr, addr + len)` of this process into
+/// transparent huge pages now (`MADV_COLLAPSE`, Linux 6.1+). The range should be private
+/// anonymous memory, 2 MiB aligned. Only how the memory is backed changes, never its
+/// contents; the mappings keep no huge-page hint (no `MADV_HUGEPAGE`), so processes forked
+/// later are not made to fault in whole 2 MiB pages, and khugepaged leaves them alone.
 pub fn collapse_to_huge_pages(addr: usize, len: usize) -> Result<(), Errno> {
-    // SAFETY: madvise with these two advices changes how pages are backed, never their
-    // contents or the mapping's protection, so no Rust reference into the range can observe
-    // a difference. An address outside this process's mappings fails with ENOMEM and
-    // touches nothing.
-    let hint = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
-    if hint != 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: as above.
+    // SAFETY: MADV_COLLAPSE changes how pages are backed, never their contents or the
+    // mapping's protection, so no Rust reference into the range can observe a difference.
+    // Where the range is not (or not wholly) mapped the kernel returns ENOMEM, having
+    // changed at most how the mapped parts are backed.
     match unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_COLLAPSE) } {
         0 => Ok(()),
         _ => Err(Errno::last()),

@@ -64,6 +64,8 @@ pub fn detect() -> Result<Layout, CgroupError> {
 struct Mount {
     root: String,
     point: PathBuf,
+    /// The mount's own options (`rw,nosuid,nodev,...`), apart from its superblock's.
+    mount_opts: Vec<String>,
     fstype: String,
     super_opts: Vec<String>,
 }
@@ -78,6 +80,7 @@ fn parse_mountinfo(mountinfo: &str) -> Vec<Mount> {
             Some(Mount {
                 root: left.get(3)?.to_string(),
                 point: PathBuf::from(left.get(4)?.replace("\\040", " ")),
+                mount_opts: left.get(5)?.split(',').map(str::to_string).collect(),
                 fstype: right.first()?.to_string(),
                 super_opts: right.get(2)?.split(',').map(str::to_string).collect(),
             })
@@ -255,62 +258,126 @@ pub struct AttachDecision {
     pub detail: String,
 }
 
-/// Puts `favordynmods` on the host's cgroup2 superblock when `allowed` and it is not there
-/// yet: a remount, with the superblock's other options passed again (a cgroup2 remount
-/// sets exactly the options it is given). The attach lock is shared by every hierarchy, so
-/// this serves a v1 or hybrid host too, as long as cgroup2 is mounted somewhere. It needs
-/// root in the initial user and cgroup namespaces; elsewhere the kernel refuses or (in a
-/// cgroup namespace) accepts and ignores it, so the result is read back, and the keeper
-/// stays in use unless the option is really on.
-pub fn favor_dynmods(allowed: bool) -> AttachDecision {
-    let read = || fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let decide = |mode, detail: String| AttachDecision { mode, detail };
-    let mounts = parse_mountinfo(&read());
+/// What [`favor_dynmods`] will do, decided from the mount table alone.
+#[derive(Debug, Clone, PartialEq)]
+enum AttachPlan {
+    AlreadySet,
+    /// Remount `point` with these flags (the mount's own, so none is lost) and options.
+    Remount {
+        point: PathBuf,
+        flags: nix::mount::MsFlags,
+        options: String,
+    },
+    Keeper(String),
+}
+
+fn plan_attach(mountinfo: &str, allowed: bool) -> AttachPlan {
+    let mounts = parse_mountinfo(mountinfo);
     let Some(cgroup2) = mounts.iter().find(|m| m.fstype == "cgroup2") else {
-        return decide(
-            AttachMode::Keeper,
-            "no cgroup2 mount to set favordynmods on; the spawner keeps the attach lock".into(),
-        );
+        return AttachPlan::Keeper("no cgroup2 mount to set favordynmods on".into());
     };
     if has_favordynmods(cgroup2) {
-        return decide(
-            AttachMode::FavorDynMods,
-            "favordynmods is already set on the host's cgroup2".into(),
-        );
+        return AttachPlan::AlreadySet;
     }
     if !allowed {
-        return decide(
-            AttachMode::Keeper,
-            "favordynmods = false in the configuration; the spawner keeps the attach lock".into(),
-        );
+        return AttachPlan::Keeper("favordynmods = false in the configuration".into());
     }
-    let options = remount_options(&cgroup2.super_opts);
+    if cgroup2
+        .mount_opts
+        .iter()
+        .chain(&cgroup2.super_opts)
+        .any(|o| o == "ro")
+    {
+        // A read-only cgroupfs (a container's, usually) is kept so on purpose.
+        return AttachPlan::Keeper(format!(
+            "{} is mounted read-only, so nsbox leaves it as it is",
+            cgroup2.point.display()
+        ));
+    }
+    AttachPlan::Remount {
+        point: cgroup2.point.clone(),
+        flags: nix::mount::MsFlags::MS_REMOUNT | mount_flags(&cgroup2.mount_opts),
+        options: remount_options(&cgroup2.super_opts),
+    }
+}
+
+/// A remount replaces the mount's own flags with the ones it is given: these are the
+/// mount's present ones, so `nosuid`, `nodev`, `noexec` and the atime rule stay.
+fn mount_flags(mount_opts: &[String]) -> nix::mount::MsFlags {
+    use nix::mount::MsFlags;
+    mount_opts
+        .iter()
+        .map(|o| match o.as_str() {
+            "ro" => MsFlags::MS_RDONLY,
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            "noatime" => MsFlags::MS_NOATIME,
+            "nodiratime" => MsFlags::MS_NODIRATIME,
+            "relatime" => MsFlags::MS_RELATIME,
+            "strictatime" => MsFlags::MS_STRICTATIME,
+            _ => MsFlags::empty(),
+        })
+        .fold(MsFlags::empty(), |all, f| all | f)
+}
+
+/// Puts `favordynmods` on the host's cgroup2 superblock when `allowed` and it is not there
+/// yet: a remount with the mount's own flags and the superblock's other options passed
+/// again (a cgroup2 remount sets exactly the options it is given). The attach lock is
+/// shared by every hierarchy, so this serves a v1 or hybrid host too, as long as cgroup2
+/// is mounted somewhere. It needs root in the initial user and cgroup namespaces;
+/// elsewhere the kernel refuses or (in a cgroup namespace) accepts and ignores it, so the
+/// result is read back, and the keeper stays in use unless the option is really on. With
+/// `apply` false nothing is changed: the decision says what a server would do
+/// (`nsbox check`).
+pub fn favor_dynmods(allowed: bool, apply: bool) -> AttachDecision {
+    let read = || fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let keeper = |why: String| AttachDecision {
+        mode: AttachMode::Keeper,
+        detail: format!("{why}; the spawner keeps the attach lock"),
+    };
+    let favored = |detail: String| AttachDecision {
+        mode: AttachMode::FavorDynMods,
+        detail,
+    };
+    let (point, flags, options) = match plan_attach(&read(), allowed) {
+        AttachPlan::AlreadySet => {
+            return favored("already set on the host's cgroup2".into());
+        }
+        AttachPlan::Keeper(why) => return keeper(why),
+        AttachPlan::Remount {
+            point,
+            flags,
+            options,
+        } => (point, flags, options),
+    };
+    if !apply {
+        return favored(format!(
+            "not set yet; `nsbox serve` remounts {} with it at start",
+            point.display()
+        ));
+    }
     if let Err(e) = nix::mount::mount(
         None::<&str>,
-        &cgroup2.point,
+        &point,
         None::<&str>,
-        nix::mount::MsFlags::MS_REMOUNT,
+        flags,
         Some(options.as_str()),
     ) {
-        return decide(
-            AttachMode::Keeper,
-            format!(
-                "remounting cgroup2 with favordynmods failed ({e}: it needs root in the initial                  user and cgroup namespaces and Linux 6.0); the spawner keeps the attach lock"
-            ),
-        );
+        return keeper(format!(
+            "remounting cgroup2 with favordynmods failed ({e}: it needs root in the initial \
+             user and cgroup namespaces and Linux 6.0)"
+        ));
     }
-    let after = parse_mountinfo(&read());
-    match after.iter().find(|m| m.point == cgroup2.point) {
-        Some(m) if has_favordynmods(m) => decide(
-            AttachMode::FavorDynMods,
-            format!(
-                "nsbox remounted the host's cgroup2 ({}) with favordynmods: machine-wide, until                  the next remount or reboot (favordynmods = false keeps the host's mount as it is)",
-                cgroup2.point.display()
-            ),
-        ),
-        _ => decide(
-            AttachMode::Keeper,
-            "the kernel accepted the remount with favordynmods but did not set it (a cgroup              namespace other than the initial one?); the spawner keeps the attach lock"
+    match plan_attach(&read(), allowed) {
+        AttachPlan::AlreadySet => favored(format!(
+            "nsbox remounted the host's cgroup2 ({}) with favordynmods: machine-wide, until \
+             the next remount or reboot (favordynmods = false keeps the host's mount as it is)",
+            point.display()
+        )),
+        _ => keeper(
+            "the kernel accepted the remount with favordynmods but did not set it (a cgroup \
+             namespace other than the initial one?)"
                 .into(),
         ),
     }
@@ -321,8 +388,8 @@ fn has_favordynmods(mount: &Mount) -> bool {
 }
 
 /// The superblock options of a cgroup2 remount that adds `favordynmods` and keeps the
-/// others (`nsdelegate`, `memory_recursiveprot`, ...); `rw`/`ro` are the mount's, not
-/// cgroup2's.
+/// others (`nsdelegate`, `memory_recursiveprot`, ...). `rw` is the mount's, not cgroup2's
+/// (a read-only one is never remounted).
 fn remount_options(super_opts: &[String]) -> String {
     super_opts
         .iter()
@@ -418,17 +485,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_favordynmods_remount_keeps_the_other_cgroup2_options() {
-        let opts = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
-        assert_eq!(remount_options(&opts("rw")), "favordynmods");
+    fn a_favordynmods_remount_keeps_the_mounts_flags_and_the_other_cgroup2_options() {
+        use nix::mount::MsFlags;
+        let line = |mount: &str, sb: &str| {
+            format!("41 31 0:38 / /sys/fs/cgroup/unified {mount} - cgroup2 cgroup2 {sb}\n")
+        };
         assert_eq!(
-            remount_options(&opts("rw,nsdelegate,memory_recursiveprot")),
-            "nsdelegate,memory_recursiveprot,favordynmods"
+            plan_attach(
+                &line(
+                    "rw,nosuid,nodev,noexec,relatime",
+                    "rw,nsdelegate,memory_recursiveprot"
+                ),
+                true
+            ),
+            AttachPlan::Remount {
+                point: "/sys/fs/cgroup/unified".into(),
+                flags: MsFlags::MS_REMOUNT
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC
+                    | MsFlags::MS_RELATIME,
+                options: "nsdelegate,memory_recursiveprot,favordynmods".into(),
+            }
         );
         assert_eq!(
-            remount_options(&opts("ro,favordynmods,nsdelegate")),
-            "nsdelegate,favordynmods"
+            plan_attach(&line("rw,relatime", "rw,favordynmods"), true),
+            AttachPlan::AlreadySet
         );
+        assert!(matches!(
+            plan_attach(&line("rw,relatime", "rw"), false),
+            AttachPlan::Keeper(why) if why.contains("favordynmods = false")
+        ));
+        assert!(matches!(
+            plan_attach(&line("ro,nosuid,nodev,noexec,relatime", "rw"), true),
+            AttachPlan::Keeper(why) if why.contains("read-only")
+        ));
+        assert!(matches!(
+            plan_attach(HYBRID_MOUNTINFO.lines().take(3).collect::<Vec<_>>().join("\n").as_str(), true),
+            AttachPlan::Keeper(why) if why.contains("no cgroup2")
+        ));
     }
 
     const HYBRID_CGROUP: &str =
