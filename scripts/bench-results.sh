@@ -30,6 +30,8 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 pids=()
 logs=()
 trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -f "${logs[@]}"' EXIT
+# start PROGRAM: a server of PROGRAM, its URL in $started (not echoed: a command
+# substitution's subshell would keep the pid from the trap that stops it).
 start() {
 	local program=$1 port log
 	port=$(free_port)
@@ -39,7 +41,7 @@ start() {
 	logs+=("$log")
 	for _ in $(seq 600); do
 		if [ "$(curl -fsS --max-time 2 "http://127.0.0.1:$port/v1/health" 2>/dev/null)" = OK ]; then
-			echo "http://127.0.0.1:$port"
+			started="http://127.0.0.1:$port"
 			return
 		fi
 		sleep 0.2
@@ -48,10 +50,12 @@ start() {
 	say "nsbox at $program never became ready"
 	exit 1
 }
-url=$(start "$bin")
+start "$bin"
+url=$started
 base_url=
 if [ -n "${BENCH_BASELINE:-}" ]; then
-	base_url=$(start "$BENCH_BASELINE/nsbox")
+	start "$BENCH_BASELINE/nsbox"
+	base_url=$started
 fi
 say "measuring ${BENCH_RESULTS_N:-150} of each kind"
 python3 scripts/bench/results.py "$url" "$base_url" "${BENCH_RESULTS_N:-150}" "$(pwd)/tests/fixtures/spec/plot.py"
