@@ -103,6 +103,17 @@ trap 'exit 143' TERM
 
 echo "== nsbox benchmark $(date -u +%FT%TZ)"
 echo "kernel $(uname -r), nproc $(nproc), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+# CPU calibration: machines of this kind differ up to threefold in speed, so figures from
+# two machines compare only beside the time of the same fixed work on each.
+calibrate() {
+	python3 -c 'import time
+t = time.perf_counter()
+n = 0
+for i in range(10_000_000):
+    n += i
+print(f"{time.perf_counter() - t:.2f} s")'
+}
+echo "cpu calibration: a 10,000,000-step pure-Python loop (host python3) took $(calibrate)"
 echo "settings: warm ${WARM_S}s, cold ${COLD_S}s (cold server: ${COLD}), cold c8 ${COLD_C8_S}s for '${COLD_C8_WORKLOADS}', bwrap n=${BWRAP_N}/${BWRAP_N_HEAVY}, memory load ${MEM_S}s, agent n=${AGENT_N} pause ${AGENT_PAUSE_MS} ms for '${AGENT_WORKLOADS}'"
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
 
@@ -300,7 +311,7 @@ if [[ " $WORKLOADS " == *" pandas "* ]]; then
 fi
 
 echo
-echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); cpu calibration again: $(calibrate)"
 echo
 "${bench_py[@]}" report "$results"
 if [ -s "$work/results-pairs.md" ]; then
