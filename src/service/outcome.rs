@@ -99,10 +99,9 @@ pub struct SessionState {
     pub reason: Option<String>,
 }
 
-#[cfg(test)]
 impl RunResult {
-    /// A result that ended so, with this output and nothing else, for tests of the front
-    /// ends' mappings.
+    /// A result that ended so, with this output and nothing else (no run facts, files or
+    /// results): the scanner's refusal, and front ends' tests.
     pub(crate) fn ended(ending: Ending, stdout: &str, stderr: &str) -> RunResult {
         RunResult {
             ending,
@@ -186,21 +185,11 @@ pub(super) fn refused(
     scan_time: Duration,
 ) -> RunResult {
     RunResult {
-        ending: Ending::Refused,
-        stdout: String::new(),
-        stderr: "Security violations detected".into(),
-        plots: Vec::new(),
         violations,
         violation_lines,
         execution_time: scan_time,
         scan_time,
-        queue_time: Duration::ZERO,
-        run: None,
-        files: None,
-        skipped_files: Vec::new(),
-        session: None,
-        results: None,
-        error: None,
+        ..RunResult::ended(Ending::Refused, "", "Security violations detected")
     }
 }
 
