@@ -32,26 +32,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+# The scale-out driver's failure list and helpers (its main() does not run on import).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from driver import FAILURES, check, free_port  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 HEX = "0123456789abcdef" * 2
-FAILURES: list[str] = []
 
 
 def log(msg: str) -> None:
     sys.stderr.write(f"nginx-routing: {msg}\n")
     sys.stderr.flush()
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        FAILURES.append(what)
-        log(f"FAIL: {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeNode:

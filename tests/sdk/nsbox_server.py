@@ -36,9 +36,10 @@ def wait_for_health(url: str, proc: subprocess.Popen | None = None, seconds: flo
 
 
 @contextlib.contextmanager
-def nsbox(*args: str) -> Iterator[str]:
+def nsbox(*args: str, ready_within: float = 30.0) -> Iterator[str]:
     """Runs `$NSBOX_BIN serve` on a free loopback port with `$NSBOX_ROOTFS` and the given
-    extra arguments; yields its base URL and stops it with SIGTERM afterwards."""
+    extra arguments; yields its base URL and stops it with SIGTERM afterwards. Also the
+    browser tests' servers (tests/ui/conftest.py)."""
     binary = os.environ.get("NSBOX_BIN")
     rootfs = os.environ.get("NSBOX_ROOTFS")
     if not binary or not rootfs:
@@ -54,7 +55,7 @@ def nsbox(*args: str) -> Iterator[str]:
         )
         try:
             try:
-                wait_for_health(url, proc)
+                wait_for_health(url, proc, ready_within)
             except RuntimeError as e:
                 log.seek(0)
                 raise RuntimeError(f"{e}; nsbox {' '.join(args)} said:\n{log.read()[-4000:]}") from None

@@ -3,20 +3,18 @@ tests), Debian's chromium driven by Playwright, and screenshots of the main stat
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-import urllib.request
+import sys
 from typing import Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+
+# The SDK suite's server helper: one way to start and stop a test server.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "sdk"))
+from nsbox_server import nsbox as _nsbox  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCREENSHOTS = pathlib.Path(os.environ.get("NSBOX_UI_SCREENSHOTS", REPO / "target" / "ui-screenshots"))
@@ -24,47 +22,9 @@ KEY = "ui-test-key"
 OPERATOR_KEY = "ui-test-operator"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def nsbox(*args: str) -> Iterator[str]:
-    """`$NSBOX_BIN serve` on a free loopback port over `$NSBOX_ROOTFS`, until the block ends."""
-    binary, rootfs = os.environ.get("NSBOX_BIN"), os.environ.get("NSBOX_ROOTFS")
-    if not binary or not rootfs:
-        raise RuntimeError("NSBOX_BIN and NSBOX_ROOTFS must be set (scripts/test-ui.sh sets them)")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.NamedTemporaryFile("w+", prefix="nsbox-ui-", suffix=".log") as log:
-        proc = subprocess.Popen(
-            [binary, "serve", "--listen", f"127.0.0.1:{port}", "--rootfs", rootfs, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"nsbox {' '.join(args)} did not become healthy:\n{log.read()[-4000:]}")
-                try:
-                    with urllib.request.urlopen(url + "/v1/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.2)
-            yield url
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def nsbox(*args: str):
+    """A server for the browser tests: warm templates may take a minute on a busy host."""
+    return _nsbox(*args, ready_within=60.0)
 
 
 @pytest.fixture(scope="session")
