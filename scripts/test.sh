@@ -6,8 +6,9 @@
 # OCI image under podman, several nodes behind HAProxy, the manifest under `podman kube play`
 # and the least privilege under runc and crun). Needs root: the sandbox tests create
 # namespaces and cgroups, and fail loudly without it. For quick local runs (CI runs
-# everything): NSBOX_SKIP_VM=1 leaves the VM out, NSBOX_SKIP_IMAGE=1 the image test, NSBOX_SKIP_KUBE=1 the kube play and least-privilege test,
-# NSBOX_SKIP_SCALE_OUT=1 the HAProxy test.
+# everything): NSBOX_SKIP_VM=1 leaves the VM out, NSBOX_SKIP_IMAGE=1 the image test,
+# NSBOX_SKIP_KUBE=1 the kube play and least-privilege test, NSBOX_SKIP_SCALE_OUT=1 the
+# HAProxy test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
