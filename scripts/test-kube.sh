@@ -29,9 +29,9 @@
 #    then mounts those controllers as v1 hierarchies of their own (which moves them off
 #    the v2 hierarchy) and unmounts them at the end.
 #
-# About two minutes once the image is built. Environment: NSBOX_STATIC_BIN, NSBOX_ROOTFS
-# (passed to scripts/build-image.sh), NSBOX_KUBE_KEEP=1 keeps the work directory.
-# Needs root.
+# About a minute and a half once the image is built (95 s here). Environment:
+# NSBOX_STATIC_BIN, NSBOX_ROOTFS (passed to scripts/build-image.sh), NSBOX_KUBE_KEEP=1 keeps
+# the work directory. Needs root.
 set -euo pipefail
 umask 022
 cd "$(dirname "$0")/.."
