@@ -2,10 +2,13 @@
 # Runs the whole test suite, building what is missing first (the root filesystem is cached
 # outside the checkout, keyed by its recipe): the Rust unit and integration tests over the
 # real sandbox (tests/edge.rs with a headless chromium), the official-SDK and OpenAPI
-# conformance suite, the web playground in chromium (tests/ui), and the cgroup v2 checks in a VM; the deployment checks (manifests, the OCI image under podman, several nodes behind
-# HAProxy). Needs root: the sandbox tests create namespaces and cgroups, and fail loudly
+# conformance suite, the web playground in chromium (tests/ui), and the cgroup v2 checks in
+# a VM; the deployment checks (manifests, the OCI image under podman, several nodes behind
+# HAProxy, the manifest under `podman kube play` and the least privilege under runc and
+# crun). Needs root: the sandbox tests create namespaces and cgroups, and fail loudly
 # without it. For quick local runs (CI runs everything): NSBOX_SKIP_VM=1 leaves the VM out,
-# NSBOX_SKIP_IMAGE=1 the image test, NSBOX_SKIP_SCALE_OUT=1 the HAProxy test.
+# NSBOX_SKIP_IMAGE=1 the image test, NSBOX_SKIP_KUBE=1 the kube play and least-privilege
+# test, NSBOX_SKIP_SCALE_OUT=1 the HAProxy test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
@@ -35,6 +38,9 @@ NSBOX_BIN=target/debug/nsbox scripts/test-ui.sh
 NSBOX_BIN=target/debug/nsbox scripts/test-manifests.sh
 if [ "${NSBOX_SKIP_IMAGE:-0}" != 1 ]; then
     scripts/test-image.sh
+fi
+if [ "${NSBOX_SKIP_KUBE:-0}" != 1 ]; then
+    scripts/test-kube.sh
 fi
 if [ "${NSBOX_SKIP_SCALE_OUT:-0}" != 1 ]; then
     NSBOX_BIN=target/debug/nsbox scripts/test-scale-out.sh

@@ -12,6 +12,16 @@
       the Secret's placeholder) written under OUTDIR, and OUTDIR/init.args, OUTDIR/main.args
       (one `podman run` argument per line; the image name is the line IMAGE) translating the
       init container and the nsbox container, their volumes and securityContext.
+  manifest.py kube OUTDIR
+      What scripts/test-kube.sh gives `podman kube play`: OUTDIR/play.yaml, the manifest with
+      only what podman 4.3 (Debian 12's) cannot take changed: the Secret is left out and
+      written as OUTDIR/secret.yaml for `podman secret create` (podman 4.3 ignores
+      stringData and does not decode data), one replica (podman makes one named volume per
+      emptyDir name, shared by every replica), restartPolicy OnFailure (podman 4.3 applies
+      Always to init containers too and restarts the finished copy forever), and the http
+      port published on 127.0.0.1 at a given host port (podman publishes every
+      containerPort on the host, by default on all addresses). Also OUTDIR/api-key, the
+      image's name, the pod's and the nsbox container's names and the grace period.
 """
 
 from __future__ import annotations
@@ -127,8 +137,9 @@ def cmd_check(bin_: str, rootfs: str) -> None:
     need(cmd[:2] == ["/usr/local/bin/nsbox", "serve"], f"command {cmd}: nsbox must be PID 1, no wrapper")
     config_path = cmd[cmd.index("--config") + 1]
     cm = mount_of(main, "config")
-    need(cm["mountPath"] == config_path and cm.get("subPath") == "nsbox.toml",
-         f"the ConfigMap is mounted at {cm['mountPath']}, nsbox reads {config_path}")
+    cm_file = cm["mountPath"] if cm.get("subPath") else f"{cm['mountPath'].rstrip('/')}/nsbox.toml"
+    need(cm_file == config_path and cm.get("subPath") in (None, "nsbox.toml"),
+         f"the ConfigMap's nsbox.toml is mounted at {cm_file}, nsbox reads {config_path}")
     keys_mount = mount_of(main, "keys")["mountPath"]
     need(raw.get("api_keys_file", "").startswith(keys_mount.rstrip("/") + "/"),
          f"api_keys_file {raw.get('api_keys_file')} is not in the Secret's mount {keys_mount}")
@@ -206,7 +217,10 @@ def cmd_podman(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "state").mkdir(exist_ok=True)
     (out / "keys").mkdir(exist_ok=True)
-    (out / "nsbox.toml").write_text(docs["ConfigMap"]["data"]["nsbox.toml"])
+    # The ConfigMap as a directory of its keys (mounted whole, or one file with subPath).
+    (out / "config").mkdir(exist_ok=True)
+    for name, text in docs["ConfigMap"]["data"].items():
+        (out / "config" / name).write_text(text)
     key = secrets.token_hex(32)
     for name in docs["Secret"]["stringData"]:
         f = out / "keys" / name
@@ -223,7 +237,7 @@ def cmd_podman(out: Path) -> None:
             if "emptyDir" in v:
                 src = out / "state" if m["name"] == "state" else out / m["name"]
             elif "configMap" in v:
-                src = out / m.get("subPath", "")
+                src = out / "config" / m.get("subPath", "")
             elif "secret" in v:
                 src = out / "keys"
             else:
@@ -250,10 +264,43 @@ def cmd_podman(out: Path) -> None:
     (out / "grace").write_text(f"{pod.get('terminationGracePeriodSeconds', 30)}\n")
 
 
+def cmd_kube(out: Path, host_port: int) -> None:
+    docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
+    out.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    (out / "api-key").write_text(key)
+    played = []
+    for d in docs:
+        if d["kind"] == "Secret":
+            # podman 4.3 writes a secret volume's `data` values as they are (no base64).
+            data = {name: key + "\n" for name in d["stringData"]}
+            (out / "secret.yaml").write_text(yaml.safe_dump(
+                {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": d["metadata"]["name"]}, "data": data}))
+            (out / "secret-name").write_text(d["metadata"]["name"] + "\n")
+            continue
+        if d["kind"] == "Deployment":
+            d["spec"]["replicas"] = 1
+            pod = d["spec"]["template"]["spec"]
+            pod["restartPolicy"] = "OnFailure"
+            (main,) = [c for c in pod["containers"] if c["name"] == "nsbox"]
+            for p in main["ports"]:
+                if p["name"] == "http":
+                    p["hostPort"], p["hostIP"] = host_port, "127.0.0.1"
+            (out / "image").write_text(main["image"] + "\n")
+            (out / "pod").write_text(f"{d['metadata']['name']}-pod-0\n")
+            (out / "container").write_text(f"{d['metadata']['name']}-pod-0-{main['name']}\n")
+            (out / "grace").write_text(f"{pod.get('terminationGracePeriodSeconds', 30)}\n")
+            (out / "config-path").write_text(main["command"][main["command"].index("--config") + 1] + "\n")
+        played.append(d)
+    (out / "play.yaml").write_text(yaml.safe_dump_all(played, sort_keys=False))
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "check":
         cmd_check(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 3 and sys.argv[1] == "podman":
         cmd_podman(Path(sys.argv[2]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "kube":
+        cmd_kube(Path(sys.argv[2]), int(sys.argv[3]))
     else:
         sys.exit(__doc__)
