@@ -19,6 +19,7 @@ pub mod failure;
 mod fdpass;
 pub mod logging;
 pub mod namespaces;
+pub mod pid1;
 pub mod protocol;
 pub mod rootfs;
 pub mod run;

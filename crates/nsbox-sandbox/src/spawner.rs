@@ -209,7 +209,10 @@ fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerEr
 fn launch(config: &SpawnerConfig) -> Result<(Process, UnixStream), SpawnerError> {
     let (control, theirs) = UnixStream::pair().map_err(SpawnerError::Start)?;
     let mut cmd = Command::new("/proc/self/exe");
+    // The spawner's parent-death check compares its parent with this pid: "my parent is 1"
+    // cannot tell a dead server from a server that is PID 1 of its container.
     cmd.arg(SPAWNER_ARG)
+        .arg(std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -238,8 +241,14 @@ pub fn main() -> i32 {
     // single-threaded, so no other thread can hold one of the subscriber's locks when it
     // forks a supervisor or a template: a fork's copy of every lock is free.
     logging::init_from_env();
-    // The spawner must not outlive the server that started it.
-    if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid().as_raw() == 1 {
+    // The spawner must not outlive the server that started it. The signal is armed first,
+    // then the parent checked: a server that died before the signal was armed left this
+    // process with another parent (PID 1 or a subreaper).
+    let Some(server) = server_pid() else {
+        tracing::error!("the spawner was started without its server's pid");
+        return 1;
+    };
+    if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != server {
         return 1;
     }
     let mut control = control;
@@ -350,6 +359,12 @@ pub fn main() -> i32 {
             }
         }
     }
+}
+
+/// The server's pid, as `launch` passed it after [`SPAWNER_ARG`].
+fn server_pid() -> Option<nix::unistd::Pid> {
+    let arg = std::env::args().nth(2)?;
+    arg.parse().ok().map(nix::unistd::Pid::from_raw)
 }
 
 /// Reaps supervisors (and template inits) that have exited. A supervisor that did not end
