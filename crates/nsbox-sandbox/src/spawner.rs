@@ -7,6 +7,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,8 @@ struct Shared {
     process: Mutex<Option<Process>>,
     ready: Mutex<Vec<Template>>,
     stopping: AtomicBool,
+    /// The server is shutting down: a spawner that exits now is not replaced.
+    shutting_down: AtomicBool,
     /// Zygotes replaced over the server's life (summed over spawners).
     template_respawns: AtomicU64,
     /// Spawners that died and were started again.
@@ -92,6 +95,7 @@ impl Spawner {
             process: Mutex::new(None),
             ready: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             template_respawns: AtomicU64::new(0),
             spawner_restarts: AtomicU64::new(0),
         });
@@ -132,6 +136,12 @@ impl Spawner {
             self.shared.template_respawns.load(Ordering::Relaxed),
             self.shared.spawner_restarts.load(Ordering::Relaxed),
         )
+    }
+
+    /// The server's shutdown began: the spawner keeps serving the runs in flight, but if it
+    /// exits now, no other is started (the server takes no new runs).
+    pub fn begin_shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
     }
 
     /// Hands one run's socket to the spawner, which forks a supervisor for it. Fails with
@@ -187,6 +197,13 @@ fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerEr
                 if shared.stopping.load(Ordering::SeqCst) {
                     return;
                 }
+                if shared.shutting_down.load(Ordering::SeqCst) {
+                    tracing::warn!(
+                        pid,
+                        "the spawner exited during the shutdown; runs in flight end with it"
+                    );
+                    return;
+                }
                 shared.spawner_restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(pid, "the spawner exited; starting a new one");
             }
@@ -199,7 +216,7 @@ fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerEr
             }
         }
         std::thread::sleep(RESTART_PAUSE);
-        if shared.stopping.load(Ordering::SeqCst) {
+        if shared.stopping.load(Ordering::SeqCst) || shared.shutting_down.load(Ordering::SeqCst) {
             return;
         }
     }
@@ -216,6 +233,11 @@ fn launch(config: &SpawnerConfig) -> Result<(Process, UnixStream), SpawnerError>
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
+        // A process group of its own: a signal to the server's group (Ctrl-C in a terminal,
+        // `kill -- -PGID`, `timeout`) reaches the server, which owns the shutdown and its
+        // grace for runs in flight, and not the spawner and its supervisors, which would
+        // die at once and take those runs with them.
+        .process_group(0)
         .env_clear();
     if let Ok(filter) = std::env::var("RUST_LOG") {
         cmd.env("RUST_LOG", filter);
