@@ -267,12 +267,27 @@ fn a_signal_to_the_servers_process_group_shuts_down_without_restarting_the_spawn
 /// A spawner that dies while the server shuts down is not replaced, and the log says so.
 #[test]
 fn a_spawner_lost_during_the_shutdown_is_not_restarted() {
+    use std::io::Write;
     let _one = exclusive();
-    let mut server = Server::start(&["--mode", "warm", "--scanner", "off"]);
+    let mut server = Server::start(&[
+        "--mode",
+        "warm",
+        "--shutdown-grace",
+        "3",
+        "--body-timeout",
+        "600",
+    ]);
     let pid = server.pid() as i32;
     let spawner = spawner_of(pid);
-    let run = run_in_background(&server, "import time\ntime.sleep(5)");
-    std::thread::sleep(Duration::from_secs(1));
+    // A request whose body is still coming keeps the server in its shutdown for the grace.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let head = format!(
+        "POST /v1/tools/code HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n{{\"code\": \"",
+        server.port
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
     assert!(
         wait_for_line(&server, "shutting down"),
@@ -280,11 +295,11 @@ fn a_spawner_lost_during_the_shutdown_is_not_restarted() {
         server.log.lock().unwrap()
     );
     kill(Pid::from_raw(spawner), Signal::SIGKILL).unwrap();
-    let _ = run.join();
     let exit = server
         .wait_exit(Duration::from_secs(30))
         .expect("the server exits");
     assert!(exit.success(), "server exit: {exit}");
+    drop(slow);
     std::thread::sleep(Duration::from_millis(500));
     let log = server.log.lock().unwrap().clone();
     assert!(
