@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 const WARM_START_FAILED: &str = "warm start failed; running cold";
 
-/// One test at a time: each waits ten seconds on a stopped zygote, and the host is small.
+/// One test at a time: each stops a zygote or its server, and the host is small.
 fn exclusive() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -111,9 +111,8 @@ fn run_with_a_stopped_zygote(format: &str, request_id: &str) -> (Value, String, 
         })
         .find(|log| log.contains(WARM_START_FAILED))
         .unwrap_or_else(|| server.log.lock().unwrap().clone());
-    // The zygote stays stopped until its server is gone: let go earlier, it would take the
-    // hand-off the supervisor gave up on, and its fork's failure is a bare line on stderr
-    // (a process without the subscriber).
+    // The spawner ends the stopped zygote (it stops answering pings) and with it the
+    // hand-off, which this run then makes cold; the guard's SIGCONT comes after the server.
     server.stop();
     drop(zygote);
     (answer, log, metrics)

@@ -18,14 +18,13 @@ use serde::{Deserialize, Serialize};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{recv, MsgFlags};
 
 use super::config::SpawnerConfig;
 use super::fdpass;
 use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::Template;
 use super::supervisor::WarmControls;
-use super::template::{self, TemplateProcess};
+use super::template::{self, Liveness, TemplateProcess};
 use super::{cgroup, logging, seccomp, supervisor};
 use crate::sys;
 
@@ -303,9 +302,14 @@ pub fn main() -> i32 {
                 .iter()
                 .map(|t| PollFd::new(t.control.as_fd(), PollFlags::POLLIN)),
         );
-        let wait_ms = keeper
-            .as_ref()
-            .and_then(|k| k.due_in())
+        let due = [
+            keeper.as_ref().and_then(|k| k.due_in()),
+            templates.next_check(),
+        ];
+        let wait_ms = due
+            .into_iter()
+            .flatten()
+            .min()
             .map_or(1000, |due| due.as_millis().min(1000) as u16);
         match poll(&mut fds, PollTimeout::from(wait_ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -321,6 +325,7 @@ pub fn main() -> i32 {
         drop(fds);
         reap_supervisors(&config);
         templates.service(&ready[1..]);
+        templates.check_liveness();
         templates.restart_missing();
         let now = SpawnerStatus {
             ready: templates.ready(),
@@ -486,12 +491,20 @@ impl<'a> Templates<'a> {
                 continue;
             }
             let mut buf = [0u8; 16];
-            match recv(t.control.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(n) if &buf[..n] == b"ready" => {
+            // Readable, so a message (or EOF) is there: this does not block.
+            match fdpass::recv::<1>(t.control.as_raw_fd(), &mut buf) {
+                Ok(m) if &buf[..m.len] == b"ready" => {
                     newly_ready.push((t.template, t.pid));
-                    keep.push(TemplateProcess { ready: true, ..t });
+                    let mut t = t;
+                    t.became_ready(m.fds.into_iter().next());
+                    keep.push(t);
                 }
-                Ok(n) if &buf[..n] == b"replace-soon" => {
+                Ok(m) if &buf[..m.len] == b"pong" => {
+                    let mut t = t;
+                    t.answered();
+                    keep.push(t);
+                }
+                Ok(m) if &buf[..m.len] == b"replace-soon" => {
                     successors.push(t.template);
                     keep.push(t);
                 }
@@ -513,6 +526,33 @@ impl<'a> Templates<'a> {
                 self.launch(kind);
             }
         }
+    }
+
+    /// Pings the ready zygotes and replaces one that stalled (stopped, frozen, blocked): its
+    /// runs in flight go on, the runs queued for it start cold at once, and the next runs
+    /// of its kind go cold until its successor is warm.
+    fn check_liveness(&mut self) {
+        let mut stalled = Vec::new();
+        for (i, t) in self.live.iter_mut().enumerate() {
+            if let Liveness::Stalled(waited) = t.check() {
+                tracing::warn!(
+                    template = t.template.name(),
+                    waited_ms = waited.as_millis() as u64,
+                    "the zygote stopped answering; replacing it"
+                );
+                t.kill_zygote();
+                stalled.push(i);
+            }
+        }
+        for i in stalled.into_iter().rev() {
+            // Dropping its control socket: no supervisor forked from now on hands it a run.
+            self.live.remove(i);
+        }
+    }
+
+    /// How long until a zygote is due a ping or a ping's deadline is up.
+    fn next_check(&self) -> Option<Duration> {
+        self.live.iter().filter_map(|t| t.next_check()).min()
     }
 
     fn restart_missing(&mut self) {
