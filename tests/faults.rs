@@ -1173,6 +1173,19 @@ fn a_stopped_zygote_under_load_is_replaced_and_costs_no_run_the_hand_off_timeout
         before + 1.0,
         "the run after the replacement was warm"
     );
+    // Only the stopped zygote was taken for stalled: the busy ones answered their pings.
+    let log = server.log.lock().unwrap().clone();
+    let replaced: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("the zygote stopped answering"))
+        .collect();
+    assert_eq!(replaced.len(), 1, "{replaced:#?}");
+    eprintln!("{}", replaced[0]);
+    let metrics = server.get("/metrics").text().unwrap();
+    assert!(
+        metrics.contains("nsbox_template_respawns_total 1\n"),
+        "one zygote replaced:\n{metrics}"
+    );
     let templates = settled_templates(base);
     wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
 }

@@ -59,9 +59,10 @@ pub struct TemplateProcess {
 
 /// How often the spawner asks a ready zygote whether it still takes runs.
 pub const PING_INTERVAL: Duration = Duration::from_millis(200);
-/// How long a ping may go unanswered while the zygote uses no CPU. A zygote that is busy
-/// forking runs queued before the ping uses CPU; a stopped, frozen or blocked one does not,
-/// and every run handed to it would wait for the hand-off's 10 s timeout.
+/// How long a ping may go unanswered while the zygote neither uses CPU nor waits for one. A
+/// zygote busy forking runs queued before the ping does one or the other; a stopped,
+/// frozen or blocked one does neither, and every run handed to it would wait for the
+/// hand-off's 10 s timeout.
 pub const PING_DEADLINE: Duration = Duration::from_millis(300);
 /// How long a ping may go unanswered whatever the zygote is doing.
 pub const BUSY_DEADLINE: Duration = Duration::from_secs(3);
@@ -104,10 +105,10 @@ impl TemplateProcess {
         match &self.ping {
             Some(ping) => {
                 let waited = ping.sent.elapsed();
-                let worked = match (ping.cpu_ticks, self.zygote_cpu_ticks()) {
-                    (Some(then), Some(now)) => now > then,
-                    _ => false,
-                };
+                let (ticks, state) = self.zygote_stat().unzip();
+                // Busy: it used CPU since the ping, or waits for a CPU to run on.
+                let worked = state == Some('R')
+                    || matches!((ping.cpu_ticks, ticks), (Some(then), Some(now)) if now > then);
                 if waited >= BUSY_DEADLINE || (waited >= PING_DEADLINE && !worked) {
                     return Liveness::Stalled(waited);
                 }
@@ -116,7 +117,7 @@ impl TemplateProcess {
                 let _ = fdpass::try_send(self.control.as_raw_fd(), b"ping", &[]);
                 self.ping = Some(Ping {
                     sent: Instant::now(),
-                    cpu_ticks: self.zygote_cpu_ticks(),
+                    cpu_ticks: self.zygote_stat().map(|(ticks, _)| ticks),
                 });
             }
             None => {}
@@ -144,16 +145,18 @@ impl TemplateProcess {
         }
     }
 
-    /// The zygote's CPU time so far (user and system, in clock ticks).
-    fn zygote_cpu_ticks(&self) -> Option<u64> {
+    /// The zygote's CPU time so far (user and system, in clock ticks) and its state letter.
+    fn zygote_stat(&self) -> Option<(u64, char)> {
         let pid = sys::pidfd_pid(self.zygote.as_ref()?).ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // After the command name (which may hold spaces), field 3 is the state; utime and
         // stime are fields 14 and 15.
-        let mut rest = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-        let utime: u64 = rest.next()?.parse().ok()?;
-        let stime: u64 = rest.next()?.parse().ok()?;
-        Some(utime + stime)
+        let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = rest.next()?.chars().next()?;
+        let mut times = rest.skip(10);
+        let utime: u64 = times.next()?.parse().ok()?;
+        let stime: u64 = times.next()?.parse().ok()?;
+        Some((utime + stime, state))
     }
 }
 
