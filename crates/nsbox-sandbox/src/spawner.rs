@@ -22,10 +22,12 @@ use nix::sys::signal::Signal;
 use super::config::SpawnerConfig;
 use super::fdpass;
 use super::protocol::{read_frame, write_frame, ProtocolError};
+use super::run::RunRequest;
 use super::run::Template;
-use super::supervisor::WarmControls;
+use super::sandbox::WarmControls;
+use super::seccomp::SeccompProgram;
 use super::template::{self, Liveness, TemplateProcess};
-use super::{cgroup, logging, seccomp, supervisor};
+use super::{cgroup, logging, seccomp, session, supervisor};
 use crate::sys;
 
 /// The hidden subcommand that turns the nsbox binary into a spawner.
@@ -364,18 +366,12 @@ pub fn main() -> i32 {
                     // (or of stderr) is held here: the supervisor logs like the spawner.
                     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
                     drop(control);
-                    let code = match supervisor::serve(
+                    let code = supervise(
                         UnixStream::from(run),
                         &config,
                         &program,
                         &templates.controls(),
-                    ) {
-                        Ok(()) => 0,
-                        Err(e) => {
-                            tracing::error!(error = %e, "the supervisor failed");
-                            1
-                        }
-                    };
+                    );
                     sys::exit_now(code);
                 }
                 Ok(Some(_)) => drop(run),
@@ -384,6 +380,42 @@ pub fn main() -> i32 {
                     drop(run);
                 }
             }
+        }
+    }
+}
+
+/// A supervisor, in the process forked for it: reads its request, then serves it as one
+/// run or as a session. Returns the process's exit code.
+fn supervise(
+    mut stream: UnixStream,
+    config: &SpawnerConfig,
+    program: &SeccompProgram,
+    warm: &WarmControls,
+) -> i32 {
+    // The server's end was non-blocking; ours is a separate file description.
+    let _ = stream.set_nonblocking(false);
+    let request: RunRequest = match read_frame(&mut stream) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "the supervisor could not read its request");
+            return 1;
+        }
+    };
+    // The server's request span, as far as the supervisor knows it: its lines carry the
+    // request's id like the server's own.
+    let request_id = request.request_id.as_deref().map(tracing::field::display);
+    let served = if request.session {
+        let _span = tracing::info_span!("session", request_id).entered();
+        session::serve(stream, request, config, program, warm).map_err(|e| e.to_string())
+    } else {
+        let _span = tracing::info_span!("run", request_id).entered();
+        supervisor::serve(stream, request, config, program, warm).map_err(|e| e.to_string())
+    };
+    match served {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "the supervisor failed");
+            1
         }
     }
 }

@@ -18,7 +18,7 @@ use super::config::SpawnerConfig;
 use super::failure::{step, Failure, Step};
 use super::namespaces::{self, RUN_NAMESPACES};
 use super::run::Template;
-use super::supervisor::{self, HARNESS};
+use super::sandbox::{self, HARNESS};
 use super::{caps, fdpass, rootfs};
 use crate::sys;
 
@@ -191,7 +191,7 @@ pub fn launch(
         cstring(template.name().into()),
         cstring(max_forks.to_string()),
     ];
-    let envp = supervisor::run_env(&config.limits, config.guard_rails);
+    let envp = sandbox::run_env(&config.limits, config.guard_rails);
     let plan = TemplatePlan {
         config,
         control: theirs.as_raw_fd(),
