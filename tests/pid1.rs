@@ -27,9 +27,11 @@ exec unshare --pid --fork --kill-child --mount-proc "$@""#;
 struct OwnCgroups(Vec<PathBuf>);
 
 impl OwnCgroups {
-    fn create() -> OwnCgroups {
+    /// `tag` tells apart the tests of this process: each server's `srv-<pid>` directory is
+    /// `srv-2` (the server is PID 2 of its namespace, under its reaper).
+    fn create(tag: u32) -> OwnCgroups {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let name = format!("nsbox-pid1-test-{}", std::process::id());
+        let name = format!("nsbox-pid1-test-{}-{tag}", std::process::id());
         let mut v1 = Vec::new();
         let mut v2 = None;
         for line in own.lines() {
@@ -191,20 +193,27 @@ fn run_prints(server: &Server, what: &str) {
     );
 }
 
-#[test]
-fn nsbox_as_pid_1_serves_reaps_orphans_and_takes_everything_with_it_when_killed() {
-    let cgroups = OwnCgroups::create();
-    let uid_base = UID_BASE.to_string();
+/// `nsbox serve` as PID 1 of a new PID namespace, in cgroups of its own, its runs on the
+/// host ids from `uid_base`.
+fn start_as_pid_1(uid_base: u32) -> (OwnCgroups, Server) {
+    let cgroups = OwnCgroups::create(uid_base);
+    let uid_base = uid_base.to_string();
     let mut launcher = vec!["sh", "-c", LAUNCH, "sh"];
     let dirs: Vec<String> = cgroups.0.iter().map(|d| d.display().to_string()).collect();
     launcher.extend(dirs.iter().map(String::as_str));
     launcher.push("--");
-    let mut server = Server::start_under(
+    let server = Server::start_under(
         &launcher,
         Path::new(env!("CARGO_BIN_EXE_nsbox")),
         &["--scanner", "off", "--uid-base", &uid_base],
         &[],
     );
+    (cgroups, server)
+}
+
+#[test]
+fn nsbox_as_pid_1_serves_reaps_orphans_and_takes_everything_with_it_when_killed() {
+    let (cgroups, mut server) = start_as_pid_1(UID_BASE);
     // unshare's child is PID 1 of the new namespace: nsbox itself.
     let init = only_child(server.pid() as i32, "unshare");
     assert_eq!(
@@ -299,6 +308,61 @@ fn nsbox_as_pid_1_serves_reaps_orphans_and_takes_everything_with_it_when_killed(
             "processes of uid {uid} outlived the server: {left:?}"
         );
     }
+    let mut left = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            left = cgroups.processes();
+            left.is_empty()
+        }),
+        "processes left in the server's cgroups: {left:?}"
+    );
+}
+
+/// A container engine stops a container with SIGTERM to its PID 1: nsbox's reaper passes
+/// it on, the server shuts down cleanly (its run in flight answered), and PID 1 exits with
+/// the server's status.
+#[test]
+fn sigterm_to_pid_1_is_a_clean_shutdown() {
+    let (cgroups, mut server) = start_as_pid_1(UID_BASE + 1_000_000);
+    let init = only_child(server.pid() as i32, "unshare");
+    let run = {
+        let base = server.base.clone();
+        std::thread::spawn(move || {
+            post(
+                &client(Duration::from_secs(60)),
+                &base,
+                &json!({"code": "import time\ntime.sleep(2)\nprint('done')", "lang": "python", "timeout": 30}),
+            )
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || !processes_of_uid(
+            UID_BASE + 1_000_000 + NOBODY
+        )
+        .is_empty()),
+        "the run never started"
+    );
+    kill(Pid::from_raw(init), Signal::SIGTERM).unwrap();
+    let reply = run.join().unwrap().expect("the run in flight is answered");
+    assert_eq!(
+        (reply.status, reply.body["stdout"].clone()),
+        (200, json!("done\n")),
+        "{}",
+        reply.body
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("PID 1 exits after the server");
+    assert!(
+        status.success(),
+        "exit {status}\n{}",
+        server.log.lock().unwrap()
+    );
+    assert!(
+        server.log.lock().unwrap().contains("nsbox stopped"),
+        "{}",
+        server.log.lock().unwrap()
+    );
     let mut left = Vec::new();
     assert!(
         wait_until(Duration::from_secs(5), || {
