@@ -64,6 +64,8 @@ pub const PING_INTERVAL: Duration = Duration::from_millis(200);
 /// frozen or blocked one does neither, and every run handed to it would wait for the
 /// hand-off's 10 s timeout.
 pub const PING_DEADLINE: Duration = Duration::from_millis(300);
+/// How often a zygote past the ping's deadline but busy is looked at again.
+const BUSY_RECHECK: Duration = Duration::from_millis(50);
 /// How long a ping may go unanswered whatever the zygote is doing.
 pub const BUSY_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -131,7 +133,11 @@ impl TemplateProcess {
             return None;
         }
         Some(match &self.ping {
-            Some(ping) => PING_DEADLINE.saturating_sub(ping.sent.elapsed()),
+            // Past the deadline, a busy zygote is looked at again now and then, not in a
+            // loop.
+            Some(ping) => PING_DEADLINE
+                .checked_sub(ping.sent.elapsed())
+                .unwrap_or(BUSY_RECHECK),
             None => PING_INTERVAL.saturating_sub(self.answered.elapsed()),
         })
     }
