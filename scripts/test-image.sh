@@ -110,8 +110,7 @@ log "init container: copied $(du -sh "$work/state" | cut -f1) onto the volume in
 
 # The settings tried, each a scenario: the podman arguments of the nsbox container (one a
 # line, IMAGE for the image) and of its pod. Every scenario runs in a pod; the namespaces it
-# shares are the manifest's (net, ipc, uts; pid with shareProcessNamespace, which makes the
-# pod's infra process PID 1: nsbox must not be PID 1 itself, see docs/operating.md).
+# shares are the manifest's (net, ipc, uts; not pid, so nsbox is PID 1 of its container).
 unconfined=(--security-opt=seccomp=unconfined --security-opt=apparmor=unconfined)
 incomplete=(--env=NSBOX_ALLOW_INCOMPLETE_ISOLATION=true)
 scenario_args() {

@@ -127,6 +127,7 @@ pub enum StartError {
 pub struct LocalService {
     prepared: Prepared,
     service: Option<Arc<RunService>>,
+    spawner: Option<Arc<Spawner>>,
 }
 
 impl LocalService {
@@ -141,19 +142,20 @@ impl LocalService {
         key_weights: KeyWeights,
     ) -> Result<LocalService, StartError> {
         let prepared = prepare(config, mode)?;
-        let spawner = Spawner::start(prepared.spawner.clone())?;
+        let spawner = Arc::new(Spawner::start(prepared.spawner.clone())?);
         let service = RunService::new(
             Settings {
                 key_weights,
                 ..prepared.settings(config)
             },
-            Arc::new(spawner),
+            spawner.clone(),
             prepared.catalog.clone(),
             cancelled,
         );
         Ok(LocalService {
             prepared,
             service: Some(Arc::new(service)),
+            spawner: Some(spawner),
         })
     }
 
@@ -164,12 +166,18 @@ impl LocalService {
     pub fn isolation(&self) -> &Isolation {
         &self.prepared.isolation
     }
+
+    /// The spawner, to tell it the shutdown began ([`Spawner::begin_shutdown`]).
+    pub fn spawner(&self) -> &Arc<Spawner> {
+        self.spawner.as_ref().expect("the spawner lives until drop")
+    }
 }
 
 impl Drop for LocalService {
     fn drop(&mut self) {
         // The spawner lives in the service; the front end dropped its clones first.
         drop(self.service.take());
+        drop(self.spawner.take());
         self.prepared.release();
     }
 }

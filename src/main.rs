@@ -17,5 +17,7 @@ fn main() -> ExitCode {
     {
         return ExitCode::from(spawner::main().clamp(0, 255) as u8);
     }
+    // As PID 1 of a container, stay behind as its reaper; nsbox goes on in a child.
+    nsbox::sandbox::pid1::become_init_if_pid1();
     nsbox::cli::main()
 }

@@ -97,9 +97,12 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
         let grace = std::time::Duration::from_secs_f64(config.shutdown_grace);
         tokio::spawn(notify_when_ready(service.clone()));
         let sessions_service = service.clone();
+        let spawner = local.spawner().clone();
         let shutdown = async move {
             shutdown_signal().await;
             crate::systemd::notify("STOPPING=1");
+            // Runs in flight keep their spawner; a spawner lost now is not replaced.
+            spawner.begin_shutdown();
             // Sessions live in this process's memory: they end with it, cleanly.
             sessions_service.end_sessions();
         };

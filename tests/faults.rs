@@ -1082,6 +1082,111 @@ fn killing_a_zygote_spares_its_runs_and_it_is_replaced() {
     wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
 }
 
+/// Keeps a process stopped (SIGSTOP), and lets it go however the test ends.
+struct Stopped(Pid);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
+/// The `p`-th percentile of `samples` (nearest rank).
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+#[test]
+fn a_stopped_zygote_under_load_is_replaced_and_costs_no_run_the_hand_off_timeout() {
+    const WORKERS: usize = 4;
+    let (_one, base, server, pid) = start_alone(15, &[]);
+    let stalled = zygote(base, "base").expect("no base zygote");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (base_url, stop, tx) = (server.base.clone(), stop.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let client = client(Duration::from_secs(60));
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let reply = post(&client, &base_url, &code("print(6 * 7)", 30.0));
+                    let _ = tx.send((reply, started.elapsed()));
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    std::thread::sleep(Duration::from_secs(2));
+    let stopped = Stopped(Pid::from_raw(stalled));
+    kill(stopped.0, Signal::SIGSTOP).unwrap();
+    let stopped_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut latencies = Vec::new();
+    for (reply, took) in rx.iter() {
+        let reply = reply.unwrap_or_else(|e| panic!("a run under load: {e}"));
+        assert_eq!(
+            (reply.status, reply.body["stdout"].clone()),
+            (200, json!("42\n")),
+            "{}",
+            brief(&reply.body)
+        );
+        latencies.push(took);
+    }
+    let n = latencies.len();
+    let p99 = percentile(&mut latencies, 99.0);
+    let max = *latencies.last().unwrap();
+    eprintln!(
+        "{n} runs by {WORKERS} clients; zygote stopped {:.1} s before the end; p50 {:?} p99 {p99:?} max {max:?}",
+        stopped_at.elapsed().as_secs_f64(),
+        percentile(&mut latencies, 50.0)
+    );
+    // Generous: the hand-off's timeout is 10 s, a run on this host a fraction of a second.
+    assert!(
+        p99 < Duration::from_secs(1),
+        "p99 {p99:?} over {n} runs (max {max:?}): runs waited on the stopped zygote"
+    );
+    // The stopped zygote was ended and replaced: runs are warm again.
+    let gone = || !Path::new(&format!("/proc/{stalled}")).exists();
+    assert!(
+        wait_until(Duration::from_secs(5), gone),
+        "the stopped zygote {stalled} is still there"
+    );
+    drop(stopped);
+    server.wait_ready();
+    let replacement = zygote(base, "base").expect("the base zygote was not replaced");
+    assert_ne!(replacement, stalled);
+    let warm_runs = || {
+        let metrics = server.get("/metrics").text().unwrap();
+        common::metric(&metrics, "nsbox_run_duration_seconds_count{start=\"warm\"}").unwrap_or(0.0)
+    };
+    let before = warm_runs();
+    assert_runs(&server, "a run on the replacement zygote");
+    assert_eq!(
+        warm_runs(),
+        before + 1.0,
+        "the run after the replacement was warm"
+    );
+    // Only the stopped zygote was taken for stalled: the busy ones answered their pings.
+    let log = server.log.lock().unwrap().clone();
+    let replaced: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("the zygote stopped answering"))
+        .collect();
+    assert_eq!(replaced.len(), 1, "{replaced:#?}");
+    // (nsbox_template_respawns_total also counts zygotes retired at their fork limit, which
+    // a fast host reaches in this test.)
+    eprintln!("{}", replaced[0]);
+    let templates = settled_templates(base);
+    wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. SIGTERM
 // ---------------------------------------------------------------------------------------

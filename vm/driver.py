@@ -145,7 +145,7 @@ class Server:
 
     port = 8080
 
-    def __init__(self, name, args, cgroup=None, uid=None, wait=True, mode="cold"):
+    def __init__(self, name, args, cgroup=None, uid=None, wait=True, mode="cold", prefix=()):
         Server.port += 1
         self.name = name
         self.url = f"http://127.0.0.1:{Server.port}"
@@ -161,11 +161,11 @@ class Server:
                 os.setuid(uid)
 
         env = {"PATH": "/usr/bin:/bin", "RUST_LOG": "info", "HOME": "/tmp"}
-        cmd = [NSBOX, "serve", "--listen", self.url[7:], "--rootfs", ROOTFS]
+        cmd = [*prefix, NSBOX, "serve", "--listen", self.url[7:], "--rootfs", ROOTFS]
         # Cold unless a scenario asks for warm (libnsbox_sandbox.so is beside the binary): both paths
         # share the isolation code, and warm templates take long to warm under TCG.
         cmd += ["--scanner", "off", "--mode", mode, "--uid-base", str(UID_BASE), *args]
-        say(f"starting server {name}: {' '.join(cmd[1:])}")
+        say(f"starting server {name}: {' '.join(cmd[len(prefix) + 1:])}")
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=in_service_cgroup
         )
@@ -637,6 +637,49 @@ def root_crash():
             pass
 
 
+def root_pid1():
+    """Root, nsbox as PID 1 of its PID namespace (a container's entrypoint): it forks itself
+    and stays as the reaper, so two processes share the service cgroup; both must move into
+    the leaf for the controllers to be delegated."""
+    mode = "root-pid1"
+    svc = f"{CG}/system.slice/nsbox-pid1.service"
+    os.makedirs(svc, exist_ok=True)
+    enable_controllers(CG)
+    enable_controllers(f"{CG}/system.slice")
+    mib, procs, cpus = 128, 32, 0.5
+    srv = Server("root-pid1", ["--memory-mib", str(mib), "--max-processes", str(procs),
+                               "--cpus", str(cpus)],
+                 # Like a container: only the namespace's processes in the service cgroup
+                 # (unshare, the runtime's part, stays outside it).
+                 prefix=("unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                         f'echo $$ > {svc}/cgroup.procs && exec "$0" "$@"'))
+    if not started(mode, srv):
+        return
+    # unshare's child is PID 1 of the namespace (the reaper); nsbox serves as its PID 2.
+    init = int(read(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").split()[0])
+    sdir = os.path.join(svc, "nsbox", "srv-2")
+    leaf = read(f"{svc}/nsbox-server/cgroup.procs", "").split()
+    record(mode, "server-starts-as-pid-1", str(init) in leaf and os.path.isdir(sdir), {
+        "pid_1_on_the_host": init, "service_leaf_procs": leaf, "server_cgroup": sdir,
+        "service_procs": read(f"{svc}/cgroup.procs", "").split(),
+    })
+    check_status_v2(mode, srv)
+    check_basic(mode, srv)
+    check_run_cgroup(mode, srv, sdir, mib, procs, cpus)
+    check_no_leftover_runs(mode, svc)
+    # An engine stops a container with SIGTERM to its PID 1, which passes it on.
+    os.kill(init, signal.SIGTERM)
+    try:
+        rc = srv.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        srv.proc.kill()
+        rc = srv.proc.wait()
+    gone = not os.path.exists(sdir)
+    record(mode, "sigterm-to-pid-1-stops-and-removes-server-cgroup", rc == 0 and gone,
+           {"exit_status": rc, "still_there": not gone, "log": srv.log_tail(5)})
+    check_delegation_undone(mode, svc)
+
+
 def rootless_delegated():
     """Unprivileged user with 65536 subordinate ids (newuidmap) owning a delegated cgroup
     subtree, as systemd's Delegate=yes gives: every limit, by cgroup."""
@@ -799,7 +842,7 @@ def main():
         userns = "?"
     say(f"kernel.unprivileged_userns_clone = {userns}")
     environment()
-    scenarios = [root_limits, root_defaults, root_crash, root_shared_cgroup]
+    scenarios = [root_limits, root_defaults, root_crash, root_shared_cgroup, root_pid1]
     if CFG.get("warm"):
         scenarios.append(root_warm)
     if CFG.get("rootless", True):

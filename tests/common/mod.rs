@@ -94,8 +94,28 @@ impl Server {
 
     /// Like `start_with_env`, serving from another nsbox executable (the static build).
     pub fn start_program(program: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_under(&[], program, extra, env)
+    }
+
+    /// Like `start_program`, with `nsbox serve` started by `launcher` (a program and its
+    /// arguments, which end by running the nsbox command line that follows them), e.g. as
+    /// PID 1 of a new PID namespace. [`Server::pid`] is then the launcher's.
+    pub fn start_under(
+        launcher: &[&str],
+        program: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         require_root();
-        let mut child = Command::new(program)
+        let mut command = match launcher.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--rootfs"])
             .arg(rootfs())
             .args(extra)

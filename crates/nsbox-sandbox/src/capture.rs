@@ -549,6 +549,27 @@ impl Streamed {
     }
 }
 
+/// The cap on a run's plots pipe: the plots' bytes, the files' when they are collected
+/// (with room for their headers), and the results' and the error's when asked for.
+pub(crate) fn frames_cap(
+    limits: &Limits,
+    files: Option<FileCaps>,
+    results: Option<ResultCaps>,
+) -> usize {
+    let files = files.map_or(0, |caps| {
+        caps.max_total_bytes as usize + caps.max_count.saturating_add(1) * 4096
+    });
+    let results = results.map_or(0, |caps| {
+        caps.max_total_bytes
+            .saturating_add(caps.max_count.saturating_mul(5))
+            .saturating_add(ERROR_FRAME_MAX)
+    });
+    limits
+        .plot_bytes
+        .saturating_add(files)
+        .saturating_add(results)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

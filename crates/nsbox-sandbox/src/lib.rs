@@ -20,9 +20,11 @@ mod fdpass;
 pub mod hugepages;
 pub mod logging;
 pub mod namespaces;
+pub mod pid1;
 pub mod protocol;
 pub mod rootfs;
 pub mod run;
+pub mod sandbox;
 pub mod seccomp;
 pub mod session;
 pub mod spawner;
@@ -38,5 +40,5 @@ pub use run::{
     OutputType, Plot, Report, ResultCaps, RunEvent, RunOutcome, RunRequest, SessionOp, SkipReason,
     SkippedFile, Termination, CHART_MIME, WORKDIR,
 };
-pub use supervisor::HARNESS;
+pub use sandbox::HARNESS;
 pub use warm_library::WarmLibrary;

@@ -28,7 +28,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
-use super::capture::{decode_frames, text, Capture, FrameCaps, Streamed};
+use super::capture::{decode_frames, frames_cap, text, Capture, FrameCaps, Streamed};
 use super::cgroup::RunCgroup;
 use super::child::{reported_failure, reported_python_status, RECORD_LEN};
 use super::config::SpawnerConfig;
@@ -36,11 +36,15 @@ use super::failure::{step, Failure, Step};
 use super::fdpass;
 use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::{FileCaps, Limits, Report, RunOutcome, RunRequest, SessionOp, Termination};
+use super::sandbox::{pipe, release, start, Bundle, Phases, Sandbox, WarmControls};
 use super::seccomp::SeccompProgram;
-use super::supervisor::{
-    frames_cap, pipe, release, start, Bundle, Phases, Sandbox, SupervisorError, WarmControls,
-};
 use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("writing to the server: {0}")]
+    Reply(#[source] ProtocolError),
+}
 
 /// How long an interrupted call's interpreter has to come back before the session ends.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
@@ -123,7 +127,7 @@ pub fn serve(
     config: &SpawnerConfig,
     seccomp: &SeccompProgram,
     warm: &WarmControls,
-) -> Result<(), SupervisorError> {
+) -> Result<(), SessionError> {
     let began = Instant::now();
     let (live, ready) = match open(&request, config, seccomp, warm) {
         Ok(live) => {
@@ -162,7 +166,7 @@ pub fn serve(
         if let Some(live) = live {
             live.end();
         }
-        return Err(SupervisorError::Reply(ProtocolError::Write(errno.into())));
+        return Err(SessionError::Reply(ProtocolError::Write(errno.into())));
     }
     write_frame(
         &mut stream,
@@ -170,7 +174,7 @@ pub fn serve(
             outcome: Box::new(ready),
         },
     )
-    .map_err(SupervisorError::Reply)?;
+    .map_err(SessionError::Reply)?;
     let Some(mut live) = live else { return Ok(()) };
     tracing::debug!(ms = began.elapsed().as_millis() as u64, "session ready");
     loop {
@@ -214,7 +218,7 @@ pub fn serve(
             live.end();
             return match e {
                 ProtocolError::Write(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                e => Err(SupervisorError::Reply(e)),
+                e => Err(SessionError::Reply(e)),
             };
         }
     }

@@ -7,6 +7,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,15 +18,16 @@ use serde::{Deserialize, Serialize};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{recv, MsgFlags};
 
 use super::config::SpawnerConfig;
 use super::fdpass;
 use super::protocol::{read_frame, write_frame, ProtocolError};
+use super::run::RunRequest;
 use super::run::Template;
-use super::supervisor::WarmControls;
-use super::template::{self, TemplateProcess};
-use super::{cgroup, logging, seccomp, supervisor};
+use super::sandbox::WarmControls;
+use super::seccomp::SeccompProgram;
+use super::template::{self, Liveness, TemplateProcess};
+use super::{cgroup, logging, seccomp, session, supervisor};
 use crate::sys;
 
 /// The hidden subcommand that turns the nsbox binary into a spawner.
@@ -64,6 +66,8 @@ struct Shared {
     process: Mutex<Option<Process>>,
     ready: Mutex<Vec<Template>>,
     stopping: AtomicBool,
+    /// The server is shutting down: a spawner that exits now is not replaced.
+    shutting_down: AtomicBool,
     /// Zygotes replaced over the server's life (summed over spawners).
     template_respawns: AtomicU64,
     /// Spawners that died and were started again.
@@ -92,6 +96,7 @@ impl Spawner {
             process: Mutex::new(None),
             ready: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             template_respawns: AtomicU64::new(0),
             spawner_restarts: AtomicU64::new(0),
         });
@@ -137,6 +142,12 @@ impl Spawner {
             self.shared.template_respawns.load(Ordering::Relaxed),
             self.shared.spawner_restarts.load(Ordering::Relaxed),
         )
+    }
+
+    /// The server's shutdown began: the spawner keeps serving the runs in flight, but if it
+    /// exits now, no other is started (the server takes no new runs).
+    pub fn begin_shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
     }
 
     /// Hands one run's socket to the spawner, which forks a supervisor for it. Fails with
@@ -192,6 +203,13 @@ fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerEr
                 if shared.stopping.load(Ordering::SeqCst) {
                     return;
                 }
+                if shared.shutting_down.load(Ordering::SeqCst) {
+                    tracing::warn!(
+                        pid,
+                        "the spawner exited during the shutdown; runs in flight end with it"
+                    );
+                    return;
+                }
                 shared.spawner_restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(pid, "the spawner exited; starting a new one");
             }
@@ -204,7 +222,7 @@ fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerEr
             }
         }
         std::thread::sleep(RESTART_PAUSE);
-        if shared.stopping.load(Ordering::SeqCst) {
+        if shared.stopping.load(Ordering::SeqCst) || shared.shutting_down.load(Ordering::SeqCst) {
             return;
         }
     }
@@ -214,10 +232,18 @@ fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerEr
 fn launch(config: &SpawnerConfig) -> Result<(Process, UnixStream), SpawnerError> {
     let (control, theirs) = UnixStream::pair().map_err(SpawnerError::Start)?;
     let mut cmd = Command::new("/proc/self/exe");
+    // The spawner's parent-death check compares its parent with this pid: "my parent is 1"
+    // cannot tell a dead server from a server that is PID 1 of its container.
     cmd.arg(SPAWNER_ARG)
+        .arg(std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
+        // A process group of its own: a signal to the server's group (Ctrl-C in a terminal,
+        // `kill -- -PGID`, `timeout`) reaches the server, which owns the shutdown and its
+        // grace for runs in flight, and not the spawner and its supervisors, which would
+        // die at once and take those runs with them.
+        .process_group(0)
         .env_clear();
     if let Ok(filter) = std::env::var("RUST_LOG") {
         cmd.env("RUST_LOG", filter);
@@ -243,8 +269,14 @@ pub fn main() -> i32 {
     // single-threaded, so no other thread can hold one of the subscriber's locks when it
     // forks a supervisor or a template: a fork's copy of every lock is free.
     logging::init_from_env();
-    // The spawner must not outlive the server that started it.
-    if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid().as_raw() == 1 {
+    // The spawner must not outlive the server that started it. The signal is armed first,
+    // then the parent checked: a server that died before the signal was armed left this
+    // process with another parent (PID 1 or a subreaper).
+    let Some(server) = server_pid() else {
+        tracing::error!("the spawner was started without its server's pid");
+        return 1;
+    };
+    if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != server {
         return 1;
     }
     let mut control = control;
@@ -280,9 +312,14 @@ pub fn main() -> i32 {
                 .iter()
                 .map(|t| PollFd::new(t.control.as_fd(), PollFlags::POLLIN)),
         );
-        let wait_ms = keeper
-            .as_ref()
-            .and_then(|k| k.due_in())
+        let due = [
+            keeper.as_ref().and_then(|k| k.due_in()),
+            templates.next_check(),
+        ];
+        let wait_ms = due
+            .into_iter()
+            .flatten()
+            .min()
             .map_or(1000, |due| due.as_millis().min(1000) as u16);
         match poll(&mut fds, PollTimeout::from(wait_ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -298,6 +335,7 @@ pub fn main() -> i32 {
         drop(fds);
         reap_supervisors(&config);
         templates.service(&ready[1..]);
+        templates.check_liveness();
         templates.restart_missing();
         let now = SpawnerStatus {
             ready: templates.ready(),
@@ -329,6 +367,7 @@ pub fn main() -> i32 {
         if let Some(k) = keeper.as_mut() {
             k.run_started();
         }
+        templates.run_arrived();
         for run in msg.fds {
             match sys::fork() {
                 Ok(None) => {
@@ -336,18 +375,12 @@ pub fn main() -> i32 {
                     // (or of stderr) is held here: the supervisor logs like the spawner.
                     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
                     drop(control);
-                    let code = match supervisor::serve(
+                    let code = supervise(
                         UnixStream::from(run),
                         &config,
                         &program,
                         &templates.controls(),
-                    ) {
-                        Ok(()) => 0,
-                        Err(e) => {
-                            tracing::error!(error = %e, "the supervisor failed");
-                            1
-                        }
-                    };
+                    );
                     sys::exit_now(code);
                 }
                 Ok(Some(_)) => drop(run),
@@ -358,6 +391,48 @@ pub fn main() -> i32 {
             }
         }
     }
+}
+
+/// A supervisor, in the process forked for it: reads its request, then serves it as one
+/// run or as a session. Returns the process's exit code.
+fn supervise(
+    mut stream: UnixStream,
+    config: &SpawnerConfig,
+    program: &SeccompProgram,
+    warm: &WarmControls,
+) -> i32 {
+    // The server's end was non-blocking; ours is a separate file description.
+    let _ = stream.set_nonblocking(false);
+    let request: RunRequest = match read_frame(&mut stream) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "the supervisor could not read its request");
+            return 1;
+        }
+    };
+    // The server's request span, as far as the supervisor knows it: its lines carry the
+    // request's id like the server's own.
+    let request_id = request.request_id.as_deref().map(tracing::field::display);
+    let served = if request.session {
+        let _span = tracing::info_span!("session", request_id).entered();
+        session::serve(stream, request, config, program, warm).map_err(|e| e.to_string())
+    } else {
+        let _span = tracing::info_span!("run", request_id).entered();
+        supervisor::serve(stream, request, config, program, warm).map_err(|e| e.to_string())
+    };
+    match served {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "the supervisor failed");
+            1
+        }
+    }
+}
+
+/// The server's pid, as `launch` passed it after [`SPAWNER_ARG`].
+fn server_pid() -> Option<nix::unistd::Pid> {
+    let arg = std::env::args().nth(2)?;
+    arg.parse().ok().map(nix::unistd::Pid::from_raw)
 }
 
 /// Reaps supervisors (and template inits) that have exited. A supervisor that did not end
@@ -387,6 +462,8 @@ struct Templates<'a> {
     /// When each template was last started, to slow down a template that keeps dying.
     last_start: Vec<(Template, Instant)>,
     respawns: u64,
+    /// When the last run arrived: zygotes are pinged only for a while after one.
+    last_run: Option<Instant>,
 }
 
 /// A template that dies sooner than this after its start is restarted only after a pause.
@@ -407,6 +484,7 @@ impl<'a> Templates<'a> {
             live: Vec::new(),
             last_start: Vec::new(),
             respawns: 0,
+            last_run: None,
         };
         t.restart_missing();
         t
@@ -457,12 +535,20 @@ impl<'a> Templates<'a> {
                 continue;
             }
             let mut buf = [0u8; 16];
-            match recv(t.control.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(n) if &buf[..n] == b"ready" => {
+            // Readable, so a message (or EOF) is there: this does not block.
+            match fdpass::recv::<1>(t.control.as_raw_fd(), &mut buf) {
+                Ok(m) if &buf[..m.len] == b"ready" => {
                     newly_ready.push((t.template, t.pid));
-                    keep.push(TemplateProcess { ready: true, ..t });
+                    let mut t = t;
+                    t.became_ready(m.fds.into_iter().next());
+                    keep.push(t);
                 }
-                Ok(n) if &buf[..n] == b"replace-soon" => {
+                Ok(m) if &buf[..m.len] == b"pong" => {
+                    let mut t = t;
+                    t.answered();
+                    keep.push(t);
+                }
+                Ok(m) if &buf[..m.len] == b"replace-soon" => {
                     successors.push(t.template);
                     keep.push(t);
                 }
@@ -484,6 +570,52 @@ impl<'a> Templates<'a> {
                 self.launch(kind);
             }
         }
+    }
+
+    /// Pings the ready zygotes and replaces one that stalled (stopped, frozen, blocked): its
+    /// runs in flight go on, the runs queued for it start cold at once, and the next runs
+    /// of its kind go cold until its successor is warm.
+    fn check_liveness(&mut self) {
+        let active = self.active();
+        let mut stalled = Vec::new();
+        for (i, t) in self.live.iter_mut().enumerate() {
+            if let Liveness::Stalled(waited) = t.check(active) {
+                tracing::warn!(
+                    template = t.template.name(),
+                    waited_ms = waited.as_millis() as u64,
+                    "the zygote stopped answering; replacing it"
+                );
+                t.kill_zygote();
+                stalled.push(i);
+            }
+        }
+        for i in stalled.into_iter().rev() {
+            // Dropping its control socket: no supervisor forked from now on hands it a run.
+            self.live.remove(i);
+        }
+    }
+
+    /// How long until a zygote is due a ping or a ping's deadline is up.
+    fn next_check(&self) -> Option<Duration> {
+        let active = self.active();
+        self.live.iter().filter_map(|t| t.next_check(active)).min()
+    }
+
+    /// Whether runs are coming (one arrived within [`PING_WHILE_ACTIVE`]).
+    fn active(&self) -> bool {
+        self.last_run
+            .is_some_and(|at| at.elapsed() < template::PING_WHILE_ACTIVE)
+    }
+
+    /// A run arrived: the zygotes are pinged from now on for a while, at once if they
+    /// were idle.
+    fn run_arrived(&mut self) {
+        if !self.active() {
+            for t in &mut self.live {
+                t.ping_now();
+            }
+        }
+        self.last_run = Some(Instant::now());
     }
 
     fn restart_missing(&mut self) {

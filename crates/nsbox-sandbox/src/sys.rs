@@ -40,8 +40,9 @@ pub fn clone_fork(flags: CloneFlags) -> Result<Option<Pid>, Errno> {
 
 /// Plain `fork()`, for single-threaded callers only.
 pub fn fork() -> Result<Option<Pid>, Errno> {
-    // SAFETY: every caller is a single-threaded process (the spawner, a supervisor, or the
-    // sandbox's init), so the child cannot inherit a lock held by another thread.
+    // SAFETY: every caller is a single-threaded process (the spawner, a supervisor, the
+    // sandbox's init, or nsbox as PID 1 before `main` starts anything), so the child cannot
+    // inherit a lock held by another thread.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
         nix::unistd::ForkResult::Child => Ok(None),

@@ -2,6 +2,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -17,8 +18,8 @@ use super::config::SpawnerConfig;
 use super::failure::{step, Failure, Step};
 use super::namespaces::{self, RUN_NAMESPACES};
 use super::run::Template;
-use super::supervisor::{self, HARNESS};
-use super::{caps, rootfs};
+use super::sandbox::{self, HARNESS};
+use super::{caps, fdpass, rootfs};
 use crate::sys;
 
 /// The zygote's program, run after the harness (which it reuses for every run).
@@ -44,8 +45,137 @@ pub struct TemplateProcess {
     pub template: Template,
     /// The spawner's end of the zygote's control socket; supervisors send runs on it.
     pub control: OwnedFd,
+    /// The template's init (PID 1 of its namespaces), not the zygote.
     pub pid: Pid,
     pub ready: bool,
+    /// A pidfd of the zygote, sent with its "ready": its pid in the template's namespace
+    /// is not one the spawner can use.
+    pub zygote: Option<OwnedFd>,
+    /// The ping in flight, if any.
+    ping: Option<Ping>,
+    /// When the last ping was answered (or the zygote said it is ready).
+    answered: Instant,
+}
+
+/// How often the spawner asks a ready zygote whether it still takes runs, while runs come.
+pub const PING_INTERVAL: Duration = Duration::from_millis(200);
+/// How long after a run arrives the zygotes are pinged. An idle server pings nothing (no
+/// periodic work); the first run after a pause makes a ping due at once, so a zygote that
+/// stalled meanwhile is found within [`PING_DEADLINE`], not after the hand-off's 10 s.
+pub const PING_WHILE_ACTIVE: Duration = Duration::from_secs(60);
+/// How long a ping may go unanswered while the zygote neither uses CPU nor waits for one. A
+/// zygote busy forking runs queued before the ping does one or the other; a stopped,
+/// frozen or blocked one does neither, and every run handed to it would wait for the
+/// hand-off's 10 s timeout.
+pub const PING_DEADLINE: Duration = Duration::from_millis(300);
+/// How often a zygote past the ping's deadline but busy is looked at again.
+const BUSY_RECHECK: Duration = Duration::from_millis(50);
+/// How long a ping may go unanswered whatever the zygote is doing.
+pub const BUSY_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A ping sent to a zygote and the zygote's CPU time then (clock ticks), to tell a busy
+/// zygote from a stalled one.
+struct Ping {
+    sent: Instant,
+    cpu_ticks: Option<u64>,
+}
+
+/// What [`TemplateProcess::check`] found.
+pub enum Liveness {
+    Alive,
+    /// The zygote left a ping unanswered this long.
+    Stalled(Duration),
+}
+
+impl TemplateProcess {
+    /// The zygote said it is ready, with a pidfd of itself.
+    pub fn became_ready(&mut self, zygote: Option<OwnedFd>) {
+        self.ready = true;
+        self.zygote = zygote;
+        self.answered = Instant::now();
+    }
+
+    /// The zygote answered a ping.
+    pub fn answered(&mut self) {
+        self.ping = None;
+        self.answered = Instant::now();
+    }
+
+    /// A run arrived after a pause: ping at once rather than an interval after the last
+    /// answer.
+    pub fn ping_now(&mut self) {
+        if let Some(earlier) = Instant::now().checked_sub(PING_INTERVAL) {
+            self.answered = self.answered.min(earlier);
+        }
+    }
+
+    /// Pings a ready zygote when a ping is due (only while runs come: `active`), and says
+    /// whether one in flight has gone unanswered too long. A ping that cannot even be
+    /// queued (the zygote's queue is full of runs it does not take) counts as sent.
+    pub fn check(&mut self, active: bool) -> Liveness {
+        if !self.ready {
+            return Liveness::Alive;
+        }
+        match &self.ping {
+            Some(ping) => {
+                let waited = ping.sent.elapsed();
+                let (ticks, state) = self.zygote_stat().unzip();
+                // Busy: it used CPU since the ping, or waits for a CPU to run on.
+                let worked = state == Some('R')
+                    || matches!((ping.cpu_ticks, ticks), (Some(then), Some(now)) if now > then);
+                if waited >= BUSY_DEADLINE || (waited >= PING_DEADLINE && !worked) {
+                    return Liveness::Stalled(waited);
+                }
+            }
+            None if active && self.answered.elapsed() >= PING_INTERVAL => {
+                let _ = fdpass::try_send(self.control.as_raw_fd(), b"ping", &[]);
+                self.ping = Some(Ping {
+                    sent: Instant::now(),
+                    cpu_ticks: self.zygote_stat().map(|(ticks, _)| ticks),
+                });
+            }
+            None => {}
+        }
+        Liveness::Alive
+    }
+
+    /// How long until [`TemplateProcess::check`] has something to do.
+    pub fn next_check(&self, active: bool) -> Option<Duration> {
+        if !self.ready || (!active && self.ping.is_none()) {
+            return None;
+        }
+        Some(match &self.ping {
+            // Past the deadline, a busy zygote is looked at again now and then, not in a
+            // loop.
+            Some(ping) => PING_DEADLINE
+                .checked_sub(ping.sent.elapsed())
+                .unwrap_or(BUSY_RECHECK),
+            None => PING_INTERVAL.saturating_sub(self.answered.elapsed()),
+        })
+    }
+
+    /// Kills the zygote (not the template's init, whose namespace holds the zygote's runs
+    /// in flight: they go on). The runs queued on its control socket go with it: their
+    /// supervisors see the hand-off end at once and start them cold.
+    pub fn kill_zygote(&self) {
+        if let Some(zygote) = &self.zygote {
+            let _ = sys::pidfd_kill(zygote);
+        }
+    }
+
+    /// The zygote's CPU time so far (user and system, in clock ticks) and its state letter.
+    fn zygote_stat(&self) -> Option<(u64, char)> {
+        let pid = sys::pidfd_pid(self.zygote.as_ref()?).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name (which may hold spaces), field 3 is the state; utime and
+        // stime are fields 14 and 15.
+        let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = rest.next()?.chars().next()?;
+        let mut times = rest.skip(10);
+        let utime: u64 = times.next()?.parse().ok()?;
+        let stime: u64 = times.next()?.parse().ok()?;
+        Some((utime + stime, state))
+    }
 }
 
 fn cstring(s: String) -> CString {
@@ -80,7 +210,7 @@ pub fn launch(
         cstring(max_forks.to_string()),
         cstring(u8::from(config.warm.as_ref().is_some_and(|w| w.huge_pages)).to_string()),
     ];
-    let envp = supervisor::run_env(&config.limits, config.guard_rails);
+    let envp = sandbox::run_env(&config.limits, config.guard_rails);
     let plan = TemplatePlan {
         config,
         control: theirs.as_raw_fd(),
@@ -112,6 +242,9 @@ pub fn launch(
         control,
         pid,
         ready: false,
+        zygote: None,
+        ping: None,
+        answered: Instant::now(),
     })
 }
 

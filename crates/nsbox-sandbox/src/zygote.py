@@ -93,7 +93,11 @@ def _nsbox_warm(template, max_forks, huge_pages):
     # reaps them, so none lingers as a zombie.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     control = socket.socket(fileno=3)
-    control.send(b"ready")
+    # With a pidfd of this process: the spawner ends this zygote through it if it stops
+    # answering pings (its pid here means nothing in the spawner's namespace).
+    me = os.pidfd_open(os.getpid())
+    socket.send_fds(control, [b"ready"], [me])
+    os.close(me)
     forks = 0
     prewarm = max(1, min(50, max_forks // 10))
     # The fork limit is where replacement starts, not where runs stop: this zygote keeps
@@ -107,6 +111,13 @@ def _nsbox_warm(template, max_forks, huge_pages):
             break
         if not msg:
             break
+        if msg == b"ping":
+            # The spawner's liveness check: answered between runs, never during one.
+            try:
+                control.send(b"pong")
+            except OSError:
+                break
+            continue
         if not fds:
             continue
         forks += 1

@@ -73,6 +73,11 @@ impl Parent {
             mkdir_p(&leaf)?;
             delegated.leaf = Some(leaf.clone());
             write(&leaf.join("cgroup.procs"), &server_pid.to_string())?;
+            // nsbox's reaper as PID 1 of a container sits in the same cgroup; moved back
+            // with the server by `undo_delegation`.
+            if let Some(reaper) = crate::pid1::reaper() {
+                write(&leaf.join("cgroup.procs"), &reaper.to_string())?;
+            }
         }
         if let Err(e) = write(&own.join("cgroup.subtree_control"), &enable) {
             let others = read_pids(own);
