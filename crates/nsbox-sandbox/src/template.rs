@@ -62,7 +62,7 @@ pub const PING_INTERVAL: Duration = Duration::from_millis(200);
 /// How long after a run arrives the zygotes are pinged. An idle server pings nothing (no
 /// periodic work); the first run after a pause makes a ping due at once, so a zygote that
 /// stalled meanwhile is found within [`PING_DEADLINE`], not after the hand-off's 10 s.
-pub const PING_WHILE_ACTIVE: Duration = Duration::from_secs(60);
+pub const PING_WHILE_ACTIVE: Duration = Duration::from_secs(2);
 /// How long a ping may go unanswered while the zygote neither uses CPU nor waits for one. A
 /// zygote busy forking runs queued before the ping does one or the other; a stopped,
 /// frozen or blocked one does neither, and every run handed to it would wait for the
