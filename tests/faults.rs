@@ -1187,6 +1187,49 @@ fn a_stopped_zygote_under_load_is_replaced_and_costs_no_run_the_hand_off_timeout
     wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
 }
 
+/// An idle server pings no zygote; the first run after a pause makes the pings due at
+/// once, so a zygote that stalled while nothing came costs that run the ping's deadline
+/// (it starts cold), not the hand-off's 10 s.
+#[test]
+fn a_zygote_that_stalled_while_idle_costs_the_next_run_no_hand_off_timeout() {
+    let (_one, base, server, pid) = start_alone(16, &[]);
+    assert_runs(&server, "a run before the pause");
+    let stalled = zygote(base, "base").expect("no base zygote");
+    // Longer than the pings last after a run: nothing pings the zygote now.
+    std::thread::sleep(Duration::from_secs(4));
+    let stopped = Stopped(Pid::from_raw(stalled));
+    kill(stopped.0, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let reply = post(
+        &client(Duration::from_secs(60)),
+        &server.base,
+        &code("print(6 * 7)", 30.0),
+    )
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        (reply.status, reply.body["stdout"].clone()),
+        (200, json!("42\n")),
+        "{}",
+        brief(&reply.body)
+    );
+    // Generous: the hand-off's timeout is 10 s.
+    assert!(
+        took < Duration::from_secs(3),
+        "the first run after the pause took {took:?}: it waited on the stopped zygote"
+    );
+    let gone = || !Path::new(&format!("/proc/{stalled}")).exists();
+    assert!(
+        wait_until(Duration::from_secs(5), gone),
+        "the stopped zygote {stalled} is still there"
+    );
+    drop(stopped);
+    server.wait_ready();
+    let templates = settled_templates(base);
+    wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. SIGTERM
 // ---------------------------------------------------------------------------------------

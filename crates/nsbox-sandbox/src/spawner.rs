@@ -607,14 +607,9 @@ impl<'a> Templates<'a> {
             .is_some_and(|at| at.elapsed() < template::PING_WHILE_ACTIVE)
     }
 
-    /// A run arrived: the zygotes are pinged from now on for a while, at once if they
-    /// were idle.
+    /// A run arrived: the zygotes are pinged from now on for a while (at once after a
+    /// pause: their last answer is older than the ping interval).
     fn run_arrived(&mut self) {
-        if !self.active() {
-            for t in &mut self.live {
-                t.ping_now();
-            }
-        }
         self.last_run = Some(Instant::now());
     }
 

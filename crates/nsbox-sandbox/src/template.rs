@@ -101,14 +101,6 @@ impl TemplateProcess {
         self.answered = Instant::now();
     }
 
-    /// A run arrived after a pause: ping at once rather than an interval after the last
-    /// answer.
-    pub fn ping_now(&mut self) {
-        if let Some(earlier) = Instant::now().checked_sub(PING_INTERVAL) {
-            self.answered = self.answered.min(earlier);
-        }
-    }
-
     /// Pings a ready zygote when a ping is due (only while runs come: `active`), and says
     /// whether one in flight has gone unanswered too long. A ping that cannot even be
     /// queued (the zygote's queue is full of runs it does not take) counts as sent.
