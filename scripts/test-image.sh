@@ -164,7 +164,7 @@ scenario_keys() {
 kill_server() {
 	local scenario=$1 name=$2 url=$3 pid1 server cgroup left status exit_code i
 	pid1=$(ctr_podman inspect --format '{{.State.Pid}}' "$name")
-	server=$(cat "/proc/$pid1/task/$pid1/children")
+	server=$(xargs <"/proc/$pid1/task/$pid1/children")
 	[ -n "$server" ] && [ "${server// /}" = "$server" ] || {
 		log "[$scenario] nsbox's PID 1 ($pid1) should have one child, the server: '$server'"
 		return 1
@@ -173,11 +173,18 @@ kill_server() {
 	curl -s --max-time 90 -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
 		-d '{"code": "import time\ntime.sleep(60)", "lang": "python", "timeout": 80}' \
 		"$url/v1/tools/code" >/dev/null 2>&1 &
-	local client=$!
+	local client=$! in_flight=
 	for i in $(seq 100); do
-		curl -s --max-time 2 -H "Authorization: Bearer $key" "$url/v1/status" | grep -q '"running":1' && break
+		if curl -s --max-time 2 -H "Authorization: Bearer $key" "$url/v1/status" | grep -q '"running":1'; then
+			in_flight=1
+			break
+		fi
 		sleep 0.1
 	done
+	[ -n "$in_flight" ] || {
+		log "[$scenario] the run never showed as running in /v1/status"
+		return 1
+	}
 	log "[$scenario] SIGKILL to the server (host pid $server) with a run in flight"
 	kill -KILL "$server"
 	for i in $(seq 150); do
