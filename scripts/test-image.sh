@@ -197,7 +197,8 @@ kill_server() {
 	exit_code=$(ctr_podman inspect --format '{{.State.ExitCode}}' "$name")
 	left=$(find "$cgroup" -name cgroup.procs -exec cat {} + 2>/dev/null | wc -l)
 	log "[$scenario] after the kill: container $status, exit status $exit_code, $left processes left in $cgroup"
-	[ "$status" = exited ] && [ "$exit_code" = 137 ] && [ "$left" = 0 ]
+	# podman says `stopped` until its cleanup process has run, then `exited`.
+	[[ $status == exited || $status == stopped ]] && [ "$exit_code" = 137 ] && [ "$left" = 0 ]
 }
 
 results=()
