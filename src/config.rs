@@ -218,6 +218,9 @@ pub struct Config {
     /// This node's name in its session ids (`sess_<node>_<hex>`), which a load balancer
     /// routes by: 1 to 32 of `a-z`, `0-9`, `-`; `None` = from the hostname.
     pub node: Option<String>,
+    /// The egress door (docs/egress.md): hosts runs may reach through nsbox's own proxy,
+    /// and the limits on it. `None` (no `[egress]` table): runs have no network at all.
+    pub egress: Option<crate::egress::EgressConfig>,
 }
 
 /// Where `nsbox` finds the root filesystem when nothing says otherwise.
@@ -279,6 +282,7 @@ impl Default for Config {
             mcp_max_body_mib: 4,
             max_large_bodies: 4,
             node: None,
+            egress: None,
         }
     }
 }
@@ -394,6 +398,10 @@ impl Config {
         }
         if let Some(node) = &self.node {
             NodeTag::new(node).map_err(|e| invalid("node", e.to_string()))?;
+        }
+        if let Some(egress) = &self.egress {
+            crate::egress::Policy::from_config(egress, vec![self.listen])
+                .map_err(|e| invalid("egress", e.to_string()))?;
         }
         if self.max_running_per_user == Some(0) {
             return Err(invalid("max_running_per_user", "must be at least 1"));

@@ -33,6 +33,14 @@ struct RawRequest {
     files: Objects<RawFile>,
     session_id: Text,
     results: Flag,
+    network: Option<RawNetwork>,
+}
+
+/// `network`: `{"allow": ["host[:port]", ...]}`, which narrows the operator's egress policy.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNetwork {
+    allow: Strings,
 }
 
 /// One input file as sent: its known fields, and the first unknown one.
@@ -128,6 +136,15 @@ pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
             )),
         };
     let results = results(raw.results)?;
+    let network = match raw.network.map(|n| n.allow) {
+        None | Some(Strings::Null) => None,
+        Some(Strings::List(allow)) => Some(allow),
+        Some(Strings::Other) => {
+            return Err(ApiError::invalid(
+                "`network.allow` must be an array of host names",
+            ))
+        }
+    };
     let session_id = match raw.session_id {
         Text::Null => None,
         Text::Str(s) => Some(s),
@@ -140,6 +157,7 @@ pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
         files,
         session_id,
         results,
+        network,
         ..CodeRequest::default()
     })
 }

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use super::events::{EventSender, Overflow};
+use crate::sandbox::fdpass;
 use crate::sandbox::protocol::{decode_len, encode, ProtocolError};
 use crate::sandbox::session::SandboxHandle;
 use crate::sandbox::spawner::Spawner;
@@ -49,6 +50,18 @@ pub trait Runner: Send + Sync {
     /// Runs one request; with `events`, its output is also sent there as it comes (the
     /// request's `stream` is then set).
     fn run(&self, request: RunRequest, events: Option<Events>) -> RunFuture<'_>;
+    /// Runs one request with an egress door: its supervisor hands over the listener it made
+    /// on the run's loopback, and `door` serves it until the run is over; refusals are
+    /// added to the outcome's stderr. A runner without doors runs the request as it is.
+    fn run_with_door(
+        &self,
+        request: RunRequest,
+        events: Option<Events>,
+        door: crate::egress::Door,
+    ) -> RunFuture<'_> {
+        drop(door);
+        self.run(request, events)
+    }
     /// Whether runs can start warm (or the warm path is off): what readiness means.
     fn is_ready(&self) -> bool;
     /// Templates whose zygote is warm.
@@ -117,6 +130,31 @@ impl Runner for Spawner {
         Box::pin(async move {
             let mut ours = supervise(self, &request).await?;
             read_reports(&mut ours, events.as_ref()).await
+        })
+    }
+
+    fn run_with_door(
+        &self,
+        mut request: RunRequest,
+        events: Option<Events>,
+        door: crate::egress::Door,
+    ) -> RunFuture<'_> {
+        request.stream = events.is_some();
+        request.egress_port = Some(crate::egress::PROXY_PORT);
+        Box::pin(async move {
+            let mut ours = supervise(self, &request).await?;
+            let serving = match receive_fd(&ours).await? {
+                Some(fd) => Some(
+                    door.open(std::net::TcpListener::from(fd))
+                        .map_err(|e| RunnerError::SupervisorLost(ProtocolError::Read(e)))?,
+                ),
+                None => None,
+            };
+            let mut outcome = read_reports(&mut ours, events.as_ref()).await?;
+            if let Some(serving) = serving {
+                outcome.stderr.push_str(&serving.refusal_lines());
+            }
+            Ok(outcome)
         })
     }
 
@@ -194,6 +232,28 @@ async fn receive_handle(
             SandboxHandle::receive(stream.as_raw_fd()).map_err(std::io::Error::from)
         }) {
             Ok(handle) => return Ok(handle),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(lost(e)),
+        }
+    }
+}
+
+/// The one descriptor a supervisor sends ahead of its reports (a door's listener); `None`
+/// when its set-up failed before there was one.
+async fn receive_fd(stream: &tokio::net::UnixStream) -> Result<Option<OwnedFd>, RunnerError> {
+    let lost = |e: std::io::Error| RunnerError::SupervisorLost(ProtocolError::Read(e));
+    loop {
+        stream.readable().await.map_err(lost)?;
+        match stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            let got =
+                fdpass::recv::<1>(stream.as_raw_fd(), &mut byte).map_err(std::io::Error::from)?;
+            if got.len == 0 {
+                return Err(std::io::Error::from(nix::errno::Errno::ECONNRESET));
+            }
+            Ok(got.fds.into_iter().next())
+        }) {
+            Ok(fd) => return Ok(fd),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(lost(e)),
         }

@@ -78,6 +78,7 @@ impl RunService {
             collect_files: None,
             session: true,
             results: None,
+            egress_port: None,
         };
         let started = Instant::now();
         let (conn, outcome) = self.runner.open_session(request).await.map_err(|e| {

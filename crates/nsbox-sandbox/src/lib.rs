@@ -16,7 +16,7 @@ pub mod cgroup;
 pub mod child;
 pub mod config;
 pub mod failure;
-mod fdpass;
+pub mod fdpass;
 pub mod hugepages;
 pub mod logging;
 pub mod namespaces;

@@ -476,6 +476,7 @@ fn message<'a>(op: &'a SessionOp, session: &'a Limits) -> Message<'a> {
         path: None,
         caps: None,
         results: None,
+        proxy: None,
     };
     let no_frames = FrameCaps {
         max_plots: 0,

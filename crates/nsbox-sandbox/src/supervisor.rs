@@ -24,6 +24,7 @@ use super::cgroup::RunCgroup;
 use super::child::{self, ChildPlan, Entry, RECORD_LEN};
 use super::config::SpawnerConfig;
 use super::failure::{io_step, step, Failure, Step};
+use super::fdpass;
 use super::namespaces::RUN_NAMESPACES;
 use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::{
@@ -300,6 +301,9 @@ pub(crate) struct Bundle<'a> {
     pub caps: Option<FileCaps>,
     /// Notebook results, when asked for, and their caps.
     pub results: Option<ResultCaps>,
+    /// The egress proxy's URL, which the harness puts in the proxy variables; `None`: no
+    /// door, no variables.
+    pub proxy: Option<String>,
 }
 
 impl<'a> Bundle<'a> {
@@ -312,6 +316,7 @@ impl<'a> Bundle<'a> {
             path: None,
             caps: None,
             results: request.results,
+            proxy: proxy_url(request),
         }
     }
 
@@ -331,6 +336,46 @@ impl<'a> Bundle<'a> {
         io_step(Step::StoreCode, store(&code))?;
         step(Step::StoreCode, lseek(code.as_raw_fd(), 0, Whence::SeekSet))?;
         Ok(code)
+    }
+}
+
+/// The URL of a run's egress proxy (on its own loopback), when it has a door.
+pub(crate) fn proxy_url(request: &RunRequest) -> Option<String> {
+    request
+        .egress_port
+        .map(|port| format!("http://127.0.0.1:{port}"))
+}
+
+/// Hands the server the listener of the run's egress door, made in the run's network
+/// namespace before the run is released: one message of one byte, with the listener
+/// attached, before any report. A run without a door sends nothing.
+pub(crate) fn open_door(
+    request: &RunRequest,
+    sandbox: &Sandbox,
+    client: &UnixStream,
+) -> Result<(), Failure> {
+    let Some(port) = request.egress_port else {
+        return Ok(());
+    };
+    let listener = step(
+        Step::EgressListener,
+        sandbox
+            .pidfd()
+            .and_then(|pidfd| sys::listen_in_netns_of(&pidfd, port)),
+    );
+    let sent = match &listener {
+        Ok(fd) => fdpass::send(client.as_raw_fd(), &[1], &[fd.as_raw_fd()]),
+        Err(_) => fdpass::send(client.as_raw_fd(), &[0], &[]),
+    };
+    listener?;
+    step(Step::EgressListener, sent)
+}
+
+/// Tells the server a run with a door that set-up failed before the door existed (the
+/// message it waits for before the reports, with nothing attached).
+pub(crate) fn no_door(request: &RunRequest, client: &UnixStream) {
+    if request.egress_port.is_some() {
+        let _ = fdpass::send(client.as_raw_fd(), &[0], &[]);
     }
 }
 
@@ -518,8 +563,15 @@ fn execute(
     let code = || Bundle::of(request).store();
     let (sandbox, reads) = match start(request, config, seccomp, warm, &code) {
         Ok(started) => started,
-        Err(failure) => return (setup_failed(failure, began), None),
+        Err(failure) => {
+            no_door(request, client);
+            return (setup_failed(failure, began), None);
+        }
     };
+    if let Err(failure) = open_door(request, &sandbox, client) {
+        tracing::error!(step = %failure.step, errno = %failure.errno, "egress door");
+        return (setup_failed(abort(&sandbox, None, failure), began), None);
+    }
     phases.start_us = phases.lap();
     let cgroup = match release(&sandbox, reads.release, config, limits, phases) {
         Ok(cgroup) => cgroup,

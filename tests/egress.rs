@@ -1,0 +1,365 @@
+//! The egress door against the real server (warm and cold, scanner off): a local upstream
+//! named through `egress.hosts` is reached with urllib and pandas, and every red-team case
+//! of issue 24 that concerns the door is refused with a line on the run's stderr.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::Server;
+use serde_json::{json, Value};
+
+const CSV: &str = "a,b\n1,2\n3,4\n5,6\n";
+
+/// A plain HTTP/1.1 server on 127.0.0.2 (a loopback address the door refuses unless the
+/// operator allows it exactly): `/data.csv`, and POST bodies it counts.
+struct Upstream {
+    port: u16,
+    received: Arc<AtomicU64>,
+    smuggled: Arc<AtomicU64>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(AtomicU64::new(0));
+        let smuggled = Arc::new(AtomicU64::new(0));
+        let (r, s) = (received.clone(), smuggled.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let (r, s) = (r.clone(), s.clone());
+                std::thread::spawn(move || serve(stream, &r, &s));
+            }
+        });
+        Upstream {
+            port,
+            received,
+            smuggled,
+        }
+    }
+}
+
+fn serve(stream: TcpStream, received: &AtomicU64, smuggled: &AtomicU64) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if line.contains("/smuggled") {
+            smuggled.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut length = 0u64;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = Vec::new();
+        let got = (&mut reader)
+            .take(length)
+            .read_to_end(&mut body)
+            .unwrap_or(0) as u64;
+        received.fetch_add(got, Ordering::Relaxed);
+        let reply = if line.starts_with("POST") {
+            format!("got {got}")
+        } else {
+            CSV.to_string()
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nContent-Length: {}\r\n\r\n",
+            reply.len()
+        );
+        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(reply.as_bytes()).is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn config(dir: &tempfile::TempDir, up: &Upstream) -> String {
+    let path = dir.path().join("nsbox.toml");
+    let text = format!(
+        "[egress]\n\
+         allow = [\"upstream.test:{p}\", \"inside.test:{p}\", \"169.254.169.254\"]\n\
+         allow_ips = [\"127.0.0.2\"]\n\
+         max_connections = 40\n\
+         max_upload_mib = 1\n\
+         header_timeout = 2\n\
+         [egress.hosts]\n\
+         \"upstream.test\" = \"127.0.0.2\"\n\
+         \"inside.test\" = \"10.9.9.9\"\n",
+        p = up.port
+    );
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The run's checks, one line each (`label result`), in one run: the flood of connections
+/// comes last, as it uses up the run's connection limit.
+fn red_team_code(up: u16, server: u16) -> String {
+    format!(
+        r#"
+import os, socket, time, urllib.request, urllib.error
+UP = "http://upstream.test:{up}"
+print("proxy", os.environ.get("HTTP_PROXY"), os.environ.get("https_proxy"))
+print("urllib", urllib.request.urlopen(UP + "/data.csv", timeout=20).read().decode().count("\n"))
+import pandas as pd
+print("pandas", pd.read_csv(UP + "/data.csv").shape)
+
+def status(url, data=None):
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=20).status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except Exception as e:
+        return type(e).__name__
+
+for host in ["127.0.0.1", "localhost", "[::1]", "0.0.0.0", "2130706433", "0177.0.0.1",
+             "0x7f.0.0.1", "[::ffff:127.0.0.1]"]:
+    print("own", host, status(f"http://{{host}}:{server}/v1/health"))
+print("metadata", status("http://169.254.169.254/latest/meta-data/"))
+print("private", status(f"http://inside.test:{up}/"))
+
+def raw(data, wait=20):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=wait)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            out += c
+    except socket.timeout:
+        return "timeout"
+    return out.split(b"\r\n")[0].decode()
+
+print("connect_port", raw(b"CONNECT upstream.test:22 HTTP/1.1\r\nHost: upstream.test:22\r\n\r\n"))
+print("absolute_host", raw(b"GET http://evil.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n"))
+print("host_mismatch", raw(b"GET http://upstream.test:{up}/ HTTP/1.1\r\nHost: inside.test:{up}\r\n\r\n"))
+print("smuggle_cl_cl", raw(b"POST http://upstream.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n"
+                           b"Content-Length: 4\r\nContent-Length: 90\r\n\r\nxxxxGET http://upstream.test:{up}/smuggled HTTP/1.1\r\n\r\n"))
+print("smuggle", raw(b"POST http://upstream.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n"
+                     b"Content-Length: 60\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"0\r\n\r\nGET http://upstream.test:{up}/smuggled HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n"))
+
+t = time.monotonic()
+s = socket.create_connection(("127.0.0.1", 3128), timeout=30)
+s.sendall(b"GET http://upstream.test:{up}/ HTTP/1.1\r\n")
+try:
+    while True:
+        s.sendall(b"X")
+        time.sleep(0.25)
+        if time.monotonic() - t > 20:
+            print("slowloris", "still open")
+            break
+except OSError:
+    print("slowloris", "closed")
+try:
+    if s.recv(1024) == b"":
+        pass
+except OSError:
+    pass
+
+print("upload", status(UP + "/upload", data=b"x" * (3 << 20)))
+
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    print("raw", "opened")
+except OSError as e:
+    print("raw", type(e).__name__)
+try:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.sendto(b"\x00" * 12, ("8.8.8.8", 53))
+    print("udp_dns", "sent")
+except OSError as e:
+    print("udp_dns", type(e).__name__)
+
+codes = {{}}
+for _ in range(1000):
+    c = status(UP + "/data.csv")
+    codes[c] = codes.get(c, 0) + 1
+print("flood", codes.get(200, 0), codes.get(403, 0))
+"#
+    )
+}
+
+fn lines(stdout: &str) -> std::collections::BTreeMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .fold(Default::default(), |mut m, (k, v)| {
+            // `own` has one line per spelling.
+            let k = if k == "own" {
+                format!("own {}", v.split(' ').next().unwrap_or(""))
+            } else {
+                k
+            };
+            m.insert(k, v);
+            m
+        })
+}
+
+fn red_team(mode: &str) {
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &up);
+    let server = Server::start(&["--config", &cfg, "--scanner", "off", "--mode", mode]);
+    let r = server.run_with(json!({
+        "code": red_team_code(up.port, server.port),
+        "lang": "python",
+        "timeout": 120,
+    }));
+    let stdout = common::text(&r, "stdout");
+    let stderr = common::text(&r, "stderr");
+    let got = lines(stdout);
+    let say = format!("{mode}: stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        got["proxy"], "http://127.0.0.1:3128 http://127.0.0.1:3128",
+        "{say}"
+    );
+    assert_eq!(got["urllib"], "4", "{say}");
+    assert_eq!(got["pandas"], "(3, 2)", "{say}");
+    for host in [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "0.0.0.0",
+        "2130706433",
+        "0177.0.0.1",
+        "0x7f.0.0.1",
+        "[::ffff:127.0.0.1]",
+    ] {
+        assert_eq!(got[&format!("own {host}")], format!("{host} 403"), "{say}");
+    }
+    assert_eq!(got["metadata"], "403", "{say}");
+    assert_eq!(got["private"], "403", "{say}");
+    assert!(got["connect_port"].contains("403"), "{say}");
+    assert!(got["absolute_host"].contains("403"), "{say}");
+    assert!(got["host_mismatch"].contains("403"), "{say}");
+    // CL.TE: hyper reads the body as chunked (Transfer-Encoding wins, RFC 9112 6.3), the
+    // upstream gets the request re-framed, and the connection serves one request only:
+    // what follows the chunked body never reaches the upstream. CL.CL is refused.
+    assert!(got["smuggle_cl_cl"].contains("400"), "{say}");
+    assert_eq!(up.smuggled.load(Ordering::Relaxed), 0, "{say}");
+    assert_eq!(got["slowloris"], "closed", "{say}");
+    assert_ne!(got["upload"], "200", "{say}");
+    assert!(up.received.load(Ordering::Relaxed) <= 1 << 20, "{say}");
+    assert_eq!(got["raw"], "PermissionError", "{say}");
+    assert_eq!(got["udp_dns"], "OSError", "{say}");
+    let flood: Vec<u32> = got["flood"]
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(flood[0] <= 40, "{say}");
+    assert!(flood[1] >= 960, "{say}");
+    for why in [
+        "egress to 127.0.0.1:",
+        "egress to 169.254.169.254:80 refused: a cloud metadata address",
+        "egress to inside.test:",
+        "a private address (10.9.9.9)",
+        "egress to upstream.test:22 refused: a port",
+        "does not match the target",
+        "upload limit (1 MiB)",
+        "connection limit (40)",
+    ] {
+        assert!(stderr.contains(why), "{why} missing; {say}");
+    }
+    // Every connection is accounted for.
+    let metrics = server.get("/metrics").text().unwrap();
+    let refused = common::metric(
+        &metrics,
+        "nsbox_egress_connections_total{verdict=\"refused\"}",
+    );
+    assert!(refused.is_some_and(|n| n >= 960.0), "{metrics}");
+    let down = common::metric(&metrics, "nsbox_egress_bytes_total{direction=\"down\"}");
+    assert!(down.is_some_and(|n| n > 0.0), "{metrics}");
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.lines().any(|l| l.contains("egress connection")
+            && l.contains("upstream.test")
+            && l.contains("verdict=ok")),
+        "{log}"
+    );
+    // The server is healthy afterwards.
+    assert!(server.get("/v1/health").status().is_success());
+}
+
+#[test]
+fn the_door_lets_through_what_is_allowed_and_nothing_else_warm() {
+    red_team("warm");
+}
+
+#[test]
+fn the_door_lets_through_what_is_allowed_and_nothing_else_cold() {
+    red_team("cold");
+}
+
+const NO_DOOR: &str = r#"
+import os, socket
+print("vars", sorted(k for k in os.environ if "proxy" in k.lower()))
+try:
+    socket.create_connection(("127.0.0.1", 3128), timeout=5)
+    print("listener", "open")
+except OSError as e:
+    print("listener", type(e).__name__)
+"#;
+
+#[test]
+fn runs_without_a_policy_have_no_door_and_requests_only_narrow() {
+    let up = Upstream::start();
+    let plain = Server::start(&["--scanner", "off"]);
+    let r = plain.run(NO_DOOR);
+    let got = lines(common::text(&r, "stdout"));
+    assert_eq!(got["vars"], "[]", "{r}");
+    assert_eq!(got["listener"], "ConnectionRefusedError", "{r}");
+    let (status, body) = plain.post(&json!({
+        "code": "print(1)", "lang": "python", "network": {"allow": ["upstream.test"]}
+    }));
+    assert_eq!(status, 400, "{body}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &up);
+    let server = Server::start(&["--config", &cfg, "--scanner", "off"]);
+    let (status, body) = server.post(&json!({
+        "code": "print(1)", "lang": "python", "network": {"allow": ["evil.test", "upstream.test"]}
+    }));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("evil.test"), "{body}");
+    // Narrowed to nothing: the sealed sandbox again.
+    let r: Value =
+        server.run_with(json!({"code": NO_DOOR, "lang": "python", "network": {"allow": []}}));
+    let got = lines(common::text(&r, "stdout"));
+    assert_eq!(got["vars"], "[]", "{r}");
+    assert_eq!(got["listener"], "ConnectionRefusedError", "{r}");
+    // Narrowed to the upstream: inside.test, allowed by the operator, is not by the request.
+    let code = format!(
+        "import urllib.request\n\
+         print('ok', urllib.request.urlopen('http://upstream.test:{p}/data.csv').status)\n\
+         try:\n    urllib.request.urlopen('http://inside.test:{p}/')\nexcept Exception as e:\n    print('narrowed', e.code)\n",
+        p = up.port
+    );
+    let allow = format!("upstream.test:{}", up.port);
+    let r = server.run_with(json!({"code": code, "lang": "python", "network": {"allow": [allow]}}));
+    let got = lines(common::text(&r, "stdout"));
+    assert_eq!(got.get("ok").map(String::as_str), Some("200"), "{r}");
+    assert_eq!(got.get("narrowed").map(String::as_str), Some("403"), "{r}");
+    assert!(
+        common::text(&r, "stderr").contains("not in the allowlist"),
+        "{r}"
+    );
+}
