@@ -220,6 +220,8 @@ pub struct Config {
     pub node: Option<String>,
     /// The egress door (docs/egress.md): hosts runs may reach through nsbox's own proxy,
     /// and the limits on it. `None` (no `[egress]` table): runs have no network at all.
+    /// A table, so deploy/nsbox.toml shows it commented out after the top-level keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::egress::EgressConfig>,
 }
 
@@ -540,6 +542,26 @@ mod tests {
             let e = Config::parse(text).unwrap().validate().unwrap_err();
             assert!(e.to_string().contains(&format!("`{field}`")), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_egress_table_is_read_and_checked() {
+        let c = Config::parse(
+            "[egress]\nallow = [\"pypi.org\"]\n[egress.hosts]\n\"m.internal\" = \"10.0.0.5\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.egress.as_ref().unwrap().allow, ["pypi.org"]);
+        assert_eq!(c.egress.as_ref().unwrap().max_connections, 64);
+        let e = Config::parse("[egress]\nallow = [\"a b\"]\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`egress`") && e.contains("a b"), "{e}");
+        assert!(Config::parse("[egress]\nalow = []\n")
+            .unwrap_err()
+            .contains("alow"));
     }
 
     #[test]

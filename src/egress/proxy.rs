@@ -337,6 +337,13 @@ async fn handle(req: Request<hyper::body::Incoming>, state: Arc<RunState>) -> An
             return Ok(refused(&state, Refusal { host, port, why }));
         }
     };
+    if Instant::now() >= state.deadline {
+        let why = format!(
+            "the run's egress time ({} s) is over",
+            state.door.policy.limits.max_time.as_secs()
+        );
+        return Ok(refused(&state, Refusal { host, port, why }));
+    }
     let route = match state.door.policy.route(&host, port) {
         Ok(r) => r,
         Err(refusal) => return Ok(refused(&state, refusal)),
