@@ -363,3 +363,79 @@ fn runs_without_a_policy_have_no_door_and_requests_only_narrow() {
         "{r}"
     );
 }
+
+fn create_session(server: &Server, body: Value) -> (u16, Value) {
+    let r = server
+        .client()
+        .post(format!("{}/v1/sessions", server.base))
+        .json(&body)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap())
+}
+
+#[test]
+fn a_session_takes_its_door_at_creation_and_each_call_hears_of_its_own_refusals() {
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &up);
+    let server = Server::start(&["--config", &cfg, "--scanner", "off"]);
+    let (status, body) = create_session(&server, json!({"network": {"allow": ["evil.test"]}}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("evil.test"), "{body}");
+
+    let (status, s) = create_session(&server, json!({}));
+    assert_eq!(status, 201, "{s}");
+    let sid = s["id"].as_str().unwrap();
+    let call =
+        |code: String| server.run_with(json!({"code": code, "lang": "python", "session_id": sid}));
+    let fetch = format!(
+        "import os, urllib.request\n\
+         print('proxy', os.environ.get('HTTPS_PROXY'))\n\
+         print('ok', urllib.request.urlopen('http://upstream.test:{}/data.csv').status)\n",
+        up.port
+    );
+    let first = call(fetch.clone());
+    let got = lines(common::text(&first, "stdout"));
+    assert_eq!(got["proxy"], "http://127.0.0.1:3128", "{first}");
+    assert_eq!(got["ok"], "200", "{first}");
+    assert_eq!(common::text(&first, "stderr"), "", "{first}");
+    let refused = call(format!(
+        "import urllib.request\n\
+         try:\n    urllib.request.urlopen('http://inside.test:{}/')\n\
+         except Exception as e:\n    print('refused', e.code)\n",
+        up.port
+    ));
+    assert_eq!(
+        lines(common::text(&refused, "stdout"))["refused"],
+        "403",
+        "{refused}"
+    );
+    assert!(
+        common::text(&refused, "stderr").contains("egress to inside.test"),
+        "{refused}"
+    );
+    // The next call's stderr has its own refusals only, and the door is still open.
+    let again = call(fetch);
+    assert_eq!(
+        lines(common::text(&again, "stdout"))["ok"],
+        "200",
+        "{again}"
+    );
+    assert_eq!(common::text(&again, "stderr"), "", "{again}");
+    // A call cannot change its session's door.
+    let (status, body) = server.post(&json!({
+        "code": "print(1)", "lang": "python", "session_id": sid, "network": {"allow": []}
+    }));
+    assert_eq!(status, 400, "{body}");
+
+    // A session narrowed to nothing is sealed.
+    let (status, s) = create_session(&server, json!({"network": {"allow": []}}));
+    assert_eq!(status, 201, "{s}");
+    let sealed = server.run_with(json!({
+        "code": NO_DOOR, "lang": "python", "session_id": s["id"].as_str().unwrap()
+    }));
+    let got = lines(common::text(&sealed, "stdout"));
+    assert_eq!(got["vars"], "[]", "{sealed}");
+    assert_eq!(got["listener"], "ConnectionRefusedError", "{sealed}");
+}

@@ -165,24 +165,35 @@ impl Door {
 }
 
 impl Serving {
-    /// One `nsbox:` line per distinct refusal, for the run's stderr.
-    pub fn refusal_lines(&self) -> String {
-        let lines = self
-            .state
-            .refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+    /// One `nsbox:` line per distinct refusal since the last call, for the stderr of the
+    /// run (or of the session's call) they happened in.
+    pub fn take_refusal_lines(&self) -> String {
+        let lines = std::mem::take(
+            &mut *self
+                .state
+                .refusals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         let mut out = String::new();
         for line in lines.iter() {
             out.push_str(&format!("nsbox: {line}\n"));
         }
-        let unlisted = self.state.unlisted.load(Ordering::Relaxed);
+        let unlisted = self.state.unlisted.swap(0, Ordering::Relaxed);
         if unlisted > 0 {
             out.push_str(&format!(
                 "nsbox: egress: {unlisted} more kinds of refusal not listed\n"
             ));
         }
         out
+    }
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("connections", &self.state.connections)
+            .finish_non_exhaustive()
     }
 }
 

@@ -74,6 +74,16 @@ pub trait Runner: Send + Sync {
         drop(request);
         Box::pin(async { Err(RunnerError::NoSessions) })
     }
+    /// Starts a session with an egress door, served for the session's life; each call's
+    /// refusals are added to that call's stderr. A runner without doors starts it as it is.
+    fn open_session_with_door(
+        &self,
+        request: RunRequest,
+        door: crate::egress::Door,
+    ) -> SessionFuture<'_> {
+        drop(door);
+        self.open_session(request)
+    }
 }
 
 /// The server's end of a session's supervisor. Dropping it ends the session: the sandbox
@@ -83,6 +93,8 @@ pub trait Runner: Send + Sync {
 pub struct SessionConn {
     stream: tokio::net::UnixStream,
     sandbox: Option<SandboxHandle>,
+    /// The session's egress door, served until the session ends.
+    door: Option<crate::egress::Serving>,
 }
 
 impl Drop for SessionConn {
@@ -105,7 +117,11 @@ impl SessionConn {
             .write_all(&frame)
             .await
             .map_err(|e| RunnerError::Send(ProtocolError::Write(e)))?;
-        read_reports(&mut self.stream, events.as_ref()).await
+        let mut outcome = read_reports(&mut self.stream, events.as_ref()).await?;
+        if let Some(door) = &self.door {
+            outcome.stderr.push_str(&door.take_refusal_lines());
+        }
+        Ok(outcome)
     }
 
     /// Whether the supervisor went away (or said something unasked) while the session was
@@ -143,16 +159,10 @@ impl Runner for Spawner {
         request.egress_port = Some(crate::egress::PROXY_PORT);
         Box::pin(async move {
             let mut ours = supervise(self, &request).await?;
-            let serving = match receive_fd(&ours).await? {
-                Some(fd) => Some(
-                    door.open(std::net::TcpListener::from(fd))
-                        .map_err(|e| RunnerError::SupervisorLost(ProtocolError::Read(e)))?,
-                ),
-                None => None,
-            };
+            let serving = open_door(&ours, door).await?;
             let mut outcome = read_reports(&mut ours, events.as_ref()).await?;
             if let Some(serving) = serving {
-                outcome.stderr.push_str(&serving.refusal_lines());
+                outcome.stderr.push_str(&serving.take_refusal_lines());
             }
             Ok(outcome)
         })
@@ -164,7 +174,38 @@ impl Runner for Spawner {
             let mut stream = supervise(self, &request).await?;
             let sandbox = receive_handle(&stream).await?;
             let outcome = read_reports(&mut stream, None).await?;
-            Ok((SessionConn { stream, sandbox }, outcome))
+            let door = None;
+            Ok((
+                SessionConn {
+                    stream,
+                    sandbox,
+                    door,
+                },
+                outcome,
+            ))
+        })
+    }
+
+    fn open_session_with_door(
+        &self,
+        mut request: RunRequest,
+        door: crate::egress::Door,
+    ) -> SessionFuture<'_> {
+        request.session = true;
+        request.egress_port = Some(crate::egress::PROXY_PORT);
+        Box::pin(async move {
+            let mut stream = supervise(self, &request).await?;
+            let door = open_door(&stream, door).await?;
+            let sandbox = receive_handle(&stream).await?;
+            let outcome = read_reports(&mut stream, None).await?;
+            Ok((
+                SessionConn {
+                    stream,
+                    sandbox,
+                    door,
+                },
+                outcome,
+            ))
         })
     }
 
@@ -235,6 +276,21 @@ async fn receive_handle(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(lost(e)),
         }
+    }
+}
+
+/// Serves the listener a supervisor sends for a run or session with a door; `None` when
+/// its set-up failed before the listener existed (its report says why).
+async fn open_door(
+    stream: &tokio::net::UnixStream,
+    door: crate::egress::Door,
+) -> Result<Option<crate::egress::Serving>, RunnerError> {
+    match receive_fd(stream).await? {
+        Some(fd) => door
+            .open(std::net::TcpListener::from(fd))
+            .map(Some)
+            .map_err(|e| RunnerError::SupervisorLost(ProtocolError::Read(e))),
+        None => Ok(None),
     }
 }
 

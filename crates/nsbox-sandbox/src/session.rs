@@ -38,7 +38,8 @@ use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::{FileCaps, Limits, Report, RunOutcome, RunRequest, SessionOp, Termination};
 use super::seccomp::SeccompProgram;
 use super::supervisor::{
-    frames_cap, pipe, release, start, Bundle, Phases, Sandbox, SupervisorError, WarmControls,
+    frames_cap, no_door, open_door, pipe, release, start, Bundle, Phases, Sandbox, SupervisorError,
+    WarmControls,
 };
 use crate::sys;
 
@@ -96,6 +97,8 @@ struct Live {
     warm: bool,
     /// The session's limits, which its file requests are held to as its calls are.
     limits: Limits,
+    /// The egress proxy's URL when the session has a door: every call's bundle carries it.
+    proxy: Option<String>,
 }
 
 impl Live {
@@ -125,7 +128,23 @@ pub fn serve(
     warm: &WarmControls,
 ) -> Result<(), SupervisorError> {
     let began = Instant::now();
-    let (live, ready) = match open(&request, config, seccomp, warm) {
+    // A session with a door gets its listener once its interpreter is ready and before
+    // any call (no code of the caller's has run yet), and keeps it for its life.
+    let opened = match open(&request, config, seccomp, warm) {
+        Ok(live) => match open_door(&request, &live.sandbox, &stream) {
+            Ok(()) => Ok(live),
+            Err(failure) => {
+                tracing::error!(step = %failure.step, errno = %failure.errno, "egress door");
+                live.end();
+                Err((failure, String::new()))
+            }
+        },
+        Err(failed) => {
+            no_door(&request, &stream);
+            Err(failed)
+        }
+    };
+    let (live, ready) = match opened {
         Ok(live) => {
             let outcome = outcome(
                 Termination::Exited { code: 0 },
@@ -289,6 +308,7 @@ fn open(
         reports: Capture::new(outputs.report, RECORD_LEN * 4),
         warm: warm_run,
         limits: request.limits.clone(),
+        proxy: super::supervisor::proxy_url(request),
     };
     // Until the harness is ready its stderr says why it is not; after, it is /dev/null.
     let mut err = Capture::new(outputs.stderr, 64 * 1024);
@@ -541,6 +561,10 @@ fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
         frames: frame_caps,
         limits,
     } = message(op, &session_limits);
+    let bundle = Bundle {
+        proxy: live.proxy.clone(),
+        ..bundle
+    };
     let stream = matches!(op, SessionOp::Run { request } if request.stream);
     // The deadline starts before the call is handed over: handing it over is part of it.
     let deadline = began + patience;
