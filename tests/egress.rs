@@ -20,6 +20,8 @@ struct Upstream {
     port: u16,
     received: Arc<AtomicU64>,
     smuggled: Arc<AtomicU64>,
+    /// Connections whose first byte was a TLS handshake's.
+    tls: Arc<AtomicU64>,
 }
 
 impl Upstream {
@@ -28,24 +30,30 @@ impl Upstream {
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(AtomicU64::new(0));
         let smuggled = Arc::new(AtomicU64::new(0));
-        let (r, s) = (received.clone(), smuggled.clone());
+        let tls = Arc::new(AtomicU64::new(0));
+        let (r, s, t) = (received.clone(), smuggled.clone(), tls.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
-                let (r, s) = (r.clone(), s.clone());
-                std::thread::spawn(move || serve(stream, &r, &s));
+                let (r, s, t) = (r.clone(), s.clone(), t.clone());
+                std::thread::spawn(move || serve(stream, &r, &s, &t));
             }
         });
         Upstream {
             port,
             received,
             smuggled,
+            tls,
         }
     }
 }
 
-fn serve(stream: TcpStream, received: &AtomicU64, smuggled: &AtomicU64) {
+fn serve(stream: TcpStream, received: &AtomicU64, smuggled: &AtomicU64, tls: &AtomicU64) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
+    if reader.fill_buf().is_ok_and(|b| b.first() == Some(&0x16)) {
+        tls.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -150,6 +158,40 @@ def raw(data, wait=20):
 print("connect_port", raw(b"CONNECT upstream.test:22 HTTP/1.1\r\nHost: upstream.test:22\r\n\r\n"))
 print("absolute_host", raw(b"GET http://evil.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n"))
 print("host_mismatch", raw(b"GET http://upstream.test:{up}/ HTTP/1.1\r\nHost: inside.test:{up}\r\n\r\n"))
+import ssl
+def tunnel(first):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+    s.sendall(b"CONNECT upstream.test:{up} HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        c = s.recv(1)
+        if not c:
+            return "closed before 200"
+        head += c
+    s.sendall(first)
+    out = b""
+    try:
+        while b"\r\n" not in out:
+            c = s.recv(65536)
+            if not c:
+                break
+            out += c
+    except socket.timeout:
+        return "timeout"
+    return out.split(b"\r\n")[0].decode() or "closed"
+
+def client_hello(name):
+    bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    t = ssl.create_default_context().wrap_bio(bio_in, bio_out, server_hostname=name)
+    try:
+        t.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return bio_out.read()
+
+print("tunnel_ok", tunnel(b"GET /data.csv HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n"))
+print("tunnel_host", tunnel(b"GET /data.csv HTTP/1.1\r\nHost: inside.test:{up}\r\n\r\n"))
+print("tunnel_sni", tunnel(client_hello("evil.test")))
 print("smuggle_cl_cl", raw(b"POST http://upstream.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n"
                            b"Content-Length: 4\r\nContent-Length: 90\r\n\r\nxxxxGET http://upstream.test:{up}/smuggled HTTP/1.1\r\n\r\n"))
 print("smuggle", raw(b"POST http://upstream.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n"
@@ -251,6 +293,11 @@ fn red_team(mode: &str) {
     assert!(got["connect_port"].contains("403"), "{say}");
     assert!(got["absolute_host"].contains("403"), "{say}");
     assert!(got["host_mismatch"].contains("403"), "{say}");
+    // Inside a CONNECT tunnel: the first request's Host and a ClientHello's SNI.
+    assert_eq!(got["tunnel_ok"], "HTTP/1.1 200 OK", "{say}");
+    assert_eq!(got["tunnel_host"], "closed", "{say}");
+    assert_eq!(got["tunnel_sni"], "closed", "{say}");
+    assert_eq!(up.tls.load(Ordering::Relaxed), 0, "{say}");
     // CL.TE: hyper reads the body as chunked (Transfer-Encoding wins, RFC 9112 6.3), the
     // upstream gets the request re-framed, and the connection serves one request only:
     // what follows the chunked body never reaches the upstream. CL.CL is refused.
@@ -275,6 +322,8 @@ fn red_team(mode: &str) {
         "egress to upstream.test:22 refused: a port",
         "does not match the target",
         "upload limit (1 MiB)",
+        "the TLS server name (evil.test) does not match the target",
+        "the Host header inside the tunnel (inside.test:",
         "connection limit (40)",
     ] {
         assert!(stderr.contains(why), "{why} missing; {say}");

@@ -2,6 +2,7 @@
 
 pub mod addr;
 pub mod proxy;
+pub mod tunnel;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

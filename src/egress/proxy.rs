@@ -15,12 +15,12 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::{Policy, Refusal, Route};
+use super::{tunnel, Policy, Refusal, Route};
 
 /// How one connection through the door ended, as counted by
 /// `nsbox_egress_connections_total`.
@@ -396,6 +396,20 @@ async fn handle(req: Request<hyper::body::Incoming>, state: Arc<RunState>) -> An
             let mut client = TokioIo::new(upgraded);
             let mut counted = counted;
             let deadline = tunnel_state.deadline;
+            let patience = tunnel_state.door.policy.limits.header_timeout;
+            let first = first_flight(&mut client, patience).await;
+            if let Some(why) = tunnel::mismatch(&first, &counted.host, counted.port) {
+                counted.refused = true;
+                tunnel_state.refuse(&Refusal {
+                    host: counted.host.clone(),
+                    port: counted.port,
+                    why,
+                });
+                return;
+            }
+            if counted.write_all(&first).await.is_err() {
+                return;
+            }
             let _ = tokio::time::timeout_at(
                 deadline,
                 tokio::io::copy_bidirectional(&mut client, &mut counted),
@@ -408,6 +422,28 @@ async fn handle(req: Request<hyper::body::Incoming>, state: Arc<RunState>) -> An
         return Ok(Response::new(Body::empty()));
     }
     Ok(forward(req, counted, state).await)
+}
+
+/// What the client sends first through a tunnel, as far as the door looks: one TLS record
+/// or HTTP head, within `patience` (a protocol whose server speaks first gets its tunnel
+/// after that wait, with nothing looked into).
+async fn first_flight<R: AsyncRead + Unpin>(
+    client: &mut R,
+    patience: std::time::Duration,
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(4096);
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        while !tunnel::complete(&buf) {
+            let want = chunk.len().min(tunnel::FIRST_FLIGHT_MAX - buf.len());
+            match client.read(&mut chunk[..want]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(patience, read).await;
+    buf
 }
 
 fn failed(state: &RunState, host: &str, port: u16, why: &str) -> Response<Body> {
@@ -506,6 +542,8 @@ struct Counted {
     up: u64,
     down: u64,
     cut: Arc<AtomicBool>,
+    /// Refused after it was made (what went through the tunnel named another host).
+    refused: bool,
 }
 
 impl Counted {
@@ -518,6 +556,7 @@ impl Counted {
             up: 0,
             down: 0,
             cut: Arc::new(AtomicBool::new(false)),
+            refused: false,
         }
     }
 
@@ -534,7 +573,9 @@ impl Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        let verdict = if self.cut.load(Ordering::Relaxed) {
+        let verdict = if self.refused {
+            Verdict::refused
+        } else if self.cut.load(Ordering::Relaxed) {
             Verdict::limit
         } else {
             Verdict::ok
