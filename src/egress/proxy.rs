@@ -207,6 +207,9 @@ impl Drop for Serving {
     }
 }
 
+/// Bytes a tunnel copies at a time, each way.
+const TUNNEL_BUFFER: usize = 64 * 1024;
+
 const LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 46\r\nConnection: close\r\n\r\nnsbox egress: this run's connection limit hit\n";
 
 async fn accept(listener: TcpListener, state: Arc<RunState>) {
@@ -412,7 +415,14 @@ async fn handle(req: Request<hyper::body::Incoming>, state: Arc<RunState>) -> An
             }
             let _ = tokio::time::timeout_at(
                 deadline,
-                tokio::io::copy_bidirectional(&mut client, &mut counted),
+                // 64 KiB each way rather than tokio's 8 KiB: fewer wake-ups per megabyte
+                // on a download (measured in the note).
+                tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut counted,
+                    TUNNEL_BUFFER,
+                    TUNNEL_BUFFER,
+                ),
             )
             .await;
             if Instant::now() >= deadline {
