@@ -488,3 +488,124 @@ fn a_session_takes_its_door_at_creation_and_each_call_hears_of_its_own_refusals(
     assert_eq!(got["vars"], "[]", "{sealed}");
     assert_eq!(got["listener"], "ConnectionRefusedError", "{sealed}");
 }
+
+/// `openssl s_server` for `secure.test` on 127.0.0.2 with a certificate made for the test
+/// (its own CA); killed when dropped.
+struct TlsUpstream {
+    child: std::process::Child,
+    port: u16,
+    ca: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsUpstream {
+    fn start() -> TlsUpstream {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=secure.test",
+                "-addext",
+                "subjectAltName=DNS:secure.test",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the openssl command (Debian's openssl package) makes the test's certificate");
+        assert!(made.status.success(), "{made:?}");
+        let port = TcpListener::bind("127.0.0.2:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-www",
+                "-quiet",
+                "-accept",
+                &format!("127.0.0.2:{port}"),
+            ])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(10), || {
+                TcpStream::connect(("127.0.0.2", port)).is_ok()
+            }),
+            "openssl s_server did not start"
+        );
+        TlsUpstream {
+            child,
+            port,
+            ca: std::fs::read_to_string(&cert).unwrap(),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn https_goes_through_the_door_end_to_end_and_another_server_name_does_not() {
+    let tls = TlsUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("nsbox.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[egress]\nallow = [\"secure.test:{p}\"]\nallow_ips = [\"127.0.0.2\"]\n\
+             [egress.hosts]\n\"secure.test\" = \"127.0.0.2\"\n",
+            p = tls.port
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap(), "--scanner", "off"]);
+    let code = format!(
+        r#"
+import socket, ssl, urllib.request
+ctx = ssl.create_default_context(cafile="ca.pem")
+body = urllib.request.urlopen("https://secure.test:{p}/", context=ctx, timeout=20).read()
+print("https", b"s_server" in body)
+s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+s.sendall(b"CONNECT secure.test:{p} HTTP/1.1\r\nHost: secure.test:{p}\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+try:
+    ctx.check_hostname = False
+    ctx.wrap_socket(s, server_hostname="other.test")
+    print("sni", "handshake")
+except (ssl.SSLError, OSError) as e:
+    print("sni", "refused")
+"#,
+        p = tls.port
+    );
+    let r = server.run_with(json!({
+        "code": code, "lang": "python",
+        "files": [{"path": "ca.pem", "content": tls.ca}],
+    }));
+    let got = lines(common::text(&r, "stdout"));
+    assert_eq!(got.get("https").map(String::as_str), Some("True"), "{r}");
+    assert_eq!(got.get("sni").map(String::as_str), Some("refused"), "{r}");
+    assert!(
+        common::text(&r, "stderr").contains("the TLS server name (other.test) does not match"),
+        "{r}"
+    );
+}
