@@ -49,6 +49,10 @@ pub struct KeyEntry {
     /// Whether the key sees the whole server in `/v1/status` and may read `/metrics`.
     #[serde(default)]
     pub operator: bool,
+    /// The hosts this key's runs may reach (docs/egress.md), within `[egress] allow`;
+    /// `None` takes `[egress] allow` as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_allow: Option<Vec<String>>,
 }
 
 fn weight_one() -> u32 {
@@ -61,6 +65,7 @@ impl KeyEntry {
             key,
             weight: 1,
             operator: false,
+            egress_allow: None,
         }
     }
 }
@@ -405,6 +410,7 @@ impl Config {
             crate::egress::Policy::from_config(egress, vec![self.listen])
                 .map_err(|e| invalid("egress", e.to_string()))?;
         }
+        crate::egress::Policies::from_config(self).map_err(|e| invalid("keys", e))?;
         if self.max_running_per_user == Some(0) {
             return Err(invalid("max_running_per_user", "must be at least 1"));
         }
@@ -477,6 +483,7 @@ impl Config {
                 Some(m) => {
                     m.weight = m.weight.max(entry.weight);
                     m.operator |= entry.operator;
+                    m.egress_allow = m.egress_allow.take().or(entry.egress_allow);
                 }
                 None => merged.push(entry),
             }

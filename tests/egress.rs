@@ -609,3 +609,40 @@ except (ssl.SSLError, OSError) as e:
         "{r}"
     );
 }
+
+#[test]
+fn a_keys_egress_allow_narrows_its_runs_and_not_other_keys() {
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("nsbox.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[keys]]\nkey = \"narrow-key\"\negress_allow = []\n\
+             [[keys]]\nkey = \"wide-key\"\n\
+             [egress]\nallow = [\"upstream.test:{p}\"]\nallow_ips = [\"127.0.0.2\"]\n\
+             [egress.hosts]\n\"upstream.test\" = \"127.0.0.2\"\n",
+            p = up.port
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap(), "--scanner", "off"]);
+    let run_as = |key: &str| -> Value {
+        server
+            .client()
+            .post(format!("{}/v1/tools/code", server.base))
+            .bearer_auth(key)
+            .json(&json!({"code": NO_DOOR, "lang": "python"}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let narrow = run_as("narrow-key");
+    let got = lines(common::text(&narrow, "stdout"));
+    assert_eq!(got["vars"], "[]", "{narrow}");
+    assert_eq!(got["listener"], "ConnectionRefusedError", "{narrow}");
+    let wide = run_as("wide-key");
+    let got = lines(common::text(&wide, "stdout"));
+    assert_ne!(got["vars"], "[]", "{wide}");
+}

@@ -134,6 +134,7 @@ fn app(o: Options) -> App {
         key: key.clone(),
         weight: 1,
         operator,
+        egress_allow: None,
     };
     let keys = Keys::with_options(
         &o.keys

@@ -63,6 +63,58 @@ impl Default for EgressConfig {
     }
 }
 
+/// The operator's policy and the keys' narrowings of it: which one a request starts from.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    operator: Arc<Policy>,
+    /// By the key's owner fingerprint (`service::key_owner`).
+    by_key: std::collections::HashMap<String, Arc<Policy>>,
+}
+
+impl Policies {
+    /// The configuration's policies; `None` without `[egress]`. The error names what is
+    /// wrong (a key's `egress_allow` without `[egress]`, or wider than it).
+    pub fn from_config(config: &crate::config::Config) -> Result<Option<Policies>, String> {
+        let keyed: Vec<&crate::config::KeyEntry> = config
+            .keys
+            .iter()
+            .filter(|k| k.egress_allow.is_some())
+            .collect();
+        let Some(egress) = &config.egress else {
+            return match keyed.is_empty() {
+                true => Ok(None),
+                false => Err("`egress_allow` needs an [egress] table".into()),
+            };
+        };
+        let operator =
+            Arc::new(Policy::from_config(egress, vec![config.listen]).map_err(|e| e.to_string())?);
+        let mut by_key = std::collections::HashMap::new();
+        for k in keyed {
+            let allow = k.egress_allow.as_deref().unwrap_or_default();
+            let narrowed = operator
+                .narrow(allow)
+                .map_err(|e| format!("`egress_allow`: {e}"))?;
+            by_key.insert(
+                crate::service::key_owner(k.key.as_bytes()),
+                Arc::new(narrowed),
+            );
+        }
+        Ok(Some(Policies { operator, by_key }))
+    }
+
+    /// The policy a request of `owner` (an API key's fingerprint) starts from.
+    pub fn for_owner(&self, owner: Option<&str>) -> &Arc<Policy> {
+        owner
+            .and_then(|o| self.by_key.get(o))
+            .unwrap_or(&self.operator)
+    }
+
+    /// See [`Policy::add_own_listener`]: every key's policy shares the operator's list.
+    pub fn add_own_listener(&self, addr: SocketAddr) {
+        self.operator.add_own_listener(addr);
+    }
+}
+
 /// A policy or a request that cannot be used, in words for the operator or the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -562,6 +614,38 @@ mod tests {
             p.narrow(&["not a host".into()]),
             Err(PolicyError::Entry(_))
         ));
+    }
+
+    #[test]
+    fn a_key_starts_from_its_own_narrowing() {
+        use crate::config::Config;
+        let text = "[[keys]]\nkey = \"alpha\"\negress_allow = [\"up.test:9000\"]\n\
+                    [[keys]]\nkey = \"beta\"\n\
+                    [egress]\nallow = [\"up.test:9000\", \"pypi.org\"]\n";
+        let c = Config::parse(text).unwrap();
+        c.validate().unwrap();
+        let p = Policies::from_config(&c).unwrap().unwrap();
+        let alpha = crate::service::key_owner(b"alpha");
+        let beta = crate::service::key_owner(b"beta");
+        assert!(p.for_owner(Some(&alpha)).route("pypi.org", 443).is_err());
+        assert!(p.for_owner(Some(&alpha)).route("up.test", 9000).is_ok());
+        assert!(p.for_owner(Some(&beta)).route("pypi.org", 443).is_ok());
+        assert!(p.for_owner(None).route("pypi.org", 443).is_ok());
+        let wider = Config::parse(&text.replace("up.test:9000\"]\n[[", "evil.test\"]\n[["))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wider.contains("`keys`") && wider.contains("evil.test"),
+            "{wider}"
+        );
+        let alone = Config::parse("[[keys]]\nkey = \"a\"\negress_allow = []\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(alone.contains("needs an [egress] table"), "{alone}");
     }
 
     #[test]

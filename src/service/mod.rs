@@ -130,7 +130,7 @@ pub struct Settings {
     /// Characters of text one MCP tool result gives a model.
     pub mcp_text_chars: usize,
     /// The operator's egress policy (docs/egress.md); `None`: runs have no door.
-    pub egress: Option<Arc<crate::egress::Policy>>,
+    pub egress: Option<crate::egress::Policies>,
 }
 
 /// The run service, shared by every front end of one process.

@@ -103,15 +103,17 @@ pub fn check_code(code: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// The door a request gets: the operator's policy, narrowed to `network.allow` when the
+/// The door a request gets: the operator's policy (or its key's `egress_allow`), narrowed to `network.allow` when the
 /// request gives one (wider is refused, naming the host); none when there is no policy or
 /// the request narrows it to nothing.
 pub fn egress(
     settings: &Settings,
+    owner: Option<&str>,
     network: Option<&[String]>,
     session_call: bool,
 ) -> Result<Option<std::sync::Arc<crate::egress::Policy>>, ServiceError> {
-    let policy = match (&settings.egress, network) {
+    let base = settings.egress.as_ref().map(|p| p.for_owner(owner));
+    let policy = match (base, network) {
         (_, Some(_)) if session_call => {
             return Err(ServiceError::Invalid(
                 "`network` is set when a session is created, not per call".into(),
@@ -174,6 +176,7 @@ pub fn validate(
     }
     let egress = egress(
         settings,
+        request.owner.as_deref(),
         request.network.as_deref(),
         request.session_id.is_some(),
     )?;

@@ -52,7 +52,8 @@ impl RunService {
     ) -> Result<SessionInfo, ServiceError> {
         self.catalog.check(&libraries)?;
         // A session takes its egress at creation, for all its calls.
-        let egress = super::request::egress(&self.settings, network.as_deref(), false)?;
+        let egress =
+            super::request::egress(&self.settings, owner.as_deref(), network.as_deref(), false)?;
         let ttl = self.sessions.ttl(ttl_seconds)?;
         let reservation = self
             .sessions
