@@ -324,7 +324,7 @@ fn red_team(mode: &str) {
         "upload limit (1 MiB)",
         "the TLS server name (evil.test) does not match the target",
         "the Host header inside the tunnel (inside.test:",
-        "connection limit (40)",
+        "nsbox: egress refused: the run's connection limit (40) is reached",
     ] {
         assert!(stderr.contains(why), "{why} missing; {say}");
     }

@@ -279,6 +279,10 @@ pub struct Refusal {
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.is_empty() {
+            // A refusal of the run's, not of one target (its connection limit).
+            return write!(f, "egress refused: {}", self.why);
+        }
         write!(
             f,
             "egress to {}:{} refused: {}",

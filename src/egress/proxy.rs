@@ -224,7 +224,7 @@ async fn accept(listener: TcpListener, state: Arc<RunState>) {
             // Answered without a task: a flood costs one write each.
             let _ = stream.try_write(LIMIT_RESPONSE);
             let refusal = Refusal {
-                host: "*".into(),
+                host: String::new(),
                 port: 0,
                 why: format!("the run's connection limit ({limit}) is reached"),
             };
