@@ -139,33 +139,23 @@ pub fn loopback_up() -> Result<(), Errno> {
     Ok(())
 }
 
-/// A TCP socket listening on `127.0.0.1:port` inside the network namespace of the process
-/// `pidfd` refers to (a run's init), made from this process: the socket keeps the
-/// namespace it was created in, so the run's processes can connect to it while only its
-/// holder (the server) can accept. The calling thread enters that namespace for the time
-/// it takes to bind and comes back; callers are single-threaded processes (a supervisor),
-/// so no other thread of theirs sees the switch. Needs CAP_SYS_ADMIN over the run's user
-/// namespace (the supervisor is root in the one that owns it). Brings the run's loopback
-/// up first (the address does not exist before), which its init would do anyway.
-pub fn listen_in_netns_of(
-    pidfd: &std::os::fd::OwnedFd,
-    port: u16,
-) -> Result<std::os::fd::OwnedFd, Errno> {
-    use nix::sched::setns;
-    let io_errno = |e: io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-    let home: std::os::fd::OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
-        .map_err(io_errno)?
-        .into();
-    setns(pidfd, CloneFlags::CLONE_NEWNET)?;
-    let made = loopback_up().and_then(|()| {
-        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
-            .map(std::os::fd::OwnedFd::from)
-            .map_err(io_errno)
-    });
-    // Back home before anything else happens in this process; a supervisor that could not
-    // come back would hold its run's namespace: that is a failure of the run, never ignored.
-    setns(&home, CloneFlags::CLONE_NEWNET)?;
-    made
+/// Moves the calling process into the user and network namespaces of the process `pidfd`
+/// refers to (a run's init), in one step. The user namespace comes first, so the caller
+/// then holds the capabilities the network namespace asks for there, and needs none in
+/// its own user namespace (only to own, or be root above, the run's). For a single-threaded
+/// process that never comes back (a supervisor's short-lived helper).
+pub fn enter_user_and_net_of(pidfd: &std::os::fd::OwnedFd) -> Result<(), Errno> {
+    nix::sched::setns(pidfd, CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
+}
+
+/// A TCP socket listening on `127.0.0.1:port` in the calling process's network namespace,
+/// its loopback brought up first (the address does not exist before; a run's init would
+/// bring it up anyway).
+pub fn listen_on_loopback(port: u16) -> Result<std::os::fd::OwnedFd, Errno> {
+    loopback_up()?;
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+        .map(std::os::fd::OwnedFd::from)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// Makes `fd` appear as descriptor `target` (without close-on-exec) in a command's child.
