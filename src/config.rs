@@ -49,6 +49,10 @@ pub struct KeyEntry {
     /// Whether the key sees the whole server in `/v1/status` and may read `/metrics`.
     #[serde(default)]
     pub operator: bool,
+    /// The hosts this key's runs may reach (docs/egress.md), within `[egress] allow`;
+    /// `None` takes `[egress] allow` as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_allow: Option<Vec<String>>,
 }
 
 fn weight_one() -> u32 {
@@ -61,6 +65,7 @@ impl KeyEntry {
             key,
             weight: 1,
             operator: false,
+            egress_allow: None,
         }
     }
 }
@@ -218,6 +223,11 @@ pub struct Config {
     /// This node's name in its session ids (`sess_<node>_<hex>`), which a load balancer
     /// routes by: 1 to 32 of `a-z`, `0-9`, `-`; `None` = from the hostname.
     pub node: Option<String>,
+    /// The egress door (docs/egress.md): hosts runs may reach through nsbox's own proxy,
+    /// and the limits on it. `None` (no `[egress]` table): runs have no network at all.
+    /// A table, so deploy/nsbox.toml shows it commented out after the top-level keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::EgressConfig>,
 }
 
 /// Where `nsbox` finds the root filesystem when nothing says otherwise.
@@ -279,6 +289,7 @@ impl Default for Config {
             mcp_max_body_mib: 4,
             max_large_bodies: 4,
             node: None,
+            egress: None,
         }
     }
 }
@@ -395,6 +406,11 @@ impl Config {
         if let Some(node) = &self.node {
             NodeTag::new(node).map_err(|e| invalid("node", e.to_string()))?;
         }
+        if let Some(egress) = &self.egress {
+            crate::egress::Policy::from_config(egress, vec![self.listen])
+                .map_err(|e| invalid("egress", e.to_string()))?;
+        }
+        crate::egress::Policies::from_config(self).map_err(|e| invalid("keys", e))?;
         if self.max_running_per_user == Some(0) {
             return Err(invalid("max_running_per_user", "must be at least 1"));
         }
@@ -467,6 +483,7 @@ impl Config {
                 Some(m) => {
                     m.weight = m.weight.max(entry.weight);
                     m.operator |= entry.operator;
+                    m.egress_allow = m.egress_allow.take().or(entry.egress_allow);
                 }
                 None => merged.push(entry),
             }
@@ -532,6 +549,26 @@ mod tests {
             let e = Config::parse(text).unwrap().validate().unwrap_err();
             assert!(e.to_string().contains(&format!("`{field}`")), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_egress_table_is_read_and_checked() {
+        let c = Config::parse(
+            "[egress]\nallow = [\"pypi.org\"]\n[egress.hosts]\n\"m.internal\" = \"10.0.0.5\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.egress.as_ref().unwrap().allow, ["pypi.org"]);
+        assert_eq!(c.egress.as_ref().unwrap().max_connections, 64);
+        let e = Config::parse("[egress]\nallow = [\"a b\"]\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`egress`") && e.contains("a b"), "{e}");
+        assert!(Config::parse("[egress]\nalow = []\n")
+            .unwrap_err()
+            .contains("alow"));
     }
 
     #[test]

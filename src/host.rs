@@ -87,6 +87,8 @@ impl Prepared {
             key_weights: KeyWeights::default(),
             mcp_attach_bytes: config.mcp_attach_kib << 10,
             mcp_text_chars: config.mcp_text_chars,
+            // Checked by `Config::validate` before anything starts.
+            egress: crate::egress::Policies::from_config(config).ok().flatten(),
             files: FileLimits {
                 max_count: config.files_max_count,
                 max_file_bytes: config.file_max_mib << 20,

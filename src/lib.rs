@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod egress;
 pub mod host;
 pub mod mcp;
 pub mod run;

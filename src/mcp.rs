@@ -198,7 +198,14 @@ impl McpServer {
         let span = caller.span();
         let created = self
             .service
-            .create_session(caller.owner, libraries, ttl, Some(caller.request_id), None)
+            .create_session(
+                caller.owner,
+                libraries,
+                ttl,
+                Some(caller.request_id),
+                None,
+                None,
+            )
             .instrument(span)
             .await;
         match created {

@@ -83,6 +83,11 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
                 source,
             })?;
         let addr = listener.local_addr().map_err(ServeError::Serve)?;
+        if let Some(egress) = &service.settings().egress {
+            // The port is known now (`listen` may have asked for any); the door never
+            // reaches it.
+            egress.add_own_listener(addr);
+        }
         tracing::info!(
             rootfs = %config.rootfs.display(),
             cgroup = ?state.isolation.cgroup,

@@ -136,6 +136,7 @@ fn app(o: Options) -> App {
         key: key.clone(),
         weight: 1,
         operator,
+        egress_allow: None,
     };
     let keys = Keys::with_options(
         &o.keys
@@ -170,6 +171,7 @@ fn app(o: Options) -> App {
             key_weights: keys.weights(),
             mcp_attach_bytes: 256 << 10,
             mcp_text_chars: 20_000,
+            egress: None,
             files: FileLimits {
                 max_count: 4,
                 max_file_bytes: 1 << 10,

@@ -44,6 +44,7 @@ impl Keys {
                 key: k.clone(),
                 weight: 1,
                 operator: false,
+                egress_allow: None,
             })
             .collect();
         Keys::with_options(&entries)
@@ -185,11 +186,13 @@ mod tests {
                 key: "ops".into(),
                 weight: 1,
                 operator: true,
+                egress_allow: None,
             },
             KeyEntry {
                 key: "user".into(),
                 weight: 2,
                 operator: false,
+                egress_allow: None,
             },
         ]);
         let with = |key: &str| {

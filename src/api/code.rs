@@ -33,6 +33,25 @@ struct RawRequest {
     files: Objects<RawFile>,
     session_id: Text,
     results: Flag,
+    network: Option<RawNetwork>,
+}
+
+/// `network`: `{"allow": ["host[:port]", ...]}`, which narrows the operator's egress policy.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct RawNetwork {
+    allow: Strings,
+}
+
+/// A request's `network.allow`: an array of strings, or nothing (the operator's policy).
+pub(crate) fn network(raw: Option<RawNetwork>) -> Result<Option<Vec<String>>, ApiError> {
+    match raw.map(|n| n.allow) {
+        None | Some(Strings::Null) => Ok(None),
+        Some(Strings::List(allow)) => Ok(Some(allow)),
+        Some(Strings::Other) => Err(ApiError::invalid(
+            "`network.allow` must be an array of host names",
+        )),
+    }
 }
 
 /// One input file as sent: its known fields, and the first unknown one.
@@ -128,6 +147,7 @@ pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
             )),
         };
     let results = results(raw.results)?;
+    let network = network(raw.network)?;
     let session_id = match raw.session_id {
         Text::Null => None,
         Text::Str(s) => Some(s),
@@ -140,6 +160,7 @@ pub fn parse(body: &[u8]) -> Result<CodeRequest, ApiError> {
         files,
         session_id,
         results,
+        network,
         ..CodeRequest::default()
     })
 }

@@ -21,6 +21,7 @@ struct RawCreate {
     libraries: Strings,
     ttl_seconds: Number,
     results: Flag,
+    network: Option<code::RawNetwork>,
     unknown: Unknown,
 }
 
@@ -42,6 +43,7 @@ impl<'de> Deserialize<'de> for RawCreate {
                         "libraries" => raw.libraries = map.next_value()?,
                         "ttl_seconds" => raw.ttl_seconds = map.next_value()?,
                         "results" => raw.results = map.next_value()?,
+                        "network" => raw.network = map.next_value()?,
                         other => {
                             raw.unknown.note(other);
                             map.next_value::<serde::de::IgnoredAny>()?;
@@ -55,13 +57,14 @@ impl<'de> Deserialize<'de> for RawCreate {
     }
 }
 
-/// What `POST /v1/sessions` may say: `libraries`, `ttl_seconds` and `results` (whether its
-/// calls return notebook results unless they say), all optional; an empty body is `{}`.
-type CreateRequest = (Vec<String>, Option<u64>, Option<bool>);
+/// What `POST /v1/sessions` may say: `libraries`, `ttl_seconds`, `results` (whether its
+/// calls return notebook results unless they say) and `network` (its egress, within the
+/// operator's), all optional; an empty body is `{}`.
+type CreateRequest = (Vec<String>, Option<u64>, Option<bool>, Option<Vec<String>>);
 
 fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok((Vec::new(), None, None));
+        return Ok((Vec::new(), None, None, None));
     }
     let raw: fields::Body<RawCreate> = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
@@ -70,7 +73,7 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
     };
     if let Some(unknown) = raw.unknown.0 {
         return Err(ApiError::invalid(format!(
-            "unknown field `{unknown}`; a session takes `libraries`, `ttl_seconds` and `results`"
+            "unknown field `{unknown}`; a session takes `libraries`, `ttl_seconds`, `results` and `network`"
         )));
     }
     let libraries = code::libraries(raw.libraries)?;
@@ -80,7 +83,12 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
         Number::Whole(n) => Some(n),
         Number::Num(_) | Number::Other => return Err(whole()),
     };
-    Ok((libraries, ttl, code::results(raw.results)?))
+    Ok((
+        libraries,
+        ttl,
+        code::results(raw.results)?,
+        code::network(raw.network)?,
+    ))
 }
 
 /// `POST /v1/sessions`: 201 with the session object.
@@ -93,11 +101,11 @@ pub async fn create(
     async {
         code::check_content_type(&headers)?;
         let body = code::read_body(&state, &headers, raw).await?;
-        let (libraries, ttl, results) = body::parse_with(body, parse_create).await?;
+        let (libraries, ttl, results, network) = body::parse_with(body, parse_create).await?;
         let owner = auth::owner(&headers, &state.keys);
         let info = state
             .service
-            .create_session(owner, libraries, ttl, Some(id.clone()), results)
+            .create_session(owner, libraries, ttl, Some(id.clone()), results, network)
             .await?;
         Ok((StatusCode::CREATED, Json(info)).into_response())
     }

@@ -116,6 +116,7 @@ pub struct Metrics {
     sessions_created: Counter,
     sessions_ended: Family<SessionEndLabel, Counter>,
     sessions_memory: Gauge,
+    egress: std::sync::Arc<crate::egress::EgressMetrics>,
 }
 
 impl Default for Metrics {
@@ -125,6 +126,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The egress door's counters, which each run's door adds to.
+    pub fn egress(&self) -> std::sync::Arc<crate::egress::EgressMetrics> {
+        self.egress.clone()
+    }
+
     pub fn new() -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("nsbox"),
@@ -145,7 +151,9 @@ impl Metrics {
             sessions_created: Counter::default(),
             sessions_ended: Family::default(),
             sessions_memory: Gauge::default(),
+            egress: Default::default(),
         };
+        m.egress.register(&mut m.registry);
         let r = &mut m.registry;
         r.register(
             "runs",

@@ -129,6 +129,8 @@ pub struct Settings {
     pub mcp_attach_bytes: u64,
     /// Characters of text one MCP tool result gives a model.
     pub mcp_text_chars: usize,
+    /// The operator's egress policy (docs/egress.md); `None`: runs have no door.
+    pub egress: Option<crate::egress::Policies>,
 }
 
 /// The run service, shared by every front end of one process.
@@ -415,10 +417,17 @@ impl RunService {
             collect_files: request.collect_files.then(|| self.settings.files.caps()),
             session: false,
             results: results.then_some(self.settings.results),
+            // Set by the runner when the run has a door.
+            egress_port: None,
         };
+        let door = request.egress.clone().map(|policy| crate::egress::Door {
+            policy,
+            request_id: run_request.request_id.clone(),
+            metrics: self.metrics.egress(),
+        });
         let session_id = session.as_ref().map(|(s, _)| s.id.clone());
         let mut outcome = self
-            .in_sandbox(run_request, session, events, &request.owner)
+            .in_sandbox(run_request, door, session, events, &request.owner)
             .await?;
         let files = request
             .collect_files
@@ -534,6 +543,7 @@ impl RunService {
     async fn in_sandbox(
         &self,
         run_request: RunRequest,
+        door: Option<crate::egress::Door>,
         session: Option<(Arc<sessions::Session>, sessions::Held)>,
         events: Option<runner::Events>,
         owner: &Option<String>,
@@ -547,7 +557,10 @@ impl RunService {
         let session_id = session.as_ref().map(|(s, _)| s.id.clone());
         let in_sandbox: runner::CallFuture<'_> = match session {
             None => {
-                let run = self.runner.run(run_request, events);
+                let run = match door {
+                    Some(door) => self.runner.run_with_door(run_request, events, door),
+                    None => self.runner.run(run_request, events),
+                };
                 Box::pin(async move { run.await.map(Some) })
             }
             Some((session, held)) => Box::pin(async move {

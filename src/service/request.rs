@@ -57,6 +57,9 @@ pub struct CodeRequest {
     /// Whether to return notebook results (docs/results.md); `None`: off for a run, the
     /// session's default for a session call.
     pub results: Option<bool>,
+    /// `network.allow`: the hosts this run may reach, within the operator's egress policy;
+    /// `None` takes the operator's policy as it is.
+    pub network: Option<Vec<String>>,
 }
 
 /// A request that passed validation.
@@ -74,6 +77,9 @@ pub struct Validated {
     pub results: Option<bool>,
     pub session_id: Option<String>,
     pub owner: Option<String>,
+    /// The door this run gets (the operator's policy, or the request's narrowing of it);
+    /// `None`: no listener and no proxy variables.
+    pub egress: Option<std::sync::Arc<crate::egress::Policy>>,
 }
 
 /// The contract's rules for the code itself.
@@ -95,6 +101,38 @@ pub fn check_code(code: &str) -> Result<(), ServiceError> {
         )));
     }
     Ok(())
+}
+
+/// The door a request gets: the operator's policy (or its key's `egress_allow`), narrowed to `network.allow` when the
+/// request gives one (wider is refused, naming the host); none when there is no policy or
+/// the request narrows it to nothing.
+pub fn egress(
+    settings: &Settings,
+    owner: Option<&str>,
+    network: Option<&[String]>,
+    session_call: bool,
+) -> Result<Option<std::sync::Arc<crate::egress::Policy>>, ServiceError> {
+    let base = settings.egress.as_ref().map(|p| p.for_owner(owner));
+    let policy = match (base, network) {
+        (_, Some(_)) if session_call => {
+            return Err(ServiceError::Invalid(
+                "`network` is set when a session is created, not per call".into(),
+            ))
+        }
+        (None, Some(allow)) if !allow.is_empty() => {
+            return Err(ServiceError::Invalid(
+                "`network`: this server has no egress; runs cannot reach any host".into(),
+            ))
+        }
+        (None, _) => return Ok(None),
+        (Some(policy), None) => policy.clone(),
+        (Some(policy), Some(allow)) => std::sync::Arc::new(
+            policy
+                .narrow(allow)
+                .map_err(|e| ServiceError::Invalid(format!("`network.allow`: {e}")))?,
+        ),
+    };
+    Ok((!policy.is_empty() && !session_call).then_some(policy))
 }
 
 /// Checks a request against the contract and the root filesystem's libraries.
@@ -136,7 +174,14 @@ pub fn validate(
             ));
         }
     }
+    let egress = egress(
+        settings,
+        request.owner.as_deref(),
+        request.network.as_deref(),
+        request.session_id.is_some(),
+    )?;
     Ok(Validated {
+        egress,
         code: request.code,
         timeout_ms: millis(timeout_s),
         libraries: request.libraries,
@@ -203,6 +248,7 @@ mod tests {
             sessions: SessionSettings::default(),
             mcp_attach_bytes: 256 << 10,
             mcp_text_chars: 20_000,
+            egress: None,
         }
     }
 

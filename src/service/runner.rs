@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use super::events::{EventSender, Overflow};
+use crate::sandbox::fdpass;
 use crate::sandbox::protocol::{decode_len, encode, ProtocolError};
 use crate::sandbox::session::SandboxHandle;
 use crate::sandbox::spawner::Spawner;
@@ -49,6 +50,18 @@ pub trait Runner: Send + Sync {
     /// Runs one request; with `events`, its output is also sent there as it comes (the
     /// request's `stream` is then set).
     fn run(&self, request: RunRequest, events: Option<Events>) -> RunFuture<'_>;
+    /// Runs one request with an egress door: its supervisor hands over the listener it made
+    /// on the run's loopback, and `door` serves it until the run is over; refusals are
+    /// added to the outcome's stderr. A runner without doors runs the request as it is.
+    fn run_with_door(
+        &self,
+        request: RunRequest,
+        events: Option<Events>,
+        door: crate::egress::Door,
+    ) -> RunFuture<'_> {
+        drop(door);
+        self.run(request, events)
+    }
     /// Whether runs can start warm (or the warm path is off): what readiness means.
     fn is_ready(&self) -> bool;
     /// Templates whose zygote is warm.
@@ -61,6 +74,16 @@ pub trait Runner: Send + Sync {
         drop(request);
         Box::pin(async { Err(RunnerError::NoSessions) })
     }
+    /// Starts a session with an egress door, served for the session's life; each call's
+    /// refusals are added to that call's stderr. A runner without doors starts it as it is.
+    fn open_session_with_door(
+        &self,
+        request: RunRequest,
+        door: crate::egress::Door,
+    ) -> SessionFuture<'_> {
+        drop(door);
+        self.open_session(request)
+    }
 }
 
 /// The server's end of a session's supervisor. Dropping it ends the session: the sandbox
@@ -70,6 +93,8 @@ pub trait Runner: Send + Sync {
 pub struct SessionConn {
     stream: tokio::net::UnixStream,
     sandbox: Option<SandboxHandle>,
+    /// The session's egress door, served until the session ends.
+    door: Option<crate::egress::Serving>,
 }
 
 impl Drop for SessionConn {
@@ -92,7 +117,11 @@ impl SessionConn {
             .write_all(&frame)
             .await
             .map_err(|e| RunnerError::Send(ProtocolError::Write(e)))?;
-        read_reports(&mut self.stream, events.as_ref()).await
+        let mut outcome = read_reports(&mut self.stream, events.as_ref()).await?;
+        if let Some(door) = &self.door {
+            outcome.stderr.push_str(&door.take_refusal_lines());
+        }
+        Ok(outcome)
     }
 
     /// Whether the supervisor went away (or said something unasked) while the session was
@@ -120,13 +149,63 @@ impl Runner for Spawner {
         })
     }
 
+    fn run_with_door(
+        &self,
+        mut request: RunRequest,
+        events: Option<Events>,
+        door: crate::egress::Door,
+    ) -> RunFuture<'_> {
+        request.stream = events.is_some();
+        request.egress_port = Some(crate::egress::PROXY_PORT);
+        Box::pin(async move {
+            let mut ours = supervise(self, &request).await?;
+            let serving = open_door(&ours, door).await?;
+            let mut outcome = read_reports(&mut ours, events.as_ref()).await?;
+            if let Some(serving) = serving {
+                outcome.stderr.push_str(&serving.take_refusal_lines());
+            }
+            Ok(outcome)
+        })
+    }
+
     fn open_session(&self, mut request: RunRequest) -> SessionFuture<'_> {
         request.session = true;
         Box::pin(async move {
             let mut stream = supervise(self, &request).await?;
             let sandbox = receive_handle(&stream).await?;
             let outcome = read_reports(&mut stream, None).await?;
-            Ok((SessionConn { stream, sandbox }, outcome))
+            let door = None;
+            Ok((
+                SessionConn {
+                    stream,
+                    sandbox,
+                    door,
+                },
+                outcome,
+            ))
+        })
+    }
+
+    fn open_session_with_door(
+        &self,
+        mut request: RunRequest,
+        door: crate::egress::Door,
+    ) -> SessionFuture<'_> {
+        request.session = true;
+        request.egress_port = Some(crate::egress::PROXY_PORT);
+        Box::pin(async move {
+            let mut stream = supervise(self, &request).await?;
+            let door = open_door(&stream, door).await?;
+            let sandbox = receive_handle(&stream).await?;
+            let outcome = read_reports(&mut stream, None).await?;
+            Ok((
+                SessionConn {
+                    stream,
+                    sandbox,
+                    door,
+                },
+                outcome,
+            ))
         })
     }
 
@@ -194,6 +273,43 @@ async fn receive_handle(
             SandboxHandle::receive(stream.as_raw_fd()).map_err(std::io::Error::from)
         }) {
             Ok(handle) => return Ok(handle),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(lost(e)),
+        }
+    }
+}
+
+/// Serves the listener a supervisor sends for a run or session with a door; `None` when
+/// its set-up failed before the listener existed (its report says why).
+async fn open_door(
+    stream: &tokio::net::UnixStream,
+    door: crate::egress::Door,
+) -> Result<Option<crate::egress::Serving>, RunnerError> {
+    match receive_fd(stream).await? {
+        Some(fd) => door
+            .open(std::net::TcpListener::from(fd))
+            .map(Some)
+            .map_err(|e| RunnerError::SupervisorLost(ProtocolError::Read(e))),
+        None => Ok(None),
+    }
+}
+
+/// The one descriptor a supervisor sends ahead of its reports (a door's listener); `None`
+/// when its set-up failed before there was one.
+async fn receive_fd(stream: &tokio::net::UnixStream) -> Result<Option<OwnedFd>, RunnerError> {
+    let lost = |e: std::io::Error| RunnerError::SupervisorLost(ProtocolError::Read(e));
+    loop {
+        stream.readable().await.map_err(lost)?;
+        match stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            let got =
+                fdpass::recv::<1>(stream.as_raw_fd(), &mut byte).map_err(std::io::Error::from)?;
+            if got.len == 0 {
+                return Err(std::io::Error::from(nix::errno::Errno::ECONNRESET));
+            }
+            Ok(got.fds.into_iter().next())
+        }) {
+            Ok(fd) => return Ok(fd),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(lost(e)),
         }

@@ -48,8 +48,12 @@ impl RunService {
         ttl_seconds: Option<u64>,
         request_id: Option<String>,
         results: Option<bool>,
+        network: Option<Vec<String>>,
     ) -> Result<SessionInfo, ServiceError> {
         self.catalog.check(&libraries)?;
+        // A session takes its egress at creation, for all its calls.
+        let egress =
+            super::request::egress(&self.settings, owner.as_deref(), network.as_deref(), false)?;
         let ttl = self.sessions.ttl(ttl_seconds)?;
         let reservation = self
             .sessions
@@ -78,9 +82,19 @@ impl RunService {
             collect_files: None,
             session: true,
             results: None,
+            egress_port: None,
         };
         let started = Instant::now();
-        let (conn, outcome) = self.runner.open_session(request).await.map_err(|e| {
+        let door = egress.map(|policy| crate::egress::Door {
+            policy,
+            request_id: request.request_id.clone(),
+            metrics: self.metrics.egress(),
+        });
+        let opened = match door {
+            Some(door) => self.runner.open_session_with_door(request, door),
+            None => self.runner.open_session(request),
+        };
+        let (conn, outcome) = opened.await.map_err(|e| {
             tracing::error!(error = %e, "starting a session");
             match e {
                 runner::RunnerError::NoSessions => {

@@ -53,10 +53,12 @@ pub enum Step {
     LimitCaps,
     ZygoteStdio,
     ExecZygote,
+    // The supervisor again: the egress door, after the run's namespaces exist.
+    EgressListener,
 }
 
 impl Step {
-    pub const ALL: [Step; 38] = [
+    pub const ALL: [Step; 39] = [
         Step::WaitRelease,
         Step::BecomeRoot,
         Step::ParentDeathSignal,
@@ -95,6 +97,7 @@ impl Step {
         Step::LimitCaps,
         Step::ZygoteStdio,
         Step::ExecZygote,
+        Step::EgressListener,
     ];
 
     pub fn from_code(code: u32) -> Option<Step> {
@@ -136,6 +139,9 @@ impl Step {
             Step::RunCgroup => "create the run cgroup",
             Step::ReleaseSandbox => "release the sandbox",
             Step::InitStatus => "init exited without a status",
+            Step::EgressListener => {
+                "open the egress proxy's listener in the run's network namespace"
+            }
             Step::ForkZygote => "fork the zygote",
             Step::Reap => "reap",
             Step::LimitCaps => "limit capabilities",

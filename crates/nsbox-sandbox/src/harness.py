@@ -1033,6 +1033,7 @@ def _nsbox_main():
 
 def _nsbox_step(bundle, plots_out, main, interruptible):
     """One run (or one session call): input files, the code, figures, output files."""
+    _nsbox_set_proxy(bundle.get("proxy"))
     try:
         _nsbox_put_files(bundle.get("files") or [])
     except Exception as e:
@@ -1054,6 +1055,20 @@ def _nsbox_step(bundle, plots_out, main, interruptible):
         except Exception as e:
             print(f"nsbox: the output files could not be collected: {e}", file=sys.stderr)
     return exit_code
+
+
+def _nsbox_set_proxy(url):
+    """Points HTTP clients at nsbox's egress proxy on the run's loopback when the run has a
+    door (a warm run inherits the zygote's environment, so it is set here, per run)."""
+    if not url:
+        return
+    import os
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        os.environ[name] = url
+    # Everything goes through the door: nothing is exempt from the proxy.
+    for name in ("NO_PROXY", "no_proxy"):
+        os.environ.pop(name, None)
 
 
 def _nsbox_session():

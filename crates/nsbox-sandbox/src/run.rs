@@ -80,6 +80,11 @@ pub struct RunRequest {
     /// expression's value, what it displays, its figures, and its exception as data.
     #[serde(default)]
     pub results: Option<ResultCaps>,
+    /// The port of the egress proxy's listener on the run's own loopback (docs/egress.md),
+    /// when the run may reach the network through nsbox; `None`: no listener and no proxy
+    /// variables, the sealed sandbox.
+    #[serde(default)]
+    pub egress_port: Option<u16>,
 }
 
 /// Caps on a run's notebook results. The harness keeps to them (a result past a cap keeps

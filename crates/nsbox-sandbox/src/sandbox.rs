@@ -206,6 +206,9 @@ pub(crate) struct Bundle<'a> {
     pub caps: Option<FileCaps>,
     /// Notebook results, when asked for, and their caps.
     pub results: Option<ResultCaps>,
+    /// The egress proxy's URL, which the harness puts in the proxy variables; `None`: no
+    /// door, no variables.
+    pub proxy: Option<String>,
 }
 
 impl<'a> Bundle<'a> {
@@ -218,6 +221,7 @@ impl<'a> Bundle<'a> {
             path: None,
             caps: None,
             results: request.results,
+            proxy: super::door::proxy_url(request),
         }
     }
 
@@ -380,7 +384,11 @@ fn start_cold(
 
 /// Ends a run that could not be released: its init is killed and waited for, its cgroup
 /// removed. Returns the failure, for the outcome.
-fn abort(sandbox: &Sandbox, cgroup: Option<Box<dyn RunCgroup>>, failure: Failure) -> Failure {
+pub(crate) fn abort(
+    sandbox: &Sandbox,
+    cgroup: Option<Box<dyn RunCgroup>>,
+    failure: Failure,
+) -> Failure {
     sandbox.kill();
     sandbox.wait();
     if let Some(cg) = cgroup {

@@ -32,6 +32,7 @@ use super::capture::{decode_frames, frames_cap, text, Capture, FrameCaps, Stream
 use super::cgroup::RunCgroup;
 use super::child::{reported_failure, reported_python_status, RECORD_LEN};
 use super::config::SpawnerConfig;
+use super::door;
 use super::failure::{step, Failure, Step};
 use super::fdpass;
 use super::protocol::{read_frame, write_frame, ProtocolError};
@@ -100,6 +101,8 @@ struct Live {
     warm: bool,
     /// The session's limits, which its file requests are held to as its calls are.
     limits: Limits,
+    /// The egress proxy's URL when the session has a door: every call's bundle carries it.
+    proxy: Option<String>,
 }
 
 impl Live {
@@ -129,7 +132,23 @@ pub fn serve(
     warm: &WarmControls,
 ) -> Result<(), SessionError> {
     let began = Instant::now();
-    let (live, ready) = match open(&request, config, seccomp, warm) {
+    // A session with a door gets its listener once its interpreter is ready and before
+    // any call (no code of the caller's has run yet), and keeps it for its life.
+    let opened = match open(&request, config, seccomp, warm) {
+        Ok(live) => match door::open_door(&request, &live.sandbox, &stream) {
+            Ok(()) => Ok(live),
+            Err(failure) => {
+                tracing::error!(step = %failure.step, errno = %failure.errno, "egress door");
+                live.end();
+                Err((failure, String::new()))
+            }
+        },
+        Err(failed) => {
+            door::no_door(&request, &stream);
+            Err(failed)
+        }
+    };
+    let (live, ready) = match opened {
         Ok(live) => {
             let outcome = outcome(
                 Termination::Exited { code: 0 },
@@ -293,6 +312,7 @@ fn open(
         reports: Capture::new(outputs.report, RECORD_LEN * 4),
         warm: warm_run,
         limits: request.limits.clone(),
+        proxy: door::proxy_url(request),
     };
     // Until the harness is ready its stderr says why it is not; after, it is /dev/null.
     let mut err = Capture::new(outputs.stderr, 64 * 1024);
@@ -480,6 +500,7 @@ fn message<'a>(op: &'a SessionOp, session: &'a Limits) -> Message<'a> {
         path: None,
         caps: None,
         results: None,
+        proxy: None,
     };
     let no_frames = FrameCaps {
         max_plots: 0,
@@ -544,6 +565,10 @@ fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
         frames: frame_caps,
         limits,
     } = message(op, &session_limits);
+    let bundle = Bundle {
+        proxy: live.proxy.clone(),
+        ..bundle
+    };
     let stream = matches!(op, SessionOp::Run { request } if request.stream);
     // The deadline starts before the call is handed over: handing it over is part of it.
     let deadline = began + patience;

@@ -19,10 +19,11 @@ use super::capture::{
 use super::cgroup::RunCgroup;
 use super::child::{self, RECORD_LEN};
 use super::config::SpawnerConfig;
+use super::door;
 use super::failure::{Failure, Step};
 use super::protocol::{write_frame, ProtocolError};
 use super::run::{Cut, Limits, Report, RunOutcome, RunRequest, Termination};
-use super::sandbox::{release, start, Bundle, Outputs, Phases, Sandbox, WarmControls};
+use super::sandbox::{abort, release, start, Bundle, Outputs, Phases, Sandbox, WarmControls};
 use super::seccomp::SeccompProgram;
 use crate::sys;
 
@@ -112,8 +113,15 @@ fn execute(
     let code = || Bundle::of(request).store();
     let (sandbox, reads) = match start(request, config, seccomp, warm, &code) {
         Ok(started) => started,
-        Err(failure) => return (setup_failed(failure, began), None),
+        Err(failure) => {
+            door::no_door(request, client);
+            return (setup_failed(failure, began), None);
+        }
     };
+    if let Err(failure) = door::open_door(request, &sandbox, client) {
+        tracing::error!(step = %failure.step, errno = %failure.errno, "egress door");
+        return (setup_failed(abort(&sandbox, None, failure), began), None);
+    }
     phases.start_us = phases.lap();
     let cgroup = match release(&sandbox, reads.release, config, limits, phases) {
         Ok(cgroup) => cgroup,

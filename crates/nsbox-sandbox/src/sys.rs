@@ -140,6 +140,25 @@ pub fn loopback_up() -> Result<(), Errno> {
     Ok(())
 }
 
+/// Moves the calling process into the user and network namespaces of the process `pidfd`
+/// refers to (a run's init), in one step. The user namespace comes first, so the caller
+/// then holds the capabilities the network namespace asks for there, and needs none in
+/// its own user namespace (only to own, or be root above, the run's). For a single-threaded
+/// process that never comes back (a supervisor's short-lived helper).
+pub fn enter_user_and_net_of(pidfd: &std::os::fd::OwnedFd) -> Result<(), Errno> {
+    nix::sched::setns(pidfd, CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
+}
+
+/// A TCP socket listening on `127.0.0.1:port` in the calling process's network namespace,
+/// its loopback brought up first (the address does not exist before; a run's init would
+/// bring it up anyway).
+pub fn listen_on_loopback(port: u16) -> Result<std::os::fd::OwnedFd, Errno> {
+    loopback_up()?;
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+        .map(std::os::fd::OwnedFd::from)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
 /// Makes `fd` appear as descriptor `target` (without close-on-exec) in a command's child.
 pub fn pass_fd(cmd: &mut Command, fd: RawFd, target: RawFd) {
     // SAFETY: the closure runs in the forked child before exec and only calls dup2 and
