@@ -24,11 +24,15 @@ cargo build --locked
 # checks and serves from.
 NSBOX_STATIC_BIN=$(scripts/build-static.sh | tail -n 1)
 export NSBOX_STATIC_BIN
-# tests/edge.rs and tests/ui drive a real browser (Debian's chromium, headless).
-if ! command -v chromium >/dev/null; then
-    echo "scripts/test.sh: installing chromium for tests/edge.rs and tests/ui" >&2
+# tests/edge.rs and tests/ui drive a real browser (Debian's chromium, headless);
+# tests/egress.rs makes its HTTPS upstream's certificate with openssl.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "scripts/test.sh: installing ${missing[*]} from Debian's packages" >&2
     apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 cargo test --locked "$@"
 NSBOX_BIN=target/debug/nsbox scripts/test-sdk.sh
