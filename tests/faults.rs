@@ -1098,6 +1098,19 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[rank.clamp(1, samples.len()) - 1]
 }
 
+/// The stopped zygote is gone (the spawner killed it) and the server is ready again (its
+/// successor is warm).
+fn ended_and_replaced(stopped: Stopped, server: &Server) {
+    let zygote = stopped.0;
+    let gone = || !Path::new(&format!("/proc/{zygote}")).exists();
+    assert!(
+        wait_until(Duration::from_secs(5), gone),
+        "the stopped zygote {zygote} is still there"
+    );
+    drop(stopped);
+    server.wait_ready();
+}
+
 #[test]
 fn a_stopped_zygote_under_load_is_replaced_and_costs_no_run_the_hand_off_timeout() {
     const WORKERS: usize = 4;
@@ -1153,13 +1166,7 @@ fn a_stopped_zygote_under_load_is_replaced_and_costs_no_run_the_hand_off_timeout
         "p99 {p99:?} over {n} runs (max {max:?}): runs waited on the stopped zygote"
     );
     // The stopped zygote was ended and replaced: runs are warm again.
-    let gone = || !Path::new(&format!("/proc/{stalled}")).exists();
-    assert!(
-        wait_until(Duration::from_secs(5), gone),
-        "the stopped zygote {stalled} is still there"
-    );
-    drop(stopped);
-    server.wait_ready();
+    ended_and_replaced(stopped, &server);
     let replacement = zygote(base, "base").expect("the base zygote was not replaced");
     assert_ne!(replacement, stalled);
     let warm_runs = || {
@@ -1219,13 +1226,7 @@ fn a_zygote_that_stalled_while_idle_costs_the_next_run_no_hand_off_timeout() {
         took < Duration::from_secs(3),
         "the first run after the pause took {took:?}: it waited on the stopped zygote"
     );
-    let gone = || !Path::new(&format!("/proc/{stalled}")).exists();
-    assert!(
-        wait_until(Duration::from_secs(5), gone),
-        "the stopped zygote {stalled} is still there"
-    );
-    drop(stopped);
-    server.wait_ready();
+    ended_and_replaced(stopped, &server);
     let templates = settled_templates(base);
     wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
 }

@@ -193,6 +193,26 @@ fn run_prints(server: &Server, what: &str) {
     );
 }
 
+/// Starts `code` as a run on a thread (its answer is the thread's result) and waits until
+/// its Python runs (a process of `uid_base`'s nobody exists).
+fn run_in_flight(
+    server: &Server,
+    uid_base: u32,
+    code: &str,
+) -> std::thread::JoinHandle<Result<common::Reply, String>> {
+    let base = server.base.clone();
+    let body = json!({"code": code, "lang": "python", "timeout": 60});
+    let run = std::thread::spawn(move || post(&client(Duration::from_secs(60)), &base, &body));
+    assert!(
+        wait_until(Duration::from_secs(20), || !processes_of_uid(
+            uid_base + NOBODY
+        )
+        .is_empty()),
+        "the run never started: {code}"
+    );
+    run
+}
+
 /// `nsbox serve` as PID 1 of a new PID namespace, in cgroups of its own, its runs on the
 /// host ids from `uid_base`.
 fn start_as_pid_1(uid_base: u32) -> (OwnCgroups, Server) {
@@ -233,23 +253,7 @@ fn nsbox_as_pid_1_serves_reaps_orphans_and_takes_everything_with_it_when_killed(
         first
     };
     let spawner = only_child(nsbox_server, "the server");
-    let long = {
-        let base = server.base.clone();
-        std::thread::spawn(move || {
-            post(
-                &client(Duration::from_secs(60)),
-                &base,
-                &json!({"code": "import time\ntime.sleep(30)", "lang": "python", "timeout": 60}),
-            )
-        })
-    };
-    assert!(
-        wait_until(Duration::from_secs(20), || !processes_of_uid(
-            UID_BASE + NOBODY
-        )
-        .is_empty()),
-        "the long run never started"
-    );
+    let long = run_in_flight(&server, UID_BASE, "import time\ntime.sleep(30)");
     kill(Pid::from_raw(spawner), Signal::SIGKILL).unwrap();
     long.join()
         .unwrap()
@@ -267,23 +271,7 @@ fn nsbox_as_pid_1_serves_reaps_orphans_and_takes_everything_with_it_when_killed(
 
     // SIGKILL of the server: the spawner, the templates and every run go with it.
     let spawner = only_child(nsbox_server, "the server");
-    let long = {
-        let base = server.base.clone();
-        std::thread::spawn(move || {
-            post(
-                &client(Duration::from_secs(60)),
-                &base,
-                &json!({"code": "import time\ntime.sleep(30)", "lang": "python", "timeout": 60}),
-            )
-        })
-    };
-    assert!(
-        wait_until(Duration::from_secs(20), || !processes_of_uid(
-            UID_BASE + NOBODY
-        )
-        .is_empty()),
-        "the second long run never started"
-    );
+    let long = run_in_flight(&server, UID_BASE, "import time\ntime.sleep(30)");
     kill(Pid::from_raw(nsbox_server), Signal::SIGKILL).unwrap();
     assert!(
         server.wait_exit(Duration::from_secs(10)).is_some(),
@@ -325,22 +313,10 @@ fn nsbox_as_pid_1_serves_reaps_orphans_and_takes_everything_with_it_when_killed(
 fn sigterm_to_pid_1_is_a_clean_shutdown() {
     let (cgroups, mut server) = start_as_pid_1(UID_BASE + 1_000_000);
     let init = only_child(server.pid() as i32, "unshare");
-    let run = {
-        let base = server.base.clone();
-        std::thread::spawn(move || {
-            post(
-                &client(Duration::from_secs(60)),
-                &base,
-                &json!({"code": "import time\ntime.sleep(2)\nprint('done')", "lang": "python", "timeout": 30}),
-            )
-        })
-    };
-    assert!(
-        wait_until(Duration::from_secs(20), || !processes_of_uid(
-            UID_BASE + 1_000_000 + NOBODY
-        )
-        .is_empty()),
-        "the run never started"
+    let run = run_in_flight(
+        &server,
+        UID_BASE + 1_000_000,
+        "import time\ntime.sleep(2)\nprint('done')",
     );
     kill(Pid::from_raw(init), Signal::SIGTERM).unwrap();
     let reply = run.join().unwrap().expect("the run in flight is answered");
