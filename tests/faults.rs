@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    client, cmdline, expect_clean_exit, expect_stopped, host_mounts, mounts_added, post,
+    children, client, cmdline, expect_clean_exit, expect_stopped, host_mounts, mounts_added, post,
     processes_of_uid, shorten, text, wait_until, Reply, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY,
     OUTPUT_BYTES,
 };
@@ -161,25 +161,6 @@ fn ppid(pid: i32) -> Option<i32> {
 /// Alive, not a zombie waiting to be reaped.
 fn is_live(pid: i32) -> bool {
     status_field(pid, "State:").is_some_and(|s| !s.starts_with('Z') && !s.starts_with('X'))
-}
-
-/// Children of every thread of `pid` (the server starts a replacement spawner from
-/// whichever runtime thread handles the run, not only from its main thread).
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(
-                list.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 /// The server's one live child: its spawner. After a spawner died, the server starts a

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{client, cmdline, post, processes_of_uid, wait_until, Server, NOBODY};
+use common::{children, client, cmdline, post, processes_of_uid, wait_until, Server, NOBODY};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -121,23 +121,6 @@ fn status_field(pid: i32, key: &str) -> Option<String> {
 
 fn is_zombie(pid: i32) -> bool {
     status_field(pid, "State:").is_some_and(|s| s.starts_with('Z'))
-}
-
-/// Children of every thread of `pid`.
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(
-                list.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
-    }
-    out
 }
 
 fn live_children(pid: i32) -> Vec<i32> {

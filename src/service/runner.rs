@@ -168,45 +168,16 @@ impl Runner for Spawner {
         })
     }
 
-    fn open_session(&self, mut request: RunRequest) -> SessionFuture<'_> {
-        request.session = true;
-        Box::pin(async move {
-            let mut stream = supervise(self, &request).await?;
-            let sandbox = receive_handle(&stream).await?;
-            let outcome = read_reports(&mut stream, None).await?;
-            let door = None;
-            Ok((
-                SessionConn {
-                    stream,
-                    sandbox,
-                    door,
-                },
-                outcome,
-            ))
-        })
+    fn open_session(&self, request: RunRequest) -> SessionFuture<'_> {
+        open_session(self, request, None)
     }
 
     fn open_session_with_door(
         &self,
-        mut request: RunRequest,
+        request: RunRequest,
         door: crate::egress::Door,
     ) -> SessionFuture<'_> {
-        request.session = true;
-        request.egress_port = Some(crate::egress::PROXY_PORT);
-        Box::pin(async move {
-            let mut stream = supervise(self, &request).await?;
-            let door = open_door(&stream, door).await?;
-            let sandbox = receive_handle(&stream).await?;
-            let outcome = read_reports(&mut stream, None).await?;
-            Ok((
-                SessionConn {
-                    stream,
-                    sandbox,
-                    door,
-                },
-                outcome,
-            ))
-        })
+        open_session(self, request, Some(door))
     }
 
     fn is_ready(&self) -> bool {
@@ -220,6 +191,37 @@ impl Runner for Spawner {
     fn restarts(&self) -> (u64, u64) {
         Spawner::restarts(self)
     }
+}
+
+/// A session's sandbox: its supervisor, its egress door's listener when it has one (sent
+/// before anything else), the handle of its init, and the report that its interpreter is
+/// ready.
+fn open_session(
+    spawner: &Spawner,
+    mut request: RunRequest,
+    door: Option<crate::egress::Door>,
+) -> SessionFuture<'_> {
+    request.session = true;
+    if door.is_some() {
+        request.egress_port = Some(crate::egress::PROXY_PORT);
+    }
+    Box::pin(async move {
+        let mut stream = supervise(spawner, &request).await?;
+        let door = match door {
+            Some(door) => open_door(&stream, door).await?,
+            None => None,
+        };
+        let sandbox = receive_handle(&stream).await?;
+        let outcome = read_reports(&mut stream, None).await?;
+        Ok((
+            SessionConn {
+                stream,
+                sandbox,
+                door,
+            },
+            outcome,
+        ))
+    })
 }
 
 /// A supervisor of its own for `request`: its socket, with the request sent.

@@ -463,6 +463,24 @@ pub fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Children of every thread of `pid` (a server starts processes from whichever runtime
+/// thread does the work, not only from its main thread).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
 /// `pid` and all its descendants (children of every thread, recursively).
 pub fn process_tree(pid: i32) -> Vec<i32> {
     let mut out = vec![pid];
@@ -470,19 +488,9 @@ pub fn process_tree(pid: i32) -> Vec<i32> {
     while i < out.len() {
         let p = out[i];
         i += 1;
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-                for c in list
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<i32>().ok())
-                {
-                    if !out.contains(&c) {
-                        out.push(c);
-                    }
-                }
+        for c in children(p) {
+            if !out.contains(&c) {
+                out.push(c);
             }
         }
     }
