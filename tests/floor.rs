@@ -57,14 +57,29 @@ fn cgroup2_has_favordynmods() -> bool {
 }
 
 /// Takes `favordynmods` off the host's cgroup2 again: a remount with the superblock's
-/// other options and this host's mount flags (`rw,relatime` on the machines this suite
-/// runs on; anything else is refused rather than changed).
+/// other options and the mount's own flags as they are (a mount option this test does not
+/// know is refused rather than dropped).
 fn clear_favordynmods() {
+    use nix::mount::MsFlags;
     let (point, mount_opts, sb) = cgroup2_mount();
-    assert_eq!(
-        mount_opts, "rw,relatime",
-        "this test only clears favordynmods on a cgroup2 mounted rw,relatime"
-    );
+    let known = [
+        ("rw", MsFlags::empty()),
+        ("nosuid", MsFlags::MS_NOSUID),
+        ("nodev", MsFlags::MS_NODEV),
+        ("noexec", MsFlags::MS_NOEXEC),
+        ("relatime", MsFlags::MS_RELATIME),
+        ("noatime", MsFlags::MS_NOATIME),
+    ];
+    let mut flags = MsFlags::MS_REMOUNT;
+    for opt in mount_opts.split(',') {
+        let (_, flag) = known
+            .iter()
+            .find(|(name, _)| *name == opt)
+            .unwrap_or_else(|| {
+                panic!("cgroup2 is mounted {mount_opts}: this test does not know {opt}")
+            });
+        flags |= *flag;
+    }
     let rest: Vec<&str> = sb
         .split(',')
         .filter(|o| !matches!(*o, "rw" | "favordynmods"))
@@ -73,11 +88,16 @@ fn clear_favordynmods() {
         None::<&str>,
         point.as_str(),
         None::<&str>,
-        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RELATIME,
+        flags,
         Some(rest.join(",").as_str()),
     )
     .expect("remounting cgroup2 without favordynmods");
     assert!(!cgroup2_has_favordynmods());
+    assert_eq!(
+        cgroup2_mount().1,
+        mount_opts,
+        "clearing it changed the mount's flags"
+    );
 }
 
 /// Context switches of a server's tree in 3 idle seconds, 5 s after a run (the issue's
