@@ -15,6 +15,19 @@ struct Report<'a> {
     config: Config,
 }
 
+/// The report's last line. A missing speed feature (`host::SPEED_PROBES`) is a warning
+/// only: isolation is complete without it.
+fn verdict(probes: &[Probe], complete: bool) -> &'static str {
+    let isolating_ok = probes
+        .iter()
+        .all(|p| p.ok || host::SPEED_PROBES.contains(&p.feature));
+    match (complete, isolating_ok) {
+        (true, true) => "isolation: complete",
+        (true, false) => "isolation: INCOMPLETE, allowed by allow_incomplete_isolation",
+        (false, _) => "isolation: INCOMPLETE; nsbox serve will refuse to start",
+    }
+}
+
 /// Prints the report and returns the exit status: 0 when every required probe passed.
 pub fn main(config: &Config, json: bool, end_to_end: bool) -> u8 {
     // Kernel probes first, while the process is single-threaded (they fork).
@@ -60,17 +73,7 @@ pub fn main(config: &Config, json: bool, end_to_end: bool) -> u8 {
             };
             println!("{mark}  {:<16} {}", p.feature, p.detail);
         }
-        println!(
-            "{}",
-            match (
-                complete,
-                probes.iter().all(|p| p.ok || p.feature == "warm path")
-            ) {
-                (true, true) => "isolation: complete",
-                (true, false) => "isolation: INCOMPLETE, allowed by allow_incomplete_isolation",
-                (false, _) => "isolation: INCOMPLETE; nsbox serve will refuse to start",
-            }
-        );
+        println!("{}", verdict(&probes, complete));
     }
     if complete {
         0
@@ -105,5 +108,30 @@ mod tests {
         let text = serde_json::to_string(&redacted(&config)).unwrap();
         assert!(!text.contains("k-"), "{text}");
         assert_eq!(redacted(&config).keys[0].weight, 2);
+    }
+
+    fn probe(feature: &'static str, ok: bool, required: bool) -> Probe {
+        Probe {
+            feature,
+            ok,
+            required,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_missing_speed_feature_leaves_isolation_complete_and_a_missing_cgroup_does_not() {
+        let mut probes = vec![
+            probe("user namespaces", true, true),
+            probe("cgroup attach", false, false),
+            probe("huge pages", false, false),
+            probe("warm path", false, false),
+        ];
+        assert_eq!(verdict(&probes, true), "isolation: complete");
+        probes.push(probe("cgroups", false, false));
+        assert_eq!(
+            verdict(&probes, true),
+            "isolation: INCOMPLETE, allowed by allow_incomplete_isolation"
+        );
     }
 }
