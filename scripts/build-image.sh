@@ -41,19 +41,9 @@ die() {
 [ "$(id -u)" = 0 ] || die "needs root (buildah's private store, and reading the root filesystem)"
 
 # The tools, from Debian's packages.
-missing=()
-for tool in buildah podman runc; do
-	command -v "$tool" >/dev/null || missing+=("$tool")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-	log "installing ${missing[*]}"
-	apt-get update -qq >&2 || die "apt-get update failed"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
-		die "apt-get install ${missing[*]} failed"
-fi
-
 # shellcheck source=scripts/containers.sh
 . scripts/containers.sh
+install_missing buildah podman runc
 
 bin=${NSBOX_STATIC_BIN:-}
 [ -n "$bin" ] || bin=$(scripts/build-static.sh | tail -n 1)

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by scripts/build-image.sh and scripts/test-image.sh: podman and buildah on nsbox's
+# Sourced by scripts/build-image.sh, scripts/test-image.sh and scripts/test-kube.sh: podman and buildah on nsbox's
 # own container store, so the image neither depends on nor disturbs the host's default
 # store (/var/lib/containers), and the storage driver is the one we chose, whatever the
 # host's /etc/containers/storage.conf says.
@@ -16,6 +16,19 @@ NSBOX_CONTAINERS_OPTS=(
 	--storage-driver overlay
 )
 ctr_buildah() { buildah "${NSBOX_CONTAINERS_OPTS[@]}" "$@"; }
+# install_missing TOOL...: the tools not on the PATH, from Debian's packages of the same
+# names (the caller's `log` and `die` report it).
+install_missing() {
+	local tool missing=()
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null || missing+=("$tool")
+	done
+	[ ${#missing[@]} -gt 0 ] || return 0
+	log "installing ${missing[*]}"
+	apt-get update -qq >&2 || die "apt-get update failed"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
+		die "apt-get install ${missing[*]} failed"
+}
 ctr_podman() { podman "${NSBOX_CONTAINERS_OPTS[@]}" "$@"; }
 # podman's settings, in a containers.conf of our own (CONTAINERS_CONF: the only one read),
 # for every container it makes, a pod's infra container included:

@@ -46,21 +46,12 @@ die() {
 command -v curl >/dev/null || die "needs curl (apt-get install curl)"
 # podman, runc and buildah come with scripts/build-image.sh; crun, and catatonit for the
 # pod's infra container (podman builds its pause image locally from it), from here.
-missing=()
-for tool in crun catatonit; do
-	command -v "$tool" >/dev/null || missing+=("$tool")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-	log "installing ${missing[*]}"
-	apt-get update -qq >&2 || die "apt-get update failed"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
-		die "apt-get install ${missing[*]} failed"
-fi
+# shellcheck source=scripts/containers.sh
+. scripts/containers.sh
+install_missing crun catatonit
 
 venv=$(scripts/venv.sh tests/deploy/requirements.txt deploy-venv "${NSBOX_DEPLOY_PYTHON:-python3}" | tail -n 1)
 image=$(scripts/build-image.sh | tail -n 1)
-# shellcheck source=scripts/containers.sh
-. scripts/containers.sh
 log "$(podman --version), $(runc --version | head -n 1), $(crun --version | head -n 1), image $image"
 
 # One run at a time: the pod, its volumes and the secret have the manifest's names.
