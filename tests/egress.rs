@@ -98,7 +98,6 @@ fn serve(stream: TcpStream, received: &AtomicU64, smuggled: &AtomicU64, tls: &At
 }
 
 fn config(dir: &tempfile::TempDir, up: &Upstream) -> String {
-    let path = dir.path().join("nsbox.toml");
     let text = format!(
         "[egress]\n\
          allow = [\"upstream.test:{p}\", \"inside.test:{p}\", \"169.254.169.254\"]\n\
@@ -111,6 +110,12 @@ fn config(dir: &tempfile::TempDir, up: &Upstream) -> String {
          \"inside.test\" = \"10.9.9.9\"\n",
         p = up.port
     );
+    config_file(dir, &text)
+}
+
+/// `text` as `nsbox.toml` in `dir`; its path.
+fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("nsbox.toml");
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_string()
 }
@@ -566,17 +571,15 @@ impl Drop for TlsUpstream {
 fn https_goes_through_the_door_end_to_end_and_another_server_name_does_not() {
     let tls = TlsUpstream::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("nsbox.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = config_file(
+        &dir,
+        &format!(
             "[egress]\nallow = [\"secure.test:{p}\"]\nallow_ips = [\"127.0.0.2\"]\n\
              [egress.hosts]\n\"secure.test\" = \"127.0.0.2\"\n",
             p = tls.port
         ),
-    )
-    .unwrap();
-    let server = Server::start(&["--config", cfg.to_str().unwrap(), "--scanner", "off"]);
+    );
+    let server = Server::start(&["--config", &cfg, "--scanner", "off"]);
     let code = format!(
         r#"
 import socket, ssl, urllib.request
@@ -614,19 +617,17 @@ except (ssl.SSLError, OSError) as e:
 fn a_keys_egress_allow_narrows_its_runs_and_not_other_keys() {
     let up = Upstream::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("nsbox.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = config_file(
+        &dir,
+        &format!(
             "[[keys]]\nkey = \"narrow-key\"\negress_allow = []\n\
              [[keys]]\nkey = \"wide-key\"\n\
              [egress]\nallow = [\"upstream.test:{p}\"]\nallow_ips = [\"127.0.0.2\"]\n\
              [egress.hosts]\n\"upstream.test\" = \"127.0.0.2\"\n",
             p = up.port
         ),
-    )
-    .unwrap();
-    let server = Server::start(&["--config", cfg.to_str().unwrap(), "--scanner", "off"]);
+    );
+    let server = Server::start(&["--config", &cfg, "--scanner", "off"]);
     let run_as = |key: &str| -> Value {
         server
             .client()
