@@ -15,12 +15,10 @@ struct Report<'a> {
     config: Config,
 }
 
-/// The report's last line. A missing speed feature (`host::SPEED_PROBES`) is a warning
-/// only: isolation is complete without it.
+/// The report's last line. A missing speed feature (`Probe::speed`) is a warning only:
+/// isolation is complete without it.
 fn verdict(probes: &[Probe], complete: bool) -> &'static str {
-    let isolating_ok = probes
-        .iter()
-        .all(|p| p.ok || host::SPEED_PROBES.contains(&p.feature));
+    let isolating_ok = probes.iter().all(|p| p.ok || p.speed);
     match (complete, isolating_ok) {
         (true, true) => "isolation: complete",
         (true, false) => "isolation: INCOMPLETE, allowed by allow_incomplete_isolation",
@@ -41,6 +39,7 @@ pub fn main(config: &Config, json: bool, end_to_end: bool) -> u8 {
             feature: "sandbox run",
             ok: false,
             required: true,
+            speed: false,
             detail: String::new(),
         });
         let last = probes.last_mut().expect("just pushed");
@@ -110,11 +109,12 @@ mod tests {
         assert_eq!(redacted(&config).keys[0].weight, 2);
     }
 
-    fn probe(feature: &'static str, ok: bool, required: bool) -> Probe {
+    fn probe(feature: &'static str, ok: bool, required: bool, speed: bool) -> Probe {
         Probe {
             feature,
             ok,
             required,
+            speed,
             detail: String::new(),
         }
     }
@@ -122,13 +122,13 @@ mod tests {
     #[test]
     fn a_missing_speed_feature_leaves_isolation_complete_and_a_missing_cgroup_does_not() {
         let mut probes = vec![
-            probe("user namespaces", true, true),
-            probe("cgroup attach", false, false),
-            probe("huge pages", false, false),
-            probe("warm path", false, false),
+            probe("user namespaces", true, true, false),
+            probe("cgroup attach", false, false, true),
+            probe("huge pages", false, false, true),
+            probe("warm path", false, false, true),
         ];
         assert_eq!(verdict(&probes, true), "isolation: complete");
-        probes.push(probe("cgroups", false, false));
+        probes.push(probe("cgroups", false, false, false));
         assert_eq!(
             verdict(&probes, true),
             "isolation: INCOMPLETE, allowed by allow_incomplete_isolation"

@@ -355,10 +355,6 @@ fn prepare_empty_layer(rootfs: &Path) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Probes of features that make runs faster, not safer: without one, isolation is still
-/// complete (`nsbox check` warns).
-pub const SPEED_PROBES: [&str; 3] = ["warm path", "cgroup attach", "huge pages"];
-
 /// One line of `nsbox check`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Probe {
@@ -366,6 +362,8 @@ pub struct Probe {
     pub ok: bool,
     /// Whether the configured isolation needs it (a missing optional feature only warns).
     pub required: bool,
+    /// A feature that makes runs faster, not safer: without it isolation is still complete.
+    pub speed: bool,
     pub detail: String,
 }
 
@@ -378,7 +376,16 @@ fn probe(feature: &'static str, required: bool, result: Result<String, String>) 
         feature,
         ok,
         required,
+        speed: false,
         detail,
+    }
+}
+
+/// A probe of a speed feature: never required, and its absence leaves isolation complete.
+fn speed_probe(feature: &'static str, result: Result<String, String>) -> Probe {
+    Probe {
+        speed: true,
+        ..probe(feature, false, result)
     }
 }
 
@@ -398,10 +405,9 @@ pub fn probe_features(config: &Config) -> Vec<Probe> {
             !config.allow_incomplete_isolation,
             probe_cgroups(config),
         ),
-        probe("cgroup attach", false, probe_attach(config)),
-        probe(
+        speed_probe("cgroup attach", probe_attach(config)),
+        speed_probe(
             "huge pages",
-            false,
             if config.huge_pages {
                 crate::sandbox::hugepages::probe()
             } else {
@@ -409,9 +415,8 @@ pub fn probe_features(config: &Config) -> Vec<Probe> {
             },
         ),
         probe("root filesystem", true, probe_rootfs(&config.rootfs)),
-        probe(
+        speed_probe(
             "warm path",
-            false,
             match config.mode {
                 RunMode::Cold => Ok("off (mode = cold)".into()),
                 RunMode::Warm => {
