@@ -9,7 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{children, client, cmdline, post, processes_of_uid, wait_until, Server, NOBODY};
+use common::{
+    children, client, cmdline, post, processes_of_uid, wait_until, wait_until_empty, Server, NOBODY,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -241,13 +243,10 @@ fn nsbox_as_pid_1_serves_reaps_orphans_and_takes_everything_with_it_when_killed(
     long.join()
         .unwrap()
         .expect("the run in flight is answered when its spawner dies");
-    let mut zombies = Vec::new();
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            zombies = zombies_in_namespace_of(init);
-            zombies.is_empty()
-        }),
-        "orphans left unreaped in the namespace of PID 1: {zombies:?}"
+    wait_until_empty(
+        Duration::from_secs(10),
+        "orphans left unreaped in the namespace of PID 1",
+        || zombies_in_namespace_of(init),
     );
     server.wait_ready();
     run_prints(&server, "a run after the spawner was replaced");
@@ -270,22 +269,16 @@ fn nsbox_as_pid_1_serves_reaps_orphans_and_takes_everything_with_it_when_killed(
         "the spawner {spawner} or PID 1 {init} outlived the server"
     );
     for uid in [UID_BASE, UID_BASE + NOBODY] {
-        let mut left = Vec::new();
-        assert!(
-            wait_until(Duration::from_secs(5), || {
-                left = processes_of_uid(uid);
-                left.is_empty()
-            }),
-            "processes of uid {uid} outlived the server: {left:?}"
+        wait_until_empty(
+            Duration::from_secs(5),
+            &format!("processes of uid {uid} outlived the server"),
+            || processes_of_uid(uid),
         );
     }
-    let mut left = Vec::new();
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            left = cgroups.processes();
-            left.is_empty()
-        }),
-        "processes left in the server's cgroups: {left:?}"
+    wait_until_empty(
+        Duration::from_secs(5),
+        "processes left in the server's cgroups",
+        || cgroups.processes(),
     );
 }
 
@@ -322,12 +315,9 @@ fn sigterm_to_pid_1_is_a_clean_shutdown() {
         "{}",
         server.log.lock().unwrap()
     );
-    let mut left = Vec::new();
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            left = cgroups.processes();
-            left.is_empty()
-        }),
-        "processes left in the server's cgroups: {left:?}"
+    wait_until_empty(
+        Duration::from_secs(5),
+        "processes left in the server's cgroups",
+        || cgroups.processes(),
     );
 }

@@ -446,6 +446,23 @@ pub fn wait_until(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Waits until `list` comes back empty; panics after `within` with `what` and the last
+/// list (what was left).
+pub fn wait_until_empty<T: std::fmt::Debug>(
+    within: Duration,
+    what: &str,
+    mut list: impl FnMut() -> Vec<T>,
+) {
+    let mut left = Vec::new();
+    assert!(
+        wait_until(within, || {
+            left = list();
+            left.is_empty()
+        }),
+        "{what}: {left:?}"
+    );
+}
+
 /// A field of `/proc/<pid>/status` (e.g. `"VmRSS:"`), trimmed; `None` once the process is
 /// gone.
 pub fn proc_status_field(pid: i32, key: &str) -> Option<String> {
