@@ -35,6 +35,9 @@ glibc_minor_max=36
 site_dir=/usr/local/lib/python$py_version/dist-packages
 nsbox_share=/usr/local/share/nsbox
 mplconfig=$nsbox_share/mplconfig
+# pip for the installer sandbox only (packages on demand, docs/egress.md): outside every
+# run's sys.path, so the tree offers code no package manager by default.
+installer_dir=/usr/local/lib/nsbox/installer
 
 # Essential:yes packages that only serve package management and init; they go once
 # the tree is assembled (perl-base and debconf are there for maintainer scripts,
@@ -268,13 +271,15 @@ EOF
 	# Headers and static libraries only matter to compilers, and the tree has none.
 	find "$tree$site_dir" \( -name '*.a' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxd' \) -type f -delete
 	find "$tree$site_dir" -depth -type d -empty -delete
+	mkdir -p "$tree$installer_dir"
+	mv "$tree$site_dir/pip" "$tree$site_dir"/pip-*.dist-info "$tree$installer_dir/"
 	for p in pip setuptools wheel _distutils_hack; do
 		rm -rf "${tree:?}$site_dir/$p" "$tree$site_dir/$p"-*.dist-info
 	done
 
 	log "compiling .pyc (unchecked-hash: the tree is immutable and may be copied without mtimes)"
 	in_tree "$tree" /usr/bin/python3 -m compileall -q -f -j 2 --invalidation-mode unchecked-hash \
-		/usr/lib/python3 /usr/lib/python$py_version "$site_dir" >&2
+		/usr/lib/python3 /usr/lib/python$py_version "$site_dir" "$installer_dir" >&2
 
 	log "matplotlib: backend agg, font cache in $mplconfig"
 	local rc=$site_dir/matplotlib/mpl-data/matplotlibrc

@@ -132,8 +132,18 @@ fn python_in_tree(code: &str, argv: &[&str]) -> String {
     in_tree(&args, &[("MPLCONFIGDIR", MPLCONFIG_IN_TREE)])
 }
 
-/// Pins from rootfs/requirements.lock, keyed by lower-case canonical name.
+/// Where the tree keeps pip: for the installer sandbox only, outside every run's `sys.path`.
+const INSTALLER_DIR: &str = "/usr/local/lib/nsbox/installer";
+
+/// Pins from rootfs/requirements.lock that runs import (every one but pip, which the build
+/// moves to [`INSTALLER_DIR`]), keyed by lower-case canonical name.
 fn locked_versions() -> BTreeMap<String, String> {
+    let mut pins = all_locked_versions();
+    pins.remove("pip").expect("pip is pinned for the installer");
+    pins
+}
+
+fn all_locked_versions() -> BTreeMap<String, String> {
     let lock = repo_dir().join("rootfs/requirements.lock");
     let text = fs::read_to_string(&lock).unwrap_or_else(|e| panic!("{}: {e}", lock.display()));
     let pins: BTreeMap<String, String> = text
@@ -514,4 +524,17 @@ fn no_package_managers_or_compilers() {
         &[],
     );
     assert_eq!(specs.trim(), "[]", "importable packaging tools");
+
+    // The installer sandbox's pip, at the lock's version, only where it puts it on the path.
+    let pip = python_in_tree(
+        &format!(
+            "import sys; sys.path.insert(0, {INSTALLER_DIR:?}); import pip; print(pip.__version__)"
+        ),
+        &[],
+    );
+    assert_eq!(
+        pip.trim(),
+        all_locked_versions()["pip"],
+        "the installer's pip"
+    );
 }
