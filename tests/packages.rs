@@ -186,6 +186,30 @@ fn packages_install_once_and_are_reused_without_the_index(mode: &str) {
         "{v}"
     );
 
+    // Two requests for a set nobody asked for yet: one install, the other waits for it.
+    let body =
+        json!({"code": USE_TABULATE, "lang": "python", "libraries": ["termcolor", "tabulate"]});
+    std::thread::scope(|scope| {
+        let both = [
+            scope.spawn(|| server.post(&body)),
+            scope.spawn(|| server.post(&body)),
+        ];
+        for t in both {
+            let (status, v) = t.join().unwrap();
+            assert_eq!((status, &v["exit_code"]), (200, &json!(0)), "{v}");
+        }
+    });
+    let installs = server
+        .log
+        .lock()
+        .unwrap()
+        .matches("package set installed")
+        .count();
+    assert_eq!(
+        installs, 3,
+        "tabulate, termcolor==2.4.0, then the pair once"
+    );
+
     // The index is gone: the same sets come from the cache, for a run and a session.
     index.stop();
     let v =

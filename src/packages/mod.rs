@@ -251,9 +251,23 @@ pub fn is_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
 }
 
-/// PEP 503 normalisation, as the catalog reads the tree's names.
+/// PEP 503 normalisation: `Scikit_Learn` and `scikit-learn` are one distribution (the
+/// catalog reads the tree's names with it too).
 pub fn canonical(name: &str) -> String {
-    crate::service::catalog::canonical(name)
+    let mut out = String::with_capacity(name.len());
+    let mut in_sep = false;
+    for c in name.trim().chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !in_sep {
+                out.push('-');
+            }
+            in_sep = true;
+        } else {
+            out.extend(c.to_lowercase());
+            in_sep = false;
+        }
+    }
+    out
 }
 
 /// What the installer tells the server on its last line of stdout.

@@ -29,23 +29,7 @@ pub enum CatalogError {
     Parse(#[source] serde_json::Error),
 }
 
-/// PEP 503 normalisation: `Scikit_Learn` and `scikit-learn` are one distribution.
-pub fn canonical(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut in_sep = false;
-    for c in name.trim().chars() {
-        if matches!(c, '-' | '_' | '.') {
-            if !in_sep {
-                out.push('-');
-            }
-            in_sep = true;
-        } else {
-            out.extend(c.to_lowercase());
-            in_sep = false;
-        }
-    }
-    out
-}
+pub use crate::packages::canonical;
 
 impl Catalog {
     /// Reads the catalog of the tree at `rootfs`.
