@@ -8,7 +8,8 @@
 # release servers, warm: one over a copy of the tree with tabulate added to its
 # dist-packages (hard links, with new directories and a new libraries.json; the tree itself
 # is not written), one over the tree itself with [packages] pointing at the index and a
-# fresh cache. Then scripts/bench/packages.py. Needs root, like the server.
+# fresh cache. Then scripts/bench/packages.py. Needs root, like the server. KEEP=1 keeps
+# the servers' logs and the copies (the path is printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-200}
@@ -23,7 +24,7 @@ pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
-	rm -rf --one-file-system "$work"
+	if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf --one-file-system "$work"; fi
 }
 trap cleanup EXIT
 

@@ -245,9 +245,10 @@ fn packages_cold() {
 }
 
 /// A static index (a directory served by Python's http.server) whose page for termcolor
-/// names a wrong sha256, and a server whose caps no set fits in (3 files).
+/// names a wrong sha256 and whose only file for sdistonly is a source distribution, and a
+/// server whose caps no set fits in (3 files).
 #[test]
-fn a_wrong_hash_and_an_install_past_its_caps_are_refused() {
+fn a_wrong_hash_no_wheel_and_an_install_past_its_caps_are_refused() {
     let (_venv, wheels) = index_parts();
     let root = tempfile::tempdir().unwrap();
     for (name, file, good) in [
@@ -274,6 +275,15 @@ fn a_wrong_hash_and_an_install_past_its_caps_are_refused() {
         )
         .unwrap();
     }
+    // A project with a source distribution only: nothing nsbox would install.
+    let sdist = root.path().join("simple/sdistonly");
+    std::fs::create_dir_all(&sdist).unwrap();
+    std::fs::write(sdist.join("sdistonly-1.0.tar.gz"), b"not read").unwrap();
+    std::fs::write(
+        sdist.join("index.html"),
+        "<html><body><a href=\"sdistonly-1.0.tar.gz\">sdistonly-1.0.tar.gz</a></body></html>",
+    )
+    .unwrap();
     let port = free_port();
     let p = port.to_string();
     let _index = Index::start(
@@ -305,6 +315,14 @@ fn a_wrong_hash_and_an_install_past_its_caps_are_refused() {
     assert!(
         v.to_string()
             .contains("installing tabulate is past this server's caps"),
+        "{v}"
+    );
+    let (status, v) =
+        server.post(&json!({"code": "print(1)", "lang": "python", "libraries": ["sdistonly"]}));
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v.to_string()
+            .contains("sdistonly: no wheel for this platform"),
         "{v}"
     );
     // Nothing refused was cached.
