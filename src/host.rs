@@ -39,6 +39,8 @@ pub enum HostError {
     IncompleteIsolation(String),
     #[error("preparing the package cache: {0}")]
     Packages(#[from] crate::packages::store::StoreError),
+    #[error("[packages]: {0}")]
+    PackagesConfig(#[from] crate::packages::PackagesError),
 }
 
 /// What this host's sandbox actually enforces, reported by `/v1/status`.
@@ -262,8 +264,7 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
         Some(table) => {
             // Checked by `Config::validate` before anything starts.
             let rules =
-                crate::packages::Rules::from_config(table, config.egress.as_ref(), config.listen)
-                    .map_err(|e| HostError::IncompleteIsolation(e.to_string()))?;
+                crate::packages::Rules::from_config(table, config.egress.as_ref(), config.listen)?;
             let store = crate::packages::store::Store::open(&rules.cache_dir, &catalog.python)?;
             Some(crate::service::Packages {
                 rules,

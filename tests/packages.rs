@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::Server;
 use serde_json::{json, Value};
 
-/// The virtualenv with pypiserver and the directory with the two wheels.
+/// The virtualenv with pypiserver and the directory with the two wheels (scripts/test.sh
+/// prepares them before the tests; here the script only prints where they are).
 fn index_parts() -> (PathBuf, PathBuf) {
     let out = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),

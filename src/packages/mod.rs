@@ -302,8 +302,8 @@ pub fn installer_code(rules: &Rules, requirements: &[Requirement]) -> String {
             false => format!("{}:{}", rules.index_host, rules.index_port),
         },
     });
-    // JSON is a Python literal here except for true/false/null, which the args avoid;
-    // read it with json.loads to be sure.
+    // The arguments go in as one JSON string literal (valid Python too), which the code
+    // parses: nothing of a request is ever spliced into Python source.
     format!(
         "ARGS = __import__('json').loads({})\n{}",
         serde_json::to_string(&args.to_string()).unwrap_or_default(),
@@ -313,3 +313,53 @@ pub fn installer_code(rules: &Rules, requirements: &[Requirement]) -> String {
 
 /// The distributions of the tree that a set must not shadow: keyed by canonical name.
 pub type TreeLibraries = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_and_exact_versions_reach_pip() {
+        let r = Requirement::parse(" Tabulate_X == 0.9.0 ").unwrap();
+        assert_eq!(r.spec(), "tabulate-x==0.9.0");
+        assert_eq!(Requirement::parse("plotly").unwrap().version, None);
+        for bad in [
+            "",
+            "a>=1",
+            "a[extra]",
+            "--index-url=http://evil/",
+            "-r/etc/passwd",
+            "a==",
+            "a==1 --hash=x",
+            "git+https://x/y",
+            "a; python_version<'4'",
+            "a==-1",
+        ] {
+            assert!(Requirement::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_admits_only_its_names() {
+        let config = PackagesConfig {
+            index_url: "https://pypi.org/simple/".into(),
+            allow: vec!["Tabulate".into()],
+            ..PackagesConfig::default()
+        };
+        let rules = Rules::from_config(&config, None, "127.0.0.1:8080".parse().unwrap()).unwrap();
+        assert!(rules.admits("tabulate").is_ok());
+        assert!(rules
+            .admits("termcolor")
+            .unwrap_err()
+            .contains("allow list"));
+        assert_eq!(
+            (rules.index_host.as_str(), rules.index_port),
+            ("pypi.org", 443)
+        );
+        let code = installer_code(&rules, &[Requirement::parse("tabulate").unwrap()]);
+        assert!(
+            code.starts_with("ARGS = __import__('json').loads(\"{"),
+            "{code}"
+        );
+    }
+}

@@ -45,8 +45,8 @@ pub fn check_session_has(
     }
 }
 
-/// The files bytes of an installer's set, at most this much above its cap on the
-/// tmpfs it installs on (the wheels it downloads, pip's own temporary copies).
+/// Room on the installer's tmpfs beyond twice the set's cap: the wheels pip downloads and
+/// its own temporary files.
 const INSTALL_SCRATCH_BYTES: u64 = 64 << 20;
 
 impl RunService {
