@@ -188,6 +188,14 @@ impl RunService {
                 p.rules.max_files
             ));
         }
+        // A link, a special file or a tree past the harness's depth or entry count would
+        // leave the set incomplete: refused, not stored without it.
+        if let Some(skipped) = outcome.skipped_files.first() {
+            return refuse(format!(
+                "installing {names} made {} ({:?}), which nsbox does not copy into a set",
+                skipped.path, skipped.reason
+            ));
+        }
         let mut files = Vec::with_capacity(outcome.files.len());
         for f in outcome.files {
             let Some(rel) = f.path.strip_prefix("site/") else {
