@@ -10,6 +10,7 @@ import sys
 
 TARGET = "site"
 REPORT = "/tmp/nsbox-pip-report.json"
+LOCKED = "/tmp/nsbox-locked.txt"
 
 
 def finish(report):
@@ -65,23 +66,8 @@ def explain(requirements, log):
     refused(", ".join(requirements), "pip could not install it: " + (last[-1].strip() if last else "no reason given"))
 
 
-def main():
-    sys.path.insert(0, ARGS["pip"])
-    from pip._internal.cli.main import main as pip_main
-
-    proxy = os.environ.get("HTTPS_PROXY", "")
-    argv = [
-        "install", "--isolated", "--no-input", "--disable-pip-version-check", "--no-cache-dir",
-        "--progress-bar", "off", "--only-binary=:all:", "--no-compile",
-        "--target", TARGET, "--index-url", ARGS["index"], "--report", REPORT,
-    ]
-    if proxy:
-        argv += ["--proxy", proxy]
-    if ARGS["index"].startswith("http://"):
-        # The operator chose a plain-HTTP index (a mirror on its own network); pip ignores
-        # one unless told. The wheels' hashes on its pages are still checked.
-        argv += ["--trusted-host", ARGS["trusted_host"]]
-    argv += ARGS["requirements"]
+def pip(pip_main, argv):
+    """Runs pip in this interpreter; on failure, says why (naming the package) and ends."""
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
@@ -95,13 +81,54 @@ def main():
         # For the operator's log; the client gets the reason only.
         sys.stderr.write(log.getvalue()[-4000:])
         explain(ARGS["requirements"], log.getvalue())
-    with open(REPORT) as f:
+
+
+def resolved(path):
+    """The distributions a pip report lists: name, version, sha256."""
+    with open(path) as f:
         report = json.load(f)
-    installed = []
+    out = []
     for item in report.get("install", []):
         meta = item.get("metadata", {})
         hashes = (item.get("download_info", {}).get("archive_info", {}) or {}).get("hashes", {}) or {}
-        installed.append({"name": meta.get("name", "?"), "version": meta.get("version", "?"), "sha256": hashes.get("sha256")})
+        out.append({"name": meta.get("name", "?"), "version": meta.get("version", "?"), "sha256": hashes.get("sha256")})
+    return out
+
+
+def main():
+    sys.path.insert(0, ARGS["pip"])
+    from pip._internal.cli.main import main as pip_main
+
+    common = [
+        "--isolated", "--no-input", "--disable-pip-version-check", "--no-cache-dir",
+        "--progress-bar", "off", "--only-binary=:all:", "--index-url", ARGS["index"],
+    ]
+    proxy = os.environ.get("HTTPS_PROXY", "")
+    if proxy:
+        common += ["--proxy", proxy]
+    if ARGS["index"].startswith("http://"):
+        # The operator chose a plain-HTTP index (a mirror on its own network); pip ignores
+        # one unless told. The wheels' hashes on its pages are still checked.
+        common += ["--trusted-host", ARGS["trusted_host"]]
+    requirements = ARGS["requirements"]
+    if all("==" in r for r in requirements):
+        # Every name pinned: resolve first, then install exactly that set in pip's
+        # hash-checking mode (--require-hashes), each wheel held to the sha256 it was
+        # resolved with, dependencies included and none added.
+        pip(pip_main, ["install", "--dry-run", "--ignore-installed", *common, "--report", REPORT, *requirements])
+        locked = []
+        items = resolved(REPORT)
+        if len(items) > ARGS["max_packages"]:
+            refused(", ".join(ARGS["requirements"]), f"the install needs {len(items)} packages; this server's cap is {ARGS['max_packages']}")
+        for item in items:
+            if not item["sha256"]:
+                refused(item["name"], "no sha256 for its wheel; a pinned install needs every wheel's hash")
+            locked.append(f"{item['name']}=={item['version']} --hash=sha256:{item['sha256']}")
+        with open(LOCKED, "w") as f:
+            f.write("\n".join(locked) + "\n")
+        requirements = ["--require-hashes", "--no-deps", "-r", LOCKED]
+    pip(pip_main, ["install", *common, "--no-compile", "--target", TARGET, "--report", REPORT, *requirements])
+    installed = resolved(REPORT)
     if len(installed) > ARGS["max_packages"]:
         refused(", ".join(ARGS["requirements"]), f"the install needs {len(installed)} packages; this server's cap is {ARGS['max_packages']}")
     # Compiled once here, checked by nothing at import: the set is read-only and keyed by
