@@ -173,9 +173,22 @@ fn packages_install_once_and_are_reused_without_the_index(mode: &str) {
     assert_eq!(status, 400, "{v}");
     assert!(v.to_string().contains("no version 0.0.1"), "{v}");
 
-    // A session installs at creation; its calls import.
+    // A session installs at creation; its calls import. Its one name is pinned: resolved
+    // (page and wheel), then installed with --require-hashes (page and wheel again).
+    let door = || {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .matches("host=index.test")
+            .count()
+    };
+    let before = door();
     let (status, s) = create_session(&server, json!({"libraries": ["termcolor==2.4.0"]}));
     assert_eq!(status, 201, "{s}");
+    // (A connection's log line may follow the answer by a moment.)
+    common::wait_until(Duration::from_secs(10), || door() - before >= 4);
+    assert_eq!(door() - before, 4, "two passes through the door");
     let sid = s["id"].as_str().unwrap().to_string();
     let call =
         |code: &str| server.run_with(json!({"code": code, "lang": "python", "session_id": sid}));
