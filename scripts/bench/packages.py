@@ -8,7 +8,8 @@ TREE_URL is an `nsbox serve` whose tree has tabulate; CACHE_URL one whose tree l
 whose [packages] index has it (scripts/bench-packages.sh starts both). Each server gets the
 same request, `libraries: ["tabulate"]`, RUNS times (default 200), taking turns, after
 warm-up runs; it prints the p50 and p90 of each and the difference of the p50s. Before
-that, CACHE_URL's first request for tabulate and for termcolor (installs) are timed.
+that, CACHE_URL's first requests for tabulate, termcolor and termcolor==2.4.0 (installs,
+the last one pinned) are timed.
 """
 
 import json
@@ -40,10 +41,10 @@ def pct(xs, p):
 def main():
     tree, cache = sys.argv[1], sys.argv[2]
     runs = int(sys.argv[3]) if len(sys.argv) > 3 else 200
-    for name in ("tabulate", "termcolor"):
-        code = f"import {name}"
-        took = post(cache, [name], code)
-        print(f"first install of {name}: {took * 1000:.0f} ms (request wall time, install and run)")
+    # Unpinned: one pass of pip; pinned: resolved, then installed with --require-hashes.
+    for spec in ("tabulate", "termcolor", "termcolor==2.4.0"):
+        took = post(cache, [spec], f"import {spec.split('==')[0]}")
+        print(f"first install of {spec}: {took * 1000:.0f} ms (request wall time, install and run)")
     for _ in range(10):
         post(tree, ["tabulate"])
         post(cache, ["tabulate"])
