@@ -34,6 +34,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
+# tests/packages.rs serves a local package index: pypiserver in a virtualenv and two
+# wheels, fetched from PyPI here, before the tests (they need no outside network).
+scripts/packages-index.sh >/dev/null
 cargo test --locked "$@"
 NSBOX_BIN=target/debug/nsbox scripts/test-sdk.sh
 # The web playground in a real browser (chromium, installed above), screenshots in

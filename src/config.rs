@@ -228,6 +228,10 @@ pub struct Config {
     /// A table, so deploy/nsbox.toml shows it commented out after the top-level keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::egress::EgressConfig>,
+    /// Packages on demand (docs/egress.md): `libraries` the tree lacks installed from
+    /// `index_url` in a sandbox and cached. `None` (no `[packages]` table): off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packages: Option<crate::packages::PackagesConfig>,
 }
 
 /// Where `nsbox` finds the root filesystem when nothing says otherwise.
@@ -290,6 +294,7 @@ impl Default for Config {
             max_large_bodies: 4,
             node: None,
             egress: None,
+            packages: None,
         }
     }
 }
@@ -411,6 +416,10 @@ impl Config {
                 .map_err(|e| invalid("egress", e.to_string()))?;
         }
         crate::egress::Policies::from_config(self).map_err(|e| invalid("keys", e))?;
+        if let Some(packages) = &self.packages {
+            crate::packages::Rules::from_config(packages, self.egress.as_ref(), self.listen)
+                .map_err(|e| invalid("packages", e.to_string()))?;
+        }
         if self.max_running_per_user == Some(0) {
             return Err(invalid("max_running_per_user", "must be at least 1"));
         }
@@ -569,6 +578,43 @@ mod tests {
         assert!(Config::parse("[egress]\nalow = []\n")
             .unwrap_err()
             .contains("alow"));
+    }
+
+    #[test]
+    fn the_packages_table_is_read_and_checked() {
+        let c = Config::parse(
+            "[packages]\nindex_url = \"http://mirror.internal:8080/simple/\"\ndeny = [\"Bad_Pkg\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let rules =
+            crate::packages::Rules::from_config(c.packages.as_ref().unwrap(), None, c.listen)
+                .unwrap();
+        assert_eq!(
+            (rules.index_host.as_str(), rules.index_port),
+            ("mirror.internal", 8080)
+        );
+        assert!(rules.admits("bad-pkg").unwrap_err().contains("deny list"));
+        assert!(rules.admits("tabulate").is_ok());
+        for (text, word) in [
+            ("[packages]\n", "index_url"),
+            ("[packages]\nindex_url = \"ftp://x/\"\n", "ftp"),
+            (
+                "[packages]\nindex_url = \"http://x/\"\nmax_installed_mib = 65\n",
+                "max_installed_mib",
+            ),
+            (
+                "[packages]\nindex_url = \"http://x/\"\ninstall_seconds = 0\n",
+                "install_seconds",
+            ),
+        ] {
+            let e = Config::parse(text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`packages`") && e.contains(word), "{text}: {e}");
+        }
     }
 
     #[test]

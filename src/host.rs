@@ -37,6 +37,10 @@ pub enum HostError {
          (allow_incomplete_isolation = true)"
     )]
     IncompleteIsolation(String),
+    #[error("preparing the package cache: {0}")]
+    Packages(#[from] crate::packages::store::StoreError),
+    #[error("[packages]: {0}")]
+    PackagesConfig(#[from] crate::packages::PackagesError),
 }
 
 /// What this host's sandbox actually enforces, reported by `/v1/status`.
@@ -63,6 +67,8 @@ pub struct Prepared {
     pub catalog: Catalog,
     /// This process's parent cgroup, removed by `Prepared::release` when it stops.
     pub cgroup_parent: Option<CgroupParent>,
+    /// `[packages]` with its cache opened, when packages on demand are on.
+    pub packages: Option<crate::service::Packages>,
 }
 
 impl Prepared {
@@ -89,6 +95,7 @@ impl Prepared {
             mcp_text_chars: config.mcp_text_chars,
             // Checked by `Config::validate` before anything starts.
             egress: crate::egress::Policies::from_config(config).ok().flatten(),
+            packages: self.packages.clone(),
             files: FileLimits {
                 max_count: config.files_max_count,
                 max_file_bytes: config.file_max_mib << 20,
@@ -253,7 +260,21 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
     for w in &warnings {
         tracing::warn!("WARNING: {w}");
     }
+    let packages = match &config.packages {
+        Some(table) => {
+            // Checked by `Config::validate` before anything starts.
+            let rules =
+                crate::packages::Rules::from_config(table, config.egress.as_ref(), config.listen)?;
+            let store = crate::packages::store::Store::open(&rules.cache_dir, &catalog.python)?;
+            Some(crate::service::Packages {
+                rules,
+                store: Arc::new(store),
+            })
+        }
+        None => None,
+    };
     Ok(Prepared {
+        packages: packages.clone(),
         spawner: SpawnerConfig {
             rootfs: rootfs.clone(),
             ids: ids.clone(),
@@ -262,6 +283,7 @@ pub fn prepare(config: &Config, mode: RunMode) -> Result<Prepared, HostError> {
             warm: warm.clone(),
             limits: limits(config),
             guard_rails: config.scanner != ScannerMode::Off,
+            packages: packages.as_ref().map(|p| p.store.sites()),
         },
         isolation: Isolation {
             namespaces: NAMESPACES.to_vec(),

@@ -13,6 +13,7 @@ pub mod connections;
 pub mod egress;
 pub mod host;
 pub mod mcp;
+pub mod packages;
 pub mod run;
 pub mod server;
 pub mod service;

@@ -88,6 +88,9 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
             // reaches it.
             egress.add_own_listener(addr);
         }
+        if let Some(packages) = &service.settings().packages {
+            packages.rules.policy.add_own_listener(addr);
+        }
         tracing::info!(
             rootfs = %config.rootfs.display(),
             cgroup = ?state.isolation.cgroup,

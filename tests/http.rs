@@ -172,6 +172,7 @@ fn app(o: Options) -> App {
             mcp_attach_bytes: 256 << 10,
             mcp_text_chars: 20_000,
             egress: None,
+            packages: None,
             files: FileLimits {
                 max_count: 4,
                 max_file_bytes: 1 << 10,

@@ -19,7 +19,6 @@ use serde::Serialize;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::host::Isolation;
-use crate::service::catalog::Catalog;
 use crate::service::RunService;
 use error::ApiError;
 
@@ -124,8 +123,18 @@ async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str
     )
 }
 
-async fn list_libraries(State(state): State<AppState>) -> Json<Catalog> {
-    Json(state.service.catalog().clone())
+/// The tree's libraries and, with `[packages]`, those that come from the package cache
+/// (`cached`: name → versions cached; installed on demand, not part of the tree).
+async fn list_libraries(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let mut value =
+        serde_json::to_value(state.service.catalog()).unwrap_or(serde_json::Value::Null);
+    if let (Some(object), Some(cached)) = (value.as_object_mut(), state.service.cached_packages()) {
+        object.insert(
+            "cached".into(),
+            serde_json::to_value(cached).unwrap_or_default(),
+        );
+    }
+    Json(value)
 }
 
 /// The whole server's metrics: for an operator key only when keys are configured, as they

@@ -29,23 +29,7 @@ pub enum CatalogError {
     Parse(#[source] serde_json::Error),
 }
 
-/// PEP 503 normalisation: `Scikit_Learn` and `scikit-learn` are one distribution.
-fn canonical(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut in_sep = false;
-    for c in name.trim().chars() {
-        if matches!(c, '-' | '_' | '.') {
-            if !in_sep {
-                out.push('-');
-            }
-            in_sep = true;
-        } else {
-            out.extend(c.to_lowercase());
-            in_sep = false;
-        }
-    }
-    out
-}
+pub use crate::packages::canonical;
 
 impl Catalog {
     /// Reads the catalog of the tree at `rootfs`.
@@ -66,6 +50,12 @@ impl Catalog {
             .join(".");
         catalog.standard_library = standard_library(&rootfs.join(format!("usr/lib/python{minor}")));
         Ok(catalog)
+    }
+
+    /// Whether `name` (bare) is a distribution of the tree or a standard-library module.
+    pub fn has(&self, name: &str) -> bool {
+        self.libraries.contains_key(&canonical(name))
+            || self.standard_library.iter().any(|m| m == name.trim())
     }
 
     /// Checks a request's `libraries`: each must be installed (or part of the standard

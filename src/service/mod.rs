@@ -11,6 +11,7 @@ pub mod admission;
 pub mod catalog;
 pub mod events;
 pub mod files;
+mod installs;
 pub mod metrics;
 mod outcome;
 mod request;
@@ -31,6 +32,7 @@ use crate::scanner::{self, Analysis};
 use admission::{Admission, KeyWeights, Shares};
 use catalog::Catalog;
 use files::FileLimits;
+pub use installs::Packages;
 use metrics::{Metrics, SessionEnd, Verdict};
 pub use outcome::{classify, Ending, Limit, RunFacts, RunResult, SessionState};
 pub use request::{
@@ -131,6 +133,9 @@ pub struct Settings {
     pub mcp_text_chars: usize,
     /// The operator's egress policy (docs/egress.md); `None`: runs have no door.
     pub egress: Option<crate::egress::Policies>,
+    /// Packages on demand (`[packages]`): its rules and the cache; `None`: `libraries`
+    /// names only what the tree has.
+    pub packages: Option<installs::Packages>,
 }
 
 /// The run service, shared by every front end of one process.
@@ -148,6 +153,9 @@ pub struct RunService {
     sessions: Arc<Sessions>,
     /// Turns true when the shutdown grace is over: runs still in flight are cancelled.
     cancelled: tokio::sync::watch::Receiver<bool>,
+    /// Installs under way, by the key of their libraries: a second request for the same
+    /// set waits for the first install instead of starting its own.
+    installs: installs::InFlight,
 }
 
 /// A validated request with its session taken (when it names one): ready to run.
@@ -227,6 +235,7 @@ impl RunService {
             policy: Arc::new(scanner::Policy::builtin()),
             metrics: Arc::new(Metrics::new()),
             cancelled,
+            installs: installs::InFlight::default(),
         }
     }
 
@@ -395,6 +404,18 @@ impl RunService {
             ));
         }
 
+        // A set the tree lacks is looked up in the cache, or installed into it, before
+        // the run takes its slot (an install is a run of its own).
+        if let Some((s, _)) = &session {
+            installs::check_session_has(&s.libraries, &request.packages)?;
+        }
+        let site = match &session {
+            Some(_) => None,
+            None => {
+                self.site_for(&request.packages, request.request_id.as_deref())
+                    .await?
+            }
+        };
         let queued = Instant::now();
         ticket
             .run_slot()
@@ -419,6 +440,7 @@ impl RunService {
             results: results.then_some(self.settings.results),
             // Set by the runner when the run has a door.
             egress_port: None,
+            site,
         };
         let door = request.egress.clone().map(|policy| crate::egress::Door {
             policy,

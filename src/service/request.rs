@@ -80,6 +80,56 @@ pub struct Validated {
     /// The door this run gets (the operator's policy, or the request's narrowing of it);
     /// `None`: no listener and no proxy variables.
     pub egress: Option<std::sync::Arc<crate::egress::Policy>>,
+    /// The `libraries` the tree lacks, to come from the package cache (or be installed
+    /// into it first); empty without `[packages]`.
+    pub packages: Vec<crate::packages::Requirement>,
+}
+
+/// A request's `libraries`: the names the tree has pass as they always did; without
+/// `[packages]` any other is refused (naming what there is), with it each must be a name
+/// (maybe `==version`) the operator's lists admit, and these are returned, to be installed.
+pub fn libraries(
+    settings: &Settings,
+    catalog: &Catalog,
+    requested: &[String],
+) -> Result<Vec<crate::packages::Requirement>, ServiceError> {
+    let Some(packages) = &settings.packages else {
+        catalog.check(requested)?;
+        return Ok(Vec::new());
+    };
+    let mut missing = Vec::new();
+    for entry in requested {
+        if catalog.has(entry) {
+            continue;
+        }
+        let req = crate::packages::Requirement::parse(entry).map_err(ServiceError::Invalid)?;
+        if let Some(tree) = catalog.libraries.get(&req.name) {
+            match &req.version {
+                Some(v) if v != tree => {
+                    return Err(ServiceError::Invalid(format!(
+                        "`libraries`: {} is in the tree at version {tree}; another version cannot be installed beside it",
+                        req.name
+                    )))
+                }
+                _ => continue,
+            }
+        }
+        packages
+            .rules
+            .admits(&req.name)
+            .map_err(ServiceError::Invalid)?;
+        missing.push(req);
+    }
+    missing.sort();
+    missing.dedup();
+    if missing.len() > packages.rules.max_packages {
+        return Err(ServiceError::Invalid(format!(
+            "`libraries`: {} packages to install; this server's cap is {}",
+            missing.len(),
+            packages.rules.max_packages
+        )));
+    }
+    Ok(missing)
 }
 
 /// The contract's rules for the code itself.
@@ -157,7 +207,7 @@ pub fn validate(
                 budget.min(settings.default_timeout_s)
             }),
     };
-    catalog.check(&request.libraries)?;
+    let packages = libraries(settings, catalog, &request.libraries)?;
     let user = request.user.filter(|u| !u.is_empty());
     if let Some(user) = &user {
         if !is_usable_id(user.as_bytes()) {
@@ -182,6 +232,7 @@ pub fn validate(
     )?;
     Ok(Validated {
         egress,
+        packages,
         code: request.code,
         timeout_ms: millis(timeout_s),
         libraries: request.libraries,
@@ -249,6 +300,7 @@ mod tests {
             mcp_attach_bytes: 256 << 10,
             mcp_text_chars: 20_000,
             egress: None,
+            packages: None,
         }
     }
 

@@ -50,7 +50,7 @@ impl RunService {
         results: Option<bool>,
         network: Option<Vec<String>>,
     ) -> Result<SessionInfo, ServiceError> {
-        self.catalog.check(&libraries)?;
+        let packages = super::request::libraries(&self.settings, &self.catalog, &libraries)?;
         // A session takes its egress at creation, for all its calls.
         let egress =
             super::request::egress(&self.settings, owner.as_deref(), network.as_deref(), false)?;
@@ -65,6 +65,8 @@ impl RunService {
                 Template::Base => Template::Scientific,
                 t => t,
             });
+        // Installed (or found in the cache) once, here: every call of the session sees it.
+        let site = self.site_for(&packages, request_id.as_deref()).await?;
         let lifetime = self.settings.sessions.max_lifetime.as_secs().max(1);
         let limits = Limits {
             // CPU time adds up over a session's calls: each call is held to its timeout and
@@ -83,6 +85,7 @@ impl RunService {
             session: true,
             results: None,
             egress_port: None,
+            site,
         };
         let started = Instant::now();
         let door = egress.map(|policy| crate::egress::Door {

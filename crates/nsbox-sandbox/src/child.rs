@@ -101,6 +101,9 @@ pub struct ChildPlan {
     /// The root filesystem to pivot into, or `None` when the caller already runs inside it
     /// (a clone of a zygote).
     pub rootfs: Option<PathBuf>,
+    /// The run's cached package set, as a path this process sees (a host path cold, one
+    /// under the template's packages view warm).
+    pub site: Option<PathBuf>,
     pub limits: Limits,
     /// Without cgroups, memory falls back to RLIMIT_DATA.
     pub memory_rlimit: bool,
@@ -208,8 +211,14 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
     }
     step(Step::CgroupNamespace, namespaces::enter_cgroup_namespace())?;
     match &plan.rootfs {
-        Some(root) => rootfs::enter(root, plan.limits.tmp_bytes, false)?,
-        None => rootfs::refresh(plan.limits.tmp_bytes)?,
+        Some(root) => rootfs::enter(
+            root,
+            plan.limits.tmp_bytes,
+            false,
+            plan.site.as_deref(),
+            None,
+        )?,
+        None => rootfs::refresh(plan.limits.tmp_bytes, plan.site.as_deref())?,
     }
     step(Step::Hostname, namespaces::set_hostname())?;
     step(Step::Loopback, namespaces::loopback_up())?;

@@ -29,6 +29,10 @@ pub struct SpawnerConfig {
     /// Whether the harness turns blocked operations into clear Python exceptions (on
     /// unless the scanner is off, so the red-team suite probes the kernel alone).
     pub guard_rails: bool,
+    /// The host directory of cached package sets (one directory per set), which templates
+    /// see read-only so warm runs can mount theirs; `None`: packages on demand are off.
+    #[serde(default)]
+    pub packages: Option<PathBuf>,
 }
 
 /// Settings of the warm path.

@@ -55,10 +55,12 @@ pub enum Step {
     ExecZygote,
     // The supervisor again: the egress door, after the run's namespaces exist.
     EgressListener,
+    // The run's init again: a cached package set (issue 24), after the tree's overlay.
+    MountSite,
 }
 
 impl Step {
-    pub const ALL: [Step; 39] = [
+    pub const ALL: [Step; 40] = [
         Step::WaitRelease,
         Step::BecomeRoot,
         Step::ParentDeathSignal,
@@ -98,6 +100,7 @@ impl Step {
         Step::ZygoteStdio,
         Step::ExecZygote,
         Step::EgressListener,
+        Step::MountSite,
     ];
 
     pub fn from_code(code: u32) -> Option<Step> {
@@ -142,6 +145,7 @@ impl Step {
             Step::EgressListener => {
                 "open the egress proxy's listener in the run's network namespace"
             }
+            Step::MountSite => "mount the cached packages read-only",
             Step::ForkZygote => "fork the zygote",
             Step::Reap => "reap",
             Step::LimitCaps => "limit capabilities",

@@ -997,6 +997,15 @@ class _NsboxRun:
         return exit_code
 
 
+def _nsbox_use_site():
+    """Puts the run's cached package set on sys.path when nsbox mounted one at /opt (an
+    empty directory of the tree otherwise), after the tree's own libraries."""
+    import os.path
+
+    if os.path.ismount("/opt") and "/opt" not in sys.path:
+        sys.path.append("/opt")
+
+
 def _nsbox_new_main():
     import builtins
     import types
@@ -1013,6 +1022,7 @@ def _nsbox_main():
     import stat
 
     _nsbox_state["workdir"] = os.getcwd()
+    _nsbox_use_site()
     if stat.S_ISSOCK(os.fstat(3).st_mode):
         return _nsbox_session()
     with open(3, "rb", closefd=True) as f:

@@ -8,6 +8,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root};
 
 use super::failure::{io_step, step, Failure, Step};
+use super::run::SITE_DIR;
 
 /// Device nodes a run may use; they are bind-mounted from the host one by one, so no other
 /// device is reachable.
@@ -30,6 +31,10 @@ pub const EMPTY_LAYER: &str = "nsbox-empty-layer";
 const TEMPLATE_COPY: &str = "mnt";
 /// Where a warm run mounts its empty layer.
 const EMPTY_MOUNT: &str = "/media";
+/// Where a template sees the host's packages directory (read-only), so the runs it forks
+/// can mount their cached set from it: an empty directory of every tree, which a run's
+/// fresh root (made from the plain view at /mnt) shows empty again.
+pub const TEMPLATE_PACKAGES: &str = "/srv";
 
 /// Caps the number of files in /tmp so an inode flood ends inside the run.
 const TMP_INODES: u64 = 16_384;
@@ -64,7 +69,8 @@ fn mount_proc_and_tmp(root: &Path, tmp_bytes: u64) -> Result<(), Failure> {
 /// view: a new read-only overlay of that view (so no inode, lock or inotify watch is
 /// shared with other runs of the template), a fresh /dev, a /proc of the run's own PID
 /// namespace and a private /tmp, then pivot_root into it.
-pub fn refresh(tmp_bytes: u64) -> Result<(), Failure> {
+/// `site` (a directory under [`TEMPLATE_PACKAGES`]) is the run's cached package set.
+pub fn refresh(tmp_bytes: u64, site: Option<&Path>) -> Result<(), Failure> {
     step(
         Step::PrivateMounts,
         mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE),
@@ -84,13 +90,24 @@ pub fn refresh(tmp_bytes: u64) -> Result<(), Failure> {
     // Built on /tmp, which the template leaves empty in the tree and the run replaces.
     let root = Path::new("/tmp");
     mount_overlay(root, "lowerdir=/mnt:/media")?;
+    if let Some(site) = site {
+        bind_read_only(site, &root.join(&SITE_DIR[1..]))?;
+    }
     populate(root, tmp_bytes)
 }
 
 /// Builds the run's filesystem view on top of `root` and makes it the root directory.
 /// Runs in the run's init, in fresh user, mount and PID namespaces.
 /// A template passes `template_copy` to keep a plain view of the tree at /mnt for its runs.
-pub fn enter(root: &Path, tmp_bytes: u64, template_copy: bool) -> Result<(), Failure> {
+/// `site`, a host directory, is a cold run's cached package set (mounted at [`SITE_DIR`]);
+/// `packages`, the host's packages directory, is a template's (at [`TEMPLATE_PACKAGES`]).
+pub fn enter(
+    root: &Path,
+    tmp_bytes: u64,
+    template_copy: bool,
+    site: Option<&Path>,
+    packages: Option<&Path>,
+) -> Result<(), Failure> {
     // Nothing done here may propagate back to the host's mount namespace.
     step(
         Step::PrivateMounts,
@@ -108,6 +125,12 @@ pub fn enter(root: &Path, tmp_bytes: u64, template_copy: bool) -> Result<(), Fai
     if template_copy {
         mount_overlay(&root.join(TEMPLATE_COPY), "lowerdir=.:../nsbox-empty-layer")?;
     }
+    if let Some(site) = site {
+        bind_read_only(site, &root.join(&SITE_DIR[1..]))?;
+    }
+    if let Some(packages) = packages {
+        bind_read_only(packages, &root.join(&TEMPLATE_PACKAGES[1..]))?;
+    }
     populate(root, tmp_bytes)
 }
 
@@ -121,6 +144,29 @@ fn mount_overlay(target: &Path, lowerdir: &str) -> Result<(), Failure> {
             Some("overlay"),
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some(lowerdir),
+        ),
+    )
+}
+
+/// Bind-mounts `source` on `target` (an empty directory of the tree) read-only, without
+/// set-id or device files. Not recursive: nothing mounted below `source` comes along.
+fn bind_read_only(source: &Path, target: &Path) -> Result<(), Failure> {
+    step(
+        Step::MountSite,
+        mount(Some(source), target, NONE, MsFlags::MS_BIND, NONE),
+    )?;
+    step(
+        Step::MountSite,
+        mount(
+            NONE,
+            target,
+            NONE,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            NONE,
         ),
     )
 }

@@ -85,6 +85,23 @@ pub struct RunRequest {
     /// variables, the sealed sandbox.
     #[serde(default)]
     pub egress_port: Option<u16>,
+    /// A cached package set (docs/egress.md, "Packages on demand"): the name of its
+    /// directory under the spawner's `packages` directory, bind-mounted read-only at
+    /// [`SITE_DIR`] and appended to `sys.path` by the harness; `None`: the tree alone.
+    #[serde(default)]
+    pub site: Option<String>,
+}
+
+/// Where a run sees its cached package set (an empty directory of every tree).
+pub const SITE_DIR: &str = "/opt";
+
+/// Whether `name` can be a cache entry's directory name: lowercase hex only, so it never
+/// names a path outside the packages directory.
+pub fn is_site_name(name: &str) -> bool {
+    (16..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Caps on a run's notebook results. The harness keeps to them (a result past a cap keeps

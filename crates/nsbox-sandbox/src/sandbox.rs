@@ -340,11 +340,24 @@ fn start_cold(
     config: &SpawnerConfig,
     seccomp: &SeccompProgram,
     limits: &Limits,
+    site: Option<&str>,
     ends: RunEnds,
     reads: &Reads,
 ) -> Result<Sandbox, Failure> {
+    let site = match (site, &config.packages) {
+        (None, _) => None,
+        (Some(name), Some(dir)) if super::run::is_site_name(name) => Some(dir.join(name)),
+        // A set this spawner cannot have: the server only names entries it stored.
+        (Some(_), _) => {
+            return Err(Failure {
+                step: Step::MountSite,
+                errno: nix::errno::Errno::ENOENT,
+            })
+        }
+    };
     let plan = ChildPlan {
         rootfs: Some(config.rootfs.clone()),
+        site,
         limits: limits.clone(),
         memory_rlimit: config.cgroup.is_none(),
         maps_root: config.ids.maps_root(),
@@ -416,6 +429,7 @@ pub(crate) fn start(
             limits,
             config.cgroup.is_none(),
             config.ids.maps_root(),
+            request.site.as_deref(),
         ) {
             Ok((pid, pidfd)) => {
                 drop(ends);
@@ -426,7 +440,14 @@ pub(crate) fn start(
         }
     }
     let (reads, ends) = prepare(code()?)?;
-    let sandbox = start_cold(config, seccomp, limits, ends, &reads)?;
+    let sandbox = start_cold(
+        config,
+        seccomp,
+        limits,
+        request.site.as_deref(),
+        ends,
+        &reads,
+    )?;
     Ok((sandbox, reads))
 }
 

@@ -280,7 +280,13 @@ fn template_steps(plan: &TemplatePlan) -> Result<(), Failure> {
         Step::ParentDeathSignal,
         prctl::set_pdeathsig(Signal::SIGKILL),
     )?;
-    rootfs::enter(&plan.config.rootfs, TEMPLATE_TMP_BYTES, true)?;
+    rootfs::enter(
+        &plan.config.rootfs,
+        TEMPLATE_TMP_BYTES,
+        true,
+        None,
+        plan.config.packages.as_deref(),
+    )?;
     step(Step::Hostname, namespaces::set_hostname())?;
 
     let Some(zygote) = step(Step::ForkZygote, sys::fork())? else {

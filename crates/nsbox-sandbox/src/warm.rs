@@ -57,6 +57,9 @@ struct WarmPlan {
     memory_rlimit: bool,
     /// Whether the template maps uid 0 (see [`namespaces::IdMapping::maps_root`]).
     maps_root: bool,
+    /// The run's cached package set: its directory's name under the template's view of
+    /// the packages directory.
+    site: Option<String>,
 }
 
 /// The descriptors a run's processes write to or read from, in the order they travel.
@@ -80,6 +83,7 @@ pub fn start(
     limits: &Limits,
     memory_rlimit: bool,
     maps_root: bool,
+    site: Option<&str>,
 ) -> Result<(Pid, OwnedFd), WarmError> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, theirs) = socketpair(
@@ -98,6 +102,7 @@ pub fn start(
         limits: limits.clone(),
         memory_rlimit,
         maps_root,
+        site: site.map(str::to_string),
     })
     .map_err(|e| WarmError::Plan(e.to_string()))?;
     let fds = [
@@ -217,9 +222,17 @@ fn enter_run(run_fd: RawFd) -> Result<Cloned, WarmError> {
         None => seccomp::builtin()?,
     };
     let plan_maps_root = plan.maps_root;
+    let site = match plan.site {
+        Some(name) if crate::run::is_site_name(&name) => {
+            Some(std::path::Path::new(super::rootfs::TEMPLATE_PACKAGES).join(name))
+        }
+        Some(_) => return Err(WarmError::Plan("not a package set's name".into())),
+        None => None,
+    };
     let mut take = || fds.remove(0);
     let plan = ChildPlan {
         rootfs: None,
+        site,
         memory_rlimit: plan.memory_rlimit,
         maps_root: plan.maps_root,
         limits: plan.limits,
