@@ -404,18 +404,9 @@ impl RunService {
             ));
         }
 
-        // A set the tree lacks is looked up in the cache, or installed into it, before
-        // the run takes its slot (an install is a run of its own).
         if let Some((s, _)) = &session {
             installs::check_session_has(&s.libraries, &request.packages)?;
         }
-        let site = match &session {
-            Some(_) => None,
-            None => {
-                self.site_for(&request.packages, request.request_id.as_deref())
-                    .await?
-            }
-        };
         let queued = Instant::now();
         ticket
             .run_slot()
@@ -423,6 +414,16 @@ impl RunService {
             .inspect_err(|_| self.metrics.rejected())?;
         let queue_time = queued.elapsed();
         self.metrics.queued_for(queue_time);
+        // A set the tree lacks is looked up in the cache, or installed into it by a run of
+        // the installer in this request's slot: installs are runs, and no more of them run
+        // at once than `max_running` allows.
+        let site = match &session {
+            Some(_) => None,
+            None => {
+                self.site_for(&request.packages, request.request_id.as_deref())
+                    .await?
+            }
+        };
         let started = Instant::now();
         let run_request = RunRequest {
             // A session's interpreter was forked when the session was made.
