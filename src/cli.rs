@@ -223,6 +223,10 @@ pub struct Options {
     /// Runs a zygote forks before it is replaced by a fresh one [default: 500].
     #[arg(long, env = "NSBOX_MAX_FORKS")]
     pub max_forks: Option<u32>,
+    /// Ready sandboxes kept per warm template, built ahead of requests and each used once;
+    /// 0 builds every run's sandbox at its request [default: 2].
+    #[arg(long, env = "NSBOX_POOL_SIZE")]
+    pub pool_size: Option<usize>,
     /// Seconds runs in flight may take to finish after SIGTERM; then they are cancelled
     /// (keep it under the service manager's stop timeout) [default: 15].
     #[arg(long, env = "NSBOX_SHUTDOWN_GRACE")]
@@ -333,6 +337,7 @@ impl Options {
             uid_base,
             mode,
             max_forks,
+            pool_size,
             shutdown_grace,
             scanner,
             log_format,

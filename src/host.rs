@@ -310,6 +310,12 @@ fn warm_config(config: &Config, warnings: &mut Vec<String>) -> Option<WarmConfig
             library,
             max_forks: config.max_forks,
             huge_pages: config.huge_pages,
+            pool_size: config.pool_size,
+            // A ready sandbox may become a session's.
+            pool_cpu_seconds: crate::service::session_cpu_seconds(
+                config.session_max_lifetime,
+                config.cpus,
+            ),
             templates: config.warm_templates.clone(),
         }),
         Err(e) => {

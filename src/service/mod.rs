@@ -39,6 +39,7 @@ pub use request::{
 };
 pub use response::CodeResponse;
 use runner::Runner;
+pub use session_calls::session_cpu_seconds;
 use sessions::{SessionSettings, Sessions};
 use throttle::LogThrottle;
 

@@ -231,7 +231,7 @@ async fn supervise(
 ) -> Result<tokio::net::UnixStream, RunnerError> {
     let (mut ours, theirs) = tokio::net::UnixStream::pair().map_err(RunnerError::Socket)?;
     let theirs: OwnedFd = theirs.into_std().map_err(RunnerError::Socket)?.into();
-    hand_off(spawner, &theirs).await?;
+    hand_off(spawner, &theirs, spawner.pool_key(request)).await?;
     drop(theirs);
     let frame = encode(request).map_err(RunnerError::Send)?;
     ours.write_all(&frame)
@@ -320,10 +320,10 @@ async fn receive_fd(stream: &tokio::net::UnixStream) -> Result<Option<OwnedFd>, 
 
 /// While a dead spawner is being replaced (about a second), the run waits for the new one
 /// rather than failing.
-async fn hand_off(spawner: &Spawner, theirs: &OwnedFd) -> Result<(), RunnerError> {
+async fn hand_off(spawner: &Spawner, theirs: &OwnedFd, key: u8) -> Result<(), RunnerError> {
     let deadline = tokio::time::Instant::now() + HANDOFF_PATIENCE;
     loop {
-        match spawner.hand_off(theirs) {
+        match spawner.hand_off(theirs, key) {
             Ok(()) => return Ok(()),
             Err(errno) if tokio::time::Instant::now() >= deadline => {
                 return Err(RunnerError::Handoff(errno))

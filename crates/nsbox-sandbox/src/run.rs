@@ -52,6 +52,28 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Whether a sandbox built under these limits (a ready one, from the pool) can serve a
+    /// request with `asked`: everything set while the sandbox is built (cgroup, `/tmp`'s
+    /// size, the rlimits, the environment) is the same. The timeout and the CPU time
+    /// differ per request (a session's CPU time spans its life): they are applied when the
+    /// sandbox is claimed; the output caps are the supervisor's.
+    pub fn built_alike(&self, asked: &Limits) -> bool {
+        let baked = |l: &Limits| {
+            (
+                l.memory_bytes,
+                l.max_processes,
+                l.cpus.to_bits(),
+                l.file_size_bytes,
+                l.tmp_bytes,
+                l.open_files,
+                l.max_plots,
+            )
+        };
+        baked(self) == baked(asked)
+    }
+}
+
 /// One run, as sent from the server to a supervisor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRequest {
