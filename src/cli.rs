@@ -227,6 +227,10 @@ pub struct Options {
     /// 0 builds every run's sandbox at its request [default: 2].
     #[arg(long, env = "NSBOX_POOL_SIZE")]
     pub pool_size: Option<usize>,
+    /// Seconds without a request after which the pool keeps one ready sandbox per template;
+    /// the next request fills it again [default: 60].
+    #[arg(long, env = "NSBOX_POOL_IDLE")]
+    pub pool_idle: Option<u64>,
     /// Seconds runs in flight may take to finish after SIGTERM; then they are cancelled
     /// (keep it under the service manager's stop timeout) [default: 15].
     #[arg(long, env = "NSBOX_SHUTDOWN_GRACE")]
@@ -338,6 +342,7 @@ impl Options {
             mode,
             max_forks,
             pool_size,
+            pool_idle,
             shutdown_grace,
             scanner,
             log_format,

@@ -165,6 +165,8 @@ pub struct Config {
     /// Ready sandboxes kept per warm template, built ahead of requests (each used once);
     /// 0 builds every run's sandbox at its request.
     pub pool_size: usize,
+    /// Seconds without a request after which the pool keeps one ready sandbox per template.
+    pub pool_idle: u64,
     /// The templates kept warm. Each has everything the one before it has (base ⊂
     /// scientific ⊂ ml): a run whose template is not kept forks from the next larger one.
     pub warm_templates: Vec<crate::sandbox::warm::Template>,
@@ -266,6 +268,7 @@ impl Default for Config {
             max_forks: 500,
             huge_pages: true,
             pool_size: 2,
+            pool_idle: 60,
             warm_templates: crate::sandbox::warm::Template::ALL.to_vec(),
             shutdown_grace: 15.0,
             scanner: ScannerMode::Enforce,

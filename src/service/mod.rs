@@ -248,6 +248,11 @@ impl RunService {
         self.runner.ready_templates()
     }
 
+    /// The ready sandboxes (the pool), for the status.
+    pub fn pool(&self) -> crate::sandbox::spawner::PoolStatus {
+        self.runner.pool()
+    }
+
     /// Runs executing now.
     pub fn running(&self) -> usize {
         self.admission.running()

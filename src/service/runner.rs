@@ -9,7 +9,7 @@ use super::events::{EventSender, Overflow};
 use crate::sandbox::fdpass;
 use crate::sandbox::protocol::{decode_len, encode, ProtocolError};
 use crate::sandbox::session::SandboxHandle;
-use crate::sandbox::spawner::Spawner;
+use crate::sandbox::spawner::{PoolStatus, Spawner};
 use crate::sandbox::warm::Template;
 use crate::sandbox::{Report, RunOutcome, RunRequest, SessionOp};
 
@@ -68,6 +68,10 @@ pub trait Runner: Send + Sync {
     fn ready_templates(&self) -> Vec<Template>;
     /// Zygotes replaced and spawners restarted so far, for the metrics.
     fn restarts(&self) -> (u64, u64);
+    /// The ready sandboxes (none without a spawner).
+    fn pool(&self) -> PoolStatus {
+        PoolStatus::default()
+    }
     /// Starts a session (the request's `session` is set): a sandbox whose interpreter
     /// stays for [`SessionConn::op`]s until the connection is dropped.
     fn open_session(&self, request: RunRequest) -> SessionFuture<'_> {
@@ -190,6 +194,10 @@ impl Runner for Spawner {
 
     fn restarts(&self) -> (u64, u64) {
         Spawner::restarts(self)
+    }
+
+    fn pool(&self) -> PoolStatus {
+        Spawner::pool(self)
     }
 }
 

@@ -49,6 +49,9 @@ pub struct WarmConfig {
     /// (a session's, which spans its life). A claimed sandbox lowers it to its request's.
     #[serde(default)]
     pub pool_cpu_seconds: u64,
+    /// After this long without a request the pool keeps one ready sandbox per template.
+    #[serde(default)]
+    pub pool_idle_ms: u64,
     /// The templates kept warm; a run whose template is not among them is forked from the
     /// next larger one kept.
     pub templates: Vec<super::run::Template>,

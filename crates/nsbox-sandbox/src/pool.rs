@@ -34,9 +34,6 @@ use super::seccomp::SeccompProgram;
 use super::{session, supervisor};
 use crate::sys;
 
-/// After this long without a request, the pool keeps one ready sandbox per template (the
-/// next request, an agent's next call, still finds one); it grows back at the next request.
-pub const IDLE_AFTER: Duration = Duration::from_secs(60);
 /// A template whose ready sandbox failed to build is not refilled for this long.
 const FAILURE_PAUSE: Duration = Duration::from_secs(5);
 /// How long a pooled sandbox's harness has to say it waits (a warm start takes
@@ -72,6 +69,10 @@ struct Pooled {
 pub(crate) struct Pool {
     /// Ready sandboxes kept per template while requests come.
     size: usize,
+    /// After this long without a request, the pool keeps one ready sandbox per template
+    /// (the next request, an agent's next call, still finds one); it grows back at the
+    /// next request.
+    idle_after: Duration,
     entries: Vec<Pooled>,
     last_request: Instant,
     failed: Vec<(Template, Instant)>,
@@ -80,9 +81,10 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub fn new(size: usize) -> Pool {
+    pub fn new(size: usize, idle_after: Duration) -> Pool {
         Pool {
             size,
+            idle_after,
             entries: Vec::new(),
             last_request: Instant::now(),
             failed: Vec::new(),
@@ -171,9 +173,9 @@ impl Pool {
     }
 
     /// Sandboxes wanted per template now: the pool's size while requests come, one after
-    /// [`IDLE_AFTER`] without any.
+    /// `idle_after` without any.
     fn target(&self) -> usize {
-        if self.last_request.elapsed() >= IDLE_AFTER {
+        if self.last_request.elapsed() >= self.idle_after {
             self.size.min(1)
         } else {
             self.size
@@ -182,10 +184,8 @@ impl Pool {
 
     /// When the pool shrinks next, for the spawner's poll timeout.
     pub fn next_check(&self) -> Option<Duration> {
-        (self.size > 1
-            && self.entries.len() > self.size.min(1)
-            && self.last_request.elapsed() < IDLE_AFTER)
-            .then(|| IDLE_AFTER.saturating_sub(self.last_request.elapsed()))
+        let idle = self.last_request.elapsed();
+        (self.size > 1 && idle < self.idle_after).then(|| self.idle_after.saturating_sub(idle))
     }
 
     /// Builds what is missing for every warm template, and ends what is more than the

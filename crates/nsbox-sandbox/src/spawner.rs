@@ -62,6 +62,17 @@ pub struct SpawnerStatus {
     pub pool_claims: u64,
 }
 
+/// The ready sandboxes, for `/v1/status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PoolStatus {
+    /// Ready sandboxes kept per warm template while requests come (0: none).
+    pub size: usize,
+    /// Ready sandboxes waiting now, per template.
+    pub ready: std::collections::BTreeMap<String, usize>,
+    /// Requests served from a ready sandbox so far.
+    pub claims: u64,
+}
+
 struct Process {
     control: UnixStream,
     child: Child,
@@ -157,18 +168,21 @@ impl Spawner {
         )
     }
 
-    /// The ready sandboxes' size per template as configured, those waiting now per
-    /// template, and the requests they served so far.
-    pub fn pool(&self) -> (usize, Vec<(Template, usize)>, u64) {
-        (
-            self.pool_size(),
-            self.shared.pool_ready.lock().unwrap().clone(),
-            self.shared.pool_claims.load(Ordering::Relaxed),
-        )
-    }
-
-    fn pool_size(&self) -> usize {
-        self.shared.config.warm.as_ref().map_or(0, |w| w.pool_size)
+    /// The ready sandboxes: their size per template as configured, those waiting now,
+    /// and the requests they served so far.
+    pub fn pool(&self) -> PoolStatus {
+        PoolStatus {
+            size: self.shared.config.warm.as_ref().map_or(0, |w| w.pool_size),
+            ready: self
+                .shared
+                .pool_ready
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(t, n)| (t.name().to_string(), *n))
+                .collect(),
+            claims: self.shared.pool_claims.load(Ordering::Relaxed),
+        }
     }
 
     /// The hand-off byte for `request`: the template of the ready sandboxes that can serve
@@ -354,7 +368,10 @@ pub fn main() -> i32 {
         cgroup.sweep_runs();
     }
     let mut templates = Templates::start(&config);
-    let mut pool = Pool::new(config.warm.as_ref().map_or(0, |w| w.pool_size));
+    let mut pool = Pool::new(
+        config.warm.as_ref().map_or(0, |w| w.pool_size),
+        Duration::from_millis(config.warm.as_ref().map_or(0, |w| w.pool_idle_ms)),
+    );
     let mut reported: Option<SpawnerStatus> = None;
     // With favordynmods the lock never leaves the fast mode: nothing to keep.
     let mut keeper = cgroup::AttachKeeper::open(
