@@ -424,8 +424,8 @@ pub fn probe_features(config: &Config) -> Vec<Probe> {
         speed_probe(
             "ready sandboxes",
             match (config.mode, config.pool_size) {
-                (RunMode::Cold, _) => Err("off (mode = cold)".into()),
-                (_, 0) => Err("off (pool_size = 0)".into()),
+                (RunMode::Cold, _) => Ok("off (mode = cold)".into()),
+                (_, 0) => Ok("off (pool_size = 0)".into()),
                 (_, n) => Ok(format!(
                     "{n} per warm template ({}), one each after {} s idle",
                     config

@@ -474,3 +474,18 @@ fn wait_for_claim(link: &UnixStream, ready: &Ready) -> Option<OwnedFd> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_has_a_hand_off_byte_and_zero_is_none() {
+        for t in Template::ALL {
+            assert_ne!(key_of(t), 0);
+            assert_eq!(template_of(key_of(t)), Some(t));
+        }
+        assert_eq!(template_of(0), None);
+        assert_eq!(template_of(200), None);
+    }
+}

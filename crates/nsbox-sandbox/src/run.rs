@@ -442,6 +442,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sandbox_built_under_other_limits_does_not_fit_but_the_timeout_and_cpu_time_may_differ() {
+        let built = Limits::default();
+        let asked = Limits {
+            timeout_ms: 1,
+            cpu_seconds: 1,
+            output_bytes: 1,
+            plot_bytes: 1,
+            ..Limits::default()
+        };
+        assert!(built.built_alike(&asked));
+        for other in [
+            Limits {
+                memory_bytes: 1,
+                ..Limits::default()
+            },
+            Limits {
+                max_processes: 1,
+                ..Limits::default()
+            },
+            Limits {
+                cpus: 2.0,
+                ..Limits::default()
+            },
+            Limits {
+                file_size_bytes: 1,
+                ..Limits::default()
+            },
+            Limits {
+                tmp_bytes: 1,
+                ..Limits::default()
+            },
+            Limits {
+                open_files: 1,
+                ..Limits::default()
+            },
+            Limits {
+                max_plots: 1,
+                ..Limits::default()
+            },
+        ] {
+            assert!(!built.built_alike(&other), "{other:?}");
+        }
+    }
+
+    #[test]
     fn scientific_imports_pick_the_scientific_template() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(template_for(&s(&["json", "math"]), &[]), Template::Base);
