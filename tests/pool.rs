@@ -255,3 +255,40 @@ fn a_pool_under_sigterm_drains() {
         cgroup_dirs.iter().filter(|d| d.exists()).cloned().collect()
     });
 }
+
+/// Ready sandboxes whose Python is killed while they wait (nothing in them should end):
+/// each is ended and replaced, and the requests that come at once are all answered (one
+/// sent to a sandbox that just ended is served the way it would be without a pool).
+#[test]
+fn a_ready_sandbox_that_dies_while_it_waits_costs_no_request() {
+    let _one = exclusive();
+    let base = uid_base(3);
+    let server = std::sync::Arc::new(Server::start_in_uid_range(
+        base,
+        &["--warm-templates", "base", "--pool-size", "3"],
+        &[],
+    ));
+    wait_for_ready(&server, 3);
+    for pid in processes_of_uid(base + NOBODY) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    // The kill itself is not instant; a run handed over in the moment Python dies would
+    // be killed with it, as by any SIGKILL from outside.
+    std::thread::sleep(Duration::from_millis(100));
+    let answers: Vec<Value> = (0..4)
+        .map(|_| {
+            let server = server.clone();
+            std::thread::spawn(move || server.run("print(6 * 7)"))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    for a in &answers {
+        assert_eq!(a["stdout"], "42\n", "{a:#}");
+    }
+    wait_for_ready(&server, 3);
+}

@@ -41,6 +41,8 @@ const FAILURE_PAUSE: Duration = Duration::from_secs(5);
 const BUILD_PATIENCE: Duration = Duration::from_secs(30);
 /// What a pooled supervisor says on its link once its sandbox waits.
 const READY: &[u8] = b"ready";
+/// What a pooled supervisor says on its link when its sandbox ended before a request came.
+const GONE: &[u8] = b"gone";
 
 /// The hand-off byte of a request a ready sandbox of `template` can serve.
 pub fn key_of(template: Template) -> u8 {
@@ -135,6 +137,8 @@ impl Pool {
                     keep.push(p);
                 }
                 Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => keep.push(p),
+                // "gone" (its sandbox ended while it waited) or EOF: closing our end lets
+                // it exit once it served any run sent before this was read.
                 _ => {
                     if !p.ready {
                         tracing::warn!(
@@ -331,9 +335,58 @@ fn pooled_main(
         ready.discard();
         return 0;
     }
-    let Some(run) = wait_for_claim(&link, &ready) else {
-        ready.discard();
-        return 0;
+    let run = match wait_for_claim(&link, &ready) {
+        // The sandbox may have ended as the run came: looked at once more.
+        Claim::Run(run) if !ended(&ready) => run,
+        Claim::Run(run) => {
+            ready.discard();
+            let mut stream = UnixStream::from(run);
+            let _ = stream.set_nonblocking(false);
+            return match read_frame::<RunRequest>(&mut stream) {
+                Ok(request) => super::spawner::serve_request(
+                    stream,
+                    request,
+                    config,
+                    program,
+                    &WarmControls::default(),
+                ),
+                Err(_) => 1,
+            };
+        }
+        Claim::Closed => {
+            ready.discard();
+            return 0;
+        }
+        Claim::SandboxEnded => {
+            ready.discard();
+            // The spawner may have sent a run already: it is told, and serves whatever
+            // it sent before it read this (cold: the zygotes were let go of) until it
+            // closes the link.
+            if fdpass::send(link.as_raw_fd(), GONE, &[]).is_err() {
+                return 0;
+            }
+            let mut byte = [0u8; 1];
+            return match fdpass::recv::<1>(link.as_raw_fd(), &mut byte) {
+                Ok(m) if m.len == 1 && m.fds.len() == 1 => {
+                    let Some(run) = m.fds.into_iter().next() else {
+                        return 0;
+                    };
+                    let mut stream = UnixStream::from(run);
+                    let _ = stream.set_nonblocking(false);
+                    match read_frame::<RunRequest>(&mut stream) {
+                        Ok(request) => super::spawner::serve_request(
+                            stream,
+                            request,
+                            config,
+                            program,
+                            &WarmControls::default(),
+                        ),
+                        Err(_) => 1,
+                    }
+                }
+                _ => 0,
+            };
+        }
     };
     drop(link);
     let mut stream = UnixStream::from(run);
@@ -439,10 +492,32 @@ fn build(
     }
 }
 
-/// Waits for the spawner to send a run socket; `None` when the link closes (the pool
-/// shrinks or drains) or the sandbox ends while it waits (nothing in it should).
-fn wait_for_claim(link: &UnixStream, ready: &Ready) -> Option<OwnedFd> {
-    let mut reports = Capture::new(ready.outputs.report.try_clone().ok()?, RECORD_LEN * 4);
+/// Whether the sandbox ended while it waited: its harness's socket or its init's report
+/// pipe says something (neither does while it waits).
+fn ended(ready: &Ready) -> bool {
+    let mut fds = [
+        PollFd::new(ready.control.as_fd(), PollFlags::POLLIN),
+        PollFd::new(ready.outputs.report.as_fd(), PollFlags::POLLIN),
+    ];
+    !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+}
+
+/// How a pooled supervisor's wait ended.
+enum Claim {
+    /// A request's run socket.
+    Run(OwnedFd),
+    /// The spawner closed the link: the pool shrinks or drains.
+    Closed,
+    /// The sandbox ended while it waited (nothing in it should).
+    SandboxEnded,
+}
+
+/// Waits for the spawner to send a run socket.
+fn wait_for_claim(link: &UnixStream, ready: &Ready) -> Claim {
+    let Ok(report) = ready.outputs.report.try_clone() else {
+        return Claim::SandboxEnded;
+    };
+    let mut reports = Capture::new(report, RECORD_LEN * 4);
     loop {
         let mut fds = [
             PollFd::new(link.as_fd(), PollFlags::POLLIN),
@@ -451,18 +526,22 @@ fn wait_for_claim(link: &UnixStream, ready: &Ready) -> Option<OwnedFd> {
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return None,
+            Err(_) => return Claim::SandboxEnded,
         }
         let seen: Vec<bool> = fds
             .iter()
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
-        if seen[0] {
+        // A sandbox that ended goes first: a run sent meanwhile is still on the link,
+        // and is served without it.
+        if seen[0] && !seen[1] && !seen[2] {
             let mut byte = [0u8; 1];
             return match fdpass::recv::<1>(link.as_raw_fd(), &mut byte) {
-                Ok(m) if m.len == 1 && m.fds.len() == 1 => m.fds.into_iter().next(),
+                Ok(m) if m.len == 1 && m.fds.len() == 1 => {
+                    m.fds.into_iter().next().map_or(Claim::Closed, Claim::Run)
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
-                _ => None,
+                _ => Claim::Closed,
             };
         }
         if seen[1] || seen[2] {
@@ -470,7 +549,7 @@ fn wait_for_claim(link: &UnixStream, ready: &Ready) -> Option<OwnedFd> {
             if let Some((step, errno)) = child::reported_failure(&reports.data) {
                 tracing::warn!(step, errno, "a ready sandbox failed while it waited");
             }
-            return None;
+            return Claim::SandboxEnded;
         }
     }
 }
