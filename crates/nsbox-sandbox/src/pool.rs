@@ -41,8 +41,6 @@ const FAILURE_PAUSE: Duration = Duration::from_secs(5);
 const BUILD_PATIENCE: Duration = Duration::from_secs(30);
 /// What a pooled supervisor says on its link once its sandbox waits.
 const READY: &[u8] = b"ready";
-/// What a pooled supervisor says on its link when its sandbox ended before a request came.
-const GONE: &[u8] = b"gone";
 
 /// The hand-off byte of a request a ready sandbox of `template` can serve.
 pub fn key_of(template: Template) -> u8 {
@@ -137,8 +135,8 @@ impl Pool {
                     keep.push(p);
                 }
                 Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => keep.push(p),
-                // "gone" (its sandbox ended while it waited) or EOF: closing our end lets
-                // it exit once it served any run sent before this was read.
+                // EOF (its sandbox ended, or it failed to build): closing our end lets it
+                // exit once it served any run sent before this was read.
                 _ => {
                     if !p.ready {
                         tracing::warn!(
@@ -359,10 +357,12 @@ fn pooled_main(
         }
         Claim::SandboxEnded => {
             ready.discard();
-            // The spawner may have sent a run already: it is told, and serves whatever
-            // it sent before it read this (cold: the zygotes were let go of) until it
-            // closes the link.
-            if fdpass::send(link.as_raw_fd(), GONE, &[]).is_err() {
+            // The spawner may have sent a run already. Our half of the link is closed (no
+            // word sent: a message the spawner never reads would reset the link, and the
+            // run with it), which it reads as this sandbox gone; a run it sent before
+            // then is served the way it would be without a pool (cold: the zygotes were
+            // let go of). It closes its end either way.
+            if link.shutdown(std::net::Shutdown::Write).is_err() {
                 return 0;
             }
             let mut byte = [0u8; 1];
