@@ -223,6 +223,14 @@ pub struct Options {
     /// Runs a zygote forks before it is replaced by a fresh one [default: 500].
     #[arg(long, env = "NSBOX_MAX_FORKS")]
     pub max_forks: Option<u32>,
+    /// Ready sandboxes kept per warm template, built ahead of requests and each used once;
+    /// 0 builds every run's sandbox at its request [default: 0].
+    #[arg(long, env = "NSBOX_POOL_SIZE")]
+    pub pool_size: Option<usize>,
+    /// Seconds without a request after which the pool keeps one ready sandbox per template;
+    /// the next request fills it again [default: 60].
+    #[arg(long, env = "NSBOX_POOL_IDLE")]
+    pub pool_idle: Option<u64>,
     /// Seconds runs in flight may take to finish after SIGTERM; then they are cancelled
     /// (keep it under the service manager's stop timeout) [default: 15].
     #[arg(long, env = "NSBOX_SHUTDOWN_GRACE")]
@@ -333,6 +341,8 @@ impl Options {
             uid_base,
             mode,
             max_forks,
+            pool_size,
+            pool_idle,
             shutdown_grace,
             scanner,
             log_format,

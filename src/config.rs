@@ -162,6 +162,11 @@ pub struct Config {
     /// Warm interpreters put their memory in transparent huge pages after warming up, so
     /// each run's copies of it are cheap.
     pub huge_pages: bool,
+    /// Ready sandboxes kept per warm template, built ahead of requests (each used once);
+    /// 0 builds every run's sandbox at its request.
+    pub pool_size: usize,
+    /// Seconds without a request after which the pool keeps one ready sandbox per template.
+    pub pool_idle: u64,
     /// The templates kept warm. Each has everything the one before it has (base ⊂
     /// scientific ⊂ ml): a run whose template is not kept forks from the next larger one.
     pub warm_templates: Vec<crate::sandbox::warm::Template>,
@@ -266,6 +271,8 @@ impl Default for Config {
             warm_library: None,
             max_forks: 500,
             huge_pages: true,
+            pool_size: 0,
+            pool_idle: 60,
             warm_templates: crate::sandbox::warm::Template::ALL.to_vec(),
             shutdown_grace: 15.0,
             scanner: ScannerMode::Enforce,

@@ -332,6 +332,13 @@ fn warm_config(config: &Config, warnings: &mut Vec<String>) -> Option<WarmConfig
             library,
             max_forks: config.max_forks,
             huge_pages: config.huge_pages,
+            pool_size: config.pool_size,
+            pool_idle_ms: config.pool_idle.saturating_mul(1000),
+            // A ready sandbox may become a session's.
+            pool_cpu_seconds: crate::service::session_cpu_seconds(
+                config.session_max_lifetime,
+                config.cpus,
+            ),
             templates: config.warm_templates.clone(),
         }),
         Err(e) => {
@@ -434,6 +441,23 @@ pub fn probe_features(config: &Config) -> Vec<Probe> {
                 crate::sandbox::hugepages::probe()
             } else {
                 Err("off (huge_pages = false)".into())
+            },
+        ),
+        speed_probe(
+            "ready sandboxes",
+            match (config.mode, config.pool_size) {
+                (RunMode::Cold, _) => Ok("off (mode = cold)".into()),
+                (_, 0) => Ok("off (pool_size = 0)".into()),
+                (_, n) => Ok(format!(
+                    "{n} per warm template ({}), one each after {} s idle",
+                    config
+                        .warm_templates
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    config.pool_idle
+                )),
             },
         ),
         probe("root filesystem", true, probe_rootfs(&config.rootfs)),

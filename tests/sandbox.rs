@@ -338,12 +338,14 @@ fn concurrent_runs_do_not_see_each_other() {
 /// else running: the second sees nothing the first left, neither files in `/tmp`, nor
 /// processes, nor interpreter state, nor the first run's memory or process count held
 /// against its own limits.
-fn the_next_run_sees_nothing_of_the_last(mode: &str) {
+fn the_next_run_sees_nothing_of_the_last(mode: &str, pool_size: &str) {
     let server = Server::start(&[
         "--scanner",
         "off",
         "--mode",
         mode,
+        "--pool-size",
+        pool_size,
         "--max-running",
         "1",
         "--memory-mib",
@@ -407,12 +409,19 @@ print('ok')
     }
 }
 
+/// Each run in a ready sandbox of the pool (the default).
 #[test]
 fn the_next_warm_run_sees_nothing_of_the_last() {
-    the_next_run_sees_nothing_of_the_last("warm");
+    the_next_run_sees_nothing_of_the_last("warm", "2");
+}
+
+/// Each run's sandbox built at its request.
+#[test]
+fn the_next_warm_run_without_a_pool_sees_nothing_of_the_last() {
+    the_next_run_sees_nothing_of_the_last("warm", "0");
 }
 
 #[test]
 fn the_next_cold_run_sees_nothing_of_the_last() {
-    the_next_run_sees_nothing_of_the_last("cold");
+    the_next_run_sees_nothing_of_the_last("cold", "0");
 }

@@ -5,7 +5,8 @@ with and without a setting, that the machine's noise hits equally.
     sudo NSBOX_ROOTFS=... python3 scripts/bench/pair.py N BIN_A [ARGS...] -- BIN_B [ARGS...]
 
 e.g. `... pair.py 200 target/release/nsbox -- target/release/nsbox --no-huge-pages`.
-Prints, for the spec's basic and pandas examples, each side's p50 and A/B.
+Prints, for the spec's basic and pandas examples and for creating a session (deleted
+after each, untimed), each side's p50 and A/B.
 """
 
 import http.client
@@ -60,19 +61,33 @@ def post(conn, code):
     return took
 
 
+def create_session(conn):
+    started = time.perf_counter()
+    conn.request("POST", "/v1/sessions", "{}", {"Content-Type": "application/json"})
+    answer = json.loads(conn.getresponse().read())
+    took = (time.perf_counter() - started) * 1000
+    if "id" not in answer:
+        raise SystemExit(f"a session was not created: {answer}")
+    conn.request("DELETE", f"/v1/sessions/{answer['id']}")
+    conn.getresponse().read()
+    return took
+
+
 def main():
     n, rest = int(sys.argv[1]), sys.argv[2:]
     split = rest.index("--")
     servers = [start(rest[:split]), start(rest[split + 1:])]
     try:
-        for name, code in WORKLOADS.items():
+        measures = [(name, lambda conn, code=code: post(conn, code)) for name, code in WORKLOADS.items()]
+        measures.append(("session create", create_session))
+        for name, measure in measures:
             times = [[], []]
             for _, conn in servers:  # warm-up
                 for _ in range(3):
-                    post(conn, code)
+                    measure(conn)
             for _ in range(n):
                 for side, (_, conn) in enumerate(servers):
-                    times[side].append(post(conn, code))
+                    times[side].append(measure(conn))
             a, b = (sorted(t)[len(t) // 2] for t in times)
             print(f"{name}: A p50 {a:.1f} ms, B p50 {b:.1f} ms, A/B {a / b:.3f}")
     finally:

@@ -183,6 +183,9 @@ struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     key_share: Option<usize>,
     sessions: SessionCounts,
+    /// The ready sandboxes; only in the server's scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<crate::sandbox::spawner::PoolStatus>,
 }
 
 #[derive(Serialize)]
@@ -200,8 +203,8 @@ struct SessionCounts {
 /// nothing of another's load.
 async fn status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Json<Status> {
     let service = &state.service;
-    let (scope, running, queued, key_share, sessions) = if auth::is_operator(&headers, &state.keys)
-    {
+    let operator = auth::is_operator(&headers, &state.keys);
+    let (scope, running, queued, key_share, sessions) = if operator {
         let (active, created, ended) = service.session_counts();
         let sessions = SessionCounts {
             active,
@@ -236,6 +239,7 @@ async fn status(State(state): State<AppState>, headers: axum::http::HeaderMap) -
         max_running: service.settings().max_running,
         key_share,
         sessions,
+        pool: operator.then(|| service.pool()),
     })
 }
 

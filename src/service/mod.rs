@@ -41,6 +41,7 @@ pub use request::{
 };
 pub use response::CodeResponse;
 use runner::Runner;
+pub use session_calls::session_cpu_seconds;
 use sessions::{SessionSettings, Sessions};
 use throttle::LogThrottle;
 
@@ -254,6 +255,11 @@ impl RunService {
 
     pub fn ready_templates(&self) -> Vec<Template> {
         self.runner.ready_templates()
+    }
+
+    /// The ready sandboxes (the pool), for the status.
+    pub fn pool(&self) -> crate::sandbox::spawner::PoolStatus {
+        self.runner.pool()
     }
 
     /// Runs executing now.

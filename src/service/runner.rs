@@ -9,7 +9,7 @@ use super::events::{EventSender, Overflow};
 use crate::sandbox::fdpass;
 use crate::sandbox::protocol::{decode_len, encode, ProtocolError};
 use crate::sandbox::session::SandboxHandle;
-use crate::sandbox::spawner::Spawner;
+use crate::sandbox::spawner::{PoolStatus, Spawner};
 use crate::sandbox::warm::Template;
 use crate::sandbox::{Report, RunOutcome, RunRequest, SessionOp};
 
@@ -68,6 +68,10 @@ pub trait Runner: Send + Sync {
     fn ready_templates(&self) -> Vec<Template>;
     /// Zygotes replaced and spawners restarted so far, for the metrics.
     fn restarts(&self) -> (u64, u64);
+    /// The ready sandboxes (none without a spawner).
+    fn pool(&self) -> PoolStatus {
+        PoolStatus::default()
+    }
     /// Starts a session (the request's `session` is set): a sandbox whose interpreter
     /// stays for [`SessionConn::op`]s until the connection is dropped.
     fn open_session(&self, request: RunRequest) -> SessionFuture<'_> {
@@ -191,6 +195,10 @@ impl Runner for Spawner {
     fn restarts(&self) -> (u64, u64) {
         Spawner::restarts(self)
     }
+
+    fn pool(&self) -> PoolStatus {
+        Spawner::pool(self)
+    }
 }
 
 /// A session's sandbox: its supervisor, its egress door's listener when it has one (sent
@@ -231,7 +239,7 @@ async fn supervise(
 ) -> Result<tokio::net::UnixStream, RunnerError> {
     let (mut ours, theirs) = tokio::net::UnixStream::pair().map_err(RunnerError::Socket)?;
     let theirs: OwnedFd = theirs.into_std().map_err(RunnerError::Socket)?.into();
-    hand_off(spawner, &theirs).await?;
+    hand_off(spawner, &theirs, spawner.pool_key(request)).await?;
     drop(theirs);
     let frame = encode(request).map_err(RunnerError::Send)?;
     ours.write_all(&frame)
@@ -320,10 +328,10 @@ async fn receive_fd(stream: &tokio::net::UnixStream) -> Result<Option<OwnedFd>, 
 
 /// While a dead spawner is being replaced (about a second), the run waits for the new one
 /// rather than failing.
-async fn hand_off(spawner: &Spawner, theirs: &OwnedFd) -> Result<(), RunnerError> {
+async fn hand_off(spawner: &Spawner, theirs: &OwnedFd, key: u8) -> Result<(), RunnerError> {
     let deadline = tokio::time::Instant::now() + HANDOFF_PATIENCE;
     loop {
-        match spawner.hand_off(theirs) {
+        match spawner.hand_off(theirs, key) {
             Ok(()) => return Ok(()),
             Err(errno) if tokio::time::Instant::now() >= deadline => {
                 return Err(RunnerError::Handoff(errno))

@@ -67,11 +67,11 @@ impl RunService {
             });
         // Installed (or found in the cache) once, here: every call of the session sees it.
         let site = self.site_for(&packages, request_id.as_deref()).await?;
-        let lifetime = self.settings.sessions.max_lifetime.as_secs().max(1);
         let limits = Limits {
-            // CPU time adds up over a session's calls: each call is held to its timeout and
-            // the cgroup's CPU quota, and RLIMIT_CPU only to the session's lifetime.
-            cpu_seconds: lifetime.saturating_mul(self.settings.limits.cpus.ceil().max(1.0) as u64),
+            cpu_seconds: session_cpu_seconds(
+                self.settings.sessions.max_lifetime.as_secs(),
+                self.settings.limits.cpus,
+            ),
             ..self.settings.limits.clone()
         };
         let request = RunRequest {
@@ -321,4 +321,13 @@ impl RunService {
             ))),
         }
     }
+}
+
+/// A session's CPU time limit. CPU time adds up over a session's calls: each call is held
+/// to its timeout and the cgroup's CPU quota, and RLIMIT_CPU only to the session's
+/// lifetime.
+pub fn session_cpu_seconds(max_lifetime_secs: u64, cpus: f64) -> u64 {
+    max_lifetime_secs
+        .max(1)
+        .saturating_mul(cpus.ceil().max(1.0) as u64)
 }

@@ -45,6 +45,17 @@ pub struct WarmConfig {
     pub max_forks: u32,
     /// Whether a zygote puts its warm memory in huge pages before its first run.
     pub huge_pages: bool,
+    /// Ready sandboxes kept per warm template (the pool); 0 builds each run's at its
+    /// request.
+    #[serde(default)]
+    pub pool_size: usize,
+    /// The CPU time ready sandboxes are built with: the most a request they serve may have
+    /// (a session's, which spans its life). A claimed sandbox lowers it to its request's.
+    #[serde(default)]
+    pub pool_cpu_seconds: u64,
+    /// After this long without a request the pool keeps one ready sandbox per template.
+    #[serde(default)]
+    pub pool_idle_ms: u64,
     /// The templates kept warm; a run whose template is not among them is forked from the
     /// next larger one kept.
     pub templates: Vec<super::run::Template>,

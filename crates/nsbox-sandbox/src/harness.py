@@ -1023,7 +1023,7 @@ def _nsbox_main():
 
     _nsbox_state["workdir"] = os.getcwd()
     _nsbox_use_site()
-    if stat.S_ISSOCK(os.fstat(3).st_mode):
+    if stat.S_ISSOCK(os.fstat(3).st_mode) and _nsbox_claimed() == "session":
         return _nsbox_session()
     with open(3, "rb", closefd=True) as f:
         bundle = json.loads(f.read())
@@ -1039,6 +1039,56 @@ def _nsbox_main():
     # Kept open for the exit frame (_nsbox_exit).
     _nsbox_state["exit_to"] = plots_out
     return exit_code
+
+
+def _nsbox_claimed():
+    """A sandbox with a socket on fd 3 says it is waiting, then learns what it is for: one
+    run (its bundle attached, which takes fd 3's place) or a session. A ready sandbox
+    (the pool) waits here until a request claims it; a session's is told at once. The
+    socket closing first means the sandbox was never used: it ends without a word."""
+    import json
+    import os
+    import socket
+
+    control = socket.socket(fileno=3)
+    try:
+        control.send(b'{"waiting": true}')
+        msg, fds, _, _ = socket.recv_fds(control, 4096, 1)
+    except OSError:
+        os._exit(0)
+    if not msg:
+        os._exit(0)
+    claim = json.loads(msg)
+    mode = claim.get("mode")
+    cpu = claim.get("cpu_seconds")
+    if cpu is not None:
+        # A ready sandbox was built with the most CPU time any request may have; this
+        # request's own limit, set before anything of it arrives (lowering needs no
+        # privilege, and nothing can raise it again).
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+
+        def capped(v):
+            return v if hard == resource.RLIM_INFINITY else min(v, hard)
+
+        try:
+            resource.setrlimit(resource.RLIMIT_CPU, (capped(cpu), capped(cpu + 1)))
+        except (OSError, ValueError) as e:
+            print(f"nsbox: the CPU time limit could not be set: {e}", file=sys.stderr)
+            os._exit(127)
+    if mode == "session":
+        # _nsbox_session wraps fd 3 again.
+        control.detach()
+        return mode
+    if mode != "run" or len(fds) != 1:
+        os._exit(1)
+    # The bundle takes fd 3's place, as in a run that had it from the start; the socket's
+    # peer is gone once it was sent.
+    control.detach()
+    os.dup2(fds[0], 3)
+    os.close(fds[0])
+    return mode
 
 
 def _nsbox_step(bundle, plots_out, main, interruptible):

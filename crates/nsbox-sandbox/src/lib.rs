@@ -22,6 +22,7 @@ pub mod hugepages;
 pub mod logging;
 pub mod namespaces;
 pub mod pid1;
+mod pool;
 pub mod protocol;
 pub mod rootfs;
 pub mod run;

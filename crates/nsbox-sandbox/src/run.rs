@@ -52,6 +52,28 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Whether a sandbox built under these limits (a ready one, from the pool) can serve a
+    /// request with `asked`: everything set while the sandbox is built (cgroup, `/tmp`'s
+    /// size, the rlimits, the environment) is the same. The timeout and the CPU time
+    /// differ per request (a session's CPU time spans its life): they are applied when the
+    /// sandbox is claimed; the output caps are the supervisor's.
+    pub fn built_alike(&self, asked: &Limits) -> bool {
+        let baked = |l: &Limits| {
+            (
+                l.memory_bytes,
+                l.max_processes,
+                l.cpus.to_bits(),
+                l.file_size_bytes,
+                l.tmp_bytes,
+                l.open_files,
+                l.max_plots,
+            )
+        };
+        baked(self) == baked(asked)
+    }
+}
+
 /// One run, as sent from the server to a supervisor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRequest {
@@ -435,6 +457,51 @@ pub fn template_for(imported: &[String], libraries: &[String]) -> Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sandbox_built_under_other_limits_does_not_fit_but_the_timeout_and_cpu_time_may_differ() {
+        let built = Limits::default();
+        let asked = Limits {
+            timeout_ms: 1,
+            cpu_seconds: 1,
+            output_bytes: 1,
+            plot_bytes: 1,
+            ..Limits::default()
+        };
+        assert!(built.built_alike(&asked));
+        for other in [
+            Limits {
+                memory_bytes: 1,
+                ..Limits::default()
+            },
+            Limits {
+                max_processes: 1,
+                ..Limits::default()
+            },
+            Limits {
+                cpus: 2.0,
+                ..Limits::default()
+            },
+            Limits {
+                file_size_bytes: 1,
+                ..Limits::default()
+            },
+            Limits {
+                tmp_bytes: 1,
+                ..Limits::default()
+            },
+            Limits {
+                open_files: 1,
+                ..Limits::default()
+            },
+            Limits {
+                max_plots: 1,
+                ..Limits::default()
+            },
+        ] {
+            assert!(!built.built_alike(&other), "{other:?}");
+        }
+    }
 
     #[test]
     fn scientific_imports_pick_the_scientific_template() {

@@ -1,5 +1,6 @@
 //! A run's sandbox as a process, shared by one-shot runs and sessions: its pipes and the bundle the harness reads, its init started cold (cloned here) or warm (handed to a zygote), released into its cgroup, and the handle that kills it and waits for it.
 
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -10,6 +11,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::waitpid;
 use nix::unistd::{lseek, pipe2, Pid, Whence};
 
@@ -113,7 +115,7 @@ impl WarmControls {
     /// smallest warm one that has everything it has (each template is the one before it
     /// plus more), when the operator keeps fewer templates or one died and is starting
     /// again (a retiring zygote keeps taking runs until its successor is warm).
-    fn get(&self, template: Template) -> Option<RawFd> {
+    pub(crate) fn get(&self, template: Template) -> Option<RawFd> {
         Template::ALL
             .iter()
             .skip_while(|t| **t != template)
@@ -449,6 +451,79 @@ pub(crate) fn start(
         &reads,
     )?;
     Ok((sandbox, reads))
+}
+
+/// Starts a sandbox whose harness finds a socket on fd 3 instead of a bundle (a session's,
+/// or a ready one in the pool): the sandbox and our end of that socket.
+pub(crate) fn start_with_socket(
+    request: &RunRequest,
+    config: &SpawnerConfig,
+    seccomp: &SeccompProgram,
+    warm: &WarmControls,
+) -> Result<(Sandbox, Reads, OwnedFd), Failure> {
+    let ours: RefCell<Option<OwnedFd>> = RefCell::new(None);
+    // Asked again if a warm start fails: each attempt gets a fresh socket.
+    let code = || -> Result<OwnedFd, Failure> {
+        let (a, b) = step(
+            Step::StoreCode,
+            socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            ),
+        )?;
+        *ours.borrow_mut() = Some(a);
+        Ok(b)
+    };
+    let (sandbox, reads) = start(request, config, seccomp, warm, &code)?;
+    let control = ours.into_inner().expect("start made the socket");
+    Ok((sandbox, reads, control))
+}
+
+/// A sandbox built ahead of its request (the pool): started, released into its cgroup,
+/// its Python waiting on fd 3 (a socket) to learn what it is for. Used once, by one
+/// request, or ended unused.
+pub(crate) struct Ready {
+    pub sandbox: Sandbox,
+    pub outputs: Outputs,
+    pub cgroup: Option<Box<dyn RunCgroup>>,
+    /// The supervisor's end of the harness's fd 3.
+    pub control: OwnedFd,
+    /// The limits it was built under.
+    pub limits: Limits,
+}
+
+impl Ready {
+    /// Whether this sandbox can serve a request with `asked` limits: built alike, and
+    /// with at least the CPU time the request may have (the harness lowers its own limit
+    /// to the request's when claimed; nothing can raise it).
+    pub fn fits(&self, asked: &Limits) -> bool {
+        self.limits.built_alike(asked) && asked.cpu_seconds <= self.limits.cpu_seconds
+    }
+
+    /// What tells the waiting harness its `mode` ("run" or "session") and the limits that
+    /// differ per request, which it applies to itself before anything of the request
+    /// reaches it: the CPU time (a session's spans its life; lowering one's own limit
+    /// needs no privilege, and no code of anyone's has run in the sandbox yet). The
+    /// timeout is the supervisor's, counted from the hand-over.
+    pub fn claim_message(&self, mode: &str, asked: &Limits) -> Vec<u8> {
+        serde_json::json!({"mode": mode, "cpu_seconds": asked.cpu_seconds})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// Ends a sandbox nobody used: kills it, waits for it, removes its cgroup.
+    pub fn discard(self) {
+        abort(
+            &self.sandbox,
+            self.cgroup,
+            Failure {
+                step: Step::ReleaseSandbox,
+                errno: Errno::ECANCELED,
+            },
+        );
+    }
 }
 
 /// Puts the run's init into its cgroup and releases it; a run that cannot be released is

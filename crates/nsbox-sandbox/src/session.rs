@@ -18,7 +18,6 @@
 //! sandbox's init ([`SandboxHandle`]) so that ending a session kills the sandbox whatever
 //! its supervisor is doing.
 
-use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -26,18 +25,19 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use super::capture::{decode_frames, frames_cap, text, Capture, FrameCaps, Streamed};
 use super::cgroup::RunCgroup;
 use super::child::{reported_failure, reported_python_status, RECORD_LEN};
 use super::config::SpawnerConfig;
 use super::door;
-use super::failure::{step, Failure, Step};
+use super::failure::{Failure, Step};
 use super::fdpass;
 use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::{FileCaps, Limits, Report, RunOutcome, RunRequest, SessionOp, Termination};
-use super::sandbox::{pipe, release, start, Bundle, Phases, Sandbox, WarmControls};
+use super::sandbox::{
+    pipe, release, start_with_socket, Bundle, Phases, Ready, Sandbox, WarmControls,
+};
 use super::seccomp::SeccompProgram;
 use crate::sys;
 
@@ -125,16 +125,37 @@ impl Live {
 /// Serves one session on `stream`, from its start (the request already read) until the
 /// server closes it or the session ends.
 pub fn serve(
-    mut stream: UnixStream,
+    stream: UnixStream,
     request: RunRequest,
     config: &SpawnerConfig,
     seccomp: &SeccompProgram,
     warm: &WarmControls,
 ) -> Result<(), SessionError> {
     let began = Instant::now();
+    let opened = open(&request, config, seccomp, warm);
+    serve_opened(stream, request, began, opened)
+}
+
+/// Serves one session in a ready sandbox from the pool (the request already read).
+pub(crate) fn serve_ready(
+    stream: UnixStream,
+    request: RunRequest,
+    ready: Ready,
+) -> Result<(), SessionError> {
+    let began = Instant::now();
+    let opened = claim(&request, ready);
+    serve_opened(stream, request, began, opened)
+}
+
+fn serve_opened(
+    mut stream: UnixStream,
+    request: RunRequest,
+    began: Instant,
+    opened: Result<Live, (Failure, String)>,
+) -> Result<(), SessionError> {
     // A session with a door gets its listener once its interpreter is ready and before
     // any call (no code of the caller's has run yet), and keeps it for its life.
-    let opened = match open(&request, config, seccomp, warm) {
+    let opened = match opened {
         Ok(live) => match door::open_door(&request, &live.sandbox, &stream) {
             Ok(()) => Ok(live),
             Err(failure) => {
@@ -275,24 +296,8 @@ fn open(
     seccomp: &SeccompProgram,
     warm: &WarmControls,
 ) -> Result<Live, (Failure, String)> {
-    let ours: RefCell<Option<OwnedFd>> = RefCell::new(None);
-    // Asked again if a warm start fails: each attempt gets a fresh socket.
-    let code = || -> Result<OwnedFd, Failure> {
-        let (a, b) = step(
-            Step::StoreCode,
-            socketpair(
-                AddressFamily::Unix,
-                SockType::SeqPacket,
-                None,
-                SockFlag::SOCK_CLOEXEC,
-            ),
-        )?;
-        *ours.borrow_mut() = Some(a);
-        Ok(b)
-    };
-    let (sandbox, reads) =
-        start(request, config, seccomp, warm, &code).map_err(|f| (f, String::new()))?;
-    let control = ours.into_inner().expect("start made the socket");
+    let (sandbox, reads, control) =
+        start_with_socket(request, config, seccomp, warm).map_err(|f| (f, String::new()))?;
     let warm_run = matches!(sandbox, Sandbox::Warm { .. });
     // A session's set-up is not a run's: its phases are not logged.
     let mut phases = Phases::new();
@@ -305,7 +310,7 @@ fn open(
     )
     .map_err(|f| (f, String::new()))?;
     let outputs = reads.outputs;
-    let mut live = Live {
+    let live = Live {
         sandbox,
         cgroup,
         control,
@@ -315,9 +320,41 @@ fn open(
         proxy: door::proxy_url(request),
     };
     // Until the harness is ready its stderr says why it is not; after, it is /dev/null.
-    let mut err = Capture::new(outputs.stderr, 64 * 1024);
+    let err = Capture::new(outputs.stderr, 64 * 1024);
     drop(outputs.stdout);
     drop(outputs.plots);
+    begin(live, err, br#"{"mode":"session"}"#)
+}
+
+/// Makes a ready sandbox (the pool's) this session's: the session's own limits applied,
+/// then the harness told, as [`open`] tells a sandbox it built.
+fn claim(request: &RunRequest, ready: Ready) -> Result<Live, (Failure, String)> {
+    let message = ready.claim_message("session", &request.limits);
+    let Ready {
+        sandbox,
+        outputs,
+        cgroup,
+        control,
+        limits: _,
+    } = ready;
+    let live = Live {
+        warm: matches!(sandbox, Sandbox::Warm { .. }),
+        sandbox,
+        cgroup,
+        control,
+        reports: Capture::new(outputs.report, RECORD_LEN * 4),
+        limits: request.limits.clone(),
+        proxy: door::proxy_url(request),
+    };
+    let err = Capture::new(outputs.stderr, 64 * 1024);
+    drop(outputs.stdout);
+    drop(outputs.plots);
+    begin(live, err, &message)
+}
+
+/// Tells the harness it serves a session and waits for it to say it is ready (it says it
+/// is waiting first, which a sandbox from the pool already said).
+fn begin(mut live: Live, mut err: Capture, message: &[u8]) -> Result<Live, (Failure, String)> {
     let deadline = Instant::now() + READY_PATIENCE;
     let failed = |live: Live, err: &Capture, step: Step| {
         let stderr = text(err, "stderr");
@@ -331,6 +368,9 @@ fn open(
             stderr,
         ))
     };
+    if fdpass::send(live.control.as_raw_fd(), message, &[]).is_err() {
+        return failed(live, &err, Step::StartPython);
+    }
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -346,10 +386,11 @@ fn open(
         err.drain();
         live.reports.drain();
         if ready {
-            return match reply(&live.control) {
-                Some(r) if r.get("ready").is_some() => Ok(live),
-                _ => failed(live, &err, Step::StartPython),
-            };
+            match reply(&live.control) {
+                Some(r) if r.get("ready").is_some() => return Ok(live),
+                Some(r) if r.get("waiting").is_some() => continue,
+                _ => return failed(live, &err, Step::StartPython),
+            }
         }
     }
 }

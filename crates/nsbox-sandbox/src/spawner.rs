@@ -21,6 +21,7 @@ use nix::sys::signal::Signal;
 
 use super::config::SpawnerConfig;
 use super::fdpass;
+use super::pool::Pool;
 use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::RunRequest;
 use super::run::Template;
@@ -53,6 +54,23 @@ pub struct SpawnerStatus {
     /// Zygotes started again after the first of their kind (retired at their fork limit,
     /// or died), since this spawner started.
     pub template_respawns: u64,
+    /// Ready sandboxes waiting for a request, per template.
+    #[serde(default)]
+    pub pool_ready: Vec<(Template, usize)>,
+    /// Requests served from a ready sandbox since this spawner started.
+    #[serde(default)]
+    pub pool_claims: u64,
+}
+
+/// The ready sandboxes, for `/v1/status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PoolStatus {
+    /// Ready sandboxes kept per warm template while requests come (0: none).
+    pub size: usize,
+    /// Ready sandboxes waiting now, per template.
+    pub ready: std::collections::BTreeMap<String, usize>,
+    /// Requests served from a ready sandbox so far.
+    pub claims: u64,
 }
 
 struct Process {
@@ -72,6 +90,10 @@ struct Shared {
     template_respawns: AtomicU64,
     /// Spawners that died and were started again.
     spawner_restarts: AtomicU64,
+    /// Ready sandboxes per template, as the spawner last said.
+    pool_ready: Mutex<Vec<(Template, usize)>>,
+    /// Requests served from ready sandboxes (summed over spawners).
+    pool_claims: AtomicU64,
 }
 
 /// The server's handle on its spawner.
@@ -99,6 +121,8 @@ impl Spawner {
             shutting_down: AtomicBool::new(false),
             template_respawns: AtomicU64::new(0),
             spawner_restarts: AtomicU64::new(0),
+            pool_ready: Mutex::new(Vec::new()),
+            pool_claims: AtomicU64::new(0),
         });
         let (first_tx, first_rx) = std::sync::mpsc::channel();
         let keeper = {
@@ -144,6 +168,44 @@ impl Spawner {
         )
     }
 
+    /// The ready sandboxes: their size per template as configured, those waiting now,
+    /// and the requests they served so far.
+    pub fn pool(&self) -> PoolStatus {
+        PoolStatus {
+            size: self.shared.config.warm.as_ref().map_or(0, |w| w.pool_size),
+            ready: self
+                .shared
+                .pool_ready
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(t, n)| (t.name().to_string(), *n))
+                .collect(),
+            claims: self.shared.pool_claims.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The hand-off byte for `request`: the template of the ready sandboxes that can serve
+    /// it, or 0 when it must be built at its request (no pool, no warm template, an egress
+    /// door, a package set to mount, limits other than those the pool is built under).
+    pub fn pool_key(&self, request: &RunRequest) -> u8 {
+        let config = &self.shared.config;
+        match (request.template, &config.warm) {
+            (Some(t), Some(warm))
+                if warm.pool_size > 0
+                    && warm.templates.contains(&t)
+                    && request.egress_port.is_none()
+                    && request.site.is_none()
+                    && config.limits.built_alike(&request.limits)
+                    && request.limits.cpu_seconds
+                        <= warm.pool_cpu_seconds.max(config.limits.cpu_seconds) =>
+            {
+                super::pool::key_of(t)
+            }
+            _ => 0,
+        }
+    }
+
     /// The server's shutdown began: the spawner keeps serving the runs in flight, but if it
     /// exits now, no other is started (the server takes no new runs).
     pub fn begin_shutdown(&self) {
@@ -153,10 +215,11 @@ impl Spawner {
     /// Hands one run's socket to the spawner, which forks a supervisor for it. Fails with
     /// ENOTCONN while a dead spawner is being replaced (about a second); the caller decides
     /// how long to wait for the new one.
-    pub fn hand_off(&self, theirs: &OwnedFd) -> Result<(), nix::errno::Errno> {
+    /// `key` is [`Spawner::pool_key`]'s: a ready sandbox serves the run when there is one.
+    pub fn hand_off(&self, theirs: &OwnedFd, key: u8) -> Result<(), nix::errno::Errno> {
         let guard = self.shared.process.lock().unwrap();
         let process = guard.as_ref().ok_or(nix::errno::Errno::ENOTCONN)?;
-        fdpass::send(process.control.as_raw_fd(), &[0], &[theirs.as_raw_fd()])
+        fdpass::send(process.control.as_raw_fd(), &[key], &[theirs.as_raw_fd()])
     }
 }
 
@@ -187,8 +250,14 @@ fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerEr
                     let _ = tx.send(Ok(()));
                 }
                 let mut respawns_seen = 0;
+                let mut claims_seen = 0;
                 while let Ok(s) = read_frame::<SpawnerStatus>(&mut status) {
                     *shared.ready.lock().unwrap() = s.ready;
+                    *shared.pool_ready.lock().unwrap() = s.pool_ready;
+                    shared
+                        .pool_claims
+                        .fetch_add(s.pool_claims.saturating_sub(claims_seen), Ordering::Relaxed);
+                    claims_seen = s.pool_claims;
                     shared.template_respawns.fetch_add(
                         s.template_respawns.saturating_sub(respawns_seen),
                         Ordering::Relaxed,
@@ -196,6 +265,7 @@ fn keep(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), SpawnerEr
                     respawns_seen = s.template_respawns;
                 }
                 shared.ready.lock().unwrap().clear();
+                shared.pool_ready.lock().unwrap().clear();
                 if let Some(mut old) = shared.process.lock().unwrap().take() {
                     let _ = old.child.kill();
                     let _ = old.child.wait();
@@ -299,12 +369,24 @@ pub fn main() -> i32 {
         cgroup.sweep_runs();
     }
     let mut templates = Templates::start(&config);
+    let mut pool = Pool::new(
+        config.warm.as_ref().map_or(0, |w| w.pool_size),
+        Duration::from_millis(config.warm.as_ref().map_or(0, |w| w.pool_idle_ms)),
+    );
     let mut reported: Option<SpawnerStatus> = None;
     // With favordynmods the lock never leaves the fast mode: nothing to keep.
     let mut keeper = cgroup::AttachKeeper::open(
         config.cgroup.is_some() && config.attach == cgroup::AttachMode::Keeper,
     );
     loop {
+        // Off the request path: after the hand-offs the last round took, and before this
+        // round waits.
+        pool.refill(
+            &templates.controls(),
+            &config,
+            &program,
+            &[control.as_raw_fd()],
+        );
         let mut fds = vec![PollFd::new(control.as_fd(), PollFlags::POLLIN)];
         fds.extend(
             templates
@@ -312,9 +394,12 @@ pub fn main() -> i32 {
                 .iter()
                 .map(|t| PollFd::new(t.control.as_fd(), PollFlags::POLLIN)),
         );
+        let zygotes = templates.live.len();
+        fds.extend(pool.links());
         let due = [
             keeper.as_ref().and_then(|k| k.due_in()),
             templates.next_check(),
+            pool.next_check(),
         ];
         let wait_ms = due
             .into_iter()
@@ -334,16 +419,20 @@ pub fn main() -> i32 {
             .collect();
         drop(fds);
         reap_supervisors(&config);
-        templates.service(&ready[1..]);
+        templates.service(&ready[1..=zygotes]);
+        pool.service(&ready[1 + zygotes..]);
         templates.check_liveness();
         templates.restart_missing();
         let now = SpawnerStatus {
             ready: templates.ready(),
             template_respawns: templates.respawns,
+            pool_ready: pool.ready(),
+            pool_claims: pool.claims,
         };
         if reported.as_ref() != Some(&now) {
             // The server's health endpoint says "ready" once every template is warm.
             if write_frame(&mut control, &now).is_err() {
+                pool.drain();
                 templates.stop();
                 return 0;
             }
@@ -360,21 +449,29 @@ pub fn main() -> i32 {
             Err(_) => return 0,
         };
         if msg.len == 0 {
-            // The server closed the control socket once its runs were over: shut down.
+            // The server closed the control socket once its runs were over: shut down,
+            // ending the ready sandboxes first (each removes its own cgroup).
+            pool.drain();
             templates.stop();
             return 0;
         }
+        let key = byte[0];
         if let Some(k) = keeper.as_mut() {
             k.run_started();
         }
         templates.run_arrived();
         for run in msg.fds {
+            if pool.claim(key, &run) {
+                drop(run);
+                continue;
+            }
             match sys::fork() {
                 Ok(None) => {
                     // Forked from a single-threaded process, so no lock of the subscriber
                     // (or of stderr) is held here: the supervisor logs like the spawner.
                     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
                     drop(control);
+                    pool.close_in_child();
                     let code = supervise(
                         UnixStream::from(run),
                         &config,
@@ -410,6 +507,18 @@ fn supervise(
             return 1;
         }
     };
+    serve_request(stream, request, config, program, warm)
+}
+
+/// Serves a request already read, as one run or as a session, building its sandbox now.
+/// Returns the process's exit code.
+pub(crate) fn serve_request(
+    stream: UnixStream,
+    request: RunRequest,
+    config: &SpawnerConfig,
+    program: &SeccompProgram,
+    warm: &WarmControls,
+) -> i32 {
     // The server's request span, as far as the supervisor knows it: its lines carry the
     // request's id like the server's own.
     let request_id = request.request_id.as_deref().map(tracing::field::display);

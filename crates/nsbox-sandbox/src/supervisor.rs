@@ -4,7 +4,7 @@
 //! talks to the server over its own unix socket and exits when the run is reported.
 
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,13 @@ use super::cgroup::RunCgroup;
 use super::child::{self, RECORD_LEN};
 use super::config::SpawnerConfig;
 use super::door;
-use super::failure::{Failure, Step};
+use super::failure::{step, Failure, Step};
+use super::fdpass;
 use super::protocol::{write_frame, ProtocolError};
 use super::run::{Cut, Limits, Report, RunOutcome, RunRequest, Termination};
-use super::sandbox::{abort, release, start, Bundle, Outputs, Phases, Sandbox, WarmControls};
+use super::sandbox::{
+    abort, release, start, Bundle, Outputs, Phases, Ready, Sandbox, WarmControls,
+};
 use super::seccomp::SeccompProgram;
 use crate::sys;
 
@@ -40,7 +43,7 @@ pub enum SupervisorError {
 /// Serves one run (`request`, read from `stream`) and returns when its outcome has been
 /// written.
 pub fn serve(
-    mut stream: UnixStream,
+    stream: UnixStream,
     request: RunRequest,
     config: &SpawnerConfig,
     seccomp: &SeccompProgram,
@@ -48,6 +51,28 @@ pub fn serve(
 ) -> Result<(), SupervisorError> {
     let mut phases = Phases::new();
     let (outcome, rest) = execute(&request, config, seccomp, warm, &stream, &mut phases);
+    reply(stream, outcome, rest, phases)
+}
+
+/// Serves one run in a ready sandbox from the pool (the request already read): its
+/// limits applied, its bundle handed over, and from there on exactly as [`serve`].
+pub(crate) fn serve_ready(
+    stream: UnixStream,
+    request: RunRequest,
+    ready: Ready,
+) -> Result<(), SupervisorError> {
+    let mut phases = Phases::new();
+    let (outcome, rest) = execute_ready(&request, ready, &stream, &mut phases);
+    reply(stream, outcome, rest, phases)
+}
+
+/// Writes the outcome, then tears down what is left of the run.
+fn reply(
+    mut stream: UnixStream,
+    outcome: RunOutcome,
+    rest: Option<Leftover>,
+    mut phases: Phases,
+) -> Result<(), SupervisorError> {
     let warm_run = outcome.warm;
     let written = write_frame(
         &mut stream,
@@ -127,9 +152,72 @@ fn execute(
         Ok(cgroup) => cgroup,
         Err(failure) => return (setup_failed(failure, began), None),
     };
+    conclude(
+        request,
+        sandbox,
+        reads.outputs,
+        cgroup,
+        primer,
+        client,
+        phases,
+    )
+}
+
+/// A ready sandbox's run: the request's limits applied, then its bundle handed to the
+/// waiting harness, which puts it on fd 3 as a run that had it from the start.
+fn execute_ready(
+    request: &RunRequest,
+    ready: Ready,
+    client: &UnixStream,
+    phases: &mut Phases,
+) -> (RunOutcome, Option<Leftover>) {
+    let began = Instant::now();
+    let message = ready.claim_message("run", &request.limits);
+    let handed = Bundle::of(request).store().and_then(|code| {
+        step(
+            Step::StoreCode,
+            fdpass::send(ready.control.as_raw_fd(), &message, &[code.as_raw_fd()]),
+        )
+    });
+    if let Err(failure) = handed {
+        ready.discard();
+        return (setup_failed(failure, began), None);
+    }
+    let Ready {
+        sandbox,
+        outputs,
+        cgroup,
+        control,
+        limits: _,
+    } = ready;
+    // The harness has what it needs; nothing more goes either way on fd 3.
+    drop(control);
+    phases.start_us = phases.lap();
+    conclude(
+        request,
+        sandbox,
+        outputs,
+        cgroup,
+        AttachPrimer(None),
+        client,
+        phases,
+    )
+}
+
+/// From the release on, the same for every run: watch, classify, assemble.
+fn conclude(
+    request: &RunRequest,
+    sandbox: Sandbox,
+    outputs: Outputs,
+    cgroup: Option<Box<dyn RunCgroup>>,
+    primer: AttachPrimer,
+    client: &UnixStream,
+    phases: &mut Phases,
+) -> (RunOutcome, Option<Leftover>) {
+    let limits = &request.limits;
     let mut watched = watch(
         &sandbox,
-        reads.outputs,
+        outputs,
         limits,
         FrameCaps::of(limits, request.collect_files, request.results),
         frames_cap(limits, request.collect_files, request.results),

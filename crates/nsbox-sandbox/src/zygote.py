@@ -69,6 +69,7 @@ def _nsbox_warm(template, max_forks, huge_pages):
     import io
     import json
     import random
+    import resource
     import stat
     import struct
     import traceback
