@@ -2,6 +2,7 @@
 
 pub mod addr;
 pub mod proxy;
+mod splice;
 pub mod tunnel;
 
 use std::collections::BTreeMap;
