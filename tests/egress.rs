@@ -494,53 +494,100 @@ fn a_session_takes_its_door_at_creation_and_each_call_hears_of_its_own_refusals(
     assert_eq!(got["listener"], "ConnectionRefusedError", "{sealed}");
 }
 
-/// `openssl s_server` for `secure.test` on 127.0.0.2 with a certificate made for the test
-/// (its own CA); killed when dropped.
+/// `openssl s_server` for `secure.test` on 127.0.0.2, its certificate signed by a CA made
+/// for the test; killed when dropped. With `files`, it serves them (`-WWW`) rather than its
+/// status page.
 struct TlsUpstream {
     child: std::process::Child,
     port: u16,
+    /// The test CA's certificate (PEM), and its file.
     ca: String,
+    ca_file: String,
     _dir: tempfile::TempDir,
 }
 
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let made = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command (Debian's openssl package) makes the test's certificates");
+    assert!(made.status.success(), "openssl {args:?}: {made:?}");
+}
+
 impl TlsUpstream {
-    fn start() -> TlsUpstream {
+    fn start(files: &[(&str, &[u8])]) -> TlsUpstream {
         let dir = tempfile::tempdir().unwrap();
-        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args([
-                "-subj",
-                "/CN=secure.test",
-                "-addext",
-                "subjectAltName=DNS:secure.test",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("the openssl command (Debian's openssl package) makes the test's certificate");
-        assert!(made.status.success(), "{made:?}");
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=nsbox test CA"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+        openssl(&ca, d);
+        let mut csr = vec!["req", "-new", "-subj", "/CN=secure.test"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "key.pem", "-out", "leaf.csr"]);
+        openssl(&csr, d);
+        std::fs::write(
+            d.join("leaf.ext"),
+            "subjectAltName=DNS:secure.test\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "leaf.ext",
+                "-out",
+                "cert.pem",
+            ],
+            d,
+        );
+        let www = d.join("www");
+        std::fs::create_dir(&www).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(www.join(name), bytes).unwrap();
+        }
         let port = TcpListener::bind("127.0.0.2:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let serve: &[&str] = if files.is_empty() {
+            &["-www"]
+        } else {
+            &["-WWW", "-http_server_binmode"]
+        };
         let child = std::process::Command::new("openssl")
             .args([
                 "s_server",
-                "-www",
                 "-quiet",
                 "-accept",
                 &format!("127.0.0.2:{port}"),
             ])
+            .args(serve)
             .arg("-cert")
-            .arg(&cert)
+            .arg(d.join("cert.pem"))
             .arg("-key")
-            .arg(&key)
+            .arg(d.join("key.pem"))
+            .current_dir(&www)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -554,7 +601,8 @@ impl TlsUpstream {
         TlsUpstream {
             child,
             port,
-            ca: std::fs::read_to_string(&cert).unwrap(),
+            ca: std::fs::read_to_string(d.join("ca.pem")).unwrap(),
+            ca_file: d.join("ca.pem").to_str().unwrap().to_string(),
             _dir: dir,
         }
     }
@@ -569,7 +617,7 @@ impl Drop for TlsUpstream {
 
 #[test]
 fn https_goes_through_the_door_end_to_end_and_another_server_name_does_not() {
-    let tls = TlsUpstream::start();
+    let tls = TlsUpstream::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(
         &dir,
@@ -646,4 +694,105 @@ fn a_keys_egress_allow_narrows_its_runs_and_not_other_keys() {
     let wide = run_as("wide-key");
     let got = lines(common::text(&wide, "stdout"));
     assert_ne!(got["vars"], "[]", "{wide}");
+}
+
+/// The HTTPS cases of issue 24 against an upstream signed by a test CA: runs trust it
+/// when (and only when) the operator's `[egress] ca_file` names it, in pandas, urllib and
+/// requests alike, and a 50 MB download through the tunnel arrives whole.
+fn https_with_the_operators_ca(mode: &str) {
+    use sha2::Digest;
+    let big: Vec<u8> = (0..50u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let digest = format!("{:x}", sha2::Sha256::digest(&big));
+    let tls = TlsUpstream::start(&[("data.csv", CSV.as_bytes()), ("big.bin", &big)]);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |extra: &str| {
+        format!(
+            "[egress]\nallow = [\"secure.test:{p}\"]\nallow_ips = [\"127.0.0.2\"]\n{extra}\
+             [egress.hosts]\n\"secure.test\" = \"127.0.0.2\"\n",
+            p = tls.port
+        )
+    };
+    let code = format!(
+        r#"
+import hashlib, os, urllib.request
+U = "https://secure.test:{p}"
+def attempt(name, f):
+    try:
+        print(name, f())
+    except Exception as e:
+        print(name, "failed", type(e).__name__, "CERTIFICATE_VERIFY_FAILED" in repr(e))
+import pandas as pd
+attempt("pandas", lambda: pd.read_csv(U + "/data.csv").shape)
+attempt("urllib", lambda: urllib.request.urlopen(U + "/data.csv", timeout=30).read().decode().count("\n"))
+import requests
+attempt("requests", lambda: (requests.get(U + "/data.csv", timeout=30).text.count("\n")))
+def big():
+    h, n = hashlib.sha256(), 0
+    with requests.get(U + "/big.bin", stream=True, timeout=120) as r:
+        for c in r.iter_content(1 << 20):
+            h.update(c)
+            n += len(c)
+    return f"{{n}} {{h.hexdigest()}}"
+attempt("big", big)
+print("public", requests.certs.where() != os.environ.get("REQUESTS_CA_BUNDLE"))
+"#,
+        p = tls.port
+    );
+    let run = |config: &str| {
+        let cfg = config_file(&dir, config);
+        let server = Server::start(&["--config", &cfg, "--scanner", "off", "--mode", mode]);
+        let r = server.run_with(json!({"code": code, "lang": "python", "timeout": 200}));
+        (lines(common::text(&r, "stdout")), r)
+    };
+    let (got, r) = run(&policy(&format!("ca_file = \"{}\"\n", tls.ca_file)));
+    assert_eq!(
+        got.get("pandas").map(String::as_str),
+        Some("(3, 2)"),
+        "{mode}: {r}"
+    );
+    assert_eq!(
+        got.get("urllib").map(String::as_str),
+        Some("4"),
+        "{mode}: {r}"
+    );
+    assert_eq!(
+        got.get("requests").map(String::as_str),
+        Some("4"),
+        "{mode}: {r}"
+    );
+    assert_eq!(
+        got.get("big"),
+        Some(&format!("{} {digest}", big.len())),
+        "{mode}: {r}"
+    );
+    assert_eq!(
+        got.get("public").map(String::as_str),
+        Some("True"),
+        "{mode}: {r}"
+    );
+    // Without `ca_file`, the same upstream is a stranger to every client.
+    let (got, r) = run(&policy(""));
+    for client in ["pandas", "urllib", "requests", "big"] {
+        assert_eq!(
+            got.get(client).map(String::as_str),
+            Some(if client == "requests" || client == "big" {
+                "failed SSLError True"
+            } else {
+                "failed URLError True"
+            }),
+            "{mode} {client}: {r}"
+        );
+    }
+}
+
+#[test]
+fn https_to_an_upstream_of_the_operators_ca_warm() {
+    https_with_the_operators_ca("warm");
+}
+
+#[test]
+fn https_to_an_upstream_of_the_operators_ca_cold() {
+    https_with_the_operators_ca("cold");
 }

@@ -419,6 +419,7 @@ impl RunService {
             results: results.then_some(self.settings.results),
             // Set by the runner when the run has a door.
             egress_port: None,
+            egress_ca: None,
         };
         let door = request.egress.clone().map(|policy| crate::egress::Door {
             policy,

@@ -83,6 +83,7 @@ impl RunService {
             session: true,
             results: None,
             egress_port: None,
+            egress_ca: None,
         };
         let started = Instant::now();
         let door = egress.map(|policy| crate::egress::Door {

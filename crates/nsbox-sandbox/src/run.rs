@@ -85,6 +85,10 @@ pub struct RunRequest {
     /// variables, the sealed sandbox.
     #[serde(default)]
     pub egress_port: Option<u16>,
+    /// Certificates (PEM) the run trusts beside the tree's own bundle when it has a door:
+    /// the operator's `[egress] ca_file`, for upstreams signed by a private CA.
+    #[serde(default)]
+    pub egress_ca: Option<String>,
 }
 
 /// Caps on a run's notebook results. The harness keeps to them (a result past a cap keeps
