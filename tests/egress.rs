@@ -160,6 +160,12 @@ def raw(data, wait=20):
         return "timeout"
     return out.split(b"\r\n")[0].decode()
 
+# The same targets as CONNECT (what an HTTPS client sends).
+for host in ["127.0.0.1", "localhost", "[::1]", "0.0.0.0", "2130706433", "0x7f000001",
+             "[::ffff:127.0.0.1]"]:
+    target = f"{{host}}:{server}".encode()
+    print("own_connect", host, raw(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n"))
+print("metadata_connect", raw(b"CONNECT 169.254.169.254:443 HTTP/1.1\r\nHost: 169.254.169.254:443\r\n\r\n"))
 print("connect_port", raw(b"CONNECT upstream.test:22 HTTP/1.1\r\nHost: upstream.test:22\r\n\r\n"))
 print("absolute_host", raw(b"GET http://evil.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n"))
 print("host_mismatch", raw(b"GET http://upstream.test:{up}/ HTTP/1.1\r\nHost: inside.test:{up}\r\n\r\n"))
@@ -199,6 +205,9 @@ print("tunnel_host", tunnel(b"GET /data.csv HTTP/1.1\r\nHost: inside.test:{up}\r
 print("tunnel_sni", tunnel(client_hello("evil.test")))
 print("smuggle_cl_cl", raw(b"POST http://upstream.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n"
                            b"Content-Length: 4\r\nContent-Length: 90\r\n\r\nxxxxGET http://upstream.test:{up}/smuggled HTTP/1.1\r\n\r\n"))
+print("smuggle_te_obfuscated", raw(b"POST http://upstream.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n"
+                                   b"Content-Length: 4\r\nTransfer-Encoding: xchunked\r\n\r\n"
+                                   b"0\r\n\r\nGET http://upstream.test:{up}/smuggled HTTP/1.1\r\n\r\n"))
 print("smuggle", raw(b"POST http://upstream.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n"
                      b"Content-Length: 60\r\nTransfer-Encoding: chunked\r\n\r\n"
                      b"0\r\n\r\nGET http://upstream.test:{up}/smuggled HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n"))
@@ -221,6 +230,20 @@ try:
 except OSError:
     pass
 
+def upload_through_tunnel():
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+    s.sendall(b"CONNECT upstream.test:{up} HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    try:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: upstream.test:{up}\r\nContent-Length: 3145728\r\n\r\n")
+        s.sendall(b"x" * (3 << 20))
+        answer = s.recv(65536)
+    except OSError as e:
+        return type(e).__name__
+    return answer.split(b"\r\n")[0].decode() or "closed"
+print("upload_tunnel", upload_through_tunnel())
 print("upload", status(UP + "/upload", data=b"x" * (3 << 20)))
 
 try:
@@ -250,9 +273,9 @@ fn lines(stdout: &str) -> std::collections::BTreeMap<String, String> {
         .filter_map(|l| l.split_once(' '))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .fold(Default::default(), |mut m, (k, v)| {
-            // `own` has one line per spelling.
-            let k = if k == "own" {
-                format!("own {}", v.split(' ').next().unwrap_or(""))
+            // `own` and `own_connect` have one line per spelling.
+            let k = if k == "own" || k == "own_connect" {
+                format!("{k} {}", v.split(' ').next().unwrap_or(""))
             } else {
                 k
             };
@@ -292,8 +315,32 @@ fn red_team(mode: &str) {
         "[::ffff:127.0.0.1]",
     ] {
         assert_eq!(got[&format!("own {host}")], format!("{host} 403"), "{say}");
+        assert!(
+            stderr.contains(&format!("nsbox: egress to {host}:{} refused", server.port)),
+            "{host} has no line; {say}"
+        );
+    }
+    for host in [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "0.0.0.0",
+        "2130706433",
+        "0x7f000001",
+        "[::ffff:127.0.0.1]",
+    ] {
+        assert_eq!(
+            got[&format!("own_connect {host}")],
+            format!("{host} HTTP/1.1 403 Forbidden"),
+            "{say}"
+        );
+        assert!(
+            stderr.contains(&format!("nsbox: egress to {host}:{} refused", server.port)),
+            "{host} has no line; {say}"
+        );
     }
     assert_eq!(got["metadata"], "403", "{say}");
+    assert_eq!(got["metadata_connect"], "HTTP/1.1 403 Forbidden", "{say}");
     assert_eq!(got["private"], "403", "{say}");
     assert!(got["connect_port"].contains("403"), "{say}");
     assert!(got["absolute_host"].contains("403"), "{say}");
@@ -307,9 +354,16 @@ fn red_team(mode: &str) {
     // upstream gets the request re-framed, and the connection serves one request only:
     // what follows the chunked body never reaches the upstream. CL.CL is refused.
     assert!(got["smuggle_cl_cl"].contains("400"), "{say}");
+    assert!(got["smuggle"].contains("403"), "{say}");
+    assert!(
+        got["smuggle_te_obfuscated"].contains("400")
+            || got["smuggle_te_obfuscated"].contains("403"),
+        "{say}"
+    );
     assert_eq!(up.smuggled.load(Ordering::Relaxed), 0, "{say}");
     assert_eq!(got["slowloris"], "closed", "{say}");
     assert_ne!(got["upload"], "200", "{say}");
+    assert!(!got["upload_tunnel"].contains("200"), "{say}");
     assert!(up.received.load(Ordering::Relaxed) <= 1 << 20, "{say}");
     assert_eq!(got["raw"], "PermissionError", "{say}");
     assert_eq!(got["udp_dns"], "OSError", "{say}");
@@ -322,6 +376,10 @@ fn red_team(mode: &str) {
     for why in [
         "egress to 127.0.0.1:",
         "egress to 169.254.169.254:80 refused: a cloud metadata address",
+        "egress to 169.254.169.254:443 refused: a cloud metadata address",
+        "nsbox: egress refused: a malformed request",
+        "nsbox: egress refused: a request head not complete within 2 s (a slow client)",
+        "refused: both Transfer-Encoding and Content-Length (a request smuggling form)",
         "egress to inside.test:",
         "a private address (10.9.9.9)",
         "egress to upstream.test:22 refused: a port",

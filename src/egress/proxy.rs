@@ -234,9 +234,16 @@ async fn accept(listener: TcpListener, state: Arc<RunState>) {
         }
         let s = state.clone();
         let header_timeout = state.door.policy.limits.header_timeout;
+        let conn_state = state.clone();
         state.spawn(async move {
-            let io = TokioIo::new(stream);
-            let service = hyper::service::service_fn(move |req| handle(req, s.clone()));
+            let head = Arc::new(Mutex::new(Vec::new()));
+            let io = TokioIo::new(HeadTap {
+                inner: stream,
+                head: head.clone(),
+                done: false,
+            });
+            let service =
+                hyper::service::service_fn(move |req| handle(req, s.clone(), head.clone()));
             // One request per connection (each is one upstream connection, counted and
             // limited as such); a head that trickles in is dropped at its timeout.
             let conn = hyper::server::conn::http1::Builder::new()
@@ -245,8 +252,34 @@ async fn accept(listener: TcpListener, state: Arc<RunState>) {
                 .keep_alive(false)
                 .serve_connection(io, service)
                 .with_upgrades();
-            let _ = conn.await;
+            if let Err(e) = conn.await {
+                if let Some(why) = unserved(&e, header_timeout) {
+                    let _ = refused(
+                        &conn_state,
+                        Refusal {
+                            host: String::new(),
+                            port: 0,
+                            why,
+                        },
+                    );
+                }
+            }
         });
+    }
+}
+
+/// Why hyper dropped a connection before a request reached the door, in the run's words;
+/// `None` when the client just went away.
+fn unserved(e: &hyper::Error, header_timeout: std::time::Duration) -> Option<String> {
+    if e.is_timeout() {
+        Some(format!(
+            "a request head not complete within {} s (a slow client)",
+            header_timeout.as_secs_f64()
+        ))
+    } else if e.is_parse() {
+        Some(format!("a malformed request ({e})"))
+    } else {
+        None
     }
 }
 
@@ -338,7 +371,11 @@ fn split_host_header(h: &str) -> (&str, Option<&str>) {
     }
 }
 
-async fn handle(req: Request<hyper::body::Incoming>, state: Arc<RunState>) -> Answer {
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<RunState>,
+    head: Arc<Mutex<Vec<u8>>>,
+) -> Answer {
     let (host, port) = match target(&req) {
         Ok(t) => t,
         Err(why) => {
@@ -351,6 +388,14 @@ async fn handle(req: Request<hyper::body::Incoming>, state: Arc<RunState>) -> An
             return Ok(refused(&state, Refusal { host, port, why }));
         }
     };
+    if framing_conflict(&head.lock().unwrap_or_else(|e| e.into_inner())) {
+        // RFC 9112 6.3: such a message "ought to be handled as an error"; it is how a
+        // request is smuggled past a proxy that reads its length one way. hyper drops the
+        // Content-Length and reads the body as chunked, which is safe here; refusing says
+        // what happened.
+        let why = "both Transfer-Encoding and Content-Length (a request smuggling form)".into();
+        return Ok(refused(&state, Refusal { host, port, why }));
+    }
     if Instant::now() >= state.deadline {
         let why = format!(
             "the run's egress time ({} s) is over",
@@ -431,7 +476,7 @@ async fn handle(req: Request<hyper::body::Incoming>, state: Arc<RunState>) -> An
 /// reached): spliced in the kernel when the client's connection is the plain TCP stream it
 /// normally is, copied otherwise.
 async fn relay(client: hyper::upgrade::Upgraded, upstream: &mut Counted) {
-    let parts = match client.downcast::<TokioIo<TcpStream>>() {
+    let parts = match client.downcast::<TokioIo<HeadTap>>() {
         Ok(parts) => parts,
         Err(client) => {
             let _ = tokio::io::copy_bidirectional_with_sizes(
@@ -448,7 +493,7 @@ async fn relay(client: hyper::upgrade::Upgraded, upstream: &mut Counted) {
     if !parts.read_buf.is_empty() && upstream.write_all(&parts.read_buf).await.is_err() {
         return;
     }
-    let client = parts.io.into_inner();
+    let client = parts.io.into_inner().inner;
     let (Ok(up_pipe), Ok(down_pipe)) = (splice::Pipe::new(), splice::Pipe::new()) else {
         return;
     };
@@ -718,5 +763,110 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The most of a request head kept by [`HeadTap`]: hyper refuses longer heads anyway.
+const HEAD_MAX: usize = 64 * 1024;
+
+/// A client's connection that keeps the bytes of its (one) request head as they were sent:
+/// hyper drops a `Content-Length` that comes with a `Transfer-Encoding` (RFC 9112 6.3), so
+/// only the raw head shows the pair.
+struct HeadTap {
+    inner: TcpStream,
+    head: Arc<Mutex<Vec<u8>>>,
+    /// The head is whole (or past [`HEAD_MAX`]): nothing more is kept.
+    done: bool,
+}
+
+impl AsyncRead for HeadTap {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if !self.done && !new.is_empty() {
+            let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+            // From a little before the new bytes: the blank line may straddle two reads.
+            let from = head.len().saturating_sub(3);
+            let take = new.len().min(HEAD_MAX - head.len());
+            head.extend_from_slice(&new[..take]);
+            let done = head.len() >= HEAD_MAX || head[from..].windows(4).any(|w| w == b"\r\n\r\n");
+            drop(head);
+            self.done = done;
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for HeadTap {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether a raw request head has both a `Transfer-Encoding` and a `Content-Length`.
+fn framing_conflict(head: &[u8]) -> bool {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(head.len());
+    let names = head[..end]
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| line.split(|&b| b == b':').next())
+        .map(|name| name.trim_ascii());
+    let (mut te, mut cl) = (false, false);
+    for name in names {
+        te |= name.eq_ignore_ascii_case(b"transfer-encoding");
+        cl |= name.eq_ignore_ascii_case(b"content-length");
+    }
+    te && cl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_with_both_framings_is_seen_whatever_their_order_and_case() {
+        let both = b"POST http://a/ HTTP/1.1\r\nHost: a\r\ncontent-length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(framing_conflict(both));
+        assert!(framing_conflict(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length : 4\r\n\r\n"
+        ));
+        assert!(!framing_conflict(
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nTransfer-Encoding: chunked\r\n"
+        ));
+        assert!(!framing_conflict(
+            b"POST / HTTP/1.1\r\nX-Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
     }
 }
