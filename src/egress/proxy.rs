@@ -232,6 +232,10 @@ async fn accept(listener: TcpListener, state: Arc<RunState>) {
             state.door.metrics.count(Verdict::refused);
             continue;
         }
+        // A relay passes on what it gets at once: with Nagle's algorithm on either side,
+        // a small write (a TLS record) waited for the peer's delayed ACK, 40 ms or more
+        // per request (requests.get of a small file over HTTPS: 64 ms, then 4 ms).
+        let _ = stream.set_nodelay(true);
         let s = state.clone();
         let header_timeout = state.door.policy.limits.header_timeout;
         let conn_state = state.clone();
@@ -427,6 +431,7 @@ async fn handle(
         // The address resolved above, never the name again: what was checked is what is
         // reached.
         if let Ok(Ok(s)) = tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            let _ = s.set_nodelay(true);
             upstream = Some(s);
             break;
         }
