@@ -54,13 +54,14 @@ def main():
             ratio = base[k] / ms(t[k])
             ratios[k].append(ratio)
             parts.append(f"{k} {ms(t[k]):.0f} ms (direct {base[k]:.0f} ms, ratio {ratio:.2f})")
-        small += t["requests_https_small"]
+        small += t.get("requests_https_small", [])
         print(f"round {n}: " + "; ".join(parts), flush=True)
     print("median ratio (direct time / door time, >= 0.8 wanted): " +
           ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ratios.items()))
     small.sort()
-    print(f"requests.get of a small file over HTTPS through the door: p50 {ms(small):.1f} ms, "
-          f"max {small[-1] * 1000:.1f} ms ({len(small)} tries)")
+    if small:
+        print(f"requests.get of a small file over HTTPS through the door: p50 {ms(small):.1f} ms, "
+              f"max {small[-1] * 1000:.1f} ms ({len(small)} tries)")
 
 
 main()

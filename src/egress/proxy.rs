@@ -498,8 +498,16 @@ async fn relay(client: hyper::upgrade::Upgraded, upstream: &mut Counted) {
     if !parts.read_buf.is_empty() && upstream.write_all(&parts.read_buf).await.is_err() {
         return;
     }
-    let client = parts.io.into_inner().inner;
+    let mut client = parts.io.into_inner().inner;
     let (Ok(up_pipe), Ok(down_pipe)) = (splice::Pipe::new(), splice::Pipe::new()) else {
+        // Out of descriptors for the pipes: the tunnel still works, copied.
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            upstream,
+            TUNNEL_BUFFER,
+            TUNNEL_BUFFER,
+        )
+        .await;
         return;
     };
     let upstream = &*upstream;
