@@ -854,3 +854,53 @@ fn https_to_an_upstream_of_the_operators_ca_warm() {
 fn https_to_an_upstream_of_the_operators_ca_cold() {
     https_with_the_operators_ca("cold");
 }
+
+#[test]
+fn a_sessions_calls_trust_the_operators_ca_and_a_tls_tunnel_holds_the_download_cap() {
+    let big = vec![7u8; 3 << 20];
+    let tls = TlsUpstream::start(&[("data.csv", CSV.as_bytes()), ("big.bin", &big)]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(
+        &dir,
+        &format!(
+            "[egress]\nallow = [\"secure.test:{p}\"]\nallow_ips = [\"127.0.0.2\"]\n\
+             max_download_mib = 1\nca_file = \"{ca}\"\n\
+             [egress.hosts]\n\"secure.test\" = \"127.0.0.2\"\n",
+            p = tls.port,
+            ca = tls.ca_file
+        ),
+    );
+    let server = Server::start(&["--config", &cfg, "--scanner", "off"]);
+    let (status, s) = create_session(&server, json!({}));
+    assert_eq!(status, 201, "{s}");
+    let sid = s["id"].as_str().unwrap();
+    let call =
+        |code: String| server.run_with(json!({"code": code, "lang": "python", "session_id": sid}));
+    // Twice: the second call finds the trust file the first one wrote.
+    for _ in 0..2 {
+        let r = call(format!(
+            "import pandas as pd\n\
+             print('pandas', pd.read_csv('https://secure.test:{}/data.csv').shape)\n",
+            tls.port
+        ));
+        let got = lines(common::text(&r, "stdout"));
+        assert_eq!(got.get("pandas").map(String::as_str), Some("(3, 2)"), "{r}");
+    }
+    // Through the spliced tunnel: cut at the cap, however the client reads the end.
+    let r = call(format!(
+        "import requests\n\
+         try:\n    print('big', len(requests.get('https://secure.test:{}/big.bin', timeout=60).content))\n\
+         except Exception as e:\n    print('big', 'failed', type(e).__name__)\n",
+        tls.port
+    ));
+    let got = lines(common::text(&r, "stdout"));
+    let big_read = got.get("big").cloned().unwrap_or_default();
+    assert!(
+        big_read.starts_with("failed") || big_read.parse::<usize>().is_ok_and(|n| n <= 1 << 20),
+        "{r}"
+    );
+    assert!(
+        common::text(&r, "stderr").contains("the run's download limit (1 MiB) is reached"),
+        "{r}"
+    );
+}
