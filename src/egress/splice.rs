@@ -93,3 +93,83 @@ pub async fn one_way(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Two ends of one loopback TCP connection.
+    async fn connection() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        (a, b)
+    }
+
+    fn data() -> Vec<u8> {
+        (0..3_000_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn every_byte_passes_in_order_and_the_end_is_passed_on() {
+        let (mut writer, from) = connection().await;
+        let (to, mut reader) = connection().await;
+        let pipe = Pipe::new().unwrap();
+        let sent = data();
+        let source = sent.clone();
+        let write = tokio::spawn(async move {
+            writer.write_all(&source).await.unwrap();
+            writer.shutdown().await.unwrap();
+        });
+        let moved = Cell::new(0);
+        let relay = one_way(
+            &from,
+            &to,
+            &pipe,
+            || Ok(usize::MAX),
+            |n| moved.set(moved.get() + n),
+        );
+        let mut got = Vec::new();
+        let (relayed, read) = tokio::join!(relay, reader.read_to_end(&mut got));
+        relayed.unwrap();
+        read.unwrap();
+        write.await.unwrap();
+        assert_eq!(moved.get(), sent.len());
+        assert!(got == sent, "the bytes differ");
+    }
+
+    #[tokio::test]
+    async fn a_direction_stops_when_its_room_is_used_up() {
+        let (mut writer, from) = connection().await;
+        let (to, mut reader) = connection().await;
+        let pipe = Pipe::new().unwrap();
+        let write = tokio::spawn(async move {
+            let _ = writer.write_all(&data()).await;
+        });
+        let cap = 1 << 20;
+        let moved = Cell::new(0);
+        let relay = one_way(
+            &from,
+            &to,
+            &pipe,
+            || match cap - moved.get() {
+                0 => Err(io::Error::other("cap")),
+                room => Ok(room),
+            },
+            |n| moved.set(moved.get() + n),
+        );
+        let err = relay.await.unwrap_err();
+        assert_eq!(err.to_string(), "cap");
+        assert_eq!(moved.get(), cap);
+        drop((from, to));
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), cap);
+        write.abort();
+    }
+}
