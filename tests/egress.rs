@@ -160,6 +160,12 @@ def raw(data, wait=20):
         return "timeout"
     return out.split(b"\r\n")[0].decode()
 
+# The same targets as CONNECT (what an HTTPS client sends).
+for host in ["127.0.0.1", "localhost", "[::1]", "0.0.0.0", "2130706433", "0x7f000001",
+             "[::ffff:127.0.0.1]"]:
+    target = f"{{host}}:{server}".encode()
+    print("own_connect", host, raw(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n"))
+print("metadata_connect", raw(b"CONNECT 169.254.169.254:443 HTTP/1.1\r\nHost: 169.254.169.254:443\r\n\r\n"))
 print("connect_port", raw(b"CONNECT upstream.test:22 HTTP/1.1\r\nHost: upstream.test:22\r\n\r\n"))
 print("absolute_host", raw(b"GET http://evil.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n"))
 print("host_mismatch", raw(b"GET http://upstream.test:{up}/ HTTP/1.1\r\nHost: inside.test:{up}\r\n\r\n"))
@@ -199,6 +205,9 @@ print("tunnel_host", tunnel(b"GET /data.csv HTTP/1.1\r\nHost: inside.test:{up}\r
 print("tunnel_sni", tunnel(client_hello("evil.test")))
 print("smuggle_cl_cl", raw(b"POST http://upstream.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n"
                            b"Content-Length: 4\r\nContent-Length: 90\r\n\r\nxxxxGET http://upstream.test:{up}/smuggled HTTP/1.1\r\n\r\n"))
+print("smuggle_te_obfuscated", raw(b"POST http://upstream.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n"
+                                   b"Content-Length: 4\r\nTransfer-Encoding: xchunked\r\n\r\n"
+                                   b"0\r\n\r\nGET http://upstream.test:{up}/smuggled HTTP/1.1\r\n\r\n"))
 print("smuggle", raw(b"POST http://upstream.test:{up}/ HTTP/1.1\r\nHost: upstream.test:{up}\r\n"
                      b"Content-Length: 60\r\nTransfer-Encoding: chunked\r\n\r\n"
                      b"0\r\n\r\nGET http://upstream.test:{up}/smuggled HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n"))
@@ -221,6 +230,20 @@ try:
 except OSError:
     pass
 
+def upload_through_tunnel():
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+    s.sendall(b"CONNECT upstream.test:{up} HTTP/1.1\r\nHost: upstream.test:{up}\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    try:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: upstream.test:{up}\r\nContent-Length: 3145728\r\n\r\n")
+        s.sendall(b"x" * (3 << 20))
+        answer = s.recv(65536)
+    except OSError as e:
+        return type(e).__name__
+    return answer.split(b"\r\n")[0].decode() or "closed"
+print("upload_tunnel", upload_through_tunnel())
 print("upload", status(UP + "/upload", data=b"x" * (3 << 20)))
 
 try:
@@ -250,9 +273,9 @@ fn lines(stdout: &str) -> std::collections::BTreeMap<String, String> {
         .filter_map(|l| l.split_once(' '))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .fold(Default::default(), |mut m, (k, v)| {
-            // `own` has one line per spelling.
-            let k = if k == "own" {
-                format!("own {}", v.split(' ').next().unwrap_or(""))
+            // `own` and `own_connect` have one line per spelling.
+            let k = if k == "own" || k == "own_connect" {
+                format!("{k} {}", v.split(' ').next().unwrap_or(""))
             } else {
                 k
             };
@@ -292,8 +315,32 @@ fn red_team(mode: &str) {
         "[::ffff:127.0.0.1]",
     ] {
         assert_eq!(got[&format!("own {host}")], format!("{host} 403"), "{say}");
+        assert!(
+            stderr.contains(&format!("nsbox: egress to {host}:{} refused", server.port)),
+            "{host} has no line; {say}"
+        );
+    }
+    for host in [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "0.0.0.0",
+        "2130706433",
+        "0x7f000001",
+        "[::ffff:127.0.0.1]",
+    ] {
+        assert_eq!(
+            got[&format!("own_connect {host}")],
+            format!("{host} HTTP/1.1 403 Forbidden"),
+            "{say}"
+        );
+        assert!(
+            stderr.contains(&format!("nsbox: egress to {host}:{} refused", server.port)),
+            "{host} has no line; {say}"
+        );
     }
     assert_eq!(got["metadata"], "403", "{say}");
+    assert_eq!(got["metadata_connect"], "HTTP/1.1 403 Forbidden", "{say}");
     assert_eq!(got["private"], "403", "{say}");
     assert!(got["connect_port"].contains("403"), "{say}");
     assert!(got["absolute_host"].contains("403"), "{say}");
@@ -307,9 +354,16 @@ fn red_team(mode: &str) {
     // upstream gets the request re-framed, and the connection serves one request only:
     // what follows the chunked body never reaches the upstream. CL.CL is refused.
     assert!(got["smuggle_cl_cl"].contains("400"), "{say}");
+    assert!(got["smuggle"].contains("403"), "{say}");
+    assert!(
+        got["smuggle_te_obfuscated"].contains("400")
+            || got["smuggle_te_obfuscated"].contains("403"),
+        "{say}"
+    );
     assert_eq!(up.smuggled.load(Ordering::Relaxed), 0, "{say}");
     assert_eq!(got["slowloris"], "closed", "{say}");
     assert_ne!(got["upload"], "200", "{say}");
+    assert!(!got["upload_tunnel"].contains("200"), "{say}");
     assert!(up.received.load(Ordering::Relaxed) <= 1 << 20, "{say}");
     assert_eq!(got["raw"], "PermissionError", "{say}");
     assert_eq!(got["udp_dns"], "OSError", "{say}");
@@ -322,6 +376,10 @@ fn red_team(mode: &str) {
     for why in [
         "egress to 127.0.0.1:",
         "egress to 169.254.169.254:80 refused: a cloud metadata address",
+        "egress to 169.254.169.254:443 refused: a cloud metadata address",
+        "nsbox: egress refused: a malformed request",
+        "nsbox: egress refused: a request head not complete within 2 s (a slow client)",
+        "refused: both Transfer-Encoding and Content-Length (a request smuggling form)",
         "egress to inside.test:",
         "a private address (10.9.9.9)",
         "egress to upstream.test:22 refused: a port",
@@ -494,53 +552,100 @@ fn a_session_takes_its_door_at_creation_and_each_call_hears_of_its_own_refusals(
     assert_eq!(got["listener"], "ConnectionRefusedError", "{sealed}");
 }
 
-/// `openssl s_server` for `secure.test` on 127.0.0.2 with a certificate made for the test
-/// (its own CA); killed when dropped.
+/// `openssl s_server` for `secure.test` on 127.0.0.2, its certificate signed by a CA made
+/// for the test; killed when dropped. With `files`, it serves them (`-WWW`) rather than its
+/// status page.
 struct TlsUpstream {
     child: std::process::Child,
     port: u16,
+    /// The test CA's certificate (PEM), and its file.
     ca: String,
+    ca_file: String,
     _dir: tempfile::TempDir,
 }
 
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let made = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command (Debian's openssl package) makes the test's certificates");
+    assert!(made.status.success(), "openssl {args:?}: {made:?}");
+}
+
 impl TlsUpstream {
-    fn start() -> TlsUpstream {
+    fn start(files: &[(&str, &[u8])]) -> TlsUpstream {
         let dir = tempfile::tempdir().unwrap();
-        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args([
-                "-subj",
-                "/CN=secure.test",
-                "-addext",
-                "subjectAltName=DNS:secure.test",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("the openssl command (Debian's openssl package) makes the test's certificate");
-        assert!(made.status.success(), "{made:?}");
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=nsbox test CA"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+        openssl(&ca, d);
+        let mut csr = vec!["req", "-new", "-subj", "/CN=secure.test"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "key.pem", "-out", "leaf.csr"]);
+        openssl(&csr, d);
+        std::fs::write(
+            d.join("leaf.ext"),
+            "subjectAltName=DNS:secure.test\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "leaf.ext",
+                "-out",
+                "cert.pem",
+            ],
+            d,
+        );
+        let www = d.join("www");
+        std::fs::create_dir(&www).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(www.join(name), bytes).unwrap();
+        }
         let port = TcpListener::bind("127.0.0.2:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let serve: &[&str] = if files.is_empty() {
+            &["-www"]
+        } else {
+            &["-WWW", "-http_server_binmode"]
+        };
         let child = std::process::Command::new("openssl")
             .args([
                 "s_server",
-                "-www",
                 "-quiet",
                 "-accept",
                 &format!("127.0.0.2:{port}"),
             ])
+            .args(serve)
             .arg("-cert")
-            .arg(&cert)
+            .arg(d.join("cert.pem"))
             .arg("-key")
-            .arg(&key)
+            .arg(d.join("key.pem"))
+            .current_dir(&www)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -554,7 +659,8 @@ impl TlsUpstream {
         TlsUpstream {
             child,
             port,
-            ca: std::fs::read_to_string(&cert).unwrap(),
+            ca: std::fs::read_to_string(d.join("ca.pem")).unwrap(),
+            ca_file: d.join("ca.pem").to_str().unwrap().to_string(),
             _dir: dir,
         }
     }
@@ -569,7 +675,7 @@ impl Drop for TlsUpstream {
 
 #[test]
 fn https_goes_through_the_door_end_to_end_and_another_server_name_does_not() {
-    let tls = TlsUpstream::start();
+    let tls = TlsUpstream::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(
         &dir,
@@ -646,4 +752,155 @@ fn a_keys_egress_allow_narrows_its_runs_and_not_other_keys() {
     let wide = run_as("wide-key");
     let got = lines(common::text(&wide, "stdout"));
     assert_ne!(got["vars"], "[]", "{wide}");
+}
+
+/// The HTTPS cases of issue 24 against an upstream signed by a test CA: runs trust it
+/// when (and only when) the operator's `[egress] ca_file` names it, in pandas, urllib and
+/// requests alike, and a 50 MB download through the tunnel arrives whole.
+fn https_with_the_operators_ca(mode: &str) {
+    use sha2::Digest;
+    let big: Vec<u8> = (0..50u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let digest = format!("{:x}", sha2::Sha256::digest(&big));
+    let tls = TlsUpstream::start(&[("data.csv", CSV.as_bytes()), ("big.bin", &big)]);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |extra: &str| {
+        format!(
+            "[egress]\nallow = [\"secure.test:{p}\"]\nallow_ips = [\"127.0.0.2\"]\n{extra}\
+             [egress.hosts]\n\"secure.test\" = \"127.0.0.2\"\n",
+            p = tls.port
+        )
+    };
+    let code = format!(
+        r#"
+import hashlib, os, urllib.request
+U = "https://secure.test:{p}"
+def attempt(name, f):
+    try:
+        print(name, f())
+    except Exception as e:
+        print(name, "failed", type(e).__name__, "CERTIFICATE_VERIFY_FAILED" in repr(e))
+import pandas as pd
+attempt("pandas", lambda: pd.read_csv(U + "/data.csv").shape)
+attempt("urllib", lambda: urllib.request.urlopen(U + "/data.csv", timeout=30).read().decode().count("\n"))
+import requests
+attempt("requests", lambda: (requests.get(U + "/data.csv", timeout=30).text.count("\n")))
+def big():
+    h, n = hashlib.sha256(), 0
+    with requests.get(U + "/big.bin", stream=True, timeout=120) as r:
+        for c in r.iter_content(1 << 20):
+            h.update(c)
+            n += len(c)
+    return f"{{n}} {{h.hexdigest()}}"
+attempt("big", big)
+print("public", requests.certs.where() != os.environ.get("REQUESTS_CA_BUNDLE"))
+"#,
+        p = tls.port
+    );
+    let run = |config: &str| {
+        let cfg = config_file(&dir, config);
+        let server = Server::start(&["--config", &cfg, "--scanner", "off", "--mode", mode]);
+        let r = server.run_with(json!({"code": code, "lang": "python", "timeout": 200}));
+        (lines(common::text(&r, "stdout")), r)
+    };
+    let (got, r) = run(&policy(&format!("ca_file = \"{}\"\n", tls.ca_file)));
+    assert_eq!(
+        got.get("pandas").map(String::as_str),
+        Some("(3, 2)"),
+        "{mode}: {r}"
+    );
+    assert_eq!(
+        got.get("urllib").map(String::as_str),
+        Some("4"),
+        "{mode}: {r}"
+    );
+    assert_eq!(
+        got.get("requests").map(String::as_str),
+        Some("4"),
+        "{mode}: {r}"
+    );
+    assert_eq!(
+        got.get("big"),
+        Some(&format!("{} {digest}", big.len())),
+        "{mode}: {r}"
+    );
+    assert_eq!(
+        got.get("public").map(String::as_str),
+        Some("True"),
+        "{mode}: {r}"
+    );
+    // Without `ca_file`, the same upstream is a stranger to every client.
+    let (got, r) = run(&policy(""));
+    for client in ["pandas", "urllib", "requests", "big"] {
+        assert_eq!(
+            got.get(client).map(String::as_str),
+            Some(if client == "requests" || client == "big" {
+                "failed SSLError True"
+            } else {
+                "failed URLError True"
+            }),
+            "{mode} {client}: {r}"
+        );
+    }
+}
+
+#[test]
+fn https_to_an_upstream_of_the_operators_ca_warm() {
+    https_with_the_operators_ca("warm");
+}
+
+#[test]
+fn https_to_an_upstream_of_the_operators_ca_cold() {
+    https_with_the_operators_ca("cold");
+}
+
+#[test]
+fn a_sessions_calls_trust_the_operators_ca_and_a_tls_tunnel_holds_the_download_cap() {
+    let big = vec![7u8; 3 << 20];
+    let tls = TlsUpstream::start(&[("data.csv", CSV.as_bytes()), ("big.bin", &big)]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(
+        &dir,
+        &format!(
+            "[egress]\nallow = [\"secure.test:{p}\"]\nallow_ips = [\"127.0.0.2\"]\n\
+             max_download_mib = 1\nca_file = \"{ca}\"\n\
+             [egress.hosts]\n\"secure.test\" = \"127.0.0.2\"\n",
+            p = tls.port,
+            ca = tls.ca_file
+        ),
+    );
+    let server = Server::start(&["--config", &cfg, "--scanner", "off"]);
+    let (status, s) = create_session(&server, json!({}));
+    assert_eq!(status, 201, "{s}");
+    let sid = s["id"].as_str().unwrap();
+    let call =
+        |code: String| server.run_with(json!({"code": code, "lang": "python", "session_id": sid}));
+    // Twice: the second call finds the trust file the first one wrote.
+    for _ in 0..2 {
+        let r = call(format!(
+            "import pandas as pd\n\
+             print('pandas', pd.read_csv('https://secure.test:{}/data.csv').shape)\n",
+            tls.port
+        ));
+        let got = lines(common::text(&r, "stdout"));
+        assert_eq!(got.get("pandas").map(String::as_str), Some("(3, 2)"), "{r}");
+    }
+    // Through the spliced tunnel: cut at the cap, however the client reads the end.
+    let r = call(format!(
+        "import requests\n\
+         try:\n    print('big', len(requests.get('https://secure.test:{}/big.bin', timeout=60).content))\n\
+         except Exception as e:\n    print('big', 'failed', type(e).__name__)\n",
+        tls.port
+    ));
+    let got = lines(common::text(&r, "stdout"));
+    let big_read = got.get("big").cloned().unwrap_or_default();
+    assert!(
+        big_read.starts_with("failed") || big_read.parse::<usize>().is_ok_and(|n| n <= 1 << 20),
+        "{r}"
+    );
+    assert!(
+        common::text(&r, "stderr").contains("the run's download limit (1 MiB) is reached"),
+        "{r}"
+    );
 }

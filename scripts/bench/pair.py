@@ -6,7 +6,7 @@ with and without a setting, that the machine's noise hits equally.
 
 e.g. `... pair.py 200 target/release/nsbox -- target/release/nsbox --no-huge-pages`.
 Prints, for the spec's basic and pandas examples and for creating a session (deleted
-after each, untimed), each side's p50 and A/B.
+after each, untimed), each side's p50 and p99 and A/B of the p50s.
 """
 
 import http.client
@@ -89,7 +89,9 @@ def main():
                 for side, (_, conn) in enumerate(servers):
                     times[side].append(measure(conn))
             a, b = (sorted(t)[len(t) // 2] for t in times)
-            print(f"{name}: A p50 {a:.1f} ms, B p50 {b:.1f} ms, A/B {a / b:.3f}")
+            a99, b99 = (sorted(t)[min(len(t) - 1, len(t) * 99 // 100)] for t in times)
+            print(f"{name}: A p50 {a:.1f} ms p99 {a99:.1f} ms, B p50 {b:.1f} ms p99 {b99:.1f} ms, "
+                  f"A/B {a / b:.3f}")
     finally:
         for server, _ in servers:
             server.terminate()

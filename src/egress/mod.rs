@@ -2,10 +2,12 @@
 
 pub mod addr;
 pub mod proxy;
+mod splice;
 pub mod tunnel;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -45,6 +47,9 @@ pub struct EgressConfig {
     pub header_timeout: f64,
     /// Seconds the proxy waits for an upstream to accept a connection.
     pub connect_timeout: f64,
+    /// A PEM file of CA certificates that runs with a door trust beside the tree's own
+    /// (certifi's): for upstreams signed by a private CA. Without it runs trust only those.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for EgressConfig {
@@ -59,6 +64,7 @@ impl Default for EgressConfig {
             max_seconds: 300,
             header_timeout: 10.0,
             connect_timeout: 10.0,
+            ca_file: None,
         }
     }
 }
@@ -122,6 +128,8 @@ pub enum PolicyError {
     Entry(String),
     #[error("`{0}` is not within this server's egress allowlist")]
     Wider(String),
+    #[error("`egress.ca_file` ({path}): {problem}")]
+    CaFile { path: String, problem: String },
     #[error("`{field}` {problem}")]
     Limit {
         field: &'static str,
@@ -256,6 +264,8 @@ pub struct Policy {
     /// every narrowing, since the server learns its port once it has bound it.
     own: Arc<RwLock<Vec<SocketAddr>>>,
     pub limits: Limits,
+    /// The operator's extra CA certificates (PEM), handed to every run with a door.
+    pub ca: Option<Arc<str>>,
 }
 
 /// Policies are equal when they allow the same; the server's listeners are the same
@@ -266,6 +276,7 @@ impl PartialEq for Policy {
             && self.allow_ips == other.allow_ips
             && self.hosts == other.hosts
             && self.limits == other.limits
+            && self.ca == other.ca
     }
 }
 
@@ -338,7 +349,9 @@ impl Policy {
             }
             hosts.insert(lc, *ip);
         }
+        let ca = config.ca_file.as_deref().map(read_ca).transpose()?;
         Ok(Policy {
+            ca,
             rules,
             allow_ips: config.allow_ips.clone(),
             hosts,
@@ -474,6 +487,43 @@ impl Policy {
         }
         addr::forbidden(a.ip()).map(|w| format!("{w} ({})", a.ip()))
     }
+}
+
+/// The most a `ca_file` may hold: a few certificates, not a system's whole store.
+const MAX_CA_BYTES: u64 = 1 << 20;
+
+/// The operator's CA file, checked: PEM certificates and nothing else. A private key in it
+/// would be handed to every run, so it stops the start instead.
+fn read_ca(path: &Path) -> Result<Arc<str>, PolicyError> {
+    let bad = |problem: String| PolicyError::CaFile {
+        path: path.display().to_string(),
+        problem,
+    };
+    let len = std::fs::metadata(path)
+        .map_err(|e| bad(format!("cannot be read: {e}")))?
+        .len();
+    if len > MAX_CA_BYTES {
+        return Err(bad(format!("{len} bytes, more than {MAX_CA_BYTES}")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    let mut certificates = 0;
+    for line in text.lines().map(str::trim) {
+        if let Some(label) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            if label != "CERTIFICATE" {
+                return Err(bad(format!(
+                    "holds a {label}; only CERTIFICATE blocks belong there"
+                )));
+            }
+            certificates += 1;
+        }
+    }
+    if certificates == 0 {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(Arc::from(text))
 }
 
 /// IPv4-mapped IPv6 as the IPv4 it is, so the same host compares equal either way.
@@ -682,5 +732,34 @@ mod tests {
         };
         let e = Policy::from_config(&config, vec![]).unwrap_err();
         assert!(e.to_string().contains("egress.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_file_holds_certificates_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+        let policy = |text: Option<&str>| {
+            let path = dir.path().join("ca.pem");
+            if let Some(text) = text {
+                std::fs::write(&path, text).unwrap();
+            }
+            let config = EgressConfig {
+                ca_file: Some(path),
+                ..EgressConfig::default()
+            };
+            Policy::from_config(&config, vec![])
+        };
+        assert_eq!(policy(Some(cert)).unwrap().ca.as_deref(), Some(cert));
+        for (text, says) in [
+            (Some(format!("{cert}{key}")), "PRIVATE KEY"),
+            (Some("not a certificate\n".into()), "no PEM certificate"),
+        ] {
+            let e = policy(text.as_deref()).unwrap_err().to_string();
+            assert!(e.contains("egress.ca_file") && e.contains(says), "{e}");
+        }
+        std::fs::remove_file(dir.path().join("ca.pem")).unwrap();
+        let e = policy(None).unwrap_err().to_string();
+        assert!(e.contains("cannot be read"), "{e}");
     }
 }

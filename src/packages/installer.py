@@ -106,6 +106,9 @@ def main():
     proxy = os.environ.get("HTTPS_PROXY", "")
     if proxy:
         common += ["--proxy", proxy]
+    if os.environ.get("SSL_CERT_FILE"):
+        # The door's trust (certifi's roots and the operator's `ca_file`), set by the harness.
+        common += ["--cert", os.environ["SSL_CERT_FILE"]]
     if ARGS["index"].startswith("http://"):
         # The operator chose a plain-HTTP index (a mirror on its own network); pip ignores
         # one unless told. The wheels' hashes on its pages are still checked.

@@ -155,6 +155,8 @@ impl Rules {
             allow: vec![target],
             allow_ips: egress.map(|e| e.allow_ips.clone()).unwrap_or_default(),
             hosts: egress.map(|e| e.hosts.clone()).unwrap_or_default(),
+            // A mirror signed by the operator's own CA is trusted as runs trust it.
+            ca_file: egress.and_then(|e| e.ca_file.clone()),
             max_seconds: config.install_seconds,
             max_download_mib: 1024,
             ..crate::egress::EgressConfig::default()

@@ -128,6 +128,8 @@ impl RunService {
             session: false,
             results: None,
             egress_port: None,
+            // The runner sets it from the door's policy.
+            egress_ca: None,
             site: None,
         };
         let door = crate::egress::Door {

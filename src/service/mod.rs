@@ -448,6 +448,7 @@ impl RunService {
             // Set by the runner when the run has a door.
             egress_port: None,
             site,
+            egress_ca: None,
         };
         let door = request.egress.clone().map(|policy| crate::egress::Door {
             policy,
@@ -594,7 +595,7 @@ impl RunService {
             }
             Some((session, held)) => Box::pin(async move {
                 let op = SessionOp::Run {
-                    request: run_request,
+                    request: Box::new(run_request),
                 };
                 held.call(&session, op, events).await
             }),

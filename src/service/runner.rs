@@ -161,6 +161,7 @@ impl Runner for Spawner {
     ) -> RunFuture<'_> {
         request.stream = events.is_some();
         request.egress_port = Some(crate::egress::PROXY_PORT);
+        request.egress_ca = door.policy.ca.as_deref().map(str::to_string);
         Box::pin(async move {
             let mut ours = supervise(self, &request).await?;
             let serving = open_door(&ours, door).await?;
@@ -210,8 +211,9 @@ fn open_session(
     door: Option<crate::egress::Door>,
 ) -> SessionFuture<'_> {
     request.session = true;
-    if door.is_some() {
+    if let Some(door) = &door {
         request.egress_port = Some(crate::egress::PROXY_PORT);
+        request.egress_ca = door.policy.ca.as_deref().map(str::to_string);
     }
     Box::pin(async move {
         let mut stream = supervise(spawner, &request).await?;

@@ -86,6 +86,7 @@ impl RunService {
             results: None,
             egress_port: None,
             site,
+            egress_ca: None,
         };
         let started = Instant::now();
         let door = egress.map(|policy| crate::egress::Door {

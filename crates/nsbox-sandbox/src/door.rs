@@ -19,6 +19,12 @@ pub(crate) fn proxy_url(request: &RunRequest) -> Option<String> {
         .map(|port| format!("http://127.0.0.1:{port}"))
 }
 
+/// The certificates a run with a door trusts beside the tree's own, when the operator
+/// named any.
+pub(crate) fn extra_ca(request: &RunRequest) -> Option<String> {
+    request.egress_port.and(request.egress_ca.as_ref()).cloned()
+}
+
 /// Hands the server the listener of the run's egress door, made in the run's network
 /// namespace before the run is released: one message of one byte, with the listener
 /// attached, before any report. A run without a door sends nothing.

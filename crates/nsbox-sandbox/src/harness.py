@@ -1093,7 +1093,7 @@ def _nsbox_claimed():
 
 def _nsbox_step(bundle, plots_out, main, interruptible):
     """One run (or one session call): input files, the code, figures, output files."""
-    _nsbox_set_proxy(bundle.get("proxy"))
+    _nsbox_set_proxy(bundle.get("proxy"), bundle.get("ca"))
     try:
         _nsbox_put_files(bundle.get("files") or [])
     except Exception as e:
@@ -1117,9 +1117,11 @@ def _nsbox_step(bundle, plots_out, main, interruptible):
     return exit_code
 
 
-def _nsbox_set_proxy(url):
+def _nsbox_set_proxy(url, ca):
     """Points HTTP clients at nsbox's egress proxy on the run's loopback when the run has a
-    door (a warm run inherits the zygote's environment, so it is set here, per run)."""
+    door (a warm run inherits the zygote's environment, so it is set here, per run), and
+    their trust at the tree's certificates (certifi's, which the tree's OpenSSL does not
+    know by itself) plus the operator's `ca` when there is one."""
     if not url:
         return
     import os
@@ -1129,6 +1131,39 @@ def _nsbox_set_proxy(url):
     # Everything goes through the door: nothing is exempt from the proxy.
     for name in ("NO_PROXY", "no_proxy"):
         os.environ.pop(name, None)
+    trust = _nsbox_trust(ca)
+    if trust:
+        # OpenSSL (urllib, pandas, httpx, aiohttp) reads SSL_CERT_FILE when a context loads
+        # its defaults; requests reads REQUESTS_CA_BUNDLE, then CURL_CA_BUNDLE.
+        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            os.environ[name] = trust
+
+
+_NSBOX_TRUST = "/tmp/.nsbox-trust.pem"
+
+
+def _nsbox_trust(ca):
+    """The file of certificates a run with a door trusts: certifi's bundle, with the
+    operator's appended when given (written once per sandbox, outside the working
+    directory, so it is no output file)."""
+    try:
+        import certifi
+
+        bundle = certifi.where()
+    except Exception:
+        bundle = None
+    if not ca:
+        return bundle
+    import os
+
+    if not os.path.exists(_NSBOX_TRUST):
+        with open(_NSBOX_TRUST + ".new", "w") as out:
+            if bundle:
+                with open(bundle) as f:
+                    out.write(f.read())
+            out.write("\n" + ca)
+        os.replace(_NSBOX_TRUST + ".new", _NSBOX_TRUST)
+    return _NSBOX_TRUST
 
 
 def _nsbox_session():

@@ -319,6 +319,7 @@ fn pooled_main(
         session: false,
         results: None,
         egress_port: None,
+        egress_ca: None,
         site: None,
     };
     let ready = match build(&shell, config, program, warm) {

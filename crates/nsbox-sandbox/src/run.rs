@@ -107,6 +107,10 @@ pub struct RunRequest {
     /// variables, the sealed sandbox.
     #[serde(default)]
     pub egress_port: Option<u16>,
+    /// Certificates (PEM) the run trusts beside the tree's own bundle when it has a door:
+    /// the operator's `[egress] ca_file`, for upstreams signed by a private CA.
+    #[serde(default)]
+    pub egress_ca: Option<String>,
     /// A cached package set (docs/egress.md, "Packages on demand"): the name of its
     /// directory under the spawner's `packages` directory, bind-mounted read-only at
     /// [`SITE_DIR`] and appended to `sys.path` by the harness; `None`: the tree alone.
@@ -265,7 +269,7 @@ pub enum SkipReason {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum SessionOp {
     /// Runs code in the session's interpreter (its `session` and `template` are ignored).
-    Run { request: RunRequest },
+    Run { request: Box<RunRequest> },
     /// Lists the regular files of the working directory.
     ListFiles { request_id: Option<String> },
     /// Reads one file of the working directory, under the caps.

@@ -211,6 +211,8 @@ pub(crate) struct Bundle<'a> {
     /// The egress proxy's URL, which the harness puts in the proxy variables; `None`: no
     /// door, no variables.
     pub proxy: Option<String>,
+    /// With the proxy, certificates (PEM) the harness adds to the tree's trusted ones.
+    pub ca: Option<String>,
 }
 
 impl<'a> Bundle<'a> {
@@ -224,6 +226,7 @@ impl<'a> Bundle<'a> {
             caps: None,
             results: request.results,
             proxy: super::door::proxy_url(request),
+            ca: super::door::extra_ca(request),
         }
     }
 

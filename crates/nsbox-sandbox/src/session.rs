@@ -103,6 +103,8 @@ struct Live {
     limits: Limits,
     /// The egress proxy's URL when the session has a door: every call's bundle carries it.
     proxy: Option<String>,
+    /// And the certificates its calls trust beside the tree's.
+    ca: Option<String>,
 }
 
 impl Live {
@@ -318,6 +320,7 @@ fn open(
         warm: warm_run,
         limits: request.limits.clone(),
         proxy: door::proxy_url(request),
+        ca: door::extra_ca(request),
     };
     // Until the harness is ready its stderr says why it is not; after, it is /dev/null.
     let err = Capture::new(outputs.stderr, 64 * 1024);
@@ -345,6 +348,7 @@ fn claim(request: &RunRequest, ready: Ready) -> Result<Live, (Failure, String)> 
         reports: Capture::new(outputs.report, RECORD_LEN * 4),
         limits: request.limits.clone(),
         proxy: door::proxy_url(request),
+        ca: door::extra_ca(request),
     };
     let err = Capture::new(outputs.stderr, 64 * 1024);
     drop(outputs.stdout);
@@ -542,6 +546,7 @@ fn message<'a>(op: &'a SessionOp, session: &'a Limits) -> Message<'a> {
         caps: None,
         results: None,
         proxy: None,
+        ca: None,
     };
     let no_frames = FrameCaps {
         max_plots: 0,
@@ -608,6 +613,7 @@ fn call(live: &mut Live, op: &SessionOp, server: &UnixStream) -> RunOutcome {
     } = message(op, &session_limits);
     let bundle = Bundle {
         proxy: live.proxy.clone(),
+        ca: live.ca.clone(),
         ..bundle
     };
     let stream = matches!(op, SessionOp::Run { request } if request.stream);
