@@ -476,27 +476,17 @@ fn runs_without_a_policy_have_no_door_and_requests_only_narrow() {
     );
 }
 
-fn create_session(server: &Server, body: Value) -> (u16, Value) {
-    let r = server
-        .client()
-        .post(format!("{}/v1/sessions", server.base))
-        .json(&body)
-        .send()
-        .unwrap();
-    (r.status().as_u16(), r.json().unwrap())
-}
-
 #[test]
 fn a_session_takes_its_door_at_creation_and_each_call_hears_of_its_own_refusals() {
     let up = Upstream::start();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, &up);
     let server = Server::start(&["--config", &cfg, "--scanner", "off"]);
-    let (status, body) = create_session(&server, json!({"network": {"allow": ["evil.test"]}}));
+    let (status, body) = server.create_session(&json!({"network": {"allow": ["evil.test"]}}));
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("evil.test"), "{body}");
 
-    let (status, s) = create_session(&server, json!({}));
+    let (status, s) = server.create_session(&json!({}));
     assert_eq!(status, 201, "{s}");
     let sid = s["id"].as_str().unwrap();
     let call =
@@ -542,7 +532,7 @@ fn a_session_takes_its_door_at_creation_and_each_call_hears_of_its_own_refusals(
     assert_eq!(status, 400, "{body}");
 
     // A session narrowed to nothing is sealed.
-    let (status, s) = create_session(&server, json!({"network": {"allow": []}}));
+    let (status, s) = server.create_session(&json!({"network": {"allow": []}}));
     assert_eq!(status, 201, "{s}");
     let sealed = server.run_with(json!({
         "code": NO_DOOR, "lang": "python", "session_id": s["id"].as_str().unwrap()
@@ -871,7 +861,7 @@ fn a_sessions_calls_trust_the_operators_ca_and_a_tls_tunnel_holds_the_download_c
         ),
     );
     let server = Server::start(&["--config", &cfg, "--scanner", "off"]);
-    let (status, s) = create_session(&server, json!({}));
+    let (status, s) = server.create_session(&json!({}));
     assert_eq!(status, 201, "{s}");
     let sid = s["id"].as_str().unwrap();
     let call =

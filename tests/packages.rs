@@ -109,16 +109,6 @@ fn server(dir: &tempfile::TempDir, port: u16, mode: &str, extra: &str) -> Server
     ])
 }
 
-fn create_session(server: &Server, body: Value) -> (u16, Value) {
-    let r = server
-        .client()
-        .post(format!("{}/v1/sessions", server.base))
-        .json(&body)
-        .send()
-        .unwrap();
-    (r.status().as_u16(), r.json().unwrap())
-}
-
 const USE_TABULATE: &str = "import tabulate\nprint(tabulate.__file__)\nprint(tabulate.tabulate([[1, 2]], headers=['a', 'b']))";
 
 fn packages_install_once_and_are_reused_without_the_index(mode: &str) {
@@ -184,7 +174,7 @@ fn packages_install_once_and_are_reused_without_the_index(mode: &str) {
             .count()
     };
     let before = door();
-    let (status, s) = create_session(&server, json!({"libraries": ["termcolor==2.4.0"]}));
+    let (status, s) = server.create_session(&json!({"libraries": ["termcolor==2.4.0"]}));
     assert_eq!(status, 201, "{s}");
     // (A connection's log line may follow the answer by a moment.)
     common::wait_until(Duration::from_secs(10), || door() - before >= 4);
@@ -239,7 +229,7 @@ fn packages_install_once_and_are_reused_without_the_index(mode: &str) {
     assert!(finished.len() >= 4, "{log}");
     let warm = format!("warm={}", mode == "warm");
     assert!(finished.iter().all(|l| l.contains(&warm)), "{log}");
-    let (status, s) = create_session(&server, json!({"libraries": ["termcolor==2.4.0"]}));
+    let (status, s) = server.create_session(&json!({"libraries": ["termcolor==2.4.0"]}));
     assert_eq!(status, 201, "{s}");
     // And a set the cache lacks now fails at the index, naming the package.
     let (status, v) = server

@@ -200,6 +200,18 @@ impl Server {
         (status, resp.json().expect("JSON body"))
     }
 
+    /// POSTs a session's creation request and returns the status and the JSON body.
+    pub fn create_session(&self, body: &Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}/v1/sessions", self.base))
+            .json(body)
+            .send()
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().expect("JSON body"))
+    }
+
     /// Runs Python code and returns the response object, asserting a 200.
     pub fn run(&self, code: &str) -> Value {
         self.run_with(json!({"code": code, "lang": "python"}))
