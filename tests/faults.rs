@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::{
     children, client, cmdline, expect_clean_exit, expect_stopped, host_mounts,
-    is_waiting_pool_cgroup, mounts_added, post, processes_of_uid, run_processes_of_uid, shorten,
-    text, wait_until, Reply, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY, OUTPUT_BYTES,
+    is_waiting_pool_cgroup, mounts_added, pool_built, post, processes_of_uid, run_processes_of_uid,
+    shorten, supervisor_waits, text, wait_until, Reply, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY,
+    OUTPUT_BYTES,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -188,11 +189,12 @@ fn spawner_of(server_pid: i32) -> i32 {
 }
 
 /// The spawner's supervisors (one per run in flight): its children running as host root,
-/// unlike its templates, which run as the uid base.
+/// unlike its templates, which run as the uid base, but for the pooled ones no request
+/// has claimed.
 fn supervisors_of(spawner: i32) -> Vec<i32> {
     children(spawner)
         .into_iter()
-        .filter(|&p| is_live(p) && real_uid(p) == Some(0))
+        .filter(|&p| is_live(p) && real_uid(p) == Some(0) && !supervisor_waits(p))
         .collect()
 }
 
@@ -344,8 +346,11 @@ fn wait_clean(
 
 /// The warm templates of `uid_base` (an init and a zygote each) once nothing else of the uid
 /// base is left, such as the per-run fork of a zygote that is still exiting.
-fn settled_templates(uid_base: u32) -> Vec<i32> {
+fn settled_templates(server_pid: i32, uid_base: u32) -> Vec<i32> {
     let want = 2 * Template::ALL.len();
+    // A ready sandbox being built (cold, seconds, after a failed warm start) is not in its
+    // run cgroup yet: told apart once it is.
+    wait_until(TEARDOWN_GRACE, || pool_built(server_pid as u32));
     let settled = wait_until(TEARDOWN_GRACE, || {
         run_processes_of_uid(uid_base).len() == want
     });
@@ -894,7 +899,7 @@ fn killing_the_spawner_mid_run_fails_in_flight_runs_cleanly_and_later_runs_work(
     server.wait_ready();
     let r = server.run_with(load_request(Kind::Pandas, 7));
     assert_eq!(r["stdout"], "34 107.0 2\n", "{}", brief(&r));
-    let templates = settled_templates(base);
+    let templates = settled_templates(pid, base);
     assert!(
         old_templates.iter().all(|p| !templates.contains(p)),
         "old templates still in use"
@@ -956,7 +961,7 @@ fn killing_the_spawner_under_mixed_load() {
     if let Err(e) = try_run(&server) {
         failures.push(format!("a run after the load: {e}"));
     }
-    let templates = settled_templates(base);
+    let templates = settled_templates(pid, base);
     if let Err(e) = wait_clean(pid, base, &templates, TEARDOWN_GRACE, true) {
         failures.push(e);
     }
@@ -1072,7 +1077,7 @@ fn killing_a_zygote_spares_its_runs_and_it_is_replaced() {
         metrics.contains("nsbox_template_respawns_total 1\n"),
         "the replacement is counted:\n{metrics}"
     );
-    let templates = settled_templates(base);
+    let templates = settled_templates(pid, base);
     wait_clean(pid, base, &templates, TEARDOWN_GRACE, true).unwrap();
 }
 
@@ -1184,7 +1189,7 @@ fn a_stopped_zygote_under_load_is_replaced_and_costs_no_run_the_hand_off_timeout
     // (nsbox_template_respawns_total also counts zygotes retired at their fork limit, which
     // a fast host reaches in this test.)
     eprintln!("{}", replaced[0]);
-    let templates = settled_templates(base);
+    let templates = settled_templates(pid, base);
     wait_clean(pid, base, &templates, TEARDOWN_GRACE, true).unwrap();
 }
 
@@ -1221,7 +1226,7 @@ fn a_zygote_that_stalled_while_idle_costs_the_next_run_no_hand_off_timeout() {
         "the first run after the pause took {took:?}: it waited on the stopped zygote"
     );
     ended_and_replaced(stopped, &server);
-    let templates = settled_templates(base);
+    let templates = settled_templates(pid, base);
     wait_clean(pid, base, &templates, TEARDOWN_GRACE, true).unwrap();
 }
 

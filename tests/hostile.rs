@@ -108,8 +108,9 @@ fn user_ns(pid: i32) -> Option<std::path::PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/ns/user")).ok()
 }
 
-/// The server's supervisors: the spawner's children in the spawner's own user namespace
-/// (its template inits each have one of their own).
+/// The server's supervisors of runs and sessions: the spawner's children in the spawner's
+/// own user namespace (its template inits each have one of their own), but for the pooled
+/// ones no request has claimed.
 fn supervisors(server: &Server) -> Vec<i32> {
     children(server.pid() as i32)
         .into_iter()
@@ -117,7 +118,7 @@ fn supervisors(server: &Server) -> Vec<i32> {
             let ns = user_ns(spawner);
             children(spawner)
                 .into_iter()
-                .filter(move |c| user_ns(*c) == ns)
+                .filter(move |c| user_ns(*c) == ns && !common::supervisor_waits(*c))
         })
         .collect()
 }

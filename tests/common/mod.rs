@@ -170,12 +170,15 @@ impl Server {
     }
 
     /// Waits until `/v1/health` says ready (the warm templates are up), so a test of the
-    /// warm path really runs warm.
+    /// warm path really runs warm, and then (boundedly) until the ready sandboxes the
+    /// server starts with are built: a sandbox being built is not in its run cgroup yet,
+    /// so the leftover checks could not tell it from a run's processes.
     pub fn wait_ready(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while std::time::Instant::now() < deadline {
             if let Ok(r) = self.client.get(format!("{}/v1/health", self.base)).send() {
                 if r.status().is_success() {
+                    wait_until(Duration::from_secs(30), || pool_built(self.pid()));
                     return;
                 }
             }
@@ -607,6 +610,8 @@ pub fn mounts_added(
 /// What a pooled supervisor calls itself (`/proc/<pid>/comm`) while its sandbox waits for
 /// a request; it renames itself as soon as a request claims it (`crates/nsbox-sandbox/src/pool.rs`).
 pub const POOL_WAITING_NAME: &str = "nsbox-ready";
+/// What it calls itself before, while it builds its sandbox.
+pub const POOL_BUILDING_NAME: &str = "nsbox-building";
 
 /// The start time of a host process in clock ticks since boot (`/proc/<pid>/stat` field 22).
 fn start_ticks(pid: i32) -> Option<u64> {
@@ -629,17 +634,26 @@ pub fn run_supervisor_of(pid: i32) -> Option<i32> {
     })
 }
 
-/// Whether `supervisor` is a pooled supervisor whose sandbox waits for a request now.
-/// Its name is set by the host-side supervisor itself; nothing inside a sandbox can
-/// rename a host process (another pid and user namespace, no ptrace).
-fn supervisor_waits(supervisor: i32) -> bool {
+/// Whether no pooled supervisor of the server builds its sandbox now.
+pub fn pool_built(server_pid: u32) -> bool {
+    !process_tree(server_pid as i32).into_iter().any(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm"))
+            .is_ok_and(|c| c.trim_end() == POOL_BUILDING_NAME)
+    })
+}
+
+/// Whether `supervisor` is a pooled supervisor that no request has claimed: it builds its
+/// sandbox or the sandbox waits. Its name is set by the host-side supervisor itself;
+/// nothing inside a sandbox can rename a host process (another pid and user namespace,
+/// no ptrace).
+pub fn supervisor_waits(supervisor: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{supervisor}/comm"))
-        .is_ok_and(|c| c.trim_end() == POOL_WAITING_NAME)
+        .is_ok_and(|c| [POOL_WAITING_NAME, POOL_BUILDING_NAME].contains(&c.trim_end()))
 }
 
 /// Whether a host process belongs to a ready sandbox that waits for a request (and so ran
 /// no code of any request): it sits in the run cgroup of a pooled supervisor that still
-/// calls itself [`POOL_WAITING_NAME`], and that supervisor started before it (a leftover
+/// calls itself [`POOL_WAITING_NAME`] (or [`POOL_BUILDING_NAME`]), and that supervisor started before it (a leftover
 /// whose supervisor's pid was reused by a newer pooled supervisor does not pass).
 ///
 /// Run code cannot forge this: the cgroup a process is in is set by the host (a run's

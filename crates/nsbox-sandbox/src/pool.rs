@@ -42,10 +42,11 @@ const FAILURE_PAUSE: Duration = Duration::from_secs(5);
 const BUILD_PATIENCE: Duration = Duration::from_secs(30);
 /// What a pooled supervisor says on its link once its sandbox waits.
 const READY: &[u8] = b"ready";
-/// What a pooled supervisor calls itself while its sandbox waits: host-side tools (and
-/// the tests' leftover checks) tell a waiting sandbox, which ran nothing, from a run's
-/// processes by the name of the supervisor whose `run-<pid>` cgroup they are in. Nothing
-/// in a sandbox can rename a host process.
+/// What a pooled supervisor calls itself while it builds its sandbox, then while the
+/// sandbox waits: host-side tools (and the tests' leftover checks) tell a sandbox that ran
+/// nothing from a run's processes by the name of the supervisor whose `run-<pid>` cgroup
+/// they are in. Nothing in a sandbox can rename a host process.
+const BUILDING_NAME: &CStr = c"nsbox-building";
 const WAITING_NAME: &CStr = c"nsbox-ready";
 /// What it calls itself from the moment a request claims it.
 const CLAIMED_NAME: &CStr = c"nsbox-claimed";
@@ -259,6 +260,7 @@ impl Pool {
         match sys::fork() {
             Ok(None) => {
                 let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+                let _ = prctl::set_name(BUILDING_NAME);
                 // The spawner's ends of every other link (and this one's): a link must
                 // close when the spawner closes it, and the spawner's control socket is
                 // not ours either.
