@@ -348,9 +348,11 @@ fn wait_clean(
 /// base is left, such as the per-run fork of a zygote that is still exiting.
 fn settled_templates(server_pid: i32, uid_base: u32) -> Vec<i32> {
     let want = 2 * Template::ALL.len();
-    // A ready sandbox being built (cold, seconds, after a failed warm start) is not in its
-    // run cgroup yet: told apart once it is.
-    wait_until(TEARDOWN_GRACE, || pool_built(server_pid as u32));
+    // A ready sandbox being built is not in its run cgroup yet: told apart once it is. One
+    // whose warm start failed (its zygote stopped) is built cold, which takes seconds, and
+    // holds the templates' control sockets until then, so a retired template's init waits
+    // for it too. Bounded by the pool's own patience with a build (30 s).
+    wait_until(Duration::from_secs(30), || pool_built(server_pid as u32));
     let settled = wait_until(TEARDOWN_GRACE, || {
         run_processes_of_uid(uid_base).len() == want
     });
