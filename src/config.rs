@@ -271,7 +271,7 @@ impl Default for Config {
             warm_library: None,
             max_forks: 500,
             huge_pages: true,
-            pool_size: 0,
+            pool_size: 2,
             pool_idle: 60,
             warm_templates: crate::sandbox::warm::Template::ALL.to_vec(),
             shutdown_grace: 15.0,

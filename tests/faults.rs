@@ -16,8 +16,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    children, client, cmdline, expect_clean_exit, expect_stopped, host_mounts, mounts_added, post,
-    processes_of_uid, shorten, text, wait_until, Reply, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY,
+    children, client, cmdline, expect_clean_exit, expect_stopped, host_mounts,
+    is_waiting_pool_cgroup, mounts_added, pool_built, post, processes_of_uid, run_processes_of_uid,
+    shorten, supervisor_waits, text, wait_until, Reply, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY,
     OUTPUT_BYTES,
 };
 use nix::sys::signal::{kill, Signal};
@@ -188,18 +189,19 @@ fn spawner_of(server_pid: i32) -> i32 {
 }
 
 /// The spawner's supervisors (one per run in flight): its children running as host root,
-/// unlike its templates, which run as the uid base.
+/// unlike its templates, which run as the uid base, but for the pooled ones no request
+/// has claimed.
 fn supervisors_of(spawner: i32) -> Vec<i32> {
     children(spawner)
         .into_iter()
-        .filter(|&p| is_live(p) && real_uid(p) == Some(0))
+        .filter(|&p| is_live(p) && real_uid(p) == Some(0) && !supervisor_waits(p))
         .collect()
 }
 
 /// The zygote of `template` ("base", "scientific" or "ml"): the warm interpreter whose parent is
 /// the template's init, not one of its own per-run forks.
 fn zygote(uid_base: u32, template: &str) -> Option<i32> {
-    processes_of_uid(uid_base).into_iter().find(|&pid| {
+    run_processes_of_uid(uid_base).into_iter().find(|&pid| {
         let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let argv: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
         let is_zygote = |p: i32| cmdline(p).contains("_NSBOX_ZYGOTE");
@@ -236,15 +238,18 @@ fn srv_dirs(server_pid: i32) -> Vec<PathBuf> {
     dirs
 }
 
-/// `run-*` cgroups left below the server's `srv-<pid>` directories.
-fn run_cgroups(server_pid: i32) -> Vec<PathBuf> {
+/// `run-*` cgroups left below the server's `srv-<pid>` directories, but those of ready
+/// sandboxes that wait for a request when the server still runs (`pool_waits`).
+fn run_cgroups(server_pid: i32, pool_waits: bool) -> Vec<PathBuf> {
     let mut runs = Vec::new();
     for dir in srv_dirs(server_pid) {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("run-") {
+            if e.file_name().to_string_lossy().starts_with("run-")
+                && !(pool_waits && is_waiting_pool_cgroup(&e.path()))
+            {
                 runs.push(e.path());
             }
         }
@@ -284,22 +289,30 @@ fn host_files_of(uid_base: u32) -> Vec<PathBuf> {
 }
 
 /// Waits until the runs of `uid_base` are gone: no `nobody` process, no process of the uid
-/// base but `allowed` (the warm templates), no `run-*` cgroup. Says what is left otherwise.
+/// base but `allowed` (the warm templates), no `run-*` cgroup; while the server runs
+/// (`pool_waits`), ready sandboxes that wait for a request are not runs. Says what is left
+/// otherwise.
 fn wait_clean(
     server_pid: i32,
     uid_base: u32,
     allowed: &[i32],
     grace: Duration,
+    pool_waits: bool,
 ) -> Result<Duration, String> {
     let started = Instant::now();
+    let of_uid = if pool_waits {
+        run_processes_of_uid
+    } else {
+        processes_of_uid
+    };
     loop {
-        let nobody = processes_of_uid(uid_base + NOBODY);
-        let mut root: Vec<i32> = processes_of_uid(uid_base)
+        let nobody = of_uid(uid_base + NOBODY);
+        let mut root: Vec<i32> = of_uid(uid_base)
             .into_iter()
             .filter(|p| !allowed.contains(p))
             .collect();
         root.sort_unstable();
-        let cgroups = run_cgroups(server_pid);
+        let cgroups = run_cgroups(server_pid, pool_waits);
         if nobody.is_empty() && root.is_empty() && cgroups.is_empty() {
             return Ok(started.elapsed());
         }
@@ -333,10 +346,17 @@ fn wait_clean(
 
 /// The warm templates of `uid_base` (an init and a zygote each) once nothing else of the uid
 /// base is left, such as the per-run fork of a zygote that is still exiting.
-fn settled_templates(uid_base: u32) -> Vec<i32> {
+fn settled_templates(server_pid: i32, uid_base: u32) -> Vec<i32> {
     let want = 2 * Template::ALL.len();
-    let settled = wait_until(TEARDOWN_GRACE, || processes_of_uid(uid_base).len() == want);
-    let templates = processes_of_uid(uid_base);
+    // A ready sandbox being built is not in its run cgroup yet: told apart once it is. One
+    // whose warm start failed (its zygote stopped) is built cold, which takes seconds, and
+    // holds the templates' control sockets until then, so a retired template's init waits
+    // for it too. Bounded by the pool's own patience with a build (30 s).
+    wait_until(Duration::from_secs(30), || pool_built(server_pid as u32));
+    let settled = wait_until(TEARDOWN_GRACE, || {
+        run_processes_of_uid(uid_base).len() == want
+    });
+    let templates = run_processes_of_uid(uid_base);
     assert!(
         settled,
         "expected the {want} template processes of uid {uid_base}: {}",
@@ -617,7 +637,7 @@ fn mixed_load(mode: &str, slot: u32) {
             dir.display()
         );
     }
-    let templates = processes_of_uid(base);
+    let templates = run_processes_of_uid(base);
     let expected_templates = if mode == "warm" {
         2 * Template::ALL.len()
     } else {
@@ -713,7 +733,7 @@ fn mixed_load(mode: &str, slot: u32) {
             st["running"], st["queued"]
         ));
     }
-    match wait_clean(pid, base, &templates, TEARDOWN_GRACE) {
+    match wait_clean(pid, base, &templates, TEARDOWN_GRACE, true) {
         Ok(t) => eprintln!(
             "[{mode}] host clean {:.2} s after the load",
             t.as_secs_f64()
@@ -789,7 +809,7 @@ const LONG_RUN: &str = "import time\ntime.sleep(3)\nprint('slept')\n";
 
 /// Waits until `n` run processes (Python, as `nobody`) exist for `uid_base`.
 fn wait_for_runs(uid_base: u32, n: usize, what: &str) {
-    let runs = || processes_of_uid(uid_base + NOBODY);
+    let runs = || run_processes_of_uid(uid_base + NOBODY);
     assert!(
         wait_until(Duration::from_secs(30), || runs().len() >= n),
         "{what}: {n} runs never started; run processes: {}",
@@ -816,7 +836,7 @@ fn killing_the_spawner_mid_run_fails_in_flight_runs_cleanly_and_later_runs_work(
     const IN_FLIGHT: usize = 4;
     let (_one, base, server, pid) = start_alone(3, &["--max-running", "8"]);
     let spawner = spawner_of(pid);
-    let old_templates = processes_of_uid(base);
+    let old_templates = run_processes_of_uid(base);
 
     let pending: Vec<_> = (0..IN_FLIGHT)
         .map(|_| post_in_background(&server.base, code(LONG_RUN, 30.0), Duration::from_secs(60)))
@@ -855,7 +875,7 @@ fn killing_the_spawner_mid_run_fails_in_flight_runs_cleanly_and_later_runs_work(
             .iter()
             .copied()
             .filter(|&p| is_live(p))
-            .chain(processes_of_uid(base + NOBODY))
+            .chain(run_processes_of_uid(base + NOBODY))
             .collect()
     };
     while !leftovers().is_empty() && Instant::now() < deadline {
@@ -881,12 +901,12 @@ fn killing_the_spawner_mid_run_fails_in_flight_runs_cleanly_and_later_runs_work(
     server.wait_ready();
     let r = server.run_with(load_request(Kind::Pandas, 7));
     assert_eq!(r["stdout"], "34 107.0 2\n", "{}", brief(&r));
-    let templates = settled_templates(base);
+    let templates = settled_templates(pid, base);
     assert!(
         old_templates.iter().all(|p| !templates.contains(p)),
         "old templates still in use"
     );
-    wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
+    wait_clean(pid, base, &templates, TEARDOWN_GRACE, true).unwrap();
 }
 
 #[test]
@@ -943,8 +963,8 @@ fn killing_the_spawner_under_mixed_load() {
     if let Err(e) = try_run(&server) {
         failures.push(format!("a run after the load: {e}"));
     }
-    let templates = settled_templates(base);
-    if let Err(e) = wait_clean(pid, base, &templates, TEARDOWN_GRACE) {
+    let templates = settled_templates(pid, base);
+    if let Err(e) = wait_clean(pid, base, &templates, TEARDOWN_GRACE, true) {
         failures.push(e);
     }
     let added = mounts_added(&mounts_before, &host_mounts());
@@ -988,7 +1008,7 @@ fn health_recovers_after_the_spawner_dies_with_no_traffic() {
 fn killing_a_supervisor(mode: &str, slot: u32) {
     let (_one, base, server, pid) = start_alone(slot, &["--mode", mode]);
     let spawner = spawner_of(pid);
-    let templates = processes_of_uid(base);
+    let templates = run_processes_of_uid(base);
     let rx = started_in_background(
         &server,
         base,
@@ -1013,7 +1033,7 @@ fn killing_a_supervisor(mode: &str, slot: u32) {
     let reply = reply.unwrap_or_else(|e| panic!("[{mode}] {e}"));
     expect_service_unavailable(&reply).unwrap_or_else(|e| panic!("[{mode}] {e}"));
     assert!(at.saturating_duration_since(killed_at) < Duration::from_secs(2));
-    let clean = wait_clean(pid, base, &templates, TEARDOWN_GRACE);
+    let clean = wait_clean(pid, base, &templates, TEARDOWN_GRACE, true);
     assert_runs(&server, "a run after a supervisor was killed");
     assert_eq!(spawner_of(pid), spawner, "[{mode}] the spawner changed");
     clean.unwrap_or_else(|e| panic!("[{mode}] after killing the run's supervisor: {e}"));
@@ -1059,8 +1079,8 @@ fn killing_a_zygote_spares_its_runs_and_it_is_replaced() {
         metrics.contains("nsbox_template_respawns_total 1\n"),
         "the replacement is counted:\n{metrics}"
     );
-    let templates = settled_templates(base);
-    wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
+    let templates = settled_templates(pid, base);
+    wait_clean(pid, base, &templates, TEARDOWN_GRACE, true).unwrap();
 }
 
 /// Keeps a process stopped (SIGSTOP), and lets it go however the test ends.
@@ -1171,8 +1191,8 @@ fn a_stopped_zygote_under_load_is_replaced_and_costs_no_run_the_hand_off_timeout
     // (nsbox_template_respawns_total also counts zygotes retired at their fork limit, which
     // a fast host reaches in this test.)
     eprintln!("{}", replaced[0]);
-    let templates = settled_templates(base);
-    wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
+    let templates = settled_templates(pid, base);
+    wait_clean(pid, base, &templates, TEARDOWN_GRACE, true).unwrap();
 }
 
 /// An idle server pings no zygote; the first run after a pause makes the pings due at
@@ -1208,8 +1228,8 @@ fn a_zygote_that_stalled_while_idle_costs_the_next_run_no_hand_off_timeout() {
         "the first run after the pause took {took:?}: it waited on the stopped zygote"
     );
     ended_and_replaced(stopped, &server);
-    let templates = settled_templates(base);
-    wait_clean(pid, base, &templates, TEARDOWN_GRACE).unwrap();
+    let templates = settled_templates(pid, base);
+    wait_clean(pid, base, &templates, TEARDOWN_GRACE, true).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1224,7 +1244,7 @@ fn assert_nothing_left(server_pid: i32, spawner: i32, uid_base: u32, srv: &[Path
         "spawner {spawner} outlived the server: {}",
         describe(&[spawner])
     );
-    wait_clean(server_pid, uid_base, &[], TEARDOWN_GRACE)
+    wait_clean(server_pid, uid_base, &[], TEARDOWN_GRACE, false)
         .unwrap_or_else(|e| panic!("after the server exited: {e}"));
     for dir in srv {
         assert!(!dir.exists(), "{} left behind", dir.display());
@@ -1347,7 +1367,7 @@ fn a_client_that_hangs_up_cancels_its_run() {
     let _one = exclusive();
     for (mode, slot) in [("warm", 10), ("cold", 11)] {
         let (base, server, pid) = start(slot, &["--mode", mode]);
-        let templates = processes_of_uid(base);
+        let templates = run_processes_of_uid(base);
         // The client gives up after 1 s, while the run sleeps.
         let rx = started_in_background(
             &server,
@@ -1367,7 +1387,7 @@ fn a_client_that_hangs_up_cancels_its_run() {
         );
         let hung_up = Instant::now();
         let idle = wait_until(TEARDOWN_GRACE, || status_json(&server)["running"] == 0);
-        let clean = wait_clean(pid, base, &templates, TEARDOWN_GRACE);
+        let clean = wait_clean(pid, base, &templates, TEARDOWN_GRACE, true);
         eprintln!(
             "[{mode}] after the hang-up: idle {idle}, clean {:?} ({:.2} s)",
             clean.as_ref().map(|d| format!("{:.2} s", d.as_secs_f64())),

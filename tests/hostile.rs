@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{metric, processes_of_uid, server_child_cgroups, wait_until, Server, NOBODY};
+use common::{metric, run_cgroups, run_processes_of_uid, wait_until, Server, NOBODY};
 use serde_json::{json, Value};
 
 /// One test at a time: they measure the host.
@@ -38,8 +38,8 @@ struct Target {
 impl Target {
     /// Processes on the server's uid range that are not its templates: runs and sessions.
     fn sandboxes(&self) -> Vec<i32> {
-        let mut pids = processes_of_uid(self.base);
-        pids.extend(processes_of_uid(self.base + NOBODY));
+        let mut pids = run_processes_of_uid(self.base);
+        pids.extend(run_processes_of_uid(self.base + NOBODY));
         // A zombie is gone but for its pid: a cold init waits there for its parent, the
         // supervisor, to reap it.
         pids.retain(|p| {
@@ -56,8 +56,8 @@ fn start(slot: u32, extra: &[&str]) -> Target {
     let mut args = vec!["--scanner", "off"];
     args.extend(extra);
     let server = Server::start_in_uid_range(base, &args, &[]);
-    let mut templates = processes_of_uid(base);
-    templates.extend(processes_of_uid(base + NOBODY));
+    let mut templates = run_processes_of_uid(base);
+    templates.extend(run_processes_of_uid(base + NOBODY));
     Target {
         _one: one,
         server,
@@ -108,8 +108,9 @@ fn user_ns(pid: i32) -> Option<std::path::PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/ns/user")).ok()
 }
 
-/// The server's supervisors: the spawner's children in the spawner's own user namespace
-/// (its template inits each have one of their own).
+/// The server's supervisors of runs and sessions: the spawner's children in the spawner's
+/// own user namespace (its template inits each have one of their own), but for the pooled
+/// ones no request has claimed.
 fn supervisors(server: &Server) -> Vec<i32> {
     children(server.pid() as i32)
         .into_iter()
@@ -117,7 +118,7 @@ fn supervisors(server: &Server) -> Vec<i32> {
             let ns = user_ns(spawner);
             children(spawner)
                 .into_iter()
-                .filter(move |c| user_ns(*c) == ns)
+                .filter(move |c| user_ns(*c) == ns && !common::supervisor_waits(*c))
         })
         .collect()
 }
@@ -365,12 +366,10 @@ fn kill_with_supervisor_stopped(t: Target) {
     assert!(gone, "the session's sandbox outlived DELETE: {left:?}");
     // Let go, the supervisor removes the session's cgroup.
     assert!(
-        wait_until(Duration::from_secs(5), || server_child_cgroups(
-            server.pid()
-        )
-        .is_empty()),
+        wait_until(Duration::from_secs(5), || run_cgroups(server.pid())
+            .is_empty()),
         "cgroups left: {:?}",
-        server_child_cgroups(server.pid())
+        run_cgroups(server.pid())
     );
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{processes_of_uid, server_child_cgroups, wait_until, Server, NOBODY};
+use common::{run_cgroups, run_processes_of_uid, wait_until, Server, NOBODY};
 use serde_json::{json, Value};
 
 const KEY_A: &str = "flood-key-a";
@@ -301,8 +301,8 @@ fn every_hostile_client_at_once_leaves_key_b_served_and_nothing_behind() {
     // A run's processes are in its cgroup (`run-<n>`); a template's are not, and a template
     // retired at its fork limit has been replaced by a new one meanwhile.
     let sandboxes = || {
-        let mut p = processes_of_uid(UID_BASE);
-        p.extend(processes_of_uid(UID_BASE + NOBODY));
+        let mut p = run_processes_of_uid(UID_BASE);
+        p.extend(run_processes_of_uid(UID_BASE + NOBODY));
         p.retain(|p| {
             std::fs::read_to_string(format!("/proc/{p}/cgroup"))
                 .is_ok_and(|c| c.lines().any(|l| l.contains("/run-")))
@@ -315,10 +315,9 @@ fn every_hostile_client_at_once_leaves_key_b_served_and_nothing_behind() {
         sandboxes()
     );
     assert!(
-        wait_until(Duration::from_secs(15), || server_child_cgroups(pid)
-            .is_empty()),
+        wait_until(Duration::from_secs(15), || run_cgroups(pid).is_empty()),
         "cgroups left: {:?}",
-        server_child_cgroups(pid)
+        run_cgroups(pid)
     );
     let health = server.get("/v1/health");
     assert_eq!(health.status().as_u16(), 200);

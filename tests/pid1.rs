@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    children, client, cmdline, post, processes_of_uid, wait_until, wait_until_empty, Server, NOBODY,
+    children, client, cmdline, post, processes_of_uid, run_processes_of_uid, wait_until,
+    wait_until_empty, Server, NOBODY,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -189,7 +190,7 @@ fn run_in_flight(
     let body = json!({"code": code, "lang": "python", "timeout": 60});
     let run = std::thread::spawn(move || post(&client(Duration::from_secs(60)), &base, &body));
     assert!(
-        wait_until(Duration::from_secs(20), || !processes_of_uid(
+        wait_until(Duration::from_secs(20), || !run_processes_of_uid(
             uid_base + NOBODY
         )
         .is_empty()),

@@ -10,8 +10,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::{
-    children, cmdline, proc_status_field, process_tree, processes_of_uid, server_cgroup_dirs,
-    server_child_cgroups, wait_until, wait_until_empty, Server, NOBODY,
+    children, cmdline, proc_status_field, process_tree, processes_of_uid, run_cgroups,
+    run_processes_of_uid, run_supervisor_of, server_cgroup_dirs, server_child_cgroups, wait_until,
+    wait_until_empty, waiting_in_pool, Server, NOBODY, POOL_WAITING_NAME,
 };
 use serde_json::{json, Value};
 
@@ -291,4 +292,98 @@ fn a_ready_sandbox_that_dies_while_it_waits_costs_no_request() {
         assert_eq!(a["stdout"], "42\n", "{a:#}");
     }
     wait_for_ready(&server, 3);
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
+}
+
+/// The other suites' leftover checks (`run_processes_of_uid`, `run_cgroups`) leave out the
+/// sandboxes that wait, by a fact of the host (the name of the supervisor whose `run-<pid>`
+/// cgroup a process is in), and still count the processes of a claimed run, even ones
+/// that give themselves that name.
+#[test]
+fn leftover_checks_leave_out_waiting_sandboxes_but_not_a_claimed_runs_processes() {
+    let _one = exclusive();
+    let base = uid_base(4);
+    let server = std::sync::Arc::new(Server::start_in_uid_range(
+        base,
+        &[
+            "--warm-templates",
+            "base",
+            "--pool-size",
+            "2",
+            "--scanner",
+            "off",
+        ],
+        &[],
+    ));
+    wait_for_ready(&server, 2);
+    let mut waiting = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            waiting = processes_of_uid(base + NOBODY);
+            !waiting.is_empty() && waiting.iter().all(|p| waiting_in_pool(*p))
+        }),
+        "the waiting sandboxes' processes {waiting:?} are not told apart"
+    );
+    assert_eq!(run_processes_of_uid(base + NOBODY), Vec::<i32>::new());
+    assert!(!server_child_cgroups(server.pid()).is_empty());
+    assert_eq!(run_cgroups(server.pid()), Vec::<std::path::PathBuf>::new());
+    let claimed_before = claims(&server);
+    // A run whose Python and a child of it take the name of a waiting sandbox's supervisor.
+    let code = format!(
+        "import os, time\n\
+         open('/proc/self/comm', 'w').write('{POOL_WAITING_NAME}')\n\
+         if os.fork() == 0:\n    time.sleep(60)\n\
+         time.sleep(60)"
+    );
+    let run = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            server.run_with(json!({"code": code, "lang": "python", "timeout": 6}))
+        })
+    };
+    let mut forged = Vec::new();
+    let named = wait_until(Duration::from_secs(20), || {
+        forged = processes_of_uid(base + NOBODY)
+            .into_iter()
+            .filter(|p| comm(*p) == POOL_WAITING_NAME)
+            .collect();
+        forged.len() == 2
+    });
+    assert!(
+        named,
+        "the run's two processes never named themselves: {forged:?}; the run: {:#}",
+        run.join().unwrap()
+    );
+    let counted = run_processes_of_uid(base + NOBODY);
+    for pid in &forged {
+        assert!(
+            counted.contains(pid) && !waiting_in_pool(*pid),
+            "a claimed run's process {pid} is taken for a waiting sandbox's"
+        );
+        let supervisor = run_supervisor_of(*pid).expect("a run's process is in a run cgroup");
+        assert_eq!(comm(supervisor), "nsbox-claimed");
+    }
+    assert!(
+        !run_cgroups(server.pid()).is_empty(),
+        "the run's cgroup is counted"
+    );
+    assert_eq!(
+        claims(&server),
+        claimed_before + 1,
+        "a ready sandbox served the run"
+    );
+    let answer = run.join().unwrap();
+    assert_eq!(
+        answer["stderr"], "Execution failed: Execution timeout exceeded",
+        "{answer:#}"
+    );
+    wait_until_empty(Duration::from_secs(10), "the run's processes", || {
+        run_processes_of_uid(base + NOBODY)
+    });
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    cmdline, expect_clean_exit, expect_stopped, processes_of_uid, text, Server, MAX_PROCESSES,
+    cmdline, expect_clean_exit, expect_stopped, run_processes_of_uid, text, Server, MAX_PROCESSES,
     MEMORY_MIB, NOBODY, OUTPUT_BYTES,
 };
 use serde_json::{json, Value};
@@ -310,9 +310,11 @@ fn survivors(uid_base: u32, before: &[i32]) -> Vec<String> {
     // The kernel tears a PID namespace down asynchronously, and a zygote's fork exits a
     // moment after the run it watched: only what is still there after a grace counts.
     for _ in 0..20 {
-        let any = [uid_base, uid_base + NOBODY]
-            .iter()
-            .any(|uid| processes_of_uid(*uid).iter().any(|p| !before.contains(p)));
+        let any = [uid_base, uid_base + NOBODY].iter().any(|uid| {
+            run_processes_of_uid(*uid)
+                .iter()
+                .any(|p| !before.contains(p))
+        });
         if !any {
             break;
         }
@@ -320,7 +322,7 @@ fn survivors(uid_base: u32, before: &[i32]) -> Vec<String> {
     }
     let mut found = Vec::new();
     for uid in [uid_base, uid_base + NOBODY] {
-        for pid in processes_of_uid(uid)
+        for pid in run_processes_of_uid(uid)
             .into_iter()
             .filter(|p| !before.contains(p))
         {
@@ -335,7 +337,7 @@ fn survivors(uid_base: u32, before: &[i32]) -> Vec<String> {
 }
 
 fn execute(server: &Server, uid_base: u32, case: &Case) -> Result<(), String> {
-    let before = processes_of_uid(uid_base);
+    let before = run_processes_of_uid(uid_base);
     let results: Vec<Result<Value, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = case
             .runs
@@ -3334,7 +3336,7 @@ fn session_file_endpoints_follow_no_link() {
 }
 
 fn session_links(server: &Server, base: u32) -> Result<(), String> {
-    let before = processes_of_uid(base);
+    let before = run_processes_of_uid(base);
     let client = server.client();
     let url = |p: &str| format!("{}{p}", server.base);
     let created = client

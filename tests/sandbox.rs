@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{processes_of_uid, Server};
+use common::{processes_of_uid, run_processes_of_uid, Server};
 use serde_json::json;
 
 /// These tests probe the kernel isolation itself, which must hold with the scanner off.
@@ -234,7 +234,7 @@ fn setsid_double_fork_does_not_outlive_the_timeout() {
     assert_eq!(r["stderr"], "Execution failed: Execution timeout exceeded");
     let nobody = uid_base + 65534;
     assert_eq!(
-        processes_of_uid(nobody),
+        run_processes_of_uid(nobody),
         Vec::<i32>::new(),
         "run processes survived the timeout"
     );

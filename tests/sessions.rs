@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{
-    host_mounts, metric, mounts_added, processes_of_uid, rss_kib, server_cgroup_dirs,
-    server_child_cgroups, shorten, text, tree_rss_kib, wait_until, Server, NOBODY,
+    host_mounts, metric, mounts_added, processes_of_uid, rss_kib, run_cgroups,
+    run_processes_of_uid, server_cgroup_dirs, shorten, text, tree_rss_kib, wait_until, Server,
+    NOBODY,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -452,9 +453,9 @@ fn has_nsbox_line(stderr: &str) -> bool {
 /// The processes of a server's runs and sessions: `nobody`, and anything of the uid base
 /// that is not a warm template (`templates`).
 fn sandbox_processes(base: u32, templates: &[i32]) -> Vec<i32> {
-    let mut pids = processes_of_uid(base + NOBODY);
+    let mut pids = run_processes_of_uid(base + NOBODY);
     pids.extend(
-        processes_of_uid(base)
+        run_processes_of_uid(base)
             .into_iter()
             .filter(|p| !templates.contains(p)),
     );
@@ -477,17 +478,17 @@ struct Baseline {
 fn baseline(server: &Server, base: u32) -> Baseline {
     // The templates are up once the server is ready; an earlier run's processes may still
     // be exiting, so let the count settle first.
-    let mut last = processes_of_uid(base);
+    let mut last = run_processes_of_uid(base);
     wait_until(Duration::from_secs(2), || {
         std::thread::sleep(Duration::from_millis(200));
-        let now = processes_of_uid(base);
+        let now = run_processes_of_uid(base);
         let same = now == last;
         last = now;
-        same && processes_of_uid(base + NOBODY).is_empty()
+        same && run_processes_of_uid(base + NOBODY).is_empty()
     });
     Baseline {
-        templates: processes_of_uid(base),
-        cgroups: server_child_cgroups(server.pid()),
+        templates: run_processes_of_uid(base),
+        cgroups: run_cgroups(server.pid()),
     }
 }
 
@@ -500,7 +501,7 @@ fn wait_clean(
     grace: Duration,
 ) -> Result<(), String> {
     let left_cgroups = || -> Vec<std::path::PathBuf> {
-        server_child_cgroups(server.pid())
+        run_cgroups(server.pid())
             .into_iter()
             .filter(|c| !before.cgroups.contains(c))
             .collect()
@@ -1331,7 +1332,7 @@ fn ttl_expiry_frees_the_sandbox() {
         !procs.is_empty(),
         "an open session has processes of the run uids"
     );
-    let cgroups: Vec<_> = server_child_cgroups(server.pid())
+    let cgroups: Vec<_> = run_cgroups(server.pid())
         .into_iter()
         .filter(|c| !before.cgroups.contains(c))
         .collect();
@@ -1843,7 +1844,7 @@ fn sigterm_closes_open_sessions_and_leaves_nothing() {
         api.step(&sid, &format!("x = {i}"));
     }
     assert!(
-        !processes_of_uid(base + NOBODY).is_empty(),
+        !run_processes_of_uid(base + NOBODY).is_empty(),
         "three open sessions have processes"
     );
     let signalled = Instant::now();

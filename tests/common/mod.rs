@@ -170,12 +170,15 @@ impl Server {
     }
 
     /// Waits until `/v1/health` says ready (the warm templates are up), so a test of the
-    /// warm path really runs warm.
+    /// warm path really runs warm, and then (boundedly) until the ready sandboxes the
+    /// server starts with are built: a sandbox being built is not in its run cgroup yet,
+    /// so the leftover checks could not tell it from a run's processes.
     pub fn wait_ready(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while std::time::Instant::now() < deadline {
             if let Ok(r) = self.client.get(format!("{}/v1/health", self.base)).send() {
                 if r.status().is_success() {
+                    wait_until(Duration::from_secs(30), || pool_built(self.pid()));
                     return;
                 }
             }
@@ -613,5 +616,93 @@ pub fn mounts_added(
         .iter()
         .filter(|(k, n)| before.get(*k).copied().unwrap_or(0) < **n)
         .map(|(k, n)| format!("{k} (x{n})"))
+        .collect()
+}
+
+/// What a pooled supervisor calls itself (`/proc/<pid>/comm`) while its sandbox waits for
+/// a request; it renames itself as soon as a request claims it (`crates/nsbox-sandbox/src/pool.rs`).
+pub const POOL_WAITING_NAME: &str = "nsbox-ready";
+/// What it calls itself before, while it builds its sandbox.
+pub const POOL_BUILDING_NAME: &str = "nsbox-building";
+
+/// The start time of a host process in clock ticks since boot (`/proc/<pid>/stat` field 22).
+fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The supervisor whose run cgroup (`run-<supervisor pid>`) a host process is in, from
+/// the host's `/proc/<pid>/cgroup` (the test runs in the host's cgroup namespace).
+pub fn run_supervisor_of(pid: i32) -> Option<i32> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    cgroups.lines().find_map(|l| {
+        l.rsplit('/')
+            .next()?
+            .strip_prefix("run-")?
+            .parse::<i32>()
+            .ok()
+    })
+}
+
+/// Whether no pooled supervisor of the server builds its sandbox now.
+pub fn pool_built(server_pid: u32) -> bool {
+    !process_tree(server_pid as i32).into_iter().any(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm"))
+            .is_ok_and(|c| c.trim_end() == POOL_BUILDING_NAME)
+    })
+}
+
+/// Whether `supervisor` is a pooled supervisor that no request has claimed: it builds its
+/// sandbox or the sandbox waits. Its name is set by the host-side supervisor itself;
+/// nothing inside a sandbox can rename a host process (another pid and user namespace,
+/// no ptrace).
+pub fn supervisor_waits(supervisor: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{supervisor}/comm"))
+        .is_ok_and(|c| [POOL_WAITING_NAME, POOL_BUILDING_NAME].contains(&c.trim_end()))
+}
+
+/// Whether a host process belongs to a ready sandbox that waits for a request (and so ran
+/// no code of any request): it sits in the run cgroup of a pooled supervisor that still
+/// calls itself [`POOL_WAITING_NAME`] (or [`POOL_BUILDING_NAME`]), and that supervisor started before it (a leftover
+/// whose supervisor's pid was reused by a newer pooled supervisor does not pass).
+///
+/// Run code cannot forge this: the cgroup a process is in is set by the host (a run's
+/// cgroup directories belong to the host's root and the sandbox sees them through its own
+/// cgroup namespace), and the name is that of a host process outside every sandbox.
+pub fn waiting_in_pool(pid: i32) -> bool {
+    let Some(supervisor) = run_supervisor_of(pid) else {
+        return false;
+    };
+    let (Some(sup_start), Some(own_start)) = (start_ticks(supervisor), start_ticks(pid)) else {
+        return false;
+    };
+    sup_start <= own_start && supervisor_waits(supervisor)
+}
+
+/// Processes of `uid` that are not those of a waiting ready sandbox: what a leftover check
+/// counts (a run's processes, or a claimed sandbox's).
+pub fn run_processes_of_uid(uid: u32) -> Vec<i32> {
+    processes_of_uid(uid)
+        .into_iter()
+        .filter(|p| !waiting_in_pool(*p))
+        .collect()
+}
+
+/// Whether a cgroup directory is that of a ready sandbox that waits (`run-<pid>` of a
+/// pooled supervisor that calls itself [`POOL_WAITING_NAME`]).
+pub fn is_waiting_pool_cgroup(dir: &Path) -> bool {
+    dir.file_name()
+        .and_then(|n| n.to_str()?.strip_prefix("run-")?.parse::<i32>().ok())
+        .is_some_and(supervisor_waits)
+}
+
+/// The cgroups below the server's `srv-<pid>` directories except those of ready
+/// sandboxes that wait: what a leftover check counts.
+pub fn run_cgroups(server_pid: u32) -> Vec<PathBuf> {
+    server_child_cgroups(server_pid)
+        .into_iter()
+        .filter(|d| !is_waiting_pool_cgroup(d))
         .collect()
 }

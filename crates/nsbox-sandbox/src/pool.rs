@@ -13,6 +13,7 @@
 //! it (parent-death signal); its harness sees fd 3 close and exits, and the next spawner
 //! sweeps its cgroup.
 
+use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -41,6 +42,14 @@ const FAILURE_PAUSE: Duration = Duration::from_secs(5);
 const BUILD_PATIENCE: Duration = Duration::from_secs(30);
 /// What a pooled supervisor says on its link once its sandbox waits.
 const READY: &[u8] = b"ready";
+/// What a pooled supervisor calls itself while it builds its sandbox, then while the
+/// sandbox waits: host-side tools (and the tests' leftover checks) tell a sandbox that ran
+/// nothing from a run's processes by the name of the supervisor whose `run-<pid>` cgroup
+/// they are in. Nothing in a sandbox can rename a host process.
+const BUILDING_NAME: &CStr = c"nsbox-building";
+const WAITING_NAME: &CStr = c"nsbox-ready";
+/// What it calls itself from the moment a request claims it.
+const CLAIMED_NAME: &CStr = c"nsbox-claimed";
 
 /// The hand-off byte of a request a ready sandbox of `template` can serve.
 pub fn key_of(template: Template) -> u8 {
@@ -251,6 +260,7 @@ impl Pool {
         match sys::fork() {
             Ok(None) => {
                 let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+                let _ = prctl::set_name(BUILDING_NAME);
                 // The spawner's ends of every other link (and this one's): a link must
                 // close when the spawner closes it, and the spawner's control socket is
                 // not ours either.
@@ -331,11 +341,17 @@ fn pooled_main(
     for (_, fd) in &warm.0 {
         let _ = nix::unistd::close(*fd);
     }
+    // Named before the spawner hears "ready": no request can claim it before.
+    let _ = prctl::set_name(WAITING_NAME);
     if fdpass::send(link.as_raw_fd(), READY, &[]).is_err() {
         ready.discard();
         return 0;
     }
-    let run = match wait_for_claim(&link, &ready) {
+    let claim = wait_for_claim(&link, &ready);
+    if matches!(claim, Claim::Run(_)) {
+        let _ = prctl::set_name(CLAIMED_NAME);
+    }
+    let run = match claim {
         // The sandbox may have ended as the run came: looked at once more.
         Claim::Run(run) if !ended(&ready) => run,
         Claim::Run(run) => {
@@ -370,6 +386,8 @@ fn pooled_main(
             let mut byte = [0u8; 1];
             return match fdpass::recv::<1>(link.as_raw_fd(), &mut byte) {
                 Ok(m) if m.len == 1 && m.fds.len() == 1 => {
+                    // Its run's sandbox gets this process's cgroup name.
+                    let _ = prctl::set_name(CLAIMED_NAME);
                     let Some(run) = m.fds.into_iter().next() else {
                         return 0;
                     };
