@@ -356,18 +356,7 @@ fn pooled_main(
         Claim::Run(run) if !ended(&ready) => run,
         Claim::Run(run) => {
             ready.discard();
-            let mut stream = UnixStream::from(run);
-            let _ = stream.set_nonblocking(false);
-            return match read_frame::<RunRequest>(&mut stream) {
-                Ok(request) => super::spawner::serve_request(
-                    stream,
-                    request,
-                    config,
-                    program,
-                    &WarmControls::default(),
-                ),
-                Err(_) => 1,
-            };
+            return serve_without_pool(run, config, program);
         }
         Claim::Closed => {
             ready.discard();
@@ -391,18 +380,7 @@ fn pooled_main(
                     let Some(run) = m.fds.into_iter().next() else {
                         return 0;
                     };
-                    let mut stream = UnixStream::from(run);
-                    let _ = stream.set_nonblocking(false);
-                    match read_frame::<RunRequest>(&mut stream) {
-                        Ok(request) => super::spawner::serve_request(
-                            stream,
-                            request,
-                            config,
-                            program,
-                            &WarmControls::default(),
-                        ),
-                        Err(_) => 1,
-                    }
+                    serve_without_pool(run, config, program)
                 }
                 _ => 0,
             };
@@ -450,6 +428,23 @@ fn pooled_main(
             tracing::error!(error = %e, "the supervisor failed");
             1
         }
+    }
+}
+
+/// Serves a run whose ready sandbox ended as it came, the way it would be served without a
+/// pool: cold, since this process let go of the zygotes. Returns the process's exit code.
+fn serve_without_pool(run: OwnedFd, config: &SpawnerConfig, program: &SeccompProgram) -> i32 {
+    let mut stream = UnixStream::from(run);
+    let _ = stream.set_nonblocking(false);
+    match read_frame::<RunRequest>(&mut stream) {
+        Ok(request) => super::spawner::serve_request(
+            stream,
+            request,
+            config,
+            program,
+            &WarmControls::default(),
+        ),
+        Err(_) => 1,
     }
 }
 
