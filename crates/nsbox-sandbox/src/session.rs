@@ -36,7 +36,7 @@ use super::fdpass;
 use super::protocol::{read_frame, write_frame, ProtocolError};
 use super::run::{FileCaps, Limits, Report, RunOutcome, RunRequest, SessionOp, Termination};
 use super::sandbox::{
-    pipe, release, start_with_socket, Bundle, Phases, Ready, Sandbox, WarmControls,
+    pipe, release, start_with_socket, Bundle, Outputs, Phases, Ready, Sandbox, WarmControls,
 };
 use super::seccomp::SeccompProgram;
 use crate::sys;
@@ -300,7 +300,6 @@ fn open(
 ) -> Result<Live, (Failure, String)> {
     let (sandbox, reads, control) =
         start_with_socket(request, config, seccomp, warm).map_err(|f| (f, String::new()))?;
-    let warm_run = matches!(sandbox, Sandbox::Warm { .. });
     // A session's set-up is not a run's: its phases are not logged.
     let mut phases = Phases::new();
     let cgroup = release(
@@ -311,22 +310,14 @@ fn open(
         &mut phases,
     )
     .map_err(|f| (f, String::new()))?;
-    let outputs = reads.outputs;
-    let live = Live {
+    begin(
+        request,
         sandbox,
         cgroup,
         control,
-        reports: Capture::new(outputs.report, RECORD_LEN * 4),
-        warm: warm_run,
-        limits: request.limits.clone(),
-        proxy: door::proxy_url(request),
-        ca: door::extra_ca(request),
-    };
-    // Until the harness is ready its stderr says why it is not; after, it is /dev/null.
-    let err = Capture::new(outputs.stderr, 64 * 1024);
-    drop(outputs.stdout);
-    drop(outputs.plots);
-    begin(live, err, br#"{"mode":"session"}"#)
+        reads.outputs,
+        br#"{"mode":"session"}"#,
+    )
 }
 
 /// Makes a ready sandbox (the pool's) this session's: the session's own limits applied,
@@ -340,7 +331,21 @@ fn claim(request: &RunRequest, ready: Ready) -> Result<Live, (Failure, String)> 
         control,
         limits: _,
     } = ready;
-    let live = Live {
+    begin(request, sandbox, cgroup, control, outputs, &message)
+}
+
+/// The session's sandbox, built here or claimed from the pool, as one `Live`: tells the
+/// harness it serves a session and waits for it to say it is ready (it says it is waiting
+/// first, which a sandbox from the pool already said).
+fn begin(
+    request: &RunRequest,
+    sandbox: Sandbox,
+    cgroup: Option<Box<dyn RunCgroup>>,
+    control: OwnedFd,
+    outputs: Outputs,
+    message: &[u8],
+) -> Result<Live, (Failure, String)> {
+    let mut live = Live {
         warm: matches!(sandbox, Sandbox::Warm { .. }),
         sandbox,
         cgroup,
@@ -350,15 +355,10 @@ fn claim(request: &RunRequest, ready: Ready) -> Result<Live, (Failure, String)> 
         proxy: door::proxy_url(request),
         ca: door::extra_ca(request),
     };
-    let err = Capture::new(outputs.stderr, 64 * 1024);
+    // Until the harness is ready its stderr says why it is not; after, it is /dev/null.
+    let mut err = Capture::new(outputs.stderr, 64 * 1024);
     drop(outputs.stdout);
     drop(outputs.plots);
-    begin(live, err, &message)
-}
-
-/// Tells the harness it serves a session and waits for it to say it is ready (it says it
-/// is waiting first, which a sandbox from the pool already said).
-fn begin(mut live: Live, mut err: Capture, message: &[u8]) -> Result<Live, (Failure, String)> {
     let deadline = Instant::now() + READY_PATIENCE;
     let failed = |live: Live, err: &Capture, step: Step| {
         let stderr = text(err, "stderr");
