@@ -224,7 +224,7 @@ pub struct Options {
     #[arg(long, env = "NSBOX_MAX_FORKS")]
     pub max_forks: Option<u32>,
     /// Ready sandboxes kept per warm template, built ahead of requests and each used once;
-    /// 0 builds every run's sandbox at its request [default: 0].
+    /// 0 builds every run's sandbox at its request [default: 2].
     #[arg(long, env = "NSBOX_POOL_SIZE")]
     pub pool_size: Option<usize>,
     /// Seconds without a request after which the pool keeps one ready sandbox per template;
