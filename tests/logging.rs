@@ -91,7 +91,9 @@ impl Drop for Stopped {
 /// Starts a warm server logging in `format`, stops its base zygote, runs stdlib-only code
 /// with `request_id`, and returns the run's answer, the server's log and its metrics.
 fn run_with_a_stopped_zygote(format: &str, request_id: &str) -> (Value, String, String) {
-    let server = Server::start(&["--mode", "warm", "--log-format", format]);
+    // Without ready sandboxes: one built before the zygote stopped would serve the run warm,
+    // and the failed hand-off to the zygote is what this looks at.
+    let server = Server::start(&["--mode", "warm", "--log-format", format, "--pool-size", "0"]);
     let zygote = Stopped::new(base_zygote(server.pid() as i32));
     let resp = server
         .client()
