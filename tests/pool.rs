@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::{
-    children, cmdline, proc_status_field, process_tree, processes_of_uid, run_cgroups,
+    children, cmdline, comm, proc_status_field, process_tree, processes_of_uid, run_cgroups,
     run_processes_of_uid, run_supervisor_of, server_cgroup_dirs, server_child_cgroups, wait_until,
     wait_until_empty, waiting_in_pool, Server, NOBODY, POOL_WAITING_NAME,
 };
@@ -292,13 +292,6 @@ fn a_ready_sandbox_that_dies_while_it_waits_costs_no_request() {
         assert_eq!(a["stdout"], "42\n", "{a:#}");
     }
     wait_for_ready(&server, 3);
-}
-
-fn comm(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim_end()
-        .to_string()
 }
 
 /// The other suites' leftover checks (`run_processes_of_uid`, `run_cgroups`) leave out the

@@ -646,12 +646,19 @@ pub fn run_supervisor_of(pid: i32) -> Option<i32> {
     })
 }
 
+/// A host process's name (`/proc/<pid>/comm`); empty once it is gone.
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
+}
+
 /// Whether no pooled supervisor of the server builds its sandbox now.
 pub fn pool_built(server_pid: u32) -> bool {
-    !process_tree(server_pid as i32).into_iter().any(|p| {
-        std::fs::read_to_string(format!("/proc/{p}/comm"))
-            .is_ok_and(|c| c.trim_end() == POOL_BUILDING_NAME)
-    })
+    !process_tree(server_pid as i32)
+        .into_iter()
+        .any(|p| comm(p) == POOL_BUILDING_NAME)
 }
 
 /// Whether `supervisor` is a pooled supervisor that no request has claimed: it builds its
@@ -659,8 +666,7 @@ pub fn pool_built(server_pid: u32) -> bool {
 /// nothing inside a sandbox can rename a host process (another pid and user namespace,
 /// no ptrace).
 pub fn supervisor_waits(supervisor: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{supervisor}/comm"))
-        .is_ok_and(|c| [POOL_WAITING_NAME, POOL_BUILDING_NAME].contains(&c.trim_end()))
+    [POOL_WAITING_NAME, POOL_BUILDING_NAME].contains(&comm(supervisor).as_str())
 }
 
 /// Whether a host process belongs to a ready sandbox that waits for a request (and so ran
