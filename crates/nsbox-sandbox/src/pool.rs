@@ -399,8 +399,7 @@ fn pooled_main(
     };
     let request_id = request.request_id.as_deref().map(tracing::field::display);
     let fits = request.template == Some(template)
-        && request.egress_port.is_none()
-        && request.site.is_none()
+        && request.needs_nothing_built_per_run()
         && ready.fits(&request.limits);
     if !fits {
         // The server sends only requests that fit; one that does not goes today's way

@@ -118,6 +118,15 @@ pub struct RunRequest {
     pub site: Option<String>,
 }
 
+impl RunRequest {
+    /// Whether a ready sandbox (built ahead, with neither) could serve this run as far as
+    /// the run itself goes: no egress door to make and no package set to mount. The
+    /// server's hand-off key and the pooled supervisor's own check both ask this.
+    pub fn needs_nothing_built_per_run(&self) -> bool {
+        self.egress_port.is_none() && self.site.is_none()
+    }
+}
+
 /// Where a run sees its cached package set (an empty directory of every tree).
 pub const SITE_DIR: &str = "/opt";
 

@@ -194,8 +194,7 @@ impl Spawner {
             (Some(t), Some(warm))
                 if warm.pool_size > 0
                     && warm.templates.contains(&t)
-                    && request.egress_port.is_none()
-                    && request.site.is_none()
+                    && request.needs_nothing_built_per_run()
                     && config.limits.built_alike(&request.limits)
                     && request.limits.cpu_seconds
                         <= warm.pool_cpu_seconds.max(config.limits.cpu_seconds) =>
