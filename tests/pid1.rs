@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    children, client, cmdline, post, processes_of_uid, run_processes_of_uid, wait_until,
-    wait_until_empty, Server, NOBODY,
+    children, client, cmdline, pool_built, post, processes_of_uid, run_processes_of_uid,
+    wait_until, wait_until_empty, Server, NOBODY,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -290,6 +290,22 @@ fn nsbox_as_pid_1_serves_reaps_orphans_and_takes_everything_with_it_when_killed(
 fn sigterm_to_pid_1_is_a_clean_shutdown() {
     let (cgroups, mut server) = start_as_pid_1(UID_BASE + 1_000_000);
     let init = only_child(server.pid() as i32, "unshare");
+    // Ready sandboxes name their cgroups with pids of the server's namespace, not the
+    // host's: they must still be told from runs, or the wait for the run below ends early.
+    assert!(
+        wait_until(Duration::from_secs(30), || pool_built(server.pid())),
+        "the ready sandboxes were never built"
+    );
+    let nobody = UID_BASE + 1_000_000 + NOBODY;
+    assert!(
+        !processes_of_uid(nobody).is_empty(),
+        "no ready sandbox's process runs as nobody"
+    );
+    assert_eq!(
+        run_processes_of_uid(nobody),
+        Vec::<i32>::new(),
+        "waiting sandboxes of a server that is PID 1 counted as runs"
+    );
     let run = run_in_flight(
         &server,
         UID_BASE + 1_000_000,

@@ -633,17 +633,48 @@ fn start_ticks(pid: i32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// The supervisor whose run cgroup (`run-<supervisor pid>`) a host process is in, from
-/// the host's `/proc/<pid>/cgroup` (the test runs in the host's cgroup namespace).
+/// The supervisor whose run cgroup (`run-<supervisor pid>`) a host process is in, as a
+/// host pid. The cgroup is read from the host's `/proc/<pid>/cgroup` (the test runs in the
+/// host's cgroup namespace), but the supervisor names it with its pid in the server's PID
+/// namespace, which is not the host's when nsbox runs as PID 1 of a namespace of its own
+/// (tests/pid1.rs, a container). So the supervisor is looked up where it lives: a child
+/// of the spawner, which is an ancestor of every sandbox's process, in the spawner's PID
+/// namespace (the same depth of `NSpid`) and with the named pid there.
 pub fn run_supervisor_of(pid: i32) -> Option<i32> {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    cgroups.lines().find_map(|l| {
+    let named = cgroups.lines().find_map(|l| {
         l.rsplit('/')
             .next()?
             .strip_prefix("run-")?
             .parse::<i32>()
             .ok()
-    })
+    })?;
+    let mut ancestor = pid;
+    loop {
+        ancestor = proc_status_field(ancestor, "PPid:")?.parse().ok()?;
+        if ancestor == 0 {
+            return None;
+        }
+        let depth = namespaced_pids(ancestor).len();
+        let supervisor = children(ancestor).into_iter().find(|&c| {
+            let ids = namespaced_pids(c);
+            ids.len() == depth && ids.last() == Some(&named)
+        });
+        if supervisor.is_some() {
+            return supervisor;
+        }
+    }
+}
+
+/// A process's pid in each PID namespace it is in, the host's first (`NSpid`).
+fn namespaced_pids(pid: i32) -> Vec<i32> {
+    proc_status_field(pid, "NSpid:")
+        .map(|ids| {
+            ids.split_whitespace()
+                .filter_map(|i| i.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A host process's name (`/proc/<pid>/comm`); empty once it is gone.
@@ -697,7 +728,8 @@ pub fn run_processes_of_uid(uid: u32) -> Vec<i32> {
 }
 
 /// Whether a cgroup directory is that of a ready sandbox that waits (`run-<pid>` of a
-/// pooled supervisor that calls itself [`POOL_WAITING_NAME`]).
+/// pooled supervisor that calls itself [`POOL_WAITING_NAME`]), for a server in the host's PID
+/// namespace (the name holds the supervisor's pid in the server's).
 pub fn is_waiting_pool_cgroup(dir: &Path) -> bool {
     dir.file_name()
         .and_then(|n| n.to_str()?.strip_prefix("run-")?.parse::<i32>().ok())
