@@ -35,6 +35,9 @@
 #                       attach lock is the kernel's, shared by both servers: a change to how it
 #                       is kept (AttachKeeper) helps the baseline too, so compare such a change
 #                       with two runs, one build alone in each.
+#   BENCH_BASELINE_ARGS extra `nsbox serve` arguments for the baseline server only, e.g.
+#                       "--pool-size 0" with BENCH_BASELINE=target/release: one build with
+#                       and without a setting, measured the same way
 # The servers log each run's phases (RUST_LOG=info,nsbox::phases=debug: the supervisor's
 # start, cgroup, attach, run, verdict, reply and teardown times) and the table gives their p50.
 # wrk's raw output, the server logs and results.jsonl stay in the printed work directory.
@@ -55,6 +58,7 @@ AGENT_N=${BENCH_AGENT_N:-40}
 AGENT_PAUSE_MS=${BENCH_AGENT_PAUSE_MS:-200}
 COLD=${BENCH_COLD:-1}
 BASELINE=${BENCH_BASELINE:-}
+read -r -a BASELINE_ARGS <<<"${BENCH_BASELINE_ARGS:-}"
 
 say() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
@@ -217,7 +221,7 @@ warm_pid=$server_pid warm_url=$url
 modes=warm
 if [ -n "$BASELINE" ]; then
 	[ -x "$BASELINE/nsbox" ] && [ -f "$BASELINE/libnsbox_sandbox.so" ] || die "BENCH_BASELINE=$BASELINE: no nsbox and libnsbox_sandbox.so there"
-	server_bin=$BASELINE/nsbox start_server base
+	server_bin=$BASELINE/nsbox start_server base "${BASELINE_ARGS[@]}"
 	base_url=$url
 	modes="warm base"
 fi
@@ -312,6 +316,7 @@ fi
 
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); cpu calibration again: $(calibrate)"
+[ -n "$BASELINE" ] && echo "base: $BASELINE/nsbox ${BASELINE_ARGS[*]}"
 echo
 "${bench_py[@]}" report "$results"
 if [ -s "$work/results-pairs.md" ]; then
