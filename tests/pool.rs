@@ -380,3 +380,42 @@ fn leftover_checks_leave_out_waiting_sandboxes_but_not_a_claimed_runs_processes(
         run_processes_of_uid(base + NOBODY)
     });
 }
+
+/// A run whose template the operator does not keep warm forks from the next larger one
+/// kept (`--warm-templates base,ml`: a pandas run forks from ml); the pool serves it the
+/// same way, from a ready sandbox of that template, rather than building one at its request.
+#[test]
+fn a_run_whose_template_is_not_kept_is_served_from_the_next_larger_ones_pool() {
+    let _one = exclusive();
+    let server = Server::start_in_uid_range(
+        uid_base(5),
+        &[
+            "--warm-templates",
+            "base,ml",
+            "--pool-size",
+            "1",
+            "--scanner",
+            "off",
+        ],
+        &[],
+    );
+    let ready_ml = |server: &Server| status(server)["pool"]["ready"]["ml"].as_u64();
+    assert!(
+        wait_until(Duration::from_secs(60), || ready_ml(&server) == Some(1)),
+        "the pool never had a ready ml sandbox: {:#}",
+        status(&server)
+    );
+    let before = claims(&server);
+    let answer = server.run_with(json!({
+        "lang": "python",
+        "code": "import sys\nimport pandas as pd\nprint(pd.DataFrame({'a': [1, 2]})['a'].sum(), 'sklearn' in sys.modules)",
+    }));
+    // sklearn already imported: the run came from the ml template's interpreter.
+    assert_eq!(answer["stdout"], "3 True\n", "{answer:#}");
+    assert_eq!(
+        claims(&server),
+        before + 1,
+        "the scientific run was not served by the ready ml sandbox: {:#}",
+        status(&server)
+    );
+}

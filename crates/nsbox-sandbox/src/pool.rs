@@ -398,7 +398,12 @@ fn pooled_main(
         }
     };
     let request_id = request.request_id.as_deref().map(tracing::field::display);
-    let fits = request.template == Some(template)
+    // A sandbox of a larger template has all that a smaller one's run needs (the pool
+    // of base and ml serves scientific runs from ml, as the zygotes would).
+    let fits = request
+        .template
+        .and_then(|t| t.served_by(|kept| kept == template))
+        .is_some()
         && request.needs_nothing_built_per_run()
         && ready.fits(&request.limits);
     if !fits {

@@ -416,6 +416,16 @@ impl Template {
             Template::Ml => "ml",
         }
     }
+
+    /// The template a run of this one is forked from when only those `kept` are warm:
+    /// itself, or else the smallest kept one that has everything it has (each template is
+    /// the one before it plus more).
+    pub fn served_by(self, kept: impl Fn(Template) -> bool) -> Option<Template> {
+        Template::ALL
+            .into_iter()
+            .skip_while(|t| *t != self)
+            .find(|t| kept(*t))
+    }
 }
 
 /// Top-level modules that only the scientific (and ml) template has warm, and the
@@ -470,6 +480,19 @@ pub fn template_for(imported: &[String], libraries: &[String]) -> Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_not_kept_is_served_by_the_next_larger_one_kept() {
+        let kept = |list: &'static [Template]| move |t| list.contains(&t);
+        let base_ml = kept(&[Template::Base, Template::Ml]);
+        assert_eq!(Template::Scientific.served_by(base_ml), Some(Template::Ml));
+        assert_eq!(Template::Base.served_by(base_ml), Some(Template::Base));
+        assert_eq!(Template::Ml.served_by(base_ml), Some(Template::Ml));
+        let base_only = kept(&[Template::Base]);
+        assert_eq!(Template::Scientific.served_by(base_only), None);
+        let sci = kept(&[Template::Scientific]);
+        assert_eq!(Template::Base.served_by(sci), Some(Template::Scientific));
+    }
 
     #[test]
     fn a_sandbox_built_under_other_limits_does_not_fit_but_the_timeout_and_cpu_time_may_differ() {

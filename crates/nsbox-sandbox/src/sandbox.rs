@@ -116,10 +116,10 @@ impl WarmControls {
     /// plus more), when the operator keeps fewer templates or one died and is starting
     /// again (a retiring zygote keeps taking runs until its successor is warm).
     pub(crate) fn get(&self, template: Template) -> Option<RawFd> {
-        Template::ALL
+        let serving = template.served_by(|kept| self.0.iter().any(|(t, _)| *t == kept))?;
+        self.0
             .iter()
-            .skip_while(|t| **t != template)
-            .find_map(|wanted| self.0.iter().find(|(t, _)| t == wanted))
+            .find(|(t, _)| *t == serving)
             .map(|(_, fd)| *fd)
     }
 }

@@ -186,14 +186,20 @@ impl Spawner {
     }
 
     /// The hand-off byte for `request`: the template of the ready sandboxes that can serve
-    /// it, or 0 when it must be built at its request (no pool, no warm template, an egress
+    /// it (its own, or the next larger one kept warm, as a run without a pool is forked),
+    /// or 0 when it must be built at its request (no pool, no warm template, an egress
     /// door, a package set to mount, limits other than those the pool is built under).
     pub fn pool_key(&self, request: &RunRequest) -> u8 {
         let config = &self.shared.config;
-        match (request.template, &config.warm) {
-            (Some(t), Some(warm))
+        let Some(warm) = &config.warm else {
+            return 0;
+        };
+        let serving = request
+            .template
+            .and_then(|t| t.served_by(|kept| warm.templates.contains(&kept)));
+        match serving {
+            Some(t)
                 if warm.pool_size > 0
-                    && warm.templates.contains(&t)
                     && request.needs_nothing_built_per_run()
                     && config.limits.built_alike(&request.limits)
                     && request.limits.cpu_seconds
