@@ -419,3 +419,78 @@ fn a_run_whose_template_is_not_kept_is_served_from_the_next_larger_ones_pool() {
         status(&server)
     );
 }
+
+/// The warm interpreters of `template` in the server's tree that are not forks of another:
+/// its zygotes, and any fork left behind whose zygote is gone.
+fn unforked_interpreters(server: &Server, template: &str) -> Vec<i32> {
+    let tree = process_tree(server.pid() as i32);
+    let interpreter_of = |pid: i32| {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (argv.join(" ").contains("_NSBOX_ZYGOTE")).then(|| argv.get(5).cloned().unwrap_or_default())
+    };
+    tree.iter()
+        .copied()
+        .filter(|&p| interpreter_of(p).as_deref() == Some(template))
+        .filter(|&p| {
+            let parent = proc_status_field(p, "PPid:").and_then(|v| v.parse::<i32>().ok());
+            parent.is_none_or(|parent| interpreter_of(parent).is_none())
+        })
+        .collect()
+}
+
+/// A zygote that retires at its fork limit leaves once its successor is warm, with a pool
+/// on as without: no pooled supervisor keeps its control socket (one forked while it was
+/// still starting used to), and the ready sandboxes forked from it are ended and built
+/// again from the successor (they used to keep the old interpreter's memory alive).
+#[test]
+fn a_retired_zygote_leaves_with_the_ready_sandboxes_forked_from_it() {
+    let _one = exclusive();
+    let server = Server::start_in_uid_range(
+        uid_base(6),
+        &[
+            "--warm-templates",
+            "base,scientific",
+            "--pool-size",
+            "1",
+            "--max-forks",
+            "10",
+            "--scanner",
+            "off",
+        ],
+        &[],
+    );
+    let ready = |t: &str| status(&server)["pool"]["ready"][t].as_u64() == Some(1);
+    assert!(
+        wait_until(Duration::from_secs(60), || ready("base")
+            && ready("scientific")),
+        "the pool never filled: {:#}",
+        status(&server)
+    );
+    let respawns = || {
+        let text = server.get("/metrics").text().unwrap();
+        common::metric(&text, "nsbox_template_respawns_total").unwrap_or(0.0)
+    };
+    for _ in 0..16 {
+        let v = server.run("import pandas\nprint(1)");
+        assert_eq!(v["stdout"], "1\n", "{v}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || respawns() >= 1.0),
+        "the scientific zygote never retired at its fork limit"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            unforked_interpreters(&server, "scientific").len() == 1 && ready("scientific")
+        }),
+        "the retired scientific zygote (or a sandbox forked from it) outlived its successor: \
+         {:?}, pool {:#}",
+        unforked_interpreters(&server, "scientific"),
+        status(&server)
+    );
+    let v = server.run("import pandas\nprint(2)");
+    assert_eq!(v["stdout"], "2\n", "{v}");
+}

@@ -161,6 +161,16 @@ impl Pool {
         self.entries = keep;
     }
 
+    /// Ends the sandboxes of `template` that wait or are being built, after a successor
+    /// replaced that template's zygote. They were forked from the old zygote and share its
+    /// memory: one left waiting in an idle pool would keep a whole interpreter's pages
+    /// alive beside the successor's. The next refill builds them from the successor.
+    /// Claimed ones are off the books already and run on.
+    pub fn forget(&mut self, template: Template) {
+        // Closing the link ends that sandbox unused.
+        self.entries.retain(|p| p.template != template);
+    }
+
     /// Hands `run` to a ready sandbox for the request's hand-off byte; false when none
     /// can take it (the request then goes the way it would without a pool).
     pub fn claim(&mut self, key: u8, run: &OwnedFd) -> bool {

@@ -386,12 +386,13 @@ pub fn main() -> i32 {
     loop {
         // Off the request path: after the hand-offs the last round took, and before this
         // round waits.
-        pool.refill(
-            &templates.controls(),
-            &config,
-            &program,
-            &[control.as_raw_fd()],
-        );
+        // A pooled supervisor keeps the control sockets of the zygotes it may start its
+        // sandbox from until it is built; the server's socket and those of zygotes still
+        // starting it closes at once. One kept would hold that zygote open: a successor's
+        // predecessor then never sees its last reader go, and lives on beside it.
+        let mut inherited = vec![control.as_raw_fd()];
+        inherited.extend(templates.unready_controls());
+        pool.refill(&templates.controls(), &config, &program, &inherited);
         let mut fds = vec![PollFd::new(control.as_fd(), PollFlags::POLLIN)];
         fds.extend(
             templates
@@ -424,8 +425,10 @@ pub fn main() -> i32 {
             .collect();
         drop(fds);
         reap_supervisors(&config);
-        templates.service(&ready[1..=zygotes]);
         pool.service(&ready[1 + zygotes..]);
+        for kind in templates.service(&ready[1..=zygotes]) {
+            pool.forget(kind);
+        }
         templates.check_liveness();
         templates.restart_missing();
         let now = SpawnerStatus {
@@ -634,9 +637,18 @@ impl<'a> Templates<'a> {
         )
     }
 
+    /// Control sockets of the templates whose zygote is still starting.
+    fn unready_controls(&self) -> Vec<RawFd> {
+        self.live
+            .iter()
+            .filter(|t| !t.ready)
+            .map(|t| t.control.as_raw_fd())
+            .collect()
+    }
+
     /// Reads what zygotes said: "ready", "replace-soon" (near its fork limit), or EOF when one
-    /// died.
-    fn service(&mut self, readable: &[bool]) {
+    /// died. Returns the templates whose zygote a warm successor replaced just now.
+    fn service(&mut self, readable: &[bool]) -> Vec<Template> {
         let mut keep = Vec::with_capacity(self.live.len());
         let mut successors = Vec::new();
         let mut newly_ready = Vec::new();
@@ -673,10 +685,15 @@ impl<'a> Templates<'a> {
         }
         // A successor that is warm replaces its predecessor: closing the old control socket
         // makes that zygote stop taking runs and exit once its runs are over.
+        let mut replaced = Vec::new();
         keep.retain(|t| {
-            !newly_ready
+            let old = newly_ready
                 .iter()
-                .any(|(kind, pid)| t.template == *kind && t.pid != *pid)
+                .any(|(kind, pid)| t.template == *kind && t.pid != *pid);
+            if old {
+                replaced.push(t.template);
+            }
+            !old
         });
         self.live = keep;
         for kind in successors {
@@ -684,6 +701,7 @@ impl<'a> Templates<'a> {
                 self.launch(kind);
             }
         }
+        replaced
     }
 
     /// Pings the ready zygotes and replaces one that stalled (stopped, frozen, blocked): its
