@@ -155,10 +155,6 @@ fn real_uid(pid: i32) -> Option<u32> {
         .ok()
 }
 
-fn ppid(pid: i32) -> Option<i32> {
-    status_field(pid, "PPid:")?.parse().ok()
-}
-
 /// Alive, not a zombie waiting to be reaped.
 fn is_live(pid: i32) -> bool {
     status_field(pid, "State:").is_some_and(|s| !s.starts_with('Z') && !s.starts_with('X'))
@@ -201,14 +197,9 @@ fn supervisors_of(spawner: i32) -> Vec<i32> {
 /// The zygote of `template` ("base", "scientific" or "ml"): the warm interpreter whose parent is
 /// the template's init, not one of its own per-run forks.
 fn zygote(uid_base: u32, template: &str) -> Option<i32> {
-    run_processes_of_uid(uid_base).into_iter().find(|&pid| {
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let argv: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
-        let is_zygote = |p: i32| cmdline(p).contains("_NSBOX_ZYGOTE");
-        is_zygote(pid)
-            && argv.get(5) == Some(&template.as_bytes())
-            && ppid(pid).is_some_and(|parent| !is_zygote(parent))
-    })
+    run_processes_of_uid(uid_base)
+        .into_iter()
+        .find(|&pid| common::is_unforked_interpreter(pid, template))
 }
 
 /// `<hierarchy>/<own cgroup>/nsbox/srv-<pid>` for the memory, pids and cpu controllers (the

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{cmdline, process_tree, Server};
+use common::{process_tree, warm_template_of, Server};
 
 /// Every server a test here starts may remount cgroup2, and one test clears the option to
 /// see the fallback: they run one at a time.
@@ -198,20 +198,11 @@ fn anon_huge_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The template a zygote warms: the argument after its program (`python3 -I -B -c
-/// PROGRAM TEMPLATE MAX_FORKS HUGE_PAGES`).
-fn template_of(pid: i32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-    Some(String::from_utf8_lossy(args.get(5)?).into_owned())
-}
-
 /// Kibibytes in huge pages of a server's scientific zygote.
 fn scientific_zygote_huge_kib(server: &Server) -> u64 {
     let zygotes: Vec<i32> = process_tree(server.pid() as i32)
         .into_iter()
-        .filter(|p| cmdline(*p).contains("_NSBOX_ZYGOTE"))
-        .filter(|p| template_of(*p).as_deref() == Some("scientific"))
+        .filter(|p| warm_template_of(*p).as_deref() == Some("scientific"))
         .collect();
     assert!(!zygotes.is_empty(), "no scientific zygote under the server");
     zygotes.iter().map(|z| anon_huge_kib(*z)).max().unwrap()
@@ -254,8 +245,8 @@ fn runs_of_a_template_not_kept_fork_from_the_next_larger_one() {
     );
     let zygotes: Vec<Option<String>> = process_tree(server.pid() as i32)
         .into_iter()
-        .filter(|p| cmdline(*p).contains("_NSBOX_ZYGOTE"))
-        .map(template_of)
+        .map(warm_template_of)
+        .filter(Option::is_some)
         .collect();
     assert!(
         !zygotes.contains(&Some("scientific".into())) && zygotes.contains(&Some("ml".into())),

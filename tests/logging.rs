@@ -58,14 +58,9 @@ fn descendants(root: i32) -> Vec<i32> {
 /// The server's `base` zygote: the warm interpreter (`_NSBOX_ZYGOTE` in its program, the
 /// template's name as its argument) whose parent is its template's init, not a zygote.
 fn base_zygote(server_pid: i32) -> i32 {
-    let is_zygote = |pid: i32| argv(pid).iter().any(|a| a.contains("_NSBOX_ZYGOTE"));
     let zygotes: Vec<i32> = descendants(server_pid)
         .into_iter()
-        .filter(|&pid| {
-            is_zygote(pid)
-                && argv(pid).iter().any(|a| a == "base")
-                && ppid(pid).is_some_and(|parent| !is_zygote(parent))
-        })
+        .filter(|&pid| common::is_unforked_interpreter(pid, "base"))
         .collect();
     assert_eq!(zygotes.len(), 1, "one base zygote: {zygotes:?}");
     zygotes[0]

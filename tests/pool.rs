@@ -10,9 +10,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::{
-    children, cmdline, comm, proc_status_field, process_tree, processes_of_uid, run_cgroups,
-    run_processes_of_uid, run_supervisor_of, server_cgroup_dirs, server_child_cgroups, wait_until,
-    wait_until_empty, waiting_in_pool, Server, NOBODY, POOL_WAITING_NAME,
+    children, cmdline, comm, is_unforked_interpreter, proc_status_field, process_tree,
+    processes_of_uid, run_cgroups, run_processes_of_uid, run_supervisor_of, server_cgroup_dirs,
+    server_child_cgroups, wait_until, wait_until_empty, waiting_in_pool, Server, NOBODY,
+    POOL_WAITING_NAME,
 };
 use serde_json::{json, Value};
 
@@ -30,11 +31,16 @@ fn status(server: &Server) -> Value {
     server.get("/v1/status").json().unwrap()
 }
 
-/// Ready sandboxes of the base template waiting now.
-fn ready_base(server: &Server) -> u64 {
-    status(server)["pool"]["ready"]["base"]
+/// Ready sandboxes of `template` waiting now.
+fn ready_of(server: &Server, template: &str) -> u64 {
+    status(server)["pool"]["ready"][template]
         .as_u64()
         .unwrap_or(0)
+}
+
+/// Ready sandboxes of the base template waiting now.
+fn ready_base(server: &Server) -> u64 {
+    ready_of(server, "base")
 }
 
 fn claims(server: &Server) -> u64 {
@@ -399,9 +405,8 @@ fn a_run_whose_template_is_not_kept_is_served_from_the_next_larger_ones_pool() {
         ],
         &[],
     );
-    let ready_ml = |server: &Server| status(server)["pool"]["ready"]["ml"].as_u64();
     assert!(
-        wait_until(Duration::from_secs(60), || ready_ml(&server) == Some(1)),
+        wait_until(Duration::from_secs(60), || ready_of(&server, "ml") == 1),
         "the pool never had a ready ml sandbox: {:#}",
         status(&server)
     );
@@ -423,22 +428,9 @@ fn a_run_whose_template_is_not_kept_is_served_from_the_next_larger_ones_pool() {
 /// The warm interpreters of `template` in the server's tree that are not forks of another:
 /// its zygotes, and any fork left behind whose zygote is gone.
 fn unforked_interpreters(server: &Server, template: &str) -> Vec<i32> {
-    let tree = process_tree(server.pid() as i32);
-    let interpreter_of = |pid: i32| {
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let argv: Vec<String> = raw
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        (argv.join(" ").contains("_NSBOX_ZYGOTE")).then(|| argv.get(5).cloned().unwrap_or_default())
-    };
-    tree.iter()
-        .copied()
-        .filter(|&p| interpreter_of(p).as_deref() == Some(template))
-        .filter(|&p| {
-            let parent = proc_status_field(p, "PPid:").and_then(|v| v.parse::<i32>().ok());
-            parent.is_none_or(|parent| interpreter_of(parent).is_none())
-        })
+    process_tree(server.pid() as i32)
+        .into_iter()
+        .filter(|&p| is_unforked_interpreter(p, template))
         .collect()
 }
 
@@ -463,7 +455,7 @@ fn a_retired_zygote_leaves_with_the_ready_sandboxes_forked_from_it() {
         ],
         &[],
     );
-    let ready = |t: &str| status(&server)["pool"]["ready"][t].as_u64() == Some(1);
+    let ready = |t: &str| ready_of(&server, t) == 1;
     assert!(
         wait_until(Duration::from_secs(60), || ready("base")
             && ready("scientific")),

@@ -685,6 +685,31 @@ pub fn comm(pid: i32) -> String {
         .to_string()
 }
 
+/// The template a warm interpreter serves, from its command line (`python3 -I -B -c
+/// PROGRAM TEMPLATE MAX_FORKS HUGE_PAGES`, the program carrying `_NSBOX_ZYGOTE`): a
+/// zygote's, and its forks' until they exec. `None` for any other process, or one gone.
+pub fn warm_template_of(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    let warm = args.iter().any(|a| {
+        a.windows(b"_NSBOX_ZYGOTE".len())
+            .any(|w| w == b"_NSBOX_ZYGOTE")
+    });
+    if !warm {
+        return None;
+    }
+    Some(String::from_utf8_lossy(args.get(5)?).into_owned())
+}
+
+/// Whether `pid` is a warm interpreter of `template` that is no fork of another: a zygote
+/// (whose parent is its template's init), or a fork left behind once its zygote is gone.
+pub fn is_unforked_interpreter(pid: i32, template: &str) -> bool {
+    warm_template_of(pid).as_deref() == Some(template)
+        && proc_status_field(pid, "PPid:")
+            .and_then(|p| p.parse::<i32>().ok())
+            .is_some_and(|parent| warm_template_of(parent).is_none())
+}
+
 /// Whether no pooled supervisor of the server builds its sandbox now.
 pub fn pool_built(server_pid: u32) -> bool {
     !process_tree(server_pid as i32)
