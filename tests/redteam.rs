@@ -301,39 +301,46 @@ fn describe_pid(pid: i32) -> String {
     format!("{pid} ({cmdline})")
 }
 
-/// Processes of the run uids (the run's root, i.e. its init, and nobody) still alive.
-/// Any found are killed, so a failure does not leave them on the machine.
-/// Processes of a finished run that are still there. The warm templates (init and
-/// zygote) run as the mapped root too; they are the processes of that uid that existed
-/// before the case (`before`), since every earlier case's leftovers were killed.
+/// Processes of a finished run (the run uids: its init runs as the mapped root, its
+/// Python as nobody) still alive after a grace. Any found are killed, so a failure does
+/// not leave them on the machine.
+///
+/// The warm templates (init and zygote) run as the mapped root too; they are the
+/// processes of that uid that existed before the case (`before`), since every earlier
+/// case's leftovers were killed. Only processes already there when the runs ended can
+/// be the runs' own: with the pool on, a claim starts a refill, and its sandbox is forked
+/// from the zygote as the mapped root and counts as waiting only once its supervisor has
+/// moved it into its cgroup, which may be after the last run ended.
 fn survivors(uid_base: u32, before: &[i32]) -> Vec<String> {
-    // The kernel tears a PID namespace down asynchronously, and a zygote's fork exits a
-    // moment after the run it watched: only what is still there after a grace counts.
-    for _ in 0..20 {
-        let any = [uid_base, uid_base + NOBODY].iter().any(|uid| {
-            run_processes_of_uid(*uid)
-                .iter()
-                .any(|p| !before.contains(p))
-        });
-        if !any {
+    let leftovers = |among: Option<&[i32]>| -> Vec<i32> {
+        [uid_base, uid_base + NOBODY]
+            .iter()
+            .flat_map(|uid| run_processes_of_uid(*uid))
+            .filter(|p| !before.contains(p) && among.is_none_or(|a| a.contains(p)))
+            .collect()
+    };
+    let ended = leftovers(None);
+    // The kernel tears a PID namespace down asynchronously, a zygote's fork exits a
+    // moment after the run it watched, and a refill already forked when the runs ended
+    // needs a moment to reach the pool: only what is still there after a grace counts.
+    let mut left = ended.clone();
+    for _ in 0..60 {
+        if left.is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
+        left = leftovers(Some(&ended));
     }
-    let mut found = Vec::new();
-    for uid in [uid_base, uid_base + NOBODY] {
-        for pid in run_processes_of_uid(uid)
-            .into_iter()
-            .filter(|p| !before.contains(p))
-        {
-            found.push(describe_pid(pid));
+    left.into_iter()
+        .map(|pid| {
+            let described = describe_pid(pid);
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
-        }
-    }
-    found
+            described
+        })
+        .collect()
 }
 
 fn execute(server: &Server, uid_base: u32, case: &Case) -> Result<(), String> {
