@@ -157,16 +157,13 @@ fn report(fd: RawFd, record: Record) {
 }
 
 /// Entry point of the run's init (PID 1 of the new PID namespace). Returns only in the
-/// run's Python process when the plan says [`Entry::ReturnToCaller`]; every other process
-/// ends inside.
-pub fn init_main(plan: ChildPlan) {
+/// run's Python process when the plan says [`Entry::ReturnToCaller`], with the plan: that
+/// process is a fork of a warm interpreter, which does the interpreter's after-fork work
+/// and then calls [`python_main_warm`]. Every other process ends inside.
+pub fn init_main(plan: ChildPlan) -> ChildPlan {
     let report_fd = plan.report_write.as_raw_fd();
     match init_steps(&plan) {
-        Ok(Role::Python) => {
-            // The plan's descriptors were moved to fixed numbers and the originals closed;
-            // dropping them now would close whatever holds those numbers today.
-            std::mem::forget(plan);
-        }
+        Ok(Role::Python) => plan,
         Ok(Role::Init(status)) => {
             // By now init has moved the report pipe to its fixed number.
             report(REPORT_FD, Record::PythonStatus(status));
@@ -174,6 +171,16 @@ pub fn init_main(plan: ChildPlan) {
         }
         Err(f) => fail(report_fd, f),
     }
+}
+
+/// The warm run's Python process, once the interpreter's after-fork work is done: the same
+/// steps as a cold run's Python, ending in a return to the interpreter (run the code, then
+/// exit). A step that fails is reported and ends the process.
+pub fn python_main_warm(plan: ChildPlan) {
+    python_main(&plan);
+    // The plan's descriptors were moved to fixed numbers and the originals closed;
+    // dropping them now would close whatever holds those numbers today.
+    std::mem::forget(plan);
 }
 
 /// Which process came back from the init steps.
@@ -224,11 +231,22 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
     step(Step::Loopback, namespaces::loopback_up())?;
 
     let Some(python) = step(Step::StartPython, sys::fork())? else {
-        return python_main(plan).map(|()| Role::Python);
+        return match plan.entry {
+            // A warm interpreter's own after-fork work comes first, in this process rather
+            // than in init: init then runs no Python at all, so it copies none of the
+            // interpreter's pages, and that work still sees the zygote's descriptors.
+            Entry::ReturnToCaller => Ok(Role::Python),
+            Entry::Exec { .. } => {
+                python_main(plan);
+                Ok(Role::Python)
+            }
+        };
     };
 
     // Init keeps only the report pipe; holding the output pipes would hide EOF from the
-    // supervisor, and holding the server's stderr is no business of a sandbox.
+    // supervisor, and holding the server's stderr (or, warm, a zygote's descriptors) is
+    // no business of a sandbox.
+    step(Step::InitStdio, sys::close_fds_except(&plan.descriptors()))?;
     let devnull = step(
         Step::InitStdio,
         open("/dev/null", OFlag::O_RDWR, Mode::empty()),
@@ -336,13 +354,13 @@ fn set_rlimits(limits: &Limits, memory_rlimit: bool) -> Result<(), Errno> {
 }
 
 /// The Python process: drops to nobody, loses every privilege, installs seccomp last and
-/// executes the harness, or returns to the warm interpreter that forked it.
-fn python_main(plan: &ChildPlan) -> Result<(), Failure> {
+/// executes the harness, or returns to the warm interpreter that forked it. A step that
+/// fails is reported and ends the process.
+fn python_main(plan: &ChildPlan) {
     let report_fd = plan.report_write.as_raw_fd();
-    let Err(failure) = python_steps(plan) else {
-        return Ok(());
-    };
-    fail(report_fd, failure)
+    if let Err(failure) = python_steps(plan) {
+        fail(report_fd, failure)
+    }
 }
 
 /// Reports which step failed and ends the process.

@@ -381,7 +381,7 @@ fn start_cold(
         code: ends.code,
     };
     let Some(pid) = step(Step::CreateNamespaces, sys::clone_fork(RUN_NAMESPACES))? else {
-        child::init_main(plan);
+        let _ = child::init_main(plan);
         // A cold plan execs or exits inside; nothing may run the supervisor's code.
         sys::exit_now(127)
     };

@@ -3,12 +3,15 @@
 //! ```text
 //! supervisor --(run socket, over the template's control socket)--> zygote
 //! zygote: nsbox_enter_run(): clone(NEWUSER|NEWNS|NEWPID|...) -> init (same code as cold) -> python
+//! python: the interpreter's after-fork work, then nsbox_continue_run(): nobody, seccomp
 //! ```
 //! The zygote calls [`nsbox_enter_run`] from this crate built as a shared library, so the
 //! isolation steps exist once, in Rust, for both paths. The run's init is cloned straight
 //! from the zygote: the image is copied twice per run (init, then Python), not three times,
-//! and no process of the zygote's waits for the run. The run's Python process returns from
-//! that call into the warm interpreter with every step done.
+//! and no process of the zygote's waits for the run. Init runs only this library's code,
+//! so it writes to few of the image's pages; the run's Python process returns from
+//! [`nsbox_enter_run`] into the warm interpreter, which does its after-fork work and then
+//! takes the last steps in [`nsbox_continue_run`].
 
 use std::ffi::c_int;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -159,14 +162,15 @@ pub extern "C" fn nsbox_zygote_huge_pages() -> c_int {
     (done.collapsed >> 20) as c_int
 }
 
-/// Called by a zygote with a run socket it was handed. Returns 2 in the run's init, just
-/// cloned (the interpreter's after-fork work comes next, then [`nsbox_continue_run`]), 1 in
-/// the zygote once that init is started and handed to the supervisor, -1 on failure. The
-/// socket is the callee's in every case: the caller must not close it.
+/// Called by a zygote with a run socket it was handed. Returns 2 in the run's Python
+/// process, forked by the run's init once the sandbox is built (the interpreter's
+/// after-fork work comes next, then [`nsbox_continue_run`]), 1 in the zygote once that init
+/// is started and handed to the supervisor, -1 on failure. The run's init never returns.
+/// The socket is the callee's in every case: the caller must not close it.
 #[no_mangle]
 pub extern "C" fn nsbox_enter_run(run_fd: c_int) -> c_int {
     match enter_run(run_fd) {
-        Ok(Cloned::Init) => 2,
+        Ok(Cloned::Python) => 2,
         Ok(Cloned::Zygote) => 1,
         Err(e) => {
             eprintln!("nsbox zygote: {e}");
@@ -175,32 +179,27 @@ pub extern "C" fn nsbox_enter_run(run_fd: c_int) -> c_int {
     }
 }
 
-/// Called by the run's init once the interpreter has done its after-fork work (while the
-/// zygote's descriptors still have their numbers, so objects that close theirs close the
-/// right ones). Builds the sandbox: returns 0 in the run's Python process (as `nobody`,
-/// seccomp on: run the code, then exit) and never returns in init; -1 if there is no run.
+/// Called by the run's Python process once the interpreter has done its after-fork work
+/// (while the zygote's descriptors still have their numbers, so objects that close theirs
+/// close the right ones). Takes the Python process's own steps: returns 0 as `nobody`
+/// with seccomp on (run the code, then exit); a step that fails ends the process; -1 if
+/// there is no run.
 #[no_mangle]
 pub extern "C" fn nsbox_continue_run() -> c_int {
     let Some(plan) = PENDING.lock().ok().and_then(|mut p| p.take()) else {
         return -1;
     };
-    // The zygote's control socket, the runs it is handing over and its ignored SIGCHLD
-    // must not reach the run: init waits for Python.
-    if sys::close_fds_except(&plan.descriptors()).is_err() || sys::default_sigchld().is_err() {
-        sys::exit_now(127);
-    }
-    // Returns only in the run's Python process; init and failures end inside.
-    child::init_main(plan);
+    child::python_main_warm(plan);
     0
 }
 
 /// Which process came back from [`enter_run`].
 enum Cloned {
-    Init,
+    Python,
     Zygote,
 }
 
-/// The plan of the run whose init this process is, between [`nsbox_enter_run`] and
+/// The plan of the run whose Python process this is, between [`nsbox_enter_run`] and
 /// [`nsbox_continue_run`].
 static PENDING: Mutex<Option<ChildPlan>> = Mutex::new(None);
 
@@ -255,14 +254,21 @@ fn enter_run(run_fd: RawFd) -> Result<Cloned, WarmError> {
     }
     let init = match sys::clone_fork(RUN_NAMESPACES).map_err(WarmError::Clone)? {
         None => {
-            // The socket is the zygote's to answer on; ours goes with the other inherited
-            // descriptors in nsbox_continue_run.
+            // The run's init. The socket is the zygote's to answer on; ours goes with the
+            // other inherited descriptors, which init closes once Python is forked and
+            // Python once its after-fork work is done. The zygote's ignored SIGCHLD must
+            // not reach init, which waits for Python.
             std::mem::forget(sock);
+            if sys::default_sigchld().is_err() {
+                sys::exit_now(127);
+            }
+            // Returns only in the run's Python process; init and failures end inside.
+            let plan = child::init_main(plan);
             match PENDING.lock() {
                 Ok(mut pending) => *pending = Some(plan),
                 Err(_) => sys::exit_now(127),
             }
-            return Ok(Cloned::Init);
+            return Ok(Cloned::Python);
         }
         Some(pid) => pid,
     };

@@ -130,10 +130,11 @@ def _nsbox_warm(template, max_forks, huge_pages):
                 control.send(b"replace-soon")
             except OSError:
                 break
-        # Clones the run's init into fresh namespaces (2 comes back in it). Around it, what
-        # os.fork does around fork(): the interpreter's own at-fork work and every
-        # library's at-fork hooks (matplotlib drops its open fonts, random reseeds), run
-        # while the zygote's descriptors still have their numbers.
+        # Clones the run's init into fresh namespaces; init builds the sandbox and forks the
+        # run's Python process, and 2 comes back in that process. Around it, what os.fork
+        # does around fork(): the interpreter's own at-fork work and every library's
+        # at-fork hooks (matplotlib drops its open fonts, random reseeds), run while the
+        # zygote's descriptors still have their numbers. Init runs no Python.
         ctypes.pythonapi.PyOS_BeforeFork()
         rc = lib.nsbox_enter_run(fds[0])
         if rc != 2:
@@ -142,10 +143,9 @@ def _nsbox_warm(template, max_forks, huge_pages):
         ctypes.pythonapi.PyOS_AfterFork_Child()
         # The run must see the control socket closed once a retiring zygote exits.
         control.close()
-        # Builds the sandbox; init forks the run's Python process, which comes back here.
+        # The Python process's own steps: nobody, no privileges, seccomp.
         if lib.nsbox_continue_run() != 0:
             os._exit(127)
-        # The run's Python process: its own namespaces, nobody, seccomp.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         import random
 
