@@ -254,11 +254,13 @@ fn enter_run(run_fd: RawFd) -> Result<Cloned, WarmError> {
     }
     let init = match sys::clone_fork(RUN_NAMESPACES).map_err(WarmError::Clone)? {
         None => {
-            // The run's init. The socket is the zygote's to answer on; ours goes with the
-            // other inherited descriptors, which init closes once Python is forked and
-            // Python once its after-fork work is done. The zygote's ignored SIGCHLD must
-            // not reach init, which waits for Python.
-            std::mem::forget(sock);
+            // The run's init. The socket is the zygote's to answer on: our copy goes now,
+            // so a zygote that dies before it answers is an EOF for the supervisor at
+            // once. The zygote's other descriptors stay until Python is forked (its
+            // after-fork work needs them at their numbers); init closes its copies then,
+            // and Python once that work is done. The zygote's ignored SIGCHLD must not
+            // reach init, which waits for Python.
+            drop(sock);
             if sys::default_sigchld().is_err() {
                 sys::exit_now(127);
             }
