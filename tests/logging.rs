@@ -58,10 +58,7 @@ fn descendants(root: i32) -> Vec<i32> {
 /// The server's `base` zygote: the warm interpreter (`_NSBOX_ZYGOTE` in its program, the
 /// template's name as its argument) whose parent is its template's init, not a zygote.
 fn base_zygote(server_pid: i32) -> i32 {
-    let zygotes: Vec<i32> = descendants(server_pid)
-        .into_iter()
-        .filter(|&pid| common::is_unforked_interpreter(pid, "base"))
-        .collect();
+    let zygotes = common::unforked_interpreters(server_pid, "base");
     assert_eq!(zygotes.len(), 1, "one base zygote: {zygotes:?}");
     zygotes[0]
 }

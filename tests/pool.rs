@@ -10,9 +10,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::{
-    children, cmdline, comm, is_unforked_interpreter, proc_status_field, process_tree,
-    processes_of_uid, run_cgroups, run_processes_of_uid, run_supervisor_of, server_cgroup_dirs,
-    server_child_cgroups, wait_until, wait_until_empty, waiting_in_pool, Server, NOBODY,
+    children, cmdline, comm, proc_status_field, process_tree, processes_of_uid, run_cgroups,
+    run_processes_of_uid, run_supervisor_of, server_cgroup_dirs, server_child_cgroups,
+    unforked_interpreters, wait_until, wait_until_empty, waiting_in_pool, Server, NOBODY,
     POOL_WAITING_NAME,
 };
 use serde_json::{json, Value};
@@ -425,15 +425,6 @@ fn a_run_whose_template_is_not_kept_is_served_from_the_next_larger_ones_pool() {
     );
 }
 
-/// The warm interpreters of `template` in the server's tree that are not forks of another:
-/// its zygotes, and any fork left behind whose zygote is gone.
-fn unforked_interpreters(server: &Server, template: &str) -> Vec<i32> {
-    process_tree(server.pid() as i32)
-        .into_iter()
-        .filter(|&p| is_unforked_interpreter(p, template))
-        .collect()
-}
-
 /// A zygote that retires at its fork limit leaves once its successor is warm, with a pool
 /// on as without: no pooled supervisor keeps its control socket (one forked while it was
 /// still starting used to), and the ready sandboxes forked from it are ended and built
@@ -476,11 +467,12 @@ fn a_retired_zygote_leaves_with_the_ready_sandboxes_forked_from_it() {
     );
     assert!(
         wait_until(Duration::from_secs(30), || {
-            unforked_interpreters(&server, "scientific").len() == 1 && ready("scientific")
+            unforked_interpreters(server.pid() as i32, "scientific").len() == 1
+                && ready("scientific")
         }),
         "the retired scientific zygote (or a sandbox forked from it) outlived its successor: \
          {:?}, pool {:#}",
-        unforked_interpreters(&server, "scientific"),
+        unforked_interpreters(server.pid() as i32, "scientific"),
         status(&server)
     );
     let v = server.run("import pandas\nprint(2)");

@@ -710,6 +710,15 @@ pub fn is_unforked_interpreter(pid: i32, template: &str) -> bool {
             .is_some_and(|parent| warm_template_of(parent).is_none())
 }
 
+/// The warm interpreters of `template` below `root` that are not forks of another (see
+/// [`is_unforked_interpreter`]): its zygotes, and any fork left behind whose zygote is gone.
+pub fn unforked_interpreters(root: i32, template: &str) -> Vec<i32> {
+    process_tree(root)
+        .into_iter()
+        .filter(|&p| is_unforked_interpreter(p, template))
+        .collect()
+}
+
 /// Whether no pooled supervisor of the server builds its sandbox now.
 pub fn pool_built(server_pid: u32) -> bool {
     !process_tree(server_pid as i32)
