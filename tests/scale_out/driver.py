@@ -305,13 +305,20 @@ class HAProxy:
             time.sleep(0.02)
         return None
 
-    def log_entries(self) -> dict[str, dict]:
-        out = {}
-        for line in self.logfile.read_text(errors="replace").splitlines():
-            m = LOG_RE.search(line)
-            if m and m["rid"]:
-                out[m["rid"]] = m.groupdict()
-        return out
+    def log_entries(self, want=(), within: float = 10.0) -> dict[str, dict]:
+        """Request id -> its log line's fields. HAProxy writes a line once it is done with
+        the request, which can be a moment after the client has its answer: the read waits
+        (up to WITHIN seconds) for every id of WANT to be there, rather than for a fixed time."""
+        deadline = time.monotonic() + within
+        while True:
+            out = {}
+            for line in self.logfile.read_text(errors="replace").splitlines():
+                m = LOG_RE.search(line)
+                if m and m["rid"]:
+                    out[m["rid"]] = m.groupdict()
+            if all(rid in out for rid in want) or time.monotonic() >= deadline:
+                return out
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -436,9 +443,8 @@ def retry_phase(args, work: Work, real: Node) -> dict:
         rid = f"retry-{i:03d}"
         status, headers, body = post(url, rid, code)
         results[rid] = (status, judge("basic", status, headers, body))
-    time.sleep(0.5)  # the last log lines
+    entries = lb.log_entries(want=results)
     lb.stop()
-    entries = lb.log_entries()
     fake_ids = dict(fake.received)
     redispatched = redispatched_ok = 0
     for rid, (status, verdict) in results.items():
@@ -648,12 +654,13 @@ def exercise_all(url: str, sessions: list[Session], round_: str) -> None:
 def routed_as_named(lb: HAProxy, sessions: list[Session], prefix: str) -> int:
     """Each request of the sessions whose id starts with PREFIX reached the node its session
     id names, through that node's backend, per HAProxy's log. Returns how many were checked."""
-    time.sleep(0.3)  # the last log lines
-    entries = lb.log_entries()
+    sent = {rid: node for s in sessions for rid, node in s.sent.items()
+            if rid.startswith(f"sess{s.index:02d}-{prefix}")}
+    entries = lb.log_entries(want=sent)
     n = 0
     for s in sessions:
         for rid, node in s.sent.items():
-            if not rid.startswith(f"sess{s.index:02d}-{prefix}"):
+            if rid not in sent:
                 continue
             n += 1
             e = entries.get(rid)
@@ -717,8 +724,7 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
     log(f"{len(sessions)} sessions created through HAProxy: {figures['sessions_per_node']}")
     check(all(spread.get(n.name, 0) >= args.sessions // 6 for n in nodes),
           f"{args.sessions} sessions not spread over the three nodes: {dict(spread)}")
-    time.sleep(0.3)
-    entries = lb.log_entries()
+    entries = lb.log_entries(want=[f"create-{i:02d}" for i in range(len(sessions))])
     for i, s in enumerate(sessions):
         e = entries.get(f"create-{i:02d}")
         check(e is not None and e["server"] == s.node,
@@ -751,7 +757,9 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
     time.sleep(args.warmup_seconds)
     # --- SIGKILL node 1 ---
     old_pid = victim.proc.pid
-    old_procs = {p: start_time(p) for p in descendants(old_pid)}
+    # A process that exits between the two reads (a run ending under the load) has no
+    # start time: kept with None it would count as alive for good, as "(gone)".
+    old_procs = {p: t for p in descendants(old_pid) if (t := start_time(p)) is not None}
     old_what = {p: describe(p) for p in old_procs}
     old_cgroups = server_cgroups(old_pid)
     check(bool(old_procs), f"{victim.name} had no child processes before the kill (spawner, templates)")
@@ -883,7 +891,9 @@ def failover_phase(args, work: Work, nodes: list[Node]) -> dict:
         check(False, f"{r['id']} ({r['workload']}): {r['verdict']}")
     check(not bad, f"{len(bad)} answers neither correct nor a clear 502/503")
     failed = [r for r in recs if r["verdict"] == "retryable"]
-    entries = lb.log_entries()
+    # Every request that reached HAProxy and was answered has a line (a refused connection
+    # to HAProxy itself would have none; the load's clients never meet one).
+    entries = lb.log_entries(want=[r["id"] for r in recs if r["status"]])
     # --- no request ran twice, and none that failed ran anywhere but where HAProxy sent it ---
     finished = {n.name: run_finished_ids(n) for n in nodes}
     total = collections.Counter()
