@@ -93,7 +93,8 @@ log "starting $bin on $url"
 "$bin" serve --listen "127.0.0.1:$port" --rootfs "$NSBOX_ROOTFS" </dev/null >"$server_log" 2>&1 &
 server_pid=$!
 healthy=
-for ((i = 0; i < 300; i++)); do
+# Warm templates can take a minute on a slow, busy host.
+for ((i = 0; i < 1200; i++)); do
 	if ! kill -0 "$server_pid" 2>/dev/null; then
 		show_server_log
 		die "nsbox exited before it was healthy"
@@ -106,7 +107,7 @@ for ((i = 0; i < 300; i++)); do
 done
 [[ -n $healthy ]] || {
 	show_server_log
-	die "nsbox was not healthy within 30 s"
+	die "nsbox was not healthy within 120 s"
 }
 
 # --- The tests -----------------------------------------------------------------------------

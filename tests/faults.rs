@@ -26,8 +26,12 @@ use nix::unistd::Pid;
 use nsbox::sandbox::warm::Template;
 use serde_json::{json, Value};
 
-/// How long the kernel may take to tear down PID namespaces after a run is over.
-const TEARDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long the kernel may take to tear down PID namespaces after a run is over. Every
+/// wait on it ends as soon as all is clean; the bound is for a slow, loaded host.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Under the hand-off's 10 s receive timeout: a run that took this long waited on a zygote
+/// that never answered.
+const HANDOFF_WAIT: Duration = Duration::from_secs(8);
 /// `base64("\x89PNG\r\n\x1a\n")`: how every returned plot starts.
 const PNG_BASE64: &str = "iVBORw0KGgo";
 
@@ -1152,10 +1156,12 @@ fn a_stopped_zygote_under_load_is_replaced_and_costs_no_run_the_hand_off_timeout
         stopped_at.elapsed().as_secs_f64(),
         percentile(&mut latencies, 50.0)
     );
-    // Generous: the hand-off's timeout is 10 s, a run on this host a fraction of a second.
+    // A run handed to the stopped zygote would wait for the hand-off's 10 s timeout; any
+    // other run, cold ones while the successor warms up included, takes far less. The bound
+    // tells the two apart on a slow, loaded host: the percentiles above are the measurement.
     assert!(
-        p99 < Duration::from_secs(1),
-        "p99 {p99:?} over {n} runs (max {max:?}): runs waited on the stopped zygote"
+        max < HANDOFF_WAIT,
+        "max {max:?} over {n} runs (p99 {p99:?}): a run waited on the stopped zygote"
     );
     // The stopped zygote was ended and replaced: runs are warm again.
     ended_and_replaced(stopped, &server);
@@ -1213,9 +1219,9 @@ fn a_zygote_that_stalled_while_idle_costs_the_next_run_no_hand_off_timeout() {
         "{}",
         brief(&reply.body)
     );
-    // Generous: the hand-off's timeout is 10 s.
+    // As above: not the hand-off's 10 s.
     assert!(
-        took < Duration::from_secs(3),
+        took < HANDOFF_WAIT,
         "the first run after the pause took {took:?}: it waited on the stopped zygote"
     );
     ended_and_replaced(stopped, &server);
@@ -1273,7 +1279,11 @@ fn sigterm_during_a_run(
     let rx = started_in_background(server, uid_base, body, client_timeout, "before SIGTERM");
     let signalled = Instant::now();
     kill(Pid::from_raw(server.pid() as i32), Signal::SIGTERM).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The listener closes as the server handles the signal: on a loaded host that can take
+    // longer than a fixed pause, so wait for it (a server that keeps serving still fails).
+    wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(server.base.trim_start_matches("http://")).is_err()
+    });
     assert_refuses_new_requests(&server.base);
     (rx, signalled)
 }

@@ -36,7 +36,7 @@ def wait_for_health(url: str, proc: subprocess.Popen | None = None, seconds: flo
 
 
 @contextlib.contextmanager
-def nsbox(*args: str, ready_within: float = 30.0) -> Iterator[str]:
+def nsbox(*args: str, ready_within: float = 120.0) -> Iterator[str]:
     """Runs `$NSBOX_BIN serve` on a free loopback port with `$NSBOX_ROOTFS` and the given
     extra arguments; yields its base URL and stops it with SIGTERM afterwards. Also the
     browser tests' servers (tests/ui/conftest.py)."""

@@ -24,7 +24,7 @@ OPERATOR_KEY = "ui-test-operator"
 
 def nsbox(*args: str):
     """A server for the browser tests: warm templates may take a minute on a busy host."""
-    return _nsbox(*args, ready_within=60.0)
+    return _nsbox(*args, ready_within=120.0)
 
 
 @pytest.fixture(scope="session")
