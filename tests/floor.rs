@@ -262,3 +262,33 @@ fn runs_of_a_template_not_kept_fork_from_the_next_larger_one() {
         "{metrics}"
     );
 }
+
+#[test]
+fn runs_given_more_than_one_cpu_stay_warm_with_their_thread_pools_sized_as_cold_ones() {
+    common::require_root();
+    let _serial = one_at_a_time();
+    // Two CPUs per run: the runs' environment asks for two BLAS threads, which OpenBLAS
+    // would start in the zygote as numpy loads, and a zygote with threads sends every
+    // run cold.
+    // (The scanner would refuse the check's `os.environ`.)
+    let server = Server::start(&["--cpus", "2", "--scanner", "off"]);
+    let code = "import os\nimport numpy as np\nfrom threadpoolctl import threadpool_info\n\
+                a = np.ones((300, 300))\n\
+                pools = threadpool_info()\n\
+                print((a @ a)[0, 0], os.environ['OPENBLAS_NUM_THREADS'], \
+                'openblas' in {p['internal_api'] for p in pools}, {p['num_threads'] for p in pools})";
+    for _ in 0..3 {
+        let v = server.run(code);
+        // OpenMP too, when the run forks from ml (sklearn loaded it).
+        assert_eq!(v["stdout"], "300.0 2 True {2}\n", "{v}");
+    }
+    let metrics = server.get("/metrics").text().unwrap();
+    assert_eq!(
+        (
+            common::metric(&metrics, "nsbox_run_duration_seconds_count{start=\"warm\"}"),
+            common::metric(&metrics, "nsbox_run_duration_seconds_count{start=\"cold\"}"),
+        ),
+        (Some(3.0), None),
+        "every run warm:\n{metrics}"
+    );
+}

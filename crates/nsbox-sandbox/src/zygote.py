@@ -15,6 +15,13 @@ def _nsbox_warm(template, max_forks, huge_pages):
         raise SystemExit("nsbox zygote: initialisation failed")
     os.close(4)
 
+    # OpenBLAS starts its threads as it loads, and OpenMP on its first parallel region,
+    # sized by the environment; a zygote with threads cannot clone a run (warm.rs), so
+    # every run would go cold. The stack loads here with one thread per pool, the
+    # environment is put back for the runs (theirs is a cold run's), and each run sizes
+    # its pools as that environment says (_nsbox_thread_pools).
+    pool_sizes = {v: os.environ[v] for v in _NSBOX_THREAD_POOLS if v in os.environ}
+    os.environ.update({v: "1" for v in pool_sizes})
     if template in ("scientific", "ml"):
         # Import and exercise the stack so lazy imports, caches and the font manager are
         # done here once, not in every run.
@@ -75,6 +82,8 @@ def _nsbox_warm(template, max_forks, huge_pages):
     import traceback
     import types
 
+    os.environ.update(pool_sizes)
+    pools = _nsbox_thread_pools()
     traceback.format_exception(ValueError, ValueError("warm"), None)
     _nsbox_split_last_expression("x = 1\nx")
     _nsbox_warm_results(1)
@@ -147,6 +156,11 @@ def _nsbox_warm(template, max_forks, huge_pages):
         if lib.nsbox_continue_run() != 0:
             os._exit(127)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if pools is not None:
+            # Here rather than once a pooled sandbox is claimed: a new OpenBLAS thread
+            # spins for a while, and on the request path that cost a pandas run at 2 CPUs
+            # more than it did here (scripts/bench/pair.py, both orders).
+            pools()
         import random
 
         random.seed()
@@ -154,6 +168,28 @@ def _nsbox_warm(template, max_forks, huge_pages):
         if np_random is not None:
             np_random.seed()
         _nsbox_exit(_nsbox_main())
+
+
+# The thread pools run_env sizes to the run's CPU quota, each started by its library.
+_NSBOX_THREAD_POOLS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _nsbox_thread_pools():
+    """What a run calls to size the pools of the libraries this zygote loaded to what the
+    environment asks (a cold run's size), or None when that is the one thread they have."""
+    threads = int(os.environ.get("OPENBLAS_NUM_THREADS", "1"))
+    if threads <= 1 or "numpy" not in sys.modules:
+        return None
+    # Found here once (it walks the loaded libraries); each run only sets the sizes.
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        print("nsbox zygote: no threadpoolctl in the root filesystem: warm runs keep one "
+              "thread per pool", file=sys.stderr)
+        return None
+
+    controller = ThreadpoolController()
+    return lambda: controller.limit(limits=threads)
 
 
 def _nsbox_warm_results(value):
