@@ -204,14 +204,6 @@ class Node:
             time.sleep(0.1)
         raise SystemExit(f"{self.name} was not healthy within {timeout:.0f} s; see {self.logs[-1]}")
 
-    def dropped_logs(self) -> str | None:
-        """HAProxy's own count of log lines it could not write."""
-        try:
-            info = self.command("show info")
-        except OSError:
-            return None
-        return next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("DroppedLogs:")), None)
-
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
