@@ -272,15 +272,19 @@ fn runs_given_more_than_one_cpu_stay_warm_with_their_thread_pools_sized_as_cold_
     // run cold.
     // (The scanner would refuse the check's `os.environ`.)
     let server = Server::start(&["--cpus", "2", "--scanner", "off"]);
+    // The threads are counted before threadpoolctl looks, and again after: a copy of a
+    // library it loaded afresh would start threads of its own, and report its own sizes
+    // rather than those of the copy numpy uses.
     let code = "import os\nimport numpy as np\nfrom threadpoolctl import threadpool_info\n\
-                a = np.ones((300, 300))\n\
-                pools = threadpool_info()\n\
-                print((a @ a)[0, 0], os.environ['OPENBLAS_NUM_THREADS'], \
+                a = np.ones((300, 300))\nproduct = (a @ a)[0, 0]\n\
+                threads = len(os.listdir('/proc/self/task'))\npools = threadpool_info()\n\
+                print(product, os.environ['OPENBLAS_NUM_THREADS'], \
+                threads == len(os.listdir('/proc/self/task')), threads > 1, \
                 'openblas' in {p['internal_api'] for p in pools}, {p['num_threads'] for p in pools})";
     for _ in 0..3 {
         let v = server.run(code);
         // OpenMP too, when the run forks from ml (sklearn loaded it).
-        assert_eq!(v["stdout"], "300.0 2 True {2}\n", "{v}");
+        assert_eq!(v["stdout"], "300.0 2 True True True {2}\n", "{v}");
     }
     let metrics = server.get("/metrics").text().unwrap();
     assert_eq!(
