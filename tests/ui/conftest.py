@@ -12,19 +12,15 @@ from typing import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-# The SDK suite's server helper: one way to start and stop a test server.
+# The SDK suite's server helper: one way to start and stop a test server (its readiness
+# bound allows for warm templates that take a minute on a busy host).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "sdk"))
-from nsbox_server import nsbox as _nsbox  # noqa: E402
+from nsbox_server import nsbox  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCREENSHOTS = pathlib.Path(os.environ.get("NSBOX_UI_SCREENSHOTS", REPO / "target" / "ui-screenshots"))
 KEY = "ui-test-key"
 OPERATOR_KEY = "ui-test-operator"
-
-
-def nsbox(*args: str):
-    """A server for the browser tests: warm templates may take a minute on a busy host."""
-    return _nsbox(*args, ready_within=120.0)
 
 
 @pytest.fixture(scope="session")
