@@ -34,4 +34,4 @@ venv=$(scripts/venv.sh tests/ui/requirements.txt ui-venv | tail -n 1) ||
 	die "could not build the virtualenv of tests/ui/requirements.txt"
 export NSBOX_UI_SCREENSHOTS=${NSBOX_UI_SCREENSHOTS:-$PWD/target/ui-screenshots}
 cd tests/ui
-exec timeout "${NSBOX_UI_TIMEOUT:-600}" "$venv/bin/python" -m pytest -p no:cacheprovider -q "$@"
+exec timeout "${NSBOX_UI_TIMEOUT:-900}" "$venv/bin/python" -m pytest -p no:cacheprovider -q "$@"

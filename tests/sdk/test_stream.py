@@ -37,7 +37,8 @@ def events_of(base_url: str, code: str, **extra) -> list[tuple[str, dict, float]
 
 
 def test_output_streams_as_it_is_written_and_ends_with_the_result(base_url: str) -> None:
-    code = "import time\nprint(1, flush=True)\ntime.sleep(2)\nprint(2)\n"
+    # A 4 s sleep for a > 1 s gap: the first event may reach a busy client late.
+    code = "import time\nprint(1, flush=True)\ntime.sleep(4)\nprint(2)\n"
     events = events_of(base_url, code)
     kinds = [e for e, _, _ in events]
     assert kinds == ["stdout", "stdout", "result"], events
@@ -105,7 +106,7 @@ def test_a_session_call_streams(base_url: str) -> None:
             base_url + "/v1/tools/code", json={"code": "x = 41", "lang": "python", "session_id": sid}, timeout=60
         )
         assert first.json()["session"] == {"id": sid, "state": "active"}, first.text
-        code = "import time\nprint(x, flush=True)\ntime.sleep(2)\nprint(x + 1)\nopen('s.txt', 'w').write('s')\n"
+        code = "import time\nprint(x, flush=True)\ntime.sleep(4)\nprint(x + 1)\nopen('s.txt', 'w').write('s')\n"
         events = events_of(base_url, code, session_id=sid)
         kinds = [e for e, _, _ in events]
         result = events[-1][1]
@@ -125,7 +126,7 @@ def test_refusals_and_limits_end_with_their_result(base_url: str) -> None:
     events = events_of(base_url, "import os\nos.system('ls -la')")
     assert [e for e, _, _ in events] == ["result"]
     assert events[0][1]["violations"] == ["Operating system interface", "os.system line execution"]
-    events = events_of(base_url, "import time\nprint('start', flush=True)\ntime.sleep(100)", timeout=1)
+    events = events_of(base_url, "import time\nprint('start', flush=True)\ntime.sleep(100)", timeout=3)
     assert [e for e, _, _ in events] == ["stdout", "result"]
     assert events[-1][1]["stderr"] == "Execution failed: Execution timeout exceeded"
 

@@ -10,7 +10,7 @@ import sys
 from typing import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 # The SDK suite's server helper: one way to start and stop a test server (its readiness
 # bound allows for warm templates that take a minute on a busy host).
@@ -18,6 +18,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "sdk"))
 from nsbox_server import nsbox  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# expect() has a timeout of its own (5 s), apart from the page's default (set below for
+# actions and waits): both get the 30 s a run on a slow, busy host may need.
+expect.set_options(timeout=30_000)
 SCREENSHOTS = pathlib.Path(os.environ.get("NSBOX_UI_SCREENSHOTS", REPO / "target" / "ui-screenshots"))
 KEY = "ui-test-key"
 OPERATOR_KEY = "ui-test-operator"
