@@ -165,11 +165,16 @@ static PROGRAM: OnceLock<SeccompProgram> = OnceLock::new();
 /// failed with a bare line on the stderr the zygote inherited from the spawner.
 #[no_mangle]
 pub extern "C" fn nsbox_zygote_init() -> c_int {
+    // The zygote finds each run's Python as its init's child (CONFIG_PROC_CHILDREN).
+    let children = std::path::Path::new("/proc/thread-self/children").exists();
     match super::run_init::open() {
-        Ok(fd) => {
+        Ok(fd) if children => {
             let _ = RUN_INIT.set(fd);
         }
         // Runs still start, in the two-copy shape (the init cloned, not exec'd).
+        Ok(_) => eprintln!(
+            "nsbox zygote: no /proc/<pid>/task/<tid>/children here; each run's init is a copy of this zygote"
+        ),
         Err(e) => eprintln!("nsbox zygote: {e}; each run's init is a copy of this zygote"),
     }
     match seccomp::builtin() {
@@ -187,8 +192,12 @@ pub extern "C" fn nsbox_zygote_init() -> c_int {
 /// The run init program (a sealed memfd), when this zygote execs one per run.
 static RUN_INIT: OnceLock<OwnedFd> = OnceLock::new();
 
+/// Set once the run init failed to start here (an exec the host's policy refuses, say):
+/// this zygote keeps the two-copy shape from then on rather than fail every run.
+static NESTED_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Called once by a zygote after its warm-up, before its first run: puts its memory in
-/// huge pages, so every run's two copies of it cost little. Returns the MiB collapsed.
+/// huge pages, so every run's copy of it costs little. Returns the MiB collapsed.
 #[no_mangle]
 pub extern "C" fn nsbox_zygote_huge_pages() -> c_int {
     let done = crate::hugepages::collapse_heap();
@@ -287,7 +296,9 @@ fn enter_run(run_fd: RawFd) -> Result<Cloned, WarmError> {
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(run_init) = RUN_INIT.get() {
-        return enter_run_nested(sock, plan, run_init.as_raw_fd());
+        if !NESTED_OFF.load(std::sync::atomic::Ordering::Relaxed) {
+            return enter_run_nested(sock, plan, run_init.as_raw_fd());
+        }
     }
     let init = match sys::clone_fork(RUN_NAMESPACES).map_err(WarmError::Clone)? {
         None => {
@@ -334,8 +345,19 @@ fn enter_run(run_fd: RawFd) -> Result<Cloned, WarmError> {
 #[cfg(target_arch = "x86_64")]
 fn enter_run_nested(sock: OwnedFd, plan: ChildPlan, run_init: RawFd) -> Result<Cloned, WarmError> {
     let plan_maps_root = plan.maps_root;
-    let nested = sys::clone_nested(RUN_NAMESPACES, run_init, plan.report_write.as_raw_fd())
-        .map_err(|(step, errno)| WarmError::Nested(step, errno))?;
+    let nested = match sys::clone_nested(RUN_NAMESPACES, run_init, plan.report_write.as_raw_fd()) {
+        Ok(nested) => nested,
+        Err((sys::NestedStep::Clone, errno)) => return Err(WarmError::Clone(errno)),
+        Err((step, errno)) => {
+            // This run goes cold (its supervisor starts it again with fresh pipes, away
+            // from the Python this attempt forked, which died with its namespace).
+            eprintln!(
+                "nsbox zygote: the run init did not start ({step:?}: {errno}); each run's init is a copy of this zygote from now on"
+            );
+            NESTED_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(WarmError::Nested(step, errno));
+        }
+    };
     let init = match nested {
         sys::Nested::Python => {
             // As a cloned init does first: the socket is the zygote's to answer on.
