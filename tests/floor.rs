@@ -306,12 +306,12 @@ fn a_warm_runs_init_is_the_small_exec_d_program_and_python_the_only_copy_of_the_
     common::require_root();
     let _serial = one_at_a_time();
     let server = Server::start(&["--scanner", "off"]);
-    // From inside: PID 1 is the run init, and Python is its child, PID 2.
+    // From inside: PID 1 is the run init, and Python is its child, PID 2, in its group.
     let v = server.run(
-        "import os\nprint(open('/proc/1/cmdline').read().strip('\\0'), os.getpid(), os.getppid())",
+        "import os\nprint(open('/proc/1/cmdline').read().strip('\\0'), os.getpid(), os.getppid(), os.getpgid(0))",
     );
     // (A cold run's PID 1 is the nsbox binary, a two-copy warm run's the zygote's python.)
-    assert_eq!(v["stdout"], "nsbox-run-init 2 1\n", "{v}");
+    assert_eq!(v["stdout"], "nsbox-run-init 2 1 1\n", "{v}");
     // From the host, on the ready sandboxes the pool keeps (their Python waits for a request).
     let run_inits = || -> Vec<i32> {
         process_tree(server.pid() as i32)
@@ -354,4 +354,32 @@ fn a_warm_runs_init_is_the_small_exec_d_program_and_python_the_only_copy_of_the_
             more => panic!("run init {init} has children {more:?}, not its Python alone"),
         }
     }
+}
+
+/// `--no-nested-runs` (and every host where the run init cannot start) keeps the two-copy
+/// shape: PID 1 is a fork of the zygote that builds the sandbox and forks Python. The
+/// same contract holds: Python is PID 2 under PID 1, in PID 1's process group, and a
+/// Python that kills itself ends the run with that signal.
+#[test]
+fn the_two_copy_shape_still_serves_runs_with_the_same_contract() {
+    common::require_root();
+    let _serial = one_at_a_time();
+    let server = Server::start(&["--scanner", "off", "--no-nested-runs"]);
+    let v = server.run(
+        "import os\nprint('_NSBOX_ZYGOTE' in open('/proc/1/cmdline').read(), os.getpid(), os.getppid(), os.getpgid(0))",
+    );
+    assert_eq!(v["stdout"], "True 2 1 1\n", "{v}");
+    let v = server.run("import pandas as pd\nprint(pd.DataFrame({'a': [1, 2]})['a'].sum())");
+    assert_eq!(v["stdout"], "3\n", "{v}");
+    let v = server.run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)");
+    assert_eq!(
+        v["stderr"], "Execution failed: process killed by SIGKILL",
+        "{v}"
+    );
+    assert!(
+        !process_tree(server.pid() as i32)
+            .into_iter()
+            .any(common::is_run_init),
+        "a run init under a server that keeps the two-copy shape"
+    );
 }

@@ -163,11 +163,13 @@ static PROGRAM: OnceLock<SeccompProgram> = OnceLock::new();
 /// This and [`nsbox_enter_run`] run in the zygote, a Python process that loaded this
 /// library and has no `tracing` subscriber (only the spawner installs one): they say what
 /// failed with a bare line on the stderr the zygote inherited from the spawner.
+/// `nested_runs` 0 keeps the two-copy shape (`--no-nested-runs`).
 #[no_mangle]
-pub extern "C" fn nsbox_zygote_init() -> c_int {
+pub extern "C" fn nsbox_zygote_init(nested_runs: c_int) -> c_int {
     // The zygote finds each run's Python as its init's child (CONFIG_PROC_CHILDREN).
     let children = std::path::Path::new("/proc/thread-self/children").exists();
     match super::run_init::open() {
+        _ if nested_runs == 0 => {}
         Ok(fd) if children => {
             let _ = RUN_INIT.set(fd);
         }
