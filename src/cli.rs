@@ -200,6 +200,10 @@ pub struct Options {
     /// (config: huge_pages = false).
     #[arg(long, env = "NSBOX_NO_HUGE_PAGES")]
     pub no_huge_pages: bool,
+    /// Warm runs hold two copies of their zygote: PID 1 is a fork of it rather than the
+    /// few-KiB run init it execs (config: nested_runs = false).
+    #[arg(long, env = "NSBOX_NO_NESTED_RUNS")]
+    pub no_nested_runs: bool,
     /// Leave the host's cgroup2 mount as it is: no `favordynmods` remount; the spawner then
     /// keeps the cgroup attach lock switched while runs come (config: favordynmods = false).
     #[arg(long, env = "NSBOX_NO_FAVORDYNMODS")]
@@ -381,6 +385,9 @@ impl Options {
         }
         if self.no_huge_pages {
             c.huge_pages = false;
+        }
+        if self.no_nested_runs {
+            c.nested_runs = false;
         }
         if self.no_favordynmods {
             c.favordynmods = false;

@@ -162,6 +162,9 @@ pub struct Config {
     /// Warm interpreters put their memory in transparent huge pages after warming up, so
     /// each run's copies of it are cheap.
     pub huge_pages: bool,
+    /// Each warm run holds one copy of its zygote: Python is the zygote's only fork and
+    /// PID 1 a few-KiB program the zygote execs (false: PID 1 is a second fork).
+    pub nested_runs: bool,
     /// Ready sandboxes kept per warm template, built ahead of requests (each used once);
     /// 0 builds every run's sandbox at its request.
     pub pool_size: usize,
@@ -271,6 +274,7 @@ impl Default for Config {
             warm_library: None,
             max_forks: 500,
             huge_pages: true,
+            nested_runs: true,
             pool_size: 2,
             pool_idle: 60,
             warm_templates: crate::sandbox::warm::Template::ALL.to_vec(),

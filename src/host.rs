@@ -332,6 +332,7 @@ fn warm_config(config: &Config, warnings: &mut Vec<String>) -> Option<WarmConfig
             library,
             max_forks: config.max_forks,
             huge_pages: config.huge_pages,
+            nested_runs: config.nested_runs,
             pool_size: config.pool_size,
             pool_idle_ms: config.pool_idle.saturating_mul(1000),
             // A ready sandbox may become a session's.

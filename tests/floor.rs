@@ -296,3 +296,90 @@ fn runs_given_more_than_one_cpu_stay_warm_with_their_thread_pools_sized_as_cold_
         "every run warm:\n{metrics}"
     );
 }
+
+/// The nested shape (issue 25): a warm run's PID 1 is the few-KiB run init exec'd from the
+/// library's copy, holding no capability, and its only child is the run's Python process,
+/// the one fork of the zygote. Were the zygote to fall back to cloning its init (the
+/// two-copy shape), PID 1 would be a warm interpreter and this fails.
+#[test]
+fn a_warm_runs_init_is_the_small_exec_d_program_and_python_the_only_copy_of_the_zygote() {
+    common::require_root();
+    let _serial = one_at_a_time();
+    let server = Server::start(&["--scanner", "off"]);
+    // From inside: PID 1 is the run init, and Python is its child, PID 2, in its group.
+    let v = server.run(
+        "import os\nprint(open('/proc/1/cmdline').read().strip('\\0'), os.getpid(), os.getppid(), os.getpgid(0))",
+    );
+    // (A cold run's PID 1 is the nsbox binary, a two-copy warm run's the zygote's python.)
+    assert_eq!(v["stdout"], "nsbox-run-init 2 1 1\n", "{v}");
+    // From the host, on the ready sandboxes the pool keeps (their Python waits for a request).
+    let run_inits = || -> Vec<i32> {
+        process_tree(server.pid() as i32)
+            .into_iter()
+            .filter(|&p| common::is_run_init(p))
+            .collect()
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(60), || !run_inits().is_empty()),
+        "no ready sandbox has a run init"
+    );
+    for init in run_inits() {
+        let (Some(rss), Some(caps)) = (
+            common::proc_status_field(init, "VmRSS:"),
+            common::proc_status_field(init, "CapEff:"),
+        ) else {
+            continue; // gone meanwhile (the pool replaces what it gave out)
+        };
+        let rss_kib: u64 = rss
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        // Its own few pages, not the zygote's image (tens to hundreds of MiB).
+        assert!(rss_kib <= 256, "run init {init} holds {rss_kib} KiB");
+        assert_eq!(caps, "0000000000000000", "run init {init} has capabilities");
+        let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+            .unwrap_or_default();
+        let children: Vec<i32> = children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        match children.as_slice() {
+            [python] => assert!(
+                warm_template_of(*python).is_some(),
+                "run init {init}'s child {python} is no warm interpreter"
+            ),
+            // Gone meanwhile (claimed, or refilled): nothing to look at.
+            [] => {}
+            more => panic!("run init {init} has children {more:?}, not its Python alone"),
+        }
+    }
+}
+
+/// `--no-nested-runs` (and every host where the run init cannot start) keeps the two-copy
+/// shape: PID 1 is a fork of the zygote that builds the sandbox and forks Python. The
+/// same contract holds: Python is PID 2 under PID 1, in PID 1's process group, and a
+/// Python that kills itself ends the run with that signal.
+#[test]
+fn the_two_copy_shape_still_serves_runs_with_the_same_contract() {
+    common::require_root();
+    let _serial = one_at_a_time();
+    let server = Server::start(&["--scanner", "off", "--no-nested-runs"]);
+    let v = server.run(
+        "import os\nprint('_NSBOX_ZYGOTE' in open('/proc/1/cmdline').read(), os.getpid(), os.getppid(), os.getpgid(0))",
+    );
+    assert_eq!(v["stdout"], "True 2 1 1\n", "{v}");
+    let v = server.run("import pandas as pd\nprint(pd.DataFrame({'a': [1, 2]})['a'].sum())");
+    assert_eq!(v["stdout"], "3\n", "{v}");
+    let v = server.run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)");
+    assert_eq!(
+        v["stderr"], "Execution failed: process killed by SIGKILL",
+        "{v}"
+    );
+    assert!(
+        !process_tree(server.pid() as i32)
+            .into_iter()
+            .any(common::is_run_init),
+        "a run init under a server that keeps the two-copy shape"
+    );
+}

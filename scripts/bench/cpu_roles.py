@@ -12,7 +12,9 @@ recording are not mixed up.
 
 A warm run is three copies of a zygote's image, told apart by how many Python processes
 stand between them and a non-Python ancestor: the zygote, the run's init (copy 1, cloned by
-the zygote) and the run's Python process (copy 2, forked by that init). Other processes of
+the zygote) and the run's Python process (copy 2, forked by that init). In the nested shape
+the run's init shares the zygote's memory until it execs the run init program (a process
+that is not Python, whose parent is a zygote), and Python, its fork, is the one copy. Other processes of
 the server's tree are the server, its spawner, and supervisors (with the template inits).
 Kernel threads (netns and cgroup clean-up, RCU) are counted beside them: they work for the
 runs. Prints CPU milliseconds per request for each.
@@ -86,6 +88,10 @@ class Tree:
         if not self.in_server(pid):
             return "kernel threads" if comm.startswith(KERNEL_THREADS) else None
         if not comm.startswith("python"):
+            if self.comm.get(self.parent.get(pid), "").startswith("python"):
+                # The nested shape's run init: cloned by a zygote, then exec'd (named by
+                # its descriptor until it names itself nsbox-run-init).
+                return "run init (copy 1)"
             return "spawner" if self.parent.get(pid) == self.server else "supervisors, template inits"
         depth = 0
         while self.comm.get(self.parent.get(pid), "").startswith("python") and depth < 10:

@@ -703,11 +703,23 @@ pub fn warm_template_of(pid: i32) -> Option<String> {
 
 /// Whether `pid` is a warm interpreter of `template` that is no fork of another: a zygote
 /// (whose parent is its template's init), or a fork left behind once its zygote is gone.
+/// A run's Python process in the nested shape is the child of its run init, whose parent
+/// is the zygote: the run init stands for the zygote it was cloned from.
 pub fn is_unforked_interpreter(pid: i32, template: &str) -> bool {
+    let parent_of = |p: i32| proc_status_field(p, "PPid:").and_then(|p| p.parse::<i32>().ok());
     warm_template_of(pid).as_deref() == Some(template)
-        && proc_status_field(pid, "PPid:")
-            .and_then(|p| p.parse::<i32>().ok())
-            .is_some_and(|parent| warm_template_of(parent).is_none())
+        && parent_of(pid)
+            .and_then(|parent| match is_run_init(parent) {
+                true => parent_of(parent),
+                false => Some(parent),
+            })
+            .is_some_and(|origin| warm_template_of(origin).is_none())
+}
+
+/// Whether `pid` is a warm run's init in the nested shape (`init/run-init.c`, exec'd by
+/// the zygote's clone as `nsbox-run-init`).
+pub fn is_run_init(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"nsbox-run-init\0")
 }
 
 /// The warm interpreters of `template` below `root` that are not forks of another (see

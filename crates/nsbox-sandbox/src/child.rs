@@ -191,7 +191,26 @@ enum Role {
     Python,
 }
 
+/// The warm run's Python process in the nested shape (forked before the run's init was
+/// exec'd, see `sys::clone_nested`): it builds the sandbox itself, with the steps a
+/// cloned init takes, then returns to the warm interpreter like [`init_main`]'s Python.
+pub fn python_builds_main(plan: ChildPlan) -> ChildPlan {
+    let report_fd = plan.report_write.as_raw_fd();
+    // Python is already in the session its init leads.
+    match build_steps(&plan, false) {
+        Ok(()) => plan,
+        Err(f) => fail(report_fd, f),
+    }
+}
+
 fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
+    build_steps(plan, true)?;
+    init_forks_and_reaps(plan)
+}
+
+/// From the release to a sandbox ready for Python: ids, session (`new_session`: the init
+/// that will fork Python starts it), mounts, names, network.
+fn build_steps(plan: &ChildPlan, new_session: bool) -> Result<(), Failure> {
     // Our copy of the write end would keep the pipe open if the supervisor died.
     if let Some(fd) = plan.release_write {
         let _ = nix::unistd::close(fd);
@@ -208,7 +227,9 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
     step(Step::BecomeRoot, namespaces::become_root(plan.maps_root))?;
     // A session and process group of the run's own: kill(0, ...) or setpriority on the
     // process group must not reach other runs (they share a host uid).
-    step(Step::BecomeRoot, nix::unistd::setsid().map(drop))?;
+    if new_session {
+        step(Step::BecomeRoot, nix::unistd::setsid().map(drop))?;
+    }
     if plan.die_with_parent {
         // Set after the uid change, which clears it.
         step(
@@ -229,7 +250,10 @@ fn init_steps(plan: &ChildPlan) -> Result<Role, Failure> {
     }
     step(Step::Hostname, namespaces::set_hostname())?;
     step(Step::Loopback, namespaces::loopback_up())?;
+    Ok(())
+}
 
+fn init_forks_and_reaps(plan: &ChildPlan) -> Result<Role, Failure> {
     let Some(python) = step(Step::StartPython, sys::fork())? else {
         return match plan.entry {
             // A warm interpreter's own after-fork work comes first, in this process rather

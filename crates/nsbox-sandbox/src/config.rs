@@ -45,6 +45,10 @@ pub struct WarmConfig {
     pub max_forks: u32,
     /// Whether a zygote puts its warm memory in huge pages before its first run.
     pub huge_pages: bool,
+    /// Whether a zygote starts each run in the nested shape (one copy of it per run, the
+    /// run init exec'd as PID 1) rather than cloning the run's init (two copies).
+    #[serde(default = "nested_by_default")]
+    pub nested_runs: bool,
     /// Ready sandboxes kept per warm template (the pool); 0 builds each run's at its
     /// request.
     #[serde(default)]
@@ -59,4 +63,8 @@ pub struct WarmConfig {
     /// The templates kept warm; a run whose template is not among them is forked from the
     /// next larger one kept.
     pub templates: Vec<super::run::Template>,
+}
+
+fn nested_by_default() -> bool {
+    true
 }

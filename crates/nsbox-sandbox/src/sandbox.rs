@@ -282,8 +282,13 @@ pub(crate) fn prepare(code: OwnedFd) -> Result<(Reads, RunEnds), Failure> {
 pub(crate) enum Sandbox {
     /// Cloned by this supervisor: a child we can wait for.
     Cold(Pid),
-    /// Cloned by a zygote: watched through a pidfd.
-    Warm { pid: Pid, pidfd: OwnedFd },
+    /// Cloned by a zygote: watched through a pidfd. `python` is the run's Python process
+    /// when it exists before the release (the nested shape, warm.rs).
+    Warm {
+        pid: Pid,
+        pidfd: OwnedFd,
+        python: Option<Pid>,
+    },
 }
 
 impl Sandbox {
@@ -436,9 +441,18 @@ pub(crate) fn start(
             config.ids.maps_root(),
             request.site.as_deref(),
         ) {
-            Ok((pid, pidfd)) => {
+            Ok(warm::Started {
+                init,
+                pidfd,
+                python,
+            }) => {
                 drop(ends);
-                return Ok((Sandbox::Warm { pid, pidfd }, reads));
+                let sandbox = Sandbox::Warm {
+                    pid: init,
+                    pidfd,
+                    python,
+                };
+                return Ok((sandbox, reads));
             }
             // A retiring or dead zygote: this run goes cold, with fresh pipes.
             Err(e) => tracing::warn!(error = %e, "warm start failed; running cold"),
@@ -542,7 +556,15 @@ pub(crate) fn release(
     let cgroup = match &config.cgroup {
         Some(parent) => match parent.create_run(&run_name, limits).and_then(|cg| {
             phases.cgroup_us = phases.lap();
-            cg.add(sandbox.pid()).map(|()| cg)
+            cg.add(sandbox.pid())?;
+            if let Sandbox::Warm {
+                python: Some(python),
+                ..
+            } = sandbox
+            {
+                cg.add(*python)?;
+            }
+            Ok(cg)
         }) {
             Ok(cg) => {
                 phases.attach_us = phases.lap();

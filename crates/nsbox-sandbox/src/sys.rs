@@ -38,6 +38,234 @@ pub fn clone_fork(flags: CloneFlags) -> Result<Option<Pid>, Errno> {
     }
 }
 
+/// Which process came back from [`clone_nested`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Nested {
+    /// The run's Python process: a fork of the caller, in the new namespaces, whose
+    /// parent is the run's init.
+    Python,
+    /// The caller, once the run's init has exec'd (its pid here).
+    Caller { init: Pid },
+}
+
+/// Where [`clone_nested`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NestedStep {
+    Clone,
+    DefaultSigchld,
+    Session,
+    Fork,
+    ReportFd,
+    Exec,
+}
+
+/// What the run's first process reads (and, on failure, writes) while it shares the
+/// caller's memory; one pointer reaches all of it. The offsets are the assembly's.
+#[repr(C)]
+struct NestedArgs {
+    init_fd: i64,                // 0
+    report_fd: i64,              // 8
+    argv: *const libc::c_char,   // 16: a pointer to the argv array
+    envp: *const libc::c_char,   // 24
+    empty: *const libc::c_char,  // 32: "" for execveat(AT_EMPTY_PATH)
+    sigchld_default: *const u64, // 40: the kernel's struct sigaction for SIG_DFL
+    failed_step: i64,            // 48: written by the first process, 0 if it exec'd
+    failed_errno: i64,           // 56
+}
+
+/// The nested shape of a warm run: one copy of the caller's address space per run.
+///
+/// Clones the run's first process with `CLONE_VM | CLONE_VFORK` into `flags`' namespaces.
+/// That process shares the caller's memory and stack while the caller is suspended, runs
+/// only the instructions below (no call, no stack, no heap): it puts SIGCHLD back to its
+/// default, starts a session (so Python is in the init's process group), forks the run's Python process (a copy of the caller as it is suspended, so a
+/// consistent one), moves `report` to fd 3 and execs the program in `init` (a sealed
+/// memfd) as the run's PID 1. Python comes back from this function as a fork would,
+/// returning [`Nested::Python`]; the caller comes back once the init has exec'd.
+///
+/// Only for single-threaded callers (as a fork). Neither descriptor may be fd 3, where the
+/// report pipe goes (EINVAL).
+#[cfg(target_arch = "x86_64")]
+pub fn clone_nested(
+    flags: CloneFlags,
+    init: RawFd,
+    report: RawFd,
+) -> Result<Nested, (NestedStep, Errno)> {
+    if init == 3 || report == 3 {
+        return Err((NestedStep::ReportFd, Errno::EINVAL));
+    }
+    let argv: [*const libc::c_char; 2] = [c"nsbox-run-init".as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // handler (SIG_DFL = 0), flags, restorer, mask
+    let sigchld_default = [0u64; 4];
+    let mut args = NestedArgs {
+        init_fd: init as i64,
+        report_fd: report as i64,
+        argv: argv.as_ptr().cast(),
+        envp: envp.as_ptr().cast(),
+        empty: c"".as_ptr(),
+        sigchld_default: sigchld_default.as_ptr(),
+        failed_step: 0,
+        failed_errno: 0,
+    };
+    let raw_flags = flags.bits() as u64
+        | libc::CLONE_VM as u64
+        | libc::CLONE_VFORK as u64
+        | libc::SIGCHLD as u64;
+    // No signal handler of the caller may run in the first process (it would write to the
+    // caller's memory): every signal is blocked across the clone, and the mask put back in
+    // the caller and in Python. The init's program clears the mask it inherits.
+    let all = nix::sys::signal::SigSet::all();
+    let mut saved = nix::sys::signal::SigSet::empty();
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&all),
+        Some(&mut saved),
+    )
+    .map_err(|e| (NestedStep::Clone, e))?;
+    let ret: i64;
+    // SAFETY: the first clone has CLONE_VM | CLONE_VFORK and no new stack, as vfork(2): the
+    // caller sleeps until the child execs or exits, and the child runs on the caller's
+    // stack. The child executes only the instructions of this block: system calls, which
+    // use no user stack, and two stores into `args` (a local that outlives the block) on
+    // failure. It calls no function, so no frame, red zone or heap of the caller is
+    // touched, and with every signal blocked no handler runs in it. Its fork (a plain
+    // clone with SIGCHLD) copies the caller's memory while the caller is suspended, so the
+    // copy is the caller's state at this block; in that copy the block ends with rax = 0
+    // and the registers declared clobbered, as a fork returns. The execveat replaces the
+    // child's memory, which releases the caller; on failure the child records the step
+    // and errno in `args` and exits. Every pointer in `args` points at locals of this
+    // frame or at static C strings, alive while the caller is suspended.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            // The first process: SIGCHLD to default, for the init and for Python.
+            "mov eax, {rt_sigaction}",
+            "mov edi, {sigchld}",
+            "mov rsi, [r12 + 40]",
+            "xor edx, edx",
+            "mov r10d, 8",
+            "syscall",
+            "mov r9d, 2",
+            "test rax, rax",
+            "jnz 3f",
+            // A session and process group of the run's own, led by the init as a cloned
+            // init's are, so Python (forked next) is in the init's group: a session's
+            // interrupt signals that group, and Python's kill(0) reaches no other run.
+            "mov eax, {setsid}",
+            "syscall",
+            "mov r9d, 3",
+            "test rax, rax",
+            "js 3f",
+            // Python.
+            "mov eax, {clone}",
+            "mov edi, {sigchld}",
+            "xor esi, esi",
+            "xor edx, edx",
+            "xor r10d, r10d",
+            "xor r8d, r8d",
+            "syscall",
+            "test rax, rax",
+            "jz 2f",
+            "mov r9d, 4",
+            "js 3f",
+            // The report pipe at fd 3, where the init writes Python's status.
+            "mov eax, {dup2}",
+            "mov rdi, [r12 + 8]",
+            "mov esi, 3",
+            "syscall",
+            "mov r9d, 5",
+            "test rax, rax",
+            "js 3f",
+            "mov eax, {execveat}",
+            "mov rdi, [r12]",
+            "mov rsi, [r12 + 32]",
+            "mov rdx, [r12 + 16]",
+            "mov r10, [r12 + 24]",
+            "mov r8d, {at_empty_path}",
+            "syscall",
+            "mov r9d, 6",
+            "3:",
+            "mov [r12 + 48], r9",
+            "neg rax",
+            "mov [r12 + 56], rax",
+            "mov eax, {exit}",
+            "mov edi, 127",
+            "syscall",
+            "ud2",
+            "2:",
+            rt_sigaction = const libc::SYS_rt_sigaction,
+            setsid = const libc::SYS_setsid,
+            clone = const libc::SYS_clone,
+            dup2 = const libc::SYS_dup2,
+            execveat = const libc::SYS_execveat,
+            exit = const libc::SYS_exit,
+            sigchld = const libc::SIGCHLD,
+            at_empty_path = const libc::AT_EMPTY_PATH,
+            inlateout("rax") libc::SYS_clone => ret,
+            inlateout("rdi") raw_flags => _,
+            inlateout("rsi") 0u64 => _,
+            inlateout("rdx") 0u64 => _,
+            inlateout("r10") 0u64 => _,
+            inlateout("r8") 0u64 => _,
+            out("r9") _,
+            out("rcx") _,
+            out("r11") _,
+            in("r12") &mut args as *mut NestedArgs,
+        );
+    }
+    // Python, and the caller, take their mask back.
+    let restored = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&saved),
+        None,
+    );
+    // SAFETY: `args` is a live local of plain integers and pointers; the loads are
+    // volatile because the block wrote these fields through a raw pointer.
+    let (failed_step, failed_errno) = unsafe {
+        (
+            std::ptr::read_volatile(&args.failed_step),
+            std::ptr::read_volatile(&args.failed_errno),
+        )
+    };
+    match ret {
+        0 => {
+            if restored.is_err() {
+                exit_now(127);
+            }
+            Ok(Nested::Python)
+        }
+        r if r < 0 => Err((NestedStep::Clone, Errno::from_raw(-r as i32))),
+        init => {
+            let step = match failed_step {
+                0 => {
+                    return Ok(Nested::Caller {
+                        init: Pid::from_raw(init as libc::pid_t),
+                    })
+                }
+                2 => NestedStep::DefaultSigchld,
+                3 => NestedStep::Session,
+                4 => NestedStep::Fork,
+                5 => NestedStep::ReportFd,
+                _ => NestedStep::Exec,
+            };
+            Err((step, Errno::from_raw(failed_errno as i32)))
+        }
+    }
+}
+
+/// The children of `pid` (a process of ours or of our PID namespace's), as this namespace
+/// numbers them.
+pub fn children_of(pid: Pid) -> Result<Vec<Pid>, Errno> {
+    let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    list.split_whitespace()
+        .map(|p| p.parse().map(Pid::from_raw).map_err(|_| Errno::EINVAL))
+        .collect()
+}
+
 /// Plain `fork()`, for single-threaded callers only.
 pub fn fork() -> Result<Option<Pid>, Errno> {
     // SAFETY: every caller is a single-threaded process (the spawner, a supervisor, the

@@ -201,6 +201,7 @@ pub fn launch(
         cstring(template.name().into()),
         cstring(max_forks.to_string()),
         cstring(u8::from(config.warm.as_ref().is_some_and(|w| w.huge_pages)).to_string()),
+        cstring(u8::from(config.warm.as_ref().is_some_and(|w| w.nested_runs)).to_string()),
     ];
     let envp = sandbox::run_env(&config.limits, config.guard_rails);
     let plan = TemplatePlan {

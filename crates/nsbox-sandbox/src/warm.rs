@@ -2,16 +2,20 @@
 //!
 //! ```text
 //! supervisor --(run socket, over the template's control socket)--> zygote
-//! zygote: nsbox_enter_run(): clone(NEWUSER|NEWNS|NEWPID|...) -> init (same code as cold) -> python
-//! python: the interpreter's after-fork work, then nsbox_continue_run(): nobody, seccomp
+//! zygote: nsbox_enter_run(): clone(VM|VFORK|NEWUSER|NEWNS|NEWPID|...) -> first process
+//!   first process: fork -> python (the one copy); exec -> run init (PID 1, run_init.rs)
+//! python: the child steps (mounts...), the interpreter's after-fork work, then
+//!   nsbox_continue_run(): nobody, seccomp
 //! ```
 //! The zygote calls [`nsbox_enter_run`] from this crate built as a shared library, so the
-//! isolation steps exist once, in Rust, for both paths. The run's init is cloned straight
-//! from the zygote: the image is copied twice per run (init, then Python), not three times,
-//! and no process of the zygote's waits for the run. Init runs only this library's code,
-//! so it writes to few of the image's pages; the run's Python process returns from
-//! [`nsbox_enter_run`] into the warm interpreter, which does its after-fork work and then
-//! takes the last steps in [`nsbox_continue_run`].
+//! isolation steps exist once, in Rust, for both paths. In the nested shape (x86_64, see
+//! `sys::clone_nested`) the image is copied once per run: the run's Python process is the
+//! only fork of the zygote, and its PID 1 is a few-KiB program exec'd from a sealed memfd.
+//! Where that program cannot run, the two-copy shape remains: the run's init is cloned
+//! straight from the zygote and runs only this library's code (so it writes to few of the
+//! image's pages) before it forks Python. Either way no process of the zygote's waits for
+//! the run, and Python returns from [`nsbox_enter_run`] into the warm interpreter, which
+//! does its after-fork work and then takes the last steps in [`nsbox_continue_run`].
 
 use std::ffi::c_int;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -51,6 +55,8 @@ pub enum WarmError {
     IdMaps(#[source] namespaces::IdMapError),
     #[error("compiling the seccomp policy: {0}")]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error("starting the run's processes ({0:?}): {1}")]
+    Nested(sys::NestedStep, #[source] Errno),
 }
 
 /// What a zygote needs to start a run, besides the descriptors.
@@ -87,7 +93,7 @@ pub fn start(
     memory_rlimit: bool,
     maps_root: bool,
     site: Option<&str>,
-) -> Result<(Pid, OwnedFd), WarmError> {
+) -> Result<Started, WarmError> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -118,17 +124,34 @@ pub fn start(
     ];
     fdpass::send(ours.as_raw_fd(), &plan, &fds).map_err(WarmError::Handoff)?;
 
-    // The zygote answers with a pidfd of the run's init (its child): a handle that names
-    // that process whatever happens to its pid, translated here into our PID namespace.
+    // The zygote answers with a pidfd of the run's init: a handle that names that process
+    // whatever happens to its pid, translated here into our PID namespace. In the nested
+    // shape a second one names the run's Python process, which exists before the release
+    // and so must be put in the run's cgroup beside the init.
     let mut byte = [0u8; 1];
     let fdpass::Received { len, mut fds } =
-        fdpass::recv::<1>(ours.as_raw_fd(), &mut byte).map_err(WarmError::Handoff)?;
-    if len != 1 || byte[0] != 1 || fds.len() != 1 {
+        fdpass::recv::<2>(ours.as_raw_fd(), &mut byte).map_err(WarmError::Handoff)?;
+    if len != 1 || byte[0] != 1 || fds.is_empty() {
         return Err(WarmError::NotTaken);
     }
     let pidfd = fds.remove(0);
     let init = sys::pidfd_pid(&pidfd).map_err(|e| WarmError::FindInit(e.to_string()))?;
-    Ok((init, pidfd))
+    let python = match fds.pop() {
+        Some(fd) => Some(sys::pidfd_pid(&fd).map_err(|e| WarmError::FindInit(e.to_string()))?),
+        None => None,
+    };
+    Ok(Started {
+        init,
+        pidfd,
+        python,
+    })
+}
+
+/// A run a zygote took: its init, and its Python process when that exists already.
+pub struct Started {
+    pub init: Pid,
+    pub pidfd: OwnedFd,
+    pub python: Option<Pid>,
 }
 
 /// The seccomp program, compiled once in the zygote before it forks anything.
@@ -140,8 +163,22 @@ static PROGRAM: OnceLock<SeccompProgram> = OnceLock::new();
 /// This and [`nsbox_enter_run`] run in the zygote, a Python process that loaded this
 /// library and has no `tracing` subscriber (only the spawner installs one): they say what
 /// failed with a bare line on the stderr the zygote inherited from the spawner.
+/// `nested_runs` 0 keeps the two-copy shape (`--no-nested-runs`).
 #[no_mangle]
-pub extern "C" fn nsbox_zygote_init() -> c_int {
+pub extern "C" fn nsbox_zygote_init(nested_runs: c_int) -> c_int {
+    // The zygote finds each run's Python as its init's child (CONFIG_PROC_CHILDREN).
+    let children = std::path::Path::new("/proc/thread-self/children").exists();
+    match super::run_init::open() {
+        _ if nested_runs == 0 => {}
+        Ok(fd) if children => {
+            let _ = RUN_INIT.set(fd);
+        }
+        // Runs still start, in the two-copy shape (the init cloned, not exec'd).
+        Ok(_) => eprintln!(
+            "nsbox zygote: no /proc/<pid>/task/<tid>/children here; each run's init is a copy of this zygote"
+        ),
+        Err(e) => eprintln!("nsbox zygote: {e}; each run's init is a copy of this zygote"),
+    }
     match seccomp::builtin() {
         Ok(p) => {
             let _ = PROGRAM.set(p);
@@ -154,8 +191,15 @@ pub extern "C" fn nsbox_zygote_init() -> c_int {
     }
 }
 
+/// The run init program (a sealed memfd), when this zygote execs one per run.
+static RUN_INIT: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Set once the run init failed to start here (an exec the host's policy refuses, say):
+/// this zygote keeps the two-copy shape from then on rather than fail every run.
+static NESTED_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Called once by a zygote after its warm-up, before its first run: puts its memory in
-/// huge pages, so every run's two copies of it cost little. Returns the MiB collapsed.
+/// huge pages, so every run's copy of it costs little. Returns the MiB collapsed.
 #[no_mangle]
 pub extern "C" fn nsbox_zygote_huge_pages() -> c_int {
     let done = crate::hugepages::collapse_heap();
@@ -252,6 +296,12 @@ fn enter_run(run_fd: RawFd) -> Result<Cloned, WarmError> {
         // with a lock that thread holds. The run goes cold instead.
         return Err(WarmError::Threaded);
     }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(run_init) = RUN_INIT.get() {
+        if !NESTED_OFF.load(std::sync::atomic::Ordering::Relaxed) {
+            return enter_run_nested(sock, plan, run_init.as_raw_fd());
+        }
+    }
     let init = match sys::clone_fork(RUN_NAMESPACES).map_err(WarmError::Clone)? {
         None => {
             // The run's init. The socket is the zygote's to answer on: our copy goes now,
@@ -287,6 +337,72 @@ fn enter_run(run_fd: RawFd) -> Result<Cloned, WarmError> {
     if handed.is_err() {
         // The init waits for a release that will never come. The zygote ignores SIGCHLD,
         // so the kernel reaps it.
+        let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
+    }
+    handed.map(|()| Cloned::Zygote)
+}
+
+/// [`enter_run`] in the nested shape: one copy of this zygote per run (Python's). The
+/// run's first process forks Python and execs the run init; Python builds the sandbox.
+#[cfg(target_arch = "x86_64")]
+fn enter_run_nested(sock: OwnedFd, plan: ChildPlan, run_init: RawFd) -> Result<Cloned, WarmError> {
+    let plan_maps_root = plan.maps_root;
+    let nested = match sys::clone_nested(RUN_NAMESPACES, run_init, plan.report_write.as_raw_fd()) {
+        Ok(nested) => nested,
+        Err((sys::NestedStep::Clone, errno)) => return Err(WarmError::Clone(errno)),
+        Err((step, errno)) => {
+            // This run goes cold (its supervisor starts it again with fresh pipes, away
+            // from the Python this attempt forked, which died with its namespace).
+            eprintln!(
+                "nsbox zygote: the run init did not start ({step:?}: {errno}); each run's init is a copy of this zygote from now on"
+            );
+            NESTED_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(WarmError::Nested(step, errno));
+        }
+    };
+    let init = match nested {
+        sys::Nested::Python => {
+            // As a cloned init does first: the socket is the zygote's to answer on.
+            // SIGCHLD is at its default already (the first process put it back).
+            drop(sock);
+            let plan = child::python_builds_main(plan);
+            match PENDING.lock() {
+                Ok(mut pending) => *pending = Some(plan),
+                Err(_) => sys::exit_now(127),
+            }
+            return Ok(Cloned::Python);
+        }
+        sys::Nested::Caller { init } => init,
+    };
+    drop(plan);
+    let python = match sys::children_of(init).as_deref() {
+        Ok([python]) => Ok(*python),
+        Ok(other) => Err(WarmError::FindInit(format!(
+            "the run init has {} children, not its Python alone",
+            other.len()
+        ))),
+        Err(e) => Err(WarmError::FindInit(e.to_string())),
+    };
+    // The maps are the namespace's, written through Python's /proc entry: the init makes
+    // itself non-dumpable as it starts, which gives its entries to root.
+    let handed = python
+        .and_then(|python| {
+            namespaces::IdMapping::write_nested(plan_maps_root, python)
+                .map_err(WarmError::IdMaps)
+                .map(|()| python)
+        })
+        .and_then(|python| {
+            let init_fd = sys::pidfd_open(init).map_err(WarmError::Handoff)?;
+            let python_fd = sys::pidfd_open(python).map_err(WarmError::Handoff)?;
+            fdpass::send(
+                sock.as_raw_fd(),
+                &[1],
+                &[init_fd.as_raw_fd(), python_fd.as_raw_fd()],
+            )
+            .map_err(WarmError::Handoff)
+        });
+    if handed.is_err() {
+        // As in the two-copy shape; the init's death ends Python with it.
         let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
     }
     handed.map(|()| Cloned::Zygote)

@@ -89,7 +89,7 @@ impl WarmLibrary {
             }
             WarmLibrary::Embedded => {
                 let bytes = embedded().ok_or(WarmLibraryError::NotEmbedded)?;
-                sealed_memfd(c"libnsbox_sandbox.so", bytes)
+                sealed_memfd(c"libnsbox_sandbox.so", bytes, false)
             }
         }
     }
@@ -120,13 +120,22 @@ fn choose(
 
 /// A memfd holding `bytes`, sealed so nobody (a zygote included: it gets the descriptor
 /// read-write, as every memfd is) can change, grow or shrink it, or lift the seals.
-fn sealed_memfd(name: &CStr, bytes: &[u8]) -> Result<OwnedFd, WarmLibraryError> {
+/// `executable` says whether it is a program to exec (the run init) or not (the library,
+/// which dlopen maps but nothing executes).
+pub(crate) fn sealed_memfd(
+    name: &CStr,
+    bytes: &[u8],
+    executable: bool,
+) -> Result<OwnedFd, WarmLibraryError> {
     let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
-    // MFD_NOEXEC_SEAL (Linux 6.3): the library is mapped by dlopen, never executed, so it is
-    // made non-executable for good; hosts with vm.memfd_noexec=2 refuse memfds without it.
-    // Older kernels (Debian's 6.1) reject the unknown flag with EINVAL.
-    let noexec = MemFdCreateFlag::from_bits_retain(libc::MFD_NOEXEC_SEAL);
-    let fd = match memfd_create(name, flags | noexec) {
+    // Linux 6.3 asks which: MFD_NOEXEC_SEAL makes it non-executable for good, MFD_EXEC says
+    // it is meant to run (hosts with vm.memfd_noexec=2 refuse that, and the caller copes).
+    // Older kernels (Debian's 6.1) reject either unknown flag with EINVAL.
+    let which = match executable {
+        true => libc::MFD_EXEC,
+        false => libc::MFD_NOEXEC_SEAL,
+    };
+    let fd = match memfd_create(name, flags | MemFdCreateFlag::from_bits_retain(which)) {
         Err(Errno::EINVAL) => memfd_create(name, flags),
         created => created,
     }
@@ -188,7 +197,7 @@ mod tests {
     #[test]
     fn the_memfd_holds_the_bytes_and_cannot_be_changed() {
         let bytes = b"\x7fELF not really a library";
-        let mut file = std::fs::File::from(sealed_memfd(c"test", bytes).unwrap());
+        let mut file = std::fs::File::from(sealed_memfd(c"test", bytes, false).unwrap());
         let mut read_back = Vec::new();
         file.read_to_end(&mut read_back).unwrap();
         assert_eq!(read_back, bytes);

@@ -9,9 +9,9 @@ import os
 import socket
 
 
-def _nsbox_warm(template, max_forks, huge_pages):
+def _nsbox_warm(template, max_forks, huge_pages, nested_runs):
     lib = ctypes.PyDLL("/proc/self/fd/4")
-    if lib.nsbox_zygote_init() != 0:
+    if lib.nsbox_zygote_init(ctypes.c_int(nested_runs)) != 0:
         raise SystemExit("nsbox zygote: initialisation failed")
     os.close(4)
 
@@ -245,7 +245,8 @@ def _nsbox_warm_models():
     model.fit(X, y).score(X, y)
 
 
-_nsbox_template, _nsbox_max_forks, _nsbox_huge_pages = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+_nsbox_template, _nsbox_max_forks = sys.argv[1], int(sys.argv[2])
+_nsbox_huge_pages, _nsbox_nested_runs = sys.argv[3] == "1", sys.argv[4] == "1"
 # Runs see the argv of `python3 -c`, as on the cold path.
 sys.argv = ["-c"]
-_nsbox_warm(_nsbox_template, _nsbox_max_forks, _nsbox_huge_pages)
+_nsbox_warm(_nsbox_template, _nsbox_max_forks, _nsbox_huge_pages, _nsbox_nested_runs)

@@ -1,0 +1,178 @@
+//! The warm path's run init: the few-KiB static program (`init/run-init.c`, built by
+//! `build.rs`) that a zygote execs as each run's PID 1, so the run holds one copy of the
+//! zygote's image (Python's) rather than two.
+//!
+//! The library carries the program's bytes; a zygote puts them in a sealed memfd once, at
+//! start, and execs that (after `pivot_root` no host path would do, and a sealed copy is
+//! one the run cannot change through `/proc/1/exe`).
+
+use std::os::fd::OwnedFd;
+
+use crate::warm_library::{sealed_memfd, WarmLibraryError};
+
+/// The program, where this build has one (x86_64 Linux).
+#[cfg(nsbox_run_init)]
+const PROGRAM: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/nsbox-run-init")));
+#[cfg(not(nsbox_run_init))]
+const PROGRAM: Option<&[u8]> = None;
+
+/// Why a zygote keeps the two-copy shape (its init cloned, not exec'd).
+#[derive(Debug, thiserror::Error)]
+pub enum RunInitError {
+    #[error("this build carries no run init (it is built for x86_64 Linux only)")]
+    NotBuilt,
+    #[error("the run init's memfd: {0}")]
+    Memfd(#[from] WarmLibraryError),
+}
+
+/// A sealed, executable memfd holding the run init.
+pub fn open() -> Result<OwnedFd, RunInitError> {
+    let bytes = PROGRAM.ok_or(RunInitError::NotBuilt)?;
+    Ok(sealed_memfd(c"nsbox-run-init", bytes, true)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_init_reports_in_the_record_and_step_the_rust_side_reads() {
+        // The C program cannot include Rust's constants; this holds the two to each other.
+        let source = include_str!("../init/run-init.c");
+        let define = |name: &str| -> u32 {
+            let line = source
+                .lines()
+                .find(|l| l.starts_with(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("{name} is not defined"));
+            line.split_whitespace().nth(2).unwrap().parse().unwrap()
+        };
+        assert_eq!(
+            define("STEP_START_PYTHON"),
+            crate::failure::Step::StartPython as u32
+        );
+        let failed = crate::child::Record::Failed { step: 7, errno: 9 }.encode();
+        assert_eq!(
+            u32::from_le_bytes(failed[..4].try_into().unwrap()),
+            define("RECORD_FAILED")
+        );
+        let status = crate::child::Record::PythonStatus(3).encode();
+        assert_eq!(
+            u32::from_le_bytes(status[..4].try_into().unwrap()),
+            define("RECORD_PYTHON_STATUS")
+        );
+        assert_eq!(define("REPORT_FD"), 3);
+    }
+
+    /// Runs `scenario` in a forked child (clone_nested wants a single-threaded caller, and
+    /// the test harness has threads) and returns its exit code.
+    #[cfg(nsbox_run_init)]
+    fn in_a_single_threaded_child(scenario: impl FnOnce() -> i32) -> i32 {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        match crate::sys::fork().unwrap() {
+            None => crate::sys::exit_now(scenario()),
+            Some(pid) => match waitpid(pid, None).unwrap() {
+                WaitStatus::Exited(_, code) => code,
+                other => panic!("the scenario's process ended as {other:?}"),
+            },
+        }
+    }
+
+    #[cfg(nsbox_run_init)]
+    #[test]
+    fn python_is_pid_2_under_the_exec_d_init_which_reports_its_status() {
+        use crate::sys::{clone_nested, Nested};
+        use nix::sched::CloneFlags;
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+
+        // Above 3, as in a zygote (whose fd 3 is its control socket): the report pipe goes there.
+        let memfd = open().unwrap();
+        let init = nix::fcntl::fcntl(memfd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+            .map(crate::sys::take_fd)
+            .unwrap();
+        let (report_read, report_write) = nix::unistd::pipe().unwrap();
+        // Python waits on it, so the init is still there to be looked at.
+        let (go_read, go_write) = nix::unistd::pipe().unwrap();
+        let code = in_a_single_threaded_child(|| {
+            let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID;
+            match clone_nested(flags, init.as_raw_fd(), report_write.as_raw_fd()) {
+                // Python: the namespace's second process, the init's child.
+                Ok(Nested::Python) => {
+                    let _ = nix::unistd::read(go_read.as_raw_fd(), &mut [0u8; 1]);
+                    // PID 2, the init's child, in the session and group the init leads.
+                    match (
+                        nix::unistd::getpid().as_raw(),
+                        nix::unistd::getppid().as_raw(),
+                        nix::unistd::getpgid(None).map(|p| p.as_raw()),
+                        nix::unistd::getsid(None).map(|p| p.as_raw()),
+                    ) {
+                        (2, 1, Ok(1), Ok(1)) => 7,
+                        _ => 9,
+                    }
+                }
+                // The caller, released by the init's exec.
+                Ok(Nested::Caller { init }) => {
+                    let exe = std::fs::read_link(format!("/proc/{init}/exe"));
+                    let _ = nix::unistd::write(&go_write, &[1]);
+                    match exe {
+                        Ok(exe) if exe.to_string_lossy().contains("nsbox-run-init") => 0,
+                        other => {
+                            eprintln!("the init's exe: {other:?}");
+                            1
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("clone_nested: {e:?}");
+                    2
+                }
+            }
+        });
+        assert_eq!(code, 0, "the caller did not see the init exec'd");
+        drop(report_write);
+        let mut report = Vec::new();
+        std::fs::File::from(report_read)
+            .read_to_end(&mut report)
+            .unwrap();
+        // Python exited with 7 (pid 2, parent 1, the init's group), and the init said so.
+        assert_eq!(
+            crate::child::reported_python_status(&report),
+            Some(7 << 8),
+            "{report:?}"
+        );
+    }
+
+    #[cfg(nsbox_run_init)]
+    #[test]
+    fn an_init_that_cannot_exec_is_an_error_for_the_caller() {
+        use crate::sys::{clone_nested, Nested, NestedStep};
+        use nix::sched::CloneFlags;
+        use std::os::fd::AsRawFd;
+
+        // A pipe is no program: execveat refuses it.
+        let (_report_read, report_write) = nix::unistd::pipe().unwrap();
+        let (not_a_program, _keep) = nix::unistd::pipe().unwrap();
+        let code = in_a_single_threaded_child(|| {
+            let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID;
+            match clone_nested(flags, not_a_program.as_raw_fd(), report_write.as_raw_fd()) {
+                // Python, forked before the exec failed, dies with the namespace.
+                Ok(Nested::Python) => 7,
+                Ok(Nested::Caller { .. }) => 1,
+                Err((NestedStep::Exec, nix::errno::Errno::EACCES)) => 0,
+                Err(_) => 2,
+            }
+        });
+        assert_eq!(code, 0);
+    }
+
+    #[cfg(nsbox_run_init)]
+    #[test]
+    fn the_memfd_is_a_sealed_static_program() {
+        use std::io::Read;
+        let mut file = std::fs::File::from(open().unwrap());
+        let mut head = [0u8; 4];
+        file.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"\x7fELF");
+        assert!(std::io::Write::write(&mut file, b"x").is_err());
+    }
+}
