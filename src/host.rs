@@ -445,6 +445,16 @@ pub fn probe_features(config: &Config) -> Vec<Probe> {
             },
         ),
         speed_probe(
+            "nested runs",
+            match (config.mode, config.nested_runs) {
+                (RunMode::Cold, _) => Ok("off (mode = cold)".into()),
+                (_, false) => Err("off (nested_runs = false): each warm run's PID 1 is a \
+                                   second fork of its zygote"
+                    .into()),
+                (_, true) => crate::sandbox::run_init::probe(),
+            },
+        ),
+        speed_probe(
             "ready sandboxes",
             match (config.mode, config.pool_size) {
                 (RunMode::Cold, _) => Ok("off (mode = cold)".into()),

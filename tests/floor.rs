@@ -157,7 +157,7 @@ fn the_server_sets_favordynmods_or_falls_back_to_the_keeper() {
 }
 
 #[test]
-fn nsbox_check_reports_how_runs_attach() {
+fn nsbox_check_reports_how_runs_attach_and_whether_runs_are_nested() {
     common::require_root();
     let _serial = one_at_a_time();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nsbox"))
@@ -185,6 +185,18 @@ fn nsbox_check_reports_how_runs_attach() {
             .unwrap()
             .starts_with("favordynmods"),
         "{probe}"
+    );
+    // And whether warm runs hold one copy of their zygote: the check starts the run init.
+    let nested = report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["feature"] == "nested runs")
+        .unwrap_or_else(|| panic!("no nested runs probe: {report}"));
+    assert_eq!(nested["ok"], true, "{nested}");
+    assert!(
+        nested["detail"].as_str().unwrap().contains("one copy"),
+        "{nested}"
     );
 }
 

@@ -26,7 +26,7 @@ mod pool;
 pub mod protocol;
 pub mod rootfs;
 pub mod run;
-mod run_init;
+pub mod run_init;
 pub mod sandbox;
 pub mod seccomp;
 pub mod session;

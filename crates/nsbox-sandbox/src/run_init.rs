@@ -7,6 +7,7 @@
 //! one the run cannot change through `/proc/1/exe`).
 
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 
 use crate::warm_library::{sealed_memfd, WarmLibraryError};
 
@@ -31,9 +32,61 @@ pub fn open() -> Result<OwnedFd, RunInitError> {
     Ok(sealed_memfd(c"nsbox-run-init", bytes, true)?)
 }
 
+/// Whether a zygote here can start runs in the nested shape, for `nsbox check`: the
+/// program is built in, a zygote can find its runs' Python processes, and the program runs
+/// from its memfd (started here with no child to wait for, it must report just that).
+pub fn probe() -> Result<String, String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    let two_copies = "each warm run's PID 1 is a second fork of its zygote";
+    if !std::path::Path::new("/proc/thread-self/children").exists() {
+        return Err(format!(
+            "no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN): {two_copies}"
+        ));
+    }
+    let memfd = open().map_err(|e| format!("{e}: {two_copies}"))?;
+    // Above fd 3, where the program finds its report pipe.
+    let program = nix::fcntl::fcntl(memfd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        .map(crate::sys::take_fd)
+        .map_err(|e| format!("{e}: {two_copies}"))?;
+    let (report_read, report_write) = nix::unistd::pipe().map_err(|e| format!("a pipe: {e}"))?;
+    let mut cmd = std::process::Command::new(format!("/proc/self/fd/{}", program.as_raw_fd()));
+    cmd.arg0("nsbox-run-init");
+    crate::sys::pass_fd(&mut cmd, report_write.as_raw_fd(), 3);
+    let status = cmd
+        .status()
+        .map_err(|e| format!("the run init did not start from its memfd ({e}): {two_copies}"))?;
+    drop(report_write);
+    let mut report = Vec::new();
+    let _ = std::fs::File::from(report_read).read_to_end(&mut report);
+    match crate::child::reported_failure(&report) {
+        Some((step, errno))
+            if step == crate::failure::Step::StartPython as u32 && errno == libc::ECHILD =>
+        {
+            Ok(
+                "each warm run holds one copy of its zygote; PID 1 is the run init (a few KiB, \
+                exec'd from a sealed memfd)"
+                    .into(),
+            )
+        }
+        other => Err(format!(
+            "the run init answered {other:?} ({status}) instead of \"no Python to wait for\": \
+             {two_copies}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(nsbox_run_init)]
+    #[test]
+    fn the_probe_starts_the_program_and_reads_its_report() {
+        let detail = probe().unwrap();
+        assert!(detail.contains("one copy"), "{detail}");
+    }
 
     #[test]
     fn the_init_reports_in_the_record_and_step_the_rust_side_reads() {
