@@ -336,27 +336,14 @@ fn a_warm_runs_init_is_the_small_exec_d_program_and_python_the_only_copy_of_the_
         "no ready sandbox has a run init"
     );
     for init in run_inits() {
-        let (Some(rss), Some(caps)) = (
-            common::proc_status_field(init, "VmRSS:"),
-            common::proc_status_field(init, "CapEff:"),
-        ) else {
+        let Some(caps) = common::proc_status_field(init, "CapEff:") else {
             continue; // gone meanwhile (the pool replaces what it gave out)
         };
-        let rss_kib: u64 = rss
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u64::MAX);
         // Its own few pages, not the zygote's image (tens to hundreds of MiB).
+        let rss_kib = common::rss_kib(init);
         assert!(rss_kib <= 256, "run init {init} holds {rss_kib} KiB");
         assert_eq!(caps, "0000000000000000", "run init {init} has capabilities");
-        let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
-            .unwrap_or_default();
-        let children: Vec<i32> = children
-            .split_whitespace()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        match children.as_slice() {
+        match common::children(init).as_slice() {
             [python] => assert!(
                 warm_template_of(*python).is_some(),
                 "run init {init}'s child {python} is no warm interpreter"

@@ -22,14 +22,27 @@ const PROGRAM: Option<&[u8]> = None;
 pub enum RunInitError {
     #[error("this build carries no run init (it is built for x86_64 Linux only)")]
     NotBuilt,
+    #[error("no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN), where a zygote finds each run's Python")]
+    NoChildrenFile,
     #[error("the run init's memfd: {0}")]
     Memfd(#[from] WarmLibraryError),
+    #[error("moving the run init's memfd above fd 3: {0}")]
+    Descriptor(#[source] nix::errno::Errno),
 }
 
-/// A sealed, executable memfd holding the run init.
+/// A sealed, executable memfd holding the run init, if a zygote here can use it. It is
+/// above fd 3, where the program finds its report pipe (`sys::clone_nested` moves that
+/// pipe there before the exec).
 pub fn open() -> Result<OwnedFd, RunInitError> {
+    use std::os::fd::AsRawFd;
     let bytes = PROGRAM.ok_or(RunInitError::NotBuilt)?;
-    Ok(sealed_memfd(c"nsbox-run-init", bytes, true)?)
+    if !std::path::Path::new("/proc/thread-self/children").exists() {
+        return Err(RunInitError::NoChildrenFile);
+    }
+    let memfd = sealed_memfd(c"nsbox-run-init", bytes, true)?;
+    nix::fcntl::fcntl(memfd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        .map(crate::sys::take_fd)
+        .map_err(RunInitError::Descriptor)
 }
 
 /// Whether a zygote here can start runs in the nested shape, for `nsbox check`: the
@@ -40,16 +53,7 @@ pub fn probe() -> Result<String, String> {
     use std::os::fd::AsRawFd;
 
     let two_copies = "each warm run's PID 1 is a second fork of its zygote";
-    if !std::path::Path::new("/proc/thread-self/children").exists() {
-        return Err(format!(
-            "no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN): {two_copies}"
-        ));
-    }
-    let memfd = open().map_err(|e| format!("{e}: {two_copies}"))?;
-    // Above fd 3, where the program finds its report pipe.
-    let program = nix::fcntl::fcntl(memfd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
-        .map(crate::sys::take_fd)
-        .map_err(|e| format!("{e}: {two_copies}"))?;
+    let program = open().map_err(|e| format!("{e}: {two_copies}"))?;
     let (report_read, report_write) = nix::unistd::pipe().map_err(|e| format!("a pipe: {e}"))?;
     let mut cmd = std::process::Command::new(format!("/proc/self/fd/{}", program.as_raw_fd()));
     cmd.arg0("nsbox-run-init");
@@ -138,11 +142,7 @@ mod tests {
         use std::io::Read;
         use std::os::fd::AsRawFd;
 
-        // Above 3, as in a zygote (whose fd 3 is its control socket): the report pipe goes there.
-        let memfd = open().unwrap();
-        let init = nix::fcntl::fcntl(memfd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
-            .map(crate::sys::take_fd)
-            .unwrap();
+        let init = open().unwrap();
         let (report_read, report_write) = nix::unistd::pipe().unwrap();
         // Python waits on it, so the init is still there to be looked at.
         let (go_read, go_write) = nix::unistd::pipe().unwrap();
@@ -222,7 +222,13 @@ mod tests {
     #[test]
     fn the_memfd_is_a_sealed_static_program() {
         use std::io::Read;
-        let mut file = std::fs::File::from(open().unwrap());
+        use std::os::fd::AsRawFd;
+        let memfd = open().unwrap();
+        assert!(
+            memfd.as_raw_fd() > 3,
+            "the memfd is where the report pipe goes"
+        );
+        let mut file = std::fs::File::from(memfd);
         let mut head = [0u8; 4];
         file.read_exact(&mut head).unwrap();
         assert_eq!(&head, b"\x7fELF");

@@ -166,18 +166,14 @@ static PROGRAM: OnceLock<SeccompProgram> = OnceLock::new();
 /// `nested_runs` 0 keeps the two-copy shape (`--no-nested-runs`).
 #[no_mangle]
 pub extern "C" fn nsbox_zygote_init(nested_runs: c_int) -> c_int {
-    // The zygote finds each run's Python as its init's child (CONFIG_PROC_CHILDREN).
-    let children = std::path::Path::new("/proc/thread-self/children").exists();
-    match super::run_init::open() {
-        _ if nested_runs == 0 => {}
-        Ok(fd) if children => {
-            let _ = RUN_INIT.set(fd);
+    if nested_runs != 0 {
+        match super::run_init::open() {
+            Ok(fd) => {
+                let _ = RUN_INIT.set(fd);
+            }
+            // Runs still start, in the two-copy shape (the init cloned, not exec'd).
+            Err(e) => eprintln!("nsbox zygote: {e}; each run's init is a copy of this zygote"),
         }
-        // Runs still start, in the two-copy shape (the init cloned, not exec'd).
-        Ok(_) => eprintln!(
-            "nsbox zygote: no /proc/<pid>/task/<tid>/children here; each run's init is a copy of this zygote"
-        ),
-        Err(e) => eprintln!("nsbox zygote: {e}; each run's init is a copy of this zygote"),
     }
     match seccomp::builtin() {
         Ok(p) => {
