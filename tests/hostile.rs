@@ -215,16 +215,18 @@ fn empty_plot_frames_are_capped_as_they_are_decoded() {
     assert_eq!(call(server, &sid, "print(1)")["stdout"], "1\n");
 }
 
-/// A streamed request on a socket whose receive buffer is tiny and which is never read.
+/// A streamed request on a socket that is not read. Its receive buffer keeps its default
+/// size (autotuning grows it only as the application reads): a tiny one (a `SO_RCVBUF` of
+/// 2 KiB) makes loopback TCP crawl at zero-window probes once the client does read, about
+/// 20 KB/s here, so the megabytes the kernel buffered on the server's side took minutes to
+/// drain and the server rightly ended the connection as one not being read.
 fn stalled_stream(server: &Server, code: &str) -> std::net::TcpStream {
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    // Set after the handshake it still locks the buffer small: autotuning stays off.
-    nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::RcvBuf, &2048).unwrap();
     let body = json!({"lang": "python", "code": code, "timeout": 30}).to_string();
     write!(
         tcp,
         "POST /v1/tools/code HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Accept: text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+         Accept: text/event-stream\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
