@@ -489,6 +489,129 @@ pub fn collapse_to_huge_pages(addr: usize, len: usize) -> Result<(), Errno> {
     }
 }
 
+/// CPython's `PyObjectArenaAllocator`: how the interpreter gets and gives back the 1 MiB
+/// arenas its small objects live in. CPython copies the table when it is installed.
+#[repr(C)]
+pub struct ArenaAllocator {
+    ctx: *mut libc::c_void,
+    alloc: extern "C" fn(*mut libc::c_void, usize) -> *mut libc::c_void,
+    free: extern "C" fn(*mut libc::c_void, *mut libc::c_void, usize),
+}
+
+// SAFETY: two function pointers and a null context, never written after they are built.
+unsafe impl Sync for ArenaAllocator {}
+
+/// The arenas of a warm interpreter, carved in order out of one 2 MiB-aligned region while
+/// it warms up, so they form one mapping that `MADV_COLLAPSE` can put in huge pages
+/// (CPython's own allocator maps each arena alone, between the libraries it loads, where
+/// few 2 MiB-aligned ranges fit). Past the region, and once it is trimmed, an arena is a
+/// mapping of its own, as CPython's default would make it.
+pub static ARENA_ALLOCATOR: ArenaAllocator = ArenaAllocator {
+    ctx: std::ptr::null_mut(),
+    alloc: arena_alloc,
+    free: arena_free,
+};
+
+/// The free part of the arena region: `[next, end)`; both 0 when there is none.
+static ARENA_NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static ARENA_END: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+const HUGE_PAGE: usize = 2 << 20;
+
+extern "C" fn arena_alloc(_ctx: *mut libc::c_void, size: usize) -> *mut libc::c_void {
+    use std::sync::atomic::Ordering::Relaxed;
+    // CPython asks under its global lock; the atomics only keep this sound without it.
+    let mut next = ARENA_NEXT.load(Relaxed);
+    while next != 0 && ARENA_END.load(Relaxed).saturating_sub(next) >= size {
+        match ARENA_NEXT.compare_exchange(next, next + size, Relaxed, Relaxed) {
+            Ok(_) => return next as *mut libc::c_void,
+            Err(now) => next = now,
+        }
+    }
+    // SAFETY: a new private anonymous mapping: no memory of anyone's changes.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        std::ptr::null_mut()
+    } else {
+        p
+    }
+}
+
+extern "C" fn arena_free(_ctx: *mut libc::c_void, arena: *mut libc::c_void, size: usize) {
+    // SAFETY: CPython gives back whole arenas it got from an arena allocator (this one, or
+    // the default one before this was installed, which maps each arena alone), and nothing
+    // else refers to an arena it gives back; unmapping part of the region is as valid as
+    // unmapping a mapping of its own.
+    unsafe {
+        libc::munmap(arena, size);
+    }
+}
+
+/// Reserves `len` bytes of address space, 2 MiB aligned, for the arenas [`ARENA_ALLOCATOR`]
+/// hands out. The pages cost nothing until an arena is used (`MAP_NORESERVE`, never touched).
+pub fn arena_region_reserve(len: usize) -> Result<(), Errno> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let len = len.next_multiple_of(HUGE_PAGE);
+    // SAFETY: a new private anonymous mapping: no memory of anyone's changes.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len + HUGE_PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    let start = p as usize;
+    let aligned = start.next_multiple_of(HUGE_PAGE);
+    // SAFETY: the unaligned head and tail of the mapping just made, which nothing uses.
+    unsafe {
+        if aligned > start {
+            libc::munmap(p, aligned - start);
+        }
+        let tail = aligned + len;
+        let end = start + len + HUGE_PAGE;
+        if end > tail {
+            libc::munmap(tail as *mut libc::c_void, end - tail);
+        }
+    }
+    ARENA_END.store(aligned + len, Relaxed);
+    ARENA_NEXT.store(aligned, Relaxed);
+    Ok(())
+}
+
+/// Gives back the region's unused part past the next 2 MiB boundary; from then on new
+/// arenas are mappings of their own. Returns the bytes given back.
+pub fn arena_region_trim() -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    let next = ARENA_NEXT.load(Relaxed);
+    let end = ARENA_END.load(Relaxed);
+    let tail = next.next_multiple_of(HUGE_PAGE).min(end);
+    if next == 0 || tail >= end {
+        return 0;
+    }
+    ARENA_END.store(tail, Relaxed);
+    // SAFETY: past `next` no arena was handed out, and the end moved before the unmap, so
+    // none will be.
+    unsafe {
+        libc::munmap(tail as *mut libc::c_void, end - tail);
+    }
+    end - tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,5 +658,51 @@ mod tests {
         };
         let status = nix::sys::wait::waitpid(child, None).unwrap();
         assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+    }
+
+    #[test]
+    fn arenas_come_in_order_from_the_aligned_region_then_alone_once_it_is_trimmed() {
+        use std::sync::atomic::Ordering::Relaxed;
+        const ARENA: usize = 1 << 20;
+        let (alloc, free) = (ARENA_ALLOCATOR.alloc, ARENA_ALLOCATOR.free);
+        let ctx = std::ptr::null_mut();
+        arena_region_reserve(8 << 20).unwrap();
+        let a = alloc(ctx, ARENA) as usize;
+        let b = alloc(ctx, ARENA) as usize;
+        let c = alloc(ctx, ARENA) as usize;
+        assert_eq!(a % HUGE_PAGE, 0, "the region starts on a 2 MiB boundary");
+        assert_eq!(
+            (b, c),
+            (a + ARENA, a + 2 * ARENA),
+            "arenas follow each other"
+        );
+        // SAFETY: the arena just handed out, 1 MiB of writable memory nothing else uses.
+        let arena = unsafe { std::slice::from_raw_parts_mut(c as *mut u8, ARENA) };
+        arena.fill(7);
+        assert!(arena.iter().all(|&x| x == 7));
+        free(ctx, b as *mut libc::c_void, ARENA);
+        // Used up to 3 MiB: the region keeps 4 and gives back the other 4.
+        assert_eq!(arena_region_trim(), 4 << 20);
+        assert_eq!(
+            arena_region_trim(),
+            0,
+            "trimming twice gives back nothing more"
+        );
+        let d = alloc(ctx, ARENA) as usize;
+        assert_eq!(
+            d,
+            a + 3 * ARENA,
+            "the region's last arena before the boundary"
+        );
+        let e = alloc(ctx, ARENA);
+        assert!(!e.is_null());
+        assert_eq!(
+            ARENA_NEXT.load(Relaxed),
+            a + 4 * ARENA,
+            "past the region an arena is a mapping of its own"
+        );
+        for arena in [a, c, d, e as usize] {
+            free(ctx, arena as *mut libc::c_void, ARENA);
+        }
     }
 }

@@ -194,10 +194,32 @@ static RUN_INIT: OnceLock<OwnedFd> = OnceLock::new();
 /// this zygote keeps the two-copy shape from then on rather than fail every run.
 static NESTED_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Called by a zygote that will collapse its memory, before it imports anything: the
+/// arena allocator to install with CPython's `PyObject_SetArenaAllocator`, so the arenas of
+/// its warm-up share one region that collapses into huge pages
+/// ([`sys::ARENA_ALLOCATOR`]); null when the region could not be reserved (the default
+/// allocator then stays). The region is trimmed to what was used in
+/// [`nsbox_zygote_huge_pages`].
+#[no_mangle]
+pub extern "C" fn nsbox_zygote_arenas() -> *const std::ffi::c_void {
+    match sys::arena_region_reserve(ARENA_REGION) {
+        Ok(()) => std::ptr::from_ref(&sys::ARENA_ALLOCATOR).cast(),
+        Err(e) => {
+            eprintln!("nsbox zygote: reserving the arena region: {e}; arenas stay apart");
+            std::ptr::null()
+        }
+    }
+}
+
+/// Address space for a warm-up's arenas: the ml template's take about 100 MiB. Only what is
+/// used costs memory, and the rest is given back before the first run.
+const ARENA_REGION: usize = 512 << 20;
+
 /// Called once by a zygote after its warm-up, before its first run: puts its memory in
 /// huge pages, so every run's copy of it costs little. Returns the MiB collapsed.
 #[no_mangle]
 pub extern "C" fn nsbox_zygote_huge_pages() -> c_int {
+    sys::arena_region_trim();
     let done = crate::hugepages::collapse_heap();
     (done.collapsed >> 20) as c_int
 }

@@ -14,6 +14,13 @@ def _nsbox_warm(template, max_forks, huge_pages, nested_runs):
     if lib.nsbox_zygote_init(ctypes.c_int(nested_runs)) != 0:
         raise SystemExit("nsbox zygote: initialisation failed")
     os.close(4)
+    if huge_pages:
+        # The warm-up's object arenas in one region, which collapses into huge pages with
+        # the rest of the heap (warm.rs); the runs inherit it and map new arenas alone.
+        lib.nsbox_zygote_arenas.restype = ctypes.c_void_p
+        arenas = lib.nsbox_zygote_arenas()
+        if arenas:
+            ctypes.pythonapi.PyObject_SetArenaAllocator(ctypes.c_void_p(arenas))
 
     # OpenBLAS starts its threads as it loads, and OpenMP on its first parallel region,
     # sized by the environment; a zygote with threads cannot clone a run (warm.rs), so
