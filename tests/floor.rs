@@ -251,26 +251,21 @@ fn warm_interpreters_keep_their_memory_in_huge_pages_and_runs_are_unchanged() {
     let server = Server::start(&[]);
     let plain = Server::start(&["--no-huge-pages"]);
     // Against a zygote that did not ask: on a host whose THP mode is `always` that one has
-    // huge pages too.
-    let (huge, without) = (
-        scientific_zygote_huge_kib(&server, anon_huge_kib),
-        scientific_zygote_huge_kib(&plain, anon_huge_kib),
-    );
-    assert!(
-        huge >= without + (16 << 10),
-        "the scientific zygote has {huge} KiB in huge pages, {without} KiB without the collapse"
-    );
-    // Its object arenas too: CPython maps each alone, between the libraries it loads, where
-    // few 2 MiB ranges fit; the zygote's arena allocator keeps the warm-up's in one region.
-    // Here that was 43-45 MiB in huge pages, against 14 MiB with CPython's own allocator.
-    let (arenas, arenas_without) = (
-        scientific_zygote_huge_kib(&server, arenas_huge_kib),
-        scientific_zygote_huge_kib(&plain, arenas_huge_kib),
-    );
-    assert!(
-        arenas >= arenas_without + (28 << 10),
-        "the scientific zygote's arenas have {arenas} KiB in huge pages, {arenas_without} KiB without the collapse"
-    );
+    // huge pages too. Its object arenas count as well: CPython maps each alone, between the
+    // libraries it loads, where few 2 MiB ranges fit; the zygote's arena allocator keeps the
+    // warm-up's in one region. Here that was 43-45 MiB of arenas in huge pages, against
+    // 14 MiB with CPython's own allocator.
+    for (what, measure, at_least_mib) in [
+        ("memory", anon_huge_kib as fn(i32) -> u64, 16),
+        ("object arenas", arenas_huge_kib, 28),
+    ] {
+        let huge = scientific_zygote_huge_kib(&server, measure);
+        let without = scientific_zygote_huge_kib(&plain, measure);
+        assert!(
+            huge >= without + (at_least_mib << 10),
+            "the scientific zygote's {what}: {huge} KiB in huge pages, {without} KiB without the collapse"
+        );
+    }
     // Runs forked from it compute as before, each sees fresh memory of its own, and one
     // that needs many more arenas than the warm-up's region holds gets them.
     let code = "import pandas as pd\nimport numpy as np\nx = np.arange(1_000_000)\nwords = [str(i) for i in range(2_000_000)]\nprint(int(x.sum()), pd.DataFrame({'a': [1, 2]}).a.sum(), len(set(words)))";
