@@ -9,9 +9,7 @@
 
 use std::fs;
 
-use crate::sys;
-
-const HUGE_PAGE: usize = 2 << 20;
+use crate::sys::{self, HUGE_PAGE};
 
 /// What [`collapse_heap`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

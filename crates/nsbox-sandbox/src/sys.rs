@@ -516,7 +516,8 @@ pub static ARENA_ALLOCATOR: ArenaAllocator = ArenaAllocator {
 static ARENA_NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static ARENA_END: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-const HUGE_PAGE: usize = 2 << 20;
+/// A transparent huge page's size (x86_64's PMD).
+pub const HUGE_PAGE: usize = 2 << 20;
 
 extern "C" fn arena_alloc(_ctx: *mut libc::c_void, size: usize) -> *mut libc::c_void {
     use std::sync::atomic::Ordering::Relaxed;
@@ -528,21 +529,26 @@ extern "C" fn arena_alloc(_ctx: *mut libc::c_void, size: usize) -> *mut libc::c_
             Err(now) => next = now,
         }
     }
+    map_anonymous(size, 0).unwrap_or(std::ptr::null_mut())
+}
+
+/// A new private, read-write anonymous mapping of `len` bytes, with `flags` besides.
+fn map_anonymous(len: usize, flags: libc::c_int) -> Result<*mut libc::c_void, Errno> {
     // SAFETY: a new private anonymous mapping: no memory of anyone's changes.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            size,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
             -1,
             0,
         )
     };
     if p == libc::MAP_FAILED {
-        std::ptr::null_mut()
+        Err(Errno::last())
     } else {
-        p
+        Ok(p)
     }
 }
 
@@ -561,20 +567,7 @@ extern "C" fn arena_free(_ctx: *mut libc::c_void, arena: *mut libc::c_void, size
 pub fn arena_region_reserve(len: usize) -> Result<(), Errno> {
     use std::sync::atomic::Ordering::Relaxed;
     let len = len.next_multiple_of(HUGE_PAGE);
-    // SAFETY: a new private anonymous mapping: no memory of anyone's changes.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len + HUGE_PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Errno::last());
-    }
+    let p = map_anonymous(len + HUGE_PAGE, libc::MAP_NORESERVE)?;
     let start = p as usize;
     let aligned = start.next_multiple_of(HUGE_PAGE);
     // SAFETY: the unaligned head and tail of the mapping just made, which nothing uses.
