@@ -1,9 +1,10 @@
 //! The zygote's warm memory in transparent huge pages, so each run's fork copies a page table entry per 2 MiB instead of 512.
 //!
-//! A run copies the zygote's address space twice (its init, then its Python), and tears
-//! it down twice; on 4 KiB pages both cost about 1.3 ms per 100 MiB on these machines.
-//! Collapsing the warm interpreter's heap into 2 MiB pages once, after its warm-up and
-//! before its first run, makes those copies mostly free. A run that writes into a huge
+//! A run copies the zygote's address space (once in the nested shape, its Python; twice
+//! in the two-copy shape, its init and then its Python) and tears each copy down; on
+//! 4 KiB pages both cost about 1.3 ms per 100 MiB on these machines. Collapsing the warm
+//! interpreter's heap into 2 MiB pages once, after its warm-up and before its first run,
+//! makes those copies mostly free. A run that writes into a huge
 //! page copies only the 4 KiB it touches (the kernel splits the huge page's mapping on
 //! that write), so a run's own memory does not grow by the collapse.
 

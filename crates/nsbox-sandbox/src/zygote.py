@@ -101,7 +101,7 @@ def _nsbox_warm(template, max_forks, huge_pages, nested_runs):
     # collector from touching (and so copying) their pages in each run.
     gc.freeze()
     if huge_pages:
-        # The memory every run copies twice, in 2 MiB pages from here on (hugepages.rs).
+        # The memory every run copies, in 2 MiB pages from here on (hugepages.rs).
         lib.nsbox_zygote_huge_pages()
 
     import signal
