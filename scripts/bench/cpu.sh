@@ -16,6 +16,9 @@
 #                 compared with its baseline on the same machine at the same moment
 #   CPU_ROUNDS    recordings per build (default 2)
 #   CPU_ARGS      extra `nsbox serve` arguments for every server
+#   CPU_BASELINE_ARGS  extra `nsbox serve` arguments for the baseline's servers only, e.g.
+#                 "--warm-templates base,ml" with CPU_BASELINE=target/release: one build with
+#                 and without a setting
 # Needs root and perf (Debian's linux-perf, installed when missing). Each recording's files
 # stay in the printed work directory.
 set -euo pipefail
@@ -35,16 +38,18 @@ fi
 work=$(mktemp -d /tmp/nsbox-cpu.XXXXXX)
 python3 scripts/bench/bench.py bodies "$work/bodies"
 read -r -a extra <<<"${CPU_ARGS:-}"
+read -r -a base_extra <<<"${CPU_BASELINE_ARGS:-}"
 
 server=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true' EXIT
 
-# record LABEL DIR N: one server of that build, warmed, then one recorded c8 load.
+# record LABEL DIR N [ARGS...]: one server of that build, warmed, then one recorded c8 load.
 record() {
-	local label=$1 dir=$2 out=$work/$1-$3 port
+	local label=$1 dir=$2 round=$3 out=$work/$1-$3 port
+	shift 3
 	mkdir -p "$out"
 	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-	"$dir/nsbox" serve --listen "127.0.0.1:$port" --rootfs "$rootfs" "${extra[@]}" >"$out/server.log" 2>&1 &
+	"$dir/nsbox" serve --listen "127.0.0.1:$port" --rootfs "$rootfs" "${extra[@]}" "$@" >"$out/server.log" 2>&1 &
 	server=$!
 	local url=http://127.0.0.1:$port
 	for _ in $(seq 1200); do
@@ -68,13 +73,13 @@ record() {
 	result=$(grep '^BENCHRESULT ' "$out/wrk.txt" | cut -d' ' -f2-)
 	requests=$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); assert r["bad"] == 0, r; print(r["requests"])' "$result")
 	perf script -i "$out/perf.data" -F comm,pid,tid,event,trace,ip,sym >"$out/script.txt" 2>/dev/null
-	echo "== $label, round $3: $(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); print("%.1f runs/s, p50 %.1f ms" % (r["rps"], r["p50_ms"]))' "$result"); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "== $label, round $round: $(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); print("%.1f runs/s, p50 %.1f ms" % (r["rps"], r["p50_ms"]))' "$result"); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 	python3 scripts/bench/cpu_roles.py "$out/script.txt" "$pid" "$out/ps.txt" "$requests" "$hz"
 }
 
 echo "$w at concurrency 8 for ${secs}s per recording, $rounds round(s); $(nproc) CPUs"
 for r in $(seq "$rounds"); do
-	[ -n "${CPU_BASELINE:-}" ] && record base "$CPU_BASELINE" "$r"
+	[ -n "${CPU_BASELINE:-}" ] && record base "$CPU_BASELINE" "$r" "${base_extra[@]}"
 	record nsbox "$CPU_NSBOX" "$r"
 done
 echo "recordings: $work"

@@ -46,6 +46,22 @@ HEADER = re.compile(r"^(.*?)\s+(\d+)/(\d+)\s+([\w:-]+):\s*(.*)$")
 FORK = re.compile(r" pid=(\d+) child_comm=(.*) child_pid=(\d+)")
 
 
+def kernel_entry(stack):
+    """How a sample counted as "kernel: other" entered the kernel: its system call, else
+    the outermost kernel entry on its stack (an interrupt, a new task's first return)."""
+    for f in stack:
+        if f.startswith(("__x64_sys_", "__ia32_sys_")):
+            return f.split("_sys_", 1)[1]
+    # A handler the kernel inlined into its dispatch: the function do_syscall_64 called.
+    if "do_syscall_64" in stack:
+        i = stack.index("do_syscall_64")
+        callees = [f for f in stack[:i] if f != "x64_sys_call"]
+        if callees:
+            return callees[-1]
+    entries = [f for f in stack if f.startswith(KERNEL_ENTRIES)]
+    return entries[-1] if entries else "?"
+
+
 def activity(stack):
     frames = set(stack)
     for name, functions in ACTIVITIES:
@@ -108,6 +124,7 @@ def main():
     by_role = collections.Counter()
     by_activity = collections.Counter()
     role_activity = collections.defaultdict(collections.Counter)
+    kernel_other = collections.Counter()
     others = 0
     sample = None
 
@@ -121,6 +138,8 @@ def main():
         by_role[role] += 1
         by_activity[what] += 1
         role_activity[role][what] += 1
+        if what == "kernel: other":
+            kernel_other[kernel_entry(stack)] += 1
 
     with open(script, errors="replace") as f:
         for line in f:
@@ -159,6 +178,9 @@ def main():
     print("by activity:")
     for what, n in by_activity.most_common():
         print(f"  {ms(n):6.2f} ms  {what}")
+    print('"kernel: other" by system call (or entry):')
+    for entry, n in kernel_other.most_common(10):
+        print(f"  {ms(n):6.2f} ms  {entry}")
 
 
 if __name__ == "__main__":
