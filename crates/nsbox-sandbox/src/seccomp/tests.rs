@@ -194,6 +194,11 @@ fn compile_rejects_programs_over_the_kernel_limit() {
 /// Runs `program` on a `seccomp_data` the way the kernel does, for the opcodes seccompiler
 /// and the prefix emit. Panics on anything else or on a jump out of the program.
 fn eval(program: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+    eval_counted(program, arch, nr, args).0
+}
+
+/// [`eval`]'s answer, and how many instructions it ran to get it.
+fn eval_counted(program: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> (u32, usize) {
     let mut data = [0u32; 16];
     data[0] = nr;
     data[1] = arch;
@@ -202,7 +207,7 @@ fn eval(program: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
         data[5 + 2 * i] = (*arg >> 32) as u32;
     }
     let (mut acc, mut pc) = (0u32, 0usize);
-    loop {
+    for steps in 1.. {
         let insn = program
             .get(pc)
             .unwrap_or_else(|| panic!("pc {pc} left the program"));
@@ -224,16 +229,17 @@ fn eval(program: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
                 let taken = match c & 0xf0 {
                     BPF_JEQ => acc == insn.k,
                     BPF_JGT => acc > insn.k,
-                    0x30 => acc >= insn.k,
+                    BPF_JGE => acc >= insn.k,
                     BPF_JSET => acc & insn.k != 0,
                     op => panic!("jump op {op:#x}"),
                 };
                 next + usize::from(if taken { insn.jt } else { insn.jf })
             }
-            c if c == BPF_RET | BPF_K => return insn.k,
+            c if c == BPF_RET | BPF_K => return (insn.k, steps),
             c => panic!("opcode {c:#x} at {pc}"),
         };
     }
+    unreachable!("the loop only ends at a `ret`")
 }
 
 /// A syscall number from seccompiler's own table, read back from a one-rule program.
@@ -384,6 +390,115 @@ fn bpf_denies_unconditional_rules_and_allows_everything_else() {
             "nr {n}"
         );
     }
+}
+
+/// The policy's meaning without the search: each filter's program as seccompiler compiled
+/// it, and the first that does not allow answers (each syscall is in one filter only).
+fn reference(filters: &seccompiler::BpfMap, nr: u32, args: [u64; 6]) -> u32 {
+    filters
+        .values()
+        .map(|program| eval(program, AUDIT_ARCH_X86_64, nr, args))
+        .find(|&ret| ret != RET_ALLOW)
+        .unwrap_or(RET_ALLOW)
+}
+
+fn seccompiler_programs() -> seccompiler::BpfMap {
+    seccompiler::compile_from_json(DEFAULT_POLICY.as_bytes(), TargetArch::x86_64)
+        .expect("the policy compiles")
+}
+
+#[test]
+fn the_search_answers_every_syscall_as_each_filter_compiled_by_seccompiler_does() {
+    let policy = policy_json();
+    let p = builtin().unwrap();
+    let filters = seccompiler_programs();
+    // Every value a rule compares with, at every argument, with bits around it set too
+    // (masked rules), plus the extremes.
+    let mut values = BTreeSet::from([0u64, 1, 17, u64::MAX, 0x8000_0000_0000_0000]);
+    for (_, rule) in rules(&policy) {
+        for arg in rule["args"].as_array().into_iter().flatten() {
+            let v = arg["val"].as_u64().unwrap();
+            values.extend([v, v | 17, v ^ 1, v | 0x1_0000_0000, !v]);
+        }
+    }
+    let mut checked = 0;
+    for n in 0..=LAST_REVIEWED_SYSCALL {
+        for index in 0..6 {
+            for &v in &values {
+                let mut args = [0; 6];
+                args[index] = v;
+                assert_eq!(
+                    eval(&p.0, AUDIT_ARCH_X86_64, n, args),
+                    reference(&filters, n, args),
+                    "nr {n}, args {args:x?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 10_000, "{checked} cases");
+}
+
+#[test]
+fn every_syscall_number_without_rules_meets_a_short_search() {
+    // The kernel runs the filter for every syscall number as it installs it (the cache of
+    // always-allowed syscalls, with interrupts off), once per run. seccompiler's own layout
+    // tests the numbers with rules one after another; the search halves them first.
+    let p = builtin().unwrap();
+    let named: BTreeSet<u32> = rules(&policy_json())
+        .iter()
+        .map(|(_, rule)| nr(rule["syscall"].as_str().unwrap()))
+        .collect();
+    let worst = (0..=LAST_REVIEWED_SYSCALL)
+        .filter(|n| !named.contains(n))
+        .map(|n| eval_counted(&p.0, AUDIT_ARCH_X86_64, n, [0; 6]))
+        .inspect(|&(ret, _)| assert_eq!(ret, RET_ALLOW))
+        .map(|(_, steps)| steps)
+        .max()
+        .unwrap();
+    // The same numbers through seccompiler's programs, chained one after the other as they
+    // were before the search.
+    let filters = seccompiler_programs();
+    let linear = (0..=LAST_REVIEWED_SYSCALL)
+        .filter(|n| !named.contains(n))
+        .map(|n| {
+            filters
+                .values()
+                .map(|program| eval_counted(program, AUDIT_ARCH_X86_64, n, [0; 6]).1)
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap();
+    eprintln!(
+        "a number without rules: at most {worst} steps, {linear} through seccompiler's programs"
+    );
+    assert!(worst * 4 <= linear, "{worst} steps against {linear}");
+}
+
+#[test]
+fn compile_refuses_a_program_whose_layout_it_does_not_know() {
+    let json = one_filter(r#"{"syscall": "mount"}"#);
+    let map = seccompiler::compile_from_json(json.as_bytes(), TargetArch::x86_64).unwrap();
+    let good = &map["run"];
+    assert_eq!(syscall_blocks(good).unwrap().len(), 1);
+    // Without the arch check; with a block whose `ja <rest>` runs past the program's end.
+    assert!(syscall_blocks(&good[1..]).is_err());
+    let mut long = good.clone();
+    long[6].k += 10;
+    assert!(syscall_blocks(&long).is_err());
+    // A rule's jump that leaves its block.
+    let json = one_filter(
+        r#"{"syscall": "personality", "args": [{"index": 0, "type": "dword", "op": "eq", "val": 8}]}"#,
+    );
+    let map = seccompiler::compile_from_json(json.as_bytes(), TargetArch::x86_64).unwrap();
+    let mut leaving = map["run"].clone();
+    assert_eq!(syscall_blocks(&leaving).unwrap().len(), 1);
+    let rule_jump = (7..leaving.len())
+        .find(|&i| leaving[i].code & 0x07 == BPF_JMP && leaving[i].code != BPF_JMP | BPF_JA)
+        .expect("the rule compares its argument");
+    leaving[rule_jump].jf = 200;
+    let err = syscall_blocks(&leaving).unwrap_err();
+    assert!(err.contains("leaves"), "{err}");
 }
 
 // --- the kernel, with the filter installed on one spawned thread ---
