@@ -4,9 +4,9 @@
 //! in the two-copy shape, its init and then its Python) and tears each copy down; on
 //! 4 KiB pages both cost about 1.3 ms per 100 MiB on these machines. Collapsing the warm
 //! interpreter's heap into 2 MiB pages once, after its warm-up and before its first run,
-//! makes those copies mostly free. A run that writes into a huge
-//! page copies only the 4 KiB it touches (the kernel splits the huge page's mapping on
-//! that write), so a run's own memory does not grow by the collapse.
+//! makes those copies mostly free. A run that writes into a huge page copies only the
+//! 4 KiB it touches (the kernel splits the huge page's mapping on that write), so a run's
+//! own memory does not grow by the collapse.
 
 use std::fs;
 
