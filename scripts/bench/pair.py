@@ -6,7 +6,9 @@ with and without a setting, that the machine's noise hits equally.
 
 e.g. `... pair.py 200 target/release/nsbox -- target/release/nsbox --no-huge-pages`.
 Prints, for the spec's basic and pandas examples and for creating a session (deleted
-after each, untimed), each side's p50 and p99 and A/B of the p50s.
+after each, untimed), each side's p50 and p99 and A/B of the p50s. PAIR_MEASURES picks
+others, comma-separated: any of the spec examples basic, pandas, scipy, plot, and session
+(default "basic,pandas,session").
 """
 
 import http.client
@@ -19,10 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-WORKLOADS = {
-    "basic": (REPO / "tests/fixtures/spec/basic.py").read_text(),
-    "pandas": (REPO / "tests/fixtures/spec/pandas.py").read_text(),
-}
+WORKLOADS = ["basic", "pandas", "scipy", "plot"]
 
 
 def free_port():
@@ -78,8 +77,15 @@ def main():
     split = rest.index("--")
     servers = [start(rest[:split]), start(rest[split + 1:])]
     try:
-        measures = [(name, lambda conn, code=code: post(conn, code)) for name, code in WORKLOADS.items()]
-        measures.append(("session create", create_session))
+        measures = []
+        for name in os.environ.get("PAIR_MEASURES", "basic,pandas,session").split(","):
+            if name == "session":
+                measures.append(("session create", create_session))
+            elif name in WORKLOADS:
+                code = (REPO / f"tests/fixtures/spec/{name}.py").read_text()
+                measures.append((name, lambda conn, code=code: post(conn, code)))
+            else:
+                raise SystemExit(f"PAIR_MEASURES: {name!r} is none of {WORKLOADS} or session")
         for name, measure in measures:
             times = [[], []]
             for _, conn in servers:  # warm-up
