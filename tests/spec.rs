@@ -61,6 +61,92 @@ fn plot_example_returns_one_png_of_the_figure_size() {
     assert_eq!(png_size(&decode(&plots[0])), (1000, 600));
 }
 
+/// Defines png_facts(png): for one PNG, as JSON, what two encodings of the same figure
+/// must share, as a run's Pillow reads them (every chunk's CRC checked on the way): the
+/// chunks in order (a run of IDATs as one), the colour mode, the size, a digest of the
+/// pixels as RGBA, the resolution and matplotlib's Software text.
+const PNG_FACTS: &str = "import hashlib, io, json, struct, zlib\n\
+from PIL import Image\n\
+def png_facts(png):\n    \
+    kinds, at = [], 8\n    \
+    while at < len(png):\n        \
+        (size,) = struct.unpack('>I', png[at:at + 4])\n        \
+        body = png[at + 4:at + 8 + size]\n        \
+        assert struct.unpack('>I', png[at + 8 + size:at + 12 + size])[0] == zlib.crc32(body), body[:4]\n        \
+        if kinds[-1:] != [body[:4].decode()]:\n            \
+            kinds.append(body[:4].decode())\n        \
+        at += 12 + size\n    \
+    im = Image.open(io.BytesIO(png))\n    \
+    im.load()\n    \
+    return json.dumps({'chunks': kinds, 'mode': im.mode, 'size': im.size,\n        \
+        'pixels': hashlib.sha256(im.convert('RGBA').tobytes()).hexdigest(),\n        \
+        'dpi': im.info.get('dpi'), 'software': im.info.get('Software')})\n";
+
+#[test]
+fn a_shown_figure_has_the_pixels_resolution_and_text_of_matplotlibs_own_png() {
+    // The spec's plot (opaque, 600 rows: 37 strips of the writer's 16 and a part) and a
+    // transparent figure shorter than one strip, each first saved in the run by
+    // matplotlib's own PNG writer (Pillow's), then shown.
+    let server = Server::start(&[]);
+    let figure = PLOT.replace("plt.show()\n", "");
+    let shown = server.run(&format!(
+        "{PNG_FACTS}{figure}\
+         transparent = plt.figure(figsize=(3, 0.13))\n\
+         transparent.patch.set_alpha(0.0)\n\
+         plt.plot([1, 3, 2])\n\
+         for fig in (plt.figure(1), transparent):\n    \
+             buf = io.BytesIO()\n    \
+             fig.savefig(buf, format='png')\n    \
+             print(png_facts(buf.getvalue()))\n\
+         plt.show()\n"
+    ));
+    assert_clean_success(&shown);
+    let facts = |stdout: &serde_json::Value| -> Vec<serde_json::Value> {
+        let lines = stdout.as_str().unwrap().lines();
+        let json = lines.filter(|l| l.starts_with('{'));
+        json.map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let own = facts(&shown["stdout"]);
+    let plots = shown["plots"].as_array().unwrap();
+    assert_eq!((own.len(), plots.len()), (2, 2), "{shown:#}");
+
+    // Each shown PNG read back by Pillow in a second run.
+    let files: Vec<_> = plots
+        .iter()
+        .enumerate()
+        .map(|(i, p)| json!({"path": format!("shown{i}.png"), "content_base64": p["content_base64"]}))
+        .collect();
+    let read = server.run_with(json!({
+        "code": format!("{PNG_FACTS}for i in range(2):\n    print(png_facts(open(f'shown{{i}}.png', 'rb').read()))\n"),
+        "lang": "python",
+        "files": files,
+    }));
+    assert_clean_success(&read);
+    let back = facts(&read["stdout"]);
+    assert_eq!(back.len(), 2, "{read:#}");
+
+    // Matplotlib writes RGBA; the opaque figure comes back as RGB, the transparent one
+    // keeps its alpha, and both have matplotlib's chunks, pixels, resolution and text.
+    for (mine, theirs) in back.iter().zip(&own) {
+        assert_eq!(theirs["mode"], "RGBA");
+        for same in ["chunks", "size", "pixels", "dpi", "software"] {
+            assert_eq!(mine[same], theirs[same], "{same}: {mine} against {theirs}");
+        }
+    }
+    assert_eq!(back[0]["mode"], "RGB");
+    assert_eq!(back[0]["size"], json!([1000, 600]));
+    assert_eq!(back[1]["mode"], "RGBA");
+    assert_eq!(back[1]["size"], json!([300, 13]));
+    assert_eq!(
+        back[0]["chunks"],
+        json!(["IHDR", "tEXt", "pHYs", "IDAT", "IEND"])
+    );
+    assert!(back[0]["software"]
+        .as_str()
+        .unwrap()
+        .starts_with("Matplotlib version"));
+}
+
 #[test]
 fn scipy_example() {
     let server = Server::start(&[]);

@@ -445,6 +445,80 @@ class _NsboxResults:
         self.publish("display_data", fig, raw=(_nsbox_figure_bundle(fig, png), {}))
 
 
+def _nsbox_figure_png(fig):
+    """The PNG of a figure the run shows: `fig.savefig(format="png")` as the user would get
+    it (size, dpi, colours, their savefig settings, matplotlib's metadata), with the pixels
+    written by _nsbox_png_save instead of Pillow's PNG writer."""
+    import io
+
+    from PIL import Image
+
+    Image.register_save("NSBOX_PNG", _nsbox_png_save)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", pil_kwargs={"format": "NSBOX_PNG"})
+    return buf.getvalue()
+
+
+def _nsbox_png_save(im, fp, filename):
+    """A Pillow save handler writing a PNG with the "up" filter on every row and zlib at
+    level 1. Pillow's writer tries all five row filters on every row and keeps the best:
+    11 ms for the spec's 1000x600 plot, 6.7 ms of it even with compression off; this
+    writer takes 3.8 ms. A chart's rows are mostly the row above, which "up" turns into
+    zeros: the same pixels came out in 12 % fewer bytes (44.5 against 50.6 KB). An opaque
+    figure (every alpha 255) is written as RGB, a quarter fewer bytes to compress; one
+    with any transparency keeps RGBA."""
+    import struct
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    if im.mode != "RGBA":
+        # matplotlib always hands over RGBA; anything else gets Pillow's own writer.
+        return Image.SAVE["PNG"](im, fp, filename)
+    width, height = im.size
+    if im.getchannel("A").getextrema() == (255, 255):
+        colour_type, mode, stride = 2, "RGB", width * 3
+    else:
+        colour_type, mode, stride = 6, "RGBA", width * 4
+
+    def chunk(kind, data):
+        fp.write(struct.pack(">I", len(data)) + kind)
+        fp.write(data)
+        fp.write(struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
+
+    fp.write(b"\x89PNG\r\n\x1a\n")
+    chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))
+    # In Pillow's order: matplotlib's text, then the resolution in pixels per metre.
+    info = im.encoderinfo.get("pnginfo")
+    for kind, data, *_ in info.chunks if info is not None else ():
+        chunk(kind, data)
+    dpi = im.encoderinfo.get("dpi")
+    if dpi:
+        chunk(b"pHYs", struct.pack(">IIB", int(dpi[0] / 0.0254 + 0.5), int(dpi[1] / 0.0254 + 0.5), 1))
+    deflate = zlib.compressobj(1)
+    # A few rows at a time (Pillow packs them, dropping alpha when opaque), each after its
+    # filter byte less the row above it, modulo 256 (PNG's "up"; above the first row is
+    # zeros). Small buffers, reused: in a run every newly touched page is a page fault, and
+    # whole-image copies cost a fresh run 700 more of them (1 ms) for this plot.
+    strip = 16
+    rows = np.empty((strip, stride + 1), np.uint8)
+    rows[:, 0] = 2
+    above = np.zeros(stride, np.uint8)
+    for top in range(0, height, strip):
+        n = min(strip, height - top)
+        band = im.crop((0, top, width, top + n)).tobytes("raw", mode)
+        pixels = np.frombuffer(band, np.uint8).reshape(n, stride)
+        np.subtract(pixels[0], above, out=rows[0, 1:])
+        np.subtract(pixels[1:], pixels[:-1], out=rows[1:n, 1:])
+        above = pixels[-1]
+        data = deflate.compress(rows[:n])
+        if data:
+            chunk(b"IDAT", data)
+    chunk(b"IDAT", deflate.flush())
+    chunk(b"IEND", b"")
+
+
 def _nsbox_figure_bundle(fig, png):
     """A matplotlib figure's MIME bundle: its text, its PNG and the summary of its chart."""
     import base64
@@ -578,12 +652,9 @@ def _nsbox_special(obj, results):
         }, {}
     figure = modules.get("matplotlib.figure")
     if figure is not None and isinstance(obj, figure.Figure):
-        import io
-
-        buf = io.BytesIO()
-        obj.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
+        png = _nsbox_figure_png(obj)
         results.shown_figures.add(id(obj))
-        return _nsbox_figure_bundle(obj, buf.getvalue()), {}
+        return _nsbox_figure_bundle(obj, png), {}
     return None
 
 
@@ -913,8 +984,6 @@ class _NsboxRun:
         self.results = results
 
     def emit_open_figures(self):
-        import io
-
         pyplot = sys.modules.get("matplotlib.pyplot")
         if pyplot is None:
             return
@@ -924,10 +993,7 @@ class _NsboxRun:
             if self.emitted >= self.max_plots:
                 self.dropped += 1
             else:
-                buf = io.BytesIO()
-                # Level 1 encodes several times faster than the default for a few % more bytes.
-                fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
-                png = buf.getvalue()
+                png = _nsbox_figure_png(fig)
                 _nsbox_frame(self.plots_out, b"P", png)
                 self.emitted += 1
                 if self.results is not None:

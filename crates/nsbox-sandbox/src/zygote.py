@@ -33,8 +33,6 @@ def _nsbox_warm(template, max_forks, huge_pages, nested_runs):
         # Import and exercise the stack so lazy imports, caches and the font manager are
         # done here once, not in every run.
         _nsbox_prepare_matplotlib()
-        import io
-
         import matplotlib
         import matplotlib.pyplot as plt
         import numpy as np
@@ -55,10 +53,10 @@ def _nsbox_warm(template, max_forks, huge_pages, nested_runs):
             sns.scatterplot(data=df, x="a", y="b", hue="c")
             plt.plot([1, 2, 3], label="x")
             plt.legend()
-            buf = io.BytesIO()
-            plt.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
+            # The way a run's shown figures take: savefig, then the harness's PNG writer.
+            _nsbox_figure_png(plt.gcf())
             plt.close("all")
-            del df, buf
+            del df
         # Libraries' deprecation notices about the warm-up's own calls would go to the
         # server's log (the zygote's stderr), not to any run; catch_warnings also puts the
         # filters back, so runs see their warnings as a cold interpreter would.
