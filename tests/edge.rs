@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{metric, proc_status_field, server_cgroup_dirs, Server};
+use common::{metric, proc_status_field, server_cgroup_dirs, Server, StopOnDrop};
 use serde_json::{json, Value};
 
 fn connect(server: &Server) -> TcpStream {
@@ -94,12 +94,12 @@ fn silent_trickling_and_idle_connections_are_closed_and_health_still_answers() {
         &answer[..n]
     );
     let mut silent: Vec<TcpStream> = (0..30).map(|_| connect(&server)).collect();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopOnDrop::default();
     let tricklers = trickle(
         (0..9).map(|_| connect(&server)).collect(),
         b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
         Duration::from_millis(300),
-        stop.clone(),
+        stop.flag(),
     );
     // 40 slots taken: past them (and past the reserve) connections are refused.
     let extra: Vec<TcpStream> = (0..30).map(|_| connect(&server)).collect();
@@ -132,7 +132,7 @@ fn silent_trickling_and_idle_connections_are_closed_and_health_still_answers() {
                 break;
             }
         }
-        stop.store(true, Ordering::SeqCst);
+        drop(stop);
         probes.extend(tricklers.join().unwrap());
         probes
     };
@@ -162,16 +162,16 @@ fn a_trickled_body_is_cut_at_the_body_deadline() {
         server.port
     );
     s.write_all(head.as_bytes()).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopOnDrop::default();
     let writer = trickle(
         vec![s.try_clone().unwrap()],
         b"x",
         Duration::from_millis(200),
-        stop.clone(),
+        stop.flag(),
     );
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     writer.join().unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -198,12 +198,12 @@ fn sigterm_exits_after_the_grace_whatever_clients_do() {
         "no server cgroup to check"
     );
     let heads: Vec<TcpStream> = (0..6).map(|_| connect(&server)).collect();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopOnDrop::default();
     let head_trickle = trickle(
         heads,
         b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
         Duration::from_millis(500),
-        stop.clone(),
+        stop.flag(),
     );
     let mut bodies: Vec<TcpStream> = (0..2).map(|_| connect(&server)).collect();
     for s in &mut bodies {
@@ -214,7 +214,7 @@ fn sigterm_exits_after_the_grace_whatever_clients_do() {
         );
         s.write_all(head.as_bytes()).unwrap();
     }
-    let body_trickle = trickle(bodies, b"x", Duration::from_millis(500), stop.clone());
+    let body_trickle = trickle(bodies, b"x", Duration::from_millis(500), stop.flag());
     std::thread::sleep(Duration::from_secs(1));
     let sent = Instant::now();
     nix::sys::signal::kill(
@@ -225,7 +225,7 @@ fn sigterm_exits_after_the_grace_whatever_clients_do() {
     // Grace 2 s, the cancelled runs' answers 2 s, the runtime's and host's shutdown: 15 s
     // is generous and far below the 33 s it overstayed before.
     let status = server.wait_exit(Duration::from_secs(15));
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     let _ = head_trickle.join();
     let _ = body_trickle.join();
     let status = status.unwrap_or_else(|| {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use common::{
     children, client, cmdline, expect_clean_exit, expect_stopped, host_mounts,
     is_waiting_pool_cgroup, mounts_added, pool_built, post, processes_of_uid, run_processes_of_uid,
-    shorten, supervisor_waits, text, wait_until, Reply, Server, MAX_PROCESSES, MEMORY_MIB, NOBODY,
-    OUTPUT_BYTES,
+    shorten, supervisor_waits, text, wait_until, Reply, Server, StopOnDrop, MAX_PROCESSES,
+    MEMORY_MIB, NOBODY, OUTPUT_BYTES,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -1087,16 +1087,6 @@ impl Drop for Stopped {
     }
 }
 
-/// A flag for load threads to stop on, set when it goes out of scope (a panic included).
-#[derive(Default)]
-struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// The `p`-th percentile of `samples` (nearest rank).
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort_unstable();
@@ -1131,7 +1121,7 @@ fn a_stopped_zygote_under_load_is_replaced_and_costs_no_run_the_hand_off_timeout
     let (tx, rx) = mpsc::channel();
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
-            let (base_url, stop, tx) = (server.base.clone(), stop.0.clone(), tx.clone());
+            let (base_url, stop, tx) = (server.base.clone(), stop.flag(), tx.clone());
             std::thread::spawn(move || {
                 let client = client(Duration::from_secs(60));
                 while !stop.load(Ordering::Relaxed) {

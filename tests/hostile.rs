@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{metric, run_cgroups, run_processes_of_uid, wait_until, Server, NOBODY};
+use common::{metric, run_cgroups, run_processes_of_uid, wait_until, Server, StopOnDrop, NOBODY};
 use serde_json::{json, Value};
 
 /// One test at a time: they measure the host.
@@ -132,16 +132,11 @@ fn kib_field(pid: i32, key: &str) -> u64 {
 /// Samples the largest peak memory (VmHWM) any supervisor of `server` reaches while `f`
 /// runs, in MiB.
 fn peak_supervisor_mib<T>(server: &Server, f: impl FnOnce() -> T) -> (T, u64) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    /// Stops the sampler however `f` ends: a failing request must fail the test, not
-    /// leave the scope waiting for the sampler.
-    struct StopOnDrop<'a>(&'a AtomicBool);
-    impl Drop for StopOnDrop<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-    let stop = AtomicBool::new(false);
+    use std::sync::atomic::Ordering;
+    // Stops the sampler however `f` ends: a failing request must fail the test, not leave
+    // the scope waiting for the sampler.
+    let guard = StopOnDrop::default();
+    let stop = guard.flag();
     std::thread::scope(|scope| {
         let sampler = scope.spawn(|| {
             let mut peak = 0;
@@ -154,7 +149,7 @@ fn peak_supervisor_mib<T>(server: &Server, f: impl FnOnce() -> T) -> (T, u64) {
             peak >> 10
         });
         let out = {
-            let _stop = StopOnDrop(&stop);
+            let _stop = guard;
             let out = f();
             // The last supervisor may still be writing its outcome.
             std::thread::sleep(Duration::from_millis(200));

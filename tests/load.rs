@@ -7,11 +7,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{run_cgroups, run_processes_of_uid, wait_until, Server, NOBODY};
+use common::{run_cgroups, run_processes_of_uid, wait_until, Server, StopOnDrop, NOBODY};
 use serde_json::{json, Value};
 
 const KEY_A: &str = "flood-key-a";
@@ -103,7 +103,7 @@ fn every_hostile_client_at_once_leaves_key_b_served_and_nothing_behind() {
     let pid = server.pid();
     let base = server.base.clone();
     let fds_before = fds(pid);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopOnDrop::default();
     let tally = Arc::new(Tally::default());
     let b_latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let peak_fds = Arc::new(AtomicU64::new(0));
@@ -224,7 +224,7 @@ fn every_hostile_client_at_once_leaves_key_b_served_and_nothing_behind() {
     }
     // The server's descriptors, sampled.
     {
-        let (stop, peak) = (stop.clone(), peak_fds.clone());
+        let (stop, peak) = (stop.flag(), peak_fds.clone());
         threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 peak.fetch_max(fds(pid) as u64, Ordering::Relaxed);
@@ -250,7 +250,7 @@ fn every_hostile_client_at_once_leaves_key_b_served_and_nothing_behind() {
     for t in threads.drain(..threads.len() - 1) {
         t.join().unwrap();
     }
-    stop.store(true, Ordering::Relaxed);
+    drop(stop);
     for t in threads {
         t.join().unwrap();
     }

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -398,6 +399,26 @@ pub fn post(client: &reqwest::blocking::Client, base: &str, body: &Value) -> Res
         body,
         elapsed: started.elapsed(),
     })
+}
+
+/// A flag for a test's background threads (load, trickles, samplers) to stop on, set when
+/// the guard goes out of scope, a failed assertion included: threads left running load the
+/// host under every test that comes after (a faults test once made the suite take 1,414 s
+/// and fail five tests it had nothing to do with).
+#[derive(Default)]
+pub struct StopOnDrop(Arc<AtomicBool>);
+
+impl StopOnDrop {
+    /// The flag, for a thread to poll.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// `s` cut to at most `max` bytes (on a character boundary), saying how long it was.
