@@ -500,7 +500,7 @@ fn build(
         }
         match poll(
             &mut fds,
-            PollTimeout::from(left.as_millis().min(60_000) as u16),
+            super::spawner::poll_timeout(Some(left), Duration::from_secs(60)),
         ) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => break true,

@@ -337,6 +337,15 @@ fn launch(config: &SpawnerConfig) -> Result<(Process, UnixStream), SpawnerError>
 }
 
 /// Entry point of the spawner process. Returns the process's exit code.
+/// A poll timeout for something due in `due` (`None`: nothing due), at most `longest`, in
+/// whole milliseconds rounded up: rounded down, a wait of less than a millisecond would be
+/// 0, and poll would return at once, again and again until the due time (a busy loop of up
+/// to a millisecond before every ping of the zygotes).
+pub(crate) fn poll_timeout(due: Option<Duration>, longest: Duration) -> PollTimeout {
+    let wait = due.unwrap_or(longest).min(longest);
+    PollTimeout::from(wait.as_micros().div_ceil(1000).min(u128::from(u16::MAX)) as u16)
+}
+
 pub fn main() -> i32 {
     // fd 3 was placed there by `launch`; nothing else in this process owns it.
     let control = UnixStream::from(sys::take_fd(CONTROL_FD));
@@ -407,12 +416,8 @@ pub fn main() -> i32 {
             templates.next_check(),
             pool.next_check(),
         ];
-        let wait_ms = due
-            .into_iter()
-            .flatten()
-            .min()
-            .map_or(1000, |due| due.as_millis().min(1000) as u16);
-        match poll(&mut fds, PollTimeout::from(wait_ms)) {
+        let wait = poll_timeout(due.into_iter().flatten().min(), Duration::from_secs(1));
+        match poll(&mut fds, wait) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => return 1,
         }
@@ -777,5 +782,32 @@ impl<'a> Templates<'a> {
                 tracing::error!(template = kind.name(), error = %e, "starting a template failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(due: Option<Duration>, longest: Duration) -> Option<u32> {
+        poll_timeout(due, longest).as_millis()
+    }
+
+    #[test]
+    fn a_poll_timeout_is_whole_milliseconds_rounded_up_and_capped() {
+        let second = Duration::from_secs(1);
+        // Under a millisecond away is one millisecond, never 0 (poll at once: a busy loop).
+        assert_eq!(ms(Some(Duration::from_micros(1)), second), Some(1));
+        assert_eq!(ms(Some(Duration::from_micros(900)), second), Some(1));
+        assert_eq!(ms(Some(Duration::from_micros(1001)), second), Some(2));
+        // Due now (or past due) is 0: poll only looks.
+        assert_eq!(ms(Some(Duration::ZERO), second), Some(0));
+        // Nothing due, or due later than the longest wait: the longest wait.
+        assert_eq!(ms(None, second), Some(1000));
+        assert_eq!(ms(Some(Duration::from_secs(90)), second), Some(1000));
+        assert_eq!(
+            ms(Some(Duration::from_secs(90)), Duration::from_secs(60)),
+            Some(60_000)
+        );
     }
 }
