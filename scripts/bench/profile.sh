@@ -6,8 +6,9 @@
 # Starts its own nsbox (PROFILE_MODE=warm|cold, default warm), sends N sequential requests of
 # the spec example (default 15, 100 ms apart, like wrk -c1), records them with
 # `perf trace -a` (syscalls plus sched_process_fork; no ptrace, so runs keep their speed) and
-# prints the median duration of each phase of a run (see timeline.py). Needs root and perf
-# (Debian's linux-perf).
+# prints the median duration of each phase of a run (see timeline.py): of a run served by a
+# ready sandbox (the pool) and of the builds of ready sandboxes, or, without a pool, of a
+# run whose sandbox is built at its request. Needs root and perf (Debian's linux-perf).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -57,7 +58,7 @@ zygotes=$(for p in ${known//,/ }; do
 	if [[ $c == python* && $(cat /proc/$pp/comm 2>/dev/null) != python* ]]; then echo "$p"; fi
 done | paste -sd,)
 
-perf trace -a -e 'clone,write,exit_group,seccomp,mkdir,recvfrom,sendto,sched:sched_process_fork' \
+perf trace -a -e 'clone,write,writev,exit_group,seccomp,mkdir,recvfrom,sendto,sendmsg,prlimit64,sched:sched_process_fork' \
 	-o "$work/trace.txt" -- sleep $((n / 2 + 20)) >/dev/null 2>&1 &
 perf_pid=$!
 sleep 2

@@ -18,6 +18,20 @@ in. Each run is one supervisor (a child of the spawner); its phases are cut at:
   F  the run's Python process first writes to stdout (the user code's print)
   G  the run's Python process calls exit_group
   H  the supervisor sends the outcome to the server
+
+A run served by a ready sandbox (the pool: its supervisor was forked, and its sandbox built,
+before the request) is cut at other points, found by the supervisor's name after the claim
+(nsbox-claimed):
+
+  A  the server reads the HTTP request
+  C  the ready supervisor is claimed (renames itself nsbox-claimed)
+  R  it has read the request
+  K  it sends the claim and the code to the waiting harness
+  W  the harness's first system call after the claim (setting the run's CPU limit)
+  F  the run's Python process first writes to stdout
+  X  the harness writes its exit frame (output complete)
+  H  the supervisor sends the outcome to the server
+  Z  the server writes the HTTP response
 """
 
 import re
@@ -136,11 +150,85 @@ def main():
         phases.insert(1, ("B", "C0", "supervisor: pipes + memfd, clone(new namespaces), id maps; cgroup mkdir + limits"))
     keys = tuple(k for k in ("A", "B", "Z", "C0", "C1", "E", "F", "G", "H") if zygotes or k != "Z")
     ok = [r for r in runs if all(k in r for k in keys)]
-    print(f"{len(ok)} of {len(runs)} runs with every phase found")
+    pooled = pooled_runs(ev, by_pid, server_threads)
+    if not pooled:
+        print(f"{len(ok)} of {len(runs)} runs with every phase found")
+        report(phases, ok)
+        return
+    # With the pool, the supervisors the spawner forks build ready sandboxes: their phases
+    # up to seccomp are a build's; after it the sandbox waits for a request. Builds overlap
+    # (one per sandbox missing), and a build is paired with the template's fork by time, so
+    # their medians are what to read, not their extremes.
+    keys = ("B", "Z", "C0", "C1", "E") if zygotes else ("B", "C0", "C1", "E")
+    built = [r for r in runs if all(k in r for k in keys)]
+    print(f"{len(built)} ready sandboxes built during the recording (each phase found)")
+    report([p for p in phases if p[0] != "A" and p[1] in keys], built)
+    keys = ("A", "C", "R", "K", "W", "F", "X", "H", "Z")
+    ok = [r for r in pooled if all(k in r for k in keys)]
+    print(f"{len(ok)} of {len(pooled)} runs served by a ready sandbox with every phase found")
+    report(POOLED_PHASES, ok)
+
+
+POOLED_PHASES = [
+    ("A", "C", "server: HTTP request read, scan, admission; spawner passes it to a ready supervisor"),
+    ("C", "R", "ready supervisor: wakes, reads the request"),
+    ("R", "K", "supervisor: code stored (memfd), claim and code sent to the waiting harness"),
+    ("K", "W", "harness wakes"),
+    ("W", "F", "harness: CPU limit, code read and compiled, user code up to its first print"),
+    ("F", "X", "rest of the user code, figures, exit frame (output complete)"),
+    ("X", "H", "supervisor: output read, verdict, outcome to the server"),
+    ("H", "Z", "server: outcome read, HTTP response written"),
+    ("A", "Z", "total: request read to response written"),
+]
+
+
+def report(phases, runs):
     for a, b, name in phases:
-        xs = [r[b] - r[a] for r in ok]
+        xs = [r[b] - r[a] for r in runs]
         if xs:
             print(f"  {statistics.median(xs):7.2f} ms median  (min {min(xs):7.2f}, max {max(xs):7.2f})  {name}")
+
+
+def pooled_runs(ev, by_pid, server_threads):
+    """The phases of each run a ready sandbox served (module docstring)."""
+    claimed = sorted({e[3] for e in ev if e[2] == "nsbox-claimed"})
+    pythons = [e for e in ev if e[2].startswith("python")]
+    served = [e for e in ev if e[3] in server_threads]
+    runs = []
+    for sup in claimed:
+        mine = by_pid[sup]
+        c = next(e[0] for e in mine if e[2] == "nsbox-claimed")
+        r = {"C": c}
+        for t, d, comm, pid, rest in mine:
+            if t < c or "continued" in rest:
+                continue
+            if rest.startswith("recvfrom(") and "R" not in r and re.search(r"= \d{2,}", rest):
+                r["R"] = t + d
+            if rest.startswith("sendmsg(") and "K" not in r:
+                r["K"] = t
+            if rest.startswith("sendto(") and "K" in r and "H" not in r:
+                r["H"] = t
+        if "K" in r:
+            # The harness that was waiting: the first Python to set its CPU limit after K.
+            woke = next((e for e in pythons if e[0] >= r["K"] and e[4].startswith("prlimit64(")), None)
+            if woke:
+                r["W"], py = woke[0], woke[3]
+                for t, d, comm, pid, rest in by_pid.get(py, []):
+                    if t < r["W"]:
+                        continue
+                    if rest.startswith("write(fd: 1") and "F" not in r:
+                        r["F"] = t
+                    if rest.startswith("write(fd: 4"):
+                        r["X"] = t
+        reads = [e[0] for e in served if e[0] < c and e[4].startswith("recvfrom(") and re.search(r"= [1-9]", e[4])]
+        if reads:
+            r["A"] = reads[-1]
+        if "H" in r:
+            out = next((e for e in served if e[0] > r["H"] and re.match(r"(writev|sendto|write)\(fd: (?!2\b)", e[4])), None)
+            if out:
+                r["Z"] = out[0]
+        runs.append(r)
+    return runs
 
 
 if __name__ == "__main__":
