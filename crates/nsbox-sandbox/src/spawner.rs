@@ -336,7 +336,6 @@ fn launch(config: &SpawnerConfig) -> Result<(Process, UnixStream), SpawnerError>
     Ok((Process { control, child }, status))
 }
 
-/// Entry point of the spawner process. Returns the process's exit code.
 /// A poll timeout for something due in `due` (`None`: nothing due), at most `longest`, in
 /// whole milliseconds rounded up: rounded down, a wait of less than a millisecond would be
 /// 0, and poll would return at once, again and again until the due time (a busy loop of up
@@ -346,6 +345,7 @@ pub(crate) fn poll_timeout(due: Option<Duration>, longest: Duration) -> PollTime
     PollTimeout::from(wait.as_micros().div_ceil(1000).min(u128::from(u16::MAX)) as u16)
 }
 
+/// Entry point of the spawner process. Returns the process's exit code.
 pub fn main() -> i32 {
     // fd 3 was placed there by `launch`; nothing else in this process owns it.
     let control = UnixStream::from(sys::take_fd(CONTROL_FD));
