@@ -357,8 +357,14 @@ impl Sessions {
         });
         {
             let mut books = self.books.lock().expect("books lock");
+            // In one hold of the lock with the session going live: between two, it would
+            // count twice against the limits, and a create at that moment could be refused
+            // for a session that does not exist (seen in CI: the eighth of eight concurrent
+            // creates was told its key had 8 open).
+            books.pending.retain(|p| p.0 != reservation.id);
             books.live.insert(session.id.clone(), session.clone());
         }
+        // Its entry is gone already; dropping it takes nothing more.
         drop(reservation);
         metrics.session_created();
         self.start_sweeper(metrics.clone());
