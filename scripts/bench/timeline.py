@@ -149,9 +149,9 @@ def main():
         phases = [p for p in phases if "Z" not in p[:2]]
         phases.insert(1, ("B", "C0", "supervisor: pipes + memfd, clone(new namespaces), id maps; cgroup mkdir + limits"))
     keys = tuple(k for k in ("A", "B", "Z", "C0", "C1", "E", "F", "G", "H") if zygotes or k != "Z")
-    ok = [r for r in runs if all(k in r for k in keys)]
-    pooled = pooled_runs(ev, by_pid, server_threads)
+    pooled = pooled_runs(ev, by_pid, server_threads, reads)
     if not pooled:
+        ok = [r for r in runs if all(k in r for k in keys)]
         print(f"{len(ok)} of {len(runs)} runs with every phase found")
         report(phases, ok)
         return
@@ -189,8 +189,9 @@ def report(phases, runs):
             print(f"  {statistics.median(xs):7.2f} ms median  (min {min(xs):7.2f}, max {max(xs):7.2f})  {name}")
 
 
-def pooled_runs(ev, by_pid, server_threads):
-    """The phases of each run a ready sandbox served (module docstring)."""
+def pooled_runs(ev, by_pid, server_threads, reads):
+    """The phases of each run a ready sandbox served (module docstring); `reads` are the
+    times the server read from a socket."""
     claimed = sorted({e[3] for e in ev if e[2] == "nsbox-claimed"})
     pythons = [e for e in ev if e[2].startswith("python")]
     served = [e for e in ev if e[3] in server_threads]
@@ -220,9 +221,9 @@ def pooled_runs(ev, by_pid, server_threads):
                         r["F"] = t
                     if rest.startswith("write(fd: 4"):
                         r["X"] = t
-        reads = [e[0] for e in served if e[0] < c and e[4].startswith("recvfrom(") and re.search(r"= [1-9]", e[4])]
-        if reads:
-            r["A"] = reads[-1]
+        before = [t for t in reads if t < c]
+        if before:
+            r["A"] = before[-1]
         if "H" in r:
             out = next((e for e in served if e[0] > r["H"] and re.match(r"(writev|sendto|write)\(fd: (?!2\b)", e[4])), None)
             if out:

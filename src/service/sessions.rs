@@ -224,6 +224,11 @@ impl Books {
     fn count(&self) -> usize {
         self.live.len() + self.pending.len()
     }
+
+    /// Gives back reservation `id` (gone already: nothing).
+    fn unreserve(&mut self, id: u64) {
+        self.pending.retain(|p| p.0 != id);
+    }
 }
 
 /// Every session of this server.
@@ -246,7 +251,7 @@ pub struct Reservation<'a> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         let mut books = self.sessions.books.lock().expect("books lock");
-        books.pending.retain(|p| p.0 != self.id);
+        books.unreserve(self.id);
     }
 }
 
@@ -361,7 +366,7 @@ impl Sessions {
             // count twice against the limits, and a create at that moment could be refused
             // for a session that does not exist (seen in CI: the eighth of eight concurrent
             // creates was told its key had 8 open).
-            books.pending.retain(|p| p.0 != reservation.id);
+            books.unreserve(reservation.id);
             books.live.insert(session.id.clone(), session.clone());
         }
         // Its entry is gone already; dropping it takes nothing more.
