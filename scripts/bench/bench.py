@@ -8,6 +8,9 @@ Subcommands:
   bwrap ROOTFS WORKLOAD N    the baseline: N sequential cold bubblewrap sandboxes running the
                              example with the root filesystem's python3; prints a JSON result
   pss PID                    total PSS of the process tree under PID, with a breakdown
+  image PID                  each warm template's image (its zygote's address space): what
+                             a run's fork copies and tears down (mappings, 4 KiB and huge
+                             anonymous pages) and what it holds idle (anonymous, file pages)
   sample PID OUT STOPFILE MAX_S   samples the tree's PSS every 100 ms until STOPFILE exists
   hold URL WORKLOAD N SECS   N concurrent runs of the example followed by time.sleep(SECS)
   agent URL WORKLOAD N PAUSE_MS LOG [MODE]
@@ -344,6 +347,44 @@ def cmd_pss(root):
                       "roles": {r: {"n": a, "mib": round(b / 1024, 1)} for r, (a, b) in roles.items()}}))
 
 
+def smaps_vmas(pid):
+    """The mappings of a process from /proc/PID/smaps: (path or "", {field: KiB})."""
+    vmas = []
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", parts[0]):
+                vmas.append((parts[5] if len(parts) > 5 else "", {}))
+            elif len(parts) >= 3 and parts[2] == "kB":
+                vmas[-1][1][parts[0].rstrip(":")] = int(parts[1])
+    return vmas
+
+
+def cmd_image(root):
+    """Per zygote: a fork copies every mapping and the page table entries of the anonymous
+    memory (one per 4 KiB page, one per 2 MiB page mapped whole; file pages are faulted in
+    again by the run, not copied), and exit tears the same down. "file MiB" is what the
+    zygote maps of its libraries' files (page cache its runs share)."""
+    root = int(root)
+    print(f"{'template':10s} {'mappings':>8s} {'of files':>8s} {'files':>5s} {'anon MiB':>8s} "
+          f"{'in 2M pages':>11s} {'in 4K pages':>11s} {'file MiB':>8s} {'PSS MiB':>7s}")
+    for pid in sorted(tree(root)):
+        # A zygote's parent is its nsbox helper; a ready sandbox's Python (forked from it)
+        # has the run's init as its parent.
+        if role(pid, root) != "template(python)" or comm_of(ppid_of(pid)) != "exe":
+            continue
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        # The zygote's arguments after its code: template, fork limit, huge pages, nested.
+        template = argv[-5].decode() if len(argv) >= 5 else "?"
+        vmas = smaps_vmas(pid)
+        files = [path for path, _ in vmas if path.startswith("/")]
+        total = {k: sum(v.get(k, 0) for _, v in vmas) / 1024 for k in ("Anonymous", "AnonHugePages", "Rss", "Pss")}
+        print(f"{template:10s} {len(vmas):8d} {len(files):8d} {len(set(files)):5d} {total['Anonymous']:8.1f} "
+              f"{total['AnonHugePages']:11.1f} {total['Anonymous'] - total['AnonHugePages']:11.1f} "
+              f"{total['Rss'] - total['Anonymous']:8.1f} {total['Pss']:7.1f}")
+
+
 def cmd_sample(root, out, stopfile, max_s):
     root, max_s = int(root), float(max_s)
     before, _, _ = tree_pss(root)
@@ -652,7 +693,7 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     {
         "bodies": cmd_bodies, "check": cmd_check, "bwrap": lambda r, w, n: cmd_bwrap(r, w, int(n)),
-        "pss": cmd_pss, "sample": cmd_sample, "hold": cmd_hold, "record": cmd_record, "summary": cmd_summary,
+        "pss": cmd_pss, "image": cmd_image, "sample": cmd_sample, "hold": cmd_hold, "record": cmd_record, "summary": cmd_summary,
         "agent": cmd_agent,
         "report": cmd_report,
     }[cmd](*args)
