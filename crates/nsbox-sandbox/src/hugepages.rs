@@ -51,15 +51,60 @@ fn anonymous_ranges(maps: &str) -> Vec<(usize, usize)> {
 /// kernel cannot collapse (no huge page free, an old kernel) stays as it was: this only
 /// ever makes forks cheaper.
 pub fn collapse_heap() -> Collapsed {
+    collapse_heap_except(&[])
+}
+
+/// [`collapse_heap`], leaving out the 2 MiB chunks in `shared` (sorted; from
+/// [`populated_chunks`]). A zygote forked from another one's warm interpreter shares those
+/// chunks' pages with it; collapsing one would copy it whole, where it now copies only the
+/// 4 KiB pages it writes.
+pub fn collapse_heap_except(shared: &[usize]) -> Collapsed {
     let maps = fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let mut done = Collapsed::default();
-    for (start, len) in anonymous_ranges(&maps) {
+    for (start, len) in unshared_ranges(&anonymous_ranges(&maps), shared) {
         done.eligible += len;
         if sys::collapse_to_huge_pages(start, len).is_ok() {
             done.collapsed += len;
         }
     }
     done
+}
+
+/// `ranges` (2 MiB aligned) less the chunks in `shared` (sorted), as ranges.
+fn unshared_ranges(ranges: &[(usize, usize)], shared: &[usize]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &(start, len) in ranges {
+        for chunk in (start..start + len).step_by(HUGE_PAGE) {
+            if shared.binary_search(&chunk).is_ok() {
+                continue;
+            }
+            match out.last_mut() {
+                Some((s, l)) if *s + *l == chunk => *l += HUGE_PAGE,
+                _ => out.push((chunk, HUGE_PAGE)),
+            }
+        }
+    }
+    out
+}
+
+/// The 2 MiB chunks of this process's anonymous memory (those [`collapse_heap`] offers)
+/// with at least one page in memory, sorted: right after a fork, the ones it shares.
+pub fn populated_chunks() -> Vec<usize> {
+    let maps = fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut chunks = Vec::new();
+    for (start, len) in anonymous_ranges(&maps) {
+        let Ok(pages) = sys::resident_pages(start, len) else {
+            continue;
+        };
+        let per_chunk = HUGE_PAGE / 4096;
+        for (i, chunk) in pages.chunks(per_chunk).enumerate() {
+            if chunk.iter().any(|p| p & 1 != 0) {
+                chunks.push(start + i * HUGE_PAGE);
+            }
+        }
+    }
+    chunks.sort_unstable();
+    chunks
 }
 
 /// Whether this host collapses memory into huge pages on request: tried on a block of this
@@ -104,6 +149,38 @@ mod tests {
             vec![(0x00c0_0000, 0x60_0000), (0x7f00_0020_0000, 0x20_0000)],
             "the heap rounded in to 2 MiB; a 1 MiB mapping, shared, file, read-only and stack mappings left out"
         );
+    }
+
+    #[test]
+    fn chunks_with_a_page_in_memory_are_populated() {
+        // 8 MiB of fresh anonymous memory (untouched: nothing in memory), then one byte
+        // written in one 2 MiB-aligned chunk of it.
+        let block = std::hint::black_box(vec![0u8; 8 << 20]);
+        let base = block.as_ptr() as usize;
+        let touched = base.next_multiple_of(HUGE_PAGE);
+        let untouched = touched + HUGE_PAGE;
+        // SAFETY: a byte inside `block`, which nothing else refers to while this writes.
+        unsafe { std::ptr::write_volatile((touched + 4096) as *mut u8, 1) };
+        let chunks = populated_chunks();
+        assert!(chunks.contains(&touched), "{touched:#x} not in {chunks:x?}");
+        assert!(
+            !chunks.contains(&untouched),
+            "{untouched:#x} in {chunks:x?}"
+        );
+        assert!(chunks.windows(2).all(|w| w[0] < w[1]), "sorted");
+        drop(block);
+    }
+
+    #[test]
+    fn shared_chunks_are_cut_out_of_the_ranges_offered() {
+        const H: usize = HUGE_PAGE;
+        let ranges = [(10 * H, 4 * H), (20 * H, H)];
+        assert_eq!(
+            unshared_ranges(&ranges, &[11 * H, 20 * H]),
+            vec![(10 * H, H), (12 * H, 2 * H)],
+            "the second and the last chunk left out, the rest in runs"
+        );
+        assert_eq!(unshared_ranges(&ranges, &[]), ranges.to_vec());
     }
 
     #[test]

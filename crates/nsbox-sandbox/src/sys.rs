@@ -489,6 +489,19 @@ pub fn collapse_to_huge_pages(addr: usize, len: usize) -> Result<(), Errno> {
     }
 }
 
+/// Whether each 4 KiB page of `[addr, addr + len)` is in memory (bit 0 of its byte), from
+/// `mincore`: for anonymous memory, whether the page was ever touched. `addr` is page
+/// aligned and the range mapped (ENOMEM otherwise).
+pub fn resident_pages(addr: usize, len: usize) -> Result<Vec<u8>, Errno> {
+    let mut pages = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: mincore only reads the page tables of the range and writes one byte per page
+    // into `pages`, which has exactly that many; it never touches the range's contents.
+    match unsafe { libc::mincore(addr as *mut libc::c_void, len, pages.as_mut_ptr()) } {
+        0 => Ok(pages),
+        _ => Err(Errno::last()),
+    }
+}
+
 /// CPython's `PyObjectArenaAllocator`: how the interpreter gets and gives back the 1 MiB
 /// arenas its small objects live in. CPython copies the table when it is installed.
 #[repr(C)]

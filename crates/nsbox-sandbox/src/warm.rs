@@ -216,13 +216,38 @@ pub extern "C" fn nsbox_zygote_arenas() -> *const std::ffi::c_void {
 const ARENA_REGION: usize = 512 << 20;
 
 /// Called once by a zygote after its warm-up, before its first run: puts its memory in
-/// huge pages, so every run's copy of it costs little. Returns the MiB collapsed.
+/// huge pages, so every run's copy of it costs little; a grown zygote's shared chunks
+/// ([`nsbox_zygote_grown`]) stay as they are. Returns the MiB collapsed.
 #[no_mangle]
 pub extern "C" fn nsbox_zygote_huge_pages() -> c_int {
     sys::arena_region_trim();
-    let done = crate::hugepages::collapse_heap();
+    let shared = SHARED_CHUNKS.get().map(Vec::as_slice).unwrap_or_default();
+    let done = crate::hugepages::collapse_heap_except(shared);
     (done.collapsed >> 20) as c_int
 }
+
+/// Called first thing in a zygote forked from another zygote after that one's warm-up (the
+/// ml template grown from the scientific one): notes the memory the two share, which its
+/// collapse must leave alone, and gives its own warm-up a fresh arena region when `arenas`
+/// (the parent's was trimmed to what its warm-up used). Returns 0, or -1 when called twice.
+#[no_mangle]
+pub extern "C" fn nsbox_zygote_grown(arenas: c_int) -> c_int {
+    if SHARED_CHUNKS
+        .set(crate::hugepages::populated_chunks())
+        .is_err()
+    {
+        return -1;
+    }
+    if arenas != 0 {
+        if let Err(e) = sys::arena_region_reserve(ARENA_REGION) {
+            eprintln!("nsbox zygote: reserving the arena region: {e}; arenas stay apart");
+        }
+    }
+    0
+}
+
+/// The 2 MiB chunks a grown zygote shares with the zygote it was forked from.
+static SHARED_CHUNKS: OnceLock<Vec<usize>> = OnceLock::new();
 
 /// Called by a zygote with a run socket it was handed. Returns 2 in the run's Python
 /// process, forked by the run's init once the sandbox is built (the interpreter's
