@@ -24,6 +24,10 @@ use common::{
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use nsbox::sandbox::warm::Template;
+
+/// The processes of the warm templates with all three kept: an init and a zygote in each
+/// template's sandbox, but the ml zygote is grown in the scientific one's (no init of its own).
+const TEMPLATE_PROCESSES: usize = 2 * Template::ALL.len() - 1;
 use serde_json::{json, Value};
 
 /// How long the kernel may take to tear down PID namespaces after a run is over. Every
@@ -342,7 +346,7 @@ fn wait_clean(
 /// The warm templates of `uid_base` (an init and a zygote each) once nothing else of the uid
 /// base is left, such as the per-run fork of a zygote that is still exiting.
 fn settled_templates(server_pid: i32, uid_base: u32) -> Vec<i32> {
-    let want = 2 * Template::ALL.len();
+    let want = TEMPLATE_PROCESSES;
     // A ready sandbox being built is not in its run cgroup yet: told apart once it is. One
     // whose warm start failed (its zygote stopped) is built cold, which takes seconds, and
     // holds the templates' control sockets until then, so a retired template's init waits
@@ -634,7 +638,7 @@ fn mixed_load(mode: &str, slot: u32) {
     }
     let templates = run_processes_of_uid(base);
     let expected_templates = if mode == "warm" {
-        2 * Template::ALL.len()
+        TEMPLATE_PROCESSES
     } else {
         0
     };

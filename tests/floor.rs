@@ -202,10 +202,15 @@ fn nsbox_check_reports_how_runs_attach_and_whether_runs_are_nested() {
 
 /// Kibibytes of anonymous memory in transparent huge pages in process `pid`.
 fn anon_huge_kib(pid: i32) -> u64 {
+    rollup_kib(pid, "AnonHugePages:")
+}
+
+/// A kibibyte count of `/proc/<pid>/smaps_rollup` (`field` with its colon), 0 if none.
+fn rollup_kib(pid: i32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("AnonHugePages:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
 }
@@ -412,4 +417,66 @@ fn the_two_copy_shape_still_serves_runs_with_the_same_contract() {
             .any(common::is_run_init),
         "a run init under a server that keeps the two-copy shape"
     );
+}
+
+/// The zygote of `template` under `server`: no fork of another interpreter of its template.
+fn zygote_of(server: &Server, template: &str) -> Option<i32> {
+    common::unforked_interpreters(server.pid() as i32, template)
+        .into_iter()
+        .next()
+}
+
+#[test]
+fn the_ml_zygote_is_grown_from_the_scientific_one_and_shares_its_memory() {
+    common::require_root();
+    let _serial = one_at_a_time();
+    // No ready sandboxes: what a zygote shares, it shares with the other zygote.
+    let server = Server::start(&["--pool-size", "0"]);
+    let scientific = zygote_of(&server, "scientific").expect("no scientific zygote");
+    let ml = zygote_of(&server, "ml").expect("no ml zygote");
+    let parent = common::proc_status_field(ml, "PPid:").and_then(|p| p.parse::<i32>().ok());
+    assert_eq!(
+        parent,
+        Some(scientific),
+        "the ml zygote is a fork of the scientific one"
+    );
+    // The scientific warm-up's memory (over 100 MiB) is mapped by both, not copied:
+    // written pages another process maps too.
+    let shared = rollup_kib(ml, "Shared_Dirty:");
+    assert!(
+        shared >= 40 << 10,
+        "the ml zygote shares {shared} KiB of written memory with the scientific one"
+    );
+    // Both serve their runs warm, each from its own zygote.
+    let v = server.run(include_str!("fixtures/libraries/sklearn_pipeline.py"));
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert!(v["stdout"].as_str().unwrap().contains("accuracy:"), "{v}");
+    let v = server.run("import pandas as pd\nprint(pd.DataFrame({'a': [1, 2, 3]}).a.sum())");
+    assert_eq!(v["stdout"], "6\n", "{v}");
+
+    // The ml zygote dies: the pair starts again, and the new ml zygote is a fork of the
+    // new scientific one, which replaces the old.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ml),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let regrown = common::wait_until(Duration::from_secs(60), || {
+        let (Some(s), Some(m)) = (zygote_of(&server, "scientific"), zygote_of(&server, "ml"))
+        else {
+            return false;
+        };
+        s != scientific
+            && m != ml
+            && common::proc_status_field(m, "PPid:") == Some(s.to_string())
+            && common::unforked_interpreters(server.pid() as i32, "scientific").len() == 1
+    });
+    assert!(
+        regrown,
+        "no new pair: scientific {:?}, ml {:?}",
+        common::unforked_interpreters(server.pid() as i32, "scientific"),
+        common::unforked_interpreters(server.pid() as i32, "ml")
+    );
+    let v = server.run(include_str!("fixtures/libraries/sklearn_pipeline.py"));
+    assert_eq!(v["exit_code"], 0, "{v}");
 }

@@ -722,8 +722,9 @@ pub fn warm_template_of(pid: i32) -> Option<String> {
     Some(String::from_utf8_lossy(args.get(5)?).into_owned())
 }
 
-/// Whether `pid` is a warm interpreter of `template` that is no fork of another: a zygote
-/// (whose parent is its template's init), or a fork left behind once its zygote is gone.
+/// Whether `pid` is a warm interpreter of `template` that is no fork of another of that
+/// template: a zygote (whose parent is its template's init, or for the ml zygote grown from
+/// the scientific one, that zygote), or a fork left behind once its zygote is gone.
 /// A run's Python process in the nested shape is the child of its run init, whose parent
 /// is the zygote: the run init stands for the zygote it was cloned from.
 pub fn is_unforked_interpreter(pid: i32, template: &str) -> bool {
@@ -734,7 +735,7 @@ pub fn is_unforked_interpreter(pid: i32, template: &str) -> bool {
                 true => parent_of(parent),
                 false => Some(parent),
             })
-            .is_some_and(|origin| warm_template_of(origin).is_none())
+            .is_some_and(|origin| warm_template_of(origin).as_deref() != Some(template))
 }
 
 /// Whether `pid` is a warm run's init in the nested shape (`init/run-init.c`, exec'd by

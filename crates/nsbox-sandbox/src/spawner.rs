@@ -771,13 +771,27 @@ impl<'a> Templates<'a> {
         let (Some(warm), Some(library)) = (&self.config.warm, &self.library) else {
             return;
         };
-        if self.last_start.iter().any(|(t, _)| *t == kind) {
-            self.respawns += 1;
+        // With both kept warm, the ml zygote is grown from the scientific one (they share
+        // its warm-up's memory), so either of the two starts both.
+        let grows_ml = [Template::Scientific, Template::Ml]
+            .iter()
+            .all(|t| warm.templates.contains(t));
+        let (kind, kinds): (Template, &[Template]) = match kind {
+            Template::Scientific | Template::Ml if grows_ml => {
+                (Template::Scientific, &[Template::Scientific, Template::Ml])
+            }
+            _ => (kind, std::slice::from_ref(&kind)),
+        };
+        for &k in kinds {
+            if self.last_start.iter().any(|(t, _)| *t == k) {
+                self.respawns += 1;
+            }
+            self.last_start.retain(|(t, _)| *t != k);
+            self.last_start.push((k, Instant::now()));
         }
-        self.last_start.retain(|(t, _)| *t != kind);
-        self.last_start.push((kind, Instant::now()));
-        match template::launch(kind, self.config, library, warm.max_forks) {
-            Ok(t) => self.live.push(t),
+        let grows = kinds.len() == 2;
+        match template::launch(kind, self.config, library, warm.max_forks, grows) {
+            Ok(started) => self.live.extend(started),
             Err(e) => {
                 tracing::error!(template = kind.name(), error = %e, "starting a template failed")
             }

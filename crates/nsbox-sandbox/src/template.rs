@@ -174,20 +174,28 @@ fn cstring(s: String) -> CString {
     CString::new(s).expect("no NUL in the zygote's program or environment")
 }
 
-/// Starts a template sandbox whose zygote warms `template` and then waits for runs.
+/// Starts a template sandbox whose zygote warms `template` and then waits for runs. With
+/// `grows_ml` (`template` is the scientific one), that zygote forks the ml template's once
+/// warm, in the same sandbox: the two share the scientific warm-up's memory. Returns the
+/// templates started, each with its control socket.
 pub fn launch(
     template: Template,
     config: &SpawnerConfig,
     library: &OwnedFd,
     max_forks: u32,
-) -> Result<TemplateProcess, TemplateError> {
-    let (control, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(TemplateError::Socket)?;
+    grows_ml: bool,
+) -> Result<Vec<TemplateProcess>, TemplateError> {
+    let seqpacket = || {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(TemplateError::Socket)
+    };
+    let (control, theirs) = seqpacket()?;
+    let grown = grows_ml.then(seqpacket).transpose()?;
     let (release_read, release_write) = pipe2(OFlag::O_CLOEXEC).map_err(TemplateError::Socket)?;
     let program = cstring(format!("_NSBOX_ZYGOTE = True\n{HARNESS}\n{ZYGOTE}"));
     let argv = vec![
@@ -202,11 +210,13 @@ pub fn launch(
         cstring(max_forks.to_string()),
         cstring(u8::from(config.warm.as_ref().is_some_and(|w| w.huge_pages)).to_string()),
         cstring(u8::from(config.warm.as_ref().is_some_and(|w| w.nested_runs)).to_string()),
+        cstring(u8::from(grown.is_some()).to_string()),
     ];
     let envp = sandbox::run_env(&config.limits, config.guard_rails);
     let plan = TemplatePlan {
         config,
         control: theirs.as_raw_fd(),
+        grown_control: grown.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
         library: library.as_raw_fd(),
         release_read: release_read.as_raw_fd(),
         release_write: release_write.as_raw_fd(),
@@ -218,6 +228,7 @@ pub fn launch(
         Some(pid) => pid,
     };
     drop(theirs);
+    let grown = grown.map(|(ours, _)| ours);
     drop(release_read);
     let started = (|| {
         config.ids.write(pid).map_err(TemplateError::IdMaps)?;
@@ -230,7 +241,7 @@ pub fn launch(
         let _ = waitpid(pid, None);
         return Err(e);
     }
-    Ok(TemplateProcess {
+    let process = |template, control| TemplateProcess {
         template,
         control,
         pid,
@@ -238,12 +249,17 @@ pub fn launch(
         zygote: None,
         ping: None,
         answered: Instant::now(),
-    })
+    };
+    let mut started = vec![process(template, control)];
+    started.extend(grown.map(|control| process(Template::Ml, control)));
+    Ok(started)
 }
 
 struct TemplatePlan<'a> {
     config: &'a SpawnerConfig,
     control: RawFd,
+    /// The control socket of the ml zygote this one grows, if it does (its fd 5).
+    grown_control: Option<RawFd>,
     library: RawFd,
     release_read: RawFd,
     release_write: RawFd,
@@ -345,16 +361,16 @@ fn zygote_steps(plan: &TemplatePlan) -> Failure {
             Step::ZygoteStdio,
             open("/dev/null", OFlag::O_RDWR, Mode::empty()),
         )?;
-        step(
-            Step::ZygoteStdio,
-            place_fds(&[
-                (devnull, 0),
-                (devnull, 1),
-                (plan.control, 3),
-                (plan.library, 4),
-            ]),
-        )?;
-        step(Step::CloseFds, sys::close_fds_from(5))?;
+        let mut fds = vec![
+            (devnull, 0),
+            (devnull, 1),
+            (plan.control, 3),
+            (plan.library, 4),
+        ];
+        fds.extend(plan.grown_control.map(|fd| (fd, 5)));
+        step(Step::ZygoteStdio, place_fds(&fds))?;
+        let after = 1 + fds.iter().map(|(_, target)| *target).max().unwrap_or(4);
+        step(Step::CloseFds, sys::close_fds_from(after))?;
         step(Step::WorkDir, chdir("/tmp"))?;
         step(
             Step::ExecZygote,

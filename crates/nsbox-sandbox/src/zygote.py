@@ -9,7 +9,7 @@ import os
 import socket
 
 
-def _nsbox_warm(template, max_forks, huge_pages, nested_runs):
+def _nsbox_warm(template, max_forks, huge_pages, nested_runs, grows_ml):
     lib = ctypes.PyDLL("/proc/self/fd/4")
     if lib.nsbox_zygote_init(ctypes.c_int(nested_runs)) != 0:
         raise SystemExit("nsbox zygote: initialisation failed")
@@ -92,21 +92,20 @@ def _nsbox_warm(template, max_forks, huge_pages, nested_runs):
     traceback.format_exception(ValueError, ValueError("warm"), None)
     _nsbox_split_last_expression("x = 1\nx")
     _nsbox_warm_results(1)
-    import gc
-
-    gc.collect()
-    # Objects that exist now are shared with every fork; freezing them keeps the cyclic
-    # collector from touching (and so copying) their pages in each run.
-    gc.freeze()
-    if huge_pages:
-        # The memory every run copies, in 2 MiB pages from here on (hugepages.rs).
-        lib.nsbox_zygote_huge_pages()
+    _nsbox_freeze(lib, huge_pages)
 
     import signal
 
     # Runs' inits are never waited for (each reports its own run's status): the kernel
-    # reaps them, so none lingers as a zombie.
+    # reaps them, so none lingers as a zombie (nor a grown zygote that ends).
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    if grows_ml:
+        # The ml template is this one plus scikit-learn and statsmodels: forked from it now,
+        # its zygote shares what this warm-up made instead of holding a copy of its own.
+        if os.fork() == 0:
+            pools = _nsbox_grow_ml(lib, huge_pages, pool_sizes)
+        else:
+            os.close(5)
     control = socket.socket(fileno=3)
     # With a pidfd of this process: the spawner ends this zygote through it if it stops
     # answering pings (its pid here means nothing in the spawner's namespace).
@@ -173,6 +172,58 @@ def _nsbox_warm(template, max_forks, huge_pages, nested_runs):
         if np_random is not None:
             np_random.seed()
         _nsbox_exit(_nsbox_main())
+
+
+def _nsbox_freeze(lib, huge_pages):
+    """Ends a warm-up: what exists now is shared with every fork."""
+    import gc
+
+    gc.collect()
+    # Freezing keeps the cyclic collector from touching (and so copying) these objects'
+    # pages in each run.
+    gc.freeze()
+    if huge_pages:
+        # The memory every run copies, in 2 MiB pages from here on (hugepages.rs).
+        lib.nsbox_zygote_huge_pages()
+
+
+def _nsbox_grow_ml(lib, huge_pages, pool_sizes):
+    """Makes this fork of the scientific zygote the ml one: its own control socket (fd 5,
+    now 3), its name, then the models' warm-up. Returns its thread pools' sizer."""
+    os.dup2(5, 3)
+    os.close(5)
+    # Before anything is allocated: what is in memory now is the scientific zygote's.
+    lib.nsbox_zygote_grown(ctypes.c_int(huge_pages))
+    _nsbox_name_template("scientific", "ml")
+    os.environ.update({v: "1" for v in pool_sizes})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _nsbox_warm_models()
+    os.environ.update(pool_sizes)
+    pools = _nsbox_thread_pools()
+    _nsbox_freeze(lib, huge_pages)
+    return pools
+
+
+def _nsbox_name_template(old, new):
+    """Names this zygote's template in its command line (/proc/<pid>/cmdline, ps), which a
+    zygote forked from another shows as the other's: the exec'd arguments are rewritten in
+    place, the template's and those after it, NULs after them (the interpreter copied its
+    arguments at start and never reads these bytes again)."""
+    with open("/proc/self/cmdline", "rb") as f:
+        args = f.read().split(b"\0")
+    with open("/proc/self/stat", "rb") as f:
+        # Field 48, arg_start: the 46th after the command name's closing parenthesis.
+        arg_start = int(f.read().rsplit(b")", 1)[1].split()[45])
+    if args[5] != old.encode():
+        return
+    at = sum(len(a) + 1 for a in args[:5])
+    tail = b"\0".join(args[5:])
+    renamed = b"\0".join([new.encode()] + args[6:])
+    renamed += b"\0" * (len(tail) - len(renamed))
+    ctypes.memmove(arg_start + at, renamed, len(renamed))
 
 
 # The thread pools run_env sizes to the run's CPU quota, each started by its library.
@@ -252,6 +303,7 @@ def _nsbox_warm_models():
 
 _nsbox_template, _nsbox_max_forks = sys.argv[1], int(sys.argv[2])
 _nsbox_huge_pages, _nsbox_nested_runs = sys.argv[3] == "1", sys.argv[4] == "1"
+_nsbox_grows_ml = sys.argv[5] == "1"
 # Runs see the argv of `python3 -c`, as on the cold path.
 sys.argv = ["-c"]
-_nsbox_warm(_nsbox_template, _nsbox_max_forks, _nsbox_huge_pages, _nsbox_nested_runs)
+_nsbox_warm(_nsbox_template, _nsbox_max_forks, _nsbox_huge_pages, _nsbox_nested_runs, _nsbox_grows_ml)
