@@ -304,6 +304,14 @@ def comm_of(pid):
         return "?"
 
 
+def cmdline_of(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def ppid_of(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -319,8 +327,11 @@ def role(pid, root):
         return "server"
     comm = comm_of(pid)
     if comm.startswith("python"):
-        # A python whose parent is python is a run forked from a template (zygote).
-        return "run(python)" if comm_of(ppid_of(pid)).startswith("python") else "template(python)"
+        # A python whose parent is a python of the same template is a run forked from that
+        # template's zygote (the ml zygote is a fork of the scientific one).
+        parent = ppid_of(pid)
+        same = comm_of(parent).startswith("python") and cmdline_of(parent) == cmdline_of(pid)
+        return "run(python)" if same else "template(python)"
     if comm == "exe":
         return "nsbox helper(exe)"
     return comm
@@ -369,14 +380,12 @@ def cmd_image(root):
     print(f"{'template':10s} {'mappings':>8s} {'of files':>8s} {'files':>5s} {'anon MiB':>8s} "
           f"{'in 2M pages':>11s} {'in 4K pages':>11s} {'file MiB':>8s} {'PSS MiB':>7s}")
     for pid in sorted(tree(root)):
-        # A zygote's parent is its nsbox helper; a ready sandbox's Python (forked from it)
-        # has the run's init as its parent.
-        if role(pid, root) != "template(python)" or comm_of(ppid_of(pid)) != "exe":
+        # A ready sandbox's Python (a fork of a zygote) has the run's init as its parent.
+        if role(pid, root) != "template(python)" or comm_of(ppid_of(pid)) == "nsbox-run-init":
             continue
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-        # The zygote's arguments after its code: template, fork limit, huge pages, nested.
-        template = argv[-5].decode() if len(argv) >= 5 else "?"
+        argv = cmdline_of(pid).split(b"\0")
+        # python3 -I -B -c CODE, then the template's name.
+        template = argv[5].decode() if len(argv) > 5 else "?"
         vmas = smaps_vmas(pid)
         files = [path for path, _ in vmas if path.startswith("/")]
         total = {k: sum(v.get(k, 0) for _, v in vmas) / 1024 for k in ("Anonymous", "AnonHugePages", "Rss", "Pss")}

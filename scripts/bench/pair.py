@@ -7,7 +7,8 @@ with and without a setting, that the machine's noise hits equally.
 e.g. `... pair.py 200 target/release/nsbox -- target/release/nsbox --no-huge-pages`.
 Prints, for the spec's basic and pandas examples and for creating a session (deleted
 after each, untimed), each side's p50 and p99 and A/B of the p50s. PAIR_MEASURES picks
-others, comma-separated: any of the spec examples basic, pandas, scipy, plot, and session
+others, comma-separated: any of the spec examples basic, pandas, scipy, plot, session, and
+the library fixtures of tests/fixtures/libraries by name (sklearn_pipeline, an ml run)
 (default "basic,pandas,session").
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOADS = ["basic", "pandas", "scipy", "plot"]
+LIBRARIES = REPO / "tests/fixtures/libraries"
 
 
 def free_port():
@@ -81,11 +83,12 @@ def main():
         for name in os.environ.get("PAIR_MEASURES", "basic,pandas,session").split(","):
             if name == "session":
                 measures.append(("session create", create_session))
-            elif name in WORKLOADS:
-                code = (REPO / f"tests/fixtures/spec/{name}.py").read_text()
+            elif name in WORKLOADS or (LIBRARIES / f"{name}.py").is_file():
+                path = REPO / f"tests/fixtures/spec/{name}.py" if name in WORKLOADS else LIBRARIES / f"{name}.py"
+                code = path.read_text()
                 measures.append((name, lambda conn, code=code: post(conn, code)))
             else:
-                raise SystemExit(f"PAIR_MEASURES: {name!r} is none of {WORKLOADS} or session")
+                raise SystemExit(f"PAIR_MEASURES: {name!r} is none of {WORKLOADS}, session or {LIBRARIES}")
         for name, measure in measures:
             times = [[], []]
             for _, conn in servers:  # warm-up
