@@ -454,28 +454,49 @@ fn the_ml_zygote_is_grown_from_the_scientific_one_and_shares_its_memory() {
     let v = server.run("import pandas as pd\nprint(pd.DataFrame({'a': [1, 2, 3]}).a.sum())");
     assert_eq!(v["stdout"], "6\n", "{v}");
 
-    // The ml zygote dies: the pair starts again, and the new ml zygote is a fork of the
-    // new scientific one, which replaces the old.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(ml),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    // The ml zygote dies: it starts again alone, and the scientific one is left as it is.
+    let kill = |pid: i32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap()
+    };
+    kill(ml);
+    let alone = common::wait_until(Duration::from_secs(60), || {
+        zygote_of(&server, "ml").is_some_and(|m| m != ml)
+    });
+    assert!(alone, "the ml zygote was not started again");
+    assert_eq!(zygote_of(&server, "scientific"), Some(scientific));
+    let v = server.run(include_str!("fixtures/libraries/sklearn_pipeline.py"));
+    assert_eq!(v["exit_code"], 0, "{v}");
+
+    // The scientific zygote dies: the pair starts again, and the new ml zygote, a fork of
+    // the new scientific one, replaces the one started alone.
+    kill(scientific);
     let regrown = common::wait_until(Duration::from_secs(60), || {
-        let (Some(s), Some(m)) = (zygote_of(&server, "scientific"), zygote_of(&server, "ml"))
-        else {
-            return false;
-        };
-        s != scientific
-            && m != ml
-            && common::proc_status_field(m, "PPid:") == Some(s.to_string())
-            && common::unforked_interpreters(server.pid() as i32, "scientific").len() == 1
+        let root = server.pid() as i32;
+        let (s, m) = (
+            common::unforked_interpreters(root, "scientific"),
+            common::unforked_interpreters(root, "ml"),
+        );
+        s.len() == 1
+            && m.len() == 1
+            && common::proc_status_field(m[0], "PPid:") == Some(s[0].to_string())
     });
     assert!(
         regrown,
-        "no new pair: scientific {:?}, ml {:?}",
+        "no new pair: scientific {:?}, ml {:?}; warm interpreters (pid, parent, template): {:?}",
         common::unforked_interpreters(server.pid() as i32, "scientific"),
-        common::unforked_interpreters(server.pid() as i32, "ml")
+        common::unforked_interpreters(server.pid() as i32, "ml"),
+        process_tree(server.pid() as i32)
+            .into_iter()
+            .filter_map(|p| Some((
+                p,
+                common::proc_status_field(p, "PPid:")?,
+                warm_template_of(p)?
+            )))
+            .collect::<Vec<_>>()
     );
     let v = server.run(include_str!("fixtures/libraries/sklearn_pipeline.py"));
     assert_eq!(v["exit_code"], 0, "{v}");

@@ -669,7 +669,7 @@ impl<'a> Templates<'a> {
             // Readable, so a message (or EOF) is there: this does not block.
             match fdpass::recv::<1>(t.control.as_raw_fd(), &mut buf) {
                 Ok(m) if &buf[..m.len] == b"ready" => {
-                    newly_ready.push((t.template, t.pid));
+                    newly_ready.push((t.template, t.pid, t.launched));
                     let mut t = t;
                     t.became_ready(m.fds.into_iter().next());
                     keep.push(t);
@@ -689,12 +689,14 @@ impl<'a> Templates<'a> {
             }
         }
         // A successor that is warm replaces its predecessor: closing the old control socket
-        // makes that zygote stop taking runs and exit once its runs are over.
+        // makes that zygote stop taking runs and exit once its runs are over. One started
+        // later and still warming is no predecessor (an ml zygote started alone can become
+        // ready after a new pair was started).
         let mut replaced = Vec::new();
         keep.retain(|t| {
-            let old = newly_ready
-                .iter()
-                .any(|(kind, pid)| t.template == *kind && t.pid != *pid);
+            let old = newly_ready.iter().any(|(kind, pid, launched)| {
+                t.template == *kind && t.pid != *pid && t.launched < *launched
+            });
             if old {
                 replaced.push(t.template);
             }
@@ -703,7 +705,7 @@ impl<'a> Templates<'a> {
         self.live = keep;
         for kind in successors {
             if self.live.iter().filter(|t| t.template == kind).count() < 2 {
-                self.launch(kind);
+                self.launch(kind, false);
             }
         }
         replaced
@@ -763,21 +765,25 @@ impl<'a> Templates<'a> {
                     continue;
                 }
             }
-            self.launch(kind);
+            // An ml zygote that died, stalled or failed its warm-up starts alone: starting the
+            // pair would warm a healthy scientific zygote again at every retry. The next
+            // scientific successor grows ml again.
+            self.launch(kind, kind == Template::Ml);
         }
     }
 
-    fn launch(&mut self, kind: Template) {
+    /// Starts a template. With scientific and ml both kept warm, the ml zygote is grown from
+    /// the scientific one (they share its warm-up's memory), so starting either starts both
+    /// unless `alone`.
+    fn launch(&mut self, kind: Template, alone: bool) {
         let (Some(warm), Some(library)) = (&self.config.warm, &self.library) else {
             return;
         };
-        // With both kept warm, the ml zygote is grown from the scientific one (they share
-        // its warm-up's memory), so either of the two starts both.
         let grows_ml = [Template::Scientific, Template::Ml]
             .iter()
             .all(|t| warm.templates.contains(t));
         let (kind, kinds): (Template, &[Template]) = match kind {
-            Template::Scientific | Template::Ml if grows_ml => {
+            Template::Scientific | Template::Ml if grows_ml && !alone => {
                 (Template::Scientific, &[Template::Scientific, Template::Ml])
             }
             _ => (kind, std::slice::from_ref(&kind)),

@@ -55,6 +55,9 @@ pub struct TemplateProcess {
     ping: Option<Ping>,
     /// When the last ping was answered (or the zygote said it is ready).
     answered: Instant,
+    /// When it was started: a zygote that becomes ready replaces those of its template
+    /// started before it, never a later one still warming up.
+    pub launched: Instant,
 }
 
 /// How often the spawner asks a ready zygote whether it still takes runs, while runs come.
@@ -249,6 +252,7 @@ pub fn launch(
         zygote: None,
         ping: None,
         answered: Instant::now(),
+        launched: Instant::now(),
     };
     let mut started = vec![process(template, control)];
     started.extend(grown.map(|control| process(Template::Ml, control)));

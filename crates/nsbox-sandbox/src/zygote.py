@@ -110,7 +110,12 @@ def _nsbox_warm(template, max_forks, huge_pages, nested_runs, grows_ml):
     # With a pidfd of this process: the spawner ends this zygote through it if it stops
     # answering pings (its pid here means nothing in the spawner's namespace).
     me = os.pidfd_open(os.getpid())
-    socket.send_fds(control, [b"ready"], [me])
+    try:
+        socket.send_fds(control, [b"ready"], [me])
+    except OSError:
+        # The spawner let go of this zygote while it warmed up (a successor was ready
+        # first, or the server is stopping): nothing to serve.
+        return
     os.close(me)
     forks = 0
     prewarm = max(1, min(50, max_forks // 10))
