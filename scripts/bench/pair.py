@@ -83,12 +83,12 @@ def main():
         for name in os.environ.get("PAIR_MEASURES", "basic,pandas,session").split(","):
             if name == "session":
                 measures.append(("session create", create_session))
-            elif name in WORKLOADS or (LIBRARIES / f"{name}.py").is_file():
-                path = REPO / f"tests/fixtures/spec/{name}.py" if name in WORKLOADS else LIBRARIES / f"{name}.py"
-                code = path.read_text()
-                measures.append((name, lambda conn, code=code: post(conn, code)))
-            else:
+                continue
+            path = REPO / f"tests/fixtures/spec/{name}.py" if name in WORKLOADS else LIBRARIES / f"{name}.py"
+            if not path.is_file():
                 raise SystemExit(f"PAIR_MEASURES: {name!r} is none of {WORKLOADS}, session or {LIBRARIES}")
+            code = path.read_text()
+            measures.append((name, lambda conn, code=code: post(conn, code)))
         for name, measure in measures:
             times = [[], []]
             for _, conn in servers:  # warm-up

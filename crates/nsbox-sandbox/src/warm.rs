@@ -239,9 +239,8 @@ pub extern "C" fn nsbox_zygote_grown(arenas: c_int) -> c_int {
         return -1;
     }
     if arenas != 0 {
-        if let Err(e) = sys::arena_region_reserve(ARENA_REGION) {
-            eprintln!("nsbox zygote: reserving the arena region: {e}; arenas stay apart");
-        }
+        // The allocator is installed already (inherited); only its region is new.
+        nsbox_zygote_arenas();
     }
     0
 }
