@@ -215,10 +215,19 @@ mem_record() {
 	python3 -c 'import json,sys; r=json.load(sys.stdin); r.update(kind="mem", what=sys.argv[1]); r.update(json.loads(sys.argv[2])); print(json.dumps(r))' "$1" "${2:-{\}}" >>"$results"
 }
 
-# ---- both servers up and checked before anything is measured
+# ---- every server up and checked before anything is measured
 start_server warm
 warm_pid=$server_pid warm_url=$url
 modes=warm
+say "checking every example's full response (warm)"
+"${bench_py[@]}" check "$warm_url" >&2 || die "nsbox warm gives wrong answers; not benchmarking it"
+warm_up "$warm_url" 3
+sleep 1
+# Idle memory before any other server starts: PSS divides a page among every process on the
+# machine that maps it, so a second server's zygotes, mapping the same libraries, would take
+# half of each file page off this one's figure.
+"${bench_py[@]}" pss "$warm_pid" | mem_record idle-warm
+say "idle warm memory (the only server running): $(tail -1 "$results")"
 if [ -n "$BASELINE" ]; then
 	[ -x "$BASELINE/nsbox" ] && [ -f "$BASELINE/libnsbox_sandbox.so" ] || die "BENCH_BASELINE=$BASELINE: no nsbox and libnsbox_sandbox.so there"
 	server_bin=$BASELINE/nsbox start_server base "${BASELINE_ARGS[@]}"
@@ -233,16 +242,13 @@ else
 	COLD_C8_WORKLOADS=
 fi
 for mode in $modes; do
-	case $mode in warm) url=$warm_url ;; base) url=$base_url ;; cold) url=$cold_url ;; esac
+	case $mode in warm) continue ;; base) url=$base_url ;; cold) url=$cold_url ;; esac
 	say "checking every example's full response ($mode)"
 	"${bench_py[@]}" check "$url" >&2 || die "nsbox $mode gives wrong answers; not benchmarking it"
 done
-warm_up "$warm_url" 3
 [ -n "$BASELINE" ] && warm_up "$base_url" 3
 [ "$COLD" = 1 ] && warm_up "$cold_url" 1
 sleep 1
-"${bench_py[@]}" pss "$warm_pid" | mem_record idle-warm
-say "idle warm memory: $(tail -1 "$results")"
 [ "$COLD" = 1 ] && "${bench_py[@]}" pss "$cold_pid" | mem_record idle-cold
 
 # ---- sequential latency, interleaved per workload so that warm, cold and bubblewrap see the

@@ -599,7 +599,8 @@ def cmd_report(path):
     print()
     print("Memory of all nsbox processes (the process tree under the server's pid), summed from smaps_rollup.")
     print("PSS shares each page among all processes that map it, on the whole machine: other nsbox servers")
-    print("using the same root filesystem lower it; USS (private pages) is the part no one else shares.")
+    print("using the same root filesystem lower it (the idle figure is taken before any other server starts);")
+    print("USS (private pages) is the part no one else shares.")
     print("Per-run increments are PSS deltas against a snapshot taken just before that load.")
     idle = mem.get("idle-warm")
     if idle:
