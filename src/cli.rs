@@ -224,7 +224,7 @@ pub struct Options {
     /// the nsbox binary].
     #[arg(long, env = "NSBOX_WARM_LIBRARY")]
     pub warm_library: Option<PathBuf>,
-    /// Runs a zygote forks before it is replaced by a fresh one [default: 500].
+    /// Runs a zygote forks before it is replaced by a fresh one [default: 10000].
     #[arg(long, env = "NSBOX_MAX_FORKS")]
     pub max_forks: Option<u32>,
     /// Ready sandboxes kept per warm template, built ahead of requests and each used once;

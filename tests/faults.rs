@@ -1114,9 +1114,9 @@ fn ended_and_replaced(stopped: Stopped, server: &Server) {
 #[test]
 fn a_stopped_zygote_under_load_is_replaced_and_costs_no_run_the_hand_off_timeout() {
     const WORKERS: usize = 4;
-    // A stall, not a retirement: at the default fork limit (500) the base zygote could be
-    // replaced during the first 2 s of this load on a fast host, and be gone before it is
-    // stopped.
+    // A stall, not a retirement: at a low fork limit the base zygote could be replaced
+    // during the first seconds of this load on a fast host, and be gone before it is
+    // stopped; this one is pinned above anything the test reaches.
     let (_one, base, server, pid) = start_alone(15, &["--max-forks", "100000"]);
     let stalled = zygote(base, "base").expect("no base zygote");
     // Set however the test ends: a failed assertion must not leave the clients loading the

@@ -501,3 +501,45 @@ fn the_ml_zygote_is_grown_from_the_scientific_one_and_shares_its_memory() {
     let v = server.run(include_str!("fixtures/libraries/sklearn_pipeline.py"));
     assert_eq!(v["exit_code"], 0, "{v}");
 }
+
+/// Why a zygote may fork thousands of runs before it is replaced (the default fork limit):
+/// it runs none of their code, and what its own loop does for each fork leaves nothing
+/// behind in it.
+#[test]
+fn a_zygote_holds_no_more_memory_after_hundreds_of_forks() {
+    common::require_root();
+    let _serial = one_at_a_time();
+    // The base template alone and no pool: each run is a fork of this one zygote, handed
+    // over on its control socket.
+    let server = Server::start(&[
+        "--warm-templates",
+        "base",
+        "--pool-size",
+        "0",
+        "--max-forks",
+        "100000",
+    ]);
+    let zygote = zygote_of(&server, "base").expect("no base zygote");
+    let runs = |from: usize, to: usize| {
+        for i in from..to {
+            let v = server.run(&format!("print({i})"));
+            assert_eq!(v["stdout"], format!("{i}\n"), "{v}");
+        }
+    };
+    // The first forks make what forking writes once (the allocator's first pools, pages
+    // split out of huge ones).
+    runs(0, 20);
+    let before = rollup_kib(zygote, "Anonymous:");
+    runs(20, 420);
+    let after = rollup_kib(zygote, "Anonymous:");
+    assert_eq!(
+        zygote_of(&server, "base"),
+        Some(zygote),
+        "the zygote was replaced"
+    );
+    // A kibibyte per fork would be 400 here, and 10 MiB by the fork limit.
+    assert!(
+        after <= before + 256,
+        "the zygote's anonymous memory went from {before} to {after} KiB over 400 forks"
+    );
+}
