@@ -60,9 +60,12 @@ record() {
 	sleep 3
 	BENCH_BODY="$work/bodies/$w.json" wrk -t2 -c8 -d3s -s scripts/bench/post.lua "$url/v1/tools/code" >/dev/null 2>&1
 	sleep 1
-	ps -eo pid=,ppid=,comm= >"$out/ps.txt"
+	# The process list is read once perf records (its workload starts after the events are
+	# set up): a process forked between a list read before and perf's start would have
+	# neither a line there nor a fork event (a zygote's successor warming up, and its runs).
 	BENCH_BODY="$work/bodies/$w.json" perf record -F "$hz" -a -g -e cpu-clock -e sched:sched_process_fork \
-		-o "$out/perf.data" -- wrk -t2 -c8 -d"${secs}s" -s scripts/bench/post.lua "$url/v1/tools/code" \
+		-o "$out/perf.data" -- sh -c 'ps -eo pid=,ppid=,comm= >"$1"; shift; exec "$@"' sh "$out/ps.txt" \
+		wrk -t2 -c8 -d"${secs}s" -s scripts/bench/post.lua "$url/v1/tools/code" \
 		>"$out/wrk.txt" 2>"$out/perf.err"
 	ps -eo pid=,ppid=,comm= >>"$out/ps.txt"
 	kill "$server"
