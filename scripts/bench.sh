@@ -118,6 +118,8 @@ for i in range(10_000_000):
 print(f"{time.perf_counter() - t:.2f} s")'
 }
 echo "cpu calibration: a 10,000,000-step pure-Python loop (host python3) took $(calibrate)"
+# The agent pattern's calibration: how slowly this host wakes a process after a pause.
+echo "wake-up calibration: a round trip between two processes: $(python3 scripts/bench/bench.py wake "$AGENT_PAUSE_MS")"
 echo "settings: warm ${WARM_S}s, cold ${COLD_S}s (cold server: ${COLD}), cold c8 ${COLD_C8_S}s for '${COLD_C8_WORKLOADS}', bwrap n=${BWRAP_N}/${BWRAP_N_HEAVY}, memory load ${MEM_S}s, agent n=${AGENT_N} pause ${AGENT_PAUSE_MS} ms for '${AGENT_WORKLOADS}'"
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
 

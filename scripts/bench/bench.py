@@ -14,6 +14,8 @@ Subcommands:
                              for a zygote grown from another, what the two share (as root)
   sample PID OUT STOPFILE MAX_S   samples the tree's PSS every 100 ms until STOPFILE exists
   hold URL WORKLOAD N SECS   N concurrent runs of the example followed by time.sleep(SECS)
+  wake PAUSE_MS              the host's wake-up calibration: the p50 round trip of one byte
+                             between two processes back to back and after PAUSE_MS idle
   agent URL WORKLOAD N PAUSE_MS LOG [MODE]
                              N sequential requests with PAUSE_MS between them, then N
                              back-to-back, from one keep-alive client; with the server's
@@ -28,6 +30,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import statistics
 import struct
 import subprocess
@@ -509,6 +512,41 @@ def phases_p50(chunk):
     return out
 
 
+def cmd_wake(pause_ms):
+    """A request crosses about ten processes and threads (client, server, spawner,
+    supervisor, the run's Python and back), each woken by the one before. After a pause a
+    woken CPU may come back slowly (a VM's idle halt, deep C-states): that is the host's,
+    and what the agent pattern pays on top of back-to-back requests. Prints the p50 of a
+    one-byte round trip over a socket pair, back to back and after `pause_ms` idle."""
+    pause = float(pause_ms) / 1000
+    a, b = socket.socketpair()
+    child = os.fork()
+    if child == 0:
+        a.close()
+        while b.recv(1):
+            b.send(b"x")
+        os._exit(0)
+    b.close()
+
+    def rtt_us(sleep, n):
+        times = []
+        for _ in range(n):
+            if sleep:
+                time.sleep(sleep)
+            start = time.perf_counter()
+            a.send(b"x")
+            a.recv(1)
+            times.append((time.perf_counter() - start) * 1e6)
+        return statistics.median(times)
+
+    # Warmed up first: the first round trips pay for the pair's first placement on the CPUs.
+    rtt_us(0, 3000)
+    busy, idle = rtt_us(0, 400), rtt_us(pause, 20)
+    a.close()
+    os.waitpid(child, 0)
+    print(f"{busy:.0f} us back to back, {idle:.0f} us after {pause_ms} ms idle")
+
+
 def cmd_agent(url, w, n, pause_ms, log, mode="warm"):
     """An agent's pattern: one request, wait for it, think for PAUSE_MS, the next. Then the
     same client back to back, so the two differ only in the pause."""
@@ -753,7 +791,7 @@ def main():
     {
         "bodies": cmd_bodies, "check": cmd_check, "bwrap": lambda r, w, n: cmd_bwrap(r, w, int(n)),
         "pss": cmd_pss, "image": cmd_image, "sample": cmd_sample, "hold": cmd_hold, "record": cmd_record, "summary": cmd_summary,
-        "agent": cmd_agent,
+        "agent": cmd_agent, "wake": cmd_wake,
         "report": cmd_report,
     }[cmd](*args)
 
