@@ -24,11 +24,11 @@ use common::{
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use nsbox::sandbox::warm::Template;
+use serde_json::{json, Value};
 
 /// The processes of the warm templates with all three kept: an init and a zygote in each
 /// template's sandbox, but the ml zygote is grown in the scientific one's (no init of its own).
 const TEMPLATE_PROCESSES: usize = 2 * Template::ALL.len() - 1;
-use serde_json::{json, Value};
 
 /// How long the kernel may take to tear down PID namespaces after a run is over. Every
 /// wait on it ends as soon as all is clean; the bound is for a slow, loaded host.
