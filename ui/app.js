@@ -15,6 +15,9 @@ const state = {
   metricsAllowed: true,
   statusTimer: null,
   view: "play",
+  // Each file-list request takes the next number; only the newest may draw the list, so
+  // a slow answer from before an upload cannot put back a list without that upload.
+  filesRequest: 0,
 };
 
 // ---------- the API ----------
@@ -569,8 +572,10 @@ async function upload(files) {
 
 async function refreshFiles() {
   if (!state.session) return;
+  const ticket = ++state.filesRequest;
   try {
     const { files } = await apiJson("/v1/sessions/" + encodeURIComponent(state.session.id) + "/files");
+    if (ticket !== state.filesRequest) return;
     const list = $("files");
     list.replaceChildren();
     for (const f of files) {

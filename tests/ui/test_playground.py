@@ -231,6 +231,37 @@ def test_a_two_cell_session_keeps_df_and_files_go_both_ways(page: Page, keyless:
         assert e.code == 404
 
 
+def test_a_file_list_answered_late_does_not_hide_a_newer_upload(page: Page, keyless: str) -> None:
+    # The list a new session asks for is held back until the upload after it is listed,
+    # then answered as the server would have answered it before the upload (no files):
+    # the page must keep the newer list. The CI failure this pins down was that answer
+    # arriving last by chance.
+    held = []
+
+    def hold_first_listing(route) -> None:
+        # Decided before anything that could yield: the handler may be entered again
+        # while an earlier call is still under way.
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route(re.compile(r"/v1/sessions/[^/]+/files$"), hold_first_listing)
+    page.goto(keyless + "/")
+    page.click("#new-session")
+    expect(page.locator("#files-panel")).to_be_visible()
+    expect(page.locator("#session-info")).to_contain_text("idle TTL")
+    page.set_input_files("#upload", files=[{"name": "late.csv", "mimeType": "text/csv", "buffer": b"a\n1\n"}])
+    expect(page.locator("#files")).to_contain_text("late.csv")
+    assert len(held) == 1, "the first listing was never asked for"
+    route = held[0]
+    with page.expect_request_finished(lambda r: r.url == route.request.url):
+        route.fulfill(status=200, content_type="application/json", body='{"files": []}')
+    # Two turns of the page's event loop: the late answer's handler has run by then.
+    page.evaluate("() => new Promise((r) => setTimeout(() => setTimeout(r, 0), 0))")
+    expect(page.locator("#files")).to_contain_text("late.csv", timeout=1_000)
+
+
 def test_keys_required_the_page_asks_and_a_wrong_one_is_refused(page: Page, keyed: str) -> None:
     page.goto(keyed + "/")
     expect(page.locator("#key-panel")).to_be_visible()
