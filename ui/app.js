@@ -522,12 +522,18 @@ function showSession() {
 
 async function refreshSession() {
   if (!state.session) return;
+  const id = state.session.id;
+  // The answer counts only while the page still shows the session it asked about: one
+  // ended or replaced meanwhile must not come back from an answer given before.
+  const current = () => state.session && state.session.id === id;
   try {
-    state.session = await apiJson("/v1/sessions/" + encodeURIComponent(state.session.id));
-    if (state.session.state !== "active") sessionEnded("the session ended");
+    const info = await apiJson("/v1/sessions/" + encodeURIComponent(id));
+    if (!current()) return;
+    state.session = info;
+    if (info.state !== "active") sessionEnded("the session ended");
     else showSession();
   } catch (e) {
-    if (e.status === 404) sessionEnded("the session is gone (expired or ended)");
+    if (e.status === 404 && current()) sessionEnded("the session is gone (expired or ended)");
   }
 }
 

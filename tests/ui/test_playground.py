@@ -262,6 +262,40 @@ def test_a_file_list_answered_late_does_not_hide_a_newer_upload(page: Page, keyl
     expect(page.locator("#files")).to_contain_text("late.csv", timeout=1_000)
 
 
+def test_a_session_ended_while_its_state_is_asked_for_stays_ended(page: Page, keyless: str) -> None:
+    # After a run the page asks for the session's state; that answer is held back while
+    # the session is ended, then given as the server gave it before the end (active).
+    # The page must not bring the ended session back.
+    held = []
+
+    def hold_state(route) -> None:
+        if route.request.method == "GET" and not held:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.goto(keyless + "/")
+    page.click("#new-session")
+    expect(page.locator("#session-info")).to_contain_text("idle TTL")
+    session_id = page.locator("#session-info").inner_text().split()[1]
+    before_end = urllib.request.urlopen(f"{keyless}/v1/sessions/{session_id}").read()
+    assert json.loads(before_end)["state"] == "active"
+    page.route(re.compile(r"/v1/sessions/[^/]+$"), hold_state)
+    run(page, "print(1)")
+    expect(wait_done(page).locator(".stream")).to_have_text("1\n")
+    expect(page.locator("#run")).to_be_enabled()
+    assert len(held) == 1, "the page never asked for the session's state after the run"
+    page.click("#end-session")
+    expect(page.locator("#session-info")).to_contain_text("ended")
+    route = held[0]
+    with page.expect_request_finished(lambda r: r.url == route.request.url and r.method == "GET"):
+        route.fulfill(status=200, content_type="application/json", body=before_end)
+    page.evaluate("() => new Promise((r) => setTimeout(() => setTimeout(r, 0), 0))")
+    expect(page.locator("#session-info")).to_have_text(f"Session {session_id} ended.", timeout=1_000)
+    expect(page.locator("#new-session")).to_be_visible()
+    expect(page.locator("#files-panel")).to_be_hidden()
+
+
 def test_keys_required_the_page_asks_and_a_wrong_one_is_refused(page: Page, keyed: str) -> None:
     page.goto(keyed + "/")
     expect(page.locator("#key-panel")).to_be_visible()
