@@ -40,6 +40,14 @@ def frame_of(page: Page, index: int = 0):
     return frame
 
 
+def answer_late(page: Page, route, body: str | bytes) -> None:
+    """Answers a request the test held back with `body`, and returns once the page has
+    handled it (the request done, then two turns of the page's event loop)."""
+    with page.expect_request_finished(lambda r: r.url == route.request.url and r.method == route.request.method):
+        route.fulfill(status=200, content_type="application/json", body=body)
+    page.evaluate("() => new Promise((r) => setTimeout(() => setTimeout(r, 0), 0))")
+
+
 def test_basic_code_shows_4(page: Page, keyless: str) -> None:
     page.goto(keyless + "/")
     run(page, "print(2 + 2)")
@@ -254,11 +262,7 @@ def test_a_file_list_answered_late_does_not_hide_a_newer_upload(page: Page, keyl
     page.set_input_files("#upload", files=[{"name": "late.csv", "mimeType": "text/csv", "buffer": b"a\n1\n"}])
     expect(page.locator("#files")).to_contain_text("late.csv")
     assert len(held) == 1, "the first listing was never asked for"
-    route = held[0]
-    with page.expect_request_finished(lambda r: r.url == route.request.url):
-        route.fulfill(status=200, content_type="application/json", body='{"files": []}')
-    # Two turns of the page's event loop: the late answer's handler has run by then.
-    page.evaluate("() => new Promise((r) => setTimeout(() => setTimeout(r, 0), 0))")
+    answer_late(page, held[0], '{"files": []}')
     expect(page.locator("#files")).to_contain_text("late.csv", timeout=1_000)
 
 
@@ -287,10 +291,7 @@ def test_a_session_ended_while_its_state_is_asked_for_stays_ended(page: Page, ke
     assert len(held) == 1, "the page never asked for the session's state after the run"
     page.click("#end-session")
     expect(page.locator("#session-info")).to_contain_text("ended")
-    route = held[0]
-    with page.expect_request_finished(lambda r: r.url == route.request.url and r.method == "GET"):
-        route.fulfill(status=200, content_type="application/json", body=before_end)
-    page.evaluate("() => new Promise((r) => setTimeout(() => setTimeout(r, 0), 0))")
+    answer_late(page, held[0], before_end)
     expect(page.locator("#session-info")).to_have_text(f"Session {session_id} ended.", timeout=1_000)
     expect(page.locator("#new-session")).to_be_visible()
     expect(page.locator("#files-panel")).to_be_hidden()
