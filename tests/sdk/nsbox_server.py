@@ -14,6 +14,19 @@ import urllib.request
 from typing import Iterator
 
 
+# The log of each server running now, by its base URL: a test that fails can show what
+# its server said (tests/ui/conftest.py does).
+LOGS: dict[str, str] = {}
+
+
+def log_tail(url: str, lines: int = 40) -> str:
+    path = LOGS.get(url)
+    if path is None:
+        return ""
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -59,8 +72,10 @@ def nsbox(*args: str, ready_within: float = 120.0) -> Iterator[str]:
             except RuntimeError as e:
                 log.seek(0)
                 raise RuntimeError(f"{e}; nsbox {' '.join(args)} said:\n{log.read()[-4000:]}") from None
+            LOGS[url] = log.name
             yield url
         finally:
+            LOGS.pop(url, None)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:

@@ -15,6 +15,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 # The SDK suite's server helper: one way to start and stop a test server (its readiness
 # bound allows for warm templates that take a minute on a busy host).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "sdk"))
+import nsbox_server  # noqa: E402
 from nsbox_server import nsbox  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -56,16 +57,44 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    # Kept on the test's item, so the page fixture's teardown knows whether the test failed.
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_REPORT] = report
+    return report
+
+
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh browser context (its own storage) at 1280x800, failing the test on any
-    error a script of the page raises."""
+    error a script of the page raises. When the test fails, what the page showed and the
+    API's refusals are kept (failed-<test>.png and the test's output), since a failure
+    seen only on CI cannot be looked at afterwards."""
     context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     p = context.new_page()
     problems: list[str] = []
+    traffic: list[str] = []
     p.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    p.on("console", lambda m: traffic.append(f"console {m.type}: {m.text}"))
+    p.on("requestfailed", lambda r: traffic.append(f"{r.method} {r.url} failed: {r.failure}"))
+    p.on("response", lambda r: traffic.append(f"{r.request.method} {r.url} -> {r.status}"))
     p.set_default_timeout(30_000)
     yield p
+    report = request.node.stash.get(CALL_REPORT, None)
+    if report is not None and report.failed and not p.is_closed():
+        path = SCREENSHOTS / f"failed-{request.node.name}.png"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        p.screenshot(path=str(path))
+        print(f"screenshot: {path}")
+        print("session info: " + p.locator("#session-info").inner_text())
+        print("what the page asked and was told:\n  " + "\n  ".join(traffic))
+        for url in list(nsbox_server.LOGS):
+            print(f"the end of the log of the server at {url}:\n{nsbox_server.log_tail(url)}")
     context.close()
     assert not problems, problems
 
