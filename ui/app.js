@@ -15,9 +15,8 @@ const state = {
   metricsAllowed: true,
   statusTimer: null,
   view: "play",
-  // Each file-list request takes the next number; only the newest may draw the list, so
-  // a slow answer from before an upload cannot put back a list without that upload.
-  filesRequest: 0,
+  // The end of the queue of the page's own calls and file requests to its session.
+  sessionTurn: Promise.resolve(),
 };
 
 // ---------- the API ----------
@@ -63,6 +62,16 @@ async function api(path, options) {
 async function apiJson(path, options) {
   const response = await api(path, options);
   return response.status === 204 ? null : response.json();
+}
+
+// The server runs one call or file request at a time in a session and refuses another
+// meanwhile (409, "session busy"). The page's own requests to its session (runs, uploads,
+// file lists, downloads) wait their turn here instead, and so also end in the order they
+// were made. Ending a session does not wait: it stops whatever runs.
+function inSession(task) {
+  const turn = state.sessionTurn.then(task);
+  state.sessionTurn = turn.catch(() => {});
+  return turn;
 }
 
 // ---------- the key ----------
@@ -456,24 +465,29 @@ async function run() {
   const body = { lang: "python", code, results: true };
   if (state.session) body.session_id = state.session.id;
   let finished = false;
-  try {
+  const onEvent = (name, data) => {
+    if (name === "stdout" || name === "stderr") appendText(cell, name, data.text);
+    else if (name === "plot") showImage(cell, imageMime(data.format), data.content_base64, data.filename);
+    else if (name === "display") renderOutput(cell, data);
+    else if (name === "result") {
+      finished = true;
+      finish(cell, data);
+    } else if (name === "error") {
+      finished = true;
+      failCell(cell, (data.error && data.error.message) || "the run failed");
+    }
+  };
+  // The run holds its session until the stream ends.
+  const stream = async () => {
     const response = await api("/v1/tools/code", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify(body),
     });
-    await readEvents(response, (name, data) => {
-      if (name === "stdout" || name === "stderr") appendText(cell, name, data.text);
-      else if (name === "plot") showImage(cell, imageMime(data.format), data.content_base64, data.filename);
-      else if (name === "display") renderOutput(cell, data);
-      else if (name === "result") {
-        finished = true;
-        finish(cell, data);
-      } else if (name === "error") {
-        finished = true;
-        failCell(cell, (data.error && data.error.message) || "the run failed");
-      }
-    });
+    await readEvents(response, onEvent);
+  };
+  try {
+    await (body.session_id ? inSession(stream) : stream());
     if (!finished) failCell(cell, "the stream ended before the run's result");
   } catch (e) {
     failCell(cell, e.message);
@@ -562,13 +576,16 @@ function filePath(path) {
 
 async function upload(files) {
   if (!state.session) return;
+  const id = state.session.id;
   for (const file of files) {
     try {
-      await api("/v1/sessions/" + encodeURIComponent(state.session.id) + "/files/" + filePath(file.name), {
-        method: "PUT",
-        headers: { "Content-Type": "application/octet-stream" },
-        body: file,
-      });
+      await inSession(() =>
+        api("/v1/sessions/" + encodeURIComponent(id) + "/files/" + filePath(file.name), {
+          method: "PUT",
+          headers: { "Content-Type": "application/octet-stream" },
+          body: file,
+        }),
+      );
     } catch (e) {
       $("session-info").textContent = "Upload of " + file.name + " failed: " + e.message;
     }
@@ -578,10 +595,11 @@ async function upload(files) {
 
 async function refreshFiles() {
   if (!state.session) return;
-  const ticket = ++state.filesRequest;
+  const id = state.session.id;
   try {
-    const { files } = await apiJson("/v1/sessions/" + encodeURIComponent(state.session.id) + "/files");
-    if (ticket !== state.filesRequest) return;
+    const { files } = await inSession(() => apiJson("/v1/sessions/" + encodeURIComponent(id) + "/files"));
+    // A list of a session ended or replaced meanwhile is not drawn.
+    if (!state.session || state.session.id !== id) return;
     const list = $("files");
     list.replaceChildren();
     for (const f of files) {
@@ -603,8 +621,11 @@ async function refreshFiles() {
 }
 
 async function download(path) {
+  const id = state.session.id;
   try {
-    const response = await api("/v1/sessions/" + encodeURIComponent(state.session.id) + "/files/" + filePath(path));
+    const response = await inSession(() =>
+      api("/v1/sessions/" + encodeURIComponent(id) + "/files/" + filePath(path)),
+    );
     const blob = await response.blob();
     const a = document.createElement("a");
     a.href = URL.createObjectURL(blob);

@@ -239,12 +239,13 @@ def test_a_two_cell_session_keeps_df_and_files_go_both_ways(page: Page, keyless:
         assert e.code == 404
 
 
-def test_a_file_list_answered_late_does_not_hide_a_newer_upload(page: Page, keyless: str) -> None:
-    # The list a new session asks for is held back until the upload after it is listed,
-    # then answered as the server would have answered it before the upload (no files):
-    # the page must keep the newer list. The CI failure this pins down was that answer
-    # arriving last by chance.
+def test_an_upload_waits_for_the_file_list_before_it_and_is_listed(page: Page, keyless: str) -> None:
+    # The server refuses a second request in a session while one runs (409): the CI
+    # failure this pins down was a dropped file's upload sent while the new session's file
+    # list was still being answered. The list is held back here; the upload must wait for
+    # it, not be refused, and the list drawn last must show the file.
     held = []
+    puts = []
 
     def hold_first_listing(route) -> None:
         # Decided before anything that could yield: the handler may be entered again
@@ -254,16 +255,37 @@ def test_a_file_list_answered_late_does_not_hide_a_newer_upload(page: Page, keyl
         else:
             held.append(route)
 
+    page.on("request", lambda r: puts.append(r.url) if r.method == "PUT" else None)
     page.route(re.compile(r"/v1/sessions/[^/]+/files$"), hold_first_listing)
     page.goto(keyless + "/")
     page.click("#new-session")
     expect(page.locator("#files-panel")).to_be_visible()
     expect(page.locator("#session-info")).to_contain_text("idle TTL")
     page.set_input_files("#upload", files=[{"name": "late.csv", "mimeType": "text/csv", "buffer": b"a\n1\n"}])
-    expect(page.locator("#files")).to_contain_text("late.csv")
+    # Time for an upload sent at once to show; one that waits is not sent however long.
+    page.evaluate("() => new Promise((r) => setTimeout(r, 300))")
     assert len(held) == 1, "the first listing was never asked for"
+    assert puts == [], f"the upload did not wait for the file list in flight: {puts}"
+    # Answered as the server would have answered it before the upload: no files.
     answer_late(page, held[0], '{"files": []}')
-    expect(page.locator("#files")).to_contain_text("late.csv", timeout=1_000)
+    expect(page.locator("#files")).to_contain_text("late.csv")
+    assert len(puts) == 1, puts
+    expect(page.locator("#session-info")).not_to_contain_text("failed")
+
+
+def test_a_file_dropped_during_a_run_goes_in_after_it(page: Page, keyless: str) -> None:
+    page.goto(keyless + "/")
+    page.click("#new-session")
+    expect(page.locator("#session-info")).to_contain_text("idle TTL")
+    run(page, "import time\nprint('started', flush=True)\ntime.sleep(3)\nprint('done')\n")
+    expect(last_cell(page).locator(".stream")).to_contain_text("started")
+    page.set_input_files("#upload", files=[{"name": "during.txt", "mimeType": "text/plain", "buffer": b"x"}])
+    cell = wait_done(page)
+    expect(cell.locator(".stream")).to_have_text("started\ndone\n")
+    expect(page.locator("#files")).to_contain_text("during.txt")
+    expect(page.locator("#session-info")).not_to_contain_text("failed")
+    run(page, "print(open('during.txt').read())")
+    expect(wait_done(page).locator(".stream")).to_have_text("x\n")
 
 
 def test_a_session_ended_while_its_state_is_asked_for_stays_ended(page: Page, keyless: str) -> None:
