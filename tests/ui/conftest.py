@@ -57,24 +57,25 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
+# The report of a test's call, kept on its item so the page fixture's teardown knows
+# whether the test failed.
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    # Kept on the test's item, so the page fixture's teardown knows whether the test failed.
     report = yield
     if report.when == "call":
         item.stash[CALL_REPORT] = report
     return report
 
 
-CALL_REPORT = pytest.StashKey[pytest.TestReport]()
-
-
 @pytest.fixture
 def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh browser context (its own storage) at 1280x800, failing the test on any
-    error a script of the page raises. When the test fails, what the page showed and the
-    API's refusals are kept (failed-<test>.png and the test's output), since a failure
-    seen only on CI cannot be looked at afterwards."""
+    error a script of the page raises. When the test fails, what the page showed, what it
+    asked the server and was told, and the servers' logs are kept (failed-<test>.png and
+    the test's output), since a failure seen only on CI cannot be looked at afterwards."""
     context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     p = context.new_page()
     problems: list[str] = []
