@@ -534,20 +534,23 @@ function showSession() {
     "Session " + s.id + " · idle TTL " + s.ttl_seconds + " s · ends in " + mm + ":" + ss + " unless used";
 }
 
+// Whether the page still shows session `id`. An answer about a session ended or replaced
+// while it was on its way is dropped: drawn, it would bring that session back.
+function showsSession(id) {
+  return state.session !== null && state.session.id === id;
+}
+
 async function refreshSession() {
   if (!state.session) return;
   const id = state.session.id;
-  // The answer counts only while the page still shows the session it asked about: one
-  // ended or replaced meanwhile must not come back from an answer given before.
-  const current = () => state.session && state.session.id === id;
   try {
     const info = await apiJson("/v1/sessions/" + encodeURIComponent(id));
-    if (!current()) return;
+    if (!showsSession(id)) return;
     state.session = info;
     if (info.state !== "active") sessionEnded("the session ended");
     else showSession();
   } catch (e) {
-    if (e.status === 404 && current()) sessionEnded("the session is gone (expired or ended)");
+    if (e.status === 404 && showsSession(id)) sessionEnded("the session is gone (expired or ended)");
   }
 }
 
@@ -598,8 +601,7 @@ async function refreshFiles() {
   const id = state.session.id;
   try {
     const { files } = await inSession(() => apiJson("/v1/sessions/" + encodeURIComponent(id) + "/files"));
-    // A list of a session ended or replaced meanwhile is not drawn.
-    if (!state.session || state.session.id !== id) return;
+    if (!showsSession(id)) return;
     const list = $("files");
     list.replaceChildren();
     for (const f of files) {

@@ -40,6 +40,32 @@ def frame_of(page: Page, index: int = 0):
     return frame
 
 
+def open_session(page: Page, url: str) -> str:
+    """Opens the playground at `url`, starts a session and returns its id."""
+    page.goto(url + "/")
+    page.click("#new-session")
+    expect(page.locator("#session-info")).to_contain_text("idle TTL 600 s")
+    expect(page.locator("#files-panel")).to_be_visible()
+    return page.locator("#session-info").inner_text().split()[1]
+
+
+def hold_first(page: Page, pattern: str, method: str = "GET") -> list:
+    """Holds back the first request of `method` to a URL matching `pattern` (the others go
+    on); returns the list that gets its route, for `answer_late`."""
+    held = []
+
+    def handler(route) -> None:
+        # Decided before anything that could yield: the handler may be entered again
+        # while an earlier call is still under way.
+        if route.request.method == method and not held:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(re.compile(pattern), handler)
+    return held
+
+
 def answer_late(page: Page, route, body: str | bytes) -> None:
     """Answers a request the test held back with `body`, and returns once the page has
     handled it (the request done, then two turns of the page's event loop)."""
@@ -199,10 +225,7 @@ def test_a_limit_that_ended_a_run_is_named(page: Page, keyed: str) -> None:
 
 
 def test_a_two_cell_session_keeps_df_and_files_go_both_ways(page: Page, keyless: str, tmp_path) -> None:
-    page.goto(keyless + "/")
-    page.click("#new-session")
-    expect(page.locator("#session-info")).to_contain_text("idle TTL 600 s")
-    expect(page.locator("#files-panel")).to_be_visible()
+    session_id = open_session(page, keyless)
     # Upload by dropping a file on the drop zone, as a person would.
     page.locator("#drop").dispatch_event(
         "drop",
@@ -229,7 +252,6 @@ def test_a_two_cell_session_keeps_df_and_files_go_both_ways(page: Page, keyless:
     saved = tmp_path / "out.csv"
     info.value.save_as(saved)
     assert saved.read_text() == "name,n,n2\nada,3,30\nbob,4,40\n"
-    session_id = page.locator("#session-info").inner_text().split()[1]
     page.click("#end-session")
     expect(page.locator("#session-info")).to_contain_text("ended")
     try:
@@ -244,23 +266,10 @@ def test_an_upload_waits_for_the_file_list_before_it_and_is_listed(page: Page, k
     # failure this pins down was a dropped file's upload sent while the new session's file
     # list was still being answered. The list is held back here; the upload must wait for
     # it, not be refused, and the list drawn last must show the file.
-    held = []
     puts = []
-
-    def hold_first_listing(route) -> None:
-        # Decided before anything that could yield: the handler may be entered again
-        # while an earlier call is still under way.
-        if held:
-            route.continue_()
-        else:
-            held.append(route)
-
     page.on("request", lambda r: puts.append(r.url) if r.method == "PUT" else None)
-    page.route(re.compile(r"/v1/sessions/[^/]+/files$"), hold_first_listing)
-    page.goto(keyless + "/")
-    page.click("#new-session")
-    expect(page.locator("#files-panel")).to_be_visible()
-    expect(page.locator("#session-info")).to_contain_text("idle TTL")
+    held = hold_first(page, r"/v1/sessions/[^/]+/files$")
+    open_session(page, keyless)
     page.set_input_files("#upload", files=[{"name": "late.csv", "mimeType": "text/csv", "buffer": b"a\n1\n"}])
     # Time for an upload sent at once to show; one that waits is not sent however long.
     page.evaluate("() => new Promise((r) => setTimeout(r, 300))")
@@ -274,9 +283,7 @@ def test_an_upload_waits_for_the_file_list_before_it_and_is_listed(page: Page, k
 
 
 def test_a_file_dropped_during_a_run_goes_in_after_it(page: Page, keyless: str) -> None:
-    page.goto(keyless + "/")
-    page.click("#new-session")
-    expect(page.locator("#session-info")).to_contain_text("idle TTL")
+    open_session(page, keyless)
     run(page, "import time\nprint('started', flush=True)\ntime.sleep(3)\nprint('done')\n")
     expect(last_cell(page).locator(".stream")).to_contain_text("started")
     page.set_input_files("#upload", files=[{"name": "during.txt", "mimeType": "text/plain", "buffer": b"x"}])
@@ -292,21 +299,10 @@ def test_a_session_ended_while_its_state_is_asked_for_stays_ended(page: Page, ke
     # After a run the page asks for the session's state; that answer is held back while
     # the session is ended, then given as the server gave it before the end (active).
     # The page must not bring the ended session back.
-    held = []
-
-    def hold_state(route) -> None:
-        if route.request.method == "GET" and not held:
-            held.append(route)
-        else:
-            route.continue_()
-
-    page.goto(keyless + "/")
-    page.click("#new-session")
-    expect(page.locator("#session-info")).to_contain_text("idle TTL")
-    session_id = page.locator("#session-info").inner_text().split()[1]
+    session_id = open_session(page, keyless)
     before_end = urllib.request.urlopen(f"{keyless}/v1/sessions/{session_id}").read()
     assert json.loads(before_end)["state"] == "active"
-    page.route(re.compile(r"/v1/sessions/[^/]+$"), hold_state)
+    held = hold_first(page, r"/v1/sessions/[^/]+$")
     run(page, "print(1)")
     expect(wait_done(page).locator(".stream")).to_have_text("1\n")
     expect(page.locator("#run")).to_be_enabled()
